@@ -1,0 +1,222 @@
+//! `xfused`: the xfuse daemon.
+//!
+//! Subcommands:
+//! - `passthrough`: serve a local directory (fuse-backend-rs's PassthroughFs)
+//!   through xfuse;
+//! - `kernel`: show what the running kernel offers, or switch FUSE-over-io_uring on.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
+use xfuse::{Ended, InitConfig, MountOptions, Session, Transport};
+
+/// xfused serves filesystems to the Linux kernel through xfuse, a FUSE
+/// protocol layer of our own (kernel protocol 7.45) with fast transports.
+///
+/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more detail.
+#[derive(Debug, Parser)]
+#[command(name = "xfused", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a local directory at a mountpoint (fuse-backend-rs's
+    /// PassthroughFs through xfuse), in the foreground.
+    ///
+    /// SIGINT or SIGTERM unmounts and exits 0. If the mountpoint is unmounted
+    /// from outside (umount MOUNTPOINT), xfused exits 0 by itself.
+    Passthrough(PassthroughArgs),
+    /// Inspect or configure the kernel's FUSE support.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KernelCommand {
+    /// Print what the running kernel offers a FUSE server.
+    Probe,
+    /// Switch FUSE-over-io_uring on for this boot
+    /// (writes Y to /sys/module/fuse/parameters/enable_uring; root only).
+    EnableUring,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TransportArg {
+    /// Classic /dev/fuse, one cloned descriptor and thread per worker.
+    Dev,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CacheArg {
+    /// No data caching in the kernel: every read goes to the daemon.
+    Never,
+    /// Cache data while a file is open; revalidate on open.
+    Auto,
+    /// Keep cached data across opens.
+    Always,
+}
+
+#[derive(Debug, Args)]
+struct PassthroughArgs {
+    /// The directory to serve.
+    source: PathBuf,
+    /// Where to mount it (an existing directory).
+    mountpoint: PathBuf,
+    /// How requests travel between the kernel and xfused.
+    #[arg(long, value_enum, default_value = "dev")]
+    transport: TransportArg,
+    /// Worker threads (default: one per CPU).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
+    /// Print per-opcode request counters at exit.
+    #[arg(long)]
+    stats: bool,
+    /// How long the kernel may cache attributes, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    attr_timeout_ms: u64,
+    /// How long the kernel may cache directory entries (and negative
+    /// lookups), in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    entry_timeout_ms: u64,
+    /// Kernel data caching policy for regular files.
+    #[arg(long, value_enum, default_value = "auto")]
+    cache: CacheArg,
+    /// Buffer writes in the kernel's page cache (FUSE writeback cache).
+    #[arg(long)]
+    writeback_cache: bool,
+    /// Largest write request, in KiB (4 to 16384).
+    #[arg(long, value_name = "KIB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(4..=16384))]
+    max_write_kib: u32,
+    /// Do not let the kernel check permissions from file modes
+    /// (by default it does, so only the owner's rights apply, as on a local
+    /// filesystem).
+    #[arg(long)]
+    no_default_permissions: bool,
+    /// Only the mounting user may access the mount (by default every user
+    /// may, subject to permissions).
+    #[arg(long)]
+    owner_only: bool,
+    /// Serve extended attributes (on by default; this turns them off).
+    #[arg(long)]
+    no_xattr: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Passthrough(args) => passthrough(args),
+        Command::Kernel(KernelCommand::Probe) => {
+            println!("{}", kmod_shim::probe());
+            Ok(())
+        }
+        Command::Kernel(KernelCommand::EnableUring) => enable_uring(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn enable_uring() -> anyhow::Result<()> {
+    let info = kmod_shim::probe();
+    match info.uring_enabled {
+        None => bail!(
+            "kernel {} has no FUSE-over-io_uring ({} is missing; it needs Linux 6.14+ with CONFIG_FUSE_IO_URING)",
+            info.release,
+            kmod_shim::probe::ENABLE_URING_PARAM
+        ),
+        Some(true) => {
+            println!("FUSE-over-io_uring is already on");
+            Ok(())
+        }
+        Some(false) => {
+            kmod_shim::probe::enable_uring()
+                .with_context(|| format!("writing Y to {}", kmod_shim::probe::ENABLE_URING_PARAM))?;
+            println!("FUSE-over-io_uring switched on for this boot");
+            Ok(())
+        }
+    }
+}
+
+fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
+    let source = std::fs::canonicalize(&args.source)
+        .with_context(|| format!("source directory {}", args.source.display()))?;
+    if !source.is_dir() {
+        bail!("source {} is not a directory", source.display());
+    }
+    let source_str = source
+        .to_str()
+        .with_context(|| format!("source path {} is not UTF-8", source.display()))?
+        .to_string();
+    let kernel = kmod_shim::probe();
+    tracing::info!("{kernel}");
+
+    let cfg = PassthroughConfig {
+        root_dir: source_str.clone(),
+        attr_timeout: Duration::from_millis(args.attr_timeout_ms),
+        entry_timeout: Duration::from_millis(args.entry_timeout_ms),
+        cache_policy: match args.cache {
+            CacheArg::Never => CachePolicy::Never,
+            CacheArg::Auto => CachePolicy::Auto,
+            CacheArg::Always => CachePolicy::Always,
+        },
+        writeback: args.writeback_cache,
+        xattr: !args.no_xattr,
+        do_import: true,
+        // Identify inodes by file handle, not by an open descriptor each:
+        // the open-file limit (20,000 here) would otherwise cap live inodes.
+        inode_file_handles: true,
+        ..Default::default()
+    };
+    let fs = PassthroughFs::<()>::new(cfg).context("setting up PassthroughFs")?;
+
+    let mut options = MountOptions::new(source_str, "xfuse");
+    options.default_permissions = !args.no_default_permissions;
+    options.allow_other = !args.owner_only;
+    let init = InitConfig {
+        max_write: args.max_write_kib * 1024,
+        writeback_cache: args.writeback_cache,
+        ..Default::default()
+    };
+    let threads = args.threads.map_or_else(xfuse::default_threads, usize::from);
+    let transport = match args.transport {
+        TransportArg::Dev => Transport::Dev { threads },
+    };
+
+    let session = Session::mount(fs, &args.mountpoint, &options, &init)?;
+    eprintln!(
+        "xfused: serving {} at {} (transport {}); Ctrl-C or SIGTERM unmounts",
+        source.display(),
+        args.mountpoint.display(),
+        transport.name()
+    );
+    let running = session.serve(transport)?;
+    let (ended, session) = running.run_until_signal()?;
+    match ended {
+        Ended::Signal(sig) => tracing::info!("stopped by signal {sig}"),
+        Ended::Unmounted => tracing::info!("{} was unmounted; exiting", args.mountpoint.display()),
+    }
+    if args.stats {
+        eprintln!("{}", session.dispatcher().stats().render());
+    }
+    Ok(())
+}

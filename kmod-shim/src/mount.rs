@@ -1,0 +1,233 @@
+//! mount(2) and umount2(2) for FUSE filesystems.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::cvt;
+use crate::dev::FuseDev;
+
+/// The options of a FUSE mount, as the kernel's `fuse` filesystem parses them.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Shown as the source in /proc/mounts (e.g. the directory served).
+    pub fsname: String,
+    /// Shown after `fuse.` as the filesystem type (e.g. `xfuse`).
+    pub subtype: String,
+    /// Mode of the root inode; only its file-type bits matter (a directory).
+    pub rootmode: u32,
+    /// The uid that owns the mount (`user_id=`).
+    pub user_id: u32,
+    /// The gid that owns the mount (`group_id=`).
+    pub group_id: u32,
+    /// Let users other than the owner access the mount.
+    pub allow_other: bool,
+    /// Let the kernel check permissions from the file mode before asking the daemon.
+    pub default_permissions: bool,
+    /// Largest read request, in bytes (`max_read=`); `None` leaves the kernel's default.
+    pub max_read: Option<u32>,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+impl MountOptions {
+    /// Options for a mount owned by the calling user.
+    pub fn new(fsname: impl Into<String>, subtype: impl Into<String>) -> MountOptions {
+        // SAFETY: getuid/getgid cannot fail and touch no memory.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        MountOptions {
+            fsname: fsname.into(),
+            subtype: subtype.into(),
+            rootmode: libc::S_IFDIR,
+            user_id: uid,
+            group_id: gid,
+            allow_other: false,
+            default_permissions: false,
+            max_read: None,
+            read_only: false,
+        }
+    }
+
+    /// The `data` string passed to mount(2) for a session on `dev_fd`.
+    pub fn data_string(&self, dev_fd: i32) -> String {
+        let mut s = format!(
+            "fd={dev_fd},rootmode={:o},user_id={},group_id={}",
+            self.rootmode, self.user_id, self.group_id
+        );
+        if self.allow_other {
+            s.push_str(",allow_other");
+        }
+        if self.default_permissions {
+            s.push_str(",default_permissions");
+        }
+        if let Some(max_read) = self.max_read {
+            s.push_str(&format!(",max_read={max_read}"));
+        }
+        if !self.subtype.is_empty() {
+            s.push_str(&format!(",subtype={}", self.subtype));
+        }
+        s
+    }
+}
+
+fn cstring(what: &str, bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{what} contains a NUL byte")))
+}
+
+/// Mounts the FUSE connection of `dev` at `mountpoint` (mount(2), needs
+/// CAP_SYS_ADMIN). The kernel then sends INIT on `dev`.
+pub fn mount(dev: &FuseDev, mountpoint: &Path, opts: &MountOptions) -> io::Result<()> {
+    for (what, value) in [("fsname", &opts.fsname), ("subtype", &opts.subtype)] {
+        if value.contains(',') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{what} must not contain ','"),
+            ));
+        }
+    }
+    let source = cstring("fsname", opts.fsname.as_bytes())?;
+    let target = cstring("mountpoint", mountpoint.as_os_str().as_bytes())?;
+    let fstype = cstring("fstype", b"fuse")?;
+    let data = cstring("options", opts.data_string(dev.raw_fd()).as_bytes())?;
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if opts.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    // SAFETY: all four pointers are valid NUL-terminated strings that outlive
+    // the call; the kernel copies them and keeps no reference.
+    cvt(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    })?;
+    Ok(())
+}
+
+/// How to unmount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmountMode {
+    /// Fail with `EBUSY` while files are open.
+    Normal,
+    /// Detach now, finish when the last user is gone (`MNT_DETACH`).
+    Lazy,
+}
+
+/// Unmounts `mountpoint` (umount2(2)).
+pub fn umount(mountpoint: &Path, mode: UnmountMode) -> io::Result<()> {
+    let target = cstring("mountpoint", mountpoint.as_os_str().as_bytes())?;
+    let flags = match mode {
+        UnmountMode::Normal => 0,
+        UnmountMode::Lazy => libc::MNT_DETACH,
+    };
+    // SAFETY: `target` is a valid NUL-terminated string that outlives the call.
+    cvt(unsafe { libc::umount2(target.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// The FUSE connection id of the filesystem mounted at `mountpoint` (its
+/// directory name under `/sys/fs/fuse/connections`), read from
+/// `/proc/self/mountinfo` so the mount itself is never touched: a stat of
+/// the mountpoint would be a request to the very daemon asking.
+pub fn connection_id(mountpoint: &Path) -> Option<u32> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    connection_id_in(&info, mountpoint.as_os_str().as_bytes())
+}
+
+fn connection_id_in(mountinfo: &str, mountpoint: &[u8]) -> Option<u32> {
+    // "36 35 0:45 / /mnt/x rw,nosuid - fuse.xfuse src rw,...": the last
+    // matching line is the mount on top.
+    mountinfo.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-")?;
+        let fstype = fields.get(sep + 1)?;
+        if !(fstype.starts_with("fuse")) || unescape_mountinfo(fields.get(4)?) != mountpoint {
+            return None;
+        }
+        let (major, minor) = fields.get(2)?.split_once(':')?;
+        let (major, minor): (u32, u32) = (major.parse().ok()?, minor.parse().ok()?);
+        // The kernel names connections by the internal dev_t (major << 20 | minor).
+        Some((major << 20) | minor)
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+const FUSECTL_DIR: &str = "/sys/fs/fuse/connections";
+
+/// Aborts a FUSE connection through the fusectl filesystem, mounting it at
+/// its usual place first if nobody has. Every pending and future request of
+/// the connection fails; its daemon's reads return `ENODEV`.
+pub fn abort_connection(conn_id: u32) -> io::Result<()> {
+    let abort = Path::new(FUSECTL_DIR).join(conn_id.to_string()).join("abort");
+    if !abort.exists() {
+        let target = cstring("fusectl dir", FUSECTL_DIR.as_bytes())?;
+        let fstype = cstring("fstype", b"fusectl")?;
+        // SAFETY: the pointers are valid NUL-terminated strings (or null
+        // for data) that outlive the call.
+        let mounted = cvt(unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        });
+        if let Err(e) = mounted {
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                return Err(e);
+            }
+        }
+    }
+    std::fs::write(abort, "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_topmost_fuse_mount() {
+        let info = "22 1 0:21 / /proc rw - proc proc rw\n\
+                    40 22 0:45 / /mnt/a\\040b rw,nosuid - fuse.xfuse src rw,user_id=0\n\
+                    41 40 0:46 / /mnt/a\\040b rw,nosuid - fuse.xfuse src rw,user_id=0\n";
+        assert_eq!(connection_id_in(info, b"/mnt/a b"), Some(46));
+        assert_eq!(connection_id_in(info, b"/proc"), None);
+        assert_eq!(connection_id_in(info, b"/mnt"), None);
+    }
+
+    #[test]
+    fn data_string_has_every_option() {
+        let mut o = MountOptions::new("src", "xfuse");
+        o.user_id = 0;
+        o.group_id = 0;
+        o.allow_other = true;
+        o.default_permissions = true;
+        o.max_read = Some(131072);
+        assert_eq!(
+            o.data_string(7),
+            "fd=7,rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions,max_read=131072,subtype=xfuse"
+        );
+    }
+}

@@ -1,0 +1,822 @@
+//! The dispatcher: one code path from a parsed request to a
+//! `fuse_backend_rs::api::filesystem::FileSystem` call and back to a reply
+//! body, for every transport.
+//!
+//! It never learns which transport carried a request: it gets the header,
+//! the [`Args`] and a buffer to write the reply body into, and returns a
+//! [`Reply`] (or nothing, for FORGET, BATCH_FORGET and INTERRUPT). Errors of
+//! every kind — parse failures, filesystem errors, replies that do not fit —
+//! become an errno in exactly one place, [`Dispatcher::dispatch`].
+//!
+//! Lookup counts: every reply that hands the kernel a new reference to an
+//! inode (LOOKUP, MKNOD, MKDIR, SYMLINK, LINK, CREATE; READDIRPLUS entries
+//! are the filesystem's business) records it in [`Reply::lookup`]; a
+//! transport that fails to deliver such a reply calls
+//! [`Dispatcher::reply_lost`], which gives the reference back with
+//! `forget(ino, 1)`, as the trait documents for lookups the kernel never saw.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use fuse_backend_rs::abi::fuse_abi::CreateIn as FsCreateIn;
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileLock as FsFileLock, FileSystem, GetxattrReply, IoctlData, ListxattrReply,
+    SetattrValid,
+};
+use kmod_shim::abi::{
+    self, fattr, fopen, req_flags, AccessIn, BatchForgetIn, BmapIn, BmapOut, CreateIn, Dirent, DirentPlus,
+    FallocateIn, FlushIn, ForgetIn, ForgetOne, FsyncIn, GetattrIn, GetxattrIn, GetxattrOut, InHeader,
+    IoctlIn, IoctlOut, LinkIn, LkIn, LkOut, LseekIn, LseekOut, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut,
+    PollIn, PollOut, ReadIn, ReleaseIn, Rename2In, RenameIn, SetattrIn, SetxattrIn, StatfsOut, WriteIn,
+    WriteOut, COMPAT_SETXATTR_IN_SIZE,
+};
+
+use crate::init::Negotiated;
+use crate::reply::{attr_out, entry_out, kstatfs, BodyWriter, DataReader, Overflow};
+use crate::request::{Args, ParseError};
+
+/// What the dispatcher asks the transport to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    /// The request this answers.
+    pub unique: u64,
+    /// 0, or a negative errno (then the body is empty).
+    pub error: i32,
+    /// Bytes of the body written at the start of the transport's buffer.
+    pub body_len: usize,
+    /// An inode whose lookup count this reply carries to the kernel.
+    pub lookup: Option<u64>,
+}
+
+/// Request counters, per opcode; shared by all workers of a session.
+#[derive(Debug)]
+pub struct Stats {
+    requests: Vec<AtomicU64>,
+    errors: Vec<AtomicU64>,
+    unknown: AtomicU64,
+    malformed: AtomicU64,
+}
+
+const OPCODE_SLOTS: usize = 64;
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            requests: (0..OPCODE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            errors: (0..OPCODE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            unknown: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Stats {
+    fn slot(op: Opcode) -> usize {
+        (op as usize).min(OPCODE_SLOTS - 1)
+    }
+
+    /// Requests seen with this opcode.
+    pub fn requests(&self, op: Opcode) -> u64 {
+        self.requests[Self::slot(op)].load(Ordering::Relaxed)
+    }
+
+    /// Requests with this opcode answered with an error.
+    pub fn errors(&self, op: Opcode) -> u64 {
+        self.errors[Self::slot(op)].load(Ordering::Relaxed)
+    }
+
+    /// Requests with an opcode the protocol does not define.
+    pub fn unknown(&self) -> u64 {
+        self.unknown.load(Ordering::Relaxed)
+    }
+
+    /// Requests that failed to parse.
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+
+    /// (opcode, requests, errors) for every opcode seen at least once.
+    pub fn snapshot(&self) -> Vec<(Opcode, u64, u64)> {
+        Opcode::ALL
+            .iter()
+            .map(|&op| (op, self.requests(op), self.errors(op)))
+            .filter(|(_, n, _)| *n > 0)
+            .collect()
+    }
+
+    /// A multi-line table for logs and `--stats`.
+    pub fn render(&self) -> String {
+        let mut s = format!("{:<20} {:>12} {:>10}\n", "opcode", "requests", "errors");
+        for (op, n, e) in self.snapshot() {
+            s.push_str(&format!("{:<20} {:>12} {:>10}\n", op.name(), n, e));
+        }
+        s.push_str(&format!(
+            "{:<20} {:>12}\n{:<20} {:>12}\n",
+            "unknown",
+            self.unknown(),
+            "malformed",
+            self.malformed()
+        ));
+        s
+    }
+}
+
+/// Why a request failed; turned into an errno by [`Failure::errno`].
+#[derive(Debug)]
+enum Failure {
+    Parse(ParseError),
+    Fs(io::Error),
+    Errno(i32),
+}
+
+impl From<ParseError> for Failure {
+    fn from(e: ParseError) -> Self {
+        Failure::Parse(e)
+    }
+}
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Failure::Fs(e)
+    }
+}
+impl From<Overflow> for Failure {
+    fn from(_: Overflow) -> Self {
+        // A reply larger than the size the kernel asked for: ERANGE is what
+        // the kernel itself uses for too-small xattr and ioctl buffers.
+        Failure::Errno(libc::ERANGE)
+    }
+}
+
+impl Failure {
+    fn errno(&self) -> i32 {
+        match self {
+            Failure::Parse(e) => e.errno(),
+            Failure::Fs(e) => match e.raw_os_error() {
+                Some(n) if n > 0 && n < 4096 => n,
+                _ => libc::EIO,
+            },
+            Failure::Errno(n) => *n,
+        }
+    }
+}
+
+/// What a handler produced.
+enum Done {
+    /// Send the body written so far.
+    Reply,
+    /// Send the body; it carries a new lookup reference to this inode.
+    ReplyLookup(u64),
+    /// Send nothing (FORGET, BATCH_FORGET, INTERRUPT, NOTIFY_REPLY).
+    NoReply,
+}
+
+type Handled = Result<Done, Failure>;
+
+/// Decodes requests and calls a [`FileSystem`]. Shared by every worker of a
+/// session (it is `Sync` when the filesystem is).
+#[derive(Debug)]
+pub struct Dispatcher<F> {
+    fs: F,
+    negotiated: Negotiated,
+    stats: Stats,
+    destroyed: AtomicBool,
+}
+
+impl<F: FileSystem + Sync> Dispatcher<F> {
+    /// A dispatcher for a session whose INIT produced `negotiated`.
+    pub fn new(fs: F, negotiated: Negotiated) -> Dispatcher<F> {
+        Dispatcher {
+            fs,
+            negotiated,
+            stats: Stats::default(),
+            destroyed: AtomicBool::new(false),
+        }
+    }
+
+    /// The filesystem served.
+    pub fn fs(&self) -> &F {
+        &self.fs
+    }
+
+    /// The session's negotiated parameters.
+    pub fn negotiated(&self) -> &Negotiated {
+        &self.negotiated
+    }
+
+    /// Request counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Handles one request whose reply body goes into `out` (which must hold
+    /// [`Negotiated::max_reply_bytes`]). Returns the reply to send, or `None`
+    /// for requests that take none.
+    pub fn dispatch(&self, header: &InHeader, args: Args<'_>, out: &mut [u8]) -> Option<Reply> {
+        let mut w = BodyWriter::new(out);
+        let Some(op) = Opcode::from_raw(header.opcode) else {
+            self.stats.unknown.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(opcode = header.opcode, "unknown opcode: ENOSYS");
+            return Some(Reply {
+                unique: header.unique,
+                error: -libc::ENOSYS,
+                body_len: 0,
+                lookup: None,
+            });
+        };
+        self.stats.requests[Stats::slot(op)].fetch_add(1, Ordering::Relaxed);
+        let outcome = self.handle(op, header, args, &mut w);
+        let (error, lookup) = match outcome {
+            Ok(Done::NoReply) => return None,
+            Ok(Done::Reply) => (0, None),
+            Ok(Done::ReplyLookup(ino)) => (0, Some(ino)),
+            Err(failure) => {
+                self.stats.errors[Stats::slot(op)].fetch_add(1, Ordering::Relaxed);
+                if let Failure::Parse(e) = &failure {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(op = op.name(), unique = header.unique, "malformed request: {e}");
+                }
+                if matches!(op, Opcode::Forget | Opcode::BatchForget | Opcode::Interrupt) {
+                    // The kernel takes no reply to these, not even an error.
+                    return None;
+                }
+                w.clear();
+                (-failure.errno(), None)
+            }
+        };
+        Some(Reply {
+            unique: header.unique,
+            error,
+            body_len: w.len(),
+            lookup,
+        })
+    }
+
+    /// Gives back the lookup reference of a reply the kernel never received.
+    pub fn reply_lost(&self, reply: &Reply) {
+        if let Some(ino) = reply.lookup {
+            self.fs.forget(&Context::default(), ino.into(), 1);
+        }
+    }
+
+    /// Calls the filesystem's `destroy` once (on DESTROY, or at session end).
+    pub fn destroy(&self) {
+        if !self.destroyed.swap(true, Ordering::AcqRel) {
+            self.fs.destroy();
+        }
+    }
+
+    fn handle(&self, op: Opcode, h: &InHeader, mut a: Args<'_>, w: &mut BodyWriter<'_>) -> Handled {
+        let mut ctx = Context {
+            uid: h.uid,
+            gid: h.gid,
+            pid: h.pid as libc::pid_t,
+        };
+        self.fs.id_remap(&mut ctx)?;
+        let ino = h.nodeid;
+        let fs = &self.fs;
+        match op {
+            Opcode::Lookup => {
+                a.no_fixed();
+                let name = a.name()?;
+                a.finish()?;
+                let entry = fs.lookup(&ctx, ino.into(), name)?;
+                self.entry_reply(w, &entry)
+            }
+            Opcode::Forget => {
+                let f: ForgetIn = a.fixed()?;
+                a.finish()?;
+                fs.forget(&ctx, ino.into(), f.nlookup);
+                Ok(Done::NoReply)
+            }
+            Opcode::BatchForget => {
+                let b: BatchForgetIn = a.fixed()?;
+                let count = b.count as usize;
+                if count * std::mem::size_of::<ForgetOne>() > a.remaining() {
+                    return Err(ParseError::BadCount(u64::from(b.count)).into());
+                }
+                let items: Vec<ForgetOne> = a.array(count)?;
+                a.finish()?;
+                fs.batch_forget(&ctx, items.iter().map(|f| (f.nodeid.into(), f.nlookup)).collect());
+                Ok(Done::NoReply)
+            }
+            Opcode::Getattr => {
+                let g: GetattrIn = a.fixed()?;
+                a.finish()?;
+                let fh = (g.getattr_flags & req_flags::GETATTR_FH != 0).then(|| g.fh.into());
+                let (st, timeout) = fs.getattr(&ctx, ino.into(), fh)?;
+                w.push(&attr_out(&st, timeout))?;
+                Ok(Done::Reply)
+            }
+            Opcode::Setattr => {
+                let s: SetattrIn = a.fixed()?;
+                a.finish()?;
+                let (st, valid, fh) = setattr_args(&s);
+                let (st, timeout) = fs.setattr(&ctx, ino.into(), st, fh.map(Into::into), valid)?;
+                w.push(&attr_out(&st, timeout))?;
+                Ok(Done::Reply)
+            }
+            Opcode::Readlink => {
+                a.no_fixed();
+                a.finish()?;
+                let target = fs.readlink(&ctx, ino.into())?;
+                w.push_bytes(&target)?;
+                Ok(Done::Reply)
+            }
+            Opcode::Symlink => {
+                a.no_fixed();
+                let name = a.name()?;
+                let target = a.name()?;
+                a.finish()?;
+                let entry = fs.symlink(&ctx, target, ino.into(), name)?;
+                self.entry_reply(w, &entry)
+            }
+            Opcode::Mknod => {
+                let m: MknodIn = a.fixed()?;
+                let name = a.name()?;
+                a.finish()?;
+                let entry = fs.mknod(&ctx, ino.into(), name, m.mode, m.rdev, m.umask)?;
+                self.entry_reply(w, &entry)
+            }
+            Opcode::Mkdir => {
+                let m: MkdirIn = a.fixed()?;
+                let name = a.name()?;
+                a.finish()?;
+                let entry = fs.mkdir(&ctx, ino.into(), name, m.mode, m.umask)?;
+                self.entry_reply(w, &entry)
+            }
+            Opcode::Unlink | Opcode::Rmdir => {
+                a.no_fixed();
+                let name = a.name()?;
+                a.finish()?;
+                if op == Opcode::Unlink {
+                    fs.unlink(&ctx, ino.into(), name)?;
+                } else {
+                    fs.rmdir(&ctx, ino.into(), name)?;
+                }
+                Ok(Done::Reply)
+            }
+            Opcode::Rename => {
+                let r: RenameIn = a.fixed()?;
+                self.rename(&ctx, ino, r.newdir, 0, &mut a)
+            }
+            Opcode::Rename2 => {
+                let r: Rename2In = a.fixed()?;
+                self.rename(&ctx, ino, r.newdir, r.flags, &mut a)
+            }
+            Opcode::Link => {
+                let l: LinkIn = a.fixed()?;
+                let name = a.name()?;
+                a.finish()?;
+                let entry = fs.link(&ctx, l.oldnodeid.into(), ino.into(), name)?;
+                self.entry_reply(w, &entry)
+            }
+            Opcode::Open => {
+                let o: OpenIn = a.fixed()?;
+                a.finish()?;
+                let (fh, opts, _passthrough) = fs.open(&ctx, ino.into(), o.flags, o.open_flags)?;
+                w.push(&open_out(fh.map(Into::into), opts.bits()))?;
+                Ok(Done::Reply)
+            }
+            Opcode::Opendir => {
+                let o: OpenIn = a.fixed()?;
+                a.finish()?;
+                let (fh, opts) = fs.opendir(&ctx, ino.into(), o.flags)?;
+                w.push(&open_out(fh.map(Into::into), opts.bits()))?;
+                Ok(Done::Reply)
+            }
+            Opcode::Create => {
+                let c: CreateIn = a.fixed()?;
+                let name = a.name()?;
+                a.finish()?;
+                let args = FsCreateIn {
+                    flags: c.flags,
+                    mode: c.mode,
+                    umask: c.umask,
+                    fuse_flags: c.open_flags,
+                };
+                let (entry, fh, opts, _passthrough) = fs.create(&ctx, ino.into(), name, args)?;
+                let fh: Option<u64> = fh.map(Into::into);
+                if let Err(e) = w
+                    .push(&entry_out(&entry))
+                    .and_then(|_| w.push(&open_out(fh, opts.bits())))
+                {
+                    self.undo_create(&ctx, &entry, fh, c.flags);
+                    return Err(e.into());
+                }
+                Ok(Done::ReplyLookup(entry.inode))
+            }
+            Opcode::Read => {
+                let r: ReadIn = a.fixed()?;
+                a.finish()?;
+                let size = r.size as usize;
+                if size > self.negotiated.max_reply_bytes() || size > w.room() {
+                    return Err(ParseError::BadCount(u64::from(r.size)).into());
+                }
+                w.limit_to(size);
+                let owner = (r.read_flags & req_flags::READ_LOCKOWNER != 0).then_some(r.lock_owner);
+                fs.read(&ctx, ino.into(), r.fh.into(), w, r.size, r.offset, owner, r.flags)?;
+                Ok(Done::Reply)
+            }
+            Opcode::Write => {
+                let wi: WriteIn = a.fixed()?;
+                let size = wi.size as usize;
+                if size > self.negotiated.max_write as usize {
+                    return Err(ParseError::BadCount(u64::from(wi.size)).into());
+                }
+                let data = a.bytes(size)?;
+                a.finish()?;
+                let mut reader = DataReader::new(data);
+                let owner = (wi.write_flags & req_flags::WRITE_LOCKOWNER != 0).then_some(wi.lock_owner);
+                let delayed = wi.write_flags & req_flags::WRITE_CACHE != 0;
+                let written = fs.write(
+                    &ctx,
+                    ino.into(),
+                    wi.fh.into(),
+                    &mut reader,
+                    wi.size,
+                    wi.offset,
+                    owner,
+                    delayed,
+                    wi.flags,
+                    wi.write_flags,
+                )?;
+                let written = u32::try_from(written).unwrap_or(u32::MAX).min(wi.size);
+                w.push(&WriteOut {
+                    size: written,
+                    padding: 0,
+                })?;
+                Ok(Done::Reply)
+            }
+            Opcode::Statfs => {
+                a.no_fixed();
+                a.finish()?;
+                let st = fs.statfs(&ctx, ino.into())?;
+                w.push(&StatfsOut { st: kstatfs(&st) })?;
+                Ok(Done::Reply)
+            }
+            Opcode::Release => {
+                let r: ReleaseIn = a.fixed()?;
+                a.finish()?;
+                let flush = r.release_flags & req_flags::RELEASE_FLUSH != 0;
+                let flock = r.release_flags & req_flags::RELEASE_FLOCK_UNLOCK != 0;
+                let owner = (flush || flock).then_some(r.lock_owner);
+                fs.release(&ctx, ino.into(), r.flags, r.fh.into(), flush, flock, owner)?;
+                Ok(Done::Reply)
+            }
+            Opcode::Releasedir => {
+                let r: ReleaseIn = a.fixed()?;
+                a.finish()?;
+                fs.releasedir(&ctx, ino.into(), r.flags, r.fh.into())?;
+                Ok(Done::Reply)
+            }
+            Opcode::Fsync | Opcode::Fsyncdir => {
+                let s: FsyncIn = a.fixed()?;
+                a.finish()?;
+                let datasync = s.fsync_flags & req_flags::FSYNC_FDATASYNC != 0;
+                if op == Opcode::Fsync {
+                    fs.fsync(&ctx, ino.into(), datasync, s.fh.into())?;
+                } else {
+                    fs.fsyncdir(&ctx, ino.into(), datasync, s.fh.into())?;
+                }
+                Ok(Done::Reply)
+            }
+            Opcode::Setxattr => {
+                // We never negotiate FUSE_SETXATTR_EXT, so the kernel sends the
+                // 8-byte compat struct.
+                let s: SetxattrIn = if self.negotiated.has(abi::init_flags::SETXATTR_EXT) {
+                    a.fixed()?
+                } else {
+                    a.fixed_prefix(COMPAT_SETXATTR_IN_SIZE)?
+                };
+                let name = a.name()?;
+                let value = a.bytes(s.size as usize)?;
+                a.finish()?;
+                fs.setxattr(&ctx, ino.into(), name, value, s.flags)?;
+                Ok(Done::Reply)
+            }
+            Opcode::Getxattr => {
+                let g: GetxattrIn = a.fixed()?;
+                let name = a.name()?;
+                a.finish()?;
+                match fs.getxattr(&ctx, ino.into(), name, g.size)? {
+                    GetxattrReply::Value(v) => xattr_value(w, g.size, &v)?,
+                    GetxattrReply::Count(n) => w.push(&GetxattrOut { size: n, padding: 0 })?,
+                }
+                Ok(Done::Reply)
+            }
+            Opcode::Listxattr => {
+                let g: GetxattrIn = a.fixed()?;
+                a.finish()?;
+                match fs.listxattr(&ctx, ino.into(), g.size)? {
+                    ListxattrReply::Names(v) => xattr_value(w, g.size, &v)?,
+                    ListxattrReply::Count(n) => w.push(&GetxattrOut { size: n, padding: 0 })?,
+                }
+                Ok(Done::Reply)
+            }
+            Opcode::Removexattr => {
+                a.no_fixed();
+                let name = a.name()?;
+                a.finish()?;
+                fs.removexattr(&ctx, ino.into(), name)?;
+                Ok(Done::Reply)
+            }
+            Opcode::Flush => {
+                let f: FlushIn = a.fixed()?;
+                a.finish()?;
+                fs.flush(&ctx, ino.into(), f.fh.into(), f.lock_owner)?;
+                Ok(Done::Reply)
+            }
+            Opcode::Init => {
+                // INIT is answered by the session before the dispatcher exists.
+                Err(Failure::Errno(libc::EPROTO))
+            }
+            Opcode::Readdir => {
+                let r: ReadIn = a.fixed()?;
+                a.finish()?;
+                self.readdir(&ctx, ino, &r, w, false)
+            }
+            Opcode::Readdirplus => {
+                let r: ReadIn = a.fixed()?;
+                a.finish()?;
+                self.readdir(&ctx, ino, &r, w, true)
+            }
+            Opcode::Getlk => {
+                let l: LkIn = a.fixed()?;
+                a.finish()?;
+                let lock = fs.getlk(
+                    &ctx,
+                    ino.into(),
+                    l.fh.into(),
+                    l.owner,
+                    file_lock(&l.lk),
+                    l.lk_flags,
+                )?;
+                let lk = abi::FileLock {
+                    start: lock.start,
+                    end: lock.end,
+                    type_: lock.lock_type,
+                    pid: lock.pid,
+                };
+                w.push(&LkOut { lk })?;
+                Ok(Done::Reply)
+            }
+            Opcode::Setlk | Opcode::Setlkw => {
+                let l: LkIn = a.fixed()?;
+                a.finish()?;
+                let lock = file_lock(&l.lk);
+                if op == Opcode::Setlk {
+                    fs.setlk(&ctx, ino.into(), l.fh.into(), l.owner, lock, l.lk_flags)?;
+                } else {
+                    fs.setlkw(&ctx, ino.into(), l.fh.into(), l.owner, lock, l.lk_flags)?;
+                }
+                Ok(Done::Reply)
+            }
+            Opcode::Access => {
+                let acc: AccessIn = a.fixed()?;
+                a.finish()?;
+                fs.access(&ctx, ino.into(), acc.mask)?;
+                Ok(Done::Reply)
+            }
+            Opcode::Interrupt => {
+                // Requests run to completion on the worker that took them;
+                // there is nothing to cancel, and INTERRUPT takes no reply.
+                let _: abi::InterruptIn = a.fixed()?;
+                Ok(Done::NoReply)
+            }
+            Opcode::Bmap => {
+                let b: BmapIn = a.fixed()?;
+                a.finish()?;
+                let block = fs.bmap(&ctx, ino.into(), b.block, b.blocksize)?;
+                w.push(&BmapOut { block })?;
+                Ok(Done::Reply)
+            }
+            Opcode::Destroy => {
+                a.no_fixed();
+                self.destroy();
+                Ok(Done::Reply)
+            }
+            Opcode::Ioctl => {
+                let io: IoctlIn = a.fixed()?;
+                if io.flags & req_flags::IOCTL_UNRESTRICTED != 0 {
+                    // Unrestricted ioctls need the retry protocol (CUSE only).
+                    return Err(Failure::Errno(libc::ENOSYS));
+                }
+                let input = a.bytes(io.in_size as usize)?;
+                a.finish()?;
+                if io.out_size as usize > self.negotiated.max_reply_bytes() {
+                    return Err(ParseError::BadCount(u64::from(io.out_size)).into());
+                }
+                let data = IoctlData {
+                    result: 0,
+                    data: Some(&*input),
+                };
+                let res = fs.ioctl(
+                    &ctx,
+                    ino.into(),
+                    io.fh.into(),
+                    io.flags,
+                    io.cmd,
+                    data,
+                    io.out_size,
+                )?;
+                let out_data = res.data.unwrap_or(&[]);
+                if out_data.len() > io.out_size as usize {
+                    return Err(Failure::Errno(libc::EINVAL));
+                }
+                w.push(&IoctlOut {
+                    result: res.result,
+                    flags: 0,
+                    in_iovs: 0,
+                    out_iovs: 0,
+                })?;
+                w.push_bytes(out_data)?;
+                Ok(Done::Reply)
+            }
+            Opcode::Poll => {
+                let p: PollIn = a.fixed()?;
+                a.finish()?;
+                let revents = fs.poll(&ctx, ino.into(), p.fh.into(), p.kh.into(), p.flags, p.events)?;
+                w.push(&PollOut { revents, padding: 0 })?;
+                Ok(Done::Reply)
+            }
+            Opcode::NotifyReply => {
+                // The answer to a NOTIFY_RETRIEVE; it takes no reply.
+                if let Err(e) = fs.notify_reply() {
+                    tracing::debug!("notify_reply: {e}");
+                }
+                Ok(Done::NoReply)
+            }
+            Opcode::Fallocate => {
+                let f: FallocateIn = a.fixed()?;
+                a.finish()?;
+                fs.fallocate(&ctx, ino.into(), f.fh.into(), f.mode, f.offset, f.length)?;
+                Ok(Done::Reply)
+            }
+            Opcode::Lseek => {
+                let l: LseekIn = a.fixed()?;
+                a.finish()?;
+                let offset = fs.lseek(&ctx, ino.into(), l.fh.into(), l.offset, l.whence)?;
+                w.push(&LseekOut { offset })?;
+                Ok(Done::Reply)
+            }
+            // The FileSystem trait has no method for these: ENOSYS tells the
+            // kernel to stop asking and use its generic fallback (a read/write
+            // copy, no syncfs, no O_TMPFILE, GETATTR instead of STATX).
+            // SETUPMAPPING/REMOVEMAPPING are virtio-fs DAX only.
+            Opcode::CopyFileRange
+            | Opcode::CopyFileRange64
+            | Opcode::Syncfs
+            | Opcode::Tmpfile
+            | Opcode::Statx
+            | Opcode::Setupmapping
+            | Opcode::Removemapping
+            | Opcode::CuseInit => Err(Failure::Errno(libc::ENOSYS)),
+        }
+    }
+
+    fn entry_reply(&self, w: &mut BodyWriter<'_>, entry: &Entry) -> Handled {
+        if entry.inode == 0 {
+            // A negative entry (cached "does not exist"): no reference taken.
+            w.push(&entry_out(entry))?;
+            return Ok(Done::Reply);
+        }
+        if let Err(e) = w.push(&entry_out(entry)) {
+            self.fs.forget(&Context::default(), entry.inode.into(), 1);
+            return Err(e.into());
+        }
+        Ok(Done::ReplyLookup(entry.inode))
+    }
+
+    /// Undoes a CREATE whose reply cannot be built: the kernel will never
+    /// know the handle or the reference.
+    fn undo_create(&self, ctx: &Context, entry: &Entry, fh: Option<u64>, flags: u32) {
+        if let Some(fh) = fh {
+            let _ = self
+                .fs
+                .release(ctx, entry.inode.into(), flags, fh.into(), false, false, None);
+        }
+        self.fs.forget(ctx, entry.inode.into(), 1);
+    }
+
+    fn rename(&self, ctx: &Context, olddir: u64, newdir: u64, flags: u32, a: &mut Args<'_>) -> Handled {
+        let old = a.name()?;
+        let new = a.name()?;
+        a.finish()?;
+        self.fs
+            .rename(ctx, olddir.into(), old, newdir.into(), new, flags)?;
+        Ok(Done::Reply)
+    }
+
+    fn readdir(&self, ctx: &Context, ino: u64, r: &ReadIn, w: &mut BodyWriter<'_>, plus: bool) -> Handled {
+        let size = r.size as usize;
+        if size > self.negotiated.max_reply_bytes() || size > w.room() {
+            return Err(ParseError::BadCount(u64::from(r.size)).into());
+        }
+        w.limit_to(size);
+        if plus {
+            self.fs
+                .readdirplus(ctx, ino.into(), r.fh.into(), r.size, r.offset, &mut |d, e| {
+                    Ok(push_dirent(w, &d, Some(&e)))
+                })?;
+        } else {
+            self.fs
+                .readdir(ctx, ino.into(), r.fh.into(), r.size, r.offset, &mut |d| {
+                    Ok(push_dirent(w, &d, None))
+                })?;
+        }
+        Ok(Done::Reply)
+    }
+}
+
+/// Appends one directory record; returns its size, or 0 when it does not fit
+/// (the filesystem then stops and resumes from that entry's offset next time).
+fn push_dirent(w: &mut BodyWriter<'_>, d: &DirEntry<'_>, entry: Option<&Entry>) -> usize {
+    let namelen = d.name.len();
+    let fixed = if entry.is_some() {
+        std::mem::size_of::<DirentPlus>()
+    } else {
+        std::mem::size_of::<Dirent>()
+    };
+    let record = abi::dirent_align(fixed + namelen);
+    if record > w.room() || namelen > u32::MAX as usize {
+        return 0;
+    }
+    let dirent = Dirent {
+        ino: d.ino,
+        off: d.offset,
+        namelen: namelen as u32,
+        type_: d.type_,
+    };
+    let pushed = match entry {
+        Some(e) => w.push(&DirentPlus {
+            entry_out: entry_out(e),
+            dirent,
+        }),
+        None => w.push(&dirent),
+    };
+    if pushed
+        .and_then(|_| w.push_bytes(d.name))
+        .and_then(|_| w.push_zeros(record - fixed - namelen))
+        .is_err()
+    {
+        return 0;
+    }
+    record
+}
+
+fn open_out(fh: Option<u64>, open_flags: u32) -> OpenOut {
+    // The filesystem's passthrough (third return value) is fuse-backend-rs's
+    // own scheme, not the kernel's backing ids; never forward its bit.
+    OpenOut {
+        fh: fh.unwrap_or(0),
+        open_flags: open_flags & !fopen::PASSTHROUGH,
+        backing_id: 0,
+    }
+}
+
+fn file_lock(l: &abi::FileLock) -> FsFileLock {
+    FsFileLock {
+        start: l.start,
+        end: l.end,
+        lock_type: l.type_,
+        pid: l.pid,
+    }
+}
+
+fn xattr_value(w: &mut BodyWriter<'_>, size: u32, value: &[u8]) -> Result<(), Failure> {
+    if size == 0 {
+        // The caller asked for the size only.
+        let n = u32::try_from(value.len()).map_err(|_| Failure::Errno(libc::E2BIG))?;
+        w.push(&GetxattrOut { size: n, padding: 0 })?;
+    } else if value.len() > size as usize {
+        return Err(Failure::Errno(libc::ERANGE));
+    } else {
+        w.push_bytes(value)?;
+    }
+    Ok(())
+}
+
+/// Turns `fuse_setattr_in` into the trait's (stat64, valid, handle).
+fn setattr_args(s: &SetattrIn) -> (libc::stat64, SetattrValid, Option<u64>) {
+    let mut st: libc::stat64 = zeroed_stat();
+    st.st_mode = s.mode;
+    st.st_uid = s.uid;
+    st.st_gid = s.gid;
+    st.st_size = s.size as i64;
+    st.st_atime = s.atime as i64;
+    st.st_atime_nsec = i64::from(s.atimensec);
+    st.st_mtime = s.mtime as i64;
+    st.st_mtime_nsec = i64::from(s.mtimensec);
+    st.st_ctime = s.ctime as i64;
+    st.st_ctime_nsec = i64::from(s.ctimensec);
+    let valid = SetattrValid::from_bits_truncate(s.valid & !(fattr::FH | fattr::LOCKOWNER));
+    let fh = (s.valid & fattr::FH != 0).then_some(s.fh);
+    (st, valid, fh)
+}
+
+fn zeroed_stat() -> libc::stat64 {
+    let st: Entry = Entry::default();
+    // `Entry::default()` holds a zeroed stat64; reuse it rather than zeroing
+    // memory ourselves.
+    st.attr
+}

@@ -1,0 +1,32 @@
+//! xfuse: a FUSE protocol layer (kernel protocol 7.45) with fast transports,
+//! for any [`fuse_backend_rs::api::filesystem::FileSystem`].
+//!
+//! A user writes (or reuses) a `FileSystem`, mounts it with
+//! [`Session::mount`], and serves it with [`Session::serve`] on a
+//! [`Transport`]. The layers, top to bottom:
+//!
+//! - [`session`]: mount, INIT negotiation ([`init`]), teardown;
+//! - [`transport`]: moving requests and replies (`dev`: cloned `/dev/fuse`
+//!   descriptors, one per worker);
+//! - [`dispatch`]: one decoder for every transport, calling the filesystem;
+//! - [`request`] and [`reply`]: untrusted bytes in, kernel structs out;
+//! - [`notify`]: cache invalidations sent to the kernel.
+//!
+//! All system calls go through the `kmod-shim` crate; this crate has no
+//! `unsafe` code.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod dispatch;
+pub mod init;
+pub mod notify;
+pub mod reply;
+pub mod request;
+pub mod session;
+pub mod transport;
+
+pub use dispatch::{Dispatcher, Reply, Stats};
+pub use init::{InitConfig, Negotiated};
+pub use kmod_shim::MountOptions;
+pub use notify::Notifier;
+pub use session::{default_threads, Ended, Error, Running, Session, Transport, Unmounter};

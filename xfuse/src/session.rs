@@ -1,0 +1,451 @@
+//! Sessions: mount, INIT negotiation, serving through a transport, teardown.
+//!
+//! ```text
+//! Session::mount(fs, mountpoint, options)   mount(2) + INIT answered
+//!        │
+//!        ├── .notifier()                    cache invalidations
+//!        ▼
+//! Session::serve(Transport::Dev{..})        workers started
+//!        │
+//!        ▼
+//! Running::wait() / run_until_signal()      returns once unmounted
+//! ```
+//!
+//! Teardown is the same whoever starts it: the filesystem is unmounted (by
+//! us on SIGINT/SIGTERM or drop, or by someone with `umount`), the kernel
+//! aborts the connection, every worker's next read fails with `ENODEV`, the
+//! workers end, and the filesystem's `destroy` runs once.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use fuse_backend_rs::api::filesystem::FileSystem;
+use kmod_shim::abi::{InitOut, Opcode, OutHeader};
+use kmod_shim::{FuseDev, KernelInfo, MountOptions, UnmountMode};
+use zerocopy::IntoBytes;
+
+use crate::dispatch::{Dispatcher, Stats};
+use crate::init::{self, InitAnswer, InitConfig, Negotiated};
+use crate::notify::Notifier;
+use crate::request::split_contiguous;
+use crate::transport;
+
+/// Errors of setting up or running a session.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The mountpoint is missing or not a directory.
+    #[error("mountpoint {path}: {reason}")]
+    Mountpoint {
+        /// The mountpoint given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `/dev/fuse` could not be opened.
+    #[error("cannot open /dev/fuse: {0} (is the fuse module loaded, and are you root?)")]
+    OpenDevice(#[source] io::Error),
+    /// mount(2) failed.
+    #[error("mount of {path} failed: {source}")]
+    Mount {
+        /// The mountpoint.
+        path: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading or answering INIT failed.
+    #[error("INIT with the kernel failed: {0}")]
+    Init(String),
+    /// Setting up a transport failed.
+    #[error("transport {transport}: {reason}")]
+    Transport {
+        /// The transport's name.
+        transport: &'static str,
+        /// What failed.
+        reason: String,
+    },
+    /// Installing SIGINT/SIGTERM handling failed.
+    #[error("installing signal handlers failed: {0}")]
+    Signals(#[source] io::Error),
+}
+
+/// Which transport carries requests and replies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// Classic `/dev/fuse`: `threads` workers, each on its own cloned descriptor.
+    Dev {
+        /// Worker threads (at least 1).
+        threads: usize,
+    },
+}
+
+impl Transport {
+    /// The transport's name, as the CLI spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Transport::Dev { .. } => "dev",
+        }
+    }
+}
+
+/// One worker per CPU the process may run on.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The mount, shared by whoever may unmount it.
+#[derive(Debug)]
+struct MountState {
+    mountpoint: PathBuf,
+    mounted: Mutex<bool>,
+    /// The connection's id under /sys/fs/fuse/connections.
+    conn_id: Option<u32>,
+}
+
+/// Unmounts a session's filesystem; cheap to clone and send to other threads
+/// (a signal handler, a test).
+#[derive(Debug, Clone)]
+pub struct Unmounter {
+    state: Arc<MountState>,
+}
+
+impl Unmounter {
+    /// Unmounts, if still mounted. When files are still open on the mount,
+    /// the mount is detached and the connection aborted, so the workers end
+    /// and the process can exit; those files then fail with `ENOTCONN`.
+    pub fn unmount(&self) {
+        let mut mounted = self.state.mounted.lock().unwrap_or_else(|e| e.into_inner());
+        if !*mounted {
+            return;
+        }
+        *mounted = false;
+        let mp = &self.state.mountpoint;
+        match kmod_shim::umount(mp, UnmountMode::Normal) {
+            Ok(()) => tracing::info!("unmounted {}", mp.display()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::info!("{} was already unmounted", mp.display());
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "unmount of {} failed ({e}); detaching it and aborting the connection",
+                    mp.display()
+                );
+                if let Err(e) = kmod_shim::umount(mp, UnmountMode::Lazy) {
+                    tracing::warn!("lazy unmount of {} failed: {e}", mp.display());
+                }
+                if let Some(id) = self.state.conn_id {
+                    if let Err(e) = kmod_shim::mount::abort_connection(id) {
+                        tracing::warn!("aborting FUSE connection {id} failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The mountpoint.
+    pub fn mountpoint(&self) -> &Path {
+        &self.state.mountpoint
+    }
+}
+
+/// A mounted filesystem whose INIT has been answered, not yet served.
+#[derive(Debug)]
+pub struct Session<F: FileSystem + Send + Sync + 'static> {
+    dev: Arc<FuseDev>,
+    dispatcher: Arc<Dispatcher<F>>,
+    unmounter: Unmounter,
+    kernel: KernelInfo,
+}
+
+impl<F: FileSystem + Send + Sync + 'static> Session<F> {
+    /// Mounts `fs` at `mountpoint` and negotiates INIT with the kernel.
+    pub fn mount(
+        fs: F,
+        mountpoint: &Path,
+        options: &MountOptions,
+        config: &InitConfig,
+    ) -> Result<Session<F>, Error> {
+        let meta = std::fs::metadata(mountpoint).map_err(|e| Error::Mountpoint {
+            path: mountpoint.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        if !meta.is_dir() {
+            return Err(Error::Mountpoint {
+                path: mountpoint.to_path_buf(),
+                reason: "not a directory".into(),
+            });
+        }
+        let mountpoint = std::fs::canonicalize(mountpoint).map_err(|e| Error::Mountpoint {
+            path: mountpoint.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let mut kernel = kmod_shim::probe();
+        let dev = FuseDev::open().map_err(Error::OpenDevice)?;
+        kmod_shim::mount(&dev, &mountpoint, options).map_err(|source| Error::Mount {
+            path: mountpoint.clone(),
+            source,
+        })?;
+        let state = Arc::new(MountState {
+            conn_id: kmod_shim::mount::connection_id(&mountpoint),
+            mountpoint,
+            mounted: Mutex::new(true),
+        });
+        let unmounter = Unmounter { state };
+        // From here on, any failure must unmount again.
+        let negotiated = match answer_init(&dev, &fs, config) {
+            Ok(n) => n,
+            Err(e) => {
+                unmounter.unmount();
+                return Err(e);
+            }
+        };
+        kernel.protocol_minor = Some(negotiated.minor);
+        tracing::info!(
+            "mounted {} (FUSE 7.{}, max_write {} KiB, features: {})",
+            unmounter.mountpoint().display(),
+            negotiated.minor,
+            negotiated.max_write / 1024,
+            init::flag_names(negotiated.flags).join(" ")
+        );
+        Ok(Session {
+            dev: Arc::new(dev),
+            dispatcher: Arc::new(Dispatcher::new(fs, negotiated)),
+            unmounter,
+            kernel,
+        })
+    }
+
+    /// What INIT settled.
+    pub fn negotiated(&self) -> &Negotiated {
+        self.dispatcher.negotiated()
+    }
+
+    /// What the kernel offers, with the protocol minor filled in.
+    pub fn kernel(&self) -> &KernelInfo {
+        &self.kernel
+    }
+
+    /// A handle to send cache invalidations.
+    pub fn notifier(&self) -> Notifier {
+        Notifier::new(self.dev.clone())
+    }
+
+    /// A handle to unmount from elsewhere.
+    pub fn unmounter(&self) -> Unmounter {
+        self.unmounter.clone()
+    }
+
+    /// The dispatcher (for its counters and the filesystem).
+    pub fn dispatcher(&self) -> &Arc<Dispatcher<F>> {
+        &self.dispatcher
+    }
+
+    /// Starts serving requests through `transport`.
+    pub fn serve(self, transport: Transport) -> Result<Running<F>, Error> {
+        let workers = match &transport {
+            Transport::Dev { threads } => {
+                transport::dev::start(&self.dev, &self.dispatcher, (*threads).max(1))?
+            }
+        };
+        tracing::info!(
+            "serving through transport {} with {} workers",
+            transport.name(),
+            workers.len()
+        );
+        Ok(Running {
+            session: Some(self),
+            workers,
+            transport,
+        })
+    }
+}
+
+impl<F: FileSystem + Send + Sync + 'static> Drop for Session<F> {
+    fn drop(&mut self) {
+        self.unmounter.unmount();
+    }
+}
+
+/// Reads INIT, negotiates, answers. Loops while the kernel asks to retry
+/// with another major version.
+fn answer_init<F: FileSystem>(dev: &FuseDev, fs: &F, config: &InitConfig) -> Result<Negotiated, Error> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = loop {
+            match dev.read_request(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ENOENT | libc::EAGAIN)) => {
+                    continue
+                }
+                Err(e) => return Err(Error::Init(format!("reading INIT: {e}"))),
+            }
+        };
+        let (header, body) = split_contiguous(&mut buf[..n])
+            .map_err(|bad| Error::Init(format!("malformed INIT: {}", bad.error)))?;
+        if header.opcode != Opcode::Init as u32 {
+            reply_raw(dev, header.unique, -libc::EIO, &[]);
+            return Err(Error::Init(format!(
+                "kernel sent opcode {} before INIT",
+                header.opcode
+            )));
+        }
+        // `negotiate` calls the filesystem's init only once it agrees on a
+        // version, so a retry with another major does not run it twice.
+        match init::negotiate(body, config, |cap| fs.init(cap)) {
+            InitAnswer::Agreed(out, negotiated) => {
+                write_init(dev, header.unique, &out)?;
+                return Ok(negotiated);
+            }
+            InitAnswer::RetryWithMajor(out) => {
+                tracing::info!("kernel offers a newer FUSE major; answering 7 and waiting for another INIT");
+                write_init(dev, header.unique, &out)?;
+            }
+            InitAnswer::Refuse(errno, why) => {
+                reply_raw(dev, header.unique, -errno, &[]);
+                return Err(Error::Init(why));
+            }
+        }
+    }
+}
+
+fn write_init(dev: &FuseDev, unique: u64, out: &InitOut) -> Result<(), Error> {
+    let header = OutHeader {
+        len: (16 + std::mem::size_of::<InitOut>()) as u32,
+        error: 0,
+        unique,
+    };
+    dev.write_message(&[header.as_bytes(), out.as_bytes()])
+        .map(|_| ())
+        .map_err(|e| Error::Init(format!("writing the INIT reply: {e}")))
+}
+
+fn reply_raw(dev: &FuseDev, unique: u64, error: i32, body: &[u8]) {
+    let header = OutHeader {
+        len: (16 + body.len()) as u32,
+        error,
+        unique,
+    };
+    if let Err(e) = dev.write_message(&[header.as_bytes(), body]) {
+        tracing::debug!("reply to {unique} failed: {e}");
+    }
+}
+
+/// Why serving ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// SIGINT or SIGTERM arrived; we unmounted.
+    Signal(i32),
+    /// Someone else unmounted the filesystem (or the connection was aborted).
+    Unmounted,
+}
+
+/// A session being served.
+#[derive(Debug)]
+pub struct Running<F: FileSystem + Send + Sync + 'static> {
+    /// Taken out only by `wait`, which consumes `self`.
+    session: Option<Session<F>>,
+    workers: Vec<JoinHandle<()>>,
+    transport: Transport,
+}
+
+impl<F: FileSystem + Send + Sync + 'static> Running<F> {
+    /// A handle to unmount from elsewhere.
+    pub fn unmounter(&self) -> Unmounter {
+        self.session().unmounter()
+    }
+
+    /// A handle to send cache invalidations.
+    pub fn notifier(&self) -> Notifier {
+        self.session().notifier()
+    }
+
+    /// Request counters.
+    pub fn stats(&self) -> &Stats {
+        self.session().dispatcher.stats()
+    }
+
+    fn session(&self) -> &Session<F> {
+        self.session
+            .as_ref()
+            .expect("a Running always holds its session until wait() consumes it")
+    }
+
+    /// The transport serving.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// Blocks until every worker has ended (the filesystem was unmounted),
+    /// then runs the filesystem's `destroy`.
+    pub fn wait(mut self) -> Session<F> {
+        for w in self.workers.drain(..) {
+            if w.join().is_err() {
+                tracing::error!("a worker panicked");
+            }
+        }
+        let session = self.session.take().expect("wait() runs once");
+        session.dispatcher.destroy();
+        // Nothing is served any more; make sure nothing stays mounted.
+        session.unmounter.unmount();
+        session
+    }
+
+    /// Serves until SIGINT/SIGTERM (then unmounts) or until unmounted from
+    /// outside, and says which.
+    pub fn run_until_signal(self) -> Result<(Ended, Session<F>), Error> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(Error::Signals)?;
+        let handle = signals.handle();
+        let unmounter = self.unmounter();
+        let got = Arc::new(AtomicBool::new(false));
+        let got_in_thread = got.clone();
+        let watcher = std::thread::Builder::new()
+            .name("xfuse-signals".into())
+            .spawn(move || {
+                let sig = signals.forever().next();
+                if let Some(sig) = sig {
+                    got_in_thread.store(true, Ordering::Release);
+                    tracing::info!(
+                        "received signal {sig}; unmounting {}",
+                        unmounter.mountpoint().display()
+                    );
+                    unmounter.unmount();
+                }
+                sig
+            })
+            .map_err(Error::Signals)?;
+        let session = self.wait();
+        handle.close();
+        let sig = watcher.join().ok().flatten();
+        let ended = match sig {
+            Some(s) if got.load(Ordering::Acquire) => Ended::Signal(s),
+            _ => Ended::Unmounted,
+        };
+        Ok((ended, session))
+    }
+}
+
+impl<F: FileSystem + Send + Sync + 'static> Drop for Running<F> {
+    fn drop(&mut self) {
+        let Some(session) = self.session.as_ref() else {
+            return;
+        };
+        session.unmounter.unmount();
+        // Give workers a moment to see ENODEV; a worker stuck in the
+        // filesystem is left behind rather than hanging the caller.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        for w in self.workers.drain(..) {
+            while !w.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if w.is_finished() {
+                let _ = w.join();
+            }
+        }
+        session.dispatcher.destroy();
+    }
+}
