@@ -187,6 +187,18 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         inode_file_handles: true,
         ..Default::default()
     };
+    if kernel.cap_sys_admin && !args.no_default_permissions {
+        // PassthroughFs creates files as the caller (switching the thread's
+        // euid), and in file-handle mode reopens the parent directory with
+        // open_by_handle_at inside that window, which needs
+        // CAP_DAC_READ_SEARCH; the kernel clears effective capabilities on a
+        // euid change unless told not to. Permissions are still enforced: the
+        // kernel checks them before sending the request (default_permissions);
+        // without default_permissions the backing filesystem must check them,
+        // so capabilities are dropped as usual and non-root creates may fail.
+        kmod_shim::creds::keep_capabilities_across_setuid()
+            .context("keeping capabilities across uid switches (prctl PR_SET_SECUREBITS)")?;
+    }
     let fs = PassthroughFs::<()>::new(cfg).context("setting up PassthroughFs")?;
 
     let mut options = MountOptions::new(source_str, "xfuse");

@@ -4,6 +4,7 @@
 //! - [`dev`]: `/dev/fuse` file descriptors, their reads and writes, and the
 //!   `FUSE_DEV_IOC_*` ioctls (clone, passthrough backing files);
 //! - [`mount`]: mount(2) and umount2(2) for FUSE, with typed options;
+//! - [`creds`]: process credentials (capabilities across uid switches);
 //! - [`probe`]: what the running kernel offers (version, io_uring switch,
 //!   passthrough).
 //!
@@ -14,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod creds;
 pub mod dev;
 pub mod mount;
 pub mod probe;

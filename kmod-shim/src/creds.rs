@@ -1,0 +1,26 @@
+//! Process credentials.
+
+use std::io;
+
+use crate::cvt;
+
+/// `SECBIT_NO_SETUID_FIXUP` of `<linux/securebits.h>`.
+const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+
+/// Keeps the process's effective capabilities when a thread switches its
+/// effective uid away from 0 (sets `SECBIT_NO_SETUID_FIXUP` for the calling
+/// thread and the threads it creates afterwards).
+///
+/// Filesystems that create files under the caller's uid (switching the
+/// thread's euid around `mkdirat`) and that reopen inodes from file handles
+/// (`open_by_handle_at`, which needs CAP_DAC_READ_SEARCH) inside that window
+/// otherwise fail with `EPERM` for every non-root caller. Needs CAP_SETPCAP.
+pub fn keep_capabilities_across_setuid() -> io::Result<()> {
+    // SAFETY: PR_GET_SECUREBITS takes no pointer arguments and only reads
+    // the calling thread's credentials.
+    let bits = cvt(unsafe { libc::prctl(libc::PR_GET_SECUREBITS) })?;
+    let bits = bits as libc::c_ulong | SECBIT_NO_SETUID_FIXUP;
+    // SAFETY: PR_SET_SECUREBITS takes the new bits by value; no memory is passed.
+    cvt(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits) })?;
+    Ok(())
+}
