@@ -820,3 +820,233 @@ fn zeroed_stat() -> libc::stat64 {
     // memory ourselves.
     st.attr
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::split_contiguous;
+    use fuse_backend_rs::api::filesystem::ZeroCopyWriter;
+    use kmod_shim::abi::init_flags;
+    use kmod_shim::abi::EntryOut;
+    use std::ffi::CStr;
+    use std::time::Duration;
+    use zerocopy::{FromBytes, IntoBytes};
+
+    /// A filesystem double: one directory (1) holding one file "f" (2) with
+    /// eight bytes of data; it counts lookups and forgets.
+    #[derive(Default)]
+    struct TinyFs {
+        lookups: AtomicU64,
+        forgets: AtomicU64,
+    }
+
+    fn stat(ino: u64) -> libc::stat64 {
+        let mut st = zeroed_stat();
+        st.st_ino = ino;
+        st.st_mode = if ino == 1 { libc::S_IFDIR | 0o755 } else { libc::S_IFREG | 0o644 };
+        st.st_size = 8;
+        st.st_nlink = 1;
+        st
+    }
+
+    impl FileSystem for TinyFs {
+        type Inode = u64;
+        type Handle = u64;
+
+        fn lookup(&self, _: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+            if parent != 1 || name.to_bytes() != b"f" {
+                return Err(io::Error::from_raw_os_error(libc::ENOENT));
+            }
+            self.lookups.fetch_add(1, Ordering::Relaxed);
+            Ok(Entry { inode: 2, attr: stat(2), ..Default::default() })
+        }
+
+        fn forget(&self, _: &Context, _: u64, count: u64) {
+            self.forgets.fetch_add(count, Ordering::Relaxed);
+        }
+
+        fn getattr(&self, _: &Context, ino: u64, _: Option<u64>) -> io::Result<(libc::stat64, Duration)> {
+            Ok((stat(ino), Duration::from_secs(1)))
+        }
+
+        fn read(
+            &self,
+            _: &Context,
+            _: u64,
+            _: u64,
+            w: &mut dyn ZeroCopyWriter,
+            size: u32,
+            offset: u64,
+            _: Option<u64>,
+            _: u32,
+        ) -> io::Result<usize> {
+            let data = b"01234567";
+            let start = (offset as usize).min(data.len());
+            let end = (start + size as usize).min(data.len());
+            w.write(&data[start..end])
+        }
+
+        fn readdir(
+            &self,
+            _: &Context,
+            _: u64,
+            _: u64,
+            _: u32,
+            offset: u64,
+            add: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+        ) -> io::Result<()> {
+            for i in offset..100 {
+                let name = format!("entry-{i}");
+                let n = add(DirEntry { ino: 10 + i, offset: i + 1, type_: 8, name: name.as_bytes() })?;
+                if n == 0 {
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn negotiated() -> Negotiated {
+        Negotiated {
+            minor: 45,
+            offered: 0,
+            flags: init_flags::MAX_PAGES,
+            max_write: 128 * 1024,
+            max_pages: 32,
+            max_readahead: 0,
+        }
+    }
+
+    fn message(opcode: u32, nodeid: u64, body: &[u8]) -> Vec<u8> {
+        let h = InHeader { len: (40 + body.len()) as u32, opcode, unique: 42, nodeid, ..Default::default() };
+        let mut v = h.as_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn run(d: &Dispatcher<TinyFs>, mut msg: Vec<u8>, out: &mut [u8]) -> Option<Reply> {
+        match split_contiguous(&mut msg) {
+            Ok((h, body)) => d.dispatch(&h, Args::contiguous(body), out),
+            Err(bad) => bad.unique.map(|unique| Reply {
+                unique,
+                error: -bad.error.errno(),
+                body_len: 0,
+                lookup: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn lookup_returns_entry_and_carries_its_reference() {
+        let d = Dispatcher::new(TinyFs::default(), negotiated());
+        let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
+        let r = run(&d, message(Opcode::Lookup as u32, 1, b"f\0"), &mut out).unwrap();
+        assert_eq!((r.error, r.body_len, r.lookup), (0, 128, Some(2)));
+        let e = EntryOut::read_from_bytes(&out[..128]).unwrap();
+        assert_eq!((e.nodeid, e.attr.size), (2, 8));
+        d.reply_lost(&r);
+        assert_eq!(d.fs().forgets.load(Ordering::Relaxed), 1, "a lost reply gives its lookup back");
+        let r = run(&d, message(Opcode::Lookup as u32, 1, b"nope\0"), &mut out).unwrap();
+        assert_eq!(r.error, -libc::ENOENT);
+        assert_eq!(d.stats().requests(Opcode::Lookup), 2);
+        assert_eq!(d.stats().errors(Opcode::Lookup), 1);
+    }
+
+    #[test]
+    fn unknown_and_unimplemented_opcodes_get_enosys() {
+        let d = Dispatcher::new(TinyFs::default(), negotiated());
+        let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
+        for opcode in [7u32, 54, 999, u32::MAX, Opcode::Statx as u32, Opcode::Tmpfile as u32] {
+            let r = run(&d, message(opcode, 1, &[0; 24]), &mut out).unwrap();
+            assert_eq!(r.error, -libc::ENOSYS, "opcode {opcode}");
+        }
+        // Trait methods the double does not override answer ENOSYS too.
+        let r = run(&d, message(Opcode::Unlink as u32, 1, b"f\0"), &mut out).unwrap();
+        assert_eq!(r.error, -libc::ENOSYS);
+    }
+
+    #[test]
+    fn malformed_requests_get_einval_and_forget_gets_no_reply() {
+        let d = Dispatcher::new(TinyFs::default(), negotiated());
+        let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
+        // Name without NUL, struct too short, trailing junk.
+        for (op, body) in [
+            (Opcode::Lookup, b"f".to_vec()),
+            (Opcode::Getattr, vec![0; 3]),
+            (Opcode::Getattr, vec![0; 17]),
+            (Opcode::Mkdir, vec![0; 8]),
+        ] {
+            let r = run(&d, message(op as u32, 1, &body), &mut out).unwrap();
+            assert_eq!(r.error, -libc::EINVAL, "{op:?}");
+        }
+        assert!(run(&d, message(Opcode::Forget as u32, 2, &[0; 3]), &mut out).is_none());
+        assert!(run(&d, message(Opcode::Forget as u32, 2, &5u64.to_ne_bytes()), &mut out).is_none());
+        assert_eq!(d.fs().forgets.load(Ordering::Relaxed), 5);
+        // BATCH_FORGET whose count claims more entries than the request holds.
+        let mut b = BatchForgetIn { count: 1000, dummy: 0 }.as_bytes().to_vec();
+        b.extend_from_slice(ForgetOne { nodeid: 2, nlookup: 1 }.as_bytes());
+        assert!(run(&d, message(Opcode::BatchForget as u32, 0, &b), &mut out).is_none());
+        assert_eq!(d.fs().forgets.load(Ordering::Relaxed), 5, "nothing forgotten from a bad batch");
+    }
+
+    #[test]
+    fn oversized_read_and_readdir_are_refused() {
+        let d = Dispatcher::new(TinyFs::default(), negotiated());
+        let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
+        let read = |size| ReadIn { size, ..Default::default() }.as_bytes().to_vec();
+        let r = run(&d, message(Opcode::Read as u32, 2, &read(u32::MAX)), &mut out).unwrap();
+        assert_eq!(r.error, -libc::EINVAL);
+        let r = run(&d, message(Opcode::Read as u32, 2, &read(4)), &mut out).unwrap();
+        assert_eq!((r.error, &out[..r.body_len]), (0, &b"0123"[..]));
+        let r = run(&d, message(Opcode::Readdir as u32, 1, &read(1 << 30)), &mut out).unwrap();
+        assert_eq!(r.error, -libc::EINVAL);
+    }
+
+    #[test]
+    fn readdir_fills_exactly_the_size_asked() {
+        let d = Dispatcher::new(TinyFs::default(), negotiated());
+        let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
+        let read = ReadIn { size: 100, ..Default::default() }.as_bytes().to_vec();
+        let r = run(&d, message(Opcode::Readdir as u32, 1, &read), &mut out).unwrap();
+        // Each record: 24-byte header + "entry-N" (7 bytes) padded to 32.
+        assert_eq!((r.error, r.body_len), (0, 96));
+        let first = Dirent::read_from_prefix(&out).unwrap().0;
+        assert_eq!((first.ino, first.off, first.namelen), (10, 1, 7));
+        assert_eq!(&out[24..31], b"entry-0");
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let d = Dispatcher::new(TinyFs::default(), negotiated());
+        let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 300) as usize;
+            let mut body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if next() % 4 == 0 {
+                // Plausible names make handlers go deeper.
+                body.extend_from_slice(b"f\0");
+            }
+            let opcode = (next() % 60) as u32;
+            let mut msg = message(opcode, next() % 4, &body);
+            if next() % 8 == 0 {
+                // Lie about the length or the extensions.
+                let k = (next() % 40) as usize;
+                msg[k] = next() as u8;
+            }
+            if let Some(r) = run(&d, msg, &mut out) {
+                assert!(r.error <= 0);
+                assert!(r.body_len <= out.len());
+                if r.error != 0 {
+                    assert_eq!(r.body_len, 0);
+                }
+            }
+        }
+    }
+}

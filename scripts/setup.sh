@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what xfuse needs on Debian 12 (run as root) and builds it.
+#
+# Idempotent: packages already present are not reinstalled, `apt-get update`
+# runs at most once per machine (a stamp under /var/lib/xfuse), and the Rust
+# toolchain is expected from rustup (Debian's cargo is too old).
+#
+# Usage: scripts/setup.sh [--tests]   (--tests also installs the test tools)
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+want_tests=0
+[[ ${1:-} == --tests ]] && want_tests=1
+
+log() { echo "setup: $*" >&2; }
+
+if [[ $(id -u) -ne 0 ]]; then
+    log "run as root: mounting FUSE filesystems needs CAP_SYS_ADMIN"
+    exit 1
+fi
+
+# Debian packages: a C compiler (the ABI test compiles against
+# <linux/fuse.h>, and some crates build C), kernel headers for that test,
+# and the tools the integration tests drive.
+packages=(gcc libc6-dev linux-libc-dev util-linux tar diffutils coreutils findutils passwd)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    stamp=/var/lib/xfuse/apt-updated
+    if [[ ! -e $stamp ]]; then
+        log "apt-get update"
+        apt-get update -q
+        mkdir -p "$(dirname "$stamp")" && touch "$stamp"
+    fi
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v cargo >/dev/null; then
+    log "cargo not found: install the Rust toolchain (1.95, via rustup) first"
+    exit 1
+fi
+
+if [[ ! -e /dev/fuse ]]; then
+    log "/dev/fuse is missing: this kernel has no FUSE"
+    exit 1
+fi
+
+if ((want_tests)); then
+    if ! command -v pjdfstest >/dev/null; then
+        log "installing pjdfstest 0.2.2 (cargo install)"
+        cargo install --locked --version 0.2.2 pjdfstest
+    fi
+fi
+
+log "building (release)"
+cd "$repo"
+cargo build --release --locked -p xfused
