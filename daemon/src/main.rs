@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
+use xfuse::transport::uring::UringConfig;
 use xfuse::{Ended, InitConfig, MountOptions, Session, Transport};
 
 /// xfused serves filesystems to the Linux kernel through xfuse, a FUSE
@@ -49,8 +50,13 @@ enum KernelCommand {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum TransportArg {
+    /// uring where the kernel offers it (enable_uring on), else dev.
+    Auto,
     /// Classic /dev/fuse, one cloned descriptor and thread per worker.
     Dev,
+    /// FUSE-over-io_uring: one ring queue per CPU in shared memory
+    /// (Linux 6.14+, with enable_uring on: see `xfused kernel enable-uring`).
+    Uring,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,12 +76,22 @@ struct PassthroughArgs {
     /// Where to mount it (an existing directory).
     mountpoint: PathBuf,
     /// How requests travel between the kernel and xfused.
-    #[arg(long, value_enum, default_value = "dev")]
+    #[arg(long, value_enum, default_value = "auto")]
     transport: TransportArg,
-    /// Worker threads (default: one per CPU).
+    /// Worker threads (default: one per CPU). With uring, ring queues (one
+    /// per possible CPU) are spread over this many threads.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
-    /// Print per-opcode request counters at exit.
+    /// uring: ring entries per queue, i.e. requests one CPU's queue holds at
+    /// once. Each entry has a payload buffer of max-write size.
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    queue_depth: u16,
+    /// uring: microseconds a worker spins on its ring before sleeping
+    /// (hybrid polling; 0 sleeps at once).
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    spin_us: u64,
+    /// Print request counters (per opcode, per ring queue) at exit.
     #[arg(long)]
     stats: bool,
     /// How long the kernel may cache attributes, in milliseconds.
@@ -210,11 +226,55 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let threads = args.threads.map_or_else(xfuse::default_threads, usize::from);
-    let transport = match args.transport {
-        TransportArg::Dev => Transport::Dev { threads },
+    let want_uring = match args.transport {
+        TransportArg::Uring => true,
+        TransportArg::Dev => false,
+        TransportArg::Auto => {
+            let (uring, why) = match kernel.uring_enabled {
+                Some(true) => (true, "FUSE-over-io_uring is on".to_string()),
+                Some(false) => (
+                    false,
+                    format!(
+                        "FUSE-over-io_uring is off ({} = N; `xfused kernel enable-uring` turns it on)",
+                        kmod_shim::probe::ENABLE_URING_PARAM
+                    ),
+                ),
+                None => (
+                    false,
+                    format!("kernel {} has no FUSE-over-io_uring", kernel.release),
+                ),
+            };
+            tracing::info!(
+                "transport auto: {} because {why}",
+                if uring { "uring" } else { "dev" }
+            );
+            uring
+        }
+    };
+    let init = InitConfig {
+        over_io_uring: want_uring,
+        ..init
     };
 
     let session = Session::mount(fs, &args.mountpoint, &options, &init)?;
+    let agreed = session
+        .negotiated()
+        .has(kmod_shim::abi::init_flags::OVER_IO_URING);
+    let transport = if want_uring && !agreed {
+        if args.transport == TransportArg::Uring {
+            bail!("--transport uring: the kernel did not offer FUSE_OVER_IO_URING in INIT");
+        }
+        tracing::warn!("transport auto: the kernel did not offer FUSE_OVER_IO_URING in INIT; using dev");
+        Transport::Dev { threads }
+    } else if want_uring {
+        Transport::Uring(UringConfig {
+            queue_depth: usize::from(args.queue_depth),
+            threads,
+            spin: Duration::from_micros(args.spin_us),
+        })
+    } else {
+        Transport::Dev { threads }
+    };
     eprintln!(
         "xfused: serving {} at {} (transport {}); Ctrl-C or SIGTERM unmounts",
         source.display(),
@@ -222,13 +282,20 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         transport.name()
     );
     let running = session.serve(transport)?;
+    let queues = running.queue_counters();
     let (ended, session) = running.run_until_signal()?;
     match ended {
         Ended::Signal(sig) => tracing::info!("stopped by signal {sig}"),
         Ended::Unmounted => tracing::info!("{} was unmounted; exiting", args.mountpoint.display()),
     }
     if args.stats {
-        eprintln!("{}", session.dispatcher().stats().render());
+        let mut report = session.dispatcher().stats().render();
+        if let Some(queues) = queues {
+            for (qid, n) in queues.snapshot().iter().enumerate() {
+                report.push_str(&format!("ring queue {qid:<9} {n:>12}\n"));
+            }
+        }
+        eprintln!("{report}");
     }
     Ok(())
 }

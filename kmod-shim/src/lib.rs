@@ -5,6 +5,7 @@
 //!   `FUSE_DEV_IOC_*` ioctls (clone, passthrough backing files);
 //! - [`mount`]: mount(2) and umount2(2) for FUSE, with typed options;
 //! - [`creds`]: process credentials (capabilities across uid switches);
+//! - [`uring`]: FUSE-over-io_uring ring entries and the io_uring carrying them;
 //! - [`probe`]: what the running kernel offers (version, io_uring switch,
 //!   passthrough).
 //!
@@ -19,6 +20,7 @@ pub mod creds;
 pub mod dev;
 pub mod mount;
 pub mod probe;
+pub mod uring;
 
 pub use dev::FuseDev;
 pub use mount::{mount, umount, MountOptions, UnmountMode};

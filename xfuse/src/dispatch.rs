@@ -843,7 +843,11 @@ mod tests {
     fn stat(ino: u64) -> libc::stat64 {
         let mut st = zeroed_stat();
         st.st_ino = ino;
-        st.st_mode = if ino == 1 { libc::S_IFDIR | 0o755 } else { libc::S_IFREG | 0o644 };
+        st.st_mode = if ino == 1 {
+            libc::S_IFDIR | 0o755
+        } else {
+            libc::S_IFREG | 0o644
+        };
         st.st_size = 8;
         st.st_nlink = 1;
         st
@@ -858,7 +862,11 @@ mod tests {
                 return Err(io::Error::from_raw_os_error(libc::ENOENT));
             }
             self.lookups.fetch_add(1, Ordering::Relaxed);
-            Ok(Entry { inode: 2, attr: stat(2), ..Default::default() })
+            Ok(Entry {
+                inode: 2,
+                attr: stat(2),
+                ..Default::default()
+            })
         }
 
         fn forget(&self, _: &Context, _: u64, count: u64) {
@@ -897,7 +905,12 @@ mod tests {
         ) -> io::Result<()> {
             for i in offset..100 {
                 let name = format!("entry-{i}");
-                let n = add(DirEntry { ino: 10 + i, offset: i + 1, type_: 8, name: name.as_bytes() })?;
+                let n = add(DirEntry {
+                    ino: 10 + i,
+                    offset: i + 1,
+                    type_: 8,
+                    name: name.as_bytes(),
+                })?;
                 if n == 0 {
                     break;
                 }
@@ -918,7 +931,13 @@ mod tests {
     }
 
     fn message(opcode: u32, nodeid: u64, body: &[u8]) -> Vec<u8> {
-        let h = InHeader { len: (40 + body.len()) as u32, opcode, unique: 42, nodeid, ..Default::default() };
+        let h = InHeader {
+            len: (40 + body.len()) as u32,
+            opcode,
+            unique: 42,
+            nodeid,
+            ..Default::default()
+        };
         let mut v = h.as_bytes().to_vec();
         v.extend_from_slice(body);
         v
@@ -945,7 +964,11 @@ mod tests {
         let e = EntryOut::read_from_bytes(&out[..128]).unwrap();
         assert_eq!((e.nodeid, e.attr.size), (2, 8));
         d.reply_lost(&r);
-        assert_eq!(d.fs().forgets.load(Ordering::Relaxed), 1, "a lost reply gives its lookup back");
+        assert_eq!(
+            d.fs().forgets.load(Ordering::Relaxed),
+            1,
+            "a lost reply gives its lookup back"
+        );
         let r = run(&d, message(Opcode::Lookup as u32, 1, b"nope\0"), &mut out).unwrap();
         assert_eq!(r.error, -libc::ENOENT);
         assert_eq!(d.stats().requests(Opcode::Lookup), 2);
@@ -956,7 +979,14 @@ mod tests {
     fn unknown_and_unimplemented_opcodes_get_enosys() {
         let d = Dispatcher::new(TinyFs::default(), negotiated());
         let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
-        for opcode in [7u32, 54, 999, u32::MAX, Opcode::Statx as u32, Opcode::Tmpfile as u32] {
+        for opcode in [
+            7u32,
+            54,
+            999,
+            u32::MAX,
+            Opcode::Statx as u32,
+            Opcode::Tmpfile as u32,
+        ] {
             let r = run(&d, message(opcode, 1, &[0; 24]), &mut out).unwrap();
             assert_eq!(r.error, -libc::ENOSYS, "opcode {opcode}");
         }
@@ -980,20 +1010,47 @@ mod tests {
             assert_eq!(r.error, -libc::EINVAL, "{op:?}");
         }
         assert!(run(&d, message(Opcode::Forget as u32, 2, &[0; 3]), &mut out).is_none());
-        assert!(run(&d, message(Opcode::Forget as u32, 2, &5u64.to_ne_bytes()), &mut out).is_none());
+        assert!(run(
+            &d,
+            message(Opcode::Forget as u32, 2, &5u64.to_ne_bytes()),
+            &mut out
+        )
+        .is_none());
         assert_eq!(d.fs().forgets.load(Ordering::Relaxed), 5);
         // BATCH_FORGET whose count claims more entries than the request holds.
-        let mut b = BatchForgetIn { count: 1000, dummy: 0 }.as_bytes().to_vec();
-        b.extend_from_slice(ForgetOne { nodeid: 2, nlookup: 1 }.as_bytes());
+        let mut b = BatchForgetIn {
+            count: 1000,
+            dummy: 0,
+        }
+        .as_bytes()
+        .to_vec();
+        b.extend_from_slice(
+            ForgetOne {
+                nodeid: 2,
+                nlookup: 1,
+            }
+            .as_bytes(),
+        );
         assert!(run(&d, message(Opcode::BatchForget as u32, 0, &b), &mut out).is_none());
-        assert_eq!(d.fs().forgets.load(Ordering::Relaxed), 5, "nothing forgotten from a bad batch");
+        assert_eq!(
+            d.fs().forgets.load(Ordering::Relaxed),
+            5,
+            "nothing forgotten from a bad batch"
+        );
     }
 
     #[test]
     fn oversized_read_and_readdir_are_refused() {
         let d = Dispatcher::new(TinyFs::default(), negotiated());
         let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
-        let read = |size| ReadIn { size, ..Default::default() }.as_bytes().to_vec();
+        let read = |size| {
+            ReadIn {
+                size,
+                ..Default::default()
+            }
+            .as_bytes()
+            .to_vec()
+        };
         let r = run(&d, message(Opcode::Read as u32, 2, &read(u32::MAX)), &mut out).unwrap();
         assert_eq!(r.error, -libc::EINVAL);
         let r = run(&d, message(Opcode::Read as u32, 2, &read(4)), &mut out).unwrap();
@@ -1006,7 +1063,12 @@ mod tests {
     fn readdir_fills_exactly_the_size_asked() {
         let d = Dispatcher::new(TinyFs::default(), negotiated());
         let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
-        let read = ReadIn { size: 100, ..Default::default() }.as_bytes().to_vec();
+        let read = ReadIn {
+            size: 100,
+            ..Default::default()
+        }
+        .as_bytes()
+        .to_vec();
         let r = run(&d, message(Opcode::Readdir as u32, 1, &read), &mut out).unwrap();
         // Each record: 24-byte header + "entry-N" (7 bytes) padded to 32.
         assert_eq!((r.error, r.body_len), (0, 96));

@@ -33,6 +33,7 @@ use crate::init::{self, InitAnswer, InitConfig, Negotiated};
 use crate::notify::Notifier;
 use crate::request::split_contiguous;
 use crate::transport;
+use crate::transport::uring::{QueueCounters, UringConfig};
 
 /// Errors of setting up or running a session.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,10 @@ pub enum Transport {
         /// Worker threads (at least 1).
         threads: usize,
     },
+    /// FUSE-over-io_uring: a ring queue per possible CPU. The session must
+    /// have been mounted with [`InitConfig::over_io_uring`] and the kernel
+    /// must have agreed.
+    Uring(UringConfig),
 }
 
 impl Transport {
@@ -88,6 +93,7 @@ impl Transport {
     pub fn name(&self) -> &'static str {
         match self {
             Transport::Dev { .. } => "dev",
+            Transport::Uring(_) => "uring",
         }
     }
 }
@@ -246,20 +252,41 @@ impl<F: FileSystem + Send + Sync + 'static> Session<F> {
 
     /// Starts serving requests through `transport`.
     pub fn serve(self, transport: Transport) -> Result<Running<F>, Error> {
-        let workers = match &transport {
+        let (workers, queues) = match &transport {
             Transport::Dev { threads } => {
-                transport::dev::start(&self.dev, &self.dispatcher, (*threads).max(1))?
+                let workers = transport::dev::start(&self.dev, &self.dispatcher, (*threads).max(1))?;
+                tracing::info!("serving through transport dev with {} workers", workers.len());
+                (workers, None)
+            }
+            Transport::Uring(config) => {
+                if !self.negotiated().has(kmod_shim::abi::init_flags::OVER_IO_URING) {
+                    return Err(Error::Transport {
+                        transport: "uring",
+                        reason: "the kernel did not agree to FUSE_OVER_IO_URING in INIT".into(),
+                    });
+                }
+                let transport::uring::Started {
+                    workers,
+                    plan,
+                    counters,
+                } = transport::uring::start(&self.dev, &self.dispatcher, config)?;
+                tracing::info!(
+                    "serving through transport uring: {} queues x {} entries, payload {} KiB each, \
+                     {} ring threads + 1 /dev/fuse thread; ring buffers {} MiB (virtual, resident as used)",
+                    plan.queues,
+                    plan.depth,
+                    plan.payload_bytes / 1024,
+                    plan.threads,
+                    plan.total_bytes().div_ceil(1 << 20)
+                );
+                (workers, Some(counters))
             }
         };
-        tracing::info!(
-            "serving through transport {} with {} workers",
-            transport.name(),
-            workers.len()
-        );
         Ok(Running {
             session: Some(self),
             workers,
             transport,
+            queues,
         })
     }
 }
@@ -350,6 +377,7 @@ pub struct Running<F: FileSystem + Send + Sync + 'static> {
     session: Option<Session<F>>,
     workers: Vec<JoinHandle<()>>,
     transport: Transport,
+    queues: Option<Arc<QueueCounters>>,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> Running<F> {
@@ -366,6 +394,11 @@ impl<F: FileSystem + Send + Sync + 'static> Running<F> {
     /// Request counters.
     pub fn stats(&self) -> &Stats {
         self.session().dispatcher.stats()
+    }
+
+    /// Requests served per ring queue (`uring` only).
+    pub fn queue_counters(&self) -> Option<Arc<QueueCounters>> {
+        self.queues.clone()
     }
 
     fn session(&self) -> &Session<F> {

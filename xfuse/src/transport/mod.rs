@@ -3,3 +3,4 @@
 //! the filesystem behind the dispatcher.
 
 pub mod dev;
+pub mod uring;
