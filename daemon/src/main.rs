@@ -13,7 +13,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
 use xfuse::transport::uring::UringConfig;
-use xfuse::{Ended, InitConfig, MountOptions, Session, Transport};
+use xfuse::{Ended, InitConfig, MountOptions, Policy, Session, Transport};
 
 /// xfused serves filesystems to the Linux kernel through xfuse, a FUSE
 /// protocol layer of our own (kernel protocol 7.45) with fast transports.
@@ -101,6 +101,15 @@ struct PassthroughArgs {
     /// lookups), in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     entry_timeout_ms: u64,
+    /// How long the kernel may cache that a name does not exist, in
+    /// milliseconds (0: never cache it).
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    negative_timeout_ms: u64,
+    /// Send FLUSH to xfused on every close. Off by default: PassthroughFs
+    /// writes data through and serves no POSIX locks itself, so a close has
+    /// nothing to flush.
+    #[arg(long)]
+    flush_on_close: bool,
     /// Kernel data caching policy for regular files.
     #[arg(long, value_enum, default_value = "auto")]
     cache: CacheArg,
@@ -256,7 +265,11 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         ..init
     };
 
-    let session = Session::mount(fs, &args.mountpoint, &options, &init)?;
+    let mut session = Session::mount(fs, &args.mountpoint, &options, &init)?;
+    session.set_policy(Policy {
+        negative_timeout: Duration::from_millis(args.negative_timeout_ms),
+        open_noflush: !args.flush_on_close,
+    });
     let agreed = session
         .negotiated()
         .has(kmod_shim::abi::init_flags::OVER_IO_URING);

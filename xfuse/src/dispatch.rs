@@ -172,12 +172,29 @@ enum Done {
 
 type Handled = Result<Done, Failure>;
 
+/// Reply policies a filesystem written against fuse-backend-rs's trait
+/// cannot express itself, chosen per session by whoever knows the
+/// filesystem's semantics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Answer a LOOKUP that fails with `ENOENT` with a negative entry the
+    /// kernel may cache this long, so repeated lookups of a missing name
+    /// (every create of a new file starts with one) stay in the kernel.
+    /// Zero: plain `ENOENT`, nothing cached.
+    pub negative_timeout: std::time::Duration,
+    /// Set `FOPEN_NOFLUSH` on opened files: the kernel then sends no FLUSH on
+    /// close. Only for filesystems whose flush does nothing a close needs
+    /// (no POSIX locks served by the filesystem, data written through).
+    pub open_noflush: bool,
+}
+
 /// Decodes requests and calls a [`FileSystem`]. Shared by every worker of a
 /// session (it is `Sync` when the filesystem is).
 #[derive(Debug)]
 pub struct Dispatcher<F> {
     fs: F,
     negotiated: Negotiated,
+    policy: Policy,
     stats: Stats,
     destroyed: AtomicBool,
 }
@@ -188,9 +205,15 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
         Dispatcher {
             fs,
             negotiated,
+            policy: Policy::default(),
             stats: Stats::default(),
             destroyed: AtomicBool::new(false),
         }
+    }
+
+    /// Sets the reply policies.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
     }
 
     /// The filesystem served.
@@ -279,8 +302,22 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 a.no_fixed();
                 let name = a.name()?;
                 a.finish()?;
-                let entry = fs.lookup(&ctx, ino.into(), name)?;
-                self.entry_reply(w, &entry)
+                match fs.lookup(&ctx, ino.into(), name) {
+                    Ok(entry) => self.entry_reply(w, &entry),
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::ENOENT)
+                            && !self.policy.negative_timeout.is_zero() =>
+                    {
+                        let negative = Entry {
+                            inode: 0,
+                            entry_timeout: self.policy.negative_timeout,
+                            ..Default::default()
+                        };
+                        w.push(&entry_out(&negative))?;
+                        Ok(Done::Reply)
+                    }
+                    Err(e) => Err(e.into()),
+                }
             }
             Opcode::Forget => {
                 let f: ForgetIn = a.fixed()?;
@@ -374,7 +411,10 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 let o: OpenIn = a.fixed()?;
                 a.finish()?;
                 let (fh, opts, _passthrough) = fs.open(&ctx, ino.into(), o.flags, o.open_flags)?;
-                w.push(&open_out(fh.map(Into::into), opts.bits()))?;
+                w.push(&open_out(
+                    fh.map(Into::into),
+                    opts.bits() | self.file_open_flags(),
+                ))?;
                 Ok(Done::Reply)
             }
             Opcode::Opendir => {
@@ -398,7 +438,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 let fh: Option<u64> = fh.map(Into::into);
                 if let Err(e) = w
                     .push(&entry_out(&entry))
-                    .and_then(|_| w.push(&open_out(fh, opts.bits())))
+                    .and_then(|_| w.push(&open_out(fh, opts.bits() | self.file_open_flags())))
                 {
                     self.undo_create(&ctx, &entry, fh, c.flags);
                     return Err(e.into());
@@ -671,6 +711,15 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
             | Opcode::Setupmapping
             | Opcode::Removemapping
             | Opcode::CuseInit => Err(Failure::Errno(libc::ENOSYS)),
+        }
+    }
+
+    /// `FOPEN_*` flags the session's policy adds to every opened file.
+    fn file_open_flags(&self) -> u32 {
+        if self.policy.open_noflush {
+            fopen::NOFLUSH
+        } else {
+            0
         }
     }
 
@@ -973,6 +1022,25 @@ mod tests {
         assert_eq!(r.error, -libc::ENOENT);
         assert_eq!(d.stats().requests(Opcode::Lookup), 2);
         assert_eq!(d.stats().errors(Opcode::Lookup), 1);
+    }
+
+    #[test]
+    fn policy_caches_negative_lookups_and_skips_flush() {
+        let mut d = Dispatcher::new(TinyFs::default(), negotiated());
+        d.set_policy(Policy {
+            negative_timeout: Duration::from_millis(1500),
+            open_noflush: true,
+        });
+        let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
+        let r = run(&d, message(Opcode::Lookup as u32, 1, b"nope\0"), &mut out).unwrap();
+        assert_eq!((r.error, r.body_len, r.lookup), (0, 128, None));
+        let e = EntryOut::read_from_bytes(&out[..128]).unwrap();
+        assert_eq!((e.nodeid, e.entry_valid, e.entry_valid_nsec), (0, 1, 500_000_000));
+        let open = OpenIn::default().as_bytes().to_vec();
+        let r = run(&d, message(Opcode::Open as u32, 2, &open), &mut out).unwrap();
+        assert_eq!(r.error, 0);
+        let o = OpenOut::read_from_bytes(&out[..16]).unwrap();
+        assert_eq!(o.open_flags & fopen::NOFLUSH, fopen::NOFLUSH);
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub mod request;
 pub mod session;
 pub mod transport;
 
-pub use dispatch::{Dispatcher, Reply, Stats};
+pub use dispatch::{Dispatcher, Policy, Reply, Stats};
 pub use init::{InitConfig, Negotiated};
 pub use kmod_shim::MountOptions;
 pub use notify::Notifier;

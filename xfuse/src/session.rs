@@ -28,7 +28,7 @@ use kmod_shim::abi::{InitOut, Opcode, OutHeader};
 use kmod_shim::{FuseDev, KernelInfo, MountOptions, UnmountMode};
 use zerocopy::IntoBytes;
 
-use crate::dispatch::{Dispatcher, Stats};
+use crate::dispatch::{Dispatcher, Policy, Stats};
 use crate::init::{self, InitAnswer, InitConfig, Negotiated};
 use crate::notify::Notifier;
 use crate::request::split_contiguous;
@@ -243,6 +243,13 @@ impl<F: FileSystem + Send + Sync + 'static> Session<F> {
     /// A handle to unmount from elsewhere.
     pub fn unmounter(&self) -> Unmounter {
         self.unmounter.clone()
+    }
+
+    /// Sets the dispatcher's reply policies (before serving).
+    pub fn set_policy(&mut self, policy: Policy) {
+        if let Some(d) = Arc::get_mut(&mut self.dispatcher) {
+            d.set_policy(policy);
+        }
     }
 
     /// The dispatcher (for its counters and the filesystem).
