@@ -5,8 +5,11 @@
 //!   through xfuse;
 //! - `kernel`: show what the running kernel offers, or switch FUSE-over-io_uring on.
 
+mod backing;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -114,8 +117,15 @@ struct PassthroughArgs {
     #[arg(long, value_enum, default_value = "auto")]
     cache: CacheArg,
     /// Buffer writes in the kernel's page cache (FUSE writeback cache).
-    #[arg(long)]
+    /// Not together with --passthrough.
+    #[arg(long, conflicts_with = "passthrough")]
     writeback_cache: bool,
+    /// FUSE passthrough (Linux 6.9+, root): reads, writes and mmaps of open
+    /// files go from the kernel straight to the source file, never through
+    /// xfused. Falls back to serving data through xfused, with a log line,
+    /// where the kernel or the privileges lack it.
+    #[arg(long)]
+    passthrough: bool,
     /// Largest write request, in KiB (4 to 16384).
     #[arg(long, value_name = "KIB", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(4..=16384))]
@@ -210,6 +220,9 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         // Identify inodes by file handle, not by an open descriptor each:
         // the open-file limit (20,000 here) would otherwise cap live inodes.
         inode_file_handles: true,
+        // Show the source's inode numbers (stable across remounts, and what
+        // lets a passthrough backing file be checked against its inode).
+        use_host_ino: true,
         ..Default::default()
     };
     if kernel.cap_sys_admin && !args.no_default_permissions {
@@ -224,7 +237,7 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         kmod_shim::creds::keep_capabilities_across_setuid()
             .context("keeping capabilities across uid switches (prctl PR_SET_SECUREBITS)")?;
     }
-    let fs = PassthroughFs::<()>::new(cfg).context("setting up PassthroughFs")?;
+    let fs = Arc::new(PassthroughFs::<()>::new(cfg).context("setting up PassthroughFs")?);
 
     let mut options = MountOptions::new(source_str, "xfuse");
     options.default_permissions = !args.no_default_permissions;
@@ -232,6 +245,7 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
     let init = InitConfig {
         max_write: args.max_write_kib * 1024,
         writeback_cache: args.writeback_cache,
+        passthrough: args.passthrough,
         ..Default::default()
     };
     let threads = args.threads.map_or_else(xfuse::default_threads, usize::from);
@@ -265,7 +279,17 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         ..init
     };
 
-    let mut session = Session::mount(fs, &args.mountpoint, &options, &init)?;
+    let mut session = Session::mount(fs.clone(), &args.mountpoint, &options, &init)?;
+    if args.passthrough {
+        if session.enable_passthrough(Box::new(backing::PassthroughBacking::new(fs))) {
+            tracing::info!("FUSE passthrough on: open files are read and written by the kernel directly");
+        } else {
+            tracing::warn!(
+                "the kernel did not offer FUSE_PASSTHROUGH in INIT (needs Linux 6.9+ with \
+                 CONFIG_FUSE_PASSTHROUGH); serving file data through xfused"
+            );
+        }
+    }
     session.set_policy(Policy {
         negative_timeout: Duration::from_millis(args.negative_timeout_ms),
         open_noflush: !args.flush_on_close,
@@ -303,6 +327,10 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
     }
     if args.stats {
         let mut report = session.dispatcher().stats().render();
+        report.push_str(&format!(
+            "passthrough opens    {:>12}\n",
+            session.dispatcher().passthrough_opens()
+        ));
         if let Some(queues) = queues {
             for (qid, n) in queues.snapshot().iter().enumerate() {
                 report.push_str(&format!("ring queue {qid:<9} {n:>12}\n"));

@@ -32,6 +32,7 @@ use kmod_shim::abi::{
 };
 
 use crate::init::Negotiated;
+use crate::passthrough::Passthrough;
 use crate::reply::{attr_out, entry_out, kstatfs, BodyWriter, DataReader, Overflow};
 use crate::request::{Args, ParseError};
 
@@ -195,6 +196,7 @@ pub struct Dispatcher<F> {
     fs: F,
     negotiated: Negotiated,
     policy: Policy,
+    passthrough: Option<Passthrough>,
     stats: Stats,
     destroyed: AtomicBool,
 }
@@ -206,6 +208,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
             fs,
             negotiated,
             policy: Policy::default(),
+            passthrough: None,
             stats: Stats::default(),
             destroyed: AtomicBool::new(false),
         }
@@ -214,6 +217,17 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
     /// Sets the reply policies.
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
+    }
+
+    /// Serves regular files through backing files from `opener` (FUSE
+    /// passthrough). The session must have negotiated `FUSE_PASSTHROUGH`.
+    pub(crate) fn set_passthrough(&mut self, passthrough: Passthrough) {
+        self.passthrough = Some(passthrough);
+    }
+
+    /// Files opened in passthrough mode so far.
+    pub fn passthrough_opens(&self) -> u64 {
+        self.passthrough.as_ref().map_or(0, |p| p.opened())
     }
 
     /// The filesystem served.
@@ -411,10 +425,15 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 let o: OpenIn = a.fixed()?;
                 a.finish()?;
                 let (fh, opts, _passthrough) = fs.open(&ctx, ino.into(), o.flags, o.open_flags)?;
-                w.push(&open_out(
-                    fh.map(Into::into),
-                    opts.bits() | self.file_open_flags(),
-                ))?;
+                let fh: Option<u64> = fh.map(Into::into);
+                let mut out = open_out(fh, opts.bits() | self.file_open_flags());
+                self.attach_backing(&mut out, ino, fh, o.flags);
+                if let Err(e) = w.push(&out) {
+                    if let (Some(p), Some(fh)) = (&self.passthrough, fh) {
+                        p.release(fh);
+                    }
+                    return Err(e.into());
+                }
                 Ok(Done::Reply)
             }
             Opcode::Opendir => {
@@ -436,10 +455,12 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 };
                 let (entry, fh, opts, _passthrough) = fs.create(&ctx, ino.into(), name, args)?;
                 let fh: Option<u64> = fh.map(Into::into);
-                if let Err(e) = w
-                    .push(&entry_out(&entry))
-                    .and_then(|_| w.push(&open_out(fh, opts.bits() | self.file_open_flags())))
-                {
+                let mut out = open_out(fh, opts.bits() | self.file_open_flags());
+                self.attach_backing(&mut out, entry.inode, fh, c.flags);
+                if let Err(e) = w.push(&entry_out(&entry)).and_then(|_| w.push(&out)) {
+                    if let (Some(p), Some(fh)) = (&self.passthrough, fh) {
+                        p.release(fh);
+                    }
                     self.undo_create(&ctx, &entry, fh, c.flags);
                     return Err(e.into());
                 }
@@ -500,6 +521,9 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 let flush = r.release_flags & req_flags::RELEASE_FLUSH != 0;
                 let flock = r.release_flags & req_flags::RELEASE_FLOCK_UNLOCK != 0;
                 let owner = (flush || flock).then_some(r.lock_owner);
+                if let Some(p) = &self.passthrough {
+                    p.release(r.fh);
+                }
                 fs.release(&ctx, ino.into(), r.flags, r.fh.into(), flush, flock, owner)?;
                 Ok(Done::Reply)
             }
@@ -711,6 +735,21 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
             | Opcode::Setupmapping
             | Opcode::Removemapping
             | Opcode::CuseInit => Err(Failure::Errno(libc::ENOSYS)),
+        }
+    }
+
+    /// Turns an OPEN/CREATE reply into a passthrough one when a backing file
+    /// can be registered for it.
+    fn attach_backing(&self, out: &mut OpenOut, inode: u64, fh: Option<u64>, flags: u32) {
+        let (Some(p), Some(fh)) = (&self.passthrough, fh) else {
+            return;
+        };
+        if let Some(id) = p.open(inode, fh, flags) {
+            // The kernel serves the data: page-cache and direct-I/O hints no
+            // longer apply.
+            out.open_flags &= !(fopen::DIRECT_IO | fopen::KEEP_CACHE);
+            out.open_flags |= fopen::PASSTHROUGH;
+            out.backing_id = id as i32;
         }
     }
 

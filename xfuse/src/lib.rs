@@ -10,7 +10,8 @@
 //!   descriptors, one per worker);
 //! - [`dispatch`]: one decoder for every transport, calling the filesystem;
 //! - [`request`] and [`reply`]: untrusted bytes in, kernel structs out;
-//! - [`notify`]: cache invalidations sent to the kernel.
+//! - [`notify`]: cache invalidations sent to the kernel;
+//! - [`passthrough`]: FUSE passthrough to backing files.
 //!
 //! All system calls go through the `kmod-shim` crate; this crate has no
 //! `unsafe` code.
@@ -20,6 +21,7 @@
 pub mod dispatch;
 pub mod init;
 pub mod notify;
+pub mod passthrough;
 pub mod reply;
 pub mod request;
 pub mod session;

@@ -31,6 +31,7 @@ use zerocopy::IntoBytes;
 use crate::dispatch::{Dispatcher, Policy, Stats};
 use crate::init::{self, InitAnswer, InitConfig, Negotiated};
 use crate::notify::Notifier;
+use crate::passthrough::{BackingOpener, Passthrough};
 use crate::request::split_contiguous;
 use crate::transport;
 use crate::transport::uring::{QueueCounters, UringConfig};
@@ -249,6 +250,24 @@ impl<F: FileSystem + Send + Sync + 'static> Session<F> {
     pub fn set_policy(&mut self, policy: Policy) {
         if let Some(d) = Arc::get_mut(&mut self.dispatcher) {
             d.set_policy(policy);
+        }
+    }
+
+    /// Serves regular files through FUSE passthrough, with backing files
+    /// from `opener` (before serving). Returns false, and changes nothing,
+    /// when the kernel did not agree to `FUSE_PASSTHROUGH` in INIT (ask for it
+    /// with [`InitConfig::passthrough`]).
+    pub fn enable_passthrough(&mut self, opener: Box<dyn BackingOpener>) -> bool {
+        if !self.negotiated().has(kmod_shim::abi::init_flags::PASSTHROUGH) {
+            return false;
+        }
+        let passthrough = Passthrough::new(self.dev.clone(), opener);
+        match Arc::get_mut(&mut self.dispatcher) {
+            Some(d) => {
+                d.set_passthrough(passthrough);
+                true
+            }
+            None => false,
         }
     }
 
