@@ -12,10 +12,12 @@ use xfuse::passthrough::BackingOpener;
 
 /// Opens the source file behind a PassthroughFs inode.
 ///
-/// PassthroughFs does not lend out its own descriptors, so the file is opened
-/// again by the path the inode has now, and checked to be the same inode
-/// (device and inode number) before it is used: a file renamed in between
-/// is served without passthrough rather than backed by the wrong file.
+/// PassthroughFs does not lend out its own descriptors (and reports virtual
+/// inode numbers), so the file is opened again by the path the inode has
+/// now, and accepted only if it is still there and matches the inode's
+/// attributes (device, type, size, change time to the nanosecond — a rename
+/// changes the ctime): a file renamed in between is served without
+/// passthrough rather than backed by the wrong file.
 pub struct PassthroughBacking {
     fs: Arc<PassthroughFs>,
 }
@@ -45,14 +47,14 @@ impl BackingOpener for PassthroughBacking {
             .custom_flags(kept | libc::O_NOFOLLOW)
             .open(&path)?;
         let meta = file.metadata()?;
-        if meta.ino() != st.st_ino || meta.dev() != st.st_dev {
-            tracing::debug!(
-                inode,
-                "{} is no longer inode {} on device {}: no backing file",
-                path.display(),
-                st.st_ino,
-                st.st_dev
-            );
+        let same = meta.dev() == st.st_dev
+            && meta.mode() & libc::S_IFMT == st.st_mode & libc::S_IFMT
+            && meta.size() == st.st_size as u64
+            && meta.ctime() == st.st_ctime
+            && meta.ctime_nsec() == st.st_ctime_nsec
+            && self.fs.readlinkat_proc_file(inode)? == path;
+        if !same {
+            tracing::debug!(inode, "{} changed while being opened: no backing file", path.display());
             return Ok(None);
         }
         Ok(Some(file.into()))

@@ -78,8 +78,9 @@ struct PassthroughArgs {
     source: PathBuf,
     /// Where to mount it (an existing directory).
     mountpoint: PathBuf,
-    /// How requests travel between the kernel and xfused.
-    #[arg(long, value_enum, default_value = "auto")]
+    /// How requests travel between the kernel and xfused (given twice, the
+    /// last one wins).
+    #[arg(long, value_enum, default_value = "auto", overrides_with = "transport")]
     transport: TransportArg,
     /// Worker threads (default: one per CPU). With uring, ring queues (one
     /// per possible CPU) are spread over this many threads.
@@ -220,9 +221,9 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         // Identify inodes by file handle, not by an open descriptor each:
         // the open-file limit (20,000 here) would otherwise cap live inodes.
         inode_file_handles: true,
-        // Show the source's inode numbers (stable across remounts, and what
-        // lets a passthrough backing file be checked against its inode).
-        use_host_ino: true,
+        // Not use_host_ino: fuse-backend-rs 0.14 then loses inodes the
+        // kernel still references (GETATTR answered EBADF) when the source
+        // is not the root of its filesystem; seen under pjdfstest on ext4.
         ..Default::default()
     };
     if kernel.cap_sys_admin && !args.no_default_permissions {
