@@ -54,7 +54,11 @@ impl BackingOpener for PassthroughBacking {
             && meta.ctime_nsec() == st.st_ctime_nsec
             && self.fs.readlinkat_proc_file(inode)? == path;
         if !same {
-            tracing::debug!(inode, "{} changed while being opened: no backing file", path.display());
+            tracing::debug!(
+                inode,
+                "{} changed while being opened: no backing file",
+                path.display()
+            );
             return Ok(None);
         }
         Ok(Some(file.into()))

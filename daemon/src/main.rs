@@ -16,7 +16,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
 use xfuse::transport::uring::UringConfig;
-use xfuse::{Ended, InitConfig, MountOptions, Policy, Session, Transport};
+use xfuse::{Ended, InitConfig, MountOptions, Policy, Session, ShutdownSignals, Transport};
 
 /// xfused serves filesystems to the Linux kernel through xfuse, a FUSE
 /// protocol layer of our own (kernel protocol 7.45) with fast transports.
@@ -194,6 +194,8 @@ fn enable_uring() -> anyhow::Result<()> {
 }
 
 fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
+    // Before anything is mounted: a SIGTERM from here on unmounts cleanly.
+    let signals = ShutdownSignals::install()?;
     let source = std::fs::canonicalize(&args.source)
         .with_context(|| format!("source directory {}", args.source.display()))?;
     if !source.is_dir() {
@@ -321,7 +323,7 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
     );
     let running = session.serve(transport)?;
     let queues = running.queue_counters();
-    let (ended, session) = running.run_until_signal()?;
+    let (ended, session) = running.run_until_signal(signals)?;
     match ended {
         Ended::Signal(sig) => tracing::info!("stopped by signal {sig}"),
         Ended::Unmounted => tracing::info!("{} was unmounted; exiting", args.mountpoint.display()),

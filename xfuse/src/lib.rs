@@ -31,4 +31,4 @@ pub use dispatch::{Dispatcher, Policy, Reply, Stats};
 pub use init::{InitConfig, Negotiated};
 pub use kmod_shim::MountOptions;
 pub use notify::Notifier;
-pub use session::{default_threads, Ended, Error, Running, Session, Transport, Unmounter};
+pub use session::{default_threads, Ended, Error, Running, Session, ShutdownSignals, Transport, Unmounter};

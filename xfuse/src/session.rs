@@ -454,10 +454,10 @@ impl<F: FileSystem + Send + Sync + 'static> Running<F> {
     }
 
     /// Serves until SIGINT/SIGTERM (then unmounts) or until unmounted from
-    /// outside, and says which.
-    pub fn run_until_signal(self) -> Result<(Ended, Session<F>), Error> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(Error::Signals)?;
+    /// outside, and says which. `signals` must have been installed before
+    /// mounting, so a signal that arrives while mounting is not lost.
+    pub fn run_until_signal(self, signals: ShutdownSignals) -> Result<(Ended, Session<F>), Error> {
+        let mut signals = signals.signals;
         let handle = signals.handle();
         let unmounter = self.unmounter();
         let got = Arc::new(AtomicBool::new(false));
@@ -485,6 +485,24 @@ impl<F: FileSystem + Send + Sync + 'static> Running<F> {
             _ => Ended::Unmounted,
         };
         Ok((ended, session))
+    }
+}
+
+/// SIGINT and SIGTERM, caught from the moment this is installed: install it
+/// before [`Session::mount`], so that a signal arriving while mounting is
+/// held and handled (by unmounting) once serving starts, instead of killing
+/// the process with the filesystem still mounted.
+#[derive(Debug)]
+pub struct ShutdownSignals {
+    signals: signal_hook::iterator::Signals,
+}
+
+impl ShutdownSignals {
+    /// Starts catching SIGINT and SIGTERM.
+    pub fn install() -> Result<ShutdownSignals, Error> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(Error::Signals)?;
+        Ok(ShutdownSignals { signals })
     }
 }
 

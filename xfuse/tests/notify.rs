@@ -36,12 +36,20 @@ fn inval_inode_drops_cached_attributes() {
 
     assert_eq!(std::fs::metadata(&through).unwrap().len(), 4);
     std::fs::write(src.path().join("f"), b"123456789").unwrap();
-    assert_eq!(std::fs::metadata(&through).unwrap().len(), 4, "attributes are cached for 600 s");
+    assert_eq!(
+        std::fs::metadata(&through).unwrap().len(),
+        4,
+        "attributes are cached for 600 s"
+    );
 
     // PassthroughFs hands out node ids in lookup order from the root (1):
     // "f", the only name looked up, is node 2.
     notifier.inval_inode(2, -1, 0).unwrap();
-    assert_eq!(std::fs::metadata(&through).unwrap().len(), 9, "stale size after invalidation");
+    assert_eq!(
+        std::fs::metadata(&through).unwrap().len(),
+        9,
+        "stale size after invalidation"
+    );
     drop(running);
 }
 
