@@ -59,3 +59,11 @@ fi
 log "building (release)"
 cd "$repo"
 cargo build --release --locked -p xfused
+
+# FUSE-over-io_uring is off at every boot; the `uring` transport (and
+# `--transport auto`) needs it. xfused never flips it by itself.
+if [[ -e /sys/module/fuse/parameters/enable_uring ]]; then
+    "$repo/target/release/xfused" kernel enable-uring
+else
+    log "this kernel has no FUSE-over-io_uring (Linux 6.14+): xfused will use the dev transport"
+fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, then formatting and lint
-# checks, unit tests, integration tests that mount through each transport,
-# and pjdfstest against a mount (run by the integration test pjdfstest.rs).
+# checks, unit tests, and the integration tests that mount for real (POSIX
+# workloads, faults, scale, transports, pjdfstest) on each transport:
+# dev, uring, and uring with FUSE passthrough.
 #
 # Needs root (the tests mount FUSE filesystems). Takes a few minutes.
 set -euo pipefail
@@ -15,10 +16,20 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
-echo "== cargo test"
-# Integration tests mount in parallel; each has its own mountpoint.
-cargo test --locked --workspace 2>&1 | tee "${TMPDIR:-/tmp}/xfuse-test.log"
-# One closing line with the totals over every test binary.
+log=${TMPDIR:-/tmp}/xfuse-test.$$.log
+: >"$log"
+run() {
+    echo "== $*"
+    env "$@" 2>&1 | tee -a "$log"
+}
+# Unit tests, and the integration suite (which mounts for real) on `dev`.
+run cargo test --locked --workspace
+# The integration suite and pjdfstest again on the rings, then on the rings
+# with FUSE passthrough (needs enable_uring, which scripts/setup.sh turns on).
+run XFUSE_TEST_TRANSPORT=uring cargo test --locked -p xfused
+# (transports.rs is left out there: its tests pin their own flags.)
+run XFUSE_TEST_TRANSPORT=uring XFUSE_TEST_ARGS=--passthrough cargo test --locked -p xfused \
+    --test posix_dev --test round_trip --test fault --test scale --test pjdfstest
+# One closing line with the totals over every test binary and run.
 awk '/^test result:/ { p += $4; f += $6; i += $8 }
-     END { printf "xfuse: %d passed, %d failed, %d skipped\n", p, f, i; exit (f > 0) }' \
-    "${TMPDIR:-/tmp}/xfuse-test.log"
+     END { printf "xfuse: %d passed, %d failed, %d skipped\n", p, f, i; exit (f > 0) }' "$log"

@@ -41,12 +41,10 @@ fn run_pjdfstest(extra_args: &[&str]) {
     );
 }
 
-/// One test, so the runs never overlap: pjdfstest runs share its dummy
-/// users and the scratch filesystem for its EXDEV tests.
+/// The transport and flags come from the suite's environment
+/// (`XFUSE_TEST_TRANSPORT`, `XFUSE_TEST_ARGS`); scripts/test.sh runs the
+/// suite on dev, uring and uring with passthrough.
 #[test]
 fn pjdfstest_passes() {
     run_pjdfstest(&[]);
-    if common::transport() == "uring" {
-        run_pjdfstest(&["--passthrough"]);
-    }
 }

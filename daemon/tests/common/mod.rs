@@ -41,6 +41,19 @@ pub fn transport() -> String {
     std::env::var(TRANSPORT_ENV).unwrap_or_else(|_| "dev".to_owned())
 }
 
+/// Extra daemon flags for the whole suite: `$XFUSE_TEST_ARGS`, split on
+/// spaces (e.g. `--passthrough`, to run every test on a passthrough mount).
+pub const ARGS_ENV: &str = "XFUSE_TEST_ARGS";
+
+/// The flags of [`ARGS_ENV`].
+pub fn suite_args() -> Vec<String> {
+    std::env::var(ARGS_ENV)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A running `xfused passthrough` daemon and its mount.
 #[derive(Debug)]
 pub struct Mount {
@@ -96,6 +109,7 @@ impl Mount {
         if !pins_transport {
             args.extend(["--transport".to_owned(), transport()]);
         }
+        args.extend(suite_args());
         args.extend(extra_args.iter().map(|a| (*a).to_owned()));
         args.push(src.display().to_string());
         args.push(mnt.display().to_string());
