@@ -87,10 +87,10 @@ struct PassthroughArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
     /// uring: ring entries per queue, i.e. requests one CPU's queue holds at
-    /// once. Each entry has a payload buffer of max-write size.
-    #[arg(long, value_name = "N", default_value_t = 8,
-          value_parser = clap::value_parser!(u16).range(1..=1024))]
-    queue_depth: u16,
+    /// once (default: 8, fewer on hosts with more than 32 CPUs, at least 2).
+    /// Each entry has a payload buffer of max-write size.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    queue_depth: Option<u16>,
     /// uring: microseconds a worker spins on its ring before sleeping
     /// (hybrid polling; 0 sleeps at once).
     #[arg(long, value_name = "US", default_value_t = 0)]
@@ -308,7 +308,7 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         Transport::Dev { threads }
     } else if want_uring {
         Transport::Uring(UringConfig {
-            queue_depth: usize::from(args.queue_depth),
+            queue_depth: args.queue_depth.map_or(0, usize::from),
             threads,
             spin: Duration::from_micros(args.spin_us),
         })

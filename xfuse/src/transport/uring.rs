@@ -40,7 +40,8 @@ use crate::session::Error;
 /// Settings of the `uring` transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UringConfig {
-    /// Ring entries per queue (requests a queue can hold at once).
+    /// Ring entries per queue (requests a queue can hold at once); `0`
+    /// picks [`default_queue_depth`] for the number of queues.
     pub queue_depth: usize,
     /// Worker threads; queues are spread over them. Capped at the number
     /// of queues.
@@ -53,11 +54,20 @@ pub struct UringConfig {
 impl Default for UringConfig {
     fn default() -> Self {
         UringConfig {
-            queue_depth: 8,
+            queue_depth: 0,
             threads: crate::session::default_threads(),
             spin: Duration::ZERO,
         }
     }
+}
+
+/// Entries per queue when none is asked for: 8 on small hosts, fewer on
+/// many-core ones, so the ring memory stays near 256 entries in all (each
+/// entry's payload buffer is max-write sized: 256 MiB of address space at
+/// 1 MiB, resident only where requests of that size have used it), but never
+/// below 2 per queue.
+pub fn default_queue_depth(queues: usize) -> usize {
+    (256 / queues.max(1)).clamp(2, 8)
 }
 
 /// Sizes of the ring memory, reported at start-up.
@@ -135,7 +145,11 @@ pub fn start<F: FileSystem + Send + Sync + 'static>(
     let n = dispatcher.negotiated();
     let plan = RingPlan {
         queues,
-        depth: config.queue_depth.max(1),
+        depth: if config.queue_depth == 0 {
+            default_queue_depth(queues)
+        } else {
+            config.queue_depth
+        },
         payload_bytes: n.max_reply_bytes().max(kmod_shim::abi::MIN_READ_BUFFER),
         threads: config.threads.clamp(1, queues),
     };
@@ -599,6 +613,14 @@ mod tests {
         assert_eq!((*err, WriteOut::read_from_bytes(body).unwrap().size), (0, 16));
         assert_eq!(r[&13].0, -libc::ENOENT);
         assert_eq!(counters.snapshot(), vec![2, 2]);
+    }
+
+    #[test]
+    fn default_depth_shrinks_on_many_cores() {
+        assert_eq!(default_queue_depth(2), 8);
+        assert_eq!(default_queue_depth(64), 4);
+        assert_eq!(default_queue_depth(128), 2);
+        assert_eq!(default_queue_depth(1024), 2);
     }
 
     #[test]
