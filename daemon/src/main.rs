@@ -95,7 +95,8 @@ struct PassthroughArgs {
     /// (hybrid polling; 0 sleeps at once).
     #[arg(long, value_name = "US", default_value_t = 0)]
     spin_us: u64,
-    /// Print request counters (per opcode, per ring queue) at exit.
+    /// Print request counters (per opcode, per ring queue) at exit. They are
+    /// printed on demand too, without this flag: kill -USR1 <pid>.
     #[arg(long)]
     stats: bool,
     /// How long the kernel may cache attributes, in milliseconds.
@@ -170,6 +171,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The request counters: per opcode, passthrough opens, per ring queue.
+fn stats_report<F: fuse_backend_rs::api::filesystem::FileSystem + Sync>(
+    dispatcher: &xfuse::Dispatcher<F>,
+    queues: Option<&xfuse::transport::uring::QueueCounters>,
+) -> String {
+    let mut report = dispatcher.stats().render();
+    report.push_str(&format!(
+        "passthrough opens    {:>12}\n",
+        dispatcher.passthrough_opens()
+    ));
+    if let Some(queues) = queues {
+        for (qid, n) in queues.snapshot().iter().enumerate() {
+            report.push_str(&format!("ring queue {qid:<9} {n:>12}\n"));
+        }
+    }
+    report
 }
 
 fn enable_uring() -> anyhow::Result<()> {
@@ -321,25 +340,21 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         args.mountpoint.display(),
         transport.name()
     );
+    let dispatcher = session.dispatcher().clone();
     let running = session.serve(transport)?;
     let queues = running.queue_counters();
-    let (ended, session) = running.run_until_signal(signals)?;
+    let mut signals = signals;
+    {
+        let (dispatcher, queues) = (dispatcher.clone(), queues.clone());
+        signals.on_report(move || eprintln!("{}", stats_report(&dispatcher, queues.as_deref())));
+    }
+    let (ended, _session) = running.run_until_signal(signals)?;
     match ended {
         Ended::Signal(sig) => tracing::info!("stopped by signal {sig}"),
         Ended::Unmounted => tracing::info!("{} was unmounted; exiting", args.mountpoint.display()),
     }
     if args.stats {
-        let mut report = session.dispatcher().stats().render();
-        report.push_str(&format!(
-            "passthrough opens    {:>12}\n",
-            session.dispatcher().passthrough_opens()
-        ));
-        if let Some(queues) = queues {
-            for (qid, n) in queues.snapshot().iter().enumerate() {
-                report.push_str(&format!("ring queue {qid:<9} {n:>12}\n"));
-            }
-        }
-        eprintln!("{report}");
+        eprintln!("{}", stats_report(&dispatcher, queues.as_deref()));
     }
     Ok(())
 }

@@ -216,3 +216,28 @@ fn create_close_stat_unlink_round_trips() {
     );
     assert!(per("LOOKUP") <= 1.01 && per("GETATTR") <= 2.01, "{per_cycle:?}");
 }
+
+#[test]
+fn sigusr1_prints_counters_and_keeps_serving() {
+    if !pinned_flags_only() {
+        return;
+    }
+    let mount = Mount::start(&[]);
+    std::fs::write(mount.mnt().join("f"), b"x").unwrap();
+    mount.signal(Signal::USR1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !mount.daemon_log().contains("opcode ") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no report after SIGUSR1:\n{}",
+            mount.daemon_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(Stats::parse(&mount.daemon_log()).count("CREATE") >= 1);
+    assert_eq!(
+        std::fs::read(mount.mnt().join("f")).unwrap(),
+        b"x",
+        "still serving after the report"
+    );
+}

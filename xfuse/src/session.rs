@@ -457,7 +457,10 @@ impl<F: FileSystem + Send + Sync + 'static> Running<F> {
     /// outside, and says which. `signals` must have been installed before
     /// mounting, so a signal that arrives while mounting is not lost.
     pub fn run_until_signal(self, signals: ShutdownSignals) -> Result<(Ended, Session<F>), Error> {
-        let mut signals = signals.signals;
+        let ShutdownSignals {
+            mut signals,
+            on_report,
+        } = signals;
         let handle = signals.handle();
         let unmounter = self.unmounter();
         let got = Arc::new(AtomicBool::new(false));
@@ -465,16 +468,22 @@ impl<F: FileSystem + Send + Sync + 'static> Running<F> {
         let watcher = std::thread::Builder::new()
             .name("xfuse-signals".into())
             .spawn(move || {
-                let sig = signals.forever().next();
-                if let Some(sig) = sig {
+                for sig in signals.forever() {
+                    if sig == signal_hook::consts::SIGUSR1 {
+                        if let Some(report) = &on_report {
+                            report();
+                        }
+                        continue;
+                    }
                     got_in_thread.store(true, Ordering::Release);
                     tracing::info!(
                         "received signal {sig}; unmounting {}",
                         unmounter.mountpoint().display()
                     );
                     unmounter.unmount();
+                    return Some(sig);
                 }
-                sig
+                None
             })
             .map_err(Error::Signals)?;
         let session = self.wait();
@@ -488,21 +497,39 @@ impl<F: FileSystem + Send + Sync + 'static> Running<F> {
     }
 }
 
-/// SIGINT and SIGTERM, caught from the moment this is installed: install it
-/// before [`Session::mount`], so that a signal arriving while mounting is
-/// held and handled (by unmounting) once serving starts, instead of killing
-/// the process with the filesystem still mounted.
-#[derive(Debug)]
+/// SIGINT and SIGTERM (and SIGUSR1, for a report on demand), caught from
+/// the moment this is installed: install it before [`Session::mount`], so
+/// that a signal arriving while mounting is held and handled (by
+/// unmounting) once serving starts, instead of killing the process with the
+/// filesystem still mounted.
 pub struct ShutdownSignals {
     signals: signal_hook::iterator::Signals,
+    on_report: Option<Box<dyn Fn() + Send>>,
+}
+
+impl std::fmt::Debug for ShutdownSignals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShutdownSignals")
+            .field("on_report", &self.on_report.is_some())
+            .finish()
+    }
 }
 
 impl ShutdownSignals {
-    /// Starts catching SIGINT and SIGTERM.
+    /// Starts catching SIGINT, SIGTERM and SIGUSR1.
     pub fn install() -> Result<ShutdownSignals, Error> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(Error::Signals)?;
-        Ok(ShutdownSignals { signals })
+        use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+        let signals =
+            signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1]).map_err(Error::Signals)?;
+        Ok(ShutdownSignals {
+            signals,
+            on_report: None,
+        })
+    }
+
+    /// Runs `report` on every SIGUSR1 while serving (e.g. print counters).
+    pub fn on_report(&mut self, report: impl Fn() + Send + 'static) {
+        self.on_report = Some(Box::new(report));
     }
 }
 
