@@ -978,3 +978,40 @@ fn seek_data_and_hole_match_source() {
         mismatches.join("\n")
     );
 }
+
+/// Two threads listing one 3,000-entry directory over and over: every
+/// listing must be complete. (On `uring` with two or more entries per queue,
+/// some listings came back empty; this guards the default.)
+#[test]
+fn concurrent_listings_are_complete() {
+    let m = Mount::start(&[]);
+    let dir = m.src().join("many");
+    fs::create_dir(&dir).expect("mkdir many");
+    for i in 0..3000 {
+        fs::write(dir.join(format!("f{i:05}")), b"").expect("create in SOURCE");
+    }
+    let listed = m.mnt().join("many");
+    let counts: Vec<usize> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let listed = listed.clone();
+                s.spawn(move || {
+                    (0..40)
+                        .map(|_| fs::read_dir(&listed).expect("read_dir").count())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("lister panicked"))
+            .collect()
+    });
+    let short: Vec<&usize> = counts.iter().filter(|&&n| n != 3000).collect();
+    assert!(
+        short.is_empty(),
+        "{} of {} listings incomplete: {short:?}",
+        short.len(),
+        counts.len()
+    );
+}
