@@ -35,6 +35,6 @@ echo "== benches took ${elapsed} s" >&2
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 echo "Linux $(uname -r), $(nproc) CPUs (${cpu:-unknown}), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM;" \
     "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (with uncommitted changes)');" \
-    "\`scripts/bench.sh $*\`, ${elapsed} s."
+    "\`scripts/bench.sh${*:+ $*}\`, ${elapsed} s."
 echo
 cargo run --release -q -p benches --bin report

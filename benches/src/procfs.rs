@@ -1,0 +1,182 @@
+//! What the benches read from /proc: mount points (`/proc/self/mountinfo`),
+//! and a daemon's CPU time (`/proc/PID/stat`) and memory (`/proc/PID/status`).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// One line of `/proc/self/mountinfo`, the fields the harness needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Where it is mounted (octal escapes decoded).
+    pub mount_point: PathBuf,
+    /// The filesystem type (`tmpfs`, `fuse.xfuse`, …).
+    pub fs_type: String,
+}
+
+/// Parses the text of a mountinfo file; malformed lines are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            // "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw"
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            let fs_type = right.split(' ').next()?;
+            Some(MountEntry {
+                mount_point: PathBuf::from(unescape_octal(mount_point)),
+                fs_type: fs_type.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The mounts of this process's mount namespace.
+pub fn mounts() -> io::Result<Vec<MountEntry>> {
+    Ok(parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo")?))
+}
+
+/// The filesystem type of the topmost mount at exactly `path`, if any.
+pub fn mounted_at(path: &Path) -> io::Result<Option<String>> {
+    Ok(mounts()?
+        .into_iter()
+        .rev()
+        .find(|m| m.mount_point == path)
+        .map(|m| m.fs_type))
+}
+
+/// Decodes mountinfo's `\NNN` octal escapes (space, tab, newline, backslash).
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match escape {
+            Some(d) => {
+                let value = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+                out.push(u8::try_from(value).unwrap_or(b'?'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The machine's 1-minute load average (`/proc/loadavg`).
+pub fn loadavg_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A daemon's resource use at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// User + system CPU time of every thread (dead ones included), in clock ticks.
+    pub cpu_ticks: u64,
+    /// Resident set size now, in KiB (`VmRSS`).
+    pub rss_kib: u64,
+    /// Peak resident set size, in KiB (`VmHWM`).
+    pub hwm_kib: u64,
+}
+
+impl Usage {
+    /// Reads the usage of process `pid`.
+    pub fn of(pid: u32) -> io::Result<Usage> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}: {what}"));
+        let cpu_ticks = parse_stat_cpu_ticks(&stat).ok_or_else(|| bad("no utime/stime in stat"))?;
+        let rss_kib = parse_status_kib(&status, "VmRSS").ok_or_else(|| bad("no VmRSS in status"))?;
+        let hwm_kib = parse_status_kib(&status, "VmHWM").ok_or_else(|| bad("no VmHWM in status"))?;
+        Ok(Usage {
+            cpu_ticks,
+            rss_kib,
+            hwm_kib,
+        })
+    }
+}
+
+/// Clock ticks per second of `/proc/PID/stat`'s times (`sysconf(_SC_CLK_TCK)`).
+pub fn clock_ticks_per_second() -> u64 {
+    rustix::param::clock_ticks_per_second()
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line.
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may hold spaces and
+    // parentheses itself: the fields that follow start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The value in KiB of a `Key:   1234 kB` line of `/proc/PID/status`.
+pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(key)?.strip_prefix(':')?;
+        value.trim().strip_suffix("kB")?.trim().parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines() {
+        let text = "22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                    90 22 0:50 / /tmp/a\\040b rw,relatime shared:2 - tmpfs tmpfs rw\n\
+                    91 90 0:51 / /tmp/mnt rw,nosuid,nodev shared:3 - fuse.xfuse /tmp/src rw,user_id=0\n\
+                    garbage\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[1].mount_point, PathBuf::from("/tmp/a b"));
+        assert_eq!(m[1].fs_type, "tmpfs");
+        assert_eq!(m[2].mount_point, PathBuf::from("/tmp/mnt"));
+        assert_eq!(m[2].fs_type, "fuse.xfuse");
+    }
+
+    #[test]
+    fn octal_escapes() {
+        assert_eq!(unescape_octal("a\\040b\\011c\\134d"), "a b\tc\\d");
+        assert_eq!(unescape_octal("trailing\\04"), "trailing\\04");
+        assert_eq!(unescape_octal("\\999"), "\\999");
+    }
+
+    #[test]
+    fn stat_times() {
+        // A command name with spaces and a parenthesis.
+        let stat = "1234 (my (odd) cmd) S 1 1234 1234 0 -1 4194560 500 0 0 0 \
+                    17 29 0 0 20 0 3 0 100 1000000 200 18446744073709551615";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(46));
+        assert_eq!(parse_stat_cpu_ticks("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn status_values() {
+        let status = "Name:\txfused\nVmHWM:\t   10240 kB\nVmRSS:\t    8192 kB\nThreads:\t3\n";
+        assert_eq!(parse_status_kib(status, "VmRSS"), Some(8192));
+        assert_eq!(parse_status_kib(status, "VmHWM"), Some(10240));
+        assert_eq!(parse_status_kib(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn own_usage_is_readable() {
+        let u = Usage::of(std::process::id()).unwrap();
+        assert!(u.rss_kib > 0 && u.hwm_kib >= u.rss_kib);
+        assert!(clock_ticks_per_second() > 0);
+        assert!(loadavg_1m().is_some_and(|l| l >= 0.0));
+    }
+}
