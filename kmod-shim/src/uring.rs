@@ -178,6 +178,17 @@ impl FuseUring {
         }
     }
 
+    /// Parks `flight` and queues its command; a command that could not be
+    /// queued was never seen by the kernel, so its entry is dropped again.
+    fn hand_over(&mut self, flight: InFlight, sqe: squeue::Entry128) -> io::Result<()> {
+        let slot = self.park(flight);
+        if let Err(e) = self.push(sqe, slot) {
+            self.unpark(slot);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn command(&self, op: UringCmd, qid: u16, commit_id: u64) -> opcode::UringCmd80 {
         let req = UringCmdReq {
             flags: 0,
@@ -226,37 +237,22 @@ impl RingBackend for FuseUring {
                 .build(),
             2,
         );
-        let slot = self.park(InFlight {
-            entry,
-            _iov: Some(iov),
-        });
-        if let Err(e) = self.push(sqe, slot) {
-            // Never submitted: the kernel does not hold it.
-            self.unpark(slot);
-            return Err(e);
-        }
-        Ok(())
+        self.hand_over(
+            InFlight {
+                entry,
+                _iov: Some(iov),
+            },
+            sqe,
+        )
     }
 
     fn commit_and_fetch(&mut self, entry: RingEntry, commit_id: u64) -> io::Result<()> {
         let sqe = self
             .command(UringCmd::CommitAndFetch, entry.qid, commit_id)
             .build();
-        let iov = Box::new(
-            [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; 2],
-        );
-        let slot = self.park(InFlight {
-            entry,
-            _iov: Some(iov),
-        });
-        if let Err(e) = self.push(sqe, slot) {
-            self.unpark(slot);
-            return Err(e);
-        }
-        Ok(())
+        // COMMIT_AND_FETCH points at nothing new: the kernel reuses the
+        // buffers the entry was registered with.
+        self.hand_over(InFlight { entry, _iov: None }, sqe)
     }
 
     fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
