@@ -87,9 +87,8 @@ struct PassthroughArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
     /// uring: ring entries per queue, i.e. requests one CPU's queue holds at
-    /// once (default 1: deeper queues showed empty directory listings under
-    /// concurrency on Linux 6.18, see the README). Each entry has a payload
-    /// buffer of max-write size.
+    /// once (default: 8, fewer on hosts with more than 32 CPUs, at least 2).
+    /// Each entry has a payload buffer of max-write size.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     queue_depth: Option<u16>,
     /// uring: microseconds a worker spins on its ring before sleeping

@@ -980,8 +980,10 @@ fn seek_data_and_hole_match_source() {
 }
 
 /// Two threads listing one 3,000-entry directory over and over: every
-/// listing must be complete. (On `uring` with two or more entries per queue,
-/// some listings came back empty; this guards the default.)
+/// listing must be complete. (On `uring`, ring task work used to interrupt
+/// the daemon's getdents64 after one entry — the thread saw a pending
+/// signal — and PassthroughFs turned a lone "." into an empty listing; the
+/// rings now defer their task work.)
 #[test]
 fn concurrent_listings_are_complete() {
     let m = Mount::start(&[]);

@@ -120,6 +120,9 @@ impl std::fmt::Debug for FuseUring {
     }
 }
 
+/// `IORING_ENTER_GETEVENTS` of `<linux/io_uring.h>`.
+const IORING_ENTER_GETEVENTS: u32 = 1;
+
 /// Byte offset of `len` in `struct io_uring_sqe`.
 const SQE_LEN_OFFSET: usize = 24;
 
@@ -127,8 +130,18 @@ impl FuseUring {
     /// A ring for up to `entries` ring entries on `dev`.
     pub fn new(dev: Arc<FuseDev>, entries: u32) -> io::Result<FuseUring> {
         let size = entries.max(1).next_power_of_two();
+        // DEFER_TASKRUN: the kernel delivers a request into an entry by task
+        // work on the ring's thread. By default that work interrupts the
+        // thread (TIF_NOTIFY_SIGNAL) whatever it is doing, and syscalls the
+        // filesystem makes meanwhile see a pending signal: getdents64 then
+        // stops after one entry, which PassthroughFs turns into an empty
+        // listing when that entry is ".". Deferred, the work runs only when
+        // the thread waits in io_uring_enter. It needs SINGLE_ISSUER: only
+        // the creating thread submits (FuseUring is not Send).
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
             .setup_cqsize(size * 2)
+            .setup_single_issuer()
+            .setup_defer_taskrun()
             .build(size)?;
         ring.submitter().register_files(&[dev.raw_fd()])?;
         Ok(FuseUring {
@@ -284,7 +297,19 @@ impl RingBackend for FuseUring {
     }
 
     fn has_completion(&mut self) -> bool {
-        !self.ring.completion().is_empty()
+        if !self.ring.completion().is_empty() {
+            return true;
+        }
+        // Under DEFER_TASKRUN a completion is posted only once the deferred
+        // task work runs: ask for that without waiting.
+        // SAFETY: io_uring_enter with nothing to submit, no minimum to wait
+        // for and no argument pointer (None) touches no memory of ours.
+        let entered = unsafe {
+            self.ring
+                .submitter()
+                .enter::<libc::sigset_t>(0, 0, IORING_ENTER_GETEVENTS, None)
+        };
+        entered.is_ok() && !self.ring.completion().is_empty()
     }
 
     fn in_flight(&self) -> usize {

@@ -61,17 +61,13 @@ impl Default for UringConfig {
     }
 }
 
-/// Entries per queue when none is asked for: 1.
-///
-/// With two or more entries per queue, concurrent listings of one large
-/// directory on Linux 6.18 sometimes come back empty (fuse-backend-rs's
-/// PassthroughFs READDIRPLUS yields no entry for a fresh handle at offset 0;
-/// not seen with one entry per queue, nor on `dev`). Until that is
-/// understood, the default is the depth that is known to be correct;
-/// `--queue-depth` raises it. See `daemon/tests/posix_dev.rs`
-/// (`concurrent_listings_are_complete`).
-pub fn default_queue_depth(_queues: usize) -> usize {
-    1
+/// Entries per queue when none is asked for: 8 on small hosts, fewer on
+/// many-core ones, so the ring memory stays near 256 entries in all (each
+/// entry's payload buffer is max-write sized: 256 MiB of address space at
+/// 1 MiB, resident only where requests of that size have used it), but never
+/// below 2 per queue.
+pub fn default_queue_depth(queues: usize) -> usize {
+    (256 / queues.max(1)).clamp(2, 8)
 }
 
 /// Sizes of the ring memory, reported at start-up.
@@ -264,8 +260,8 @@ impl<F: FileSystem + Sync> RingWorker<'_, F> {
     /// Hybrid polling: spin on the completion queue for up to `spin`, then
     /// sleep in the kernel until something completes.
     fn wait<B: RingBackend>(&self, ring: &mut B) -> std::io::Result<()> {
-        ring.submit_and_wait(0)?;
         if !self.spin.is_zero() {
+            ring.submit_and_wait(0)?;
             let start = Instant::now();
             while start.elapsed() < self.spin {
                 if ring.has_completion() {
@@ -618,6 +614,14 @@ mod tests {
         assert_eq!((*err, WriteOut::read_from_bytes(body).unwrap().size), (0, 16));
         assert_eq!(r[&13].0, -libc::ENOENT);
         assert_eq!(counters.snapshot(), vec![2, 2]);
+    }
+
+    #[test]
+    fn default_depth_shrinks_on_many_cores() {
+        assert_eq!(default_queue_depth(2), 8);
+        assert_eq!(default_queue_depth(64), 4);
+        assert_eq!(default_queue_depth(128), 2);
+        assert_eq!(default_queue_depth(1024), 2);
     }
 
     #[test]
