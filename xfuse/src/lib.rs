@@ -7,7 +7,8 @@
 //!
 //! - [`session`]: mount, INIT negotiation ([`init`]), teardown;
 //! - [`transport`]: moving requests and replies (`dev`: cloned `/dev/fuse`
-//!   descriptors, one per worker);
+//!   descriptors, one per worker; `uring`: FUSE-over-io_uring, one ring queue
+//!   per possible CPU);
 //! - [`dispatch`]: one decoder for every transport, calling the filesystem;
 //! - [`request`] and [`reply`]: untrusted bytes in, kernel structs out;
 //! - [`notify`]: cache invalidations sent to the kernel;
