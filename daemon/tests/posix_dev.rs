@@ -1017,3 +1017,40 @@ fn concurrent_listings_are_complete() {
         counts.len()
     );
 }
+
+/// A write by an unprivileged user clears the set-user-ID bit, as on a local
+/// filesystem (xfused asks PassthroughFs to do it, FUSE_HANDLE_KILLPRIV_V2,
+/// which spares the kernel a GETXATTR before every write).
+#[test]
+fn unprivileged_write_clears_setuid() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = Mount::start(&[]);
+    for dir in [m.src(), m.mnt().parent().expect("mount parent")] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod 755");
+    }
+    let file = m.mnt().join("suid");
+    fs::write(&file, b"start\n").expect("create");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o4777)).expect("chmod 4777");
+    assert_eq!(
+        fs::metadata(&file).expect("stat").permissions().mode() & 0o7777,
+        0o4777
+    );
+    let status = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"])
+        .arg(format!("echo more >> '{}'", file.display()))
+        .status()
+        .expect("running setpriv (util-linux)");
+    assert!(status.success(), "write as uid 65534 failed: {status}");
+    assert_eq!(fs::read(&file).expect("read back"), b"start\nmore\n");
+    let mode = fs::metadata(&file).expect("stat").permissions().mode() & 0o7777;
+    assert_eq!(
+        mode, 0o777,
+        "set-user-ID survived an unprivileged write: {mode:o}"
+    );
+    let src_mode = fs::metadata(m.src().join("suid"))
+        .expect("stat source")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(src_mode, 0o777, "source file still set-user-ID: {src_mode:o}");
+}

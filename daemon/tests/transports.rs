@@ -241,3 +241,22 @@ fn sigusr1_prints_counters_and_keeps_serving() {
         "still serving after the report"
     );
 }
+
+/// Writes cost one round trip each: the daemon clears set-user-ID bits
+/// itself (FUSE_HANDLE_KILLPRIV_V2), so the kernel does not ask for
+/// `security.capability` before every write.
+#[test]
+fn writes_need_no_getxattr() {
+    if !pinned_flags_only() {
+        return;
+    }
+    let mount = Mount::start(&["--stats"]);
+    let file = std::fs::File::create(mount.mnt().join("w")).unwrap();
+    for i in 0..200u64 {
+        std::os::unix::fs::FileExt::write_all_at(&file, &[7u8; 4096], i * 4096).unwrap();
+    }
+    drop(file);
+    let stats = stop_and_read_stats(mount);
+    assert!(stats.count("WRITE") >= 200, "{stats:?}");
+    assert!(stats.count("GETXATTR") <= 1, "a GETXATTR per write: {stats:?}");
+}
