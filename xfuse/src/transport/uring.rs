@@ -537,15 +537,19 @@ mod tests {
         (Dispatcher::new(Fs, n), QueueCounters::new(2))
     }
 
+    fn worker<'a>(dispatcher: &'a Dispatcher<Fs>, counters: &'a QueueCounters) -> RingWorker<'a, Fs> {
+        RingWorker {
+            dispatcher,
+            counters,
+            scratch: vec![0u8; 64 * 1024],
+            spin: Duration::ZERO,
+        }
+    }
+
     #[test]
     fn requests_flow_and_teardown_ends_the_worker() {
         let (dispatcher, counters) = worker_parts();
-        let mut worker = RingWorker {
-            dispatcher: &dispatcher,
-            counters: &counters,
-            scratch: vec![0u8; 64 * 1024],
-            spin: Duration::ZERO,
-        };
+        let mut worker = worker(&dispatcher, &counters);
         let mut kernel = FakeKernel::default();
         let write = WriteIn {
             size: 16,
@@ -627,12 +631,7 @@ mod tests {
     #[test]
     fn corrupt_payload_size_is_refused_not_trusted() {
         let (dispatcher, counters) = worker_parts();
-        let mut worker = RingWorker {
-            dispatcher: &dispatcher,
-            counters: &counters,
-            scratch: vec![0u8; 64 * 1024],
-            spin: Duration::ZERO,
-        };
+        let mut worker = worker(&dispatcher, &counters);
         let mut entry = RingEntry::new(0, 8192);
         let (h, _) = entry.parts_mut();
         let ih = InHeader {
