@@ -32,6 +32,8 @@
 #                            whose names contain one of them (e.g. "chmod
 #                            rename::"), still minus the excluded ones
 #   PJDFSTEST_ARGS           extra options for pjdfstest (e.g. "-v")
+#   PJDFSTEST_LOCK           lock file that serializes runs on this machine
+#                            (/tmp/xfuse-pjdfstest.lock)
 set -euo pipefail
 
 usage() {
@@ -68,6 +70,16 @@ log=${PJDFSTEST_LOG:-$tmp_root/pjdfstest-$(date +%Y%m%d-%H%M%S)-$$.log}
 # No colours, no pager, no prompts: this runs in CI without a TTY or stdin.
 export NO_COLOR=1 CLICOLOR=0 TERM=dumb
 exec </dev/null
+
+# pjdfstest creates and uses the same dummy users and groups in every run, so
+# two runs on one machine (two test binaries, two checkouts) would trip over
+# each other: take a machine-wide lock and wait for it.
+lock_file=${PJDFSTEST_LOCK:-/tmp/xfuse-pjdfstest.lock}
+exec 9>>"$lock_file"
+if ! flock -n 9; then
+    echo "pjdfstest.sh: waiting for another pjdfstest run ($lock_file)" >&2
+    flock 9
+fi
 
 is_root=false
 [[ $(id -u) -eq 0 ]] && is_root=true
