@@ -3,9 +3,12 @@
 //! Subcommands:
 //! - `passthrough`: serve a local directory (fuse-backend-rs's PassthroughFs)
 //!   through xfuse;
+//! - `virtiofs`: serve a local directory to a virtual machine (vhost-user-fs,
+//!   xfuse's `virtio` transport), in place of virtiofsd;
 //! - `kernel`: show what the running kernel offers, or switch FUSE-over-io_uring on.
 
 mod backing;
+mod virtiofs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +40,13 @@ enum Command {
     /// SIGINT or SIGTERM unmounts and exits 0. If the mountpoint is unmounted
     /// from outside (umount MOUNTPOINT), xfused exits 0 by itself.
     Passthrough(PassthroughArgs),
+    /// Serve a local directory to a virtual machine through virtio-fs: a
+    /// vhost-user-fs backend for QEMU, in place of virtiofsd, in the
+    /// foreground.
+    ///
+    /// The guest mounts it with `mount -t virtiofs TAG DIR`, TAG being the
+    /// QEMU device's tag. SIGINT or SIGTERM stops serving and exits 0.
+    Virtiofs(virtiofs::VirtiofsArgs),
     /// Inspect or configure the kernel's FUSE support.
     #[command(subcommand)]
     Kernel(KernelCommand),
@@ -158,6 +168,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Passthrough(args) => passthrough(args),
+        Command::Virtiofs(args) => virtiofs::run(args),
         Command::Kernel(KernelCommand::Probe) => {
             println!("{}", kmod_shim::probe());
             Ok(())

@@ -1,0 +1,159 @@
+//! `xfused virtiofs`: serve a filesystem to a virtual machine as a
+//! vhost-user-fs backend (xfuse's `virtio` transport), in place of virtiofsd.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
+use xfuse::transport::virtio::{VirtioConfig, VirtioFsBackend};
+use xfuse::{InitConfig, Policy};
+
+use crate::CacheArg;
+
+#[derive(Debug, Args)]
+pub struct VirtiofsArgs {
+    /// The vhost-user socket to listen on; QEMU connects to it
+    /// (-chardev socket,path=PATH -device vhost-user-fs-pci,chardev=...).
+    /// A stale socket at PATH is replaced; any other file there is an error.
+    #[arg(long, value_name = "PATH")]
+    socket: PathBuf,
+    /// The directory to serve to the guest.
+    #[arg(long, value_name = "DIR")]
+    source: PathBuf,
+    /// Threads that run requests (0: each request queue runs its own, one at
+    /// a time, on the queue's thread).
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=256))]
+    thread_pool: u16,
+    /// Request queues offered to the VMM, on top of the high-priority queue
+    /// (match QEMU's num-request-queues).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=63))]
+    queues: u16,
+    /// Largest virtqueue size accepted (match QEMU's queue-size, a power of two).
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    queue_size: u16,
+    /// After the VMM disconnects, wait for the next one instead of exiting.
+    #[arg(long)]
+    keep_listening: bool,
+    /// Kernel data caching policy for regular files in the guest.
+    #[arg(long, value_enum, default_value = "auto")]
+    cache: CacheArg,
+    /// How long the guest may cache attributes, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    attr_timeout_ms: u64,
+    /// How long the guest may cache directory entries (and negative
+    /// lookups), in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    entry_timeout_ms: u64,
+    /// Largest write request, in KiB (4 to 16384); the guest also caps it
+    /// by its queue size.
+    #[arg(long, value_name = "KIB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(4..=16384))]
+    max_write_kib: u32,
+    /// Serve extended attributes (on by default; this turns them off).
+    #[arg(long)]
+    no_xattr: bool,
+    /// Print request counters (per opcode) when each guest session ends, and
+    /// chain counters at exit.
+    #[arg(long)]
+    stats: bool,
+}
+
+pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
+    let source = std::fs::canonicalize(&args.source)
+        .with_context(|| format!("source directory {}", args.source.display()))?;
+    if !source.is_dir() {
+        bail!("source {} is not a directory", source.display());
+    }
+    let source_str = source
+        .to_str()
+        .with_context(|| format!("source path {} is not UTF-8", source.display()))?
+        .to_string();
+    if !args.queue_size.is_power_of_two() {
+        bail!("--queue-size {} is not a power of two", args.queue_size);
+    }
+    let cfg = PassthroughConfig {
+        root_dir: source_str,
+        attr_timeout: Duration::from_millis(args.attr_timeout_ms),
+        entry_timeout: Duration::from_millis(args.entry_timeout_ms),
+        cache_policy: match args.cache {
+            CacheArg::Never => CachePolicy::Never,
+            CacheArg::Auto => CachePolicy::Auto,
+            CacheArg::Always => CachePolicy::Always,
+        },
+        xattr: !args.no_xattr,
+        do_import: true,
+        // As for `passthrough`: inodes by file handle (the open-file limit
+        // does not cap live inodes), set-user-ID bits cleared by the
+        // filesystem, and no use_host_ino (fuse-backend-rs 0.14 loses inodes).
+        inode_file_handles: true,
+        killpriv_v2: true,
+        ..Default::default()
+    };
+    if kmod_shim::probe().cap_sys_admin {
+        // PassthroughFs switches to the guest caller's uid to create files and
+        // reopens the parent by file handle inside that window, which needs
+        // CAP_DAC_READ_SEARCH kept across the uid switch. The guest kernel
+        // checks permissions itself (virtio-fs mounts use default_permissions).
+        kmod_shim::creds::keep_capabilities_across_setuid()
+            .context("keeping capabilities across uid switches (prctl PR_SET_SECUREBITS)")?;
+    }
+    let fs = PassthroughFs::<()>::new(cfg).context("setting up PassthroughFs")?;
+    let config = VirtioConfig {
+        request_queues: usize::from(args.queues),
+        max_queue_size: args.queue_size,
+        thread_pool: usize::from(args.thread_pool),
+        init: InitConfig {
+            max_write: args.max_write_kib * 1024,
+            ..Default::default()
+        },
+        policy: Policy {
+            negative_timeout: Duration::from_millis(args.entry_timeout_ms),
+            open_noflush: true,
+        },
+        report_stats: args.stats,
+    };
+    let backend = VirtioFsBackend::new(fs, config)?;
+    stop_on_signals(args.socket.clone())?;
+    eprintln!(
+        "xfused: serving {} to a VM over vhost-user socket {}; Ctrl-C or SIGTERM stops",
+        source.display(),
+        args.socket.display()
+    );
+    let result = backend.serve(&args.socket, args.keep_listening);
+    if args.stats {
+        let c = backend.counters();
+        eprintln!(
+            "xfused virtiofs: {} connections, {} INITs, {} chains, {} refused",
+            c.connections.load(std::sync::atomic::Ordering::Relaxed),
+            c.inits.load(std::sync::atomic::Ordering::Relaxed),
+            c.chains.load(std::sync::atomic::Ordering::Relaxed),
+            c.bad_chains.load(std::sync::atomic::Ordering::Relaxed),
+        );
+    }
+    let _ = std::fs::remove_file(&args.socket);
+    result?;
+    Ok(())
+}
+
+/// SIGINT/SIGTERM: the guest's data is already on the host (PassthroughFs
+/// writes through), so stopping is removing the socket and exiting.
+fn stop_on_signals(socket: PathBuf) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("xfused-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!("stopped by signal {sig}");
+                let _ = std::fs::remove_file(&socket);
+                std::process::exit(0);
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
