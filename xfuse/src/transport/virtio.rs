@@ -762,3 +762,392 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsBackend
         self.process_queue(thread_id, vring)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fuse_backend_rs::api::filesystem::{Context, Entry};
+    use kmod_shim::abi::{init_flags, InitIn, InitOut, KERNEL_MINOR_VERSION, KERNEL_VERSION};
+    use std::ffi::CStr;
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use zerocopy::FromBytes;
+
+    const MEM_SIZE: usize = 0x20_0000;
+    const DATA: u64 = 0x10_0000;
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+    }
+
+    fn desc(addr: u64, len: u32, write: bool) -> RawDescriptor {
+        let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
+    }
+
+    /// Builds one chain from `descs` (next links filled in) and parses it.
+    fn parse(
+        mem: &GuestMemoryMmap,
+        descs: &[RawDescriptor],
+        limit: usize,
+    ) -> Result<ChainLayout, ChainError> {
+        let queue = MockSplitQueue::new(mem, 16);
+        let chain = queue.build_desc_chain(descs).unwrap();
+        ChainLayout::parse(chain, limit)
+    }
+
+    #[test]
+    fn a_well_formed_chain_is_read_and_written_across_descriptors() {
+        let mem = memory();
+        let request: Vec<u8> = (0..100u8).collect();
+        mem.write_slice(&request[..60], GuestAddress(DATA)).unwrap();
+        mem.write_slice(&request[60..], GuestAddress(DATA + 0x1000))
+            .unwrap();
+        let layout = parse(
+            &mem,
+            &[
+                desc(DATA, 60, false),
+                desc(DATA + 0x1000, 40, false),
+                desc(DATA + 0x2000, 0, false),
+                desc(DATA + 0x3000, 10, true),
+                desc(DATA + 0x4000, 30, true),
+            ],
+            4096,
+        )
+        .unwrap();
+        assert_eq!((layout.read_len(), layout.write_len()), (100, 40));
+        let mut buf = vec![0u8; 100];
+        assert_eq!(layout.read_request(&mem, &mut buf).unwrap(), 100);
+        assert_eq!(buf, request);
+
+        // A reply spread over both writable descriptors, in order.
+        let reply: Vec<u8> = (200..235u8).collect();
+        assert_eq!(layout.write_reply(&mem, &[&reply[..4], &reply[4..]]).unwrap(), 35);
+        let mut first = [0u8; 10];
+        let mut second = [0u8; 25];
+        mem.read_slice(&mut first, GuestAddress(DATA + 0x3000)).unwrap();
+        mem.read_slice(&mut second, GuestAddress(DATA + 0x4000)).unwrap();
+        assert_eq!(&first[..], &reply[..10]);
+        assert_eq!(&second[..], &reply[10..]);
+
+        // More than the guest offered: refused, nothing written.
+        mem.write_slice(&[0u8; 30], GuestAddress(DATA + 0x4000)).unwrap();
+        assert!(layout.write_reply(&mem, &[&[7u8; 41]]).is_err());
+        mem.read_slice(&mut second, GuestAddress(DATA + 0x4000)).unwrap();
+        assert_eq!(second, [0u8; 25]);
+    }
+
+    #[test]
+    fn malformed_chains_are_refused() {
+        let mem = memory();
+        // Readable after writable.
+        assert_eq!(
+            parse(
+                &mem,
+                &[
+                    desc(DATA, 64, false),
+                    desc(DATA + 0x1000, 64, true),
+                    desc(DATA + 0x2000, 8, false)
+                ],
+                4096
+            ),
+            Err(ChainError::ReadableAfterWritable)
+        );
+        // Outside guest memory, and wrapping the address space.
+        assert!(matches!(
+            parse(
+                &mem,
+                &[desc(MEM_SIZE as u64 - 16, 64, false), desc(DATA, 64, true)],
+                4096
+            ),
+            Err(ChainError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            parse(&mem, &[desc(u64::MAX - 8, 64, false)], 4096),
+            Err(ChainError::OutOfRange { .. })
+        ));
+        // Larger than the limit, and shorter than a header.
+        assert_eq!(
+            parse(
+                &mem,
+                &[desc(DATA, 4000, false), desc(DATA + 0x1000, 200, false)],
+                4096
+            ),
+            Err(ChainError::TooLong {
+                len: 4200,
+                limit: 4096
+            })
+        );
+        assert_eq!(
+            parse(&mem, &[desc(DATA, 39, false)], 4096),
+            Err(ChainError::TooShort(39))
+        );
+        // Only writable descriptors: no request at all.
+        assert_eq!(
+            parse(&mem, &[desc(DATA, 64, true)], 4096),
+            Err(ChainError::TooShort(0))
+        );
+    }
+
+    #[test]
+    fn looping_and_dangling_chains_are_refused() {
+        let mem = memory();
+        let queue = MockSplitQueue::new(&mem, 16);
+        let next = VRING_DESC_F_NEXT as u16;
+        // 0 -> 1 -> 0 -> ...: the queue's iterator stops after 16 descriptors.
+        let looping = [
+            RawDescriptor::from(SplitDescriptor::new(DATA, 64, next, 1)),
+            RawDescriptor::from(SplitDescriptor::new(DATA + 0x1000, 64, next, 0)),
+        ];
+        let chain = queue.build_multiple_desc_chains(&looping).unwrap();
+        assert_eq!(ChainLayout::parse(chain, 1 << 20), Err(ChainError::Truncated));
+
+        // A next index past the end of the table.
+        let queue = MockSplitQueue::new(&mem, 16);
+        let dangling = [RawDescriptor::from(SplitDescriptor::new(DATA, 64, next, 99))];
+        let chain = queue.build_multiple_desc_chains(&dangling).unwrap();
+        assert_eq!(ChainLayout::parse(chain, 1 << 20), Err(ChainError::Truncated));
+    }
+
+    #[test]
+    fn indirect_tables_are_followed_and_checked() {
+        let mem = memory();
+        let (next, write) = (VRING_DESC_F_NEXT as u16, VRING_DESC_F_WRITE as u16);
+        let indirect = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+        let table = GuestAddress(DATA + 0x10000);
+        let entries = [
+            RawDescriptor::from(SplitDescriptor::new(DATA, 64, next, 1)),
+            RawDescriptor::from(SplitDescriptor::new(DATA + 0x1000, 16, next | write, 2)),
+            RawDescriptor::from(SplitDescriptor::new(DATA + 0x2000, 100, write, 0)),
+        ];
+        for (i, e) in entries.iter().enumerate() {
+            mem.write_obj(*e, GuestAddress(table.0 + 16 * i as u64)).unwrap();
+        }
+        let queue = MockSplitQueue::new(&mem, 16);
+        let head = [RawDescriptor::from(SplitDescriptor::new(
+            table.0, 48, indirect, 0,
+        ))];
+        let chain = queue.build_multiple_desc_chains(&head).unwrap();
+        let layout = ChainLayout::parse(chain, 4096).unwrap();
+        assert_eq!((layout.read_len(), layout.write_len()), (64, 116));
+
+        // A table whose length is not a whole number of descriptors: the
+        // queue's iterator yields nothing, so there is no request to serve.
+        let queue = MockSplitQueue::new(&mem, 16);
+        let head = [RawDescriptor::from(SplitDescriptor::new(
+            table.0, 40, indirect, 0,
+        ))];
+        let chain = queue.build_multiple_desc_chains(&head).unwrap();
+        assert_eq!(ChainLayout::parse(chain, 4096), Err(ChainError::TooShort(0)));
+
+        // An indirect table nested in an indirect table (the spec forbids it):
+        // the walk stops inside the table, on a descriptor that says "next".
+        let nested = GuestAddress(DATA + 0x20000);
+        let inner = [
+            RawDescriptor::from(SplitDescriptor::new(DATA, 64, next, 1)),
+            RawDescriptor::from(SplitDescriptor::new(table.0, 48, indirect, 0)),
+        ];
+        for (i, e) in inner.iter().enumerate() {
+            mem.write_obj(*e, GuestAddress(nested.0 + 16 * i as u64)).unwrap();
+        }
+        let queue = MockSplitQueue::new(&mem, 16);
+        let head = [RawDescriptor::from(SplitDescriptor::new(
+            nested.0, 32, indirect, 0,
+        ))];
+        let chain = queue.build_multiple_desc_chains(&head).unwrap();
+        assert_eq!(ChainLayout::parse(chain, 4096), Err(ChainError::Truncated));
+    }
+
+    /// A filesystem that knows one name.
+    struct OneName;
+    impl FileSystem for OneName {
+        type Inode = u64;
+        type Handle = u64;
+        fn lookup(&self, _: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+            if parent == 1 && name.to_bytes() == b"known" {
+                let mut attr = Entry::default().attr;
+                attr.st_ino = 42;
+                attr.st_mode = libc::S_IFREG | 0o644;
+                Ok(Entry {
+                    inode: 42,
+                    generation: 0,
+                    attr,
+                    attr_flags: 0,
+                    attr_timeout: Duration::from_secs(1),
+                    entry_timeout: Duration::from_secs(1),
+                })
+            } else {
+                Err(io::Error::from_raw_os_error(libc::ENOENT))
+            }
+        }
+    }
+
+    use std::time::Duration;
+
+    struct Guest {
+        mem: GuestMemoryMmap,
+        backend: VirtioFsBackend<OneName>,
+        bufs: Buffers,
+        next: u64,
+    }
+
+    impl Guest {
+        fn new() -> Guest {
+            Guest {
+                mem: memory(),
+                backend: VirtioFsBackend::new(OneName, VirtioConfig::default()).unwrap(),
+                bufs: Buffers::default(),
+                next: 1,
+            }
+        }
+
+        /// Sends `opcode` with `args` (a correct header unless `len` is
+        /// given) and returns the reply's header and body.
+        fn call(
+            &mut self,
+            opcode: u32,
+            args: &[u8],
+            len: Option<u32>,
+            room: u32,
+        ) -> Option<(OutHeader, Vec<u8>)> {
+            let unique = self.next;
+            self.next += 1;
+            let header = InHeader {
+                len: len.unwrap_or((IN_HEADER + args.len()) as u32),
+                opcode,
+                unique,
+                nodeid: 1,
+                ..Default::default()
+            };
+            let mut request = header.as_bytes().to_vec();
+            request.extend_from_slice(args);
+            self.mem.write_slice(&request, GuestAddress(DATA)).unwrap();
+            self.mem
+                .write_slice(&vec![0xee; room as usize], GuestAddress(DATA + 0x8000))
+                .unwrap();
+            let queue = MockSplitQueue::new(&self.mem, 16);
+            let chain = queue
+                .build_desc_chain(&[
+                    desc(DATA, request.len() as u32, false),
+                    desc(DATA + 0x8000, room, true),
+                ])
+                .unwrap();
+            let layout = ChainLayout::parse(chain, 1 << 20).unwrap();
+            let used = self.backend.handle(&self.mem, &layout, &mut self.bufs);
+            if used == 0 {
+                return None;
+            }
+            let mut out = vec![0u8; used as usize];
+            self.mem
+                .read_slice(&mut out, GuestAddress(DATA + 0x8000))
+                .unwrap();
+            let (h, body) = OutHeader::read_from_prefix(&out).unwrap();
+            assert_eq!(h.unique, unique);
+            assert_eq!(h.len, used);
+            Some((h, body.to_vec()))
+        }
+
+        fn init(&mut self) -> InitOut {
+            let init = InitIn {
+                major: KERNEL_VERSION,
+                minor: 38,
+                max_readahead: 1 << 20,
+                flags: (init_flags::ASYNC_READ | init_flags::MAX_PAGES | init_flags::INIT_EXT) as u32,
+                ..Default::default()
+            };
+            let (h, body) = self
+                .call(Opcode::Init as u32, init.as_bytes(), None, 256)
+                .unwrap();
+            assert_eq!(h.error, 0);
+            InitOut::read_from_prefix(&body).unwrap().0
+        }
+    }
+
+    #[test]
+    fn requests_before_init_get_eio_then_init_starts_a_session() {
+        let mut guest = Guest::new();
+        let (h, _) = guest.call(Opcode::Lookup as u32, b"known\0", None, 256).unwrap();
+        assert_eq!(h.error, -libc::EIO);
+        let out = guest.init();
+        assert_eq!(
+            (out.major, out.minor),
+            (KERNEL_VERSION, 38.min(KERNEL_MINOR_VERSION))
+        );
+        let (h, body) = guest.call(Opcode::Lookup as u32, b"known\0", None, 256).unwrap();
+        assert_eq!(h.error, 0);
+        let entry = kmod_shim::abi::EntryOut::read_from_prefix(&body).unwrap().0;
+        assert_eq!(entry.nodeid, 42);
+        let (h, _) = guest
+            .call(Opcode::Lookup as u32, b"unknown\0", None, 256)
+            .unwrap();
+        assert_eq!(h.error, -libc::ENOENT);
+        assert_eq!(guest.backend.counters().inits.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn bad_requests_are_answered_with_errors() {
+        let mut guest = Guest::new();
+        guest.init();
+        // A header that claims more bytes than the chain carries.
+        let (h, _) = guest
+            .call(Opcode::Lookup as u32, b"known\0", Some(4000), 256)
+            .unwrap();
+        assert_eq!(h.error, -libc::EINVAL);
+        // An unknown opcode.
+        let (h, _) = guest.call(9999, &[], None, 256).unwrap();
+        assert_eq!(h.error, -libc::ENOSYS);
+        // A name without its terminating NUL.
+        let (h, _) = guest.call(Opcode::Lookup as u32, b"known", None, 256).unwrap();
+        assert_eq!(h.error, -libc::EINVAL);
+        // A reply buffer too small for the entry: the dispatcher's reply
+        // overflows and becomes ERANGE, with no lookup reference handed out.
+        let (h, body) = guest.call(Opcode::Lookup as u32, b"known\0", None, 24).unwrap();
+        assert_eq!((h.error, body.len()), (-libc::ERANGE, 0));
+        // No room even for a header: nothing written.
+        assert!(guest.call(Opcode::Lookup as u32, b"known\0", None, 8).is_none());
+        // FORGET takes no reply.
+        assert!(guest
+            .call(Opcode::Forget as u32, &1u64.to_ne_bytes(), None, 256)
+            .is_none());
+    }
+
+    #[test]
+    fn destroy_ends_the_session_and_a_new_init_starts_another() {
+        let mut guest = Guest::new();
+        guest.init();
+        let (h, _) = guest.call(Opcode::Destroy as u32, &[], None, 256).unwrap();
+        assert_eq!(h.error, 0);
+        let (h, _) = guest.call(Opcode::Lookup as u32, b"known\0", None, 256).unwrap();
+        assert_eq!(h.error, -libc::EIO, "a destroyed session serves nothing");
+        guest.init();
+        let (h, _) = guest.call(Opcode::Lookup as u32, b"known\0", None, 256).unwrap();
+        assert_eq!(h.error, 0);
+        assert_eq!(guest.backend.counters().inits.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn garbage_chains_never_panic() {
+        // A fixed-seed generator: random headers and arguments, random
+        // reply room, after a valid INIT.
+        let mut guest = Guest::new();
+        guest.init();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rand = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2000 {
+            let opcode = (rand() % 60) as u32;
+            if opcode == Opcode::Init as u32 || opcode == Opcode::Destroy as u32 {
+                continue;
+            }
+            let n = (rand() % 300) as usize;
+            let args: Vec<u8> = (0..n).map(|_| rand() as u8).collect();
+            let room = 16 + (rand() % 512) as u32;
+            let _ = guest.call(opcode, &args, None, room);
+        }
+    }
+}
