@@ -23,6 +23,13 @@ fi
 # <linux/fuse.h>, and some crates build C), kernel headers for that test,
 # and the tools the integration tests drive.
 packages=(gcc libc6-dev linux-libc-dev util-linux tar diffutils coreutils findutils passwd)
+# The VM tests (vm-tests/, daemon/tests/virtiofs_vm.rs) boot a guest under
+# QEMU: its kernel comes from Debian's linux-image-amd64 (fetched with
+# apt-get download on first use), its initramfs from busybox-static; xz
+# unpacks the kernel image.
+if ((want_tests)); then
+    packages+=(qemu-system-x86 busybox-static xz-utils)
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,6 +2,7 @@
 //! vhost-user-fs backend (xfuse's `virtio` transport), in place of virtiofsd.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -117,7 +118,20 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
         report_stats: args.stats,
     };
     let backend = VirtioFsBackend::new(fs, config)?;
-    stop_on_signals(args.socket.clone())?;
+    let report = {
+        let backend = backend.clone();
+        move || {
+            let c = backend.counters();
+            eprintln!(
+                "xfused virtiofs: {} connections, {} INITs, {} chains, {} refused",
+                c.connections.load(Ordering::Relaxed),
+                c.inits.load(Ordering::Relaxed),
+                c.chains.load(Ordering::Relaxed),
+                c.bad_chains.load(Ordering::Relaxed),
+            );
+        }
+    };
+    stop_on_signals(args.socket.clone(), args.stats.then_some(report.clone()))?;
     eprintln!(
         "xfused: serving {} to a VM over vhost-user socket {}; Ctrl-C or SIGTERM stops",
         source.display(),
@@ -125,14 +139,7 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
     );
     let result = backend.serve(&args.socket, args.keep_listening);
     if args.stats {
-        let c = backend.counters();
-        eprintln!(
-            "xfused virtiofs: {} connections, {} INITs, {} chains, {} refused",
-            c.connections.load(std::sync::atomic::Ordering::Relaxed),
-            c.inits.load(std::sync::atomic::Ordering::Relaxed),
-            c.chains.load(std::sync::atomic::Ordering::Relaxed),
-            c.bad_chains.load(std::sync::atomic::Ordering::Relaxed),
-        );
+        report();
     }
     let _ = std::fs::remove_file(&args.socket);
     result?;
@@ -141,7 +148,7 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
 
 /// SIGINT/SIGTERM: the guest's data is already on the host (PassthroughFs
 /// writes through), so stopping is removing the socket and exiting.
-fn stop_on_signals(socket: PathBuf) -> anyhow::Result<()> {
+fn stop_on_signals(socket: PathBuf, report: Option<impl Fn() + Send + 'static>) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
@@ -150,6 +157,9 @@ fn stop_on_signals(socket: PathBuf) -> anyhow::Result<()> {
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
                 tracing::info!("stopped by signal {sig}");
+                if let Some(report) = &report {
+                    report();
+                }
                 let _ = std::fs::remove_file(&socket);
                 std::process::exit(0);
             }

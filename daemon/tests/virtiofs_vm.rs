@@ -1,0 +1,247 @@
+//! `xfused virtiofs` serving a real guest: QEMU (TCG) boots Debian's kernel
+//! with a busybox initramfs (crate vm-tests), mounts virtio-fs from us and
+//! runs the workload of vm-tests/guest/workload.sh from several processes;
+//! the guest checks what the host wrote, the host checks what the guest
+//! wrote.
+//!
+//! Needs root (PassthroughFs opens inodes by file handle), qemu-system-x86,
+//! busybox-static, xz-utils and network access to Debian's mirror once (the
+//! kernel package is cached); scripts/setup.sh --tests installs them. Where
+//! they are missing the tests say why and pass, unless XFUSE_REQUIRE_VM=1
+//! (the test command sets it), where that is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process, Pid, Signal};
+use tempfile::TempDir;
+use vm_tests::{workload, Assets, GuestOutput, VmConfig};
+
+const XFUSED: &str = env!("CARGO_BIN_EXE_xfused");
+
+/// Why this host cannot run the guest, if it cannot.
+fn unable() -> Option<String> {
+    if std::env::var_os("XFUSE_TEST_TRANSPORT").is_some() {
+        // Not a limitation: virtio does not use the host's FUSE transport,
+        // so the suite's reruns on other transports would repeat these
+        // tests unchanged. They run in the default pass.
+        return Some("virtio-fs does not depend on XFUSE_TEST_TRANSPORT; runs in the default pass".into());
+    }
+    let why = if !rustix::process::geteuid().is_root() {
+        Some("needs root (PassthroughFs opens inodes by file handle)".to_string())
+    } else {
+        let missing = vm_tests::missing_tools();
+        (!missing.is_empty()).then(|| format!("missing {} (scripts/setup.sh --tests)", missing.join(", ")))
+    };
+    if let Some(why) = &why {
+        if std::env::var("XFUSE_REQUIRE_VM").as_deref() == Ok("1") {
+            panic!("XFUSE_REQUIRE_VM=1 but the guest cannot run: {why}");
+        }
+    }
+    why
+}
+
+struct Backend {
+    child: Child,
+    log: PathBuf,
+    socket: PathBuf,
+}
+
+impl Backend {
+    fn start(dir: &Path, share: &Path, extra: &[&str]) -> Backend {
+        let socket = dir.join("vfs.sock");
+        let log = dir.join("xfused.log");
+        let child = Command::new(XFUSED)
+            .arg("virtiofs")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--source")
+            .arg(share)
+            .args(["--stats"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting xfused virtiofs");
+        let mut backend = Backend { child, log, socket };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !backend.socket.exists() {
+            if let Some(status) = backend.child.try_wait().unwrap() {
+                panic!("xfused exited ({status}) before listening:\n{}", backend.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no socket after 10 s:\n{}",
+                backend.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        backend
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the daemon to exit by itself; its exit status must be 0.
+    fn wait_exit(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "xfused exited with {status}:\n{}", self.log());
+                return;
+            }
+            assert!(Instant::now() < deadline, "xfused still running:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn terminate(&mut self) {
+        let pid = Pid::from_child(&self.child);
+        kill_process(pid, Signal::TERM).unwrap();
+        self.wait_exit();
+        assert!(!self.socket.exists(), "the socket outlived SIGTERM");
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn guest(dir: &Path) -> (Assets, PathBuf) {
+    let assets = Assets::prepare(&vm_tests::default_cache_dir()).expect("preparing the guest kernel");
+    let initrd = dir.join("initrd.cpio");
+    assets.initramfs(&initrd).expect("building the initramfs");
+    (assets, initrd)
+}
+
+fn assert_workload_passed(out: &GuestOutput, share: &Path, config: &VmConfig, backend: &Backend) {
+    let context = || {
+        format!(
+            "guest console:\n{}\n\nxfused log:\n{}",
+            out.transcript(),
+            backend.log()
+        )
+    };
+    assert!(
+        !out.timed_out,
+        "the guest did not finish in {:?}\n{}",
+        config.timeout,
+        context()
+    );
+    assert!(
+        out.failures().is_empty(),
+        "the guest reported failures\n{}",
+        context()
+    );
+    assert!(
+        out.results().any(|l| l == "VMTEST_CHECK host-files ok"),
+        "{}",
+        context()
+    );
+    assert!(
+        out.done(),
+        "the guest did not reach the end of its workload\n{}",
+        context()
+    );
+    let (top, sub) = workload::expected_counts(config.files);
+    let counts = out.counts();
+    assert_eq!(counts.len(), config.workers as usize, "{}", context());
+    for (worker, t, s) in counts {
+        assert_eq!(
+            (t, s),
+            (top, sub),
+            "worker {worker} listed other entries than it made\n{}",
+            context()
+        );
+    }
+    let problems = workload::check_guest_files(share, config.files, config.workers).unwrap();
+    assert!(
+        problems.is_empty(),
+        "the host sees other files than the guest wrote:\n{}\n{}",
+        problems.join("\n"),
+        context()
+    );
+}
+
+#[test]
+fn guest_workload_through_xfused_virtiofs() {
+    if let Some(why) = unable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let share = TempDir::new().unwrap();
+    let (assets, initrd) = guest(dir.path());
+    workload::write_host_files(share.path()).unwrap();
+    let mut backend = Backend::start(dir.path(), share.path(), &[]);
+    let config = VmConfig::new(&backend.socket);
+    let out = vm_tests::boot(&assets, &initrd, &config).unwrap();
+    assert_workload_passed(&out, share.path(), &config, &backend);
+    for (phase, secs) in out.times() {
+        eprintln!("guest {phase}: {secs:.3} s");
+    }
+    // Without --keep-listening the daemon exits once the VM is gone.
+    backend.wait_exit();
+    let log = backend.log();
+    assert!(log.contains("guest FUSE session started"), "{log}");
+    assert!(
+        log.contains("(DESTROY)"),
+        "the guest's unmount did not reach us:\n{log}"
+    );
+    assert!(
+        log.contains("0 refused"),
+        "a well-behaved guest had chains refused:\n{log}"
+    );
+}
+
+#[test]
+fn a_vm_killed_mid_workload_leaves_the_backend_serving_the_next() {
+    if let Some(why) = unable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let share = TempDir::new().unwrap();
+    let (assets, initrd) = guest(dir.path());
+    workload::write_host_files(share.path()).unwrap();
+    let mut backend = Backend::start(dir.path(), share.path(), &["--keep-listening"]);
+
+    // First VM: killed (QEMU gone, socket dropped) after 5 s, during its
+    // workload (boot and mount take about 2.5 s).
+    let mut config = VmConfig::new(&backend.socket);
+    config.files = 2000;
+    config.timeout = Duration::from_secs(5);
+    let out = vm_tests::boot(&assets, &initrd, &config).unwrap();
+    assert!(
+        out.timed_out,
+        "the first VM was meant to be killed:\n{}",
+        out.transcript()
+    );
+    assert!(
+        backend.child.try_wait().unwrap().is_none(),
+        "xfused died with the VM:\n{}",
+        backend.log()
+    );
+
+    // Second VM, same socket: a full (small) workload on a clean tree.
+    std::fs::remove_dir_all(share.path().join("from-guest")).ok();
+    let mut config = VmConfig::new(&backend.socket);
+    config.files = 20;
+    config.workers = 2;
+    let out = vm_tests::boot(&assets, &initrd, &config).unwrap();
+    assert_workload_passed(&out, share.path(), &config, &backend);
+    assert!(
+        backend.child.try_wait().unwrap().is_none(),
+        "--keep-listening: xfused exited:\n{}",
+        backend.log()
+    );
+    backend.terminate();
+    let log = backend.log();
+    assert!(log.contains("2 connections"), "{log}");
+}
