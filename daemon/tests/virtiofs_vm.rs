@@ -201,7 +201,7 @@ fn guest_workload_through_xfused_virtiofs() {
 }
 
 #[test]
-fn a_vm_killed_mid_workload_leaves_the_backend_serving_the_next() {
+fn a_vm_killed_mid_workload_leaves_the_backend_serving_the_next_one() {
     if let Some(why) = unable() {
         eprintln!("skipped: {why}");
         return;
@@ -210,7 +210,12 @@ fn a_vm_killed_mid_workload_leaves_the_backend_serving_the_next() {
     let share = TempDir::new().unwrap();
     let (assets, initrd) = guest(dir.path());
     workload::write_host_files(share.path()).unwrap();
-    let mut backend = Backend::start(dir.path(), share.path(), &["--keep-listening"]);
+    // With a thread pool, so requests run off the queue thread.
+    let mut backend = Backend::start(
+        dir.path(),
+        share.path(),
+        &["--keep-listening", "--thread-pool", "2"],
+    );
 
     // First VM: killed (QEMU gone, socket dropped) after 5 s, during its
     // workload (boot and mount take about 2.5 s).

@@ -1,0 +1,280 @@
+//! vm-bench: the guest workload against two virtio-fs backends, `xfused
+//! virtiofs` and virtiofsd, in alternating order, and a table of median
+//! phase times.
+//!
+//! Each round boots a fresh guest against each backend, on a fresh shared
+//! directory, and checks the result from both sides exactly as the tests do:
+//! a run whose files differ from the expected tree is an error, not a number.
+//!
+//! Usage: vm-bench --xfused PATH --virtiofsd PATH [--rounds N] [--files N] [--workers N]
+//! (scripts/vm-bench.sh builds and installs both and runs this).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use vm_tests::{workload, Assets, GuestOutput, VmConfig};
+
+/// Phases that are metadata operations only (guest/workload.sh): `create`
+/// also writes 1 MiB per worker, `readback` and `listing` read file data.
+const METADATA_PHASES: [&str; 4] = ["lookup", "rename", "link", "unlink"];
+
+#[derive(Debug)]
+struct Opts {
+    xfused: PathBuf,
+    virtiofsd: PathBuf,
+    rounds: u32,
+    files: u32,
+    workers: u32,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: vm-bench --xfused PATH --virtiofsd PATH [--rounds N (5)] [--files N (300)] [--workers N (4)]\n\
+         Boots a QEMU guest (TCG) per round and backend, runs vm-tests/guest/workload.sh on the\n\
+         virtio-fs mount, checks the result, and prints median seconds per phase."
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> anyhow::Result<Opts> {
+    let mut args = std::env::args().skip(1);
+    let (mut xfused, mut virtiofsd) = (None, None);
+    let (mut rounds, mut files, mut workers) = (5, 300, 4);
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            usage();
+        }
+        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        let number = || {
+            value
+                .parse::<u32>()
+                .with_context(|| format!("{flag} {value}: not a number"))
+        };
+        match flag.as_str() {
+            "--xfused" => xfused = Some(PathBuf::from(&value)),
+            "--virtiofsd" => virtiofsd = Some(PathBuf::from(&value)),
+            "--rounds" => rounds = number()?.max(1),
+            "--files" => files = number()?.max(1),
+            "--workers" => workers = number()?.clamp(1, 64),
+            _ => bail!("unknown flag {flag} (--help)"),
+        }
+    }
+    Ok(Opts {
+        xfused: xfused.context("--xfused PATH is required")?,
+        virtiofsd: virtiofsd.context("--virtiofsd PATH is required")?,
+        rounds,
+        files,
+        workers,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Xfused,
+    Virtiofsd,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Xfused => "xfused virtiofs",
+            Backend::Virtiofsd => "virtiofsd",
+        }
+    }
+
+    fn start(self, opts: &Opts, socket: &Path, share: &Path, log: &Path) -> anyhow::Result<Child> {
+        let mut cmd = match self {
+            Backend::Xfused => {
+                let mut c = Command::new(&opts.xfused);
+                c.arg("virtiofs")
+                    .arg("--socket")
+                    .arg(socket)
+                    .arg("--source")
+                    .arg(share);
+                c.args(["--cache", "auto"]);
+                c
+            }
+            Backend::Virtiofsd => {
+                let mut c = Command::new(&opts.virtiofsd);
+                c.arg("--socket-path").arg(socket).arg("--shared-dir").arg(share);
+                // No sandbox, like xfused: measure the request path, not
+                // namespace set-up.
+                c.args(["--cache", "auto", "--sandbox", "none", "--seccomp", "none"]);
+                c
+            }
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", self.name()))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                bail!("{} made no socket in 10 s", self.name());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(child)
+    }
+}
+
+/// User+system CPU seconds of a process so far (from /proc/PID/stat).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+struct Run {
+    times: Vec<(String, f64)>,
+    cpu: Option<f64>,
+}
+
+fn run_once(opts: &Opts, backend: Backend, assets: &Assets, initrd: &Path) -> anyhow::Result<Run> {
+    let dir = tempfile::tempdir()?;
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share)?;
+    workload::write_host_files(&share)?;
+    let socket = dir.path().join("vfs.sock");
+    let log = dir.path().join("backend.log");
+    let mut child = backend.start(opts, &socket, &share, &log)?;
+    let mut config = VmConfig::new(&socket);
+    config.files = opts.files;
+    config.workers = opts.workers;
+    config.timeout = Duration::from_secs(600);
+    let out = vm_tests::boot(assets, initrd, &config);
+    // The backend has seen the whole session once QEMU is gone.
+    let cpu = cpu_seconds(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = out?;
+    check(&out, &share, &config).with_context(|| {
+        format!(
+            "{}: the run is wrong\nguest:\n{}\nbackend log:\n{}",
+            backend.name(),
+            out.transcript(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    })?;
+    Ok(Run {
+        times: out.times(),
+        cpu,
+    })
+}
+
+fn check(out: &GuestOutput, share: &Path, config: &VmConfig) -> anyhow::Result<()> {
+    if out.timed_out || !out.done() {
+        bail!("the guest did not finish");
+    }
+    if !out.failures().is_empty() {
+        bail!("guest failures: {:?}", out.failures());
+    }
+    if !out.results().any(|l| l == "VMTEST_CHECK host-files ok") {
+        bail!("the guest did not confirm the host's files");
+    }
+    let (top, sub) = workload::expected_counts(config.files);
+    if out.counts().iter().any(|&(_, t, s)| (t, s) != (top, sub))
+        || out.counts().len() != config.workers as usize
+    {
+        bail!("the guest listed other entries than it made: {:?}", out.counts());
+    }
+    let problems = workload::check_guest_files(share, config.files, config.workers)?;
+    if !problems.is_empty() {
+        bail!(
+            "the host sees other files than the guest wrote:\n{}",
+            problems.join("\n")
+        );
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let opts = parse_args()?;
+    let missing = vm_tests::missing_tools();
+    if !missing.is_empty() {
+        bail!("missing {} (scripts/setup.sh --tests)", missing.join(", "));
+    }
+    let assets = Assets::prepare(&vm_tests::default_cache_dir())?;
+    let work = tempfile::tempdir()?;
+    let initrd = work.path().join("initrd.cpio");
+    assets.initramfs(&initrd)?;
+    eprintln!(
+        "vm-bench: {} rounds, {} files x {} workers, guest kernel {}",
+        opts.rounds, opts.files, opts.workers, assets.release
+    );
+    let backends = [Backend::Xfused, Backend::Virtiofsd];
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(), Vec::new()];
+    for round in 0..opts.rounds {
+        // Alternate which backend goes first, so drift on a noisy host
+        // does not favour one.
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for b in order {
+            let run = run_once(&opts, backends[b], &assets, &initrd)?;
+            let total: f64 = run.times.iter().map(|(_, t)| t).sum();
+            eprintln!("round {round}: {:<16} total {total:.2} s", backends[b].name());
+            runs[b].push(run);
+        }
+    }
+    let phases: Vec<String> = runs[0][0].times.iter().map(|(p, _)| p.clone()).collect();
+    let med = |b: usize, phase: &str| {
+        median(
+            runs[b]
+                .iter()
+                .filter_map(|r| r.times.iter().find(|(p, _)| p == phase).map(|(_, t)| *t))
+                .collect(),
+        )
+    };
+    let sum_med = |b: usize, filter: &dyn Fn(&str) -> bool| {
+        median(
+            runs[b]
+                .iter()
+                .map(|r| r.times.iter().filter(|(p, _)| filter(p)).map(|(_, t)| t).sum())
+                .collect(),
+        )
+    };
+    println!("| phase | xfused virtiofs (s) | virtiofsd (s) | xfused / virtiofsd |");
+    println!("|---|---:|---:|---:|");
+    for phase in &phases {
+        let (x, v) = (med(0, phase), med(1, phase));
+        println!("| {phase} | {x:.3} | {v:.3} | {:.2} |", x / v);
+    }
+    let is_meta = |p: &str| METADATA_PHASES.contains(&p);
+    let (xm, vm) = (sum_med(0, &is_meta), sum_med(1, &is_meta));
+    println!(
+        "| **metadata** ({}) | {xm:.3} | {vm:.3} | {:.2} |",
+        METADATA_PHASES.join("+"),
+        xm / vm
+    );
+    let (xt, vt) = (sum_med(0, &|_| true), sum_med(1, &|_| true));
+    println!("| **all phases** | {xt:.3} | {vt:.3} | {:.2} |", xt / vt);
+    let cpu = |b: usize| median(runs[b].iter().filter_map(|r| r.cpu).collect());
+    println!(
+        "| backend CPU (user+sys) | {:.2} | {:.2} | {:.2} |",
+        cpu(0),
+        cpu(1),
+        cpu(0) / cpu(1)
+    );
+    println!(
+        "\nMedians of {} rounds; {} files x {} workers; both runs checked identical to the expected tree.",
+        opts.rounds, opts.files, opts.workers
+    );
+    Ok(())
+}
