@@ -27,11 +27,13 @@ struct Opts {
     rounds: u32,
     files: u32,
     workers: u32,
+    xfused_args: Vec<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: vm-bench --xfused PATH --virtiofsd PATH [--rounds N (5)] [--files N (300)] [--workers N (4)]\n\
+         \x20               [--xfused-arg FLAG]...   (extra flags for xfused virtiofs, e.g. --inode-fds)\n\
          Boots a QEMU guest (TCG) per round and backend, runs vm-tests/guest/workload.sh on the\n\
          virtio-fs mount, checks the result, and prints median seconds per phase."
     );
@@ -42,6 +44,7 @@ fn parse_args() -> anyhow::Result<Opts> {
     let mut args = std::env::args().skip(1);
     let (mut xfused, mut virtiofsd) = (None, None);
     let (mut rounds, mut files, mut workers) = (5, 300, 4);
+    let mut xfused_args = Vec::new();
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
             usage();
@@ -58,6 +61,7 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--rounds" => rounds = number()?.max(1),
             "--files" => files = number()?.max(1),
             "--workers" => workers = number()?.clamp(1, 64),
+            "--xfused-arg" => xfused_args.push(value),
             _ => bail!("unknown flag {flag} (--help)"),
         }
     }
@@ -67,6 +71,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         rounds,
         files,
         workers,
+        xfused_args,
     })
 }
 
@@ -93,7 +98,7 @@ impl Backend {
                     .arg(socket)
                     .arg("--source")
                     .arg(share);
-                c.args(["--cache", "auto"]);
+                c.args(["--cache", "auto"]).args(&opts.xfused_args);
                 c
             }
             Backend::Virtiofsd => {
