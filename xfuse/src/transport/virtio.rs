@@ -750,16 +750,17 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsBackend
         vrings: &[VringRwLock],
         thread_id: usize,
     ) -> io::Result<()> {
-        if evset != EventSet::IN {
-            return Err(io::Error::other(format!(
-                "unexpected events {evset:?} on queue {thread_id}"
-            )));
-        }
-        // One queue per thread: the event is that queue's kick.
-        let vring = vrings
-            .get(usize::from(device_event))
-            .ok_or_else(|| io::Error::other(format!("event {device_event} on thread {thread_id}")))?;
-        self.process_queue(thread_id, vring)
+        let result = if evset != EventSet::IN {
+            Err(io::Error::other(format!("unexpected events {evset:?}")))
+        } else {
+            // One queue per thread: the event is that queue's kick.
+            match vrings.get(usize::from(device_event)) {
+                Some(vring) => self.process_queue(thread_id, vring),
+                None => Err(io::Error::other(format!("event {device_event} for no queue"))),
+            }
+        };
+        // The library ends the queue's thread on an error: say so.
+        result.inspect_err(|e| tracing::error!(queue = thread_id, "{e}; the queue stops serving this VM"))
     }
 }
 
