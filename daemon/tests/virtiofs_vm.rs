@@ -170,7 +170,7 @@ fn assert_workload_passed(out: &GuestOutput, share: &Path, config: &VmConfig, ba
 }
 
 #[test]
-fn guest_workload_through_xfused_virtiofs() {
+fn vm_guest_workload_through_xfused_virtiofs() {
     if let Some(why) = unable() {
         eprintln!("skipped: {why}");
         return;
@@ -201,7 +201,7 @@ fn guest_workload_through_xfused_virtiofs() {
 }
 
 #[test]
-fn a_vm_killed_mid_workload_leaves_the_backend_serving_the_next_one() {
+fn vm_killed_mid_workload_leaves_the_backend_serving_the_next_one() {
     if let Some(why) = unable() {
         eprintln!("skipped: {why}");
         return;
