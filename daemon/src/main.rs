@@ -3,10 +3,12 @@
 //! Subcommands:
 //! - `passthrough`: serve a local directory (fuse-backend-rs's PassthroughFs)
 //!   through xfuse;
+//! - `stats`: a live view of one mount's kernel→daemon traffic, from BPF;
 //! - `kernel`: show what the running kernel offers, or switch FUSE-over-io_uring on.
 
 mod adaptive;
 mod backing;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +40,15 @@ enum Command {
     /// SIGINT or SIGTERM unmounts and exits 0. If the mountpoint is unmounted
     /// from outside (umount MOUNTPOINT), xfused exits 0 by itself.
     Passthrough(PassthroughArgs),
+    /// Watch the requests the kernel sends to the daemon of a FUSE mount,
+    /// live: requests/s and latency percentiles per opcode, and the inodes
+    /// that get the most LOOKUP/GETATTR upcalls.
+    ///
+    /// Counts with BPF programs on the fuse:fuse_request_send/end
+    /// tracepoints, loaded by this command (root, kernel BTF, Linux 6.17+);
+    /// works for any FUSE mount, counting from the moment it starts. Ctrl-C
+    /// stops it.
+    Stats(stats::StatsArgs),
     /// Inspect or configure the kernel's FUSE support.
     #[command(subcommand)]
     Kernel(KernelCommand),
@@ -189,6 +200,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Passthrough(args) => passthrough(args),
+        Command::Stats(args) => stats::run(args),
         Command::Kernel(KernelCommand::Probe) => {
             println!("{}", kmod_shim::probe());
             Ok(())
