@@ -165,6 +165,22 @@ fn changes_through_the_mount_are_seen_through_other_names() {
     fs::rename(mnt.join("c2"), mnt.join("d/c3")).unwrap();
     assert_eq!(fs::read(mnt.join("d/c3")).unwrap(), b"c");
     assert!(!mnt.join("c2").exists());
+    // The root is hot: its listing is kept across opens, and every change
+    // through the mount shows in the next one.
+    let list = || {
+        let mut v: Vec<String> = fs::read_dir(mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(list(), ["a2", "b", "b2", "d"]);
+    fs::write(mnt.join("new"), b"n").unwrap();
+    assert_eq!(list(), ["a2", "b", "b2", "d", "new"], "created");
+    fs::rename(mnt.join("new"), mnt.join("d/new")).unwrap();
+    fs::remove_file(mnt.join("b2")).unwrap();
+    assert_eq!(list(), ["a2", "b", "d"], "moved away and unlinked");
     // Behind the mount, the source agrees.
     assert_eq!(fs::metadata(src.join("a2")).unwrap().len(), 8);
 }

@@ -32,6 +32,11 @@
 //!   `FUSE_NOTIFY_INVAL_INODE` (attributes and data) and
 //!   `FUSE_NOTIFY_INVAL_ENTRY`, whatever timeout the kernel holds.
 //!
+//! Hot directories also get their listings cached across opens
+//! (`FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE` on OPENDIR): the kernel resets that
+//! cache itself when a request changes the directory, and the outside-change
+//! invalidations above drop it.
+//!
 //! Decisions are made in [`AdaptiveTtl::refresh`] from cumulative upcall
 //! counts and an explicit `now`, so they are unit-tested without BPF or
 //! clocks; [`Refresher`] calls it periodically from a thread.

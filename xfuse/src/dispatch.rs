@@ -486,7 +486,16 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 let o: OpenIn = a.fixed()?;
                 a.finish()?;
                 let (fh, opts) = fs.opendir(&ctx, ino.into(), o.flags)?;
-                w.push(&open_out(fh.map(Into::into), opts.bits()))?;
+                let mut flags = opts.bits();
+                if self.ttl.as_ref().is_some_and(|t| t.is_long(ino)) {
+                    // A hot, unchanged directory: the kernel keeps its
+                    // listing across opens. Changes through the mount reset
+                    // that cache in the kernel (the directory's i_version)
+                    // and demote it here; outside changes invalidate it
+                    // (cache::AdaptiveTtl::entry_changed, inode_changed).
+                    flags |= fopen::CACHE_DIR | fopen::KEEP_CACHE;
+                }
+                w.push(&open_out(fh.map(Into::into), flags))?;
                 Ok(Done::Reply)
             }
             Opcode::Create => {

@@ -71,6 +71,23 @@ impl Fixture {
         Changes::new(self.fs(), &self.ttl)
     }
 
+    /// READDIR and READDIRPLUS requests the daemon got so far.
+    fn dir_reads(&self) -> u64 {
+        use kmod_shim::abi::Opcode;
+        let stats = self.running.as_ref().unwrap().stats();
+        stats.requests(Opcode::Readdir) + stats.requests(Opcode::Readdirplus)
+    }
+
+    /// The names in the mount's root, sorted.
+    fn list(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.mnt.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
     fn path(&self, name: &str) -> std::path::PathBuf {
         self.mnt.path().join(name)
     }
@@ -190,6 +207,12 @@ fn rename_is_seen_by_the_next_lookup() {
     fs::write(f.src.path().join("a"), b"1").unwrap();
     fs::write(f.src.path().join("x"), b"2").unwrap();
     f.cache_long(&["a", "x"]);
+    // The root is hot too: its listing is cached across opens (the second
+    // listing reads no directory through the daemon).
+    assert_eq!(f.list(), ["a", "x"]);
+    let reads = f.dir_reads();
+    assert_eq!(f.list(), ["a", "x"]);
+    assert_eq!(f.dir_reads(), reads, "the listing came from the kernel's cache");
     let c = f.changes();
 
     f.ttl.set_invalidation_for_tests(false);
@@ -198,11 +221,14 @@ fn rename_is_seen_by_the_next_lookup() {
         f.path("x").exists(),
         "without invalidation the old name is still cached"
     );
+    // (No stale listing here: the change demoted the root, so its next
+    // OPENDIR reply no longer keeps the cached listing.)
 
     f.ttl.set_invalidation_for_tests(true);
     c.rename(1, &cstr("a"), 1, &cstr("b")).unwrap();
     assert!(!f.path("a").exists(), "the old name is gone at once");
     assert_eq!(fs::read(f.path("b")).unwrap(), b"1");
+    assert_eq!(f.list(), ["b", "y"], "the listing too");
 }
 
 #[test]
@@ -263,6 +289,7 @@ fn unlink_is_seen_through_the_name_and_through_a_hard_link() {
     f.ttl.set_invalidation_for_tests(true);
     c.unlink(1, &cstr("h2")).unwrap();
     assert!(!f.path("h2").exists(), "the name is gone at once");
+    assert_eq!(f.list(), ["h3"], "and from the listing");
     assert_eq!(
         stat(&f.path("h3")).nlink(),
         1,
