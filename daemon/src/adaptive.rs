@@ -66,7 +66,7 @@ where
         Err(e) => {
             tracing::warn!(
                 "cache policy adaptive: the BPF upcall counters could not be loaded ({e}); \
-                 they need root, kernel BTF and Linux 6.17+ (the FUSE tracepoints); \
+                 they need root, kernel BTF and a kernel with the fuse_request_send/end tracepoints (checked on 6.18); \
                  using fixed timeouts ({fixed})"
             );
             return None;

@@ -45,7 +45,7 @@ enum Command {
     /// that get the most LOOKUP/GETATTR upcalls.
     ///
     /// Counts with BPF programs on the fuse:fuse_request_send/end
-    /// tracepoints, loaded by this command (root, kernel BTF, Linux 6.17+);
+    /// tracepoints, loaded by this command (root, kernel BTF, a kernel with those tracepoints: checked on 6.18);
     /// works for any FUSE mount, counting from the moment it starts. Ctrl-C
     /// stops it.
     Stats(stats::StatsArgs),

@@ -51,7 +51,7 @@ pub fn run(args: StatsArgs) -> anyhow::Result<()> {
     };
     let tracer = UpcallTracer::load().context(
         "loading the BPF programs on the FUSE tracepoints (needs root, kernel BTF at \
-         /sys/kernel/btf/vmlinux and Linux 6.17+)",
+         /sys/kernel/btf/vmlinux and a kernel with the fuse_request_send/end tracepoints)",
     )?;
     tracing::info!(
         "counting requests of connection {connection} ({}) from now on",

@@ -3,8 +3,8 @@
 //! exactly those inodes, the same stats on a hot cache are (almost) none, and
 //! two mounts never see each other's requests.
 //!
-//! Needs root with BPF (CAP_BPF, CAP_PERFMON), kernel BTF and Linux 6.17+
-//! (the FUSE tracepoints): the test command runs as root on such a kernel,
+//! Needs root with BPF (CAP_BPF, CAP_PERFMON), kernel BTF and a kernel with the FUSE
+//! tracepoints (checked on 6.18): the test command runs as root on such a kernel,
 //! so a tracer that cannot load is a failure here, not a skip.
 
 mod common;

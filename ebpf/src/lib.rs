@@ -20,7 +20,7 @@
 //!
 //! Loading needs root (CAP_BPF and CAP_PERFMON), kernel BTF
 //! (`/sys/kernel/btf/vmlinux`) and a kernel with the FUSE tracepoints
-//! (Linux 6.17+); [`UpcallTracer::load`] says which of these failed. The
+//! (checked on 6.18); [`UpcallTracer::load`] says which of these failed. The
 //! counters are cumulative from the moment of loading; each loaded tracer
 //! has its own maps.
 //!
