@@ -40,37 +40,48 @@ pub struct Adaptive {
     interval: Duration,
 }
 
-/// Loads the BPF counters and installs the adaptive policy in `session`.
-/// Where the counters cannot be loaded, says so once and returns `None`:
-/// the session keeps the fixed timeouts.
-pub fn start<F>(args: &PassthroughArgs, session: &mut Session<F>) -> Option<Adaptive>
+/// Loads the BPF counters, before mounting so that they see the mount's
+/// first request. Where they cannot be loaded, says so once and returns
+/// `None`: the mount then keeps the fixed timeouts.
+pub fn load(args: &PassthroughArgs) -> Option<UpcallTracer> {
+    match UpcallTracer::load() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(
+                "cache policy adaptive: the BPF upcall counters could not be loaded ({e}); \
+                 they need root, kernel BTF and a kernel with the fuse_request_send/end tracepoints \
+                 (checked on 6.18); using fixed timeouts ({})",
+                fixed(args)
+            );
+            None
+        }
+    }
+}
+
+fn fixed(args: &PassthroughArgs) -> String {
+    format!(
+        "attribute timeout {} ms, entry timeout {} ms",
+        args.attr_timeout_ms, args.entry_timeout_ms
+    )
+}
+
+/// Installs the adaptive policy, fed by `tracer`, in the mounted `session`.
+/// Returns `None`, with a warning, if the mount's FUSE connection cannot be
+/// found (the session keeps the fixed timeouts).
+pub fn install<F>(args: &PassthroughArgs, tracer: UpcallTracer, session: &mut Session<F>) -> Option<Adaptive>
 where
     F: fuse_backend_rs::api::filesystem::FileSystem + Sync + Send + 'static,
 {
-    let fixed = format!(
-        "attribute timeout {} ms, entry timeout {} ms",
-        args.attr_timeout_ms, args.entry_timeout_ms
-    );
     let mountpoint =
         std::fs::canonicalize(&args.mountpoint).unwrap_or_else(|_| PathBuf::from(&args.mountpoint));
     let Some(connection) = kmod_shim::mount::connection_id(&mountpoint) else {
         tracing::warn!(
             "cache policy adaptive: no FUSE connection found for {} in /proc/self/mountinfo; \
-             using fixed timeouts ({fixed})",
-            mountpoint.display()
+             using fixed timeouts ({})",
+            mountpoint.display(),
+            fixed(args)
         );
         return None;
-    };
-    let tracer = match UpcallTracer::load() {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(
-                "cache policy adaptive: the BPF upcall counters could not be loaded ({e}); \
-                 they need root, kernel BTF and a kernel with the fuse_request_send/end tracepoints (checked on 6.18); \
-                 using fixed timeouts ({fixed})"
-            );
-            return None;
-        }
     };
     let ttl = Arc::new(AdaptiveTtl::new(AdaptiveConfig {
         short_entry_ttl: Duration::from_millis(args.entry_timeout_ms),
@@ -82,8 +93,9 @@ where
     session.set_adaptive_ttl(ttl.clone());
     let c = ttl.config();
     tracing::info!(
-        "cache policy adaptive on connection {connection}: {fixed} by default; {} ms for up to {} inodes \
+        "cache policy adaptive on connection {connection}: {} by default; {} ms for up to {} inodes \
          with {}+ LOOKUP/GETATTR upcalls within {:?} and no change for {:?}",
+        fixed(args),
         c.long_ttl.as_millis(),
         c.long_inodes_max,
         c.hot_upcalls_min,

@@ -362,6 +362,10 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         ..init
     };
 
+    let tracer = match args.cache_policy {
+        CachePolicyArg::Fixed => None,
+        CachePolicyArg::Adaptive => adaptive::load(&args),
+    };
     let mut session = Session::mount(fs.clone(), &args.mountpoint, &options, &init)?;
     if args.passthrough {
         if session.enable_passthrough(Box::new(backing::PassthroughBacking::new(fs))) {
@@ -377,10 +381,7 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         negative_timeout: Duration::from_millis(args.negative_timeout_ms),
         open_noflush: !args.flush_on_close,
     });
-    let adaptive = match args.cache_policy {
-        CachePolicyArg::Fixed => None,
-        CachePolicyArg::Adaptive => adaptive::start(&args, &mut session),
-    };
+    let adaptive = tracer.and_then(|t| adaptive::install(&args, t, &mut session));
     let agreed = session
         .negotiated()
         .has(kmod_shim::abi::init_flags::OVER_IO_URING);

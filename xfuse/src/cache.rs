@@ -236,6 +236,41 @@ impl AdaptiveTtl {
         }
     }
 
+    /// Timeouts for `ino` listed by READDIRPLUS of directory `dir`: an
+    /// entry listed by a hot directory joins the long set (while there is
+    /// room and it did not change recently), since listing it again is what
+    /// the kernel would otherwise ask for, and such entries never show up as
+    /// LOOKUP/GETATTR upcalls of their own. It joins with the lowest score,
+    /// so it is the first to give way to an inode with upcalls.
+    pub fn ttl_listed(&self, dir: u64, ino: u64) -> (Duration, Duration) {
+        if ino == 0 || !self.is_long(dir) || self.is_long(ino) || self.notifier.get().is_none() {
+            return self.ttl(ino);
+        }
+        if self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .changed
+            .contains_key(&ino)
+        {
+            return self.ttl(ino);
+        }
+        let mut long = self.long.write().unwrap_or_else(|e| e.into_inner());
+        if long.len() >= self.config.long_inodes_max {
+            drop(long);
+            return self.ttl(ino);
+        }
+        long.insert(
+            ino,
+            Long {
+                score: 0,
+                since: Instant::now(),
+            },
+        );
+        self.promoted.fetch_add(1, Ordering::Relaxed);
+        (self.config.long_ttl, self.config.long_ttl)
+    }
+
     /// Whether `ino` is in the long set.
     pub fn is_long(&self, ino: u64) -> bool {
         self.long
@@ -373,12 +408,15 @@ impl AdaptiveTtl {
     /// Marks `ino` changed: out of the long set, and not promoted again for
     /// [`AdaptiveConfig::quiet_after_change`]. Returns whether it was long.
     fn demote(&self, ino: u64, now: Instant) -> bool {
-        let was_long = self
-            .long
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ino)
-            .is_some();
+        // Most changes (every WRITE) are to inodes not in the long set: a
+        // shared lock tells, and the exclusive one is taken only to remove.
+        let was_long = self.is_long(ino)
+            && self
+                .long
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ino)
+                .is_some();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.changed.len() >= self.config.tracked_inodes_max {
             // Bounded: forget the oldest change marks first.
@@ -767,6 +805,25 @@ mod tests {
         let p = AdaptiveTtl::new(config());
         p.refresh(Instant::now(), &[u(10, 50)]);
         assert!(!p.is_long(10));
+    }
+
+    #[test]
+    fn entries_listed_by_a_hot_directory_join_while_there_is_room() {
+        let p = policy(config());
+        let t0 = Instant::now();
+        let short = (Duration::from_secs(1), Duration::from_millis(500));
+        let long = (Duration::from_secs(60), Duration::from_secs(60));
+        assert_eq!(p.ttl_listed(1, 20), short, "the directory is not hot");
+        p.refresh(t0, &[u(1, 5)]);
+        assert_eq!(p.ttl_listed(1, 20), long);
+        assert!(p.is_long(20));
+        assert_eq!(p.ttl_listed(1, 21), short, "the long set (2) is full");
+        p.changed_by_request(20);
+        p.changed_by_request(22);
+        assert_eq!(p.ttl_listed(1, 22), short, "changed recently");
+        // A listed member gives way to an inode with upcalls.
+        p.refresh(t0 + Duration::from_secs(1), &[u(1, 5), u(20, 0), u(23, 4)]);
+        assert!(p.is_long(23));
     }
 
     #[test]

@@ -245,6 +245,16 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
         e
     }
 
+    /// `entry`, listed by READDIRPLUS of `dir`, with adaptive timeouts
+    /// ([`AdaptiveTtl::ttl_listed`]).
+    fn with_listed_ttl(&self, dir: u64, entry: &Entry) -> Entry {
+        let mut e = *entry;
+        if let (Some(ttl), true) = (&self.ttl, e.inode != 0) {
+            (e.entry_timeout, e.attr_timeout) = ttl.ttl_listed(dir, e.inode);
+        }
+        e
+    }
+
     /// The attribute timeout for `ino`: the adaptive one, or `fs_timeout`.
     fn attr_ttl(&self, ino: u64, fs_timeout: std::time::Duration) -> std::time::Duration {
         self.ttl.as_ref().map_or(fs_timeout, |t| t.ttl(ino).1)
@@ -869,7 +879,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
         if plus {
             self.fs
                 .readdirplus(ctx, ino.into(), r.fh.into(), r.size, r.offset, &mut |d, e| {
-                    Ok(push_dirent(w, &d, Some(&self.with_ttl(&e))))
+                    Ok(push_dirent(w, &d, Some(&self.with_listed_ttl(ino, &e))))
                 })?;
         } else {
             self.fs
