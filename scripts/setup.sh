@@ -21,8 +21,10 @@ fi
 
 # Debian packages: a C compiler (the ABI test compiles against
 # <linux/fuse.h>, and some crates build C), kernel headers for that test,
+# clang and libbpf-dev (<bpf/bpf_helpers.h>) for the BPF programs of
+# ebpf/ (compiled at build time; CO-RE, so no kernel headers at run time),
 # and the tools the integration tests drive.
-packages=(gcc libc6-dev linux-libc-dev util-linux tar diffutils coreutils findutils passwd)
+packages=(gcc libc6-dev linux-libc-dev clang libbpf-dev util-linux tar diffutils coreutils findutils passwd)
 # The VM tests (vm-tests/, daemon/tests/virtiofs_vm.rs) boot a guest under
 # QEMU: its kernel comes from Debian's linux-image-amd64 (fetched with
 # apt-get download on first use), its initramfs from busybox-static; xz

@@ -17,6 +17,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::CreateIn as FsCreateIn;
 use fuse_backend_rs::api::filesystem::{
@@ -31,6 +32,7 @@ use kmod_shim::abi::{
     WriteOut, COMPAT_SETXATTR_IN_SIZE,
 };
 
+use crate::cache::AdaptiveTtl;
 use crate::init::Negotiated;
 use crate::passthrough::Passthrough;
 use crate::reply::{attr_out, entry_out, kstatfs, BodyWriter, DataReader, Overflow};
@@ -197,6 +199,7 @@ pub struct Dispatcher<F> {
     negotiated: Negotiated,
     policy: Policy,
     passthrough: Option<Passthrough>,
+    ttl: Option<Arc<AdaptiveTtl>>,
     stats: Stats,
     destroyed: AtomicBool,
 }
@@ -209,6 +212,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
             negotiated,
             policy: Policy::default(),
             passthrough: None,
+            ttl: None,
             stats: Stats::default(),
             destroyed: AtomicBool::new(false),
         }
@@ -217,6 +221,51 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
     /// Sets the reply policies.
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
+    }
+
+    /// Sets entry and attribute timeouts per inode from `ttl` (overriding
+    /// the filesystem's), and reports the changes requests make to it before
+    /// replying (see [`crate::cache`]).
+    pub fn set_adaptive_ttl(&mut self, ttl: Arc<AdaptiveTtl>) {
+        self.ttl = Some(ttl);
+    }
+
+    /// The adaptive timeouts, if set.
+    pub fn adaptive_ttl(&self) -> Option<&Arc<AdaptiveTtl>> {
+        self.ttl.as_ref()
+    }
+
+    /// `entry` with the adaptive timeouts of its inode (unchanged without a
+    /// policy, or for a negative entry).
+    fn with_ttl(&self, entry: &Entry) -> Entry {
+        let mut e = *entry;
+        if let (Some(ttl), true) = (&self.ttl, e.inode != 0) {
+            (e.entry_timeout, e.attr_timeout) = ttl.ttl(e.inode);
+        }
+        e
+    }
+
+    /// `entry`, listed by READDIRPLUS of `dir`, with adaptive timeouts
+    /// ([`AdaptiveTtl::ttl_listed`]).
+    fn with_listed_ttl(&self, dir: u64, entry: &Entry) -> Entry {
+        let mut e = *entry;
+        if let (Some(ttl), true) = (&self.ttl, e.inode != 0) {
+            (e.entry_timeout, e.attr_timeout) = ttl.ttl_listed(dir, e.inode);
+        }
+        e
+    }
+
+    /// The attribute timeout for `ino`: the adaptive one, or `fs_timeout`.
+    fn attr_ttl(&self, ino: u64, fs_timeout: std::time::Duration) -> std::time::Duration {
+        self.ttl.as_ref().map_or(fs_timeout, |t| t.ttl(ino).1)
+    }
+
+    /// A request changed `ino`: the adaptive policy demotes it and drops the
+    /// kernel's long-cached attributes before the reply goes out.
+    fn changed(&self, ino: u64) {
+        if let Some(t) = &self.ttl {
+            t.changed_by_request(ino);
+        }
     }
 
     /// Serves regular files through backing files from `opener` (FUSE
@@ -355,7 +404,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 a.finish()?;
                 let fh = (g.getattr_flags & req_flags::GETATTR_FH != 0).then(|| g.fh.into());
                 let (st, timeout) = fs.getattr(&ctx, ino.into(), fh)?;
-                w.push(&attr_out(&st, timeout))?;
+                w.push(&attr_out(&st, self.attr_ttl(ino, timeout)))?;
                 Ok(Done::Reply)
             }
             Opcode::Setattr => {
@@ -363,7 +412,8 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 a.finish()?;
                 let (st, valid, fh) = setattr_args(&s);
                 let (st, timeout) = fs.setattr(&ctx, ino.into(), st, fh.map(Into::into), valid)?;
-                w.push(&attr_out(&st, timeout))?;
+                self.changed(ino);
+                w.push(&attr_out(&st, self.attr_ttl(ino, timeout)))?;
                 Ok(Done::Reply)
             }
             Opcode::Readlink => {
@@ -379,6 +429,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 let target = a.name()?;
                 a.finish()?;
                 let entry = fs.symlink(&ctx, target, ino.into(), name)?;
+                self.changed(ino);
                 self.entry_reply(w, &entry)
             }
             Opcode::Mknod => {
@@ -386,6 +437,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 let name = a.name()?;
                 a.finish()?;
                 let entry = fs.mknod(&ctx, ino.into(), name, m.mode, m.rdev, m.umask)?;
+                self.changed(ino);
                 self.entry_reply(w, &entry)
             }
             Opcode::Mkdir => {
@@ -393,6 +445,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 let name = a.name()?;
                 a.finish()?;
                 let entry = fs.mkdir(&ctx, ino.into(), name, m.mode, m.umask)?;
+                self.changed(ino);
                 self.entry_reply(w, &entry)
             }
             Opcode::Unlink | Opcode::Rmdir => {
@@ -404,6 +457,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 } else {
                     fs.rmdir(&ctx, ino.into(), name)?;
                 }
+                self.changed(ino);
                 Ok(Done::Reply)
             }
             Opcode::Rename => {
@@ -419,6 +473,8 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 let name = a.name()?;
                 a.finish()?;
                 let entry = fs.link(&ctx, l.oldnodeid.into(), ino.into(), name)?;
+                self.changed(ino);
+                self.changed(l.oldnodeid);
                 self.entry_reply(w, &entry)
             }
             Opcode::Open => {
@@ -440,7 +496,16 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 let o: OpenIn = a.fixed()?;
                 a.finish()?;
                 let (fh, opts) = fs.opendir(&ctx, ino.into(), o.flags)?;
-                w.push(&open_out(fh.map(Into::into), opts.bits()))?;
+                let mut flags = opts.bits();
+                if self.ttl.as_ref().is_some_and(|t| t.is_long(ino)) {
+                    // A hot, unchanged directory: the kernel keeps its
+                    // listing across opens. Changes through the mount reset
+                    // that cache in the kernel (the directory's i_version)
+                    // and demote it here; outside changes invalidate it
+                    // (cache::AdaptiveTtl::entry_changed, inode_changed).
+                    flags |= fopen::CACHE_DIR | fopen::KEEP_CACHE;
+                }
+                w.push(&open_out(fh.map(Into::into), flags))?;
                 Ok(Done::Reply)
             }
             Opcode::Create => {
@@ -454,6 +519,8 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                     fuse_flags: c.open_flags,
                 };
                 let (entry, fh, opts, _passthrough) = fs.create(&ctx, ino.into(), name, args)?;
+                self.changed(ino);
+                let entry = self.with_ttl(&entry);
                 let fh: Option<u64> = fh.map(Into::into);
                 let mut out = open_out(fh, opts.bits() | self.file_open_flags());
                 self.attach_backing(&mut out, entry.inode, fh, c.flags);
@@ -501,6 +568,8 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                     wi.flags,
                     wi.write_flags,
                 )?;
+                // Size and mtime changed.
+                self.changed(ino);
                 let written = u32::try_from(written).unwrap_or(u32::MAX).min(wi.size);
                 w.push(&WriteOut {
                     size: written,
@@ -556,6 +625,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 let value = a.bytes(s.size as usize)?;
                 a.finish()?;
                 fs.setxattr(&ctx, ino.into(), name, value, s.flags)?;
+                self.changed(ino);
                 Ok(Done::Reply)
             }
             Opcode::Getxattr => {
@@ -582,6 +652,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 let name = a.name()?;
                 a.finish()?;
                 fs.removexattr(&ctx, ino.into(), name)?;
+                self.changed(ino);
                 Ok(Done::Reply)
             }
             Opcode::Flush => {
@@ -714,6 +785,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 let f: FallocateIn = a.fixed()?;
                 a.finish()?;
                 fs.fallocate(&ctx, ino.into(), f.fh.into(), f.mode, f.offset, f.length)?;
+                self.changed(ino);
                 Ok(Done::Reply)
             }
             Opcode::Lseek => {
@@ -763,6 +835,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
     }
 
     fn entry_reply(&self, w: &mut BodyWriter<'_>, entry: &Entry) -> Handled {
+        let entry = &self.with_ttl(entry);
         if entry.inode == 0 {
             // A negative entry (cached "does not exist"): no reference taken.
             w.push(&entry_out(entry))?;
@@ -792,6 +865,8 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
         a.finish()?;
         self.fs
             .rename(ctx, olddir.into(), old, newdir.into(), new, flags)?;
+        self.changed(olddir);
+        self.changed(newdir);
         Ok(Done::Reply)
     }
 
@@ -804,7 +879,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
         if plus {
             self.fs
                 .readdirplus(ctx, ino.into(), r.fh.into(), r.size, r.offset, &mut |d, e| {
-                    Ok(push_dirent(w, &d, Some(&e)))
+                    Ok(push_dirent(w, &d, Some(&self.with_listed_ttl(ino, &e))))
                 })?;
         } else {
             self.fs
@@ -915,7 +990,7 @@ mod tests {
     use crate::request::split_contiguous;
     use fuse_backend_rs::api::filesystem::ZeroCopyWriter;
     use kmod_shim::abi::init_flags;
-    use kmod_shim::abi::EntryOut;
+    use kmod_shim::abi::{AttrOut, EntryOut};
     use std::ffi::CStr;
     use std::time::Duration;
     use zerocopy::{FromBytes, IntoBytes};
@@ -962,6 +1037,17 @@ mod tests {
         }
 
         fn getattr(&self, _: &Context, ino: u64, _: Option<u64>) -> io::Result<(libc::stat64, Duration)> {
+            Ok((stat(ino), Duration::from_secs(1)))
+        }
+
+        fn setattr(
+            &self,
+            _: &Context,
+            ino: u64,
+            _: libc::stat64,
+            _: Option<u64>,
+            _: SetattrValid,
+        ) -> io::Result<(libc::stat64, Duration)> {
             Ok((stat(ino), Duration::from_secs(1)))
         }
 
@@ -1080,6 +1166,54 @@ mod tests {
         assert_eq!(r.error, 0);
         let o = OpenOut::read_from_bytes(&out[..16]).unwrap();
         assert_eq!(o.open_flags & fopen::NOFLUSH, fopen::NOFLUSH);
+    }
+
+    #[derive(Debug, Default)]
+    struct NoInval;
+
+    impl crate::cache::Invalidator for NoInval {
+        fn inval_inode(&self, _: u64, _: i64, _: i64) -> io::Result<()> {
+            Ok(())
+        }
+        fn inval_entry(&self, _: u64, _: &[u8]) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn adaptive_ttl_sets_timeouts_per_inode_and_changes_demote() {
+        use crate::cache::{AdaptiveConfig, Upcalls};
+        let ttl = Arc::new(AdaptiveTtl::new(AdaptiveConfig {
+            short_entry_ttl: Duration::from_secs(1),
+            short_attr_ttl: Duration::from_secs(2),
+            long_ttl: Duration::from_secs(77),
+            ..Default::default()
+        }));
+        ttl.set_invalidator(Box::new(NoInval));
+        let mut d = Dispatcher::new(TinyFs::default(), negotiated());
+        d.set_adaptive_ttl(ttl.clone());
+        let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
+        let lookup = |d: &Dispatcher<TinyFs>, out: &mut [u8]| {
+            let r = run(d, message(Opcode::Lookup as u32, 1, b"f\0"), out).unwrap();
+            assert_eq!(r.error, 0);
+            let e = EntryOut::read_from_bytes(&out[..128]).unwrap();
+            (e.entry_valid, e.attr_valid)
+        };
+        assert_eq!(lookup(&d, &mut out), (1, 2), "short by default");
+        ttl.refresh(std::time::Instant::now(), &[Upcalls { nodeid: 2, total: 5 }]);
+        assert_eq!(lookup(&d, &mut out), (77, 77), "long once hot");
+        let getattr = GetattrIn::default().as_bytes().to_vec();
+        let r = run(&d, message(Opcode::Getattr as u32, 2, &getattr), &mut out).unwrap();
+        assert_eq!(
+            (r.error, AttrOut::read_from_bytes(&out[..104]).unwrap().attr_valid),
+            (0, 77)
+        );
+        // A SETATTR through the mount demotes it before replying.
+        let setattr = SetattrIn::default().as_bytes().to_vec();
+        let r = run(&d, message(Opcode::Setattr as u32, 2, &setattr), &mut out).unwrap();
+        assert_eq!(r.error, 0);
+        assert!(!ttl.is_long(2));
+        assert_eq!(lookup(&d, &mut out), (1, 2));
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`dispatch`]: one decoder for every transport, calling the filesystem;
 //! - [`request`] and [`reply`]: untrusted bytes in, kernel structs out;
 //! - [`notify`]: cache invalidations sent to the kernel;
+//! - [`cache`]: adaptive entry/attribute timeouts per inode, kept coherent
+//!   by those invalidations;
 //! - [`passthrough`]: FUSE passthrough to backing files.
 //!
 //! All system calls go through the `kmod-shim` crate; this crate has no
@@ -19,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod dispatch;
 pub mod init;
 pub mod notify;
@@ -28,6 +31,7 @@ pub mod request;
 pub mod session;
 pub mod transport;
 
+pub use cache::{AdaptiveConfig, AdaptiveTtl, Changes, Refresher, UpcallSource, Upcalls};
 pub use dispatch::{Dispatcher, Policy, Reply, Stats};
 pub use init::{InitConfig, Negotiated};
 pub use kmod_shim::MountOptions;

@@ -28,6 +28,7 @@ use kmod_shim::abi::{InitOut, Opcode, OutHeader};
 use kmod_shim::{FuseDev, KernelInfo, MountOptions, UnmountMode};
 use zerocopy::IntoBytes;
 
+use crate::cache::AdaptiveTtl;
 use crate::dispatch::{Dispatcher, Policy, Stats};
 use crate::init::{self, InitAnswer, InitConfig, Negotiated};
 use crate::notify::Notifier;
@@ -250,6 +251,15 @@ impl<F: FileSystem + Send + Sync + 'static> Session<F> {
     pub fn set_policy(&mut self, policy: Policy) {
         if let Some(d) = Arc::get_mut(&mut self.dispatcher) {
             d.set_policy(policy);
+        }
+    }
+
+    /// Gives entry and attribute timeouts per inode from `ttl` (before
+    /// serving), with this session's notifier for its invalidations.
+    pub fn set_adaptive_ttl(&mut self, ttl: Arc<AdaptiveTtl>) {
+        ttl.set_notifier(self.notifier());
+        if let Some(d) = Arc::get_mut(&mut self.dispatcher) {
+            d.set_adaptive_ttl(ttl);
         }
     }
 
