@@ -6,4 +6,6 @@
 //! - [`fs`]: the `FileSystem` a client mounts, over the two.
 #![warn(missing_docs)]
 
+pub mod chunk;
+pub mod fs;
 pub mod meta;

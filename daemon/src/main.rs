@@ -37,6 +37,13 @@ enum Command {
     /// SIGINT or SIGTERM unmounts and exits 0. If the mountpoint is unmounted
     /// from outside (umount MOUNTPOINT), xfused exits 0 by itself.
     Passthrough(PassthroughArgs),
+    /// Mount the distributed filesystem: the namespace from a metadata
+    /// engine, file data in a local chunk store (in the foreground).
+    ///
+    /// With no flags, everything runs in this process on the embedded
+    /// metadata engine under /var/lib/xfused. SIGINT or SIGTERM unmounts and
+    /// exits 0; so does an unmount from outside.
+    Mount(MountArgs),
     /// Inspect or configure the kernel's FUSE support.
     #[command(subcommand)]
     Kernel(KernelCommand),
@@ -72,12 +79,10 @@ enum CacheArg {
     Always,
 }
 
+/// Options every mounting subcommand shares: transport, threads, caching
+/// timeouts, permissions.
 #[derive(Debug, Args)]
-struct PassthroughArgs {
-    /// The directory to serve.
-    source: PathBuf,
-    /// Where to mount it (an existing directory).
-    mountpoint: PathBuf,
+struct ServeArgs {
     /// How requests travel between the kernel and xfused (given twice, the
     /// last one wins).
     #[arg(long, value_enum, default_value = "auto", overrides_with = "transport")]
@@ -110,24 +115,11 @@ struct PassthroughArgs {
     /// milliseconds (0: never cache it).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     negative_timeout_ms: u64,
-    /// Send FLUSH to xfused on every close. Off by default: PassthroughFs
-    /// writes data through and serves no POSIX locks itself, so a close has
-    /// nothing to flush.
+    /// Send FLUSH to xfused on every close. Off by default: the filesystems
+    /// xfused serves write data through and serve no POSIX locks
+    /// themselves, so a close has nothing to flush.
     #[arg(long)]
     flush_on_close: bool,
-    /// Kernel data caching policy for regular files.
-    #[arg(long, value_enum, default_value = "auto")]
-    cache: CacheArg,
-    /// Buffer writes in the kernel's page cache (FUSE writeback cache).
-    /// Not together with --passthrough.
-    #[arg(long, conflicts_with = "passthrough")]
-    writeback_cache: bool,
-    /// FUSE passthrough (Linux 6.9+, root): reads, writes and mmaps of open
-    /// files go from the kernel straight to the source file, never through
-    /// xfused. Falls back to serving data through xfused, with a log line,
-    /// where the kernel or the privileges lack it.
-    #[arg(long)]
-    passthrough: bool,
     /// Largest write request, in KiB (4 to 16384).
     #[arg(long, value_name = "KIB", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(4..=16384))]
@@ -141,6 +133,72 @@ struct PassthroughArgs {
     /// may, subject to permissions).
     #[arg(long)]
     owner_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DurabilityArg {
+    /// A metadata change is acknowledged once written to the operating
+    /// system: a crash or kill -9 of xfused loses nothing; the journal is
+    /// fsynced every --fsync-ms, so a power loss loses at most that window.
+    Buffered,
+    /// A metadata change is acknowledged only after an fdatasync; changes
+    /// arriving during one sync share the next (group commit).
+    Sync,
+}
+
+#[derive(Debug, Args)]
+struct MountArgs {
+    /// Where to mount (an existing directory).
+    mountpoint: PathBuf,
+    /// The metadata engine: `embedded:PATH` (an embedded store in directory
+    /// PATH, served inside this process; one process at a time). Default:
+    /// embedded:DATA/meta. (`etcd://HOST:PORT[,HOST:PORT...]` and
+    /// `tcp://HOST:PORT` of an `xfused meta` service are planned, not yet
+    /// built.)
+    #[arg(long, value_name = "URL")]
+    meta: Option<String>,
+    /// Directory for this client's file data (the local chunk store, in
+    /// DATA/chunks) and the default embedded metadata store. Created if
+    /// missing.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/xfused")]
+    data: PathBuf,
+    /// When a metadata change counts as done (embedded engine).
+    #[arg(long, value_enum, default_value = "buffered")]
+    durability: DurabilityArg,
+    /// With --durability buffered: how often the metadata journal is
+    /// fsynced, in milliseconds (1 to 60000).
+    #[arg(long, value_name = "MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u16).range(1..=60000))]
+    fsync_ms: u16,
+    /// Chunk size of new files, in KiB (4 to 65536).
+    #[arg(long, value_name = "KIB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(4..=65536))]
+    chunk_size_kib: u32,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Args)]
+struct PassthroughArgs {
+    /// The directory to serve.
+    source: PathBuf,
+    /// Where to mount it (an existing directory).
+    mountpoint: PathBuf,
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Kernel data caching policy for regular files.
+    #[arg(long, value_enum, default_value = "auto")]
+    cache: CacheArg,
+    /// Buffer writes in the kernel's page cache (FUSE writeback cache).
+    /// Not together with --passthrough.
+    #[arg(long, conflicts_with = "passthrough")]
+    writeback_cache: bool,
+    /// FUSE passthrough (Linux 6.9+, root): reads, writes and mmaps of open
+    /// files go from the kernel straight to the source file, never through
+    /// xfused. Falls back to serving data through xfused, with a log line,
+    /// where the kernel or the privileges lack it.
+    #[arg(long)]
+    passthrough: bool,
     /// Serve extended attributes (on by default; this turns them off).
     #[arg(long)]
     no_xattr: bool,
@@ -158,6 +216,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Passthrough(args) => passthrough(args),
+        Command::Mount(args) => mount(args),
         Command::Kernel(KernelCommand::Probe) => {
             println!("{}", kmod_shim::probe());
             Ok(())
@@ -229,8 +288,8 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
 
     let cfg = PassthroughConfig {
         root_dir: source_str.clone(),
-        attr_timeout: Duration::from_millis(args.attr_timeout_ms),
-        entry_timeout: Duration::from_millis(args.entry_timeout_ms),
+        attr_timeout: Duration::from_millis(args.serve.attr_timeout_ms),
+        entry_timeout: Duration::from_millis(args.serve.entry_timeout_ms),
         cache_policy: match args.cache {
             CacheArg::Never => CachePolicy::Never,
             CacheArg::Auto => CachePolicy::Auto,
@@ -252,7 +311,7 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         // is not the root of its filesystem; seen under pjdfstest on ext4.
         ..Default::default()
     };
-    if kernel.cap_sys_admin && !args.no_default_permissions {
+    if kernel.cap_sys_admin && !args.serve.no_default_permissions {
         // PassthroughFs creates files as the caller (switching the thread's
         // euid), and in file-handle mode reopens the parent directory with
         // open_by_handle_at inside that window, which needs
@@ -265,14 +324,188 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
             .context("keeping capabilities across uid switches (prctl PR_SET_SECUREBITS)")?;
     }
     let fs = Arc::new(PassthroughFs::<()>::new(cfg).context("setting up PassthroughFs")?);
+    let want_passthrough = args.passthrough;
+    let backing_fs = fs.clone();
+    serve(
+        fs,
+        Mounting {
+            fsname: source_str,
+            what: source.display().to_string(),
+            mountpoint: &args.mountpoint,
+            serve: &args.serve,
+            writeback_cache: args.writeback_cache,
+            passthrough: want_passthrough,
+            kernel,
+            signals,
+        },
+        |session| {
+            if want_passthrough {
+                if session.enable_passthrough(Box::new(backing::PassthroughBacking::new(backing_fs))) {
+                    tracing::info!(
+                        "FUSE passthrough on: open files are read and written by the kernel directly"
+                    );
+                } else {
+                    tracing::warn!(
+                        "the kernel did not offer FUSE_PASSTHROUGH in INIT (needs Linux 6.9+ with \
+                         CONFIG_FUSE_PASSTHROUGH); serving file data through xfused"
+                    );
+                }
+            }
+        },
+    )
+}
 
-    let mut options = MountOptions::new(source_str, "xfuse");
+/// Where `xfused mount` finds its namespace.
+enum MetaUrl {
+    Embedded(PathBuf),
+}
+
+fn parse_meta_url(url: &str) -> anyhow::Result<MetaUrl> {
+    if let Some(path) = url.strip_prefix("embedded:") {
+        if path.is_empty() {
+            bail!("--meta {url:?}: embedded: needs a directory, e.g. embedded:/var/lib/xfused/meta");
+        }
+        return Ok(MetaUrl::Embedded(PathBuf::from(path)));
+    }
+    if url.starts_with("etcd://") || url.starts_with("tcp://") {
+        bail!(
+            "--meta {url:?}: the etcd engine and the `xfused meta` service are not built yet; \
+             use embedded:PATH"
+        );
+    }
+    bail!("--meta {url:?}: expected embedded:PATH")
+}
+
+fn mount(args: MountArgs) -> anyhow::Result<()> {
+    use xfused::chunk::ChunkStore;
+    use xfused::fs::{MetaFs, MetaFsConfig};
+    use xfused::meta::embedded::{Durability, EmbeddedEngine};
+    use xfused::meta::{Meta, MetaConfig, SystemClock};
+
+    let signals = ShutdownSignals::install()?;
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating data directory {}", args.data.display()))?;
+    let data = std::fs::canonicalize(&args.data)
+        .with_context(|| format!("data directory {}", args.data.display()))?;
+    let url = args
+        .meta
+        .clone()
+        .unwrap_or_else(|| format!("embedded:{}", data.join("meta").display()));
+    let MetaUrl::Embedded(store) = parse_meta_url(&url)?;
+    let durability = match args.durability {
+        DurabilityArg::Buffered => Durability::Buffered {
+            fsync_ms: args.fsync_ms,
+        },
+        DurabilityArg::Sync => Durability::Sync,
+    };
+    std::fs::create_dir_all(&store)
+        .with_context(|| format!("creating metadata directory {}", store.display()))?;
+    let engine = EmbeddedEngine::open(&store, durability)
+        .with_context(|| format!("opening the embedded metadata store in {}", store.display()))?;
+    tracing::info!("metadata: embedded store in {} ({durability:?})", store.display());
+    let config = MetaConfig {
+        chunk_size_bytes: args.chunk_size_kib * 1024,
+        ..MetaConfig::default()
+    };
+    let lease = config.lease;
+    let meta = Arc::new(
+        Meta::connect(Arc::new(engine), config, Arc::new(SystemClock)).context("opening the namespace")?,
+    );
+    tracing::info!("registered as metadata client {}", meta.client_id());
+    let chunks =
+        ChunkStore::open(&data).with_context(|| format!("opening the chunk store in {}", data.display()))?;
+    let fs = Arc::new(MetaFs::new(
+        meta.clone(),
+        chunks,
+        MetaFsConfig {
+            attr_timeout: Duration::from_millis(args.serve.attr_timeout_ms),
+            entry_timeout: Duration::from_millis(args.serve.entry_timeout_ms),
+            check_permissions: args.serve.no_default_permissions,
+        },
+    ));
+    // Sessions of clients that died without closing (a crash, kill -9):
+    // their unlinked-but-open files are deleted now.
+    match meta.reap_expired() {
+        Ok(reclaimed) => {
+            if !reclaimed.is_empty() {
+                tracing::info!("reaped {} files left open by dead clients", reclaimed.len());
+            }
+            for r in reclaimed {
+                fs.reclaim(Some(r));
+            }
+        }
+        Err(e) => tracing::warn!("reaping dead clients' sessions: {e}"),
+    }
+    {
+        let meta = meta.clone();
+        std::thread::Builder::new()
+            .name("lease".into())
+            .spawn(move || loop {
+                std::thread::sleep(lease / 3);
+                if let Err(e) = meta.heartbeat() {
+                    tracing::warn!("renewing the metadata lease: {e}");
+                }
+            })
+            .context("starting the lease thread")?;
+    }
+    let kernel = kmod_shim::probe();
+    tracing::info!("{kernel}");
+    let result = serve(
+        fs.clone(),
+        Mounting {
+            fsname: "xfused".to_string(),
+            what: format!("namespace {url} with data in {}", data.display()),
+            mountpoint: &args.mountpoint,
+            serve: &args.serve,
+            writeback_cache: false,
+            passthrough: false,
+            kernel,
+            signals,
+        },
+        |_| {},
+    );
+    // The kernel has released every open file at unmount; anything left is
+    // closed here so no session outlives this client.
+    match meta.close_client() {
+        Ok(reclaimed) => {
+            for r in reclaimed {
+                fs.reclaim(Some(r));
+            }
+        }
+        Err(e) => tracing::warn!("closing the metadata client: {e}"),
+    }
+    result
+}
+
+/// What [`serve`] needs besides the filesystem.
+struct Mounting<'a> {
+    /// The mount's source field (as `mount` shows it).
+    fsname: String,
+    /// What is served, for the log line.
+    what: String,
+    mountpoint: &'a std::path::Path,
+    serve: &'a ServeArgs,
+    writeback_cache: bool,
+    passthrough: bool,
+    kernel: kmod_shim::probe::KernelInfo,
+    signals: ShutdownSignals,
+}
+
+/// Mounts `fs`, serves it on the chosen transport until a signal or an
+/// unmount, and prints the counters if asked.
+fn serve<F>(fs: Arc<F>, m: Mounting<'_>, after_mount: impl FnOnce(&mut Session<Arc<F>>)) -> anyhow::Result<()>
+where
+    F: fuse_backend_rs::api::filesystem::FileSystem<Inode = u64, Handle = u64> + Send + Sync + 'static,
+{
+    let args = m.serve;
+    let kernel = m.kernel;
+    let mut options = MountOptions::new(m.fsname, "xfuse");
     options.default_permissions = !args.no_default_permissions;
     options.allow_other = !args.owner_only;
     let init = InitConfig {
         max_write: args.max_write_kib * 1024,
-        writeback_cache: args.writeback_cache,
-        passthrough: args.passthrough,
+        writeback_cache: m.writeback_cache,
+        passthrough: m.passthrough,
         ..Default::default()
     };
     let threads = args.threads.map_or_else(xfuse::default_threads, usize::from);
@@ -306,17 +539,8 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         ..init
     };
 
-    let mut session = Session::mount(fs.clone(), &args.mountpoint, &options, &init)?;
-    if args.passthrough {
-        if session.enable_passthrough(Box::new(backing::PassthroughBacking::new(fs))) {
-            tracing::info!("FUSE passthrough on: open files are read and written by the kernel directly");
-        } else {
-            tracing::warn!(
-                "the kernel did not offer FUSE_PASSTHROUGH in INIT (needs Linux 6.9+ with \
-                 CONFIG_FUSE_PASSTHROUGH); serving file data through xfused"
-            );
-        }
-    }
+    let mut session = Session::mount(fs, m.mountpoint, &options, &init)?;
+    after_mount(&mut session);
     session.set_policy(Policy {
         negative_timeout: Duration::from_millis(args.negative_timeout_ms),
         open_noflush: !args.flush_on_close,
@@ -341,14 +565,14 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
     };
     eprintln!(
         "xfused: serving {} at {} (transport {}); Ctrl-C or SIGTERM unmounts",
-        source.display(),
-        args.mountpoint.display(),
+        m.what,
+        m.mountpoint.display(),
         transport.name()
     );
     let dispatcher = session.dispatcher().clone();
     let running = session.serve(transport)?;
     let queues = running.queue_counters();
-    let mut signals = signals;
+    let mut signals = m.signals;
     {
         let (dispatcher, queues) = (dispatcher.clone(), queues.clone());
         signals.on_report(move || eprintln!("{}", stats_report(&dispatcher, queues.as_deref())));
@@ -356,7 +580,7 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
     let (ended, _session) = running.run_until_signal(signals)?;
     match ended {
         Ended::Signal(sig) => tracing::info!("stopped by signal {sig}"),
-        Ended::Unmounted => tracing::info!("{} was unmounted; exiting", args.mountpoint.display()),
+        Ended::Unmounted => tracing::info!("{} was unmounted; exiting", m.mountpoint.display()),
     }
     if args.stats {
         eprintln!("{}", stats_report(&dispatcher, queues.as_deref()));
