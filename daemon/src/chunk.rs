@@ -54,10 +54,22 @@ impl ChunkStore {
             .join(format!("{layout:016x}.{index}"))
     }
 
+    /// Opens a chunk file: for writing (and created if missing) with
+    /// `create`, else read-only, `None` if missing.
     fn open_chunk(&self, layout: u64, index: u64, create: bool) -> io::Result<Option<File>> {
+        self.open_chunk_with(layout, index, create, create)
+    }
+
+    fn open_chunk_with(
+        &self,
+        layout: u64,
+        index: u64,
+        write: bool,
+        create: bool,
+    ) -> io::Result<Option<File>> {
         let path = self.path(layout, index);
         let mut options = OpenOptions::new();
-        options.read(true).write(create).create(create);
+        options.read(true).write(write).create(create);
         match options.open(&path) {
             Ok(f) => Ok(Some(f)),
             Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
@@ -126,7 +138,7 @@ impl ChunkStore {
             remove_missing_ok(&self.path(layout, index))?;
         }
         if !new_size.is_multiple_of(cs) {
-            if let Some(file) = self.open_chunk(layout, new_size / cs, false)? {
+            if let Some(file) = self.open_chunk_with(layout, new_size / cs, true, false)? {
                 if file.metadata()?.len() > new_size % cs {
                     file.set_len(new_size % cs)?;
                 }
