@@ -1229,7 +1229,13 @@ impl Meta {
         let now = self.clock.now();
         self.txn(|txn| {
             let mut staged = Staged::default();
-            let old = staged.load(txn, ino)?.size;
+            let rec = staged.load(txn, ino)?;
+            match rec.kind() {
+                libc::S_IFREG => {}
+                libc::S_IFDIR => return errno(libc::EISDIR),
+                _ => return errno(libc::EINVAL),
+            }
+            let old = rec.size;
             let rec = staged.dirty(ino);
             rec.size = rec.size.max(end);
             rec.mtime = now;

@@ -10,8 +10,6 @@
 //! generator, so a seed replays exactly: a failure prints its seed, and
 //! `XFUSE_SIM_SEED=<seed> cargo test -p xfused --lib sim` runs only it.
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -282,30 +280,28 @@ impl World {
         let c = self.rng.below(self.clients.len());
         // Faults for this operation's commits: a spurious conflict, or a
         // delay during which another client's operation runs first.
-        let fault_rng = Rc::new(RefCell::new(Rng(self.rng.next())));
-        let interleaved = Rc::new(RefCell::new(None::<String>));
+        let fault_rng = Arc::new(Mutex::new(Rng(self.rng.next())));
+        let interleaved = Arc::new(Mutex::new(None::<String>));
         let other =
             (c + 1 + self.rng.below(self.clients.len().saturating_sub(1).max(1))) % self.clients.len();
         let delay = self.rng.chance(25) && other != c;
         // The delayed operation needs the world; run it through a plan
         // prepared now and executed inside the hook.
         let plan = Arc::new(Mutex::new(if delay { Some(self.clone_for(other)) } else { None }));
-        let (fr, plan2, inter2) = (
-            SendCell(fault_rng.clone()),
-            plan.clone(),
-            SendCell(interleaved.clone()),
-        );
+        let (fr, plan2, inter2) = (fault_rng.clone(), plan.clone(), interleaved.clone());
         self.engine.set_fault(Some(Box::new(move |req| {
             if !req.writes.is_empty() {
                 if let Some(op) = plan2.lock().unwrap().take() {
-                    *inter2.0.borrow_mut() = Some(op.run());
+                    let done = op.run();
+                    *inter2.lock().unwrap() = Some(done);
                 }
             }
-            fr.0.borrow_mut().chance(15)
+            fr.lock().unwrap().chance(15)
         })));
         let description = self.operation(c);
         self.engine.set_fault(None);
-        match interleaved.borrow_mut().take() {
+        let other_op = interleaved.lock().unwrap().take();
+        match other_op {
             Some(other_op) => format!("{description}   [delayed by: {other_op}]"),
             None => description,
         }
@@ -336,14 +332,6 @@ impl World {
         }
     }
 }
-
-/// The hook must be `Send`; the simulation is single-threaded, so the
-/// `Rc`s it captures never cross threads.
-struct SendCell<T>(T);
-// SAFETY: the fault hook runs on the simulation's only thread (the
-// in-memory engine calls it from `commit`, which the simulation calls from
-// that thread); the wrapped `Rc` is never touched by another thread.
-unsafe impl<T> Send for SendCell<T> {}
 
 struct Interloper {
     meta: Arc<Meta>,
