@@ -18,6 +18,7 @@ pub fn check_namespace(engine: &dyn KvEngine) -> Result<Vec<String>, super::Meta
     let mut by_inode: BTreeSet<(u64, u64, u64)> = BTreeSet::new();
     let mut orphans: BTreeSet<u64> = BTreeSet::new();
     let mut counters = CounterRec::default();
+    let mut xattrs: HashMap<u64, u32> = HashMap::new();
     let be = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
     for p in &all {
         let k = &p.key;
@@ -49,13 +50,19 @@ pub fn check_namespace(engine: &dyn KvEngine) -> Result<Vec<String>, super::Meta
                 counters.bytes += c.bytes;
             }
             Some(&tag::XATTR) if k.len() > 10 => {
-                let ino = be(&k[2..10]);
-                if !inodes.contains_key(&ino) && !all.iter().any(|q| q.key == schema::inode_key(ino)) {
-                    problems.push(format!("xattr of missing inode {ino}"));
-                }
+                *xattrs.entry(be(&k[2..10])).or_default() += 1;
             }
             Some(&tag::ALLOC) | Some(&tag::CLIENT_ALLOC) | Some(&tag::CLIENT) => {}
             _ => problems.push(format!("unknown key {k:?}")),
+        }
+    }
+    for (ino, n) in &xattrs {
+        match inodes.get(ino) {
+            None => problems.push(format!("{n} xattrs of missing inode {ino}")),
+            Some(rec) if rec.xattrs != *n => {
+                problems.push(format!("inode {ino}: xattrs {} but {n} found", rec.xattrs))
+            }
+            _ => {}
         }
     }
     if by_client != by_inode {
@@ -121,6 +128,9 @@ pub fn check_namespace(engine: &dyn KvEngine) -> Result<Vec<String>, super::Meta
     for (ino, rec) in &inodes {
         if rec.kind() == libc::S_IFREG {
             regular_bytes += rec.size as i64;
+        }
+        if rec.xattrs != 0 && !xattrs.contains_key(ino) {
+            problems.push(format!("inode {ino}: xattrs {} but none found", rec.xattrs));
         }
         let n = links.get(ino).copied().unwrap_or(0);
         if rec.is_dir() {

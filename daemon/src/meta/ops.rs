@@ -421,11 +421,12 @@ fn has_sessions(txn: &mut Txn<'_>, ino: u64, except: Option<&[u8]>) -> Result<bo
 /// returned for the caller to delete.
 fn destroy_inode(txn: &mut Txn<'_>, staged: &mut Staged, ino: u64) -> Result<Option<Reclaim>, MetaError> {
     let rec = staged.load(txn, ino)?.clone();
-    let prefix = schema::xattr_prefix(ino);
-    let end = schema::prefix_end(&prefix);
-    let xattrs = txn.scan(&prefix, &end, usize::MAX)?;
-    for p in xattrs {
-        txn.delete(p.key);
+    if rec.xattrs > 0 {
+        let prefix = schema::xattr_prefix(ino);
+        let end = schema::prefix_end(&prefix);
+        for p in txn.scan(&prefix, &end, usize::MAX)? {
+            txn.delete(p.key);
+        }
     }
     txn.delete(schema::orphan_key(ino));
     staged.delete(ino);
@@ -511,6 +512,7 @@ impl Meta {
                 cookie_next: COOKIE_FIRST,
                 chunk_size: 0,
                 layout_id: 0,
+                xattrs: 0,
                 target: Vec::new(),
             };
             txn.put(schema::inode_key(ROOT_INO), root.encode());
@@ -833,6 +835,7 @@ impl Meta {
                 cookie_next: COOKIE_FIRST,
                 chunk_size: if kind == libc::S_IFREG { chunk_size } else { 0 },
                 layout_id: if kind == libc::S_IFREG { ino } else { 0 },
+                xattrs: 0,
                 target: if kind == libc::S_IFLNK {
                     target.to_vec()
                 } else {
@@ -1339,7 +1342,11 @@ impl Meta {
                 return errno(libc::ENODATA);
             }
             txn.put(key, value.to_vec());
-            staged.dirty(ino).ctime = now;
+            let rec = staged.dirty(ino);
+            rec.ctime = now;
+            if !exists {
+                rec.xattrs += 1;
+            }
             staged.flush(txn);
             Ok(())
         })
@@ -1393,7 +1400,9 @@ impl Meta {
                 return errno(libc::ENODATA);
             }
             txn.delete(key);
-            staged.dirty(ino).ctime = now;
+            let rec = staged.dirty(ino);
+            rec.ctime = now;
+            rec.xattrs = rec.xattrs.saturating_sub(1);
             staged.flush(txn);
             Ok(())
         })

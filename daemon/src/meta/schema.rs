@@ -288,6 +288,9 @@ pub struct InodeRec {
     /// Regular files: the layout id; chunk `i` of the file is chunk
     /// `(layout_id, i)` of the chunk store.
     pub layout_id: u64,
+    /// Extended attributes it has (so deleting an inode without any skips
+    /// the scan for them).
+    pub xattrs: u32,
     /// Symlinks: the target.
     pub target: Vec<u8>,
 }
@@ -320,6 +323,7 @@ impl InodeRec {
         }
         out.extend_from_slice(&self.chunk_size.to_le_bytes());
         out.extend_from_slice(&self.layout_id.to_le_bytes());
+        out.extend_from_slice(&self.xattrs.to_le_bytes());
         out.extend_from_slice(&(self.target.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.target);
         out
@@ -342,6 +346,7 @@ impl InodeRec {
         let (parent, entries, cookie_next) = (r.u64()?, r.u64()?, r.u64()?);
         let chunk_size = r.u32()?;
         let layout_id = r.u64()?;
+        let xattrs = r.u32()?;
         let target_len = r.u32()? as usize;
         if target_len > SYMLINK_LEN_MAX {
             return Err(SchemaError::new("inode", bytes.len()));
@@ -363,6 +368,7 @@ impl InodeRec {
             cookie_next,
             chunk_size,
             layout_id,
+            xattrs,
             target,
         })
     }
@@ -504,6 +510,7 @@ mod tests {
             cookie_next: 0,
             chunk_size: 0,
             layout_id: 0,
+            xattrs: 4,
             target: b"abc".to_vec(),
         };
         let bytes = rec.encode();
