@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, then formatting and lint
-# checks, unit tests, and the integration tests that mount for real (POSIX
-# workloads, faults, scale, transports, pjdfstest) on each transport:
-# dev, uring, and uring with FUSE passthrough.
+# checks, unit tests (including the metadata layer's operation suite and
+# its seeded simulation), and the integration tests that mount for real
+# (POSIX workloads, faults, scale, transports, pjdfstest) on each transport:
+# dev, uring, and uring with FUSE passthrough; `xfused mount` (meta_mount,
+# meta_pjdfstest) on dev and uring.
 #
 # Needs root (the tests mount FUSE filesystems). Takes a few minutes.
 set -euo pipefail
