@@ -1,5 +1,6 @@
 //! `MetaFs`: the filesystem a client mounts. Its namespace is the metadata
-//! layer ([`crate::meta::Meta`]); its file data lives in the local chunk
+//! layer (a [`Namespace`]: [`crate::meta::Meta`] in this process, or
+//! [`crate::net::RemoteMeta`] for an `xfused meta` service); its file data lives in the local chunk
 //! store ([`crate::chunk::ChunkStore`]).
 //!
 //! Inode numbers are the metadata layer's; the kernel's lookup counts need
@@ -20,7 +21,7 @@ use fuse_backend_rs::api::filesystem::{
 
 use crate::chunk::ChunkStore;
 use crate::meta::schema::{InodeRec, Timestamp};
-use crate::meta::{Caller, Meta, MetaError, Reclaim, SetAttr, TimeSet};
+use crate::meta::{Caller, MetaError, Namespace, Reclaim, SetAttr, TimeSet};
 
 /// Block size reported in stat and statfs.
 const BLOCK_SIZE: u32 = 4096;
@@ -44,7 +45,7 @@ pub struct MetaFsConfig {
 /// See the module docs.
 #[derive(Debug)]
 pub struct MetaFs {
-    meta: Arc<Meta>,
+    meta: Arc<dyn Namespace>,
     chunks: ChunkStore,
     config: MetaFsConfig,
 }
@@ -93,12 +94,12 @@ fn timestamp(sec: i64, nsec: i64) -> Timestamp {
 
 impl MetaFs {
     /// A filesystem over `meta` with data in `chunks`.
-    pub fn new(meta: Arc<Meta>, chunks: ChunkStore, config: MetaFsConfig) -> MetaFs {
+    pub fn new(meta: Arc<dyn Namespace>, chunks: ChunkStore, config: MetaFsConfig) -> MetaFs {
         MetaFs { meta, chunks, config }
     }
 
     /// The metadata handle.
-    pub fn meta(&self) -> &Arc<Meta> {
+    pub fn meta(&self) -> &Arc<dyn Namespace> {
         &self.meta
     }
 

@@ -44,6 +44,13 @@ enum Command {
     /// metadata engine under /var/lib/xfused. SIGINT or SIGTERM unmounts and
     /// exits 0; so does an unmount from outside.
     Mount(MountArgs),
+    /// Run a metadata service: answer `xfused mount --meta tcp://HOST:PORT`
+    /// clients from a metadata engine (in the foreground).
+    ///
+    /// Stateless: each request is one transaction on the engine, so a
+    /// service can be restarted, or several run side by side, without
+    /// clients losing anything.
+    Meta(MetaArgs),
     /// Inspect or configure the kernel's FUSE support.
     #[command(subcommand)]
     Kernel(KernelCommand),
@@ -146,22 +153,9 @@ enum DurabilityArg {
     Sync,
 }
 
+/// Options of an embedded metadata engine.
 #[derive(Debug, Args)]
-struct MountArgs {
-    /// Where to mount (an existing directory).
-    mountpoint: PathBuf,
-    /// The metadata engine: `embedded:PATH` (an embedded store in directory
-    /// PATH, served inside this process; one process at a time). Default:
-    /// embedded:DATA/meta. (`etcd://HOST:PORT[,HOST:PORT...]` and
-    /// `tcp://HOST:PORT` of an `xfused meta` service are planned, not yet
-    /// built.)
-    #[arg(long, value_name = "URL")]
-    meta: Option<String>,
-    /// Directory for this client's file data (the local chunk store, in
-    /// DATA/chunks) and the default embedded metadata store. Created if
-    /// missing.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/xfused")]
-    data: PathBuf,
+struct EngineArgs {
     /// When a metadata change counts as done (embedded engine).
     #[arg(long, value_enum, default_value = "buffered")]
     durability: DurabilityArg,
@@ -170,6 +164,41 @@ struct MountArgs {
     #[arg(long, value_name = "MS", default_value_t = 100,
           value_parser = clap::value_parser!(u16).range(1..=60000))]
     fsync_ms: u16,
+}
+
+#[derive(Debug, Args)]
+struct MetaArgs {
+    /// The engine holding the namespace: `embedded:PATH`, an embedded store
+    /// in directory PATH (created if missing; one process at a time).
+    /// (`etcd://HOST:PORT[,HOST:PORT...]` is planned, not yet built.)
+    #[arg(long, value_name = "ENGINE")]
+    engine: String,
+    /// Where to accept clients: HOST:PORT (e.g. 127.0.0.1:26000).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: String,
+    #[command(flatten)]
+    engine_args: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+struct MountArgs {
+    /// Where to mount (an existing directory).
+    mountpoint: PathBuf,
+    /// Where the namespace lives: `embedded:PATH` (an embedded store in
+    /// directory PATH, served inside this process; one process at a time),
+    /// or `tcp://HOST:PORT[,HOST:PORT...]`, running `xfused meta` services
+    /// (any number of mounts, on any machines, share that namespace).
+    /// Default: embedded:DATA/meta. (`etcd://...` is planned, not yet
+    /// built.)
+    #[arg(long, value_name = "URL")]
+    meta: Option<String>,
+    /// Directory for this client's file data (the local chunk store, in
+    /// DATA/chunks) and the default embedded metadata store. Created if
+    /// missing.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/xfused")]
+    data: PathBuf,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Chunk size of new files, in KiB (4 to 65536).
     #[arg(long, value_name = "KIB", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(4..=65536))]
@@ -217,6 +246,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Passthrough(args) => passthrough(args),
         Command::Mount(args) => mount(args),
+        Command::Meta(args) => meta_service(args),
         Command::Kernel(KernelCommand::Probe) => {
             println!("{}", kmod_shim::probe());
             Ok(())
@@ -358,6 +388,7 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
 /// Where `xfused mount` finds its namespace.
 enum MetaUrl {
     Embedded(PathBuf),
+    Tcp(String),
 }
 
 fn parse_meta_url(url: &str) -> anyhow::Result<MetaUrl> {
@@ -367,20 +398,22 @@ fn parse_meta_url(url: &str) -> anyhow::Result<MetaUrl> {
         }
         return Ok(MetaUrl::Embedded(PathBuf::from(path)));
     }
-    if url.starts_with("etcd://") || url.starts_with("tcp://") {
-        bail!(
-            "--meta {url:?}: the etcd engine and the `xfused meta` service are not built yet; \
-             use embedded:PATH"
-        );
+    if let Some(addr) = url.strip_prefix("tcp://") {
+        if addr.is_empty() {
+            bail!("--meta {url:?}: tcp:// needs HOST:PORT of an `xfused meta` service");
+        }
+        return Ok(MetaUrl::Tcp(addr.to_string()));
     }
-    bail!("--meta {url:?}: expected embedded:PATH")
+    if url.starts_with("etcd://") {
+        bail!("{url:?}: the etcd engine is not built yet; use embedded:PATH");
+    }
+    bail!("{url:?}: expected embedded:PATH or tcp://HOST:PORT")
 }
 
 fn mount(args: MountArgs) -> anyhow::Result<()> {
     use xfused::chunk::ChunkStore;
     use xfused::fs::{MetaFs, MetaFsConfig};
-    use xfused::meta::embedded::{Durability, EmbeddedEngine};
-    use xfused::meta::{Meta, MetaConfig, SystemClock};
+    use xfused::meta::{Meta, MetaConfig, Namespace, SystemClock};
 
     let signals = ShutdownSignals::install()?;
     std::fs::create_dir_all(&args.data)
@@ -391,26 +424,29 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         .meta
         .clone()
         .unwrap_or_else(|| format!("embedded:{}", data.join("meta").display()));
-    let MetaUrl::Embedded(store) = parse_meta_url(&url)?;
-    let durability = match args.durability {
-        DurabilityArg::Buffered => Durability::Buffered {
-            fsync_ms: args.fsync_ms,
-        },
-        DurabilityArg::Sync => Durability::Sync,
-    };
-    std::fs::create_dir_all(&store)
-        .with_context(|| format!("creating metadata directory {}", store.display()))?;
-    let engine = EmbeddedEngine::open(&store, durability)
-        .with_context(|| format!("opening the embedded metadata store in {}", store.display()))?;
-    tracing::info!("metadata: embedded store in {} ({durability:?})", store.display());
     let config = MetaConfig {
         chunk_size_bytes: args.chunk_size_kib * 1024,
         ..MetaConfig::default()
     };
     let lease = config.lease;
-    let meta = Arc::new(
-        Meta::connect(Arc::new(engine), config, Arc::new(SystemClock)).context("opening the namespace")?,
-    );
+    let meta: Arc<dyn Namespace> = match parse_meta_url(&url)? {
+        MetaUrl::Embedded(store) => {
+            let engine = open_embedded(&store, &args.engine)?;
+            Arc::new(
+                Meta::connect(Arc::new(engine), config, Arc::new(SystemClock))
+                    .context("opening the namespace")?,
+            )
+        }
+        MetaUrl::Tcp(addr) => {
+            if args.chunk_size_kib != 1024 {
+                tracing::warn!("--chunk-size-kib is the service's choice with tcp://; ignored");
+            }
+            let remote = xfused::net::RemoteMeta::connect(&addr)
+                .with_context(|| format!("connecting to the metadata service at {addr}"))?;
+            tracing::info!("metadata: service at {addr}");
+            Arc::new(remote)
+        }
+    };
     tracing::info!("registered as metadata client {}", meta.client_id());
     let chunks =
         ChunkStore::open(&data).with_context(|| format!("opening the chunk store in {}", data.display()))?;
@@ -475,6 +511,55 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         Err(e) => tracing::warn!("closing the metadata client: {e}"),
     }
     result
+}
+
+fn open_embedded(
+    store: &std::path::Path,
+    args: &EngineArgs,
+) -> anyhow::Result<xfused::meta::embedded::EmbeddedEngine> {
+    use xfused::meta::embedded::{Durability, EmbeddedEngine};
+    let durability = match args.durability {
+        DurabilityArg::Buffered => Durability::Buffered {
+            fsync_ms: args.fsync_ms,
+        },
+        DurabilityArg::Sync => Durability::Sync,
+    };
+    std::fs::create_dir_all(store)
+        .with_context(|| format!("creating metadata directory {}", store.display()))?;
+    let engine = EmbeddedEngine::open(store, durability)
+        .with_context(|| format!("opening the embedded metadata store in {}", store.display()))?;
+    tracing::info!("metadata: embedded store in {} ({durability:?})", store.display());
+    Ok(engine)
+}
+
+fn meta_service(args: MetaArgs) -> anyhow::Result<()> {
+    use xfused::meta::{MetaConfig, SystemClock};
+    use xfused::net::server::{serve, MetaService};
+    let MetaUrl::Embedded(store) = parse_meta_url(&args.engine)? else {
+        bail!(
+            "--engine {:?}: a service needs an engine (embedded:PATH), not another service",
+            args.engine
+        );
+    };
+    let addr: std::net::SocketAddr = args.listen.parse().with_context(|| {
+        format!(
+            "--listen {:?}: expected HOST:PORT, e.g. 127.0.0.1:26000",
+            args.listen
+        )
+    })?;
+    let engine = open_embedded(&store, &args.engine_args)?;
+    let config = MetaConfig::default();
+    let reap_every = config.lease / 3;
+    let service = Arc::new(
+        MetaService::new(Arc::new(engine), config, Arc::new(SystemClock)).context("opening the namespace")?,
+    );
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
+    eprintln!(
+        "xfused: metadata service on {addr}, namespace in {}",
+        store.display()
+    );
+    serve(listener, service, reap_every).context("serving")?;
+    Ok(())
 }
 
 /// What [`serve`] needs besides the filesystem.

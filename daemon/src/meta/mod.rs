@@ -51,6 +51,7 @@
 //! |---|---|---|
 //! | `A` | next free inode number | allocator; clients reserve 256 at a time |
 //! | `B` | next client id | allocator |
+//! | `H` | next open-handle epoch | allocator: a client handle's open handles are `epoch << 32 \| n` |
 //! | `C client` | lease deadline (ms since the epoch) | live clients |
 //! | `I shard ino` | [`schema::InodeRec`] | attributes; directories: parent, entry count, next cookie; symlinks: target; files: chunk size and layout id (chunk `i` of the file is chunk `(layout_id, i)`) |
 //! | `D shard parent name` | [`schema::DentryRec`] (ino, type, cookie) | entries by name: lookup |
@@ -81,6 +82,7 @@ pub mod check;
 pub mod embedded;
 pub mod kv;
 pub mod mem;
+pub mod namespace;
 mod ops;
 pub mod schema;
 
@@ -89,6 +91,7 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
+pub use namespace::Namespace;
 pub use ops::{
     access, rename_flags, xattr_flags, Caller, Clock, DirItem, Meta, MetaConfig, MetaError, Reclaim, SetAttr,
     SystemClock, TimeSet, Usage, LINK_MAX,

@@ -530,7 +530,49 @@ impl Meta {
             Ok(next)
         })?;
         meta.heartbeat()?;
+        meta.new_handle_epoch()?;
         Ok(meta)
+    }
+
+    /// A handle for existing client `client` (one `Meta::connect`
+    /// registered), e.g. in a metadata service serving that client: ESTALE
+    /// if the store does not know it (its lease expired and it was reaped).
+    pub fn attach(
+        engine: Arc<dyn KvEngine>,
+        config: MetaConfig,
+        clock: Arc<dyn Clock>,
+        client: u64,
+    ) -> Result<Meta, MetaError> {
+        let meta = Meta {
+            engine,
+            config,
+            clock,
+            client,
+            ino_pool: Mutex::new((0, 0)),
+            handle_next: AtomicU64::new(1),
+        };
+        if meta.engine.get(&schema::client_key(client))?.is_none() {
+            return errno(libc::ESTALE);
+        }
+        meta.new_handle_epoch()?;
+        Ok(meta)
+    }
+
+    /// Open handles are `epoch << 32 | n` with an epoch from the store, so
+    /// several handles on one client (services restarted or side by side)
+    /// never hand out the same handle.
+    fn new_handle_epoch(&self) -> Result<(), MetaError> {
+        let epoch = self.txn(|txn| {
+            let key = vec![tag::HANDLE_ALLOC];
+            let next = match txn.get(&key)? {
+                Some(b) => schema::decode_u64(&b, "handle allocator")?,
+                None => 1,
+            };
+            txn.put(key, schema::encode_u64(next + 1));
+            Ok(next)
+        })?;
+        self.handle_next.store(epoch << 32 | 1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// This client's id.

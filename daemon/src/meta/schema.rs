@@ -25,6 +25,8 @@ pub mod tag {
     pub const DENTRY: u8 = b'D';
     /// `G`: orphans, inodes without links kept for open files.
     pub const ORPHAN: u8 = b'G';
+    /// `H`: the open-handle epoch allocator (one key).
+    pub const HANDLE_ALLOC: u8 = b'H';
     /// `I`: inodes.
     pub const INODE: u8 = b'I';
     /// `K`: statfs counter shards.
