@@ -52,6 +52,23 @@ fn io_failure(what: &str, e: impl std::fmt::Display) -> MetaError {
     MetaError::Kv(crate::meta::kv::KvError::Unavailable(format!("{what}: {e}")))
 }
 
+/// Names longer than the namespace allows never go on the wire (the
+/// service would refuse the frame): answered here as a local filesystem
+/// would.
+fn name_ok(name: &[u8]) -> Result<(), MetaError> {
+    if name.len() > crate::meta::schema::NAME_LEN_MAX {
+        return Err(MetaError::Errno(libc::ENAMETOOLONG));
+    }
+    Ok(())
+}
+
+fn xattr_name_ok(name: &[u8]) -> Result<(), MetaError> {
+    if name.len() > crate::meta::schema::NAME_LEN_MAX {
+        return Err(MetaError::Errno(libc::ERANGE));
+    }
+    Ok(())
+}
+
 fn unexpected(reply: Reply) -> MetaError {
     MetaError::Corrupt(format!("the metadata service answered {reply:?}"))
 }
@@ -198,6 +215,7 @@ impl Namespace for RemoteMeta {
         }
     }
     fn lookup(&self, caller: &Caller, parent: u64, name: &[u8]) -> Result<(u64, InodeRec), MetaError> {
+        name_ok(name)?;
         match self.call(&Request::Lookup {
             client: self.client,
             caller: *caller,
@@ -247,6 +265,10 @@ impl Namespace for RemoteMeta {
         target: &[u8],
         open: bool,
     ) -> Result<(u64, InodeRec, Option<u64>), MetaError> {
+        name_ok(name)?;
+        if target.len() > crate::meta::schema::SYMLINK_LEN_MAX {
+            return Err(MetaError::Errno(libc::ENAMETOOLONG));
+        }
         let req = Request::Mknod {
             client: self.client,
             caller: *caller,
@@ -269,6 +291,7 @@ impl Namespace for RemoteMeta {
         }
     }
     fn link(&self, caller: &Caller, ino: u64, newparent: u64, newname: &[u8]) -> Result<InodeRec, MetaError> {
+        name_ok(newname)?;
         match self.call(&Request::Link {
             caller: *caller,
             ino,
@@ -280,6 +303,7 @@ impl Namespace for RemoteMeta {
         }
     }
     fn unlink(&self, caller: &Caller, parent: u64, name: &[u8]) -> Result<Option<Reclaim>, MetaError> {
+        name_ok(name)?;
         match self.call(&Request::Unlink {
             caller: *caller,
             parent,
@@ -290,6 +314,7 @@ impl Namespace for RemoteMeta {
         }
     }
     fn rmdir(&self, caller: &Caller, parent: u64, name: &[u8]) -> Result<(), MetaError> {
+        name_ok(name)?;
         self.call(&Request::Rmdir {
             caller: *caller,
             parent,
@@ -306,6 +331,8 @@ impl Namespace for RemoteMeta {
         newname: &[u8],
         flags: u32,
     ) -> Result<Option<Reclaim>, MetaError> {
+        name_ok(oldname)?;
+        name_ok(newname)?;
         let req = Request::Rename {
             caller: *caller,
             olddir,
@@ -365,6 +392,10 @@ impl Namespace for RemoteMeta {
         value: &[u8],
         flags: u32,
     ) -> Result<(), MetaError> {
+        xattr_name_ok(name)?;
+        if value.len() > crate::meta::schema::XATTR_VALUE_LEN_MAX {
+            return Err(MetaError::Errno(libc::E2BIG));
+        }
         let req = Request::Setxattr {
             caller: *caller,
             ino,
@@ -375,6 +406,7 @@ impl Namespace for RemoteMeta {
         self.call(&req).map(|_| ())
     }
     fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, MetaError> {
+        xattr_name_ok(name)?;
         match self.call(&Request::Getxattr {
             ino,
             name: name.to_vec(),
@@ -390,6 +422,7 @@ impl Namespace for RemoteMeta {
         }
     }
     fn removexattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> Result<(), MetaError> {
+        xattr_name_ok(name)?;
         self.call(&Request::Removexattr {
             caller: *caller,
             ino,
