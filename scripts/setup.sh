@@ -21,8 +21,10 @@ fi
 
 # Debian packages: a C compiler (the ABI test compiles against
 # <linux/fuse.h>, and some crates build C), kernel headers for that test,
-# and the tools the integration tests drive.
-packages=(gcc libc6-dev linux-libc-dev util-linux tar diffutils coreutils findutils passwd)
+# protoc (the etcd client's build compiles etcd's .proto files), etcd
+# (the metadata tests run a 3-member cluster), and the tools the
+# integration tests drive.
+packages=(gcc libc6-dev linux-libc-dev protobuf-compiler etcd-server util-linux tar diffutils coreutils findutils passwd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -169,8 +169,9 @@ struct EngineArgs {
 #[derive(Debug, Args)]
 struct MetaArgs {
     /// The engine holding the namespace: `embedded:PATH`, an embedded store
-    /// in directory PATH (created if missing; one process at a time).
-    /// (`etcd://HOST:PORT[,HOST:PORT...]` is planned, not yet built.)
+    /// in directory PATH (created if missing; one process at a time), or
+    /// `etcd://HOST:PORT[,HOST:PORT...]`, the client endpoints of an etcd
+    /// cluster (keys under xfuse/; run etcd with --max-txn-ops 10000).
     #[arg(long, value_name = "ENGINE")]
     engine: String,
     /// Where to accept clients: HOST:PORT (e.g. 127.0.0.1:26000).
@@ -186,10 +187,10 @@ struct MountArgs {
     mountpoint: PathBuf,
     /// Where the namespace lives: `embedded:PATH` (an embedded store in
     /// directory PATH, served inside this process; one process at a time),
-    /// or `tcp://HOST:PORT[,HOST:PORT...]`, running `xfused meta` services
-    /// (any number of mounts, on any machines, share that namespace).
-    /// Default: embedded:DATA/meta. (`etcd://...` is planned, not yet
-    /// built.)
+    /// `etcd://HOST:PORT[,HOST:PORT...]` (an etcd cluster; the metadata layer
+    /// runs in this process), or `tcp://HOST:PORT[,HOST:PORT...]` (running
+    /// `xfused meta` services). With etcd or tcp, any number of mounts on
+    /// any machines share the namespace. Default: embedded:DATA/meta.
     #[arg(long, value_name = "URL")]
     meta: Option<String>,
     /// Directory for this client's file data (the local chunk store, in
@@ -388,6 +389,7 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
 /// Where `xfused mount` finds its namespace.
 enum MetaUrl {
     Embedded(PathBuf),
+    Etcd(Vec<String>),
     Tcp(String),
 }
 
@@ -404,10 +406,19 @@ fn parse_meta_url(url: &str) -> anyhow::Result<MetaUrl> {
         }
         return Ok(MetaUrl::Tcp(addr.to_string()));
     }
-    if url.starts_with("etcd://") {
-        bail!("{url:?}: the etcd engine is not built yet; use embedded:PATH");
+    if let Some(list) = url.strip_prefix("etcd://") {
+        let endpoints: Vec<String> = list.split(',').map(str::to_string).collect();
+        for e in &endpoints {
+            let ok = e
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                bail!("{url:?}: etcd endpoint {e:?} is not HOST:PORT");
+            }
+        }
+        return Ok(MetaUrl::Etcd(endpoints));
     }
-    bail!("{url:?}: expected embedded:PATH or tcp://HOST:PORT")
+    bail!("{url:?}: expected embedded:PATH, etcd://HOST:PORT[,HOST:PORT...] or tcp://HOST:PORT")
 }
 
 fn mount(args: MountArgs) -> anyhow::Result<()> {
@@ -432,6 +443,13 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
     let meta: Arc<dyn Namespace> = match parse_meta_url(&url)? {
         MetaUrl::Embedded(store) => {
             let engine = open_embedded(&store, &args.engine)?;
+            Arc::new(
+                Meta::connect(Arc::new(engine), config, Arc::new(SystemClock))
+                    .context("opening the namespace")?,
+            )
+        }
+        MetaUrl::Etcd(endpoints) => {
+            let engine = open_etcd(&endpoints)?;
             Arc::new(
                 Meta::connect(Arc::new(engine), config, Arc::new(SystemClock))
                     .context("opening the namespace")?,
@@ -532,32 +550,46 @@ fn open_embedded(
     Ok(engine)
 }
 
+fn open_etcd(endpoints: &[String]) -> anyhow::Result<xfused::meta::etcd::EtcdEngine> {
+    let engine = xfused::meta::etcd::EtcdEngine::connect(endpoints, b"xfuse/")
+        .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+    tracing::info!(
+        "metadata: etcd cluster at {} (keys under xfuse/)",
+        endpoints.join(",")
+    );
+    Ok(engine)
+}
+
 fn meta_service(args: MetaArgs) -> anyhow::Result<()> {
+    use xfused::meta::kv::KvEngine;
     use xfused::meta::{MetaConfig, SystemClock};
     use xfused::net::server::{serve, MetaService};
-    let MetaUrl::Embedded(store) = parse_meta_url(&args.engine)? else {
-        bail!(
-            "--engine {:?}: a service needs an engine (embedded:PATH), not another service",
-            args.engine
-        );
-    };
     let addr: std::net::SocketAddr = args.listen.parse().with_context(|| {
         format!(
             "--listen {:?}: expected HOST:PORT, e.g. 127.0.0.1:26000",
             args.listen
         )
     })?;
-    let engine = open_embedded(&store, &args.engine_args)?;
+    let (engine, place): (Arc<dyn KvEngine>, String) = match parse_meta_url(&args.engine)? {
+        MetaUrl::Embedded(store) => (
+            Arc::new(open_embedded(&store, &args.engine_args)?),
+            store.display().to_string(),
+        ),
+        MetaUrl::Etcd(endpoints) => (
+            Arc::new(open_etcd(&endpoints)?),
+            format!("etcd {}", endpoints.join(",")),
+        ),
+        MetaUrl::Tcp(_) => bail!(
+            "--engine {:?}: a service needs an engine (embedded:PATH or etcd://...), not another service",
+            args.engine
+        ),
+    };
     let config = MetaConfig::default();
     let reap_every = config.lease / 3;
-    let service = Arc::new(
-        MetaService::new(Arc::new(engine), config, Arc::new(SystemClock)).context("opening the namespace")?,
-    );
+    let service =
+        Arc::new(MetaService::new(engine, config, Arc::new(SystemClock)).context("opening the namespace")?);
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
-    eprintln!(
-        "xfused: metadata service on {addr}, namespace in {}",
-        store.display()
-    );
+    eprintln!("xfused: metadata service on {addr}, namespace in {place}");
     serve(listener, service, reap_every).context("serving")?;
     Ok(())
 }

@@ -14,6 +14,7 @@
 //! |---|---|---|
 //! | [`mem::MemEngine`] | a `BTreeMap` in memory | unit tests, the simulation |
 //! | [`embedded::EmbeddedEngine`] | fjall (an LSM tree with a journal) in one process | the default: zero set-up |
+//! | [`etcd::EtcdEngine`] | an etcd cluster (v3 API, revision-compare transactions, Raft) | namespaces shared by many machines |
 //!
 //! The embedded engine was chosen by measurement (fjall 2.11.2 against redb
 //! 2.6.4), on the metadata layer's own write pattern: a create reads the
@@ -80,6 +81,7 @@
 
 pub mod check;
 pub mod embedded;
+pub mod etcd;
 pub mod kv;
 pub mod mem;
 pub mod namespace;
