@@ -4,7 +4,8 @@
 # its seeded simulation), and the integration tests that mount for real
 # (POSIX workloads, faults, scale, transports, pjdfstest) on each transport:
 # dev, uring, and uring with FUSE passthrough; `xfused mount` (meta_mount,
-# meta_pjdfstest) on dev and uring.
+# meta_pjdfstest, meta_service) on dev and uring. The metadata unit tests
+# start a 3-member etcd cluster on 127.0.0.1 (ports 26000-26999).
 #
 # Needs root (the tests mount FUSE filesystems). Takes a few minutes.
 set -euo pipefail

@@ -7,7 +7,11 @@
 //! - `passthrough`: `xfused passthrough` serving a tmpfs directory;
 //! - `meta`: `xfused mount` (the distributed filesystem on its embedded
 //!   metadata engine, in-process), its data directory on tmpfs (or on
-//!   `--data-dir`, e.g. a disk).
+//!   `--data-dir`, e.g. a disk);
+//! - with `--service-port PORT`: `xfused mount --meta tcp://` through an
+//!   `xfused meta` service (embedded store on tmpfs) on 127.0.0.1:PORT;
+//! - with `--etcd ENDPOINTS`: `xfused mount --meta etcd://ENDPOINTS`, on a
+//!   cluster you run.
 //!
 //! Both FUSE targets use the same transport (`--transport`, default `dev`)
 //! and xfused's default cache timeouts (1 s). Run as root, after
@@ -48,6 +52,8 @@ struct Args {
     transport: String,
     data_dir: Option<PathBuf>,
     timeout_ms: u64,
+    service_port: Option<u16>,
+    etcd: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -57,6 +63,8 @@ fn parse_args() -> anyhow::Result<Args> {
         transport: "dev".into(),
         data_dir: None,
         timeout_ms: 1000,
+        service_port: None,
+        etcd: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -72,9 +80,14 @@ fn parse_args() -> anyhow::Result<Args> {
             "--transport" => args.transport = value()?,
             "--data-dir" => args.data_dir = Some(PathBuf::from(value()?)),
             "--timeout-ms" => args.timeout_ms = value()?.parse().context("--timeout-ms")?,
+            "--service-port" => args.service_port = Some(value()?.parse().context("--service-port")?),
+            "--etcd" => args.etcd = Some(value()?),
             "-h" | "--help" => {
                 println!(
-                    "usage: mdtest [--files N] [--threads 1,2] [--transport dev|uring] [--data-dir DIR] [--timeout-ms MS]\n\
+                    "usage: mdtest [--files N] [--threads 1,2] [--transport dev|uring] [--data-dir DIR] [--timeout-ms MS] \
+                     [--service-port PORT] [--etcd HOST:PORT,...]\n\
+                     --service-port: also through an `xfused meta` service on 127.0.0.1:PORT (embedded store on tmpfs)\n\
+                     --etcd: also on this etcd cluster (client endpoints; run etcd with --max-txn-ops 10000)\n\
                      --timeout-ms: attribute, entry and negative-entry cache timeouts of both xfused mounts \
                      (default 1000, xfused's default; 0 sends every stat to the daemon)"
                 );
@@ -321,6 +334,38 @@ fn main() -> anyhow::Result<()> {
             rates,
         ));
     }
+    // xfused mount through an `xfused meta` service (embedded store on tmpfs)
+    if args.service_port.is_some() {
+        let port = args.service_port.unwrap_or_default();
+        let tmpfs = Tmpfs::new(scratch.join("svc-data"))?;
+        let addr = format!("127.0.0.1:{port}");
+        let service_args: Vec<String> = vec![
+            "meta".into(),
+            "--engine".into(),
+            format!("embedded:{}", tmpfs.path.join("meta").display()),
+            "--listen".into(),
+            addr.clone(),
+        ];
+        let service = Service::start(&service_args, &addr, &scratch.join("service.log"))?;
+        let rates = meta_mount_rates(&args, &scratch, "svc", &format!("tcp://{addr}"), &tmpfs.path)?;
+        drop(service);
+        columns.push((
+            format!("xfused mount via xfused meta ({})", args.transport),
+            rates,
+        ));
+    }
+    // xfused mount on an etcd cluster
+    if let Some(endpoints) = &args.etcd {
+        let tmpfs = Tmpfs::new(scratch.join("etcd-data"))?;
+        let rates = meta_mount_rates(
+            &args,
+            &scratch,
+            "etcd",
+            &format!("etcd://{endpoints}"),
+            &tmpfs.path,
+        )?;
+        columns.push((format!("xfused mount, etcd ({})", args.transport), rates));
+    }
     let _ = fs::remove_dir_all(&scratch);
 
     println!(
@@ -350,6 +395,82 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs the workload on `xfused mount --meta URL --data DATA`.
+fn meta_mount_rates(
+    args: &Args,
+    scratch: &Path,
+    tag: &str,
+    url: &str,
+    data: &Path,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mnt = scratch.join(format!("{tag}-mnt"));
+    fs::create_dir_all(&mnt)?;
+    let mut daemon_args: Vec<String> = vec!["mount".into(), "--transport".into(), args.transport.clone()];
+    daemon_args.extend(timeouts(args.timeout_ms));
+    daemon_args.extend([
+        "--meta".into(),
+        url.to_string(),
+        "--data".into(),
+        data.display().to_string(),
+        mnt.display().to_string(),
+    ]);
+    let daemon = Daemon::start(&daemon_args, &mnt, &scratch.join(format!("{tag}.log")))?;
+    // Each run gets its own directory, so a namespace shared with earlier
+    // runs (etcd) does not collide.
+    let root = mnt.join(format!("mdtest.{}", std::process::id()));
+    fs::create_dir_all(&root)?;
+    let rates = args
+        .threads
+        .iter()
+        .map(|t| workload(&root, *t, args.files))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    fs::remove_dir(&root)?;
+    drop(daemon);
+    Ok(rates)
+}
+
+/// A running `xfused meta`; killed on drop.
+struct Service {
+    child: Child,
+}
+
+impl Service {
+    fn start(args: &[String], addr: &str, log: &Path) -> anyhow::Result<Service> {
+        let bin = xfused_binary()?;
+        let log_file = File::create(log)?;
+        let mut child = Command::new(&bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_file.try_clone()?))
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Some(status) = child.try_wait()? {
+                bail!("xfused meta exited with {status}: see {}", log.display());
+            }
+            if Instant::now() > deadline {
+                let _ = kill_process(Pid::from_child(&child), Signal::KILL);
+                let _ = child.wait();
+                bail!(
+                    "xfused meta not listening on {addr} after 10 s: see {}",
+                    log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Service { child })
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = kill_process(Pid::from_child(&self.child), Signal::TERM);
+        let _ = self.child.wait();
+    }
 }
 
 /// The cache-timeout flags of both xfused subcommands.
