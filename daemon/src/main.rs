@@ -177,6 +177,12 @@ struct MetaArgs {
     /// Where to accept clients: HOST:PORT (e.g. 127.0.0.1:26000).
     #[arg(long, value_name = "HOST:PORT")]
     listen: String,
+    /// Clients' lease, in milliseconds: a client that has not renewed it
+    /// for this long is considered dead; its open files are closed (every
+    /// third of this, the service reaps).
+    #[arg(long, value_name = "MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
+    lease_ms: u64,
     #[command(flatten)]
     engine_args: EngineArgs,
 }
@@ -204,6 +210,12 @@ struct MountArgs {
     #[arg(long, value_name = "KIB", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(4..=65536))]
     chunk_size_kib: u32,
+    /// This client's lease, in milliseconds: renewed every third of it; a
+    /// client silent for longer is considered dead and its open files are
+    /// closed by whoever reaps next. With tcp://, use the service's value.
+    #[arg(long, value_name = "MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
+    lease_ms: u64,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -437,6 +449,7 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("embedded:{}", data.join("meta").display()));
     let config = MetaConfig {
         chunk_size_bytes: args.chunk_size_kib * 1024,
+        lease: Duration::from_millis(args.lease_ms),
         ..MetaConfig::default()
     };
     let lease = config.lease;
@@ -584,7 +597,10 @@ fn meta_service(args: MetaArgs) -> anyhow::Result<()> {
             args.engine
         ),
     };
-    let config = MetaConfig::default();
+    let config = MetaConfig {
+        lease: Duration::from_millis(args.lease_ms),
+        ..MetaConfig::default()
+    };
     let reap_every = config.lease / 3;
     let service =
         Arc::new(MetaService::new(engine, config, Arc::new(SystemClock)).context("opening the namespace")?);

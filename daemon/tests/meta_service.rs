@@ -51,6 +51,10 @@ struct Service {
 
 impl Service {
     fn start() -> Service {
+        Service::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Service {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("meta");
         let log = dir.path().join("meta.log");
@@ -66,6 +70,7 @@ impl Service {
                     "--listen",
                     &addr,
                 ])
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
                 .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
@@ -360,5 +365,74 @@ fn pjdfstest_passes_through_the_service() {
         out.status,
         mount.daemon_log(),
         service.log_text()
+    );
+}
+
+#[test]
+fn a_client_that_stops_renewing_its_lease_is_reaped() {
+    let service = Service::start_with(&["--lease-ms", "400"]);
+    let mut conn = TcpStream::connect(&service.addr).unwrap();
+    let Ok(Reply::Client(client)) = call(&mut conn, &Request::Hello.encode()) else {
+        panic!("hello failed:\n{}", service.log_text());
+    };
+    let caller = xfused::meta::Caller::ROOT;
+    let create = Request::Mknod {
+        client,
+        caller,
+        parent: 1,
+        name: b"open-then-unlinked".to_vec(),
+        mode: libc::S_IFREG | 0o644,
+        rdev: 0,
+        target: Vec::new(),
+        open: true,
+    };
+    let Ok(Reply::Created {
+        ino, handle: Some(_), ..
+    }) = call(&mut conn, &create.encode())
+    else {
+        panic!("create failed:\n{}", service.log_text());
+    };
+    let unlink = Request::Unlink {
+        caller,
+        parent: 1,
+        name: b"open-then-unlinked".to_vec(),
+    };
+    assert_eq!(
+        call(&mut conn, &unlink.encode()),
+        Ok(Reply::Reclaim(None)),
+        "still open: kept"
+    );
+    assert!(matches!(
+        call(&mut conn, &Request::Getattr { ino }.encode()),
+        Ok(Reply::Inode(_))
+    ));
+    // The client goes silent; the service reaps it once its lease expires.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if call(&mut conn, &Request::Getattr { ino }.encode()) == Err(libc::ENOENT) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead client's file was never reaped:\n{}",
+            service.log_text()
+        );
+    }
+    let open = Request::Open {
+        client,
+        caller,
+        ino: 1,
+        read: true,
+        write: false,
+    };
+    assert_eq!(
+        call(&mut conn, &open.encode()),
+        Err(libc::ESTALE),
+        "a reaped client is refused"
+    );
+    assert!(
+        matches!(call(&mut conn, &Request::Hello.encode()), Ok(Reply::Client(_))),
+        "it may register again"
     );
 }

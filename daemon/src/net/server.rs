@@ -260,6 +260,10 @@ pub fn serve(listener: TcpListener, service: Arc<MetaService>, reap_every: Durat
                     Ok(_) => {}
                     Err(e) => tracing::warn!("reaping dead clients: {e}"),
                 }
+                // Drop the cached handles: a client reaped just now (by this
+                // service or another) must get ESTALE from `attach` on its
+                // next request, not keep opening sessions no lease covers.
+                service.clients.lock().unwrap_or_else(|e| e.into_inner()).clear();
             })?;
     }
     for stream in listener.incoming() {
