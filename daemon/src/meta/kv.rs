@@ -216,7 +216,10 @@ impl Default for RetryPolicy {
         RetryPolicy {
             attempts_max: 64,
             backoff_first: Duration::from_micros(50),
-            backoff_max: Duration::from_millis(20),
+            // Generous: a hot directory (every create in it writes its
+            // inode) on a slow engine (etcd: milliseconds per commit) needs
+            // contenders spread out, or one of them may lose every round.
+            backoff_max: Duration::from_millis(100),
             sleep: true,
         }
     }
@@ -239,8 +242,13 @@ pub fn retry<T, E: TxnError>(
 ) -> Result<T, E> {
     let mut backoff = policy.backoff_first;
     // Jitter so that colliding clients do not retry in lockstep; seeded per
-    // call from the stack address, which is enough to spread them.
-    let mut jitter = (&backoff as *const Duration as usize as u64) | 1;
+    // call from the clock and a process-wide counter.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let mut jitter =
+        (nanos ^ CALLS.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)) | 1;
     let mut attempt = 1;
     loop {
         let mut txn = Txn::new(engine);
@@ -261,8 +269,9 @@ pub fn retry<T, E: TxnError>(
                     jitter ^= jitter << 13;
                     jitter ^= jitter >> 7;
                     jitter ^= jitter << 17;
+                    // Anywhere in [0, backoff]: full jitter spreads best.
                     let nanos = backoff.as_nanos() as u64;
-                    std::thread::sleep(Duration::from_nanos(nanos / 2 + jitter % (nanos / 2 + 1)));
+                    std::thread::sleep(Duration::from_nanos(jitter % (nanos + 1)));
                 }
                 backoff = (backoff * 2).min(policy.backoff_max);
             }
