@@ -23,8 +23,10 @@ fi
 # <linux/fuse.h>, and some crates build C), kernel headers for that test,
 # clang and libbpf-dev (<bpf/bpf_helpers.h>) for the BPF programs of
 # ebpf/ (compiled at build time; CO-RE, so no kernel headers at run time),
-# and the tools the integration tests drive.
-packages=(gcc libc6-dev linux-libc-dev clang libbpf-dev util-linux tar diffutils coreutils findutils passwd)
+# protoc (the etcd client's build compiles etcd's .proto files), etcd
+# (the metadata tests run a 3-member cluster), and the tools the
+# integration tests drive.
+packages=(gcc libc6-dev linux-libc-dev clang libbpf-dev protobuf-compiler etcd-server util-linux tar diffutils coreutils findutils passwd)
 # The VM tests (vm-tests/, daemon/tests/virtiofs_vm.rs) boot a guest under
 # QEMU: its kernel comes from Debian's linux-image-amd64 (fetched with
 # apt-get download on first use), its initramfs from busybox-static; xz

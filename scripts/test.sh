@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, then formatting and lint
-# checks, unit tests, and the integration tests that mount for real (POSIX
-# workloads, faults, scale, transports, pjdfstest, BPF counters, adaptive
-# cache policy) on each transport: dev, uring, and uring with FUSE
-# passthrough, and the POSIX suites again with the adaptive cache policy.
+# checks, unit tests (including the metadata layer's operation suite and
+# its seeded simulation), and the integration tests that mount for real
+# (POSIX workloads, faults, scale, transports, pjdfstest, BPF counters,
+# adaptive cache policy) on each transport: dev, uring, and uring with FUSE
+# passthrough, and the POSIX suites again with the adaptive cache policy;
+# `xfused mount` (meta_mount, meta_pjdfstest, meta_service) on dev and uring;
+# a QEMU guest against `xfused virtiofs`. The metadata unit tests start a
+# 3-member etcd cluster on 127.0.0.1 (ports 26000-26999).
 #
 # Needs root (the tests mount FUSE filesystems). Takes a few minutes.
 set -euo pipefail

@@ -8,7 +8,7 @@ use std::time::Duration;
 use xfuse::{AdaptiveConfig, AdaptiveTtl, Refresher, Session, UpcallSource, Upcalls};
 use xfuse_ebpf::UpcallTracer;
 
-use crate::PassthroughArgs;
+use crate::ServeArgs;
 
 /// The per-inode LOOKUP/GETATTR counters of one connection, from BPF.
 struct BpfUpcalls {
@@ -43,7 +43,7 @@ pub struct Adaptive {
 /// Loads the BPF counters, before mounting so that they see the mount's
 /// first request. Where they cannot be loaded, says so once and returns
 /// `None`: the mount then keeps the fixed timeouts.
-pub fn load(args: &PassthroughArgs) -> Option<UpcallTracer> {
+pub fn load(args: &ServeArgs) -> Option<UpcallTracer> {
     match UpcallTracer::load() {
         Ok(t) => Some(t),
         Err(e) => {
@@ -58,7 +58,7 @@ pub fn load(args: &PassthroughArgs) -> Option<UpcallTracer> {
     }
 }
 
-fn fixed(args: &PassthroughArgs) -> String {
+fn fixed(args: &ServeArgs) -> String {
     format!(
         "attribute timeout {} ms, entry timeout {} ms",
         args.attr_timeout_ms, args.entry_timeout_ms
@@ -68,12 +68,16 @@ fn fixed(args: &PassthroughArgs) -> String {
 /// Installs the adaptive policy, fed by `tracer`, in the mounted `session`.
 /// Returns `None`, with a warning, if the mount's FUSE connection cannot be
 /// found (the session keeps the fixed timeouts).
-pub fn install<F>(args: &PassthroughArgs, tracer: UpcallTracer, session: &mut Session<F>) -> Option<Adaptive>
+pub fn install<F>(
+    args: &ServeArgs,
+    mountpoint: &std::path::Path,
+    tracer: UpcallTracer,
+    session: &mut Session<F>,
+) -> Option<Adaptive>
 where
     F: fuse_backend_rs::api::filesystem::FileSystem + Sync + Send + 'static,
 {
-    let mountpoint =
-        std::fs::canonicalize(&args.mountpoint).unwrap_or_else(|_| PathBuf::from(&args.mountpoint));
+    let mountpoint = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| PathBuf::from(mountpoint));
     let Some(connection) = kmod_shim::mount::connection_id(&mountpoint) else {
         tracing::warn!(
             "cache policy adaptive: no FUSE connection found for {} in /proc/self/mountinfo; \

@@ -59,6 +59,20 @@ enum Command {
     /// works for any FUSE mount, counting from the moment it starts. Ctrl-C
     /// stops it.
     Stats(stats::StatsArgs),
+    /// Mount the distributed filesystem: the namespace from a metadata
+    /// engine, file data in a local chunk store (in the foreground).
+    ///
+    /// With no flags, everything runs in this process on the embedded
+    /// metadata engine under /var/lib/xfused. SIGINT or SIGTERM unmounts and
+    /// exits 0; so does an unmount from outside.
+    Mount(MountArgs),
+    /// Run a metadata service: answer `xfused mount --meta tcp://HOST:PORT`
+    /// clients from a metadata engine (in the foreground).
+    ///
+    /// Stateless: each request is one transaction on the engine, so a
+    /// service can be restarted, or several run side by side, without
+    /// clients losing anything.
+    Meta(MetaArgs),
     /// Inspect or configure the kernel's FUSE support.
     #[command(subcommand)]
     Kernel(KernelCommand),
@@ -107,12 +121,10 @@ enum CacheArg {
     Always,
 }
 
+/// Options every mounting subcommand shares: transport, threads, caching
+/// timeouts, permissions.
 #[derive(Debug, Args)]
-struct PassthroughArgs {
-    /// The directory to serve.
-    source: PathBuf,
-    /// Where to mount it (an existing directory).
-    mountpoint: PathBuf,
+struct ServeArgs {
     /// How requests travel between the kernel and xfused (given twice, the
     /// last one wins).
     #[arg(long, value_enum, default_value = "auto", overrides_with = "transport")]
@@ -162,24 +174,11 @@ struct PassthroughArgs {
     #[arg(long, value_name = "MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     cache_refresh_ms: u64,
-    /// Send FLUSH to xfused on every close. Off by default: PassthroughFs
-    /// writes data through and serves no POSIX locks itself, so a close has
-    /// nothing to flush.
+    /// Send FLUSH to xfused on every close. Off by default: the filesystems
+    /// xfused serves write data through and serve no POSIX locks
+    /// themselves, so a close has nothing to flush.
     #[arg(long)]
     flush_on_close: bool,
-    /// Kernel data caching policy for regular files.
-    #[arg(long, value_enum, default_value = "auto")]
-    cache: CacheArg,
-    /// Buffer writes in the kernel's page cache (FUSE writeback cache).
-    /// Not together with --passthrough.
-    #[arg(long, conflicts_with = "passthrough")]
-    writeback_cache: bool,
-    /// FUSE passthrough (Linux 6.9+, root): reads, writes and mmaps of open
-    /// files go from the kernel straight to the source file, never through
-    /// xfused. Falls back to serving data through xfused, with a log line,
-    /// where the kernel or the privileges lack it.
-    #[arg(long)]
-    passthrough: bool,
     /// Largest write request, in KiB (4 to 16384).
     #[arg(long, value_name = "KIB", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(4..=16384))]
@@ -193,6 +192,107 @@ struct PassthroughArgs {
     /// may, subject to permissions).
     #[arg(long)]
     owner_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DurabilityArg {
+    /// A metadata change is acknowledged once written to the operating
+    /// system: a crash or kill -9 of xfused loses nothing; the journal is
+    /// fsynced every --fsync-ms, so a power loss loses at most that window.
+    Buffered,
+    /// A metadata change is acknowledged only after an fdatasync; changes
+    /// arriving during one sync share the next (group commit).
+    Sync,
+}
+
+/// Options of an embedded metadata engine.
+#[derive(Debug, Args)]
+struct EngineArgs {
+    /// When a metadata change counts as done (embedded engine).
+    #[arg(long, value_enum, default_value = "buffered")]
+    durability: DurabilityArg,
+    /// With --durability buffered: how often the metadata journal is
+    /// fsynced, in milliseconds (1 to 60000).
+    #[arg(long, value_name = "MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u16).range(1..=60000))]
+    fsync_ms: u16,
+}
+
+#[derive(Debug, Args)]
+struct MetaArgs {
+    /// The engine holding the namespace: `embedded:PATH`, an embedded store
+    /// in directory PATH (created if missing; one process at a time), or
+    /// `etcd://HOST:PORT[,HOST:PORT...]`, the client endpoints of an etcd
+    /// cluster (keys under xfuse/; run etcd with --max-txn-ops 10000).
+    #[arg(long, value_name = "ENGINE")]
+    engine: String,
+    /// Where to accept clients: HOST:PORT (e.g. 127.0.0.1:26000).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: String,
+    /// Clients' lease, in milliseconds: a client that has not renewed it
+    /// for this long is considered dead; its open files are closed (every
+    /// third of this, the service reaps).
+    #[arg(long, value_name = "MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
+    lease_ms: u64,
+    #[command(flatten)]
+    engine_args: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+struct MountArgs {
+    /// Where to mount (an existing directory).
+    mountpoint: PathBuf,
+    /// Where the namespace lives: `embedded:PATH` (an embedded store in
+    /// directory PATH, served inside this process; one process at a time),
+    /// `etcd://HOST:PORT[,HOST:PORT...]` (an etcd cluster; the metadata layer
+    /// runs in this process), or `tcp://HOST:PORT[,HOST:PORT...]` (running
+    /// `xfused meta` services). With etcd or tcp, any number of mounts on
+    /// any machines share the namespace. Default: embedded:DATA/meta.
+    #[arg(long, value_name = "URL")]
+    meta: Option<String>,
+    /// Directory for this client's file data (the local chunk store, in
+    /// DATA/chunks) and the default embedded metadata store. Created if
+    /// missing.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/xfused")]
+    data: PathBuf,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Chunk size of new files, in KiB (4 to 65536).
+    #[arg(long, value_name = "KIB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(4..=65536))]
+    chunk_size_kib: u32,
+    /// This client's lease, in milliseconds: renewed every third of it; a
+    /// client silent for longer is considered dead and its open files are
+    /// closed by whoever reaps next. With tcp://, use the service's value.
+    #[arg(long, value_name = "MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
+    lease_ms: u64,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Args)]
+struct PassthroughArgs {
+    /// The directory to serve.
+    source: PathBuf,
+    /// Where to mount it (an existing directory).
+    mountpoint: PathBuf,
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Kernel data caching policy for regular files.
+    #[arg(long, value_enum, default_value = "auto")]
+    cache: CacheArg,
+    /// Buffer writes in the kernel's page cache (FUSE writeback cache).
+    /// Not together with --passthrough.
+    #[arg(long, conflicts_with = "passthrough")]
+    writeback_cache: bool,
+    /// FUSE passthrough (Linux 6.9+, root): reads, writes and mmaps of open
+    /// files go from the kernel straight to the source file, never through
+    /// xfused. Falls back to serving data through xfused, with a log line,
+    /// where the kernel or the privileges lack it.
+    #[arg(long)]
+    passthrough: bool,
     /// Serve extended attributes (on by default; this turns them off).
     #[arg(long)]
     no_xattr: bool,
@@ -212,6 +312,8 @@ fn main() -> ExitCode {
         Command::Passthrough(args) => passthrough(args),
         Command::Virtiofs(args) => virtiofs::run(args),
         Command::Stats(args) => stats::run(args),
+        Command::Mount(args) => mount(args),
+        Command::Meta(args) => meta_service(args),
         Command::Kernel(KernelCommand::Probe) => {
             println!("{}", kmod_shim::probe());
             Ok(())
@@ -296,8 +398,8 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
 
     let cfg = PassthroughConfig {
         root_dir: source_str.clone(),
-        attr_timeout: Duration::from_millis(args.attr_timeout_ms),
-        entry_timeout: Duration::from_millis(args.entry_timeout_ms),
+        attr_timeout: Duration::from_millis(args.serve.attr_timeout_ms),
+        entry_timeout: Duration::from_millis(args.serve.entry_timeout_ms),
         cache_policy: match args.cache {
             CacheArg::Never => CachePolicy::Never,
             CacheArg::Auto => CachePolicy::Auto,
@@ -319,7 +421,7 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         // is not the root of its filesystem; seen under pjdfstest on ext4.
         ..Default::default()
     };
-    if kernel.cap_sys_admin && !args.no_default_permissions {
+    if kernel.cap_sys_admin && !args.serve.no_default_permissions {
         // PassthroughFs creates files as the caller (switching the thread's
         // euid), and in file-handle mode reopens the parent directory with
         // open_by_handle_at inside that window, which needs
@@ -332,14 +434,278 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
             .context("keeping capabilities across uid switches (prctl PR_SET_SECUREBITS)")?;
     }
     let fs = Arc::new(PassthroughFs::<()>::new(cfg).context("setting up PassthroughFs")?);
+    let want_passthrough = args.passthrough;
+    let backing_fs = fs.clone();
+    serve(
+        fs,
+        Mounting {
+            fsname: source_str,
+            what: source.display().to_string(),
+            mountpoint: &args.mountpoint,
+            serve: &args.serve,
+            writeback_cache: args.writeback_cache,
+            passthrough: want_passthrough,
+            kernel,
+            signals,
+        },
+        |session| {
+            if want_passthrough {
+                if session.enable_passthrough(Box::new(backing::PassthroughBacking::new(backing_fs))) {
+                    tracing::info!(
+                        "FUSE passthrough on: open files are read and written by the kernel directly"
+                    );
+                } else {
+                    tracing::warn!(
+                        "the kernel did not offer FUSE_PASSTHROUGH in INIT (needs Linux 6.9+ with \
+                         CONFIG_FUSE_PASSTHROUGH); serving file data through xfused"
+                    );
+                }
+            }
+        },
+    )
+}
 
-    let mut options = MountOptions::new(source_str, "xfuse");
+/// Where `xfused mount` finds its namespace.
+enum MetaUrl {
+    Embedded(PathBuf),
+    Etcd(Vec<String>),
+    Tcp(String),
+}
+
+fn parse_meta_url(url: &str) -> anyhow::Result<MetaUrl> {
+    if let Some(path) = url.strip_prefix("embedded:") {
+        if path.is_empty() {
+            bail!("--meta {url:?}: embedded: needs a directory, e.g. embedded:/var/lib/xfused/meta");
+        }
+        return Ok(MetaUrl::Embedded(PathBuf::from(path)));
+    }
+    if let Some(addr) = url.strip_prefix("tcp://") {
+        if addr.is_empty() {
+            bail!("--meta {url:?}: tcp:// needs HOST:PORT of an `xfused meta` service");
+        }
+        return Ok(MetaUrl::Tcp(addr.to_string()));
+    }
+    if let Some(list) = url.strip_prefix("etcd://") {
+        let endpoints: Vec<String> = list.split(',').map(str::to_string).collect();
+        for e in &endpoints {
+            let ok = e
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                bail!("{url:?}: etcd endpoint {e:?} is not HOST:PORT");
+            }
+        }
+        return Ok(MetaUrl::Etcd(endpoints));
+    }
+    bail!("{url:?}: expected embedded:PATH, etcd://HOST:PORT[,HOST:PORT...] or tcp://HOST:PORT")
+}
+
+fn mount(args: MountArgs) -> anyhow::Result<()> {
+    use xfused::chunk::ChunkStore;
+    use xfused::fs::{MetaFs, MetaFsConfig};
+    use xfused::meta::{Meta, MetaConfig, Namespace, SystemClock};
+
+    let signals = ShutdownSignals::install()?;
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating data directory {}", args.data.display()))?;
+    let data = std::fs::canonicalize(&args.data)
+        .with_context(|| format!("data directory {}", args.data.display()))?;
+    let url = args
+        .meta
+        .clone()
+        .unwrap_or_else(|| format!("embedded:{}", data.join("meta").display()));
+    let config = MetaConfig {
+        chunk_size_bytes: args.chunk_size_kib * 1024,
+        lease: Duration::from_millis(args.lease_ms),
+        ..MetaConfig::default()
+    };
+    let lease = config.lease;
+    let meta: Arc<dyn Namespace> = match parse_meta_url(&url)? {
+        MetaUrl::Embedded(store) => {
+            let engine = open_embedded(&store, &args.engine)?;
+            Arc::new(
+                Meta::connect(Arc::new(engine), config, Arc::new(SystemClock))
+                    .context("opening the namespace")?,
+            )
+        }
+        MetaUrl::Etcd(endpoints) => {
+            let engine = open_etcd(&endpoints)?;
+            Arc::new(
+                Meta::connect(Arc::new(engine), config, Arc::new(SystemClock))
+                    .context("opening the namespace")?,
+            )
+        }
+        MetaUrl::Tcp(addr) => {
+            if args.chunk_size_kib != 1024 {
+                tracing::warn!("--chunk-size-kib is the service's choice with tcp://; ignored");
+            }
+            let remote = xfused::net::RemoteMeta::connect(&addr)
+                .with_context(|| format!("connecting to the metadata service at {addr}"))?;
+            tracing::info!("metadata: service at {addr}");
+            Arc::new(remote)
+        }
+    };
+    tracing::info!("registered as metadata client {}", meta.client_id());
+    let chunks =
+        ChunkStore::open(&data).with_context(|| format!("opening the chunk store in {}", data.display()))?;
+    let fs = Arc::new(MetaFs::new(
+        meta.clone(),
+        chunks,
+        MetaFsConfig {
+            attr_timeout: Duration::from_millis(args.serve.attr_timeout_ms),
+            entry_timeout: Duration::from_millis(args.serve.entry_timeout_ms),
+            check_permissions: args.serve.no_default_permissions,
+        },
+    ));
+    // Sessions of clients that died without closing (a crash, kill -9):
+    // their unlinked-but-open files are deleted now.
+    match meta.reap_expired() {
+        Ok(reclaimed) => {
+            if !reclaimed.is_empty() {
+                tracing::info!("reaped {} files left open by dead clients", reclaimed.len());
+            }
+            for r in reclaimed {
+                fs.reclaim(Some(r));
+            }
+        }
+        Err(e) => tracing::warn!("reaping dead clients' sessions: {e}"),
+    }
+    {
+        let meta = meta.clone();
+        std::thread::Builder::new()
+            .name("lease".into())
+            .spawn(move || loop {
+                std::thread::sleep(lease / 3);
+                if let Err(e) = meta.heartbeat() {
+                    tracing::warn!("renewing the metadata lease: {e}");
+                }
+            })
+            .context("starting the lease thread")?;
+    }
+    let kernel = kmod_shim::probe();
+    tracing::info!("{kernel}");
+    let result = serve(
+        fs.clone(),
+        Mounting {
+            fsname: "xfused".to_string(),
+            what: format!("namespace {url} with data in {}", data.display()),
+            mountpoint: &args.mountpoint,
+            serve: &args.serve,
+            writeback_cache: false,
+            passthrough: false,
+            kernel,
+            signals,
+        },
+        |_| {},
+    );
+    // The kernel has released every open file at unmount; anything left is
+    // closed here so no session outlives this client.
+    match meta.close_client() {
+        Ok(reclaimed) => {
+            for r in reclaimed {
+                fs.reclaim(Some(r));
+            }
+        }
+        Err(e) => tracing::warn!("closing the metadata client: {e}"),
+    }
+    result
+}
+
+fn open_embedded(
+    store: &std::path::Path,
+    args: &EngineArgs,
+) -> anyhow::Result<xfused::meta::embedded::EmbeddedEngine> {
+    use xfused::meta::embedded::{Durability, EmbeddedEngine};
+    let durability = match args.durability {
+        DurabilityArg::Buffered => Durability::Buffered {
+            fsync_ms: args.fsync_ms,
+        },
+        DurabilityArg::Sync => Durability::Sync,
+    };
+    std::fs::create_dir_all(store)
+        .with_context(|| format!("creating metadata directory {}", store.display()))?;
+    let engine = EmbeddedEngine::open(store, durability)
+        .with_context(|| format!("opening the embedded metadata store in {}", store.display()))?;
+    tracing::info!("metadata: embedded store in {} ({durability:?})", store.display());
+    Ok(engine)
+}
+
+fn open_etcd(endpoints: &[String]) -> anyhow::Result<xfused::meta::etcd::EtcdEngine> {
+    let engine = xfused::meta::etcd::EtcdEngine::connect(endpoints, b"xfuse/")
+        .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+    tracing::info!(
+        "metadata: etcd cluster at {} (keys under xfuse/)",
+        endpoints.join(",")
+    );
+    Ok(engine)
+}
+
+fn meta_service(args: MetaArgs) -> anyhow::Result<()> {
+    use xfused::meta::kv::KvEngine;
+    use xfused::meta::{MetaConfig, SystemClock};
+    use xfused::net::server::{serve, MetaService};
+    let addr: std::net::SocketAddr = args.listen.parse().with_context(|| {
+        format!(
+            "--listen {:?}: expected HOST:PORT, e.g. 127.0.0.1:26000",
+            args.listen
+        )
+    })?;
+    let (engine, place): (Arc<dyn KvEngine>, String) = match parse_meta_url(&args.engine)? {
+        MetaUrl::Embedded(store) => (
+            Arc::new(open_embedded(&store, &args.engine_args)?),
+            store.display().to_string(),
+        ),
+        MetaUrl::Etcd(endpoints) => (
+            Arc::new(open_etcd(&endpoints)?),
+            format!("etcd {}", endpoints.join(",")),
+        ),
+        MetaUrl::Tcp(_) => bail!(
+            "--engine {:?}: a service needs an engine (embedded:PATH or etcd://...), not another service",
+            args.engine
+        ),
+    };
+    let config = MetaConfig {
+        lease: Duration::from_millis(args.lease_ms),
+        ..MetaConfig::default()
+    };
+    let reap_every = config.lease / 3;
+    let service =
+        Arc::new(MetaService::new(engine, config, Arc::new(SystemClock)).context("opening the namespace")?);
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
+    eprintln!("xfused: metadata service on {addr}, namespace in {place}");
+    serve(listener, service, reap_every).context("serving")?;
+    Ok(())
+}
+
+/// What [`serve`] needs besides the filesystem.
+struct Mounting<'a> {
+    /// The mount's source field (as `mount` shows it).
+    fsname: String,
+    /// What is served, for the log line.
+    what: String,
+    mountpoint: &'a std::path::Path,
+    serve: &'a ServeArgs,
+    writeback_cache: bool,
+    passthrough: bool,
+    kernel: kmod_shim::probe::KernelInfo,
+    signals: ShutdownSignals,
+}
+
+/// Mounts `fs`, serves it on the chosen transport until a signal or an
+/// unmount, and prints the counters if asked.
+fn serve<F>(fs: Arc<F>, m: Mounting<'_>, after_mount: impl FnOnce(&mut Session<Arc<F>>)) -> anyhow::Result<()>
+where
+    F: fuse_backend_rs::api::filesystem::FileSystem<Inode = u64, Handle = u64> + Send + Sync + 'static,
+{
+    let args = m.serve;
+    let kernel = m.kernel;
+    let mut options = MountOptions::new(m.fsname, "xfuse");
     options.default_permissions = !args.no_default_permissions;
     options.allow_other = !args.owner_only;
     let init = InitConfig {
         max_write: args.max_write_kib * 1024,
-        writeback_cache: args.writeback_cache,
-        passthrough: args.passthrough,
+        writeback_cache: m.writeback_cache,
+        passthrough: m.passthrough,
         ..Default::default()
     };
     let threads = args.threads.map_or_else(xfuse::default_threads, usize::from);
@@ -373,26 +739,18 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         ..init
     };
 
+    // Loaded before mounting, so the counters see the mount's first request.
     let tracer = match args.cache_policy {
         CachePolicyArg::Fixed => None,
-        CachePolicyArg::Adaptive => adaptive::load(&args),
+        CachePolicyArg::Adaptive => adaptive::load(args),
     };
-    let mut session = Session::mount(fs.clone(), &args.mountpoint, &options, &init)?;
-    if args.passthrough {
-        if session.enable_passthrough(Box::new(backing::PassthroughBacking::new(fs))) {
-            tracing::info!("FUSE passthrough on: open files are read and written by the kernel directly");
-        } else {
-            tracing::warn!(
-                "the kernel did not offer FUSE_PASSTHROUGH in INIT (needs Linux 6.9+ with \
-                 CONFIG_FUSE_PASSTHROUGH); serving file data through xfused"
-            );
-        }
-    }
+    let mut session = Session::mount(fs, m.mountpoint, &options, &init)?;
+    after_mount(&mut session);
     session.set_policy(Policy {
         negative_timeout: Duration::from_millis(args.negative_timeout_ms),
         open_noflush: !args.flush_on_close,
     });
-    let adaptive = tracer.and_then(|t| adaptive::install(&args, t, &mut session));
+    let adaptive = tracer.and_then(|t| adaptive::install(args, m.mountpoint, t, &mut session));
     let agreed = session
         .negotiated()
         .has(kmod_shim::abi::init_flags::OVER_IO_URING);
@@ -413,8 +771,8 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
     };
     eprintln!(
         "xfused: serving {} at {} (transport {}); Ctrl-C or SIGTERM unmounts",
-        source.display(),
-        args.mountpoint.display(),
+        m.what,
+        m.mountpoint.display(),
         transport.name()
     );
     let dispatcher = session.dispatcher().clone();
@@ -425,7 +783,7 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         None => None,
     };
     let queues = running.queue_counters();
-    let mut signals = signals;
+    let mut signals = m.signals;
     {
         let (dispatcher, queues) = (dispatcher.clone(), queues.clone());
         signals.on_report(move || eprintln!("{}", stats_report(&dispatcher, queues.as_deref())));
@@ -433,7 +791,7 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
     let (ended, _session) = running.run_until_signal(signals)?;
     match ended {
         Ended::Signal(sig) => tracing::info!("stopped by signal {sig}"),
-        Ended::Unmounted => tracing::info!("{} was unmounted; exiting", args.mountpoint.display()),
+        Ended::Unmounted => tracing::info!("{} was unmounted; exiting", m.mountpoint.display()),
     }
     if args.stats {
         eprintln!("{}", stats_report(&dispatcher, queues.as_deref()));

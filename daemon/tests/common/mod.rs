@@ -54,7 +54,16 @@ pub fn suite_args() -> Vec<String> {
         .collect()
 }
 
-/// A running `xfused passthrough` daemon and its mount.
+/// Which filesystem a [`Mount`] runs.
+#[derive(Debug, Clone)]
+enum Kind {
+    /// `xfused passthrough SRC MNT`.
+    Passthrough,
+    /// `xfused mount --data SRC MNT` (or another DATA).
+    Meta(Option<PathBuf>),
+}
+
+/// A running `xfused passthrough` (or `xfused mount`) daemon and its mount.
 #[derive(Debug)]
 pub struct Mount {
     /// `None` once the daemon has been reaped.
@@ -83,6 +92,25 @@ impl Mount {
     /// Panics, with the daemon's log, if the daemon exits first or the mount
     /// does not appear within [`MOUNT_TIMEOUT`].
     pub fn start(extra_args: &[&str]) -> Mount {
+        Mount::spawn(Kind::Passthrough, extra_args)
+    }
+
+    /// Spawns `xfused mount --transport $XFUSE_TEST_TRANSPORT --data DATA
+    /// EXTRA_ARGS.. MOUNTPOINT`: the distributed filesystem on its embedded
+    /// metadata engine, data and metadata in a fresh DATA directory (what
+    /// [`Mount::src`] returns). `$XFUSE_TEST_ARGS` does not apply (its flags
+    /// are passthrough's).
+    pub fn start_meta(extra_args: &[&str]) -> Mount {
+        Mount::spawn(Kind::Meta(None), extra_args)
+    }
+
+    /// Like [`Mount::start_meta`] on an existing DATA directory (to mount a
+    /// namespace again after a previous mount of it ended).
+    pub fn start_meta_on(data: &Path, extra_args: &[&str]) -> Mount {
+        Mount::spawn(Kind::Meta(Some(data.to_path_buf())), extra_args)
+    }
+
+    fn spawn(kind: Kind, extra_args: &[&str]) -> Mount {
         let root = tempfile::Builder::new()
             .prefix("xfuse-it.")
             .tempdir()
@@ -100,7 +128,10 @@ impl Mount {
         let log_file = File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let log_file_for_stdout = log_file.try_clone().expect("dup of the log file");
 
-        let mut args: Vec<String> = vec!["passthrough".into()];
+        let mut args: Vec<String> = vec![match kind {
+            Kind::Passthrough => "passthrough".into(),
+            Kind::Meta(_) => "mount".into(),
+        }];
         // A test that names its transport keeps it; the others run on the
         // suite's (xfused takes `--transport` once).
         let pins_transport = extra_args
@@ -109,9 +140,18 @@ impl Mount {
         if !pins_transport {
             args.extend(["--transport".to_owned(), transport()]);
         }
-        args.extend(suite_args());
-        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
-        args.push(src.display().to_string());
+        match kind {
+            Kind::Passthrough => {
+                args.extend(suite_args());
+                args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+                args.push(src.display().to_string());
+            }
+            Kind::Meta(ref data) => {
+                let data = data.as_deref().unwrap_or(&src);
+                args.extend(["--data".to_owned(), data.display().to_string()]);
+                args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+            }
+        }
         args.push(mnt.display().to_string());
 
         let child = Command::new(env!("CARGO_BIN_EXE_xfused"))

@@ -1,0 +1,522 @@
+//! `MetaFs`: the filesystem a client mounts. Its namespace is the metadata
+//! layer (a [`Namespace`]: [`crate::meta::Meta`] in this process, or
+//! [`crate::net::RemoteMeta`] for an `xfused meta` service); its file data lives in the local chunk
+//! store ([`crate::chunk::ChunkStore`]).
+//!
+//! Inode numbers are the metadata layer's; the kernel's lookup counts need
+//! no bookkeeping here, because an inode's life is decided by the metadata
+//! (links and open-file sessions), not by this process's memory. Open file
+//! handles are the metadata layer's session handles.
+
+use std::ffi::CStr;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
+    SetattrValid, ZeroCopyReader, ZeroCopyWriter,
+};
+
+use crate::chunk::ChunkStore;
+use crate::meta::schema::{InodeRec, Timestamp};
+use crate::meta::{Caller, MetaError, Namespace, Reclaim, SetAttr, TimeSet};
+
+/// Block size reported in stat and statfs.
+const BLOCK_SIZE: u32 = 4096;
+/// Entries fetched from the metadata layer per readdir round.
+const READDIR_BATCH: usize = 128;
+/// Largest read or write served at once (the kernel's max_write is lower).
+const IO_LEN_MAX: u32 = 16 << 20;
+
+/// Settings of a [`MetaFs`].
+#[derive(Debug, Clone)]
+pub struct MetaFsConfig {
+    /// How long the kernel may cache attributes.
+    pub attr_timeout: Duration,
+    /// How long the kernel may cache entries.
+    pub entry_timeout: Duration,
+    /// Check permissions in the metadata layer (needed when the mount does
+    /// not use the kernel's `default_permissions`).
+    pub check_permissions: bool,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct MetaFs {
+    meta: Arc<dyn Namespace>,
+    chunks: ChunkStore,
+    config: MetaFsConfig,
+}
+
+fn io_err(e: MetaError) -> io::Error {
+    if let MetaError::Kv(_) | MetaError::Schema(_) | MetaError::Corrupt(_) = e {
+        tracing::error!("metadata operation failed: {e}");
+    }
+    e.into()
+}
+
+/// A zeroed `statvfs64` without `unsafe`: the trait's default `statfs`
+/// builds one (with `f_namemax` and `f_bsize` set).
+struct Defaults;
+impl FileSystem for Defaults {
+    type Inode = u64;
+    type Handle = u64;
+}
+
+fn stat(ino: u64, rec: &InodeRec) -> stat64 {
+    let mut st = Entry::default().attr;
+    st.st_ino = ino;
+    st.st_mode = rec.mode;
+    st.st_nlink = u64::from(rec.nlink);
+    st.st_uid = rec.uid;
+    st.st_gid = rec.gid;
+    st.st_size = rec.size as i64;
+    st.st_rdev = u64::from(rec.rdev);
+    st.st_blksize = i64::from(BLOCK_SIZE);
+    st.st_blocks = rec.size.div_ceil(512) as i64;
+    st.st_atime = rec.atime.sec;
+    st.st_atime_nsec = i64::from(rec.atime.nsec);
+    st.st_mtime = rec.mtime.sec;
+    st.st_mtime_nsec = i64::from(rec.mtime.nsec);
+    st.st_ctime = rec.ctime.sec;
+    st.st_ctime_nsec = i64::from(rec.ctime.nsec);
+    st
+}
+
+fn timestamp(sec: i64, nsec: i64) -> Timestamp {
+    Timestamp {
+        sec,
+        nsec: nsec.clamp(0, 999_999_999) as u32,
+    }
+}
+
+impl MetaFs {
+    /// A filesystem over `meta` with data in `chunks`.
+    pub fn new(meta: Arc<dyn Namespace>, chunks: ChunkStore, config: MetaFsConfig) -> MetaFs {
+        MetaFs { meta, chunks, config }
+    }
+
+    /// The metadata handle.
+    pub fn meta(&self) -> &Arc<dyn Namespace> {
+        &self.meta
+    }
+
+    fn caller(&self, ctx: &Context) -> Caller {
+        Caller {
+            uid: ctx.uid,
+            gid: ctx.gid,
+            check: self.config.check_permissions,
+        }
+    }
+
+    fn entry(&self, ino: u64, rec: &InodeRec) -> Entry {
+        Entry {
+            inode: ino,
+            generation: 0,
+            attr: stat(ino, rec),
+            attr_flags: 0,
+            attr_timeout: self.config.attr_timeout,
+            entry_timeout: self.config.entry_timeout,
+        }
+    }
+
+    /// Deletes the data of inodes the metadata layer let go of.
+    pub fn reclaim(&self, reclaim: Option<Reclaim>) {
+        if let Some(r) = reclaim {
+            if let Err(e) = self.chunks.remove(r.layout_id, r.chunk_size, r.size) {
+                tracing::warn!(
+                    "deleting the chunks of inode {} (layout {}): {e}",
+                    r.ino,
+                    r.layout_id
+                );
+            }
+        }
+    }
+}
+
+fn name_bytes(name: &CStr) -> &[u8] {
+    name.to_bytes()
+}
+
+impl FileSystem for MetaFs {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, _capable: FsOptions) -> io::Result<FsOptions> {
+        Ok(FsOptions::ASYNC_READ | FsOptions::BIG_WRITES | FsOptions::PARALLEL_DIROPS | FsOptions::MAX_PAGES)
+    }
+
+    fn destroy(&self) {}
+
+    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let (ino, rec) = self
+            .meta
+            .lookup(&self.caller(ctx), parent, name_bytes(name))
+            .map_err(io_err)?;
+        Ok(self.entry(ino, &rec))
+    }
+
+    fn forget(&self, _ctx: &Context, _inode: u64, _count: u64) {}
+
+    fn getattr(&self, _ctx: &Context, inode: u64, _handle: Option<u64>) -> io::Result<(stat64, Duration)> {
+        let rec = self.meta.getattr(inode).map_err(io_err)?;
+        Ok((stat(inode, &rec), self.config.attr_timeout))
+    }
+
+    fn setattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        attr: stat64,
+        _handle: Option<u64>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        let time = |set: SetattrValid, now: SetattrValid, sec: i64, nsec: i64| {
+            if valid.contains(now) {
+                Some(TimeSet::Now)
+            } else if valid.contains(set) {
+                Some(TimeSet::At(timestamp(sec, nsec)))
+            } else {
+                None
+            }
+        };
+        let set = SetAttr {
+            mode: valid.contains(SetattrValid::MODE).then_some(attr.st_mode),
+            uid: valid.contains(SetattrValid::UID).then_some(attr.st_uid),
+            gid: valid.contains(SetattrValid::GID).then_some(attr.st_gid),
+            size: valid
+                .contains(SetattrValid::SIZE)
+                .then_some(attr.st_size.max(0) as u64),
+            atime: time(
+                SetattrValid::ATIME,
+                SetattrValid::ATIME_NOW,
+                attr.st_atime,
+                attr.st_atime_nsec,
+            ),
+            mtime: time(
+                SetattrValid::MTIME,
+                SetattrValid::MTIME_NOW,
+                attr.st_mtime,
+                attr.st_mtime_nsec,
+            ),
+            ctime: valid
+                .contains(SetattrValid::CTIME)
+                .then(|| timestamp(attr.st_ctime, attr.st_ctime_nsec)),
+        };
+        let (rec, old_size) = self
+            .meta
+            .setattr(&self.caller(ctx), inode, &set)
+            .map_err(io_err)?;
+        if let Some(old) = old_size {
+            self.chunks
+                .truncate(rec.layout_id, rec.chunk_size, old, rec.size)?;
+        }
+        Ok((stat(inode, &rec), self.config.attr_timeout))
+    }
+
+    fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        self.meta.readlink(inode).map_err(io_err)
+    }
+
+    fn symlink(&self, ctx: &Context, linkname: &CStr, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let (ino, rec) = self
+            .meta
+            .symlink(&self.caller(ctx), parent, name_bytes(name), linkname.to_bytes())
+            .map_err(io_err)?;
+        Ok(self.entry(ino, &rec))
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        _umask: u32,
+    ) -> io::Result<Entry> {
+        // The kernel has applied the umask (no FUSE_DONT_MASK).
+        let (ino, rec, _) = self
+            .meta
+            .mknod(
+                &self.caller(ctx),
+                parent,
+                name_bytes(name),
+                mode,
+                rdev,
+                &[],
+                false,
+            )
+            .map_err(io_err)?;
+        Ok(self.entry(ino, &rec))
+    }
+
+    fn mkdir(&self, ctx: &Context, parent: u64, name: &CStr, mode: u32, _umask: u32) -> io::Result<Entry> {
+        let (ino, rec) = self
+            .meta
+            .mkdir(&self.caller(ctx), parent, name_bytes(name), mode)
+            .map_err(io_err)?;
+        Ok(self.entry(ino, &rec))
+    }
+
+    fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        let reclaim = self
+            .meta
+            .unlink(&self.caller(ctx), parent, name_bytes(name))
+            .map_err(io_err)?;
+        self.reclaim(reclaim);
+        Ok(())
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.meta
+            .rmdir(&self.caller(ctx), parent, name_bytes(name))
+            .map_err(io_err)
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        let reclaim = self
+            .meta
+            .rename(
+                &self.caller(ctx),
+                olddir,
+                name_bytes(oldname),
+                newdir,
+                name_bytes(newname),
+                flags,
+            )
+            .map_err(io_err)?;
+        self.reclaim(reclaim);
+        Ok(())
+    }
+
+    fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+        let rec = self
+            .meta
+            .link(&self.caller(ctx), inode, newparent, name_bytes(newname))
+            .map_err(io_err)?;
+        Ok(self.entry(inode, &rec))
+    }
+
+    fn open(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let accmode = flags as i32 & libc::O_ACCMODE;
+        let read = accmode != libc::O_WRONLY;
+        let write = accmode != libc::O_RDONLY;
+        let (_, handle) = self
+            .meta
+            .open(&self.caller(ctx), inode, read, write)
+            .map_err(io_err)?;
+        Ok((Some(handle), OpenOptions::empty(), None))
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        let mode = libc::S_IFREG | (args.mode & 0o7777);
+        let (ino, rec, handle) = self
+            .meta
+            .mknod(&self.caller(ctx), parent, name_bytes(name), mode, 0, &[], true)
+            .map_err(io_err)?;
+        Ok((self.entry(ino, &rec), handle, OpenOptions::empty(), None))
+    }
+
+    fn read(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _flags: u32,
+    ) -> io::Result<usize> {
+        let rec = self.meta.getattr(inode).map_err(io_err)?;
+        if rec.kind() != libc::S_IFREG {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let want = size.min(IO_LEN_MAX) as u64;
+        let len = want.min(rec.size.saturating_sub(offset)) as usize;
+        let mut buf = vec![0u8; len];
+        let n = self
+            .chunks
+            .read(rec.layout_id, rec.chunk_size, rec.size, offset, &mut buf)?;
+        w.write_all(&buf[..n])?;
+        Ok(n)
+    }
+
+    fn write(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _delayed_write: bool,
+        _flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<usize> {
+        if size > IO_LEN_MAX {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let end = offset
+            .checked_add(u64::from(size))
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
+        let rec = self.meta.getattr(inode).map_err(io_err)?;
+        let mut buf = vec![0u8; size as usize];
+        r.read_exact(&mut buf)?;
+        self.chunks.write(rec.layout_id, rec.chunk_size, offset, &buf)?;
+        self.meta.note_write(inode, end).map_err(io_err)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&self, _ctx: &Context, _inode: u64, _handle: u64, _lock_owner: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn fsync(&self, _ctx: &Context, inode: u64, _datasync: bool, _handle: u64) -> io::Result<()> {
+        let rec = self.meta.getattr(inode).map_err(io_err)?;
+        self.chunks.sync(rec.layout_id, rec.chunk_size, rec.size)
+    }
+
+    fn release(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _flags: u32,
+        handle: u64,
+        _flush: bool,
+        _flock_release: bool,
+        _lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        let reclaim = self.meta.release(inode, handle).map_err(io_err)?;
+        self.reclaim(reclaim);
+        Ok(())
+    }
+
+    fn statfs(&self, ctx: &Context, _inode: u64) -> io::Result<statvfs64> {
+        let usage = self.meta.usage().map_err(io_err)?;
+        let mut st = Defaults.statfs(ctx, 0)?;
+        // Capacity is not limited by the metadata layer; report the used
+        // amounts from the counters and a large, fixed headroom.
+        let blocks_used = usage.bytes.div_ceil(u64::from(BLOCK_SIZE));
+        let free: u64 = 1 << 40;
+        st.f_bsize = u64::from(BLOCK_SIZE);
+        st.f_frsize = u64::from(BLOCK_SIZE);
+        st.f_blocks = blocks_used + free;
+        st.f_bfree = free;
+        st.f_bavail = free;
+        st.f_files = usage.inodes + free;
+        st.f_ffree = free;
+        st.f_favail = free;
+        st.f_namemax = crate::meta::schema::NAME_LEN_MAX as u64;
+        Ok(st)
+    }
+
+    fn setxattr(&self, ctx: &Context, inode: u64, name: &CStr, value: &[u8], flags: u32) -> io::Result<()> {
+        self.meta
+            .setxattr(&self.caller(ctx), inode, name.to_bytes(), value, flags)
+            .map_err(io_err)
+    }
+
+    fn getxattr(&self, _ctx: &Context, inode: u64, name: &CStr, size: u32) -> io::Result<GetxattrReply> {
+        let value = self.meta.getxattr(inode, name.to_bytes()).map_err(io_err)?;
+        if size == 0 {
+            return Ok(GetxattrReply::Count(value.len() as u32));
+        }
+        if value.len() > size as usize {
+            return Err(io::Error::from_raw_os_error(libc::ERANGE));
+        }
+        Ok(GetxattrReply::Value(value))
+    }
+
+    fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        let mut out = Vec::new();
+        for name in self.meta.listxattr(inode).map_err(io_err)? {
+            out.extend_from_slice(&name);
+            out.push(0);
+        }
+        if size == 0 {
+            return Ok(ListxattrReply::Count(out.len() as u32));
+        }
+        if out.len() > size as usize {
+            return Err(io::Error::from_raw_os_error(libc::ERANGE));
+        }
+        Ok(ListxattrReply::Names(out))
+    }
+
+    fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+        self.meta
+            .removexattr(&self.caller(ctx), inode, name.to_bytes())
+            .map_err(io_err)
+    }
+
+    fn opendir(&self, ctx: &Context, inode: u64, _flags: u32) -> io::Result<(Option<u64>, OpenOptions)> {
+        self.meta.opendir(&self.caller(ctx), inode).map_err(io_err)?;
+        Ok((None, OpenOptions::empty()))
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let mut after = offset;
+        loop {
+            let items = self.meta.readdir(inode, after, READDIR_BATCH).map_err(io_err)?;
+            if items.is_empty() {
+                return Ok(());
+            }
+            for item in &items {
+                let added = add_entry(DirEntry {
+                    ino: item.ino,
+                    offset: item.cookie,
+                    type_: item.kind >> 12,
+                    name: &item.name,
+                })?;
+                if added == 0 {
+                    return Ok(());
+                }
+                after = item.cookie;
+            }
+        }
+    }
+
+    fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, _handle: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn fsyncdir(&self, _ctx: &Context, _inode: u64, _datasync: bool, _handle: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
+        self.meta.access(&self.caller(ctx), inode, mask).map_err(io_err)
+    }
+}

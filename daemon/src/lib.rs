@@ -1,0 +1,13 @@
+//! The xfuse daemon's library: the distributed filesystem's pieces, used by
+//! the `xfused` binary and by the tests and benches.
+//!
+//! - [`meta`]: the namespace on a transactional KV engine;
+//! - [`chunk`]: the local chunk store holding file data;
+//! - [`fs`]: the `FileSystem` a client mounts, over the two;
+//! - [`net`]: the metadata service over TCP and its client.
+#![warn(missing_docs)]
+
+pub mod chunk;
+pub mod fs;
+pub mod meta;
+pub mod net;

@@ -1,0 +1,248 @@
+//! The etcd engine: the namespace in an etcd cluster (Debian's
+//! `etcd-server`, API v3), for namespaces shared by many machines.
+//!
+//! Optimistic transactions map onto etcd's revision-compare transactions:
+//! a key's [`Version`] is its `mod_revision`; commit sends one etcd `Txn`
+//! whose compares are the transaction's reads (`mod_revision == seen`, or
+//! `version == 0` for a key read as absent) and scans (every key seen still
+//! at its revision, and no key in the scanned range — up to the last key
+//! seen when the scan hit its limit — with a revision above the highest
+//! seen, i.e. nothing inserted or changed since), and whose success branch
+//! is the writes. etcd applies it atomically through Raft, or reports the
+//! compare failed: a conflict. Durability is etcd's: a commit is
+//! acknowledged once a majority of members has it in their Raft log on disk.
+//!
+//! All keys live under a prefix (`xfuse/` by default), so one etcd cluster
+//! can hold several namespaces or other users' data.
+//!
+//! etcd limits the operations of one transaction (`--max-txn-ops`, 128 by
+//! default); a transaction with many compares (a scan over many keys) needs
+//! a higher limit: run etcd with `--max-txn-ops 10000`.
+//!
+//! Reads that fail on the network are retried (with backoff) on the other
+//! members; a commit that fails on the network is not (it may have been
+//! applied): the operation fails with EIO and the caller decides.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+
+use super::kv::{CommitRequest, KvEngine, KvError, KvPair, Version};
+
+/// Rounds over all members before a request fails.
+const ROUNDS_MAX: u32 = 4;
+
+/// See the module docs.
+pub struct EtcdEngine {
+    runtime: tokio::runtime::Runtime,
+    /// One client per member, connected on first use; requests go to
+    /// `current` and move on to the next member when it cannot be reached.
+    clients: Vec<Mutex<Option<Client>>>,
+    current: AtomicUsize,
+    endpoints: Vec<String>,
+    prefix: Vec<u8>,
+}
+
+impl std::fmt::Debug for EtcdEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdEngine")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &String::from_utf8_lossy(&self.prefix))
+            .finish()
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> KvError {
+    KvError::Unavailable(format!("etcd {what}: {e}"))
+}
+
+impl EtcdEngine {
+    /// Connects to the cluster at `endpoints` (`HOST:PORT` each) with keys
+    /// under `prefix`.
+    pub fn connect(endpoints: &[String], prefix: &[u8]) -> Result<EtcdEngine, KvError> {
+        if endpoints.is_empty() {
+            return Err(KvError::Failed("no etcd endpoint given".into()));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("etcd-client")
+            .enable_all()
+            .build()
+            .map_err(|e| KvError::Failed(format!("starting the etcd client runtime: {e}")))?;
+        let engine = EtcdEngine {
+            runtime,
+            clients: endpoints.iter().map(|_| Mutex::new(None)).collect(),
+            current: AtomicUsize::new(0),
+            endpoints: endpoints.to_vec(),
+            prefix: prefix.to_vec(),
+        };
+        // Fail early, with a clear message, if no member answers.
+        engine.get(b"")?;
+        Ok(engine)
+    }
+
+    /// The client of member `i`, connecting it if needed.
+    fn client(&self, i: usize) -> Result<Client, String> {
+        let mut slot = self.clients[i].lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5));
+        let url = format!("http://{}", self.endpoints[i]);
+        let client = self
+            .runtime
+            .block_on(Client::connect([url], Some(options)))
+            .map_err(|e| e.to_string())?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Runs `f` on the current member, moving on to the next ones when a
+    /// member cannot be reached (then nothing was sent, so it is safe for
+    /// any request). Other failures are retried only if `repeatable` (a
+    /// read): a transaction whose fate is unknown is not sent twice.
+    fn request<T, Fut>(&self, what: &str, repeatable: bool, f: impl Fn(Client) -> Fut) -> Result<T, KvError>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.clients.len();
+        let mut backoff = Duration::from_millis(50);
+        let mut last = None;
+        for _ in 0..ROUNDS_MAX {
+            let first = self.current.load(Ordering::Relaxed);
+            for k in 0..n {
+                let i = (first + k) % n;
+                let client = match self.client(i) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                };
+                match self.runtime.block_on(f(client)) {
+                    Ok(v) => {
+                        self.current.store(i, Ordering::Relaxed);
+                        return Ok(v);
+                    }
+                    // tonic's connector failed: the request never left.
+                    Err(e) if e.to_string().contains("tcp connect error") || repeatable => {
+                        tracing::debug!(
+                            "etcd {what} on {}: {e}; trying the next member",
+                            self.endpoints[i]
+                        );
+                        last = Some(e.to_string());
+                    }
+                    Err(e) => return Err(unavailable(what, e)),
+                }
+            }
+            std::thread::sleep(backoff);
+            backoff *= 2;
+        }
+        Err(unavailable(
+            &format!("{what} (no member of {:?} answered)", self.endpoints),
+            last.unwrap_or_else(|| "no attempt".to_string()),
+        ))
+    }
+
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + key.len());
+        k.extend_from_slice(&self.prefix);
+        k.extend_from_slice(key);
+        k
+    }
+
+    fn strip<'a>(&self, key: &'a [u8]) -> Result<&'a [u8], KvError> {
+        key.strip_prefix(self.prefix.as_slice())
+            .ok_or_else(|| KvError::Failed("etcd returned a key outside the namespace prefix".into()))
+    }
+}
+
+impl KvEngine for EtcdEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, Version)>, KvError> {
+        let k = self.key(key);
+        let resp = self.request("get", true, |mut c| {
+            let k = k.clone();
+            async move { c.get(k, None).await }
+        })?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision() as Version)))
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>, KvError> {
+        if start >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (s, e) = (self.key(start), self.key(end));
+        let etcd_limit = i64::try_from(limit).unwrap_or(0);
+        let resp = self.request("range", true, |mut c| {
+            let (s, e) = (s.clone(), e.clone());
+            async move {
+                c.get(s, Some(GetOptions::new().with_range(e).with_limit(etcd_limit)))
+                    .await
+            }
+        })?;
+        let mut out = Vec::with_capacity(resp.kvs().len());
+        for kv in resp.kvs() {
+            out.push(KvPair {
+                key: self.strip(kv.key())?.to_vec(),
+                value: kv.value().to_vec(),
+                version: kv.mod_revision() as Version,
+            });
+        }
+        Ok(out)
+    }
+
+    fn commit(&self, request: CommitRequest) -> Result<(), KvError> {
+        let mut compares = Vec::new();
+        for (key, seen) in &request.reads {
+            compares.push(match seen {
+                Some(v) => Compare::mod_revision(self.key(key), CompareOp::Equal, *v as i64),
+                None => Compare::version(self.key(key), CompareOp::Equal, 0),
+            });
+        }
+        for scan in &request.scans {
+            let mut highest = 0;
+            for (key, v) in &scan.seen {
+                compares.push(Compare::mod_revision(self.key(key), CompareOp::Equal, *v as i64));
+                highest = highest.max(*v as i64);
+            }
+            // Up to where the scan looked: all of the range, or (limit hit)
+            // through the last key it returned.
+            let end = match scan.seen.last() {
+                Some((last, _)) if scan.seen.len() >= scan.limit => {
+                    let mut e = self.key(last);
+                    e.push(0);
+                    e
+                }
+                _ => self.key(&scan.end),
+            };
+            compares.push(
+                Compare::mod_revision(self.key(&scan.start), CompareOp::Less, highest + 1).with_range(end),
+            );
+        }
+        let ops: Vec<TxnOp> = request
+            .writes
+            .iter()
+            .map(|(key, value)| match value {
+                Some(v) => TxnOp::put(self.key(key), v.clone(), None),
+                None => TxnOp::delete(self.key(key), None),
+            })
+            .collect();
+        let txn = Txn::new().when(compares).and_then(ops);
+        let resp = self.request("txn", false, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(KvError::Conflict)
+        }
+    }
+}

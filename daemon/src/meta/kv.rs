@@ -1,0 +1,281 @@
+//! The key-value contract the metadata layer is written against: point
+//! reads, range scans and optimistic transactions.
+//!
+//! A [`Txn`] reads from the engine's latest committed state and records what
+//! it saw: the version of every key it read (or that the key was absent) and,
+//! for every range it scanned, the keys and versions the scan returned. Its
+//! writes are buffered. [`KvEngine::commit`] then checks, atomically with
+//! applying the writes, that every recorded read still holds: the same
+//! version for a key that existed, still absent for one that did not, and the
+//! same result for every scan. If anything changed the commit fails with
+//! [`KvError::Conflict`] and applies nothing. Because a transaction commits
+//! only if everything it read is still current at its commit point, committed
+//! transactions are serializable in commit order.
+//!
+//! Reads are not from a snapshot: a transaction may observe a torn view (one
+//! key before and one after another commit), but such a transaction can never
+//! commit, so the code inside a transaction must only tolerate torn views
+//! without panicking or looping; its result is thrown away.
+//!
+//! [`retry`] runs a transaction body until it commits, with exponential
+//! backoff and a bound on attempts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+/// The version of a stored value. An engine gives a key a new version every
+/// time it is written (etcd: the key's `mod_revision`); versions of one key
+/// never repeat while the store exists.
+pub type Version = u64;
+
+/// One key of a scan result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvPair {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its value.
+    pub value: Vec<u8>,
+    /// Its version.
+    pub version: Version,
+}
+
+/// A scan a transaction made: the range, the limit and what it returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanRead {
+    /// First key of the range (inclusive).
+    pub start: Vec<u8>,
+    /// End of the range (exclusive).
+    pub end: Vec<u8>,
+    /// At most this many keys were asked for.
+    pub limit: usize,
+    /// The keys and versions returned, in order.
+    pub seen: Vec<(Vec<u8>, Version)>,
+}
+
+/// Everything an engine needs to validate and apply a transaction.
+#[derive(Debug, Clone, Default)]
+pub struct CommitRequest {
+    /// Keys read and the version seen (`None`: the key was absent).
+    pub reads: Vec<(Vec<u8>, Option<Version>)>,
+    /// Ranges scanned.
+    pub scans: Vec<ScanRead>,
+    /// Keys to write (`Some`) or delete (`None`), applied all or nothing.
+    pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// Errors of a KV engine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// Something the transaction read changed before it could commit;
+    /// nothing was written. Run the transaction again.
+    #[error("transaction conflict: a key it read changed before commit")]
+    Conflict,
+    /// The engine cannot be reached or refused the operation for now
+    /// (etcd without quorum, a connection lost); nothing may have been
+    /// written, or the commit may have happened: the caller cannot know.
+    #[error("KV engine unavailable: {0}")]
+    Unavailable(String),
+    /// The engine failed (I/O error, corrupt store).
+    #[error("KV engine failed: {0}")]
+    Failed(String),
+}
+
+/// A transactional, ordered key-value store.
+///
+/// Contract: `get` and `scan` return the latest committed state; `commit`
+/// validates a [`CommitRequest`]'s reads and scans and applies its writes
+/// as one atomic step, or returns [`KvError::Conflict`] and applies nothing.
+/// Keys sort bytewise.
+pub trait KvEngine: Send + Sync + fmt::Debug {
+    /// The value and version of `key`, if it exists.
+    fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, Version)>, KvError>;
+    /// Up to `limit` keys in `[start, end)`, in ascending order.
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>, KvError>;
+    /// Validates and applies a transaction (see the trait's contract).
+    fn commit(&self, request: CommitRequest) -> Result<(), KvError>;
+}
+
+/// An optimistic transaction: reads recorded, writes buffered until
+/// [`Txn::commit`].
+pub struct Txn<'a> {
+    engine: &'a dyn KvEngine,
+    reads: HashMap<Vec<u8>, Option<Version>>,
+    scans: Vec<ScanRead>,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl fmt::Debug for Txn<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Txn")
+            .field("reads", &self.reads.len())
+            .field("scans", &self.scans.len())
+            .field("writes", &self.writes.len())
+            .finish()
+    }
+}
+
+impl<'a> Txn<'a> {
+    /// A new, empty transaction on `engine`.
+    pub fn new(engine: &'a dyn KvEngine) -> Txn<'a> {
+        Txn {
+            engine,
+            reads: HashMap::new(),
+            scans: Vec::new(),
+            writes: BTreeMap::new(),
+        }
+    }
+
+    /// The value of `key`: this transaction's own write if it made one,
+    /// else the engine's, whose version is recorded for validation.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        if let Some(written) = self.writes.get(key) {
+            return Ok(written.clone());
+        }
+        let found = self.engine.get(key)?;
+        let version = found.as_ref().map(|(_, v)| *v);
+        match self.reads.get(key) {
+            // A second read that sees another version: this transaction
+            // cannot commit; stop it early.
+            Some(seen) if *seen != version => return Err(KvError::Conflict),
+            Some(_) => {}
+            None => {
+                self.reads.insert(key.to_vec(), version);
+            }
+        }
+        Ok(found.map(|(value, _)| value))
+    }
+
+    /// Up to `limit` keys in `[start, end)` from the engine, recorded for
+    /// validation. Does not see this transaction's own writes: callers scan
+    /// before they write in a range.
+    pub fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>, KvError> {
+        let pairs = self.engine.scan(start, end, limit)?;
+        self.scans.push(ScanRead {
+            start: start.to_vec(),
+            end: end.to_vec(),
+            limit,
+            seen: pairs.iter().map(|p| (p.key.clone(), p.version)).collect(),
+        });
+        Ok(pairs)
+    }
+
+    /// Buffers a write of `key`.
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    /// Buffers a delete of `key`.
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    /// Whether the transaction wrote anything.
+    pub fn has_writes(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
+    /// Checks that everything read is still current, and writes nothing.
+    pub fn validate(self) -> Result<(), KvError> {
+        if self.reads.is_empty() && self.scans.is_empty() {
+            return Ok(());
+        }
+        self.engine.commit(CommitRequest {
+            reads: self.reads.into_iter().collect(),
+            scans: self.scans,
+            writes: Vec::new(),
+        })
+    }
+
+    /// Validates and applies the transaction. A transaction without writes
+    /// is validated too: its reads were one consistent state.
+    pub fn commit(self) -> Result<(), KvError> {
+        self.engine.commit(CommitRequest {
+            reads: self.reads.into_iter().collect(),
+            scans: self.scans,
+            writes: self.writes.into_iter().collect(),
+        })
+    }
+}
+
+/// How [`retry`] runs a transaction again after a conflict.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts before giving up with the conflict (at least 1).
+    pub attempts_max: u32,
+    /// Backoff before the second attempt; doubles per attempt.
+    pub backoff_first: Duration,
+    /// Largest backoff.
+    pub backoff_max: Duration,
+    /// Sleep between attempts; `false` retries at once (simulation, tests).
+    pub sleep: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts_max: 64,
+            backoff_first: Duration::from_micros(50),
+            // Generous: a hot directory (every create in it writes its
+            // inode) on a slow engine (etcd: milliseconds per commit) needs
+            // contenders spread out, or one of them may lose every round.
+            backoff_max: Duration::from_millis(100),
+            sleep: true,
+        }
+    }
+}
+
+/// An error a transaction body can return: either a KV error (a conflict is
+/// retried) or the body's own.
+pub trait TxnError: From<KvError> {
+    /// Whether this is a [`KvError::Conflict`].
+    fn is_conflict(&self) -> bool;
+}
+
+/// Runs `body` in a fresh transaction and commits it, again on every
+/// conflict (with backoff), at most `policy.attempts_max` times. The body's
+/// own errors end the loop at once, without committing.
+pub fn retry<T, E: TxnError>(
+    engine: &dyn KvEngine,
+    policy: &RetryPolicy,
+    mut body: impl FnMut(&mut Txn<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    let mut backoff = policy.backoff_first;
+    // Jitter so that colliding clients do not retry in lockstep; seeded per
+    // call from the clock and a process-wide counter.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let mut jitter =
+        (nanos ^ CALLS.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)) | 1;
+    let mut attempt = 1;
+    loop {
+        let mut txn = Txn::new(engine);
+        let result = match body(&mut txn) {
+            Ok(value) => txn.commit().map(|()| value).map_err(E::from),
+            // The body's own error (ENOENT, EEXIST, ...) may come from a torn
+            // view: it counts only if what the body read was consistent.
+            Err(e) if !e.is_conflict() => match txn.validate() {
+                Ok(()) => Err(e),
+                Err(kv) => Err(E::from(kv)),
+            },
+            Err(e) => Err(e),
+        };
+        match result {
+            Err(e) if e.is_conflict() && attempt < policy.attempts_max.max(1) => {
+                attempt += 1;
+                if policy.sleep {
+                    jitter ^= jitter << 13;
+                    jitter ^= jitter >> 7;
+                    jitter ^= jitter << 17;
+                    // Anywhere in [0, backoff]: full jitter spreads best.
+                    let nanos = backoff.as_nanos() as u64;
+                    std::thread::sleep(Duration::from_nanos(jitter % (nanos + 1)));
+                }
+                backoff = (backoff * 2).min(policy.backoff_max);
+            }
+            other => return other,
+        }
+    }
+}

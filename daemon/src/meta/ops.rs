@@ -1,0 +1,1470 @@
+//! The POSIX operations, each one transaction on the KV engine.
+//!
+//! [`Meta`] is one client's handle on the namespace: it holds no namespace
+//! state of its own beyond a reserved range of inode numbers and its client
+//! id, so any number of `Meta`s (in one process or many) can serve one
+//! engine. Each operation runs [`retry`] around a body that reads what it
+//! needs, checks POSIX rules, and stages its writes; conflicts rerun it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::kv::{retry, KvEngine, KvError, RetryPolicy, Txn, TxnError};
+use super::schema::{
+    self, tag, CounterRec, DentryRec, InodeRec, ListingRec, SchemaError, Timestamp, ROOT_INO,
+};
+
+/// A source of time, so a simulation can run on a fake one.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Now.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's real-time clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        }
+    }
+}
+
+/// Errors of metadata operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    /// A POSIX error for the caller (ENOENT, EEXIST, ...).
+    #[error("{}", std::io::Error::from_raw_os_error(*.0))]
+    Errno(i32),
+    /// The engine failed, or conflicts outlasted the retry bound.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// A stored record does not parse.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// The namespace breaks an invariant (an entry naming a missing inode).
+    #[error("namespace corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl MetaError {
+    /// The errno to hand the kernel.
+    pub fn errno(&self) -> i32 {
+        match self {
+            MetaError::Errno(e) => *e,
+            // Conflicts that outlasted every retry: the caller may try again.
+            MetaError::Kv(KvError::Conflict) => libc::EAGAIN,
+            MetaError::Kv(KvError::Unavailable(_)) => libc::EIO,
+            MetaError::Kv(KvError::Failed(_)) | MetaError::Schema(_) | MetaError::Corrupt(_) => libc::EIO,
+        }
+    }
+}
+
+impl TxnError for MetaError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, MetaError::Kv(KvError::Conflict))
+    }
+}
+
+impl From<MetaError> for std::io::Error {
+    fn from(e: MetaError) -> Self {
+        std::io::Error::from_raw_os_error(e.errno())
+    }
+}
+
+fn errno<T>(e: i32) -> Result<T, MetaError> {
+    Err(MetaError::Errno(e))
+}
+
+/// Who asks, and whether the metadata layer checks their permissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Check permissions here. A FUSE mount with `default_permissions`
+    /// turns this off: the kernel has already checked, with the caller's
+    /// supplementary groups, which FUSE does not pass on.
+    pub check: bool,
+}
+
+impl Caller {
+    /// Root, unchecked.
+    pub const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        check: false,
+    };
+}
+
+/// `access(2)` bits.
+pub mod access {
+    /// Read.
+    pub const R: u32 = 4;
+    /// Write.
+    pub const W: u32 = 2;
+    /// Execute / search.
+    pub const X: u32 = 1;
+}
+
+/// A time to set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSet {
+    /// The current time.
+    Now,
+    /// This time.
+    At(Timestamp),
+}
+
+/// The attributes `setattr` changes (`None`: unchanged).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// Permission bits (the type bits are kept).
+    pub mode: Option<u32>,
+    /// Owner.
+    pub uid: Option<u32>,
+    /// Group.
+    pub gid: Option<u32>,
+    /// Size (regular files).
+    pub size: Option<u64>,
+    /// Access time.
+    pub atime: Option<TimeSet>,
+    /// Modification time.
+    pub mtime: Option<TimeSet>,
+    /// Change time.
+    pub ctime: Option<Timestamp>,
+}
+
+/// File data that is no longer referenced and must be deleted from the
+/// chunk store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reclaim {
+    /// The inode that was deleted.
+    pub ino: u64,
+    /// Its chunk layout id.
+    pub layout_id: u64,
+    /// Its chunk size.
+    pub chunk_size: u32,
+    /// Its size when deleted.
+    pub size: u64,
+}
+
+/// One readdir entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirItem {
+    /// Entry name.
+    pub name: Vec<u8>,
+    /// The inode it names.
+    pub ino: u64,
+    /// Its `S_IFMT` bits.
+    pub kind: u32,
+    /// The offset to resume after this entry.
+    pub cookie: u64,
+}
+
+/// Usage from the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Inodes in use.
+    pub inodes: u64,
+    /// Bytes of file sizes.
+    pub bytes: u64,
+}
+
+/// `renameat2` flags.
+pub mod rename_flags {
+    /// Fail if the target exists.
+    pub const NOREPLACE: u32 = 1;
+    /// Swap the two entries.
+    pub const EXCHANGE: u32 = 2;
+    /// Leave a whiteout (overlayfs): not supported.
+    pub const WHITEOUT: u32 = 4;
+}
+
+/// `setxattr` flags.
+pub mod xattr_flags {
+    /// Fail if the attribute exists.
+    pub const CREATE: u32 = 1;
+    /// Fail if it does not.
+    pub const REPLACE: u32 = 2;
+}
+
+/// Most links to one inode.
+pub const LINK_MAX: u32 = 65_000;
+/// Deepest directory nesting the subtree check walks before it calls the
+/// tree corrupt.
+const DEPTH_MAX: usize = 4096;
+/// Inode numbers reserved per allocator transaction.
+const INO_BATCH: u64 = 256;
+/// Cookies `.` and `..` use; entries start after them.
+const COOKIE_DOT: u64 = 1;
+const COOKIE_DOTDOT: u64 = 2;
+const COOKIE_FIRST: u64 = 3;
+
+/// Settings of a [`Meta`].
+#[derive(Debug, Clone)]
+pub struct MetaConfig {
+    /// Chunk size of new files, in bytes.
+    pub chunk_size_bytes: u32,
+    /// How conflicts are retried.
+    pub retry: RetryPolicy,
+    /// A client whose lease is older than this is considered dead and its
+    /// open-file sessions are reaped.
+    pub lease: Duration,
+}
+
+impl Default for MetaConfig {
+    fn default() -> Self {
+        MetaConfig {
+            chunk_size_bytes: 1 << 20,
+            retry: RetryPolicy::default(),
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One client's handle on the namespace (see the module docs).
+pub struct Meta {
+    engine: Arc<dyn KvEngine>,
+    config: MetaConfig,
+    clock: Arc<dyn Clock>,
+    client: u64,
+    ino_pool: Mutex<(u64, u64)>,
+    handle_next: AtomicU64,
+}
+
+impl fmt::Debug for Meta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Meta")
+            .field("engine", &self.engine)
+            .field("client", &self.client)
+            .finish()
+    }
+}
+
+/// Inodes a transaction has loaded and changed, written back at the end, so
+/// an operation touching one directory twice (a rename within it) sees its
+/// own changes.
+#[derive(Default)]
+struct Staged {
+    inodes: BTreeMap<u64, (InodeRec, bool)>,
+    deleted: Vec<u64>,
+}
+
+impl Staged {
+    fn load(&mut self, txn: &mut Txn<'_>, ino: u64) -> Result<&mut InodeRec, MetaError> {
+        match self.inodes.entry(ino) {
+            std::collections::btree_map::Entry::Occupied(e) => Ok(&mut e.into_mut().0),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let Some(bytes) = txn.get(&schema::inode_key(ino))? else {
+                    return errno(libc::ENOENT);
+                };
+                Ok(&mut e.insert((InodeRec::decode(&bytes)?, false)).0)
+            }
+        }
+    }
+    fn load_dir(&mut self, txn: &mut Txn<'_>, ino: u64) -> Result<&mut InodeRec, MetaError> {
+        let rec = self.load(txn, ino)?;
+        if !rec.is_dir() {
+            return errno(libc::ENOTDIR);
+        }
+        Ok(rec)
+    }
+    /// Marks `ino` (already loaded) as changed.
+    fn dirty(&mut self, ino: u64) -> &mut InodeRec {
+        let entry = self.inodes.get_mut(&ino).expect("dirty() on an inode not loaded");
+        entry.1 = true;
+        &mut entry.0
+    }
+    fn insert(&mut self, ino: u64, rec: InodeRec) {
+        self.inodes.insert(ino, (rec, true));
+    }
+    fn delete(&mut self, ino: u64) {
+        self.inodes.remove(&ino);
+        self.deleted.push(ino);
+    }
+    fn flush(self, txn: &mut Txn<'_>) {
+        for (ino, (rec, dirty)) in self.inodes {
+            if dirty {
+                txn.put(schema::inode_key(ino), rec.encode());
+            }
+        }
+        for ino in self.deleted {
+            txn.delete(schema::inode_key(ino));
+        }
+    }
+}
+
+fn check_name(name: &[u8]) -> Result<(), MetaError> {
+    if name.len() > schema::NAME_LEN_MAX {
+        return errno(libc::ENAMETOOLONG);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return errno(libc::EINVAL);
+    }
+    Ok(())
+}
+
+/// May `caller` access `rec` with `mask` (`access::*` bits)?
+fn may(caller: &Caller, rec: &InodeRec, mask: u32) -> Result<(), MetaError> {
+    if !caller.check || mask == 0 {
+        return Ok(());
+    }
+    if caller.uid == 0 {
+        // Root may do anything but execute a file nobody may execute.
+        if mask & access::X != 0 && !rec.is_dir() && rec.mode & 0o111 == 0 {
+            return errno(libc::EACCES);
+        }
+        return Ok(());
+    }
+    let bits = if caller.uid == rec.uid {
+        (rec.mode >> 6) & 7
+    } else if caller.gid == rec.gid {
+        (rec.mode >> 3) & 7
+    } else {
+        rec.mode & 7
+    };
+    if bits & mask == mask {
+        Ok(())
+    } else {
+        errno(libc::EACCES)
+    }
+}
+
+/// The sticky-directory rule: in a sticky directory only the owner of the
+/// entry's inode, the directory's owner or root may remove or rename it.
+fn sticky_ok(caller: &Caller, dir: &InodeRec, victim: &InodeRec) -> Result<(), MetaError> {
+    if !caller.check || dir.mode & libc::S_ISVTX == 0 || caller.uid == 0 {
+        return Ok(());
+    }
+    if caller.uid == dir.uid || caller.uid == victim.uid {
+        return Ok(());
+    }
+    errno(libc::EPERM)
+}
+
+fn counter_add(txn: &mut Txn<'_>, ino: u64, inodes: i64, bytes: i64) -> Result<(), MetaError> {
+    if inodes == 0 && bytes == 0 {
+        return Ok(());
+    }
+    let key = schema::counter_key(ino);
+    let mut rec = match txn.get(&key)? {
+        Some(b) => CounterRec::decode(&b)?,
+        None => CounterRec::default(),
+    };
+    rec.inodes += inodes;
+    rec.bytes += bytes;
+    txn.put(key, rec.encode());
+    Ok(())
+}
+
+fn get_dentry(txn: &mut Txn<'_>, parent: u64, name: &[u8]) -> Result<Option<DentryRec>, MetaError> {
+    match txn.get(&schema::dentry_key(parent, name))? {
+        Some(b) => Ok(Some(DentryRec::decode(&b)?)),
+        None => Ok(None),
+    }
+}
+
+/// Adds `name -> ino` to directory `parent` (loaded in `staged`).
+fn add_entry(txn: &mut Txn<'_>, staged: &mut Staged, parent: u64, name: &[u8], ino: u64, kind: u32) {
+    let dir = staged.dirty(parent);
+    let cookie = dir.cookie_next.max(COOKIE_FIRST);
+    dir.cookie_next = cookie + 1;
+    dir.entries += 1;
+    txn.put(
+        schema::dentry_key(parent, name),
+        DentryRec { ino, kind, cookie }.encode(),
+    );
+    txn.put(
+        schema::listing_key(parent, cookie),
+        ListingRec {
+            ino,
+            kind,
+            name: name.to_vec(),
+        }
+        .encode(),
+    );
+}
+
+/// Removes entry `name` (whose record is `dentry`) from `parent`.
+fn remove_entry(txn: &mut Txn<'_>, staged: &mut Staged, parent: u64, name: &[u8], dentry: &DentryRec) {
+    let dir = staged.dirty(parent);
+    dir.entries = dir.entries.saturating_sub(1);
+    txn.delete(schema::dentry_key(parent, name));
+    txn.delete(schema::listing_key(parent, dentry.cookie));
+}
+
+fn touch_dir(staged: &mut Staged, dir: u64, now: Timestamp) {
+    let rec = staged.dirty(dir);
+    rec.mtime = now;
+    rec.ctime = now;
+}
+
+/// Whether an inode has open-file sessions other than `except`.
+fn has_sessions(txn: &mut Txn<'_>, ino: u64, except: Option<&[u8]>) -> Result<bool, MetaError> {
+    let prefix = schema::open_prefix(ino);
+    let found = txn.scan(&prefix, &schema::prefix_end(&prefix), 2)?;
+    Ok(found.iter().any(|p| Some(p.key.as_slice()) != except))
+}
+
+/// Deletes inode `ino` (loaded in `staged`) and its xattrs; its data is
+/// returned for the caller to delete.
+fn destroy_inode(txn: &mut Txn<'_>, staged: &mut Staged, ino: u64) -> Result<Option<Reclaim>, MetaError> {
+    let rec = staged.load(txn, ino)?.clone();
+    if rec.xattrs > 0 {
+        let prefix = schema::xattr_prefix(ino);
+        let end = schema::prefix_end(&prefix);
+        for p in txn.scan(&prefix, &end, usize::MAX)? {
+            txn.delete(p.key);
+        }
+    }
+    txn.delete(schema::orphan_key(ino));
+    staged.delete(ino);
+    let bytes = if rec.kind() == libc::S_IFREG {
+        rec.size as i64
+    } else {
+        0
+    };
+    counter_add(txn, ino, -1, -bytes)?;
+    Ok((rec.kind() == libc::S_IFREG).then_some(Reclaim {
+        ino,
+        layout_id: rec.layout_id,
+        chunk_size: rec.chunk_size,
+        size: rec.size,
+    }))
+}
+
+/// One link of non-directory `ino` is gone: drop nlink, and delete the
+/// inode when it was the last link and nobody has it open (else it becomes
+/// an orphan, deleted at the last close).
+fn drop_link(
+    txn: &mut Txn<'_>,
+    staged: &mut Staged,
+    ino: u64,
+    now: Timestamp,
+) -> Result<Option<Reclaim>, MetaError> {
+    let rec = staged.load(txn, ino)?;
+    let nlink = rec.nlink.saturating_sub(1);
+    let rec = staged.dirty(ino);
+    rec.nlink = nlink;
+    rec.ctime = now;
+    if nlink > 0 {
+        return Ok(None);
+    }
+    if has_sessions(txn, ino, None)? {
+        txn.put(schema::orphan_key(ino), Vec::new());
+        return Ok(None);
+    }
+    destroy_inode(txn, staged, ino)
+}
+
+/// Deletes empty directory `ino` (its entry already removed from `parent`).
+fn drop_dir(txn: &mut Txn<'_>, staged: &mut Staged, parent: u64, ino: u64) -> Result<(), MetaError> {
+    let dir = staged.dirty(parent);
+    dir.nlink = dir.nlink.saturating_sub(1);
+    destroy_inode(txn, staged, ino)?;
+    Ok(())
+}
+
+impl Meta {
+    /// Opens the namespace on `engine` (creating the root directory if the
+    /// store is empty) and registers a new client with a lease.
+    pub fn connect(
+        engine: Arc<dyn KvEngine>,
+        config: MetaConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Meta, MetaError> {
+        let mut meta = Meta {
+            engine,
+            config,
+            clock,
+            client: 0,
+            ino_pool: Mutex::new((0, 0)),
+            handle_next: AtomicU64::new(1),
+        };
+        let now = meta.clock.now();
+        meta.txn(|txn| {
+            if txn.get(&schema::inode_key(ROOT_INO))?.is_some() {
+                return Ok(());
+            }
+            let root = InodeRec {
+                mode: libc::S_IFDIR | 0o755,
+                uid: 0,
+                gid: 0,
+                nlink: 2,
+                size: 0,
+                rdev: 0,
+                atime: now,
+                mtime: now,
+                ctime: now,
+                parent: ROOT_INO,
+                entries: 0,
+                cookie_next: COOKIE_FIRST,
+                chunk_size: 0,
+                layout_id: 0,
+                xattrs: 0,
+                target: Vec::new(),
+            };
+            txn.put(schema::inode_key(ROOT_INO), root.encode());
+            txn.put(vec![tag::ALLOC], schema::encode_u64(ROOT_INO + 1));
+            counter_add(txn, ROOT_INO, 1, 0)?;
+            Ok(())
+        })?;
+        meta.client = meta.txn(|txn| {
+            let key = vec![tag::CLIENT_ALLOC];
+            let next = match txn.get(&key)? {
+                Some(b) => schema::decode_u64(&b, "client allocator")?,
+                None => 1,
+            };
+            txn.put(key, schema::encode_u64(next + 1));
+            Ok(next)
+        })?;
+        meta.heartbeat()?;
+        meta.new_handle_epoch()?;
+        Ok(meta)
+    }
+
+    /// A handle for existing client `client` (one `Meta::connect`
+    /// registered), e.g. in a metadata service serving that client: ESTALE
+    /// if the store does not know it (its lease expired and it was reaped).
+    pub fn attach(
+        engine: Arc<dyn KvEngine>,
+        config: MetaConfig,
+        clock: Arc<dyn Clock>,
+        client: u64,
+    ) -> Result<Meta, MetaError> {
+        let meta = Meta {
+            engine,
+            config,
+            clock,
+            client,
+            ino_pool: Mutex::new((0, 0)),
+            handle_next: AtomicU64::new(1),
+        };
+        if meta.engine.get(&schema::client_key(client))?.is_none() {
+            return errno(libc::ESTALE);
+        }
+        meta.new_handle_epoch()?;
+        Ok(meta)
+    }
+
+    /// Open handles are `epoch << 32 | n` with an epoch from the store, so
+    /// several handles on one client (services restarted or side by side)
+    /// never hand out the same handle.
+    fn new_handle_epoch(&self) -> Result<(), MetaError> {
+        let epoch = self.txn(|txn| {
+            let key = vec![tag::HANDLE_ALLOC];
+            let next = match txn.get(&key)? {
+                Some(b) => schema::decode_u64(&b, "handle allocator")?,
+                None => 1,
+            };
+            txn.put(key, schema::encode_u64(next + 1));
+            Ok(next)
+        })?;
+        self.handle_next.store(epoch << 32 | 1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// This client's id.
+    pub fn client_id(&self) -> u64 {
+        self.client
+    }
+
+    /// The engine underneath.
+    pub fn engine(&self) -> &Arc<dyn KvEngine> {
+        &self.engine
+    }
+
+    fn txn<T>(&self, body: impl FnMut(&mut Txn<'_>) -> Result<T, MetaError>) -> Result<T, MetaError> {
+        retry(self.engine.as_ref(), &self.config.retry, body)
+    }
+
+    fn lease_deadline_ms(&self) -> u64 {
+        let now = self.clock.now();
+        (now.sec.max(0) as u64) * 1000
+            + u64::from(now.nsec / 1_000_000)
+            + self.config.lease.as_millis() as u64
+    }
+
+    /// Renews this client's lease (call well within [`MetaConfig::lease`]).
+    pub fn heartbeat(&self) -> Result<(), MetaError> {
+        let deadline = self.lease_deadline_ms();
+        let client = self.client;
+        self.txn(|txn| {
+            txn.put(schema::client_key(client), schema::encode_u64(deadline));
+            Ok(())
+        })
+    }
+
+    /// Ends this client cleanly: its remaining sessions are closed (as a
+    /// reaper would) and its lease removed. Returns data to delete.
+    pub fn close_client(&self) -> Result<Vec<Reclaim>, MetaError> {
+        self.reap_client(self.client)
+    }
+
+    /// Reaps every other client whose lease has expired: closes their
+    /// open-file sessions (deleting orphans nobody else holds) and removes
+    /// their lease. Returns data to delete.
+    pub fn reap_expired(&self) -> Result<Vec<Reclaim>, MetaError> {
+        let now_ms = self.lease_deadline_ms() - self.config.lease.as_millis() as u64;
+        let start = vec![tag::CLIENT];
+        let end = schema::prefix_end(&start);
+        let clients = self.engine.scan(&start, &end, usize::MAX)?;
+        let mut reclaimed = Vec::new();
+        for p in clients {
+            let client = schema::parse_client_key(&p.key)?;
+            let deadline = schema::decode_u64(&p.value, "client lease")?;
+            if client != self.client && deadline < now_ms {
+                tracing::info!(
+                    "reaping client {client}: its lease expired {} ms ago",
+                    now_ms - deadline
+                );
+                reclaimed.extend(self.reap_client(client)?);
+            }
+        }
+        Ok(reclaimed)
+    }
+
+    fn reap_client(&self, client: u64) -> Result<Vec<Reclaim>, MetaError> {
+        let prefix = schema::client_open_prefix(client);
+        let end = schema::prefix_end(&prefix);
+        let mut reclaimed = Vec::new();
+        loop {
+            let sessions = self.engine.scan(&prefix, &end, 256)?;
+            if sessions.is_empty() {
+                break;
+            }
+            for p in sessions {
+                let (ino, handle) = schema::parse_client_open_key(&p.key)?;
+                reclaimed.extend(self.close_session(client, ino, handle)?);
+            }
+        }
+        self.txn(|txn| {
+            txn.delete(schema::client_key(client));
+            Ok(())
+        })?;
+        Ok(reclaimed)
+    }
+
+    fn alloc_ino(&self) -> Result<u64, MetaError> {
+        let mut pool = self.ino_pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.0 >= pool.1 {
+            let start = self.txn(|txn| {
+                let key = vec![tag::ALLOC];
+                let next = match txn.get(&key)? {
+                    Some(b) => schema::decode_u64(&b, "inode allocator")?,
+                    None => ROOT_INO + 1,
+                };
+                txn.put(key, schema::encode_u64(next + INO_BATCH));
+                Ok(next)
+            })?;
+            *pool = (start, start + INO_BATCH);
+        }
+        let ino = pool.0;
+        pool.0 += 1;
+        Ok(ino)
+    }
+
+    /// Looks `name` up in `parent`.
+    pub fn lookup(&self, caller: &Caller, parent: u64, name: &[u8]) -> Result<(u64, InodeRec), MetaError> {
+        if name.len() > schema::NAME_LEN_MAX {
+            return errno(libc::ENAMETOOLONG);
+        }
+        self.txn(|txn| {
+            let mut staged = Staged::default();
+            let dir = staged.load_dir(txn, parent)?;
+            may(caller, dir, access::X)?;
+            let ino = match name {
+                b"." => parent,
+                b".." => dir.parent,
+                _ => match get_dentry(txn, parent, name)? {
+                    Some(d) => d.ino,
+                    None => return errno(libc::ENOENT),
+                },
+            };
+            match staged.load(txn, ino) {
+                Ok(rec) => Ok((ino, rec.clone())),
+                Err(MetaError::Errno(libc::ENOENT)) => Err(MetaError::Corrupt(format!(
+                    "entry {parent}/{} names missing inode {ino}",
+                    String::from_utf8_lossy(name)
+                ))),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// The attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<InodeRec, MetaError> {
+        match self.engine.get(&schema::inode_key(ino))? {
+            Some((bytes, _)) => Ok(InodeRec::decode(&bytes)?),
+            None => errno(libc::ENOENT),
+        }
+    }
+
+    /// Checks `access(2)`-style permission of `caller` on `ino`.
+    pub fn access(&self, caller: &Caller, ino: u64, mask: u32) -> Result<(), MetaError> {
+        let rec = self.getattr(ino)?;
+        may(
+            &Caller {
+                check: true,
+                ..*caller
+            },
+            &rec,
+            mask,
+        )
+    }
+
+    /// Changes attributes; returns the new record and, if the size changed,
+    /// the old size (the caller truncates file data).
+    pub fn setattr(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        set: &SetAttr,
+    ) -> Result<(InodeRec, Option<u64>), MetaError> {
+        let now = self.clock.now();
+        self.txn(|txn| {
+            let mut staged = Staged::default();
+            let rec = staged.load(txn, ino)?;
+            let owner = !caller.check || caller.uid == 0 || caller.uid == rec.uid;
+            if set.mode.is_some() && !owner {
+                return errno(libc::EPERM);
+            }
+            if caller.check && caller.uid != 0 {
+                if set.uid.is_some_and(|u| u != rec.uid) {
+                    return errno(libc::EPERM);
+                }
+                if set
+                    .gid
+                    .is_some_and(|g| g != rec.gid && (caller.uid != rec.uid || g != caller.gid))
+                {
+                    return errno(libc::EPERM);
+                }
+            }
+            for t in [set.atime, set.mtime].into_iter().flatten() {
+                match t {
+                    TimeSet::At(_) if !owner => return errno(libc::EPERM),
+                    TimeSet::Now if !owner => may(caller, rec, access::W)?,
+                    _ => {}
+                }
+            }
+            let mut old_size = None;
+            if let Some(size) = set.size {
+                match rec.kind() {
+                    libc::S_IFREG => {}
+                    libc::S_IFDIR => return errno(libc::EISDIR),
+                    _ => return errno(libc::EINVAL),
+                }
+                may(caller, rec, access::W)?;
+                if size != rec.size {
+                    old_size = Some(rec.size);
+                }
+            }
+            let delta = old_size.map_or(0, |old| set.size.unwrap_or(old) as i64 - old as i64);
+            let rec = staged.dirty(ino);
+            let mut changed = false;
+            if let Some(mode) = set.mode {
+                rec.mode = (rec.mode & libc::S_IFMT) | (mode & 0o7777);
+                changed = true;
+            }
+            if let Some(uid) = set.uid {
+                rec.uid = uid;
+                changed = true;
+            }
+            if let Some(gid) = set.gid {
+                rec.gid = gid;
+                changed = true;
+            }
+            if let Some(size) = set.size {
+                rec.size = size;
+                rec.mtime = now;
+                changed = true;
+            }
+            if let Some(t) = set.atime {
+                rec.atime = if let TimeSet::At(t) = t { t } else { now };
+                changed = true;
+            }
+            if let Some(t) = set.mtime {
+                rec.mtime = if let TimeSet::At(t) = t { t } else { now };
+                changed = true;
+            }
+            if changed {
+                rec.ctime = now;
+            }
+            if let Some(ctime) = set.ctime {
+                rec.ctime = ctime;
+            }
+            let result = rec.clone();
+            counter_add(txn, ino, 0, delta)?;
+            staged.flush(txn);
+            Ok((result, old_size))
+        })
+    }
+
+    /// Creates a node (any type but directory: see [`Meta::mkdir`]) named
+    /// `name` in `parent`; with `open`, also opens it (returns the handle).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        target: &[u8],
+        open: bool,
+    ) -> Result<(u64, InodeRec, Option<u64>), MetaError> {
+        check_name(name)?;
+        let kind = mode & libc::S_IFMT;
+        match kind {
+            libc::S_IFREG
+            | libc::S_IFDIR
+            | libc::S_IFCHR
+            | libc::S_IFBLK
+            | libc::S_IFIFO
+            | libc::S_IFSOCK => {}
+            libc::S_IFLNK if !target.is_empty() && target.len() <= schema::SYMLINK_LEN_MAX => {}
+            libc::S_IFLNK if target.is_empty() => return errno(libc::ENOENT),
+            libc::S_IFLNK => return errno(libc::ENAMETOOLONG),
+            _ => return errno(libc::EINVAL),
+        }
+        let ino = self.alloc_ino()?;
+        let handle = open.then(|| self.handle_next.fetch_add(1, Ordering::Relaxed));
+        let now = self.clock.now();
+        let chunk_size = self.config.chunk_size_bytes;
+        let client = self.client;
+        let rec = self.txn(|txn| {
+            let mut staged = Staged::default();
+            let dir = staged.load_dir(txn, parent)?;
+            may(caller, dir, access::W | access::X)?;
+            if dir.nlink == 0 {
+                return errno(libc::ENOENT);
+            }
+            let (dir_gid, dir_setgid) = (dir.gid, dir.mode & libc::S_ISGID != 0);
+            if get_dentry(txn, parent, name)?.is_some() {
+                return errno(libc::EEXIST);
+            }
+            let mut perm = mode & 0o7777;
+            if kind == libc::S_IFDIR && dir_setgid {
+                perm |= libc::S_ISGID;
+            }
+            let rec = InodeRec {
+                mode: kind | perm,
+                uid: caller.uid,
+                gid: if dir_setgid { dir_gid } else { caller.gid },
+                nlink: if kind == libc::S_IFDIR { 2 } else { 1 },
+                size: if kind == libc::S_IFLNK {
+                    target.len() as u64
+                } else {
+                    0
+                },
+                rdev,
+                atime: now,
+                mtime: now,
+                ctime: now,
+                parent: if kind == libc::S_IFDIR { parent } else { 0 },
+                entries: 0,
+                cookie_next: COOKIE_FIRST,
+                chunk_size: if kind == libc::S_IFREG { chunk_size } else { 0 },
+                layout_id: if kind == libc::S_IFREG { ino } else { 0 },
+                xattrs: 0,
+                target: if kind == libc::S_IFLNK {
+                    target.to_vec()
+                } else {
+                    Vec::new()
+                },
+            };
+            add_entry(txn, &mut staged, parent, name, ino, kind);
+            touch_dir(&mut staged, parent, now);
+            if kind == libc::S_IFDIR {
+                staged.dirty(parent).nlink += 1;
+            }
+            staged.insert(ino, rec.clone());
+            counter_add(txn, ino, 1, 0)?;
+            if let Some(handle) = handle {
+                txn.put(schema::open_key(ino, client, handle), Vec::new());
+                txn.put(schema::client_open_key(client, ino, handle), Vec::new());
+            }
+            staged.flush(txn);
+            Ok(rec)
+        })?;
+        Ok((ino, rec, handle))
+    }
+
+    /// Creates directory `name` in `parent`.
+    pub fn mkdir(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+    ) -> Result<(u64, InodeRec), MetaError> {
+        let (ino, rec, _) = self.mknod(
+            caller,
+            parent,
+            name,
+            libc::S_IFDIR | (mode & 0o7777),
+            0,
+            &[],
+            false,
+        )?;
+        Ok((ino, rec))
+    }
+
+    /// Creates symlink `name` in `parent` pointing at `target`.
+    pub fn symlink(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+    ) -> Result<(u64, InodeRec), MetaError> {
+        let (ino, rec, _) = self.mknod(caller, parent, name, libc::S_IFLNK | 0o777, 0, target, false)?;
+        Ok((ino, rec))
+    }
+
+    /// The target of symlink `ino`.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, MetaError> {
+        let rec = self.getattr(ino)?;
+        if rec.kind() != libc::S_IFLNK {
+            return errno(libc::EINVAL);
+        }
+        Ok(rec.target)
+    }
+
+    /// Adds hard link `newparent/newname` to `ino`.
+    pub fn link(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        newparent: u64,
+        newname: &[u8],
+    ) -> Result<InodeRec, MetaError> {
+        check_name(newname)?;
+        let now = self.clock.now();
+        self.txn(|txn| {
+            let mut staged = Staged::default();
+            let rec = staged.load(txn, ino)?;
+            if rec.is_dir() {
+                return errno(libc::EPERM);
+            }
+            if rec.nlink == 0 {
+                return errno(libc::ENOENT);
+            }
+            if rec.nlink >= LINK_MAX {
+                return errno(libc::EMLINK);
+            }
+            let kind = rec.kind();
+            let dir = staged.load_dir(txn, newparent)?;
+            may(caller, dir, access::W | access::X)?;
+            if dir.nlink == 0 {
+                return errno(libc::ENOENT);
+            }
+            if get_dentry(txn, newparent, newname)?.is_some() {
+                return errno(libc::EEXIST);
+            }
+            add_entry(txn, &mut staged, newparent, newname, ino, kind);
+            touch_dir(&mut staged, newparent, now);
+            let rec = staged.dirty(ino);
+            rec.nlink += 1;
+            rec.ctime = now;
+            let result = rec.clone();
+            staged.flush(txn);
+            Ok(result)
+        })
+    }
+
+    /// Removes non-directory entry `name` from `parent`. Returns the data
+    /// to delete if this was the last link and the file is not open.
+    pub fn unlink(&self, caller: &Caller, parent: u64, name: &[u8]) -> Result<Option<Reclaim>, MetaError> {
+        if name.len() > schema::NAME_LEN_MAX {
+            return errno(libc::ENAMETOOLONG);
+        }
+        let now = self.clock.now();
+        self.txn(|txn| {
+            let mut staged = Staged::default();
+            let dir = staged.load_dir(txn, parent)?;
+            may(caller, dir, access::W | access::X)?;
+            let dir = dir.clone();
+            let Some(dentry) = get_dentry(txn, parent, name)? else {
+                return errno(libc::ENOENT);
+            };
+            if dentry.kind == libc::S_IFDIR {
+                return errno(libc::EISDIR);
+            }
+            sticky_ok(caller, &dir, staged.load(txn, dentry.ino)?)?;
+            remove_entry(txn, &mut staged, parent, name, &dentry);
+            touch_dir(&mut staged, parent, now);
+            let reclaim = drop_link(txn, &mut staged, dentry.ino, now)?;
+            staged.flush(txn);
+            Ok(reclaim)
+        })
+    }
+
+    /// Removes empty directory `name` from `parent`.
+    pub fn rmdir(&self, caller: &Caller, parent: u64, name: &[u8]) -> Result<(), MetaError> {
+        if name == b"." {
+            return errno(libc::EINVAL);
+        }
+        if name == b".." {
+            return errno(libc::ENOTEMPTY);
+        }
+        if name.len() > schema::NAME_LEN_MAX {
+            return errno(libc::ENAMETOOLONG);
+        }
+        let now = self.clock.now();
+        self.txn(|txn| {
+            let mut staged = Staged::default();
+            let dir = staged.load_dir(txn, parent)?;
+            may(caller, dir, access::W | access::X)?;
+            let dir = dir.clone();
+            let Some(dentry) = get_dentry(txn, parent, name)? else {
+                return errno(libc::ENOENT);
+            };
+            if dentry.kind != libc::S_IFDIR {
+                return errno(libc::ENOTDIR);
+            }
+            let child = staged.load(txn, dentry.ino)?;
+            sticky_ok(caller, &dir, child)?;
+            if child.entries != 0 {
+                return errno(libc::ENOTEMPTY);
+            }
+            remove_entry(txn, &mut staged, parent, name, &dentry);
+            touch_dir(&mut staged, parent, now);
+            drop_dir(txn, &mut staged, parent, dentry.ino)?;
+            staged.flush(txn);
+            Ok(())
+        })
+    }
+
+    /// Renames `olddir/oldname` to `newdir/newname` (`rename_flags`).
+    /// Returns data to delete if a replaced file lost its last link.
+    pub fn rename(
+        &self,
+        caller: &Caller,
+        olddir: u64,
+        oldname: &[u8],
+        newdir: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<Option<Reclaim>, MetaError> {
+        use rename_flags::*;
+        if flags & !(NOREPLACE | EXCHANGE | WHITEOUT) != 0 || flags & WHITEOUT != 0 {
+            return errno(libc::EINVAL);
+        }
+        if flags & NOREPLACE != 0 && flags & EXCHANGE != 0 {
+            return errno(libc::EINVAL);
+        }
+        if oldname.len() > schema::NAME_LEN_MAX {
+            return errno(libc::ENAMETOOLONG);
+        }
+        check_name(newname)?;
+        let now = self.clock.now();
+        self.txn(|txn| {
+            let mut staged = Staged::default();
+            let od_rec = staged.load_dir(txn, olddir)?.clone();
+            may(caller, &od_rec, access::W | access::X)?;
+            let nd_rec = staged.load_dir(txn, newdir)?.clone();
+            may(caller, &nd_rec, access::W | access::X)?;
+            if nd_rec.nlink == 0 {
+                return errno(libc::ENOENT);
+            }
+            let Some(src) = get_dentry(txn, olddir, oldname)? else {
+                return errno(libc::ENOENT);
+            };
+            let dst = get_dentry(txn, newdir, newname)?;
+            if dst.is_some_and(|d| d.ino == src.ino) {
+                // Two links to one inode: rename does nothing.
+                return Ok(None);
+            }
+            let src_rec = staged.load(txn, src.ino)?.clone();
+            sticky_ok(caller, &od_rec, &src_rec)?;
+            let src_is_dir = src.kind == libc::S_IFDIR;
+            if src_is_dir && olddir != newdir {
+                self.check_not_ancestor(txn, &mut staged, src.ino, newdir)?;
+                // Moving a directory rewrites its `..`.
+                may(caller, &src_rec, access::W)?;
+            }
+            if flags & EXCHANGE != 0 {
+                let Some(dst) = dst else {
+                    return errno(libc::ENOENT);
+                };
+                let dst_rec = staged.load(txn, dst.ino)?.clone();
+                sticky_ok(caller, &nd_rec, &dst_rec)?;
+                let dst_is_dir = dst.kind == libc::S_IFDIR;
+                if dst_is_dir && olddir != newdir {
+                    self.check_not_ancestor(txn, &mut staged, dst.ino, olddir)?;
+                    may(caller, &dst_rec, access::W)?;
+                }
+                for (dir, name, cookie, who) in [
+                    (olddir, oldname, src.cookie, dst),
+                    (newdir, newname, dst.cookie, src),
+                ] {
+                    txn.put(
+                        schema::dentry_key(dir, name),
+                        DentryRec {
+                            ino: who.ino,
+                            kind: who.kind,
+                            cookie,
+                        }
+                        .encode(),
+                    );
+                    txn.put(
+                        schema::listing_key(dir, cookie),
+                        ListingRec {
+                            ino: who.ino,
+                            kind: who.kind,
+                            name: name.to_vec(),
+                        }
+                        .encode(),
+                    );
+                }
+                if olddir != newdir {
+                    if src_is_dir {
+                        staged.dirty(src.ino).parent = newdir;
+                    }
+                    if dst_is_dir {
+                        staged.dirty(dst.ino).parent = olddir;
+                    }
+                    let shift = i64::from(src_is_dir) - i64::from(dst_is_dir);
+                    let o = staged.dirty(olddir);
+                    o.nlink = (i64::from(o.nlink) - shift) as u32;
+                    let n = staged.dirty(newdir);
+                    n.nlink = (i64::from(n.nlink) + shift) as u32;
+                }
+                staged.dirty(src.ino).ctime = now;
+                staged.dirty(dst.ino).ctime = now;
+                touch_dir(&mut staged, olddir, now);
+                touch_dir(&mut staged, newdir, now);
+                staged.flush(txn);
+                return Ok(None);
+            }
+            let mut reclaim = None;
+            if let Some(dst) = dst {
+                if flags & NOREPLACE != 0 {
+                    return errno(libc::EEXIST);
+                }
+                let dst_rec = staged.load(txn, dst.ino)?.clone();
+                sticky_ok(caller, &nd_rec, &dst_rec)?;
+                let dst_is_dir = dst.kind == libc::S_IFDIR;
+                match (src_is_dir, dst_is_dir) {
+                    (true, false) => return errno(libc::ENOTDIR),
+                    (false, true) => return errno(libc::EISDIR),
+                    (true, true) if dst_rec.entries != 0 => return errno(libc::ENOTEMPTY),
+                    _ => {}
+                }
+                remove_entry(txn, &mut staged, newdir, newname, &dst);
+                if dst_is_dir {
+                    drop_dir(txn, &mut staged, newdir, dst.ino)?;
+                } else {
+                    reclaim = drop_link(txn, &mut staged, dst.ino, now)?;
+                }
+            }
+            remove_entry(txn, &mut staged, olddir, oldname, &src);
+            add_entry(txn, &mut staged, newdir, newname, src.ino, src.kind);
+            if src_is_dir && olddir != newdir {
+                staged.dirty(src.ino).parent = newdir;
+                let o = staged.dirty(olddir);
+                o.nlink = o.nlink.saturating_sub(1);
+                staged.dirty(newdir).nlink += 1;
+            }
+            staged.dirty(src.ino).ctime = now;
+            touch_dir(&mut staged, olddir, now);
+            touch_dir(&mut staged, newdir, now);
+            staged.flush(txn);
+            Ok(reclaim)
+        })
+    }
+
+    /// Fails with EINVAL if directory `dir` is `target` or one of its
+    /// ancestors (a directory cannot move into its own subtree). Every
+    /// ancestor read is validated at commit, so a concurrent move of an
+    /// ancestor conflicts.
+    fn check_not_ancestor(
+        &self,
+        txn: &mut Txn<'_>,
+        staged: &mut Staged,
+        dir: u64,
+        target: u64,
+    ) -> Result<(), MetaError> {
+        let mut cur = target;
+        for _ in 0..DEPTH_MAX {
+            if cur == dir {
+                return errno(libc::EINVAL);
+            }
+            if cur == ROOT_INO {
+                return Ok(());
+            }
+            cur = staged.load_dir(txn, cur)?.parent;
+        }
+        Err(MetaError::Corrupt(format!(
+            "directory {target} is more than {DEPTH_MAX} levels deep, or its parents form a cycle"
+        )))
+    }
+
+    /// Opens `ino`: records an open-file session (so its data outlives an
+    /// unlink until [`Meta::release`]). `write` asks for write access.
+    pub fn open(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        read: bool,
+        write: bool,
+    ) -> Result<(InodeRec, u64), MetaError> {
+        let handle = self.handle_next.fetch_add(1, Ordering::Relaxed);
+        let client = self.client;
+        self.txn(|txn| {
+            let mut staged = Staged::default();
+            let rec = staged.load(txn, ino)?;
+            if rec.nlink == 0 {
+                return errno(libc::ENOENT);
+            }
+            if rec.is_dir() && write {
+                return errno(libc::EISDIR);
+            }
+            let mask = if read { access::R } else { 0 } | if write { access::W } else { 0 };
+            may(caller, rec, mask)?;
+            let rec = rec.clone();
+            txn.put(schema::open_key(ino, client, handle), Vec::new());
+            txn.put(schema::client_open_key(client, ino, handle), Vec::new());
+            Ok((rec, handle))
+        })
+    }
+
+    /// Closes a session [`Meta::open`] or an opening [`Meta::mknod`] made.
+    /// Returns the data to delete if the file had no links left and this was
+    /// its last session.
+    pub fn release(&self, ino: u64, handle: u64) -> Result<Option<Reclaim>, MetaError> {
+        self.close_session(self.client, ino, handle)
+    }
+
+    fn close_session(&self, client: u64, ino: u64, handle: u64) -> Result<Option<Reclaim>, MetaError> {
+        self.txn(|txn| {
+            let key = schema::open_key(ino, client, handle);
+            txn.delete(key.clone());
+            txn.delete(schema::client_open_key(client, ino, handle));
+            let mut staged = Staged::default();
+            let rec = match staged.load(txn, ino) {
+                Ok(rec) => rec,
+                Err(MetaError::Errno(libc::ENOENT)) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if rec.nlink > 0 || has_sessions(txn, ino, Some(&key))? {
+                return Ok(None);
+            }
+            let reclaim = destroy_inode(txn, &mut staged, ino)?;
+            staged.flush(txn);
+            Ok(reclaim)
+        })
+    }
+
+    /// Records that data was written up to byte `end` of `ino`: grows the
+    /// size if needed, updates mtime and ctime. Returns the new record.
+    pub fn note_write(&self, ino: u64, end: u64) -> Result<InodeRec, MetaError> {
+        let now = self.clock.now();
+        self.txn(|txn| {
+            let mut staged = Staged::default();
+            let rec = staged.load(txn, ino)?;
+            match rec.kind() {
+                libc::S_IFREG => {}
+                libc::S_IFDIR => return errno(libc::EISDIR),
+                _ => return errno(libc::EINVAL),
+            }
+            let old = rec.size;
+            let rec = staged.dirty(ino);
+            rec.size = rec.size.max(end);
+            rec.mtime = now;
+            rec.ctime = now;
+            let result = rec.clone();
+            counter_add(txn, ino, 0, result.size as i64 - old as i64)?;
+            staged.flush(txn);
+            Ok(result)
+        })
+    }
+
+    /// Checks that `caller` may list directory `ino`.
+    pub fn opendir(&self, caller: &Caller, ino: u64) -> Result<(), MetaError> {
+        let rec = self.getattr(ino)?;
+        if !rec.is_dir() {
+            return errno(libc::ENOTDIR);
+        }
+        may(caller, &rec, access::R)
+    }
+
+    /// Up to `limit` entries of directory `ino` after cookie `after` (0:
+    /// from the start), `.` and `..` first. Cookies are assigned when an
+    /// entry is created and only grow, so a listing continued from a cookie
+    /// returns every entry that existed throughout exactly once.
+    pub fn readdir(&self, ino: u64, after: u64, limit: usize) -> Result<Vec<DirItem>, MetaError> {
+        let rec = self.getattr(ino)?;
+        if !rec.is_dir() {
+            return errno(libc::ENOTDIR);
+        }
+        let mut items = Vec::new();
+        if after < COOKIE_DOT && items.len() < limit {
+            items.push(DirItem {
+                name: b".".to_vec(),
+                ino,
+                kind: libc::S_IFDIR,
+                cookie: COOKIE_DOT,
+            });
+        }
+        if after < COOKIE_DOTDOT && items.len() < limit {
+            items.push(DirItem {
+                name: b"..".to_vec(),
+                ino: rec.parent,
+                kind: libc::S_IFDIR,
+                cookie: COOKIE_DOTDOT,
+            });
+        }
+        let want = limit - items.len();
+        if want == 0 {
+            return Ok(items);
+        }
+        let start = schema::listing_key(ino, after.saturating_add(1).max(COOKIE_FIRST));
+        let end = schema::prefix_end(&schema::listing_prefix(ino));
+        for p in self.engine.scan(&start, &end, want)? {
+            let listing = ListingRec::decode(&p.value)?;
+            let cookie = u64::from_be_bytes(
+                p.key[p.key.len() - 8..]
+                    .try_into()
+                    .map_err(|_| MetaError::Corrupt("short listing key".into()))?,
+            );
+            items.push(DirItem {
+                name: listing.name,
+                ino: listing.ino,
+                kind: listing.kind,
+                cookie,
+            });
+        }
+        Ok(items)
+    }
+
+    /// Sets xattr `name` of `ino` (`xattr_flags`).
+    pub fn setxattr(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+    ) -> Result<(), MetaError> {
+        if name.is_empty() {
+            return errno(libc::EINVAL);
+        }
+        if name.len() > schema::NAME_LEN_MAX {
+            return errno(libc::ERANGE);
+        }
+        if value.len() > schema::XATTR_VALUE_LEN_MAX {
+            return errno(libc::E2BIG);
+        }
+        let now = self.clock.now();
+        self.txn(|txn| {
+            let mut staged = Staged::default();
+            let rec = staged.load(txn, ino)?;
+            if caller.check && caller.uid != 0 && caller.uid != rec.uid {
+                may(caller, rec, access::W)?;
+            }
+            let key = schema::xattr_key(ino, name);
+            let exists = txn.get(&key)?.is_some();
+            if flags & xattr_flags::CREATE != 0 && exists {
+                return errno(libc::EEXIST);
+            }
+            if flags & xattr_flags::REPLACE != 0 && !exists {
+                return errno(libc::ENODATA);
+            }
+            txn.put(key, value.to_vec());
+            let rec = staged.dirty(ino);
+            rec.ctime = now;
+            if !exists {
+                rec.xattrs += 1;
+            }
+            staged.flush(txn);
+            Ok(())
+        })
+    }
+
+    /// The value of xattr `name` of `ino`.
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, MetaError> {
+        if name.len() > schema::NAME_LEN_MAX {
+            return errno(libc::ERANGE);
+        }
+        self.txn(|txn| {
+            if txn.get(&schema::inode_key(ino))?.is_none() {
+                return errno(libc::ENOENT);
+            }
+            match txn.get(&schema::xattr_key(ino, name))? {
+                Some(v) => Ok(v),
+                None => errno(libc::ENODATA),
+            }
+        })
+    }
+
+    /// The xattr names of `ino`.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, MetaError> {
+        self.txn(|txn| {
+            if txn.get(&schema::inode_key(ino))?.is_none() {
+                return errno(libc::ENOENT);
+            }
+            let prefix = schema::xattr_prefix(ino);
+            let pairs = txn.scan(&prefix, &schema::prefix_end(&prefix), usize::MAX)?;
+            Ok(pairs
+                .into_iter()
+                .map(|p| p.key[prefix.len()..].to_vec())
+                .collect())
+        })
+    }
+
+    /// Removes xattr `name` of `ino`.
+    pub fn removexattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> Result<(), MetaError> {
+        if name.len() > schema::NAME_LEN_MAX {
+            return errno(libc::ERANGE);
+        }
+        let now = self.clock.now();
+        self.txn(|txn| {
+            let mut staged = Staged::default();
+            let rec = staged.load(txn, ino)?;
+            if caller.check && caller.uid != 0 && caller.uid != rec.uid {
+                may(caller, rec, access::W)?;
+            }
+            let key = schema::xattr_key(ino, name);
+            if txn.get(&key)?.is_none() {
+                return errno(libc::ENODATA);
+            }
+            txn.delete(key);
+            let rec = staged.dirty(ino);
+            rec.ctime = now;
+            rec.xattrs = rec.xattrs.saturating_sub(1);
+            staged.flush(txn);
+            Ok(())
+        })
+    }
+
+    /// Inodes and bytes in use, from the counter shards.
+    pub fn usage(&self) -> Result<Usage, MetaError> {
+        let start = vec![tag::COUNTER];
+        let pairs = self
+            .engine
+            .scan(&start, &schema::prefix_end(&start), usize::MAX)?;
+        let mut total = CounterRec::default();
+        for p in pairs {
+            let c = CounterRec::decode(&p.value)?;
+            total.inodes += c.inodes;
+            total.bytes += c.bytes;
+        }
+        Ok(Usage {
+            inodes: total.inodes.max(0) as u64,
+            bytes: total.bytes.max(0) as u64,
+        })
+    }
+}
