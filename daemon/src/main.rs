@@ -500,29 +500,52 @@ fn parse_meta_url(url: &str) -> anyhow::Result<MetaUrl> {
     bail!("{url:?}: expected embedded:PATH, etcd://HOST:PORT[,HOST:PORT...] or tcp://HOST:PORT")
 }
 
-fn mount(args: MountArgs) -> anyhow::Result<()> {
+/// A namespace opened for this process: the filesystem over it, and what to
+/// close when serving ends.
+struct OpenNamespace {
+    fs: Arc<xfused::fs::MetaFs>,
+    meta: Arc<dyn xfused::meta::Namespace>,
+    url: String,
+    data: PathBuf,
+}
+
+/// Where a namespace comes from and how this client holds it.
+struct NamespaceSpec<'a> {
+    meta: Option<String>,
+    data: &'a std::path::Path,
+    engine: &'a EngineArgs,
+    chunk_size_kib: u32,
+    lease_ms: u64,
+    attr_timeout_ms: u64,
+    entry_timeout_ms: u64,
+    check_permissions: bool,
+}
+
+/// Opens the namespace of `xfused mount` (and of `xfused virtiofs --meta`):
+/// the engine or service named by the URL, the local chunk store, dead
+/// clients' sessions reaped, and a thread renewing this client's lease.
+fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> {
     use xfused::chunk::ChunkStore;
     use xfused::fs::{MetaFs, MetaFsConfig};
     use xfused::meta::{Meta, MetaConfig, Namespace, SystemClock};
 
-    let signals = ShutdownSignals::install()?;
-    std::fs::create_dir_all(&args.data)
-        .with_context(|| format!("creating data directory {}", args.data.display()))?;
-    let data = std::fs::canonicalize(&args.data)
-        .with_context(|| format!("data directory {}", args.data.display()))?;
-    let url = args
+    std::fs::create_dir_all(spec.data)
+        .with_context(|| format!("creating data directory {}", spec.data.display()))?;
+    let data = std::fs::canonicalize(spec.data)
+        .with_context(|| format!("data directory {}", spec.data.display()))?;
+    let url = spec
         .meta
         .clone()
         .unwrap_or_else(|| format!("embedded:{}", data.join("meta").display()));
     let config = MetaConfig {
-        chunk_size_bytes: args.chunk_size_kib * 1024,
-        lease: Duration::from_millis(args.lease_ms),
+        chunk_size_bytes: spec.chunk_size_kib * 1024,
+        lease: Duration::from_millis(spec.lease_ms),
         ..MetaConfig::default()
     };
     let lease = config.lease;
     let meta: Arc<dyn Namespace> = match parse_meta_url(&url)? {
         MetaUrl::Embedded(store) => {
-            let engine = open_embedded(&store, &args.engine)?;
+            let engine = open_embedded(&store, spec.engine)?;
             Arc::new(
                 Meta::connect(Arc::new(engine), config, Arc::new(SystemClock))
                     .context("opening the namespace")?,
@@ -536,7 +559,7 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
             )
         }
         MetaUrl::Tcp(addr) => {
-            if args.chunk_size_kib != 1024 {
+            if spec.chunk_size_kib != 1024 {
                 tracing::warn!("--chunk-size-kib is the service's choice with tcp://; ignored");
             }
             let remote = xfused::net::RemoteMeta::connect(&addr)
@@ -552,9 +575,9 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         meta.clone(),
         chunks,
         MetaFsConfig {
-            attr_timeout: Duration::from_millis(args.serve.attr_timeout_ms),
-            entry_timeout: Duration::from_millis(args.serve.entry_timeout_ms),
-            check_permissions: args.serve.no_default_permissions,
+            attr_timeout: Duration::from_millis(spec.attr_timeout_ms),
+            entry_timeout: Duration::from_millis(spec.entry_timeout_ms),
+            check_permissions: spec.check_permissions,
         },
     ));
     // Sessions of clients that died without closing (a crash, kill -9):
@@ -582,13 +605,44 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
             })
             .context("starting the lease thread")?;
     }
+    Ok(OpenNamespace { fs, meta, url, data })
+}
+
+impl OpenNamespace {
+    /// Closes this client's sessions: the kernel (or guest) has released
+    /// every open file by now; anything left is closed so no session
+    /// outlives this client.
+    fn close(&self) {
+        match self.meta.close_client() {
+            Ok(reclaimed) => {
+                for r in reclaimed {
+                    self.fs.reclaim(Some(r));
+                }
+            }
+            Err(e) => tracing::warn!("closing the metadata client: {e}"),
+        }
+    }
+}
+
+fn mount(args: MountArgs) -> anyhow::Result<()> {
+    let signals = ShutdownSignals::install()?;
+    let ns = open_namespace(NamespaceSpec {
+        meta: args.meta.clone(),
+        data: &args.data,
+        engine: &args.engine,
+        chunk_size_kib: args.chunk_size_kib,
+        lease_ms: args.lease_ms,
+        attr_timeout_ms: args.serve.attr_timeout_ms,
+        entry_timeout_ms: args.serve.entry_timeout_ms,
+        check_permissions: args.serve.no_default_permissions,
+    })?;
     let kernel = kmod_shim::probe();
     tracing::info!("{kernel}");
     let result = serve(
-        fs.clone(),
+        ns.fs.clone(),
         Mounting {
             fsname: "xfused".to_string(),
-            what: format!("namespace {url} with data in {}", data.display()),
+            what: format!("namespace {} with data in {}", ns.url, ns.data.display()),
             mountpoint: &args.mountpoint,
             serve: &args.serve,
             writeback_cache: false,
@@ -598,16 +652,7 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         },
         |_| {},
     );
-    // The kernel has released every open file at unmount; anything left is
-    // closed here so no session outlives this client.
-    match meta.close_client() {
-        Ok(reclaimed) => {
-            for r in reclaimed {
-                fs.reclaim(Some(r));
-            }
-        }
-        Err(e) => tracing::warn!("closing the metadata client: {e}"),
-    }
+    ns.close();
     result
 }
 

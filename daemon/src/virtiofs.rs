@@ -20,9 +20,28 @@ pub struct VirtiofsArgs {
     /// A stale socket at PATH is replaced; any other file there is an error.
     #[arg(long, value_name = "PATH")]
     socket: PathBuf,
-    /// The directory to serve to the guest.
-    #[arg(long, value_name = "DIR")]
-    source: PathBuf,
+    /// The directory to serve to the guest (PassthroughFs).
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "meta",
+        conflicts_with = "meta"
+    )]
+    source: Option<PathBuf>,
+    /// Serve the distributed filesystem instead, as `xfused mount --meta
+    /// URL` would mount it: `embedded:PATH`, `etcd://HOST:PORT[,...]` or
+    /// `tcp://HOST:PORT` of an `xfused meta` service. The guest is then one
+    /// more client of that namespace.
+    #[arg(long, value_name = "URL")]
+    meta: Option<String>,
+    /// With --meta: this client's data directory (the local chunk store).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/lib/xfused",
+        requires = "meta"
+    )]
+    data: PathBuf,
     /// Threads that run requests (0: each request queue runs its own, one at
     /// a time, on the queue's thread).
     #[arg(long, value_name = "N", default_value_t = 0,
@@ -71,8 +90,34 @@ pub struct VirtiofsArgs {
 }
 
 pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
-    let source = std::fs::canonicalize(&args.source)
-        .with_context(|| format!("source directory {}", args.source.display()))?;
+    if !args.queue_size.is_power_of_two() {
+        bail!("--queue-size {} is not a power of two", args.queue_size);
+    }
+    let Some(source) = &args.source else {
+        // --meta: the distributed filesystem (clap requires one of the two).
+        let engine = crate::EngineArgs {
+            durability: crate::DurabilityArg::Buffered,
+            fsync_ms: 100,
+        };
+        let ns = crate::open_namespace(crate::NamespaceSpec {
+            meta: args.meta.clone(),
+            data: &args.data,
+            engine: &engine,
+            chunk_size_kib: 1024,
+            lease_ms: 30_000,
+            attr_timeout_ms: args.attr_timeout_ms,
+            entry_timeout_ms: args.entry_timeout_ms,
+            // The guest kernel checks permissions (virtio-fs mounts use
+            // default_permissions).
+            check_permissions: false,
+        })?;
+        let what = format!("namespace {} with data in {}", ns.url, ns.data.display());
+        let result = serve_vm(ns.fs.clone(), &args, &what);
+        ns.close();
+        return result;
+    };
+    let source =
+        std::fs::canonicalize(source).with_context(|| format!("source directory {}", source.display()))?;
     if !source.is_dir() {
         bail!("source {} is not a directory", source.display());
     }
@@ -80,9 +125,6 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
         .to_str()
         .with_context(|| format!("source path {} is not UTF-8", source.display()))?
         .to_string();
-    if !args.queue_size.is_power_of_two() {
-        bail!("--queue-size {} is not a power of two", args.queue_size);
-    }
     let cfg = PassthroughConfig {
         root_dir: source_str,
         attr_timeout: Duration::from_millis(args.attr_timeout_ms),
@@ -111,6 +153,14 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
             .context("keeping capabilities across uid switches (prctl PR_SET_SECUREBITS)")?;
     }
     let fs = PassthroughFs::<()>::new(cfg).context("setting up PassthroughFs")?;
+    serve_vm(fs, &args, &source.display().to_string())
+}
+
+/// Serves `fs` to VMs on the socket, until the last VMM leaves or a signal.
+fn serve_vm<F>(fs: F, args: &VirtiofsArgs, what: &str) -> anyhow::Result<()>
+where
+    F: fuse_backend_rs::api::filesystem::FileSystem + Send + Sync + 'static,
+{
     let config = VirtioConfig {
         request_queues: usize::from(args.queues),
         max_queue_size: args.queue_size,
@@ -141,8 +191,7 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
     };
     stop_on_signals(args.socket.clone(), args.stats.then_some(report.clone()))?;
     eprintln!(
-        "xfused: serving {} to a VM over vhost-user socket {}; Ctrl-C or SIGTERM stops",
-        source.display(),
+        "xfused: serving {what} to a VM over vhost-user socket {}; Ctrl-C or SIGTERM stops",
         args.socket.display()
     );
     let result = backend.serve(&args.socket, args.keep_listening);
@@ -154,8 +203,10 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGINT/SIGTERM: the guest's data is already on the host (PassthroughFs
-/// writes through), so stopping is removing the socket and exiting.
+/// SIGINT/SIGTERM: what the guest was told is done is already on the host
+/// (PassthroughFs writes through; the metadata engines acknowledge only what
+/// survives a crash, and a --meta client's open-file sessions end with its
+/// lease), so stopping is removing the socket and exiting.
 fn stop_on_signals(socket: PathBuf, report: Option<impl Fn() + Send + 'static>) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals =

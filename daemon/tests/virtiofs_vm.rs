@@ -50,16 +50,21 @@ struct Backend {
 
 impl Backend {
     fn start(dir: &Path, share: &Path, extra: &[&str]) -> Backend {
+        let mut args: Vec<std::ffi::OsString> = vec!["--source".into(), share.into()];
+        args.extend(extra.iter().map(Into::into));
+        Backend::start_with(dir, &args)
+    }
+
+    /// `xfused virtiofs --socket DIR/vfs.sock --stats ARGS`.
+    fn start_with(dir: &Path, args: &[std::ffi::OsString]) -> Backend {
         let socket = dir.join("vfs.sock");
         let log = dir.join("xfused.log");
         let child = Command::new(XFUSED)
             .arg("virtiofs")
             .arg("--socket")
             .arg(&socket)
-            .arg("--source")
-            .arg(share)
             .args(["--stats"])
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -249,4 +254,99 @@ fn vm_killed_mid_workload_leaves_the_backend_serving_the_next_one() {
     backend.terminate();
     let log = backend.log();
     assert!(log.contains("2 connections"), "{log}");
+}
+
+/// `xfused mount` of the embedded namespace in `meta_dir`, data in `data`,
+/// at `mountpoint`, until `stop`.
+struct HostMount {
+    child: Child,
+    mountpoint: PathBuf,
+    log: PathBuf,
+}
+
+impl HostMount {
+    fn start(meta_dir: &Path, data: &Path, mountpoint: &Path, log: PathBuf) -> HostMount {
+        let child = Command::new(XFUSED)
+            .arg("mount")
+            .arg("--meta")
+            .arg(format!("embedded:{}", meta_dir.display()))
+            .arg("--data")
+            .arg(data)
+            .arg(mountpoint)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting xfused mount");
+        let mut m = HostMount {
+            child,
+            mountpoint: mountpoint.to_owned(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let target = format!(" {} ", mountpoint.display());
+        loop {
+            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            if info
+                .lines()
+                .any(|l| l.contains(&target) && l.contains("fuse.xfuse"))
+            {
+                return m;
+            }
+            if let Some(status) = m.child.try_wait().unwrap() {
+                panic!(
+                    "xfused mount exited ({status}):\n{}",
+                    std::fs::read_to_string(&m.log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "no mount after 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(mut self) {
+        kill_process(Pid::from_child(&self.child), Signal::TERM).unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "xfused mount of {} exited {status}:\n{}",
+            self.mountpoint.display(),
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
+#[test]
+fn vm_guest_workload_on_the_distributed_filesystem() {
+    if let Some(why) = unable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    // One namespace (embedded engine) and one data directory, used in turn
+    // by a host mount, the VM, and the host mount again: the host writes
+    // through FUSE, the guest reads and writes through virtio-fs, the host
+    // checks through FUSE. (The embedded engine takes one process at a time.)
+    let dir = TempDir::new().unwrap();
+    let store = TempDir::new().unwrap();
+    let (meta_dir, data) = (store.path().join("meta"), store.path().join("data"));
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let (assets, initrd) = guest(dir.path());
+
+    let host = HostMount::start(&meta_dir, &data, &mountpoint, dir.path().join("mount1.log"));
+    workload::write_host_files(&mountpoint).unwrap();
+    host.stop();
+
+    let meta = format!("embedded:{}", meta_dir.display());
+    let mut backend = Backend::start_with(
+        dir.path(),
+        &["--meta".into(), meta.into(), "--data".into(), data.clone().into()],
+    );
+    let config = VmConfig::new(&backend.socket);
+    let out = vm_tests::boot(&assets, &initrd, &config).unwrap();
+    backend.wait_exit();
+
+    let host = HostMount::start(&meta_dir, &data, &mountpoint, dir.path().join("mount2.log"));
+    assert_workload_passed(&out, &mountpoint, &config, &backend);
+    host.stop();
 }
