@@ -121,6 +121,16 @@ enum CacheArg {
     Always,
 }
 
+impl From<CacheArg> for CachePolicy {
+    fn from(cache: CacheArg) -> CachePolicy {
+        match cache {
+            CacheArg::Never => CachePolicy::Never,
+            CacheArg::Auto => CachePolicy::Auto,
+            CacheArg::Always => CachePolicy::Always,
+        }
+    }
+}
+
 /// Options every mounting subcommand shares: transport, threads, caching
 /// timeouts, permissions.
 #[derive(Debug, Args)]
@@ -400,11 +410,7 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         root_dir: source_str.clone(),
         attr_timeout: Duration::from_millis(args.serve.attr_timeout_ms),
         entry_timeout: Duration::from_millis(args.serve.entry_timeout_ms),
-        cache_policy: match args.cache {
-            CacheArg::Never => CachePolicy::Never,
-            CacheArg::Auto => CachePolicy::Auto,
-            CacheArg::Always => CachePolicy::Always,
-        },
+        cache_policy: args.cache.into(),
         writeback: args.writeback_cache,
         xattr: !args.no_xattr,
         do_import: true,

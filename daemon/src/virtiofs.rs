@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
+use fuse_backend_rs::passthrough::{Config as PassthroughConfig, PassthroughFs};
 use xfuse::transport::virtio::{VirtioConfig, VirtioFsBackend};
 use xfuse::{InitConfig, Policy};
 
@@ -129,11 +129,7 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
         root_dir: source_str,
         attr_timeout: Duration::from_millis(args.attr_timeout_ms),
         entry_timeout: Duration::from_millis(args.entry_timeout_ms),
-        cache_policy: match args.cache {
-            CacheArg::Never => CachePolicy::Never,
-            CacheArg::Auto => CachePolicy::Auto,
-            CacheArg::Always => CachePolicy::Always,
-        },
+        cache_policy: args.cache.into(),
         xattr: !args.no_xattr,
         do_import: true,
         // As for `passthrough`: inodes by file handle unless asked otherwise

@@ -343,26 +343,17 @@ fn two_mounts_four_threads_each_leave_a_consistent_namespace() {
 
 #[test]
 fn pjdfstest_passes_through_the_service() {
-    use std::os::unix::fs::PermissionsExt;
     let service = Service::start();
     let url = format!("tcp://{}", service.addr);
     let mount = Mount::start_meta(&["--meta", &url]);
-    // pjdfstest switches to unprivileged users, who must reach the mount.
-    for dir in [mount.src(), mount.mnt().parent().unwrap()] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pjdfstest.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(mount.mnt())
-        .output()
-        .expect("running scripts/pjdfstest.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let run = mount.run_pjdfstest();
+    eprintln!("{} through the service: {}", mount.describe(), run.summary);
     assert!(
-        out.status.success(),
-        "pjdfstest failed ({}):\n{stdout}\n{stderr}\nmount log:\n{}\nservice log:\n{}",
-        out.status,
+        run.status.success(),
+        "pjdfstest failed ({}):\n{}\n{}\nmount log:\n{}\nservice log:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr,
         mount.daemon_log(),
         service.log_text()
     );

@@ -5,38 +5,18 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
-
 use common::Mount;
 
 fn run_pjdfstest(extra_args: &[&str]) {
     let mount = Mount::start(extra_args);
-    // pjdfstest switches to unprivileged users, who must reach the mount.
-    for dir in [mount.src(), mount.mnt().parent().unwrap()] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pjdfstest.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(mount.mnt())
-        .output()
-        .expect("running scripts/pjdfstest.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let summary = stdout
-        .lines()
-        .chain(stderr.lines())
-        .rfind(|l| l.starts_with("pjdfstest: "));
-    eprintln!(
-        "{} with {extra_args:?}: {}",
-        mount.describe(),
-        summary.unwrap_or("(no summary)")
-    );
+    let run = mount.run_pjdfstest();
+    eprintln!("{} with {extra_args:?}: {}", mount.describe(), run.summary);
     assert!(
-        out.status.success(),
-        "pjdfstest failed ({}):\n{stdout}\n{stderr}\ndaemon log:\n{}",
-        out.status,
+        run.status.success(),
+        "pjdfstest failed ({}):\n{}\n{}\ndaemon log:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr,
         mount.daemon_log()
     );
 }

@@ -174,16 +174,46 @@ fn assert_workload_passed(out: &GuestOutput, share: &Path, config: &VmConfig, ba
     );
 }
 
+/// A work directory with the guest's initramfs, and a shared directory
+/// holding the host's files.
+struct Scene {
+    dir: TempDir,
+    share: TempDir,
+    assets: Assets,
+    initrd: PathBuf,
+}
+
+impl Scene {
+    /// `None`, after saying why, where this host cannot run the guest.
+    fn set_up() -> Option<Scene> {
+        if let Some(why) = unable() {
+            eprintln!("skipped: {why}");
+            return None;
+        }
+        let dir = TempDir::new().unwrap();
+        let share = TempDir::new().unwrap();
+        let (assets, initrd) = guest(dir.path());
+        workload::write_host_files(share.path()).unwrap();
+        Some(Scene {
+            dir,
+            share,
+            assets,
+            initrd,
+        })
+    }
+}
+
 #[test]
 fn vm_guest_workload_through_xfused_virtiofs() {
-    if let Some(why) = unable() {
-        eprintln!("skipped: {why}");
+    let Some(Scene {
+        dir,
+        share,
+        assets,
+        initrd,
+    }) = Scene::set_up()
+    else {
         return;
-    }
-    let dir = TempDir::new().unwrap();
-    let share = TempDir::new().unwrap();
-    let (assets, initrd) = guest(dir.path());
-    workload::write_host_files(share.path()).unwrap();
+    };
     let mut backend = Backend::start(dir.path(), share.path(), &[]);
     let config = VmConfig::new(&backend.socket);
     let out = vm_tests::boot(&assets, &initrd, &config).unwrap();
@@ -207,14 +237,15 @@ fn vm_guest_workload_through_xfused_virtiofs() {
 
 #[test]
 fn vm_killed_mid_workload_leaves_the_backend_serving_the_next_one() {
-    if let Some(why) = unable() {
-        eprintln!("skipped: {why}");
+    let Some(Scene {
+        dir,
+        share,
+        assets,
+        initrd,
+    }) = Scene::set_up()
+    else {
         return;
-    }
-    let dir = TempDir::new().unwrap();
-    let share = TempDir::new().unwrap();
-    let (assets, initrd) = guest(dir.path());
-    workload::write_host_files(share.path()).unwrap();
+    };
     // With a thread pool, so requests run off the queue thread.
     let mut backend = Backend::start(
         dir.path(),

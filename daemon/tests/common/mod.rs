@@ -293,6 +293,36 @@ impl Mount {
     }
 
     /// The daemon's log (stdout and stderr) so far.
+    /// Runs scripts/pjdfstest.sh on this mount (opening the mount's
+    /// directories to the unprivileged users pjdfstest switches to). Returns
+    /// the script's exit status, its output, and its closing summary line.
+    pub fn run_pjdfstest(&self) -> PjdfstestRun {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [self.src(), self.mnt().parent().unwrap()] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pjdfstest.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg(self.mnt())
+            .output()
+            .expect("running scripts/pjdfstest.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let summary = stdout
+            .lines()
+            .chain(stderr.lines())
+            .rfind(|l| l.starts_with("pjdfstest: "))
+            .unwrap_or("(no summary)")
+            .to_owned();
+        PjdfstestRun {
+            status: out.status,
+            stdout,
+            stderr,
+            summary,
+        }
+    }
+
     pub fn daemon_log(&self) -> String {
         let mut text = String::new();
         if let Err(e) = File::open(&self.log).and_then(|mut f| f.read_to_string(&mut text)) {
@@ -368,6 +398,16 @@ impl Mount {
             }
         }
     }
+}
+
+/// One run of scripts/pjdfstest.sh ([`Mount::run_pjdfstest`]).
+#[derive(Debug)]
+pub struct PjdfstestRun {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// `pjdfstest: N passed, M failed, K skipped`, or `(no summary)`.
+    pub summary: String,
 }
 
 impl Drop for Mount {
