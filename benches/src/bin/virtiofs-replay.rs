@@ -286,8 +286,8 @@ fn main() -> anyhow::Result<()> {
     let summary = |name: &str, f: &dyn Fn(&ReplayReport) -> f64, decimals: usize| {
         let v = median(runs[0].iter().map(f).collect());
         let mut line = format!("| {name} | | {} |", fmt(v, decimals));
-        for b in 1..backends.len() {
-            let x = median(runs[b].iter().map(f).collect());
+        for (b, run) in runs.iter().enumerate().skip(1) {
+            let x = median(run.iter().map(f).collect());
             let pr = paired(b, &|r| Some(f(r)));
             line.push_str(&format!(
                 " {} | {} | {} |",

@@ -118,9 +118,31 @@ impl Backend {
         let share = root.path().join("share");
         std::fs::create_dir(&share)
             .map_err(|e| ReplayError::Setup(format!("mkdir {}: {e}", share.display())))?;
-        let socket = root.path().join("vfs.sock");
-        let log = root.path().join("backend.log");
-        let mut running = Running::start(self, &socket, &share, &log)?;
+        let report = self.run_on(&share, root.path(), files, depth)?;
+        let problems = replay::check_host_tree(&share, depth, files)
+            .map_err(|e| self.fail(format!("reading the shared directory: {e}")))?;
+        if !problems.is_empty() {
+            return Err(self.fail(format!(
+                "the host sees another tree than the replay made:\n{}",
+                problems.join("\n")
+            )));
+        }
+        Ok(RoundResult { report })
+    }
+
+    /// Serves `share` (an empty directory) with this backend, its socket
+    /// and log in `scratch`, replays `depth` x `files`, and waits for the
+    /// backend to exit 0 after the frontend left. The caller checks `share`.
+    pub fn run_on(
+        &self,
+        share: &Path,
+        scratch: &Path,
+        files: u32,
+        depth: u32,
+    ) -> Result<ReplayReport, ReplayError> {
+        let socket = scratch.join("vfs.sock");
+        let log = scratch.join("backend.log");
+        let mut running = Running::start(self, &socket, share, &log)?;
         let result = (|| {
             let ram = GuestRam::new(GUEST_MEMORY_BYTES)?;
             let mut device = Device::connect(&socket, ram, QUEUE_SIZE)?;
@@ -143,28 +165,18 @@ impl Backend {
                 });
             }
         };
-        let status = running.wait_exit(EXIT_TIMEOUT);
-        match status {
-            Some(s) if s.success() => {}
-            Some(s) => return Err(self.fail(format!("exited with {s}\n{}", log_tail(&log)))),
+        match running.wait_exit(EXIT_TIMEOUT) {
+            Some(s) if s.success() => Ok(report),
+            Some(s) => Err(self.fail(format!("exited with {s}\n{}", log_tail(&log)))),
             None => {
                 running.kill();
-                return Err(self.fail(format!(
+                Err(self.fail(format!(
                     "still running {} s after the frontend left\n{}",
                     EXIT_TIMEOUT.as_secs(),
                     log_tail(&log)
-                )));
+                )))
             }
         }
-        let problems = replay::check_host_tree(&share, depth, files)
-            .map_err(|e| self.fail(format!("reading the shared directory: {e}")))?;
-        if !problems.is_empty() {
-            return Err(self.fail(format!(
-                "the host sees another tree than the replay made:\n{}",
-                problems.join("\n")
-            )));
-        }
-        Ok(RoundResult { report })
     }
 }
 

@@ -104,7 +104,7 @@ pub fn expected_tree(files: u32) -> (BTreeSet<String>, BTreeSet<String>) {
 
 /// `fI` moves to `sub/rI` (workload.sh: `i % 4 == 0`).
 pub fn renamed(i: u32) -> bool {
-    i % 4 == 0
+    i.is_multiple_of(4)
 }
 /// `fI` gets a hard link `sub/lI`.
 pub fn linked(i: u32) -> bool {
