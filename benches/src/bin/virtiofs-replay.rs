@@ -14,6 +14,7 @@ use benches::virtiofs::{replay, Backend, ReplayReport};
 const HELP: &str = "\
 usage: virtiofs-replay [--rounds N (5)] [--files N (1000)] [--depth K (1)]
                        [--xfused PATH] [--virtiofsd PATH] [--no-inode-fds]
+                       [--work-dir DIR]
 
 Plays the VMM and the guest kernel's FUSE client itself: builds split
 virtqueues in memfd guest memory, connects to a virtio-fs backend's
@@ -46,6 +47,10 @@ and interrupts).
   --xfused PATH   xfused binary (default target/release/xfused)
   --virtiofsd PATH  virtiofsd binary (default /var/cache/xfuse/virtiofsd/bin/virtiofsd)
   --no-inode-fds  skip the xfused --inode-fds configuration
+  --work-dir DIR  where the served directories and sockets go, one fresh
+                  temporary directory per run (default $TMPDIR or /tmp); its
+                  filesystem's own cost is in every number (e.g. /dev/shm
+                  for tmpfs, to see the backends alone)
 ";
 
 #[derive(Debug)]
@@ -56,6 +61,7 @@ struct Opts {
     xfused: PathBuf,
     virtiofsd: PathBuf,
     inode_fds: bool,
+    work_dir: PathBuf,
 }
 
 fn parse_args() -> anyhow::Result<Opts> {
@@ -66,6 +72,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         xfused: benches::target_dir().join("release").join("xfused"),
         virtiofsd: PathBuf::from("/var/cache/xfuse/virtiofsd/bin/virtiofsd"),
         inode_fds: true,
+        work_dir: std::env::temp_dir(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -99,6 +106,7 @@ fn parse_args() -> anyhow::Result<Opts> {
             }
             "--xfused" => opts.xfused = PathBuf::from(&value),
             "--virtiofsd" => opts.virtiofsd = PathBuf::from(&value),
+            "--work-dir" => opts.work_dir = PathBuf::from(&value),
             _ => bail!("unknown flag {flag} (--help)"),
         }
     }
@@ -170,6 +178,17 @@ fn fmt(x: f64, decimals: usize) -> String {
     }
 }
 
+/// The filesystem type of the mount holding `dir` (longest mount-point prefix).
+fn fs_type_of(dir: &std::path::Path) -> String {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    benches::procfs::mounts()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| dir.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.as_os_str().len())
+        .map_or_else(|| "?".into(), |m| m.fs_type)
+}
+
 fn main() -> anyhow::Result<()> {
     let opts = parse_args()?;
     let mut backends = vec![
@@ -180,12 +199,15 @@ fn main() -> anyhow::Result<()> {
         backends.push(Backend::xfused(&opts.xfused, &["--inode-fds"]));
     }
     let load_before = benches::procfs::loadavg_1m();
+    let fs_type = fs_type_of(&opts.work_dir);
     eprintln!(
-        "virtiofs-replay: {} rounds, {} files x {} workers (depth {}), load average {}",
+        "virtiofs-replay: {} rounds, {} files x {} workers (depth {}), directories in {} ({fs_type}), \
+         load average {}",
         opts.rounds,
         opts.files,
         opts.depth,
         opts.depth,
+        opts.work_dir.display(),
         load_before.map_or("?".into(), |l| format!("{l:.2}"))
     );
     let mut runs: Vec<Vec<ReplayReport>> = vec![Vec::new(); backends.len()];
@@ -195,7 +217,7 @@ fn main() -> anyhow::Result<()> {
         for j in 0..n {
             let b = (j + round as usize) % n;
             let result = backends[b]
-                .run_round(opts.files, opts.depth)
+                .run_round(&opts.work_dir, opts.files, opts.depth)
                 .with_context(|| format!("round {round}, {}", backends[b].name))?;
             let r = result.report;
             eprintln!(
@@ -340,13 +362,15 @@ fn main() -> anyhow::Result<()> {
         .filter_map(|(b, r)| r.first().map(|r| format!("{} 7.{}", b.name, r.init.minor)))
         .collect();
     println!(
-        "\nMedians over {} rounds of per-round statistics; {} files x {} workers ({} in flight); \
+        "\nMedians over {} rounds of per-round statistics; {} files x {} workers ({} in flight), \
+         served from {} ({fs_type}); \
          requests per round: {}; protocol agreed: {}. Ratios: xfused/virtiofsd, below 1 = xfused faster; \
          paired = median over rounds of the ratio within a round. Load average (1 min) {} before, {} after.",
         opts.rounds,
         opts.files,
         opts.depth,
         opts.depth,
+        opts.work_dir.display(),
         requests.join(", "),
         init.join(", "),
         load_before.map_or("?".into(), |l| format!("{l:.2}")),

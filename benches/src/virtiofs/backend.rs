@@ -108,12 +108,13 @@ impl Backend {
         }
     }
 
-    /// One round: a fresh directory, the backend on it, the replay, the
-    /// backend's exit, and the host's view of the directory checked.
-    pub fn run_round(&self, files: u32, depth: u32) -> Result<RoundResult, ReplayError> {
+    /// One round: a fresh directory under `work_dir`, the backend on it,
+    /// the replay, the backend's exit, and the host's view of the directory
+    /// checked.
+    pub fn run_round(&self, work_dir: &Path, files: u32, depth: u32) -> Result<RoundResult, ReplayError> {
         let root = tempfile::Builder::new()
             .prefix("xfuse-replay.")
-            .tempdir()
+            .tempdir_in(work_dir)
             .map_err(|e| ReplayError::Setup(format!("temporary directory: {e}")))?;
         let share = root.path().join("share");
         std::fs::create_dir(&share)
