@@ -110,6 +110,56 @@ pub fn clock_ticks_per_second() -> u64 {
     rustix::param::clock_ticks_per_second()
 }
 
+/// CPU time of every live thread of process `pid`, in nanoseconds: the sum
+/// of `se.sum_exec_runtime` over `/proc/PID/task/*/sched` (nanosecond
+/// resolution, where the kernel has CONFIG_SCHED_DEBUG), else utime + stime
+/// of `/proc/PID/stat` (clock-tick resolution, 10 ms here). Threads that
+/// already exited count only in the second.
+pub fn cpu_time_ns(pid: u32) -> io::Result<u64> {
+    match sched_runtime_ns(pid) {
+        Ok(ns) => Ok(ns),
+        Err(_) => {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+            let ticks = parse_stat_cpu_ticks(&stat)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/stat")))?;
+            Ok(ticks.saturating_mul(1_000_000_000) / clock_ticks_per_second().max(1))
+        }
+    }
+}
+
+fn sched_runtime_ns(pid: u32) -> io::Result<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let sched = match std::fs::read_to_string(task?.path().join("sched")) {
+            Ok(text) => text,
+            // A thread that ended between the listing and the read.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let ns = parse_sched_runtime_ns(&sched)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no se.sum_exec_runtime"))?;
+        total = total.saturating_add(ns);
+    }
+    Ok(total)
+}
+
+/// `se.sum_exec_runtime` (milliseconds with six decimals) of a
+/// `/proc/PID/task/TID/sched` file, in nanoseconds.
+pub fn parse_sched_runtime_ns(sched: &str) -> Option<u64> {
+    let value = sched.lines().find_map(|l| {
+        let (key, value) = l.split_once(':')?;
+        (key.trim() == "se.sum_exec_runtime").then(|| value.trim())
+    })?;
+    let (ms, frac) = value.split_once('.').unwrap_or((value, "0"));
+    let ms: u64 = ms.parse().ok()?;
+    let frac_digits = frac.get(..6.min(frac.len()))?;
+    let mut ns_part: u64 = frac_digits.parse().ok()?;
+    for _ in frac_digits.len()..6 {
+        ns_part *= 10;
+    }
+    ms.checked_mul(1_000_000)?.checked_add(ns_part)
+}
+
 /// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line.
 pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     // The command name (field 2) is in parentheses and may hold spaces and
@@ -170,6 +220,19 @@ mod tests {
         assert_eq!(parse_status_kib(status, "VmRSS"), Some(8192));
         assert_eq!(parse_status_kib(status, "VmHWM"), Some(10240));
         assert_eq!(parse_status_kib(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn sched_runtime() {
+        let sched = "x (1, #threads: 1)\n---\nse.exec_start   :   19110532.210394\n\
+                     se.sum_exec_runtime                          :           154.588015\n";
+        assert_eq!(parse_sched_runtime_ns(sched), Some(154_588_015));
+        assert_eq!(
+            parse_sched_runtime_ns("se.sum_exec_runtime : 3\n"),
+            Some(3_000_000)
+        );
+        assert_eq!(parse_sched_runtime_ns("nothing\n"), None);
+        assert!(cpu_time_ns(std::process::id()).unwrap() > 0);
     }
 
     #[test]
