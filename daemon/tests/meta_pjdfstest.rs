@@ -9,9 +9,20 @@ use common::Mount;
 
 #[test]
 fn pjdfstest_passes_on_xfused_mount() {
-    let mount = Mount::start_meta(&[]);
+    run_pjdfstest(&[]);
+}
+
+/// Permissions checked by xfused (xfuse::perm in front of MetaFs) instead
+/// of the kernel.
+#[test]
+fn pjdfstest_passes_on_xfused_mount_with_daemon_permissions() {
+    run_pjdfstest(&["--permissions", "daemon"]);
+}
+
+fn run_pjdfstest(args: &[&str]) {
+    let mount = Mount::start_meta(args);
     let run = mount.run_pjdfstest();
-    eprintln!("{}: {}", mount.describe(), run.summary);
+    eprintln!("{} with {args:?}: {}", mount.describe(), run.summary);
     assert!(
         run.status.success(),
         "pjdfstest failed ({}):\n{}\n{}\ndaemon log:\n{}",

@@ -28,3 +28,12 @@ fn run_pjdfstest(extra_args: &[&str]) {
 fn pjdfstest_passes() {
     run_pjdfstest(&[]);
 }
+
+/// With permissions checked by xfused instead of the kernel
+/// (`--permissions daemon`, no `default_permissions`): the suite's
+/// permission cases (open, chmod, chown with supplementary groups, utimensat,
+/// rename of directories...) are then decided by xfuse::perm alone.
+#[test]
+fn pjdfstest_passes_with_daemon_permissions() {
+    run_pjdfstest(&["--permissions", "daemon"]);
+}

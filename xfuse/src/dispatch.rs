@@ -191,6 +191,17 @@ pub struct Policy {
     pub open_noflush: bool,
 }
 
+/// The adaptive entry timeout, except where the filesystem said not to
+/// cache the entry at all (e.g. [`crate::perm::Checked`] in a directory not
+/// everybody may search): that zero stands.
+fn keep_zero(from_fs: std::time::Duration, adaptive: std::time::Duration) -> std::time::Duration {
+    if from_fs.is_zero() {
+        from_fs
+    } else {
+        adaptive
+    }
+}
+
 /// Decodes requests and calls a [`FileSystem`]. Shared by every worker of a
 /// session (it is `Sync` when the filesystem is).
 #[derive(Debug)]
@@ -240,7 +251,9 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
     fn with_ttl(&self, entry: &Entry) -> Entry {
         let mut e = *entry;
         if let (Some(ttl), true) = (&self.ttl, e.inode != 0) {
-            (e.entry_timeout, e.attr_timeout) = ttl.ttl(e.inode);
+            let (entry, attr) = ttl.ttl(e.inode);
+            e.entry_timeout = keep_zero(e.entry_timeout, entry);
+            e.attr_timeout = attr;
         }
         e
     }
@@ -250,7 +263,9 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
     fn with_listed_ttl(&self, dir: u64, entry: &Entry) -> Entry {
         let mut e = *entry;
         if let (Some(ttl), true) = (&self.ttl, e.inode != 0) {
-            (e.entry_timeout, e.attr_timeout) = ttl.ttl_listed(dir, e.inode);
+            let (entry, attr) = ttl.ttl_listed(dir, e.inode);
+            e.entry_timeout = keep_zero(e.entry_timeout, entry);
+            e.attr_timeout = attr;
         }
         e
     }

@@ -14,7 +14,9 @@
 //! - [`notify`]: cache invalidations sent to the kernel;
 //! - [`cache`]: adaptive entry/attribute timeouts per inode, kept coherent
 //!   by those invalidations;
-//! - [`passthrough`]: FUSE passthrough to backing files.
+//! - [`passthrough`]: FUSE passthrough to backing files;
+//! - [`perm`]: permission checks in the daemon, for mounts without
+//!   `default_permissions` (fewer round trips).
 //!
 //! All system calls go through the `kmod-shim` crate; this crate has no
 //! `unsafe` code.
@@ -26,6 +28,7 @@ pub mod dispatch;
 pub mod init;
 pub mod notify;
 pub mod passthrough;
+pub mod perm;
 pub mod reply;
 pub mod request;
 pub mod session;

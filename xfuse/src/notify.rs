@@ -53,6 +53,14 @@ impl Notifier {
         self.send(NotifyCode::InvalEntry, &[body.as_bytes(), name, &[0]])
     }
 
+    /// Makes every directory entry the kernel caches for this connection
+    /// stale (FUSE_NOTIFY_INC_EPOCH, Linux 6.16+): each is looked up again
+    /// before its next use. Takes no kernel locks, so it may be sent from a
+    /// request handler, before the reply.
+    pub fn inc_epoch(&self) -> io::Result<()> {
+        self.send(NotifyCode::IncEpoch, &[])
+    }
+
     fn send(&self, code: NotifyCode, parts: &[&[u8]]) -> io::Result<()> {
         let body_len: usize = parts.iter().map(|p| p.len()).sum();
         let header = OutHeader {

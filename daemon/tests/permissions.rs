@@ -1,0 +1,335 @@
+//! Permissions checked by xfused (`--permissions daemon`): the mount has no
+//! `default_permissions`, so nothing but xfuse::perm stands between a user
+//! and another user's files. Each check runs a shell as an unprivileged user
+//! (setpriv, with chosen supplementary groups) and looks at what it was
+//! allowed to do; the same script runs on a `--permissions kernel` mount
+//! first, so every expectation is also shown to be what the kernel's own
+//! checks give.
+//!
+//! The cases that matter most are the cached entries: without
+//! `default_permissions` the kernel follows a cached directory entry
+//! without asking anyone, so an entry cached while a directory was open to
+//! all must not survive the directory being closed (chmod), nor an entry
+//! moved into a closed directory (rename).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use common::Mount;
+
+const ALICE: u32 = 4101;
+const BOB: u32 = 4102;
+/// A group Bob is a supplementary member of.
+const CREW: u32 = 4200;
+
+/// Runs `script` with `sh -c` as `uid` (primary group = uid) with the
+/// supplementary `groups`, in `dir`; returns (exit code, stderr).
+fn as_user(uid: u32, groups: &[u32], dir: &std::path::Path, script: &str) -> (i32, String) {
+    let groups = if groups.is_empty() {
+        "--clear-groups".to_string()
+    } else {
+        format!(
+            "--groups={}",
+            groups.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+        )
+    };
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            &groups,
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(dir)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .output()
+        .expect("running setpriv");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One expectation: `who` runs `script`, which must succeed (`ok`) or fail
+/// with "Permission denied" / "Operation not permitted".
+struct Case {
+    what: &'static str,
+    uid: u32,
+    groups: &'static [u32],
+    script: &'static str,
+    ok: bool,
+}
+
+fn check(mount: &Mount, mode: &str, cases: &[Case]) {
+    let dir = &home(mount);
+    let mut failures = Vec::new();
+    for c in cases {
+        let (code, stderr) = as_user(c.uid, c.groups, dir, c.script);
+        let denied = stderr.contains("Permission denied") || stderr.contains("Operation not permitted");
+        let as_expected = if c.ok { code == 0 } else { code != 0 && denied };
+        if !as_expected {
+            failures.push(format!(
+                "{}: expected {}, got exit {code}: {}",
+                c.what,
+                if c.ok { "success" } else { "a permission error" },
+                stderr.trim()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "--permissions {mode} ({}):\n{}\ndaemon log:\n{}",
+        mount.describe(),
+        failures.join("\n"),
+        mount.daemon_log()
+    );
+}
+
+/// Alice's directory on the mount, where every case runs.
+fn home(mount: &Mount) -> std::path::PathBuf {
+    mount.mnt().join("alice")
+}
+
+/// Opens the way to the mount for unprivileged users (the harness's
+/// temporary directories are 0700), gives Alice a 0755 directory on it
+/// (made by root) and lays out her files there.
+fn prepare(mount: &Mount) {
+    for dir in [mount.src(), mount.mnt().parent().unwrap()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let home = home(mount);
+    std::fs::create_dir(&home).unwrap();
+    rustix::fs::chown(
+        home.as_path(),
+        Some(rustix::fs::Uid::from_raw(ALICE)),
+        Some(rustix::fs::Gid::from_raw(ALICE)),
+    )
+    .unwrap();
+    let setup = "set -e
+        mkdir open closed moving crew
+        chmod 755 open moving; chmod 700 closed; chmod 750 crew
+        echo hi > open/f; echo hi > closed/f; echo hi > moving/g; echo hi > crew/f
+        chmod 644 open/f; chmod 640 crew/f
+        echo rw > open/shared; chmod 666 open/shared
+        echo ro > open/readonly; chmod 644 open/readonly";
+    let (code, err) = as_user(ALICE, &[], &home, setup);
+    assert_eq!(code, 0, "setting up as Alice: {err}\n{}", mount.daemon_log());
+    // The crew directory and file belong to group CREW (root may chgrp).
+    for p in ["crew", "crew/f"] {
+        rustix::fs::chown(
+            home.join(p).as_path(),
+            None,
+            Some(rustix::fs::Gid::from_raw(CREW)),
+        )
+        .unwrap();
+    }
+    // chown clears set-id bits but not these modes; restore them anyway.
+    std::fs::set_permissions(home.join("crew"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::set_permissions(home.join("crew/f"), std::fs::Permissions::from_mode(0o640)).unwrap();
+}
+
+const XATTR_READONLY: &str = "python3 -c \"import os; os.setxattr('open/readonly', 'user.k', b'v')\"";
+const XATTR_SHARED: &str = "python3 -c \"import os; os.setxattr('open/shared', 'user.k', b'v')\"";
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            what: "Bob reads Alice's 0644 file",
+            uid: BOB,
+            groups: &[],
+            script: "cat open/f",
+            ok: true,
+        },
+        Case {
+            what: "Bob writes Alice's 0644 file",
+            uid: BOB,
+            groups: &[],
+            script: "echo x >> open/f",
+            ok: false,
+        },
+        Case {
+            what: "Bob truncates Alice's 0644 file",
+            uid: BOB,
+            groups: &[],
+            script: "truncate -s 0 open/readonly",
+            ok: false,
+        },
+        Case {
+            what: "Bob truncates a 0666 file",
+            uid: BOB,
+            groups: &[],
+            script: "truncate -s 1 open/shared",
+            ok: true,
+        },
+        Case {
+            what: "Bob creates in Alice's 0755 dir",
+            uid: BOB,
+            groups: &[],
+            script: "touch open/bobs",
+            ok: false,
+        },
+        Case {
+            what: "Bob removes from Alice's 0755 dir",
+            uid: BOB,
+            groups: &[],
+            script: "rm -f open/f",
+            ok: false,
+        },
+        Case {
+            what: "Bob renames in Alice's 0755 dir",
+            uid: BOB,
+            groups: &[],
+            script: "mv open/f open/f2",
+            ok: false,
+        },
+        Case {
+            what: "Bob chmods Alice's file",
+            uid: BOB,
+            groups: &[],
+            script: "chmod 666 open/f",
+            ok: false,
+        },
+        Case {
+            what: "Bob sets explicit times",
+            uid: BOB,
+            groups: &[],
+            script: "touch -d @0 open/shared",
+            ok: false,
+        },
+        Case {
+            what: "Bob touches a 0666 file (now)",
+            uid: BOB,
+            groups: &[],
+            script: "touch open/shared",
+            ok: true,
+        },
+        Case {
+            what: "Bob touches a 0644 file (now)",
+            uid: BOB,
+            groups: &[],
+            script: "touch open/readonly",
+            ok: false,
+        },
+        Case {
+            what: "Bob sets a user xattr on Alice's file",
+            uid: BOB,
+            groups: &[],
+            script: XATTR_READONLY,
+            ok: false,
+        },
+        Case {
+            what: "Bob sets a user xattr on a 0666 file",
+            uid: BOB,
+            groups: &[],
+            script: XATTR_SHARED,
+            ok: true,
+        },
+        Case {
+            what: "Bob stats into Alice's 0700 dir",
+            uid: BOB,
+            groups: &[],
+            script: "stat closed/f",
+            ok: false,
+        },
+        Case {
+            what: "Bob lists Alice's 0700 dir",
+            uid: BOB,
+            groups: &[],
+            script: "ls closed",
+            ok: false,
+        },
+        Case {
+            what: "Bob reads a 0640 file of a group he is in",
+            uid: BOB,
+            groups: &[CREW],
+            script: "cat crew/f",
+            ok: true,
+        },
+        Case {
+            what: "Bob reads a 0640 file of a group he is not in",
+            uid: BOB,
+            groups: &[],
+            script: "cat crew/f",
+            ok: false,
+        },
+        Case {
+            what: "Alice writes her own file",
+            uid: ALICE,
+            groups: &[],
+            script: "echo more >> open/f",
+            ok: true,
+        },
+        // Cached entries: Bob walks in while the directory is open to all,
+        // Alice closes it, Bob must be stopped.
+        Case {
+            what: "Bob stats open/f (caches the entry)",
+            uid: BOB,
+            groups: &[],
+            script: "stat open/f && stat open/f",
+            ok: true,
+        },
+        Case {
+            what: "Alice closes open/",
+            uid: ALICE,
+            groups: &[],
+            script: "chmod 700 open",
+            ok: true,
+        },
+        Case {
+            what: "Bob stats open/f after the chmod",
+            uid: BOB,
+            groups: &[],
+            script: "stat open/f",
+            ok: false,
+        },
+        // An entry moved from an open directory into a closed one.
+        Case {
+            what: "Bob stats moving/g (caches the entry)",
+            uid: BOB,
+            groups: &[],
+            script: "stat moving/g && stat moving/g",
+            ok: true,
+        },
+        Case {
+            what: "Alice moves it into closed/",
+            uid: ALICE,
+            groups: &[],
+            script: "mv moving/g closed/g",
+            ok: true,
+        },
+        Case {
+            what: "Bob stats closed/g",
+            uid: BOB,
+            groups: &[],
+            script: "stat closed/g",
+            ok: false,
+        },
+    ]
+}
+
+fn run(mount: Mount, mode: &str) {
+    prepare(&mount);
+    check(&mount, mode, &cases());
+}
+
+/// The expectations hold with the kernel's checks: they are what users get
+/// today, so the daemon's checks are measured against them.
+#[test]
+fn kernel_checks_give_the_expected_outcomes() {
+    run(Mount::start(&["--permissions", "kernel"]), "kernel");
+}
+
+#[test]
+fn daemon_checks_match_the_kernels() {
+    run(Mount::start(&["--permissions", "daemon"]), "daemon");
+}
+
+/// The distributed filesystem (MetaFs) behind the same checks.
+#[test]
+fn daemon_checks_match_the_kernels_on_xfused_mount() {
+    run(Mount::start_meta(&["--permissions", "daemon"]), "daemon");
+}

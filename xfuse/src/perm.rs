@@ -1,0 +1,1006 @@
+//! Permission checks in the daemon instead of the kernel.
+//!
+//! With `default_permissions` the kernel checks every access against the
+//! mode it has cached, and to keep that mode fresh it refetches a
+//! directory's attributes (one GETATTR round trip) before the first
+//! permission check after every change to the directory: a create, close,
+//! stat, unlink cycle costs two such GETATTRs on top of its four requests.
+//! [`Checked`] wraps any [`FileSystem`] and makes the same POSIX checks in
+//! the daemon, from attributes it reads from the filesystem at that moment,
+//! so the mount can go without `default_permissions` and those round trips.
+//!
+//! What the kernel still does without `default_permissions`, and is not
+//! repeated here: exec permission of regular files, the sticky-directory
+//! rule on unlink and rename, `trusted.*` and ACL xattr rules, read-only
+//! mounts, immutable and append-only inodes.
+//!
+//! What this module checks: search permission on the parent for LOOKUP;
+//! write and search permission on the parent(s) for every change of a
+//! directory (CREATE, MKNOD, MKDIR, SYMLINK, LINK, UNLINK, RMDIR, RENAME,
+//! and write permission on a directory moved to another parent); read and
+//! write permission for OPEN (and O_TRUNC), read permission for OPENDIR;
+//! `user.*` xattrs; ACCESS; and the rules of `chmod`, `chown`, `truncate`
+//! and `utimes` for SETATTR, as Linux's `setattr_prepare` has them.
+//! Supplementary groups are read from `/proc/PID/status` of the caller, and
+//! only when they decide the outcome (the caller is neither the owner nor
+//! in the file's primary group, and the group and other bits differ).
+//!
+//! Cached directory entries: without `default_permissions` the kernel
+//! follows a cached entry without asking anyone, so a name cached for one
+//! user would let another walk through a directory they may not search.
+//! Entries are therefore cached only in directories everybody may search
+//! (mode `--x--x--x` all set); in any other directory every lookup comes
+//! to the daemon and is checked. When a directory stops being searchable by
+//! everybody (a `chmod`, or an entry renamed into such a directory from a
+//! searchable one), every cached entry of the mount is dropped before the
+//! reply ([`EntryFlusher`], FUSE_NOTIFY_INC_EPOCH), so no stale entry
+//! outlives the change.
+//!
+//! Root (uid 0) passes every check, as a process with `CAP_DAC_OVERRIDE`
+//! and `CAP_FOWNER` does (exec still needs an exec bit); a root process that
+//! dropped those capabilities is not told apart.
+
+use std::collections::HashSet;
+use std::ffi::CStr;
+use std::io;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions, OpenOptions, SetattrValid};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, ListxattrReply, ZeroCopyReader,
+    ZeroCopyWriter,
+};
+use libc::{stat64, statvfs64};
+
+/// `access(2)` bits.
+pub mod mask {
+    /// Read.
+    pub const R: u32 = 4;
+    /// Write.
+    pub const W: u32 = 2;
+    /// Execute, or search for a directory.
+    pub const X: u32 = 1;
+}
+
+fn err(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+/// Where the supplementary groups of a caller come from.
+pub trait GroupSource: Send + Sync + std::fmt::Debug {
+    /// The supplementary groups of thread `pid`, or `None` if they cannot be
+    /// known (the process is gone, or lives in another pid namespace).
+    fn groups(&self, pid: u32) -> Option<Vec<u32>>;
+}
+
+/// Reads the `Groups:` line of `/proc/PID/status`.
+#[derive(Debug, Default)]
+pub struct ProcGroups;
+
+impl GroupSource for ProcGroups {
+    fn groups(&self, pid: u32) -> Option<Vec<u32>> {
+        if pid == 0 {
+            return None;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        parse_groups(&status)
+    }
+}
+
+/// The groups of a `/proc/PID/status` text; `None` without a well-formed
+/// `Groups:` line.
+pub fn parse_groups(status: &str) -> Option<Vec<u32>> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+    line.split_whitespace().map(|g| g.parse().ok()).collect()
+}
+
+/// Drops every directory entry the kernel caches for the mount.
+pub trait EntryFlusher: Send + Sync + std::fmt::Debug {
+    /// Must not block on kernel locks: it is called from request handlers.
+    fn flush_entries(&self) -> io::Result<()>;
+}
+
+impl EntryFlusher for crate::Notifier {
+    fn flush_entries(&self) -> io::Result<()> {
+        self.inc_epoch()
+    }
+}
+
+/// The caller of one request, with its supplementary groups read at most
+/// once and only if a check needs them.
+struct Caller<'a> {
+    uid: u32,
+    gid: u32,
+    pid: u32,
+    source: &'a dyn GroupSource,
+    groups: OnceLock<Option<Vec<u32>>>,
+}
+
+impl<'a> Caller<'a> {
+    fn new(ctx: &Context, source: &'a dyn GroupSource) -> Self {
+        Caller {
+            uid: ctx.uid,
+            gid: ctx.gid,
+            pid: ctx.pid as u32,
+            source,
+            groups: OnceLock::new(),
+        }
+    }
+
+    fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    /// Whether the caller is in group `gid`; `None` if unknown.
+    fn in_group(&self, gid: u32) -> Option<bool> {
+        if gid == self.gid {
+            return Some(true);
+        }
+        self.groups
+            .get_or_init(|| self.source.groups(self.pid))
+            .as_ref()
+            .map(|g| g.contains(&gid))
+    }
+}
+
+/// May `caller` access an inode with attributes `st` for `want` ([`mask`]
+/// bits)? Linux's `generic_permission` without ACLs: the owner's bits for
+/// the owner, else the group's for a member of the file's group, else the
+/// others'.
+fn may(caller: &Caller<'_>, st: &stat64, want: u32) -> io::Result<()> {
+    let want = want & 7;
+    if want == 0 {
+        return Ok(());
+    }
+    let mode = st.st_mode;
+    let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
+    if caller.is_root() {
+        if want & mask::X != 0 && !is_dir && mode & 0o111 == 0 {
+            return Err(err(libc::EACCES));
+        }
+        return Ok(());
+    }
+    let allowed = if caller.uid == st.st_uid {
+        (mode >> 6) & want == want
+    } else {
+        let group = (mode >> 3) & want == want;
+        let other = mode & want == want;
+        if group == other {
+            group
+        } else {
+            match caller.in_group(st.st_gid) {
+                Some(true) => group,
+                Some(false) => other,
+                // Unknown membership: allow only what both would allow.
+                None => false,
+            }
+        }
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(err(libc::EACCES))
+    }
+}
+
+/// Checks a SETATTR of an inode with attributes `st` as Linux's
+/// `setattr_prepare` and `may_setattr` do, and returns `attr` with the
+/// set-group-ID bit cleared where a `chmod` may not set it.
+/// `writable_handle`: the request names a handle opened for writing.
+fn check_setattr(
+    caller: &Caller<'_>,
+    st: &stat64,
+    mut attr: stat64,
+    valid: SetattrValid,
+    writable_handle: bool,
+) -> io::Result<stat64> {
+    let owner = caller.is_root() || caller.uid == st.st_uid;
+    if valid.contains(SetattrValid::SIZE) && !writable_handle {
+        may(caller, st, mask::W)?;
+    }
+    if valid.contains(SetattrValid::UID)
+        && !caller.is_root()
+        && !(caller.uid == st.st_uid && attr.st_uid == st.st_uid)
+    {
+        return Err(err(libc::EPERM));
+    }
+    if valid.contains(SetattrValid::GID)
+        && !caller.is_root()
+        && !(caller.uid == st.st_uid
+            && (attr.st_gid == st.st_gid || caller.in_group(attr.st_gid) == Some(true)))
+    {
+        return Err(err(libc::EPERM));
+    }
+    if valid.contains(SetattrValid::MODE) {
+        if !owner {
+            return Err(err(libc::EPERM));
+        }
+        let gid = if valid.contains(SetattrValid::GID) {
+            attr.st_gid
+        } else {
+            st.st_gid
+        };
+        if !caller.is_root() && caller.in_group(gid) != Some(true) {
+            attr.st_mode &= !libc::S_ISGID;
+        }
+    }
+    let atime_set = valid.contains(SetattrValid::ATIME) && !valid.contains(SetattrValid::ATIME_NOW);
+    let mtime_set = valid.contains(SetattrValid::MTIME) && !valid.contains(SetattrValid::MTIME_NOW);
+    let touch = valid.contains(SetattrValid::ATIME_NOW) && valid.contains(SetattrValid::MTIME_NOW);
+    if (atime_set || mtime_set) && !owner {
+        return Err(err(libc::EPERM));
+    }
+    if touch && !owner {
+        may(caller, st, mask::W)?;
+    }
+    Ok(attr)
+}
+
+/// What an open with `flags` needs: read and/or write, and write for
+/// O_TRUNC.
+fn open_mask(flags: u32) -> u32 {
+    let flags = flags as i32;
+    let mut want = match flags & libc::O_ACCMODE {
+        libc::O_RDONLY => mask::R,
+        libc::O_WRONLY => mask::W,
+        _ => mask::R | mask::W,
+    };
+    if flags & libc::O_TRUNC != 0 {
+        want |= mask::W;
+    }
+    want
+}
+
+fn writes(flags: u32) -> bool {
+    matches!(flags as i32 & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR)
+}
+
+/// Whether the kernel may cache entries of a directory with `mode`: only
+/// if everybody may search it (see the module docs).
+pub fn entries_cacheable(mode: u32) -> bool {
+    mode & 0o111 == 0o111
+}
+
+/// A [`FileSystem`] whose requests are checked against the caller's
+/// permissions before they reach `F` (see the module docs). Mount it
+/// without `default_permissions`, and give it an [`EntryFlusher`] (the
+/// session's notifier) before serving.
+#[derive(Debug)]
+pub struct Checked<F> {
+    fs: F,
+    groups: Box<dyn GroupSource>,
+    flusher: OnceLock<Box<dyn EntryFlusher>>,
+    /// Handles opened for writing: a truncate through one needs no write
+    /// permission (`ftruncate` on a descriptor opened before a `chmod`).
+    writable: Mutex<HashSet<u64>>,
+}
+
+impl<F> Checked<F>
+where
+    F: FileSystem<Inode = u64, Handle = u64>,
+{
+    /// Checks in front of `fs`, with supplementary groups from `/proc`.
+    pub fn new(fs: F) -> Self {
+        Self::with_groups(fs, Box::new(ProcGroups))
+    }
+
+    /// Checks in front of `fs`, with supplementary groups from `groups`.
+    pub fn with_groups(fs: F, groups: Box<dyn GroupSource>) -> Self {
+        Checked {
+            fs,
+            groups,
+            flusher: OnceLock::new(),
+            writable: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Sets how cached entries are dropped (once; later calls are ignored).
+    pub fn set_flusher(&self, flusher: Box<dyn EntryFlusher>) {
+        let _ = self.flusher.set(flusher);
+    }
+
+    /// The wrapped filesystem.
+    pub fn inner(&self) -> &F {
+        &self.fs
+    }
+
+    fn caller<'a>(&'a self, ctx: &Context) -> Caller<'a> {
+        Caller::new(ctx, self.groups.as_ref())
+    }
+
+    fn attr(&self, ctx: &Context, ino: u64) -> io::Result<stat64> {
+        self.fs.getattr(ctx, ino, None).map(|(st, _)| st)
+    }
+
+    /// Drops every cached entry; a failure is logged and answered EIO, so
+    /// the change is reported failed rather than left with stale entries.
+    fn flush_entries(&self) -> io::Result<()> {
+        match self.flusher.get() {
+            Some(f) => f.flush_entries().map_err(|e| {
+                tracing::error!("dropping cached directory entries failed: {e}");
+                err(libc::EIO)
+            }),
+            None => {
+                tracing::error!("no entry flusher set: cached directory entries cannot be dropped");
+                Err(err(libc::EIO))
+            }
+        }
+    }
+
+    /// Checks write and search permission on `parent` and returns its
+    /// attributes.
+    fn changing_dir(&self, ctx: &Context, parent: u64) -> io::Result<stat64> {
+        let st = self.attr(ctx, parent)?;
+        may(&self.caller(ctx), &st, mask::W | mask::X)?;
+        Ok(st)
+    }
+
+    fn entry_in(parent: &stat64, mut entry: Entry) -> Entry {
+        if !entries_cacheable(parent.st_mode) {
+            entry.entry_timeout = Duration::ZERO;
+        }
+        entry
+    }
+
+    fn note_open(&self, handle: Option<u64>, flags: u32) {
+        if let (Some(h), true) = (handle, writes(flags)) {
+            self.writable.lock().unwrap_or_else(|p| p.into_inner()).insert(h);
+        }
+    }
+}
+
+impl<F> FileSystem for Checked<F>
+where
+    F: FileSystem<Inode = u64, Handle = u64>,
+{
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        self.fs.init(capable)
+    }
+
+    fn destroy(&self) {
+        self.fs.destroy()
+    }
+
+    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let st = self.attr(ctx, parent)?;
+        may(&self.caller(ctx), &st, mask::X)?;
+        match self.fs.lookup(ctx, parent, name) {
+            Ok(entry) => Ok(Self::entry_in(&st, entry)),
+            // A missing name in a directory not everybody may search: a
+            // negative entry that is not cached (instead of ENOENT, which the
+            // dispatcher may turn into a cached one).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !entries_cacheable(st.st_mode) => Ok(Entry {
+                inode: 0,
+                entry_timeout: Duration::ZERO,
+                ..Default::default()
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn forget(&self, ctx: &Context, inode: u64, count: u64) {
+        self.fs.forget(ctx, inode, count)
+    }
+
+    fn batch_forget(&self, ctx: &Context, requests: Vec<(u64, u64)>) {
+        self.fs.batch_forget(ctx, requests)
+    }
+
+    fn getattr(&self, ctx: &Context, inode: u64, handle: Option<u64>) -> io::Result<(stat64, Duration)> {
+        self.fs.getattr(ctx, inode, handle)
+    }
+
+    fn setattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        attr: stat64,
+        handle: Option<u64>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        let caller = self.caller(ctx);
+        let mode_change = valid.contains(SetattrValid::MODE);
+        if caller.is_root() && !mode_change {
+            return self.fs.setattr(ctx, inode, attr, handle, valid);
+        }
+        let st = self.attr(ctx, inode)?;
+        let writable = handle.is_some_and(|h| {
+            self.writable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&h)
+        });
+        let attr = check_setattr(&caller, &st, attr, valid, writable)?;
+        let reply = self.fs.setattr(ctx, inode, attr, handle, valid)?;
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if mode_change && is_dir && entries_cacheable(st.st_mode) && !entries_cacheable(attr.st_mode) {
+            self.flush_entries()?;
+        }
+        Ok(reply)
+    }
+
+    fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        self.fs.readlink(ctx, inode)
+    }
+
+    fn symlink(&self, ctx: &Context, linkname: &CStr, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let st = self.changing_dir(ctx, parent)?;
+        self.fs
+            .symlink(ctx, linkname, parent, name)
+            .map(|e| Self::entry_in(&st, e))
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        let st = self.changing_dir(ctx, parent)?;
+        self.fs
+            .mknod(ctx, parent, name, mode, rdev, umask)
+            .map(|e| Self::entry_in(&st, e))
+    }
+
+    fn mkdir(&self, ctx: &Context, parent: u64, name: &CStr, mode: u32, umask: u32) -> io::Result<Entry> {
+        let st = self.changing_dir(ctx, parent)?;
+        self.fs
+            .mkdir(ctx, parent, name, mode, umask)
+            .map(|e| Self::entry_in(&st, e))
+    }
+
+    fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        if !self.caller(ctx).is_root() {
+            self.changing_dir(ctx, parent)?;
+        }
+        self.fs.unlink(ctx, parent, name)
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        if !self.caller(ctx).is_root() {
+            self.changing_dir(ctx, parent)?;
+        }
+        self.fs.rmdir(ctx, parent, name)
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        let caller = self.caller(ctx);
+        let old_st = self.attr(ctx, olddir)?;
+        let new_st = if newdir == olddir {
+            old_st
+        } else {
+            self.attr(ctx, newdir)?
+        };
+        may(&caller, &old_st, mask::W | mask::X)?;
+        may(&caller, &new_st, mask::W | mask::X)?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if newdir != olddir && !caller.is_root() {
+            // A directory moved to another parent gets a new "..": that
+            // needs write permission on the directory itself (both ways for
+            // an exchange).
+            let mut moved = vec![(olddir, oldname)];
+            if exchange {
+                moved.push((newdir, newname));
+            }
+            for (dir, name) in moved {
+                let entry = self.fs.lookup(ctx, dir, name)?;
+                let result = if entry.attr.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    may(&caller, &entry.attr, mask::W)
+                } else {
+                    Ok(())
+                };
+                self.fs.forget(ctx, entry.inode, 1);
+                result?;
+            }
+        }
+        self.fs.rename(ctx, olddir, oldname, newdir, newname, flags)?;
+        // An entry the kernel may have cached in a searchable directory now
+        // sits in one not everybody may search.
+        let into_closed = entries_cacheable(old_st.st_mode) && !entries_cacheable(new_st.st_mode);
+        let back_closed = exchange && entries_cacheable(new_st.st_mode) && !entries_cacheable(old_st.st_mode);
+        if into_closed || back_closed {
+            self.flush_entries()?;
+        }
+        Ok(())
+    }
+
+    fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+        let st = self.changing_dir(ctx, newparent)?;
+        self.fs
+            .link(ctx, inode, newparent, newname)
+            .map(|e| Self::entry_in(&st, e))
+    }
+
+    fn open(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let caller = self.caller(ctx);
+        if !caller.is_root() {
+            let st = self.attr(ctx, inode)?;
+            may(&caller, &st, open_mask(flags))?;
+        }
+        let opened = self.fs.open(ctx, inode, flags, fuse_flags)?;
+        self.note_open(opened.0, flags);
+        Ok(opened)
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        let st = self.changing_dir(ctx, parent)?;
+        let exclusive = args.flags as i32 & libc::O_EXCL != 0;
+        let first = CreateIn {
+            flags: (args.flags as i32 | libc::O_EXCL) as u32,
+            ..args
+        };
+        let created = match self.fs.create(ctx, parent, name, first) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && !exclusive => {
+                // The name exists after all (the kernel's negative entry was
+                // stale): this is an open of that file, checked as one.
+                let entry = self.fs.lookup(ctx, parent, name)?;
+                let opened = may(&self.caller(ctx), &entry.attr, open_mask(args.flags))
+                    .and_then(|()| self.fs.open(ctx, entry.inode, args.flags, args.fuse_flags));
+                match opened {
+                    Ok((handle, options, passthrough)) => (entry, handle, options, passthrough),
+                    Err(e) => {
+                        self.fs.forget(ctx, entry.inode, 1);
+                        return Err(e);
+                    }
+                }
+            }
+            other => other?,
+        };
+        self.note_open(created.1, args.flags);
+        Ok((Self::entry_in(&st, created.0), created.1, created.2, created.3))
+    }
+
+    fn read(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        flags: u32,
+    ) -> io::Result<usize> {
+        self.fs
+            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        delayed_write: bool,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<usize> {
+        self.fs.write(
+            ctx,
+            inode,
+            handle,
+            r,
+            size,
+            offset,
+            lock_owner,
+            delayed_write,
+            flags,
+            fuse_flags,
+        )
+    }
+
+    fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
+        self.fs.flush(ctx, inode, handle, lock_owner)
+    }
+
+    fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        self.fs.fsync(ctx, inode, datasync, handle)
+    }
+
+    fn fallocate(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        self.fs.fallocate(ctx, inode, handle, mode, offset, length)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn release(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+        handle: u64,
+        flush: bool,
+        flock_release: bool,
+        lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        if writes(flags) {
+            self.writable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&handle);
+        }
+        self.fs
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+    }
+
+    fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {
+        self.fs.statfs(ctx, inode)
+    }
+
+    fn setxattr(&self, ctx: &Context, inode: u64, name: &CStr, value: &[u8], flags: u32) -> io::Result<()> {
+        self.check_xattr(ctx, inode, name, mask::W)?;
+        self.fs.setxattr(ctx, inode, name, value, flags)
+    }
+
+    fn getxattr(&self, ctx: &Context, inode: u64, name: &CStr, size: u32) -> io::Result<GetxattrReply> {
+        self.check_xattr(ctx, inode, name, mask::R)?;
+        self.fs.getxattr(ctx, inode, name, size)
+    }
+
+    fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        self.fs.listxattr(ctx, inode, size)
+    }
+
+    fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+        self.check_xattr(ctx, inode, name, mask::W)?;
+        self.fs.removexattr(ctx, inode, name)
+    }
+
+    fn opendir(&self, ctx: &Context, inode: u64, flags: u32) -> io::Result<(Option<u64>, OpenOptions)> {
+        let caller = self.caller(ctx);
+        if !caller.is_root() {
+            let st = self.attr(ctx, inode)?;
+            may(&caller, &st, mask::R)?;
+        }
+        self.fs.opendir(ctx, inode, flags)
+    }
+
+    fn readdir(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.fs.readdir(ctx, inode, handle, size, offset, add_entry)
+    }
+
+    fn readdirplus(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let st = self.attr(ctx, inode)?;
+        if entries_cacheable(st.st_mode) {
+            return self.fs.readdirplus(ctx, inode, handle, size, offset, add_entry);
+        }
+        self.fs
+            .readdirplus(ctx, inode, handle, size, offset, &mut |d, e| {
+                add_entry(d, Self::entry_in(&st, e))
+            })
+    }
+
+    fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        self.fs.fsyncdir(ctx, inode, datasync, handle)
+    }
+
+    fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
+        self.fs.releasedir(ctx, inode, flags, handle)
+    }
+
+    fn access(&self, ctx: &Context, inode: u64, want: u32) -> io::Result<()> {
+        let st = self.attr(ctx, inode)?;
+        may(&self.caller(ctx), &st, want)
+    }
+
+    fn lseek(&self, ctx: &Context, inode: u64, handle: u64, offset: u64, whence: u32) -> io::Result<u64> {
+        self.fs.lseek(ctx, inode, handle, offset, whence)
+    }
+
+    fn getlk(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<FileLock> {
+        self.fs.getlk(ctx, inode, handle, owner, lock, flags)
+    }
+
+    fn setlk(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.fs.setlk(ctx, inode, handle, owner, lock, flags)
+    }
+
+    fn setlkw(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.fs.setlkw(ctx, inode, handle, owner, lock, flags)
+    }
+
+    fn ioctl(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        flags: u32,
+        cmd: u32,
+        data: fuse_backend_rs::api::filesystem::IoctlData,
+        out_size: u32,
+    ) -> io::Result<fuse_backend_rs::api::filesystem::IoctlData<'_>> {
+        self.fs.ioctl(ctx, inode, handle, flags, cmd, data, out_size)
+    }
+
+    fn bmap(&self, ctx: &Context, inode: u64, block: u64, blocksize: u32) -> io::Result<u64> {
+        self.fs.bmap(ctx, inode, block, blocksize)
+    }
+
+    fn poll(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        khandle: u64,
+        flags: u32,
+        events: u32,
+    ) -> io::Result<u32> {
+        self.fs.poll(ctx, inode, handle, khandle, flags, events)
+    }
+
+    fn notify_reply(&self) -> io::Result<()> {
+        self.fs.notify_reply()
+    }
+
+    fn id_remap(&self, ctx: &mut Context) -> io::Result<()> {
+        self.fs.id_remap(ctx)
+    }
+}
+
+impl<F> Checked<F>
+where
+    F: FileSystem<Inode = u64, Handle = u64>,
+{
+    /// `user.*` xattrs need read (get) or write (set, remove) permission on
+    /// the inode; the kernel checks the other namespaces itself.
+    fn check_xattr(&self, ctx: &Context, inode: u64, name: &CStr, want: u32) -> io::Result<()> {
+        let caller = self.caller(ctx);
+        if caller.is_root() || !name.to_bytes().starts_with(b"user.") {
+            return Ok(());
+        }
+        let st = self.attr(ctx, inode)?;
+        may(&caller, &st, want)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fixed(Option<Vec<u32>>);
+
+    impl GroupSource for Fixed {
+        fn groups(&self, _pid: u32) -> Option<Vec<u32>> {
+            self.0.clone()
+        }
+    }
+
+    fn st(mode: u32, uid: u32, gid: u32) -> stat64 {
+        let mut s = Entry::default().attr;
+        s.st_mode = mode;
+        s.st_uid = uid;
+        s.st_gid = gid;
+        s
+    }
+
+    fn caller<'a>(uid: u32, gid: u32, groups: &'a Fixed) -> Caller<'a> {
+        Caller::new(&Context { uid, gid, pid: 42 }, groups)
+    }
+
+    fn code(r: io::Result<impl Sized>) -> i32 {
+        match r {
+            Ok(_) => 0,
+            Err(e) => e.raw_os_error().unwrap_or(-1),
+        }
+    }
+
+    const FILE: u32 = libc::S_IFREG;
+    const DIR: u32 = libc::S_IFDIR;
+
+    #[test]
+    fn owner_group_and_other_bits_each_decide_alone() {
+        let none = Fixed(Some(vec![]));
+        // 0640 owned by 1000:100.
+        let f = st(FILE | 0o640, 1000, 100);
+        assert_eq!(code(may(&caller(1000, 1000, &none), &f, mask::R | mask::W)), 0);
+        assert_eq!(code(may(&caller(1001, 100, &none), &f, mask::R)), 0);
+        assert_eq!(code(may(&caller(1001, 100, &none), &f, mask::W)), libc::EACCES);
+        assert_eq!(code(may(&caller(1002, 200, &none), &f, mask::R)), libc::EACCES);
+        // The owner gets the owner's bits only, even if others get more.
+        let odd = st(FILE | 0o047, 1000, 100);
+        assert_eq!(code(may(&caller(1000, 1000, &none), &odd, mask::R)), libc::EACCES);
+        assert_eq!(code(may(&caller(1002, 200, &none), &odd, mask::R)), 0);
+    }
+
+    #[test]
+    fn supplementary_groups_are_read_only_when_they_decide() {
+        let f = st(FILE | 0o640, 1000, 100);
+        let member = Fixed(Some(vec![5, 100]));
+        let stranger = Fixed(Some(vec![5]));
+        let unknown = Fixed(None);
+        assert_eq!(code(may(&caller(1001, 7, &member), &f, mask::R)), 0);
+        assert_eq!(code(may(&caller(1001, 7, &stranger), &f, mask::R)), libc::EACCES);
+        // Unknown groups: allow only what both group and others allow.
+        assert_eq!(code(may(&caller(1001, 7, &unknown), &f, mask::R)), libc::EACCES);
+        let open = st(FILE | 0o644, 1000, 100);
+        assert_eq!(code(may(&caller(1001, 7, &unknown), &open, mask::R)), 0);
+        // Group bits that deny what others may: a member is denied.
+        let neg = st(FILE | 0o604, 1000, 100);
+        assert_eq!(code(may(&caller(1001, 7, &member), &neg, mask::R)), libc::EACCES);
+        assert_eq!(code(may(&caller(1001, 7, &unknown), &neg, mask::R)), libc::EACCES);
+        assert_eq!(code(may(&caller(1001, 7, &stranger), &neg, mask::R)), 0);
+    }
+
+    #[test]
+    fn root_passes_everything_but_exec_without_exec_bits() {
+        let g = Fixed(None);
+        let root = caller(0, 0, &g);
+        assert_eq!(code(may(&root, &st(FILE, 1000, 100), mask::R | mask::W)), 0);
+        assert_eq!(
+            code(may(&root, &st(FILE | 0o644, 1000, 100), mask::X)),
+            libc::EACCES
+        );
+        assert_eq!(code(may(&root, &st(FILE | 0o100, 1000, 100), mask::X)), 0);
+        assert_eq!(code(may(&root, &st(DIR, 1000, 100), mask::X | mask::W)), 0);
+    }
+
+    #[test]
+    fn chmod_chown_truncate_and_utimes_follow_setattr_prepare() {
+        let g = Fixed(Some(vec![300]));
+        let f = st(FILE | 0o664, 1000, 100);
+        let owner = caller(1000, 1000, &g);
+        let other = caller(1001, 100, &g);
+        let mut want = f;
+        want.st_mode = FILE | 0o2755;
+        // chmod: owner only; set-group-ID dropped if not in the file's group.
+        assert_eq!(
+            code(check_setattr(&other, &f, want, SetattrValid::MODE, false)),
+            libc::EPERM
+        );
+        let got = check_setattr(&owner, &f, want, SetattrValid::MODE, false).unwrap();
+        assert_eq!(got.st_mode, FILE | 0o755);
+        let in_group = st(FILE | 0o664, 1000, 300);
+        let got = check_setattr(&owner, &in_group, want, SetattrValid::MODE, false).unwrap();
+        assert_eq!(got.st_mode, FILE | 0o2755);
+        // chown: root only, but the owner may "change" to the same uid.
+        let mut to = f;
+        to.st_uid = 1001;
+        assert_eq!(
+            code(check_setattr(&owner, &f, to, SetattrValid::UID, false)),
+            libc::EPERM
+        );
+        assert_eq!(code(check_setattr(&owner, &f, f, SetattrValid::UID, false)), 0);
+        assert_eq!(
+            code(check_setattr(&caller(0, 0, &g), &f, to, SetattrValid::UID, false)),
+            0
+        );
+        // chgrp: the owner, to a group they are in.
+        let mut grp = f;
+        grp.st_gid = 300;
+        assert_eq!(code(check_setattr(&owner, &f, grp, SetattrValid::GID, false)), 0);
+        grp.st_gid = 301;
+        assert_eq!(
+            code(check_setattr(&owner, &f, grp, SetattrValid::GID, false)),
+            libc::EPERM
+        );
+        assert_eq!(
+            code(check_setattr(&other, &f, f, SetattrValid::GID, false)),
+            libc::EPERM
+        );
+        // truncate: write permission, unless through a handle opened for writing.
+        let ro = st(FILE | 0o644, 1000, 100);
+        assert_eq!(
+            code(check_setattr(&other, &ro, ro, SetattrValid::SIZE, false)),
+            libc::EACCES
+        );
+        assert_eq!(code(check_setattr(&other, &ro, ro, SetattrValid::SIZE, true)), 0);
+        assert_eq!(code(check_setattr(&other, &f, f, SetattrValid::SIZE, false)), 0);
+        // utimes: explicit times need the owner; "now" needs owner or write.
+        let explicit = SetattrValid::ATIME | SetattrValid::MTIME;
+        let now = explicit | SetattrValid::ATIME_NOW | SetattrValid::MTIME_NOW;
+        assert_eq!(code(check_setattr(&other, &f, f, explicit, false)), libc::EPERM);
+        assert_eq!(code(check_setattr(&other, &f, f, now, false)), 0);
+        assert_eq!(code(check_setattr(&other, &ro, ro, now, false)), libc::EACCES);
+        assert_eq!(code(check_setattr(&owner, &ro, ro, explicit, false)), 0);
+    }
+
+    #[test]
+    fn open_needs_what_its_flags_ask_for() {
+        assert_eq!(open_mask(libc::O_RDONLY as u32), mask::R);
+        assert_eq!(open_mask(libc::O_WRONLY as u32), mask::W);
+        assert_eq!(open_mask(libc::O_RDWR as u32), mask::R | mask::W);
+        assert_eq!(
+            open_mask((libc::O_RDONLY | libc::O_TRUNC) as u32),
+            mask::R | mask::W
+        );
+    }
+
+    #[test]
+    fn groups_come_from_the_status_line() {
+        let status = "Name:\tsh\nUid:\t1000\t1000\t1000\t1000\nGroups:\t4 24 100 \nVmPeak:\t1 kB\n";
+        assert_eq!(parse_groups(status), Some(vec![4, 24, 100]));
+        assert_eq!(parse_groups("Groups:\n"), Some(vec![]));
+        assert_eq!(parse_groups("Groups:\t4 x\n"), None);
+        assert_eq!(parse_groups("Name:\tsh\n"), None);
+        let me = ProcGroups.groups(std::process::id()).expect("own groups");
+        assert!(me.len() < 65537);
+    }
+
+    #[test]
+    fn entries_are_cached_only_where_everybody_may_search() {
+        assert!(entries_cacheable(DIR | 0o755));
+        assert!(entries_cacheable(DIR | 0o711));
+        assert!(!entries_cacheable(DIR | 0o750));
+        assert!(!entries_cacheable(DIR | 0o700));
+        assert!(!entries_cacheable(DIR | 0o677));
+    }
+}
