@@ -20,6 +20,7 @@ pub mod creds;
 pub mod dev;
 pub mod mount;
 pub mod probe;
+pub mod sched;
 pub mod uring;
 
 pub use dev::FuseDev;

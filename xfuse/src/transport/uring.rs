@@ -167,6 +167,14 @@ pub fn start<F: FileSystem + Send + Sync + 'static>(
         let handle = std::thread::Builder::new()
             .name(format!("xfuse-ring-{t}"))
             .spawn(move || {
+                // One queue, one CPU: answer where the caller runs (and
+                // touch the buffers first there). Several queues per
+                // thread: let the scheduler place it.
+                if let [only] = qids[..] {
+                    if let Err(e) = kmod_shim::sched::pin_current_thread(usize::from(only)) {
+                        tracing::debug!(thread = t, "not pinned to CPU {only}: {e}");
+                    }
+                }
                 let entries: Vec<RingEntry> = qids
                     .iter()
                     .flat_map(|&q| (0..plan.depth).map(move |_| RingEntry::new(q, plan.payload_bytes)))
