@@ -1,7 +1,8 @@
 //! The same fuse-backend-rs `PassthroughFs` over a fresh tmpfs, reached
 //! natively (`native`, the physical limit), through fuse-backend-rs's own
 //! server on one /dev/fuse queue (`stock`), and through xfused's transports
-//! (`xfuse-dev`, `xfuse-uring`, `xfuse-uring-pt`; those xfused refuses are
+//! (`xfuse-dev`, `xfuse-uring`, `xfuse-uring-pt`, and `xfuse-uring-dp` with
+//! `--permissions daemon`; those xfused refuses are
 //! skipped with a note). Each workload runs with 1 thread and with one
 //! thread per CPU: groups `{workload}_{threads}t`, functions per
 //! configuration, e.g. `stat_cached_2t/stock`.

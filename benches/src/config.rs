@@ -17,16 +17,20 @@ pub enum Config {
     XfuseUring,
     /// `xfused passthrough --transport uring --passthrough`.
     XfuseUringPassthrough,
+    /// `xfused passthrough --transport uring --permissions daemon`: no
+    /// `default_permissions`, permissions checked by xfused.
+    XfuseUringDaemonPerms,
 }
 
 impl Config {
     /// Every configuration, in report column order.
-    pub const ALL: [Config; 5] = [
+    pub const ALL: [Config; 6] = [
         Config::Native,
         Config::Stock,
         Config::XfuseDev,
         Config::XfuseUring,
         Config::XfuseUringPassthrough,
+        Config::XfuseUringDaemonPerms,
     ];
 
     /// The name used in bench ids and report columns.
@@ -37,6 +41,7 @@ impl Config {
             Config::XfuseDev => "xfuse-dev",
             Config::XfuseUring => "xfuse-uring",
             Config::XfuseUringPassthrough => "xfuse-uring-pt",
+            Config::XfuseUringDaemonPerms => "xfuse-uring-dp",
         }
     }
 
@@ -58,6 +63,7 @@ impl Config {
             Config::XfuseDev => Some(&["--transport", "dev"]),
             Config::XfuseUring => Some(&["--transport", "uring"]),
             Config::XfuseUringPassthrough => Some(&["--transport", "uring", "--passthrough"]),
+            Config::XfuseUringDaemonPerms => Some(&["--transport", "uring", "--permissions", "daemon"]),
         }
     }
 
@@ -67,7 +73,9 @@ impl Config {
         match self {
             Config::Native | Config::Stock => None,
             Config::XfuseDev => Some("dev"),
-            Config::XfuseUring | Config::XfuseUringPassthrough => Some("uring"),
+            Config::XfuseUring | Config::XfuseUringPassthrough | Config::XfuseUringDaemonPerms => {
+                Some("uring")
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! transports and nothing else.
 //!
 //! - [`Config`]: the ways a directory is mounted (`native`, `stock`,
-//!   `xfuse-dev`, `xfuse-uring`, `xfuse-uring-pt`).
+//!   `xfuse-dev`, `xfuse-uring`, `xfuse-uring-pt`, `xfuse-uring-dp`).
 //! - [`Mount`]: one configuration over its own tmpfs, torn down on drop
 //!   (daemon stopped with SIGTERM, then unmounted, lazily if need be), even
 //!   when a bench panics; [`Suite`] finds the binaries and probes which

@@ -110,8 +110,8 @@ fn prepare(mount: &Mount) {
     )
     .unwrap();
     let setup = "set -e
-        mkdir open closed moving crew
-        chmod 755 open moving; chmod 700 closed; chmod 750 crew
+        mkdir open closed moving crew drop
+        chmod 755 open moving; chmod 700 closed; chmod 750 crew; chmod 777 drop
         echo hi > open/f; echo hi > closed/f; echo hi > moving/g; echo hi > crew/f
         chmod 644 open/f; chmod 640 crew/f
         echo rw > open/shared; chmod 666 open/shared
@@ -284,6 +284,29 @@ fn cases() -> Vec<Case> {
             uid: BOB,
             groups: &[],
             script: "stat open/f",
+            ok: false,
+        },
+        // A directory's attributes, kept by xfused for checks, must follow a
+        // chmod at once.
+        Case {
+            what: "Bob creates in a 0777 dir",
+            uid: BOB,
+            groups: &[],
+            script: "touch drop/a",
+            ok: true,
+        },
+        Case {
+            what: "Alice makes it 0755",
+            uid: ALICE,
+            groups: &[],
+            script: "chmod 755 drop",
+            ok: true,
+        },
+        Case {
+            what: "Bob creates there after the chmod",
+            uid: BOB,
+            groups: &[],
+            script: "touch drop/b",
             ok: false,
         },
         // An entry moved from an open directory into a closed one.

@@ -173,8 +173,9 @@ fn passthrough_reads_and_writes_never_reach_the_daemon() {
 /// the kernel invalidates a directory's attributes whenever it changes and
 /// must refetch its mode before the next permission check. No FLUSH
 /// (FOPEN_NOFLUSH), no SETATTR, no GETATTR of the file (CREATE's attributes
-/// are cached). The target is 5; the two directory GETATTRs are the
-/// gap, and this test guards the 6 we have.
+/// are cached). The target is 5: the two directory GETATTRs go away
+/// with `--permissions daemon` (the next test); this one guards the 6 of
+/// the default.
 #[test]
 fn create_close_stat_unlink_round_trips() {
     if !pinned_flags_only() {

@@ -6,8 +6,10 @@
 //! permission check after every change to the directory: a create, close,
 //! stat, unlink cycle costs two such GETATTRs on top of its four requests.
 //! [`Checked`] wraps any [`FileSystem`] and makes the same POSIX checks in
-//! the daemon, from attributes it reads from the filesystem at that moment,
-//! so the mount can go without `default_permissions` and those round trips.
+//! the daemon, from attributes it reads from the filesystem (a directory's
+//! kept for the filesystem's attribute timeout, as the kernel keeps them;
+//! dropped on every change of mode or owner through the mount), so the
+//! mount can go without `default_permissions` and those round trips.
 //!
 //! What the kernel still does without `default_permissions`, and is not
 //! repeated here: exec permission of regular files, the sticky-directory
@@ -40,11 +42,11 @@
 //! and `CAP_FOWNER` does (exec still needs an exec bit); a root process that
 //! dropped those capabilities is not told apart.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::io;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions, OpenOptions, SetattrValid};
 use fuse_backend_rs::api::filesystem::{
@@ -274,6 +276,47 @@ pub struct Checked<F> {
     /// Handles opened for writing: a truncate through one needs no write
     /// permission (`ftruncate` on a descriptor opened before a `chmod`).
     writable: Mutex<HashSet<u64>>,
+    /// Attributes of directories, kept for the attribute timeout the
+    /// filesystem gave with them (see [`DirAttrs`]).
+    dirs: DirAttrs,
+}
+
+/// Directory attributes read for checks, kept as long as the filesystem
+/// said they may be cached (its attribute timeout): the same freshness the
+/// kernel's own checks have with `default_permissions`, which use the
+/// attributes the kernel caches for that long. A directory's mode and
+/// owners change only through SETATTR, which drops its copy; RMDIR and
+/// RENAME drop them all (a node id could come back as another directory).
+/// Without this every LOOKUP would read its parent's attributes again.
+#[derive(Debug, Default)]
+struct DirAttrs {
+    map: Mutex<HashMap<u64, (stat64, Instant)>>,
+}
+
+impl DirAttrs {
+    /// At most this many directories; a full map is emptied.
+    const MAX: usize = 4096;
+
+    fn get(&self, ino: u64, now: Instant) -> Option<stat64> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&ino).filter(|(_, until)| now < *until).map(|(st, _)| *st)
+    }
+
+    fn put(&self, ino: u64, st: stat64, until: Instant) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        map.insert(ino, (st, until));
+    }
+
+    fn forget(&self, ino: u64) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&ino);
+    }
+
+    fn clear(&self) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
 }
 
 impl<F> Checked<F>
@@ -292,6 +335,7 @@ where
             groups,
             flusher: OnceLock::new(),
             writable: Mutex::new(HashSet::new()),
+            dirs: DirAttrs::default(),
         }
     }
 
@@ -309,7 +353,23 @@ where
         Caller::new(ctx, self.groups.as_ref())
     }
 
+    /// The attributes of `ino`, a directory's from [`DirAttrs`] while
+    /// fresh.
     fn attr(&self, ctx: &Context, ino: u64) -> io::Result<stat64> {
+        let now = Instant::now();
+        if let Some(st) = self.dirs.get(ino, now) {
+            return Ok(st);
+        }
+        let (st, timeout) = self.fs.getattr(ctx, ino, None)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR && !timeout.is_zero() {
+            self.dirs.put(ino, st, now + timeout);
+        }
+        Ok(st)
+    }
+
+    /// The attributes of `ino` read now.
+    fn fresh_attr(&self, ctx: &Context, ino: u64) -> io::Result<stat64> {
+        self.dirs.forget(ino);
         self.fs.getattr(ctx, ino, None).map(|(st, _)| st)
     }
 
@@ -405,9 +465,11 @@ where
         let caller = self.caller(ctx);
         let mode_change = valid.contains(SetattrValid::MODE);
         if caller.is_root() && !mode_change {
-            return self.fs.setattr(ctx, inode, attr, handle, valid);
+            let reply = self.fs.setattr(ctx, inode, attr, handle, valid);
+            self.dirs.forget(inode);
+            return reply;
         }
-        let st = self.attr(ctx, inode)?;
+        let st = self.fresh_attr(ctx, inode)?;
         let writable = handle.is_some_and(|h| {
             self.writable
                 .lock()
@@ -415,7 +477,9 @@ where
                 .contains(&h)
         });
         let attr = check_setattr(&caller, &st, attr, valid, writable)?;
-        let reply = self.fs.setattr(ctx, inode, attr, handle, valid)?;
+        let reply = self.fs.setattr(ctx, inode, attr, handle, valid);
+        self.dirs.forget(inode);
+        let reply = reply?;
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         if mode_change && is_dir && entries_cacheable(st.st_mode) && !entries_cacheable(attr.st_mode) {
             self.flush_entries()?;
@@ -467,7 +531,9 @@ where
         if !self.caller(ctx).is_root() {
             self.changing_dir(ctx, parent)?;
         }
-        self.fs.rmdir(ctx, parent, name)
+        let result = self.fs.rmdir(ctx, parent, name);
+        self.dirs.clear();
+        result
     }
 
     fn rename(
@@ -480,11 +546,12 @@ where
         flags: u32,
     ) -> io::Result<()> {
         let caller = self.caller(ctx);
-        let old_st = self.attr(ctx, olddir)?;
+        // Read now: they decide whether cached entries must be dropped.
+        let old_st = self.fresh_attr(ctx, olddir)?;
         let new_st = if newdir == olddir {
             old_st
         } else {
-            self.attr(ctx, newdir)?
+            self.fresh_attr(ctx, newdir)?
         };
         may(&caller, &old_st, mask::W | mask::X)?;
         may(&caller, &new_st, mask::W | mask::X)?;
@@ -508,7 +575,9 @@ where
                 result?;
             }
         }
-        self.fs.rename(ctx, olddir, oldname, newdir, newname, flags)?;
+        let result = self.fs.rename(ctx, olddir, oldname, newdir, newname, flags);
+        self.dirs.clear();
+        result?;
         // An entry the kernel may have cached in a searchable directory now
         // sits in one not everybody may search.
         let into_closed = entries_cacheable(old_st.st_mode) && !entries_cacheable(new_st.st_mode);
