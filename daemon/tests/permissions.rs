@@ -135,6 +135,11 @@ fn prepare(mount: &Mount) {
 const XATTR_READONLY: &str = "python3 -c \"import os; os.setxattr('open/readonly', 'user.k', b'v')\"";
 const XATTR_SHARED: &str = "python3 -c \"import os; os.setxattr('open/shared', 'user.k', b'v')\"";
 
+/// Two lookups of a missing name: the second is answered from the
+/// negative entry the first left in the kernel.
+const GHOST_ABSENT: &str =
+    "stat open/ghost 2>&1 | grep -q 'No such file' && stat open/ghost 2>&1 | grep -q 'No such file'";
+
 fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -273,6 +278,13 @@ fn cases() -> Vec<Case> {
             ok: true,
         },
         Case {
+            what: "Bob looks for open/ghost (caches a negative entry)",
+            uid: BOB,
+            groups: &[],
+            script: GHOST_ABSENT,
+            ok: true,
+        },
+        Case {
             what: "Alice closes open/",
             uid: ALICE,
             groups: &[],
@@ -284,6 +296,13 @@ fn cases() -> Vec<Case> {
             uid: BOB,
             groups: &[],
             script: "stat open/f",
+            ok: false,
+        },
+        Case {
+            what: "Bob looks for open/ghost after the chmod",
+            uid: BOB,
+            groups: &[],
+            script: "stat open/ghost",
             ok: false,
         },
         // A directory's attributes, kept by xfused for checks, must follow a

@@ -34,9 +34,9 @@
 //! (mode `--x--x--x` all set); in any other directory every lookup comes
 //! to the daemon and is checked. When a directory stops being searchable by
 //! everybody (a `chmod`, or an entry renamed into such a directory from a
-//! searchable one), every cached entry of the mount is dropped before the
-//! reply ([`EntryFlusher`], FUSE_NOTIFY_INC_EPOCH), so no stale entry
-//! outlives the change.
+//! searchable one), every cached entry of the mount, negative ones too, is
+//! dropped before the reply ([`EntryFlusher`], FUSE_NOTIFY_INC_EPOCH), so
+//! no stale entry outlives the change.
 //!
 //! Root (uid 0) passes every check, as a process with `CAP_DAC_OVERRIDE`
 //! and `CAP_FOWNER` does (exec still needs an exec bit); a root process that
