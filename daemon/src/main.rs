@@ -861,6 +861,9 @@ where
     session.set_policy(Policy {
         negative_timeout: Duration::from_millis(args.negative_timeout_ms),
         open_noflush: !args.flush_on_close,
+        // xfuse::perm::Checked marks names in directories not everybody may
+        // search with a zero entry timeout; adaptive timeouts must keep it.
+        zero_entry_timeout_stands: args.permissions == PermissionsArg::Daemon,
     });
     let adaptive = tracer.and_then(|t| adaptive::install(args, m.mountpoint, t, &mut session));
     let agreed = session

@@ -168,6 +168,7 @@ where
         policy: Policy {
             negative_timeout: Duration::from_millis(args.entry_timeout_ms),
             open_noflush: true,
+            ..Default::default()
         },
         report_stats: args.stats,
     };

@@ -189,17 +189,12 @@ pub struct Policy {
     /// close. Only for filesystems whose flush does nothing a close needs
     /// (no POSIX locks served by the filesystem, data written through).
     pub open_noflush: bool,
-}
-
-/// The adaptive entry timeout, except where the filesystem said not to
-/// cache the entry at all (e.g. [`crate::perm::Checked`] in a directory not
-/// everybody may search): that zero stands.
-fn keep_zero(from_fs: std::time::Duration, adaptive: std::time::Duration) -> std::time::Duration {
-    if from_fs.is_zero() {
-        from_fs
-    } else {
-        adaptive
-    }
+    /// An entry the filesystem returns with a zero entry timeout stays
+    /// uncached even when adaptive timeouts are set (which otherwise
+    /// replace the filesystem's timeouts): for filesystems that use zero to
+    /// say "never cache this name", like [`crate::perm::Checked`] in a
+    /// directory not everybody may search.
+    pub zero_entry_timeout_stands: bool,
 }
 
 /// Decodes requests and calls a [`FileSystem`]. Shared by every worker of a
@@ -252,10 +247,20 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
         let mut e = *entry;
         if let (Some(ttl), true) = (&self.ttl, e.inode != 0) {
             let (entry, attr) = ttl.ttl(e.inode);
-            e.entry_timeout = keep_zero(e.entry_timeout, entry);
+            e.entry_timeout = self.entry_ttl(e.entry_timeout, entry);
             e.attr_timeout = attr;
         }
         e
+    }
+
+    /// The adaptive entry timeout, or the filesystem's zero where
+    /// [`Policy::zero_entry_timeout_stands`].
+    fn entry_ttl(&self, from_fs: std::time::Duration, adaptive: std::time::Duration) -> std::time::Duration {
+        if self.policy.zero_entry_timeout_stands && from_fs.is_zero() {
+            from_fs
+        } else {
+            adaptive
+        }
     }
 
     /// `entry`, listed by READDIRPLUS of `dir`, with adaptive timeouts
@@ -264,7 +269,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
         let mut e = *entry;
         if let (Some(ttl), true) = (&self.ttl, e.inode != 0) {
             let (entry, attr) = ttl.ttl_listed(dir, e.inode);
-            e.entry_timeout = keep_zero(e.entry_timeout, entry);
+            e.entry_timeout = self.entry_ttl(e.entry_timeout, entry);
             e.attr_timeout = attr;
         }
         e
@@ -1170,6 +1175,7 @@ mod tests {
         d.set_policy(Policy {
             negative_timeout: Duration::from_millis(1500),
             open_noflush: true,
+            ..Default::default()
         });
         let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
         let r = run(&d, message(Opcode::Lookup as u32, 1, b"nope\0"), &mut out).unwrap();
@@ -1229,6 +1235,14 @@ mod tests {
         assert_eq!(r.error, 0);
         assert!(!ttl.is_long(2));
         assert_eq!(lookup(&d, &mut out), (1, 2));
+        // TinyFs answers with zero timeouts: with zero_entry_timeout_stands
+        // that zero is the filesystem saying "never cache this name"; the
+        // attribute timeout stays adaptive.
+        d.set_policy(Policy {
+            zero_entry_timeout_stands: true,
+            ..Default::default()
+        });
+        assert_eq!(lookup(&d, &mut out), (0, 2));
     }
 
     #[test]

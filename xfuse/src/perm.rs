@@ -266,8 +266,10 @@ pub fn entries_cacheable(mode: u32) -> bool {
 
 /// A [`FileSystem`] whose requests are checked against the caller's
 /// permissions before they reach `F` (see the module docs). Mount it
-/// without `default_permissions`, and give it an [`EntryFlusher`] (the
-/// session's notifier) before serving.
+/// without `default_permissions`, give it an [`EntryFlusher`] (the
+/// session's notifier) before serving, and with adaptive timeouts set
+/// [`crate::Policy::zero_entry_timeout_stands`]: a zero entry timeout from
+/// it means "never cache this name".
 #[derive(Debug)]
 pub struct Checked<F> {
     fs: F,
