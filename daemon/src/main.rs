@@ -208,7 +208,8 @@ enum PermissionsArg {
     /// refetches a directory's attributes (a GETATTR round trip) before the
     /// first check after each change to that directory.
     Kernel,
-    /// xfused, from attributes read at each request, with the caller's
+    /// xfused, from the filesystem's attributes (a directory's kept for the
+    /// attribute timeout, as the kernel keeps them) and the caller's
     /// supplementary groups: no refetching round trips (a create, stat,
     /// unlink cycle costs 4 requests instead of 6). Directory entries are
     /// then cached only in directories everybody may search. Needs Linux
