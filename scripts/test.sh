@@ -40,11 +40,12 @@ run cargo test --locked --workspace
 run XFUSE_TEST_TRANSPORT=uring cargo test --locked -p xfused -- --skip vm_
 # (transports.rs is left out there: its tests pin their own flags.)
 run XFUSE_TEST_TRANSPORT=uring XFUSE_TEST_ARGS=--passthrough cargo test --locked -p xfused \
-    --test posix_dev --test round_trip --test fault --test scale --test pjdfstest --test adaptive
+    --test posix_dev --test round_trip --test fault --test scale --test pjdfstest --test adaptive \
+    --test permissions
 # The POSIX suites once more with long timeouts for hot inodes (the adaptive
 # cache policy, promoting every 50 ms so short tests see long timeouts).
 run XFUSE_TEST_ARGS="--cache-policy adaptive --cache-refresh-ms 50" cargo test --locked -p xfused \
-    --test posix_dev --test round_trip --test pjdfstest
+    --test posix_dev --test round_trip --test pjdfstest --test permissions
 # One closing line with the totals over every test binary and run.
 awk '/^test result:/ { p += $4; f += $6; i += $8 }
      END { printf "xfuse: %d passed, %d failed, %d skipped\n", p, f, i; exit (f > 0) }' "$log"
