@@ -287,9 +287,10 @@ pub struct Checked<F> {
 /// said they may be cached (its attribute timeout): the same freshness the
 /// kernel's own checks have with `default_permissions`, which use the
 /// attributes the kernel caches for that long. A directory's mode and
-/// owners change only through SETATTR, which drops its copy; RMDIR and
-/// RENAME drop them all (a node id could come back as another directory).
-/// Without this every LOOKUP would read its parent's attributes again.
+/// owners change only through SETATTR, which drops its copy; FORGET drops
+/// the copy of each node id it names (once the kernel lets go of a node
+/// id, the filesystem may give it to another inode). Without this every
+/// LOOKUP would read its parent's attributes again.
 #[derive(Debug, Default)]
 struct DirAttrs {
     map: Mutex<HashMap<u64, (stat64, Instant)>>,
@@ -316,8 +317,11 @@ impl DirAttrs {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&ino);
     }
 
-    fn clear(&self) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    fn forget_all(&self, inos: impl Iterator<Item = u64>) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        for ino in inos {
+            map.remove(&ino);
+        }
     }
 }
 
@@ -358,21 +362,20 @@ where
     /// The attributes of `ino`, a directory's from [`DirAttrs`] while
     /// fresh.
     fn attr(&self, ctx: &Context, ino: u64) -> io::Result<stat64> {
-        let now = Instant::now();
-        if let Some(st) = self.dirs.get(ino, now) {
+        if let Some(st) = self.dirs.get(ino, Instant::now()) {
             return Ok(st);
         }
+        self.fresh_attr(ctx, ino)
+    }
+
+    /// The attributes of `ino` read now (and kept, for a directory).
+    fn fresh_attr(&self, ctx: &Context, ino: u64) -> io::Result<stat64> {
+        let now = Instant::now();
         let (st, timeout) = self.fs.getattr(ctx, ino, None)?;
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR && !timeout.is_zero() {
             self.dirs.put(ino, st, now + timeout);
         }
         Ok(st)
-    }
-
-    /// The attributes of `ino` read now.
-    fn fresh_attr(&self, ctx: &Context, ino: u64) -> io::Result<stat64> {
-        self.dirs.forget(ino);
-        self.fs.getattr(ctx, ino, None).map(|(st, _)| st)
     }
 
     /// Drops every cached entry; a failure is logged and answered EIO, so
@@ -445,10 +448,12 @@ where
     }
 
     fn forget(&self, ctx: &Context, inode: u64, count: u64) {
+        self.dirs.forget(inode);
         self.fs.forget(ctx, inode, count)
     }
 
     fn batch_forget(&self, ctx: &Context, requests: Vec<(u64, u64)>) {
+        self.dirs.forget_all(requests.iter().map(|&(ino, _)| ino));
         self.fs.batch_forget(ctx, requests)
     }
 
@@ -533,9 +538,7 @@ where
         if !self.caller(ctx).is_root() {
             self.changing_dir(ctx, parent)?;
         }
-        let result = self.fs.rmdir(ctx, parent, name);
-        self.dirs.clear();
-        result
+        self.fs.rmdir(ctx, parent, name)
     }
 
     fn rename(
@@ -577,9 +580,7 @@ where
                 result?;
             }
         }
-        let result = self.fs.rename(ctx, olddir, oldname, newdir, newname, flags);
-        self.dirs.clear();
-        result?;
+        self.fs.rename(ctx, olddir, oldname, newdir, newname, flags)?;
         // An entry the kernel may have cached in a searchable directory now
         // sits in one not everybody may search.
         let into_closed = entries_cacheable(old_st.st_mode) && !entries_cacheable(new_st.st_mode);
@@ -1064,6 +1065,26 @@ mod tests {
         assert_eq!(parse_groups("Name:\tsh\n"), None);
         let me = ProcGroups.groups(std::process::id()).expect("own groups");
         assert!(me.len() < 65537);
+    }
+
+    #[test]
+    fn directory_attributes_are_kept_until_their_timeout_or_a_forget() {
+        let dirs = DirAttrs::default();
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        dirs.put(7, st(DIR | 0o755, 1, 1), later);
+        dirs.put(8, st(DIR | 0o700, 1, 1), later);
+        dirs.put(9, st(DIR | 0o711, 1, 1), later);
+        assert_eq!(dirs.get(7, now).map(|s| s.st_mode), Some(DIR | 0o755));
+        assert!(dirs.get(7, later).is_none(), "expired at its timeout");
+        dirs.forget(7);
+        assert!(dirs.get(7, now).is_none());
+        dirs.forget_all([8, 9].into_iter());
+        assert!(dirs.get(8, now).is_none() && dirs.get(9, now).is_none());
+        for ino in 0..DirAttrs::MAX as u64 + 1 {
+            dirs.put(ino, st(DIR, 0, 0), later);
+        }
+        assert!(dirs.map.lock().unwrap().len() <= DirAttrs::MAX, "bounded");
     }
 
     #[test]
