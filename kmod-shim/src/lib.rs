@@ -1,6 +1,7 @@
 //! The kernel boundary of xfuse, and nothing else.
 //!
 //! - [`abi`]: the FUSE uAPI of protocol 7.45 as zerocopy types with size checks;
+//! - [`buf`]: page-aligned buffers for the file data the kernel copies;
 //! - [`dev`]: `/dev/fuse` file descriptors, their reads and writes, and the
 //!   `FUSE_DEV_IOC_*` ioctls (clone, passthrough backing files);
 //! - [`mount`]: mount(2) and umount2(2) for FUSE, with typed options;
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod buf;
 pub mod creds;
 pub mod dev;
 pub mod mount;

@@ -16,6 +16,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use zerocopy::{FromZeros, IntoBytes};
 
 use crate::abi::{UringCmd, UringCmdReq, UringReqHeader};
+use crate::buf::AlignedBuf;
 use crate::dev::FuseDev;
 
 /// One ring entry: the header buffer and the payload buffer the kernel
@@ -23,17 +24,19 @@ use crate::dev::FuseDev;
 #[derive(Debug)]
 pub struct RingEntry {
     header: Box<UringReqHeader>,
-    payload: Box<[u8]>,
+    payload: AlignedBuf,
     qid: u16,
 }
 
 impl RingEntry {
     /// An entry for queue `qid` with a payload buffer of `payload_bytes`
-    /// (the kernel requires at least max(8192, max_write, max_pages * 4096)).
+    /// (the kernel requires at least max(8192, max_write, max_pages * 4096)),
+    /// page-aligned, since READ and WRITE data is copied straight to and
+    /// from it (see [`crate::buf`]).
     pub fn new(qid: u16, payload_bytes: usize) -> RingEntry {
         RingEntry {
             header: Box::new(UringReqHeader::new_zeroed()),
-            payload: vec![0u8; payload_bytes].into_boxed_slice(),
+            payload: AlignedBuf::new(payload_bytes),
             qid,
         }
     }

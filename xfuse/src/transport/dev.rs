@@ -12,13 +12,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
-use kmod_shim::abi::OutHeader;
+use kmod_shim::abi::{InHeader, OutHeader, WriteIn};
+use kmod_shim::buf::AlignedBuf;
 use kmod_shim::FuseDev;
 use zerocopy::IntoBytes;
 
 use crate::dispatch::{Dispatcher, Reply};
 use crate::request::{split_contiguous, Args, BadRequest};
 use crate::session::Error;
+
+/// Where a WRITE request's data starts in what a `/dev/fuse` read returns.
+const WRITE_DATA_OFFSET: usize = std::mem::size_of::<InHeader>() + std::mem::size_of::<WriteIn>();
 
 /// Starts `threads` workers on clones of `session_dev`.
 pub fn start<F: FileSystem + Send + Sync + 'static>(
@@ -47,8 +51,10 @@ pub fn start<F: FileSystem + Send + Sync + 'static>(
 
 fn worker<F: FileSystem + Send + Sync>(id: usize, channel: FuseDev, dispatcher: Arc<Dispatcher<F>>) {
     let negotiated = *dispatcher.negotiated();
-    let mut request = vec![0u8; negotiated.request_buffer_bytes()];
-    let mut body = vec![0u8; negotiated.max_reply_bytes()];
+    // WRITE data lands on a page boundary (after its two headers), and
+    // READ data is read into a page-aligned buffer: see kmod_shim::buf.
+    let mut request = AlignedBuf::aligned_at(negotiated.request_buffer_bytes(), WRITE_DATA_OFFSET);
+    let mut body = AlignedBuf::new(negotiated.max_reply_bytes());
     loop {
         let n = match channel.read_request(&mut request) {
             Ok(n) => n,
