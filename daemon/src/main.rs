@@ -152,6 +152,13 @@ struct ServeArgs {
     /// (hybrid polling; 0 sleeps at once).
     #[arg(long, value_name = "US", default_value_t = 0)]
     spin_us: u64,
+    /// uring: microseconds the /dev/fuse worker beside the rings waits after
+    /// a FORGET, so that the next ones arrive together as one BATCH_FORGET
+    /// instead of one wake-up per unlinked file; an INTERRUPT may wait as
+    /// long (0 reads each FORGET at once).
+    #[arg(long, value_name = "US", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    forget_pause_us: u64,
     /// Print request counters (per opcode, per ring queue) at exit. They are
     /// printed on demand too, without this flag: kill -USR1 <pid>.
     #[arg(long)]
@@ -881,6 +888,7 @@ where
             queue_depth: args.queue_depth.map_or(0, usize::from),
             threads,
             spin: Duration::from_micros(args.spin_us),
+            forget_pause: Duration::from_micros(args.forget_pause_us),
         })
     } else {
         Transport::Dev { threads }

@@ -8,11 +8,13 @@
 //! max_pages); file data is read and written in place in them.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
-use kmod_shim::abi::{InHeader, OutHeader, WriteIn};
+use kmod_shim::abi::{InHeader, Opcode, OutHeader, WriteIn};
 use kmod_shim::buf::AlignedBuf;
 use kmod_shim::FuseDev;
 use zerocopy::IntoBytes;
@@ -20,6 +22,34 @@ use zerocopy::IntoBytes;
 use crate::dispatch::{Dispatcher, Reply};
 use crate::request::{split_contiguous, Args, BadRequest};
 use crate::session::Error;
+
+/// A pause after each FORGET, for the `/dev/fuse` worker that runs beside
+/// the rings of the `uring` transport.
+///
+/// There, `/dev/fuse` carries little but FORGETs (one per unlinked or
+/// evicted inode) and INTERRUPTs, and reading each FORGET as it comes costs
+/// a wake-up of that worker per unlink, often on another CPU. Pausing after
+/// a FORGET lets the next ones gather in the kernel's queue, which hands
+/// them over as one BATCH_FORGET. An INTERRUPT that arrives meanwhile waits
+/// at most `delay`. The pause applies only once `armed` is set (the rings
+/// serve requests), so that requests `/dev/fuse` still carries before
+/// then, or instead of rings that could not start, are never delayed.
+#[derive(Debug, Clone)]
+pub struct ForgetPause {
+    /// How long to wait after a FORGET or BATCH_FORGET.
+    pub delay: Duration,
+    /// Set once the rings carry the requests.
+    pub armed: Arc<AtomicBool>,
+}
+
+impl ForgetPause {
+    fn after(&self, opcode: u32) {
+        let forget = opcode == Opcode::Forget as u32 || opcode == Opcode::BatchForget as u32;
+        if forget && !self.delay.is_zero() && self.armed.load(Ordering::Relaxed) {
+            std::thread::sleep(self.delay);
+        }
+    }
+}
 
 /// Where a WRITE request's data starts in what a `/dev/fuse` read returns.
 const WRITE_DATA_OFFSET: usize = std::mem::size_of::<InHeader>() + std::mem::size_of::<WriteIn>();
@@ -30,6 +60,16 @@ pub fn start<F: FileSystem + Send + Sync + 'static>(
     dispatcher: &Arc<Dispatcher<F>>,
     threads: usize,
 ) -> Result<Vec<JoinHandle<()>>, Error> {
+    start_with(session_dev, dispatcher, threads, None)
+}
+
+/// [`start`], with a pause after each FORGET (see [`ForgetPause`]).
+pub fn start_with<F: FileSystem + Send + Sync + 'static>(
+    session_dev: &FuseDev,
+    dispatcher: &Arc<Dispatcher<F>>,
+    threads: usize,
+    pause: Option<ForgetPause>,
+) -> Result<Vec<JoinHandle<()>>, Error> {
     let mut workers = Vec::with_capacity(threads);
     for id in 0..threads {
         let channel = session_dev.try_clone_channel().map_err(|e| Error::Transport {
@@ -37,9 +77,10 @@ pub fn start<F: FileSystem + Send + Sync + 'static>(
             reason: format!("FUSE_DEV_IOC_CLONE for worker {id}: {e}"),
         })?;
         let dispatcher = dispatcher.clone();
+        let pause = pause.clone();
         let handle = std::thread::Builder::new()
             .name(format!("xfuse-dev-{id}"))
-            .spawn(move || worker(id, channel, dispatcher))
+            .spawn(move || worker(id, channel, dispatcher, pause))
             .map_err(|e| Error::Transport {
                 transport: "dev",
                 reason: format!("spawning worker {id}: {e}"),
@@ -49,7 +90,12 @@ pub fn start<F: FileSystem + Send + Sync + 'static>(
     Ok(workers)
 }
 
-fn worker<F: FileSystem + Send + Sync>(id: usize, channel: FuseDev, dispatcher: Arc<Dispatcher<F>>) {
+fn worker<F: FileSystem + Send + Sync>(
+    id: usize,
+    channel: FuseDev,
+    dispatcher: Arc<Dispatcher<F>>,
+    pause: Option<ForgetPause>,
+) {
     let negotiated = *dispatcher.negotiated();
     // WRITE data lands on a page boundary (after its two headers), and
     // READ data is read into a page-aligned buffer: see kmod_shim::buf.
@@ -72,7 +118,13 @@ fn worker<F: FileSystem + Send + Sync>(id: usize, channel: FuseDev, dispatcher: 
             },
         };
         let reply = match split_contiguous(&mut request[..n]) {
-            Ok((header, args)) => dispatcher.dispatch(&header, Args::contiguous(args), &mut body),
+            Ok((header, args)) => {
+                let reply = dispatcher.dispatch(&header, Args::contiguous(args), &mut body);
+                if let Some(pause) = &pause {
+                    pause.after(header.opcode);
+                }
+                reply
+            }
             Err(BadRequest {
                 unique: Some(unique),
                 error: e,
@@ -114,4 +166,39 @@ fn send(channel: &FuseDev, reply: &Reply, body: &[u8]) -> io::Result<()> {
     };
     channel.write_message(&[header.as_bytes(), body])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn pause(delay: Duration, armed: bool) -> ForgetPause {
+        ForgetPause {
+            delay,
+            armed: Arc::new(AtomicBool::new(armed)),
+        }
+    }
+
+    #[test]
+    fn pauses_after_forgets_once_the_rings_serve() {
+        for op in [Opcode::Forget, Opcode::BatchForget] {
+            let t = Instant::now();
+            pause(Duration::from_millis(30), true).after(op as u32);
+            assert!(t.elapsed() >= Duration::from_millis(30), "{op:?}");
+        }
+    }
+
+    #[test]
+    fn never_pauses_other_requests_or_before_the_rings_serve() {
+        // A pause this long would show; not pausing takes microseconds.
+        let long = Duration::from_secs(20);
+        let t = Instant::now();
+        pause(long, true).after(Opcode::Interrupt as u32);
+        pause(long, true).after(Opcode::Read as u32);
+        pause(long, false).after(Opcode::Forget as u32);
+        pause(Duration::ZERO, true).after(Opcode::BatchForget as u32);
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
 }

@@ -22,7 +22,7 @@
 //! every registered entry with `-ENOTCONN`; a worker whose ring holds no
 //! more entries ends. Entries handed back with an error are dropped.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -49,6 +49,10 @@ pub struct UringConfig {
     /// How long a worker spins on its completion queue before sleeping in
     /// the kernel (hybrid polling); zero sleeps at once.
     pub spin: Duration,
+    /// How long the `/dev/fuse` worker beside the rings waits after a
+    /// FORGET before reading on, so that FORGETs arrive in batches (see
+    /// [`super::dev::ForgetPause`]); zero reads each at once.
+    pub forget_pause: Duration,
 }
 
 impl Default for UringConfig {
@@ -57,9 +61,14 @@ impl Default for UringConfig {
             queue_depth: 0,
             threads: crate::session::default_threads(),
             spin: Duration::ZERO,
+            forget_pause: DEFAULT_FORGET_PAUSE,
         }
     }
 }
+
+/// The default of [`UringConfig::forget_pause`]: at most a thousand
+/// wake-ups a second for FORGETs, and an INTERRUPT waits at most 1 ms.
+pub const DEFAULT_FORGET_PAUSE: Duration = Duration::from_millis(1);
 
 /// Entries per queue when none is asked for: 8 on small hosts, fewer on
 /// many-core ones, so the ring memory stays near 256 entries in all (each
@@ -95,13 +104,21 @@ impl RingPlan {
 #[derive(Debug)]
 pub struct QueueCounters {
     per_queue: Vec<AtomicU64>,
+    /// Set at the first request a ring serves.
+    serving: Arc<AtomicBool>,
 }
 
 impl QueueCounters {
     fn new(queues: usize) -> QueueCounters {
         QueueCounters {
             per_queue: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+            serving: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Whether the rings have served a request yet.
+    pub fn serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
     }
 
     /// Requests served by each queue, by queue id.
@@ -112,6 +129,9 @@ impl QueueCounters {
     fn bump(&self, qid: u16) {
         if let Some(c) = self.per_queue.get(usize::from(qid)) {
             c.fetch_add(1, Ordering::Relaxed);
+            if !self.serving.load(Ordering::Relaxed) {
+                self.serving.store(true, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -204,7 +224,11 @@ pub fn start<F: FileSystem + Send + Sync + 'static>(
         workers.push(handle);
     }
     // FORGET, BATCH_FORGET and INTERRUPT keep arriving on /dev/fuse.
-    workers.extend(super::dev::start(session_dev, dispatcher, 1)?);
+    let pause = super::dev::ForgetPause {
+        delay: config.forget_pause,
+        armed: counters.serving.clone(),
+    };
+    workers.extend(super::dev::start_with(session_dev, dispatcher, 1, Some(pause))?);
     Ok(Started {
         workers,
         plan,
