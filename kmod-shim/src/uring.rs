@@ -141,10 +141,15 @@ impl FuseUring {
         // listing when that entry is ".". Deferred, the work runs only when
         // the thread waits in io_uring_enter. It needs SINGLE_ISSUER: only
         // the creating thread submits (FuseUring is not Send).
+        //
+        // TASKRUN_FLAG: the kernel also raises IORING_SQ_TASKRUN in the
+        // shared ring when such work is waiting, so a worker that polls
+        // (hybrid polling) sees a new request without a system call.
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
             .setup_cqsize(size * 2)
             .setup_single_issuer()
             .setup_defer_taskrun()
+            .setup_taskrun_flag()
             .build(size)?;
         ring.submitter().register_files(&[dev.raw_fd()])?;
         Ok(FuseUring {
@@ -304,7 +309,10 @@ impl RingBackend for FuseUring {
             return true;
         }
         // Under DEFER_TASKRUN a completion is posted only once the deferred
-        // task work runs: ask for that without waiting.
+        // task work runs: when the kernel flags some, run it without waiting.
+        if !self.ring.submission().taskrun() {
+            return false;
+        }
         // SAFETY: io_uring_enter with nothing to submit, no minimum to wait
         // for and no argument pointer (None) touches no memory of ours.
         let entered = unsafe {
