@@ -117,6 +117,38 @@ fn uring_serves_every_request_but_forget_over_the_rings() {
     );
 }
 
+/// Beside the rings, the `/dev/fuse` worker pauses after a FORGET
+/// (`--forget-pause-us`, 1 ms by default), so unlinking many files costs a
+/// few BATCH_FORGET reads, not a wake-up per file.
+#[test]
+fn uring_gathers_forgets_into_batches() {
+    if !pinned_flags_only() {
+        return;
+    }
+    uring_available();
+    const FILES: usize = 400;
+    let mount = Mount::start(&["--transport", "uring", "--stats"]);
+    let dir = mount.mnt().join("many");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..FILES {
+        std::fs::write(dir.join(format!("f{i}")), b"x").unwrap();
+    }
+    for i in 0..FILES {
+        std::fs::remove_file(dir.join(format!("f{i}"))).unwrap();
+    }
+    // Let the last batch arrive before the counters are printed.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let stats = stop_and_read_stats(mount);
+    let reads = stats.count("FORGET") + stats.count("BATCH_FORGET");
+    assert!(stats.count("BATCH_FORGET") >= 1, "no batch: {stats:?}");
+    // One read per file would be FILES; a pause of 1 ms gathers every
+    // unlink made within it, so even at 500 us per unlink there are half.
+    assert!(
+        reads <= (FILES / 2) as u64,
+        "{FILES} unlinked files took {reads} FORGET reads: {stats:?}"
+    );
+}
+
 #[test]
 fn dev_transport_uses_no_rings() {
     if !pinned_flags_only() {
