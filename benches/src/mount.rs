@@ -600,6 +600,13 @@ fn registry_remove(id: u64) {
     registry(|r| r.remove(&id));
 }
 
+/// For a tool that mounts without a [`Suite`]: unmounts what killed runs
+/// left and installs the cleanup on SIGINT, SIGTERM and SIGHUP.
+pub fn prepare_standalone() {
+    clean_stale();
+    install_interrupt_cleanup();
+}
+
 /// On SIGINT, SIGTERM or SIGHUP: stop every daemon, lazily unmount every
 /// mount of this process, and exit with 128 + signal.
 fn install_interrupt_cleanup() {
