@@ -5,7 +5,9 @@
 //! never contend, and answers on that same descriptor, as the kernel requires.
 //! A worker owns two buffers for its whole life: the request buffer (sized
 //! for a WRITE of max_write) and the reply body buffer (sized for a READ of
-//! max_pages); file data is read and written in place in them.
+//! max_pages); file data is read and written in place in them. Both are
+//! page-aligned where the data goes (`kmod_shim::buf`): the kernel copies
+//! into a misaligned buffer at half speed on some CPUs.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -10,7 +10,8 @@
 //! Workers: queues may share a thread and a ring (queue `q` goes to thread
 //! `q % threads`), since a command names its queue itself. FORGET,
 //! INTERRUPT and notifications still use `/dev/fuse`, so one `dev` worker
-//! runs beside the rings.
+//! runs beside the rings; once they serve, it pauses after each FORGET so
+//! that FORGETs arrive in batches ([`UringConfig::forget_pause`]).
 //!
 //! Copies: a request without payload (READ, GETATTR, READDIR, …) has its
 //! reply body written straight into the entry's payload buffer, so file data
@@ -116,7 +117,8 @@ impl QueueCounters {
         }
     }
 
-    /// Whether the rings have served a request yet.
+    /// Whether the rings have served a request yet (this arms the pause
+    /// after FORGETs on `/dev/fuse`).
     pub fn serving(&self) -> bool {
         self.serving.load(Ordering::Relaxed)
     }
@@ -631,8 +633,10 @@ mod tests {
             .iter()
             .map(|&q| RingEntry::new(q, 64 * 1024))
             .collect();
+        assert!(!counters.serving(), "nothing served yet: FORGETs are not paused");
         worker.run(&mut kernel, entries).unwrap();
 
+        assert!(counters.serving(), "served requests arm the FORGET pause");
         assert_eq!(kernel.registered, 4);
         assert!(kernel.pending.is_empty(), "every request answered");
         assert_eq!(kernel.in_flight(), 0, "teardown handed every entry back");
