@@ -28,7 +28,7 @@ use std::sync::Mutex;
 
 use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
-use super::kv::{CommitRequest, KvEngine, KvError, KvPair, Version};
+use super::kv::{AttemptGate, CommitRequest, KvEngine, KvError, KvPair, Version};
 use super::mem::validate;
 
 /// When a commit is durable (see the module docs).
@@ -65,6 +65,7 @@ pub struct EmbeddedEngine {
     /// Group commit: the highest sequence written, and synced.
     written: AtomicU64,
     synced: Mutex<u64>,
+    gate: AttemptGate,
 }
 
 impl std::fmt::Debug for EmbeddedEngine {
@@ -138,6 +139,7 @@ impl EmbeddedEngine {
             commit_lock: Mutex::new(0),
             written: AtomicU64::new(0),
             synced: Mutex::new(0),
+            gate: AttemptGate::default(),
         })
     }
 
@@ -190,6 +192,10 @@ impl KvEngine for EmbeddedEngine {
             }
         }
         Ok(out)
+    }
+
+    fn gate(&self) -> &AttemptGate {
+        &self.gate
     }
 
     fn commit(&self, request: CommitRequest) -> Result<(), KvError> {

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 
-use super::kv::{CommitRequest, KvEngine, KvError, KvPair, Version};
+use super::kv::{AttemptGate, CommitRequest, KvEngine, KvError, KvPair, Version};
 
 /// Rounds over all members before a request fails.
 const ROUNDS_MAX: u32 = 4;
@@ -43,6 +43,7 @@ pub struct EtcdEngine {
     current: AtomicUsize,
     endpoints: Vec<String>,
     prefix: Vec<u8>,
+    gate: AttemptGate,
 }
 
 impl std::fmt::Debug for EtcdEngine {
@@ -77,6 +78,7 @@ impl EtcdEngine {
             current: AtomicUsize::new(0),
             endpoints: endpoints.to_vec(),
             prefix: prefix.to_vec(),
+            gate: AttemptGate::default(),
         };
         // Fail early, with a clear message, if no member answers.
         engine.get(b"")?;
@@ -196,6 +198,10 @@ impl KvEngine for EtcdEngine {
             });
         }
         Ok(out)
+    }
+
+    fn gate(&self) -> &AttemptGate {
+        &self.gate
     }
 
     fn commit(&self, request: CommitRequest) -> Result<(), KvError> {

@@ -18,10 +18,18 @@
 //! without panicking or looping; its result is thrown away.
 //!
 //! [`retry`] runs a transaction body until it commits, with exponential
-//! backoff and a bound on attempts.
+//! backoff and a bound on attempts. Backoff alone does not make retries
+//! fair: under a steady stream of operations on one hot key (a directory
+//! that every create in it rewrites), an operation whose attempts are slow
+//! can lose to fresh operations round after round until it runs out of
+//! attempts. So after [`RetryPolicy::alone_after`] conflicts an operation
+//! runs its next attempts alone among the transactions on its engine handle
+//! (see [`retry`] and [`AttemptGate`]).
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 /// The version of a stored value. An engine gives a key a new version every
@@ -94,6 +102,8 @@ pub trait KvEngine: Send + Sync + fmt::Debug {
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>, KvError>;
     /// Validates and applies a transaction (see the trait's contract).
     fn commit(&self, request: CommitRequest) -> Result<(), KvError>;
+    /// The gate that orders [`retry`]'s attempts on this engine handle.
+    fn gate(&self) -> &AttemptGate;
 }
 
 /// An optimistic transaction: reads recorded, writes buffered until
@@ -209,6 +219,9 @@ pub struct RetryPolicy {
     pub backoff_max: Duration,
     /// Sleep between attempts; `false` retries at once (simulation, tests).
     pub sleep: bool,
+    /// Conflicts after which an operation's attempts run alone among the
+    /// transactions on its engine handle (see [`retry`]); at least 1.
+    pub alone_after: u32,
 }
 
 impl Default for RetryPolicy {
@@ -221,6 +234,10 @@ impl Default for RetryPolicy {
             // contenders spread out, or one of them may lose every round.
             backoff_max: Duration::from_millis(100),
             sleep: true,
+            // Four clients hammering one directory on a loaded machine
+            // retry up to 3-4 times as a rule; a tail to 30-60 attempts is
+            // starvation, not bad luck.
+            alone_after: 6,
         }
     }
 }
@@ -232,9 +249,65 @@ pub trait TxnError: From<KvError> {
     fn is_conflict(&self) -> bool;
 }
 
+/// Orders the transaction attempts [`retry`] makes on one engine handle
+/// (one per process in production): an attempt holds the read side; an
+/// operation that has lost [`RetryPolicy::alone_after`] times holds the
+/// write side, so it waits for the attempts in flight to end and no new one
+/// starts until its own has (std's lock lets a waiting writer in before new
+/// readers). Uncontended, the read side is one atomic operation.
+#[derive(Debug, Default)]
+pub struct AttemptGate(RwLock<()>);
+
+thread_local! {
+    /// Whether this thread is inside an attempt. A transaction run from
+    /// inside another's attempt (the simulation's delayed commits do that)
+    /// must not take the lock again: a writer waiting between the two reads
+    /// would deadlock them.
+    static IN_ATTEMPT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// How one attempt holds its [`AttemptGate`]; dropping it ends the attempt.
+enum Attempt<'a> {
+    // The guards are held, never read.
+    Shared(#[allow(dead_code)] RwLockReadGuard<'a, ()>),
+    Alone(#[allow(dead_code)] RwLockWriteGuard<'a, ()>),
+    /// Inside another attempt on this thread, which holds the lock.
+    Nested,
+}
+
+impl<'a> Attempt<'a> {
+    fn begin(gate: &'a AttemptGate, alone: bool) -> Attempt<'a> {
+        if IN_ATTEMPT.get() {
+            return Attempt::Nested;
+        }
+        IN_ATTEMPT.set(true);
+        // The lock guards no data, so a panic in another attempt leaves
+        // nothing inconsistent behind: poisoning is ignored.
+        if alone {
+            Attempt::Alone(gate.0.write().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            Attempt::Shared(gate.0.read().unwrap_or_else(|e| e.into_inner()))
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !matches!(self, Attempt::Nested) {
+            IN_ATTEMPT.set(false);
+        }
+    }
+}
+
 /// Runs `body` in a fresh transaction and commits it, again on every
 /// conflict (with backoff), at most `policy.attempts_max` times. The body's
 /// own errors end the loop at once, without committing.
+///
+/// After `policy.alone_after` conflicts the remaining attempts run alone
+/// among the transactions on `engine` (the backoff sleeps stay outside), so
+/// a slow operation is not starved by fresh ones from this process. Other
+/// processes on the same store can still win against it; the backoff and
+/// the attempt bound cover those.
 pub fn retry<T, E: TxnError>(
     engine: &dyn KvEngine,
     policy: &RetryPolicy,
@@ -251,6 +324,7 @@ pub fn retry<T, E: TxnError>(
         (nanos ^ CALLS.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)) | 1;
     let mut attempt = 1;
     loop {
+        let attempt_guard = Attempt::begin(engine.gate(), attempt > policy.alone_after.max(1));
         let mut txn = Txn::new(engine);
         let result = match body(&mut txn) {
             Ok(value) => txn.commit().map(|()| value).map_err(E::from),
@@ -262,6 +336,7 @@ pub fn retry<T, E: TxnError>(
             },
             Err(e) => Err(e),
         };
+        drop(attempt_guard);
         match result {
             Err(e) if e.is_conflict() && attempt < policy.attempts_max.max(1) => {
                 attempt += 1;
@@ -277,5 +352,98 @@ pub fn retry<T, E: TxnError>(
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::meta::mem::MemEngine;
+    use crate::meta::MetaError;
+
+    const HOT: &[u8] = b"hot";
+
+    /// Reads HOT and writes it back plus one.
+    fn bump(txn: &mut Txn<'_>) -> Result<u64, MetaError> {
+        let n = match txn.get(HOT)? {
+            Some(b) => u64::from_be_bytes(b.try_into().unwrap()),
+            None => 0,
+        };
+        txn.put(HOT.to_vec(), (n + 1).to_be_bytes().to_vec());
+        Ok(n + 1)
+    }
+
+    /// A slow operation against two threads that bump the same key as fast
+    /// as they can. Its body waits (up to `patience`) until one of them
+    /// has committed after its read, so every attempt that runs beside
+    /// them conflicts for certain. Returns the outcome and its attempts.
+    fn starved(alone_after: u32, patience: Duration) -> (Result<u64, MetaError>, u32) {
+        let engine = Arc::new(MemEngine::new());
+        let commits = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let fast = RetryPolicy {
+            sleep: false,
+            attempts_max: u32::MAX,
+            ..RetryPolicy::default()
+        };
+        let rivals: Vec<_> = (0..2)
+            .map(|_| {
+                let (engine, commits, done, fast) =
+                    (engine.clone(), commits.clone(), done.clone(), fast.clone());
+                std::thread::spawn(move || {
+                    while !done.load(Ordering::SeqCst) {
+                        retry(engine.as_ref(), &fast, bump).unwrap();
+                        commits.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        // Let the rivals get going.
+        while commits.load(Ordering::SeqCst) < 100 {
+            std::thread::yield_now();
+        }
+        let policy = RetryPolicy {
+            attempts_max: 12,
+            backoff_first: Duration::from_micros(10),
+            backoff_max: Duration::from_micros(100),
+            sleep: true,
+            alone_after,
+        };
+        let attempts = AtomicU32::new(0);
+        let outcome = retry(engine.as_ref(), &policy, |txn| {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            let seen = commits.load(Ordering::SeqCst);
+            let n = bump(txn)?;
+            let deadline = Instant::now() + patience;
+            while commits.load(Ordering::SeqCst) < seen + 2 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Ok(n)
+        });
+        done.store(true, Ordering::SeqCst);
+        for r in rivals {
+            r.join().unwrap();
+        }
+        (outcome, attempts.into_inner())
+    }
+
+    #[test]
+    fn a_starved_operation_runs_alone_and_commits() {
+        // Never alone: the rivals win every round and the bound is hit.
+        let (outcome, attempts) = starved(u32::MAX, Duration::from_secs(5));
+        assert!(
+            matches!(outcome, Err(MetaError::Kv(KvError::Conflict))),
+            "{outcome:?}"
+        );
+        assert_eq!(attempts, 12);
+        // Alone after 3 conflicts: the 4th attempt has no rival and commits
+        // (its body waits out its patience: nobody else can commit).
+        let (outcome, attempts) = starved(3, Duration::from_millis(300));
+        assert!(outcome.is_ok(), "{outcome:?}");
+        assert!(attempts <= 4, "{attempts} attempts");
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Mutex;
 
-use super::kv::{CommitRequest, KvEngine, KvError, KvPair, Version};
+use super::kv::{AttemptGate, CommitRequest, KvEngine, KvError, KvPair, Version};
 
 /// Decides, per commit, whether to fail it with a conflict anyway.
 pub type FaultHook = Box<dyn FnMut(&CommitRequest) -> bool + Send>;
@@ -16,6 +16,7 @@ pub type FaultHook = Box<dyn FnMut(&CommitRequest) -> bool + Send>;
 pub struct MemEngine {
     state: Mutex<MemState>,
     fault: Mutex<Option<FaultHook>>,
+    gate: AttemptGate,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +95,10 @@ impl KvEngine for MemEngine {
 
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>, KvError> {
         Ok(scan_map(&self.lock().map, start, end, limit))
+    }
+
+    fn gate(&self) -> &AttemptGate {
+        &self.gate
     }
 
     fn commit(&self, request: CommitRequest) -> Result<(), KvError> {

@@ -3,7 +3,9 @@
 //! Every POSIX operation is one optimistic transaction ([`kv`]): it reads
 //! what it needs, checks the POSIX rules, stages its writes and commits;
 //! a commit fails if anything it read changed meanwhile, and the operation
-//! runs again (with backoff, a bounded number of times). So any number of
+//! runs again (with backoff, a bounded number of times; one that keeps
+//! losing runs its next attempts alone among its engine handle's, so a hot
+//! directory cannot starve it). So any number of
 //! [`Meta`] handles, in one process or many, serve one consistent namespace:
 //! renames are atomic (across directories too), link counts are exact, and
 //! no entry is lost or duplicated however operations interleave.
