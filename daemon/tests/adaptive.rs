@@ -12,7 +12,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::thread::sleep;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::Mount;
 use xfuse_ebpf::{connection_of, UpcallTracer};
@@ -25,6 +25,9 @@ const FILES: usize = 200;
 const SHORT_MS: u64 = 150;
 const PAUSE: Duration = Duration::from_millis(250);
 const ROUNDS: usize = 8;
+/// Upcalls a round may cost once the files' inodes hold long timeouts (the
+/// root's own GETATTR may still expire).
+const QUIET_ROUND_UPCALLS_MAX: u64 = 2;
 
 fn upcalls(t: &UpcallTracer, conn: u32) -> u64 {
     t.opcode_stats(conn)
@@ -35,55 +38,93 @@ fn upcalls(t: &UpcallTracer, conn: u32) -> u64 {
         .sum()
 }
 
-/// LOOKUP+GETATTR upcalls of each round of `stat` over FILES files.
-fn stat_rounds(extra: &[&str]) -> (Vec<u64>, String) {
-    let t = UpcallTracer::load().unwrap_or_else(|e| panic!("loading the BPF upcall counters: {e}"));
-    let short = SHORT_MS.to_string();
-    let mut args = vec!["--entry-timeout-ms", &short, "--attr-timeout-ms", &short];
-    args.extend_from_slice(extra);
-    let m = Mount::start(&args);
-    let conn = connection_of(m.mnt()).expect("the mount's FUSE connection");
-    let names: Vec<String> = (0..FILES).map(|i| format!("f{i:04}")).collect();
-    for n in &names {
-        fs::write(m.src().join(n), b"x").unwrap();
-    }
-    let mut per_round = Vec::new();
-    for _ in 0..ROUNDS {
-        let before = upcalls(&t, conn);
+/// A mount with short timeouts (`extra` adds flags) and FILES files, the
+/// tracer and its connection.
+struct Workload {
+    tracer: UpcallTracer,
+    mount: Mount,
+    conn: u32,
+    names: Vec<String>,
+}
+
+impl Workload {
+    fn start(extra: &[&str]) -> Workload {
+        let tracer = UpcallTracer::load().unwrap_or_else(|e| panic!("loading the BPF upcall counters: {e}"));
+        let short = SHORT_MS.to_string();
+        let mut args = vec!["--entry-timeout-ms", &short, "--attr-timeout-ms", &short];
+        args.extend_from_slice(extra);
+        let mount = Mount::start(&args);
+        let conn = connection_of(mount.mnt()).expect("the mount's FUSE connection");
+        let names: Vec<String> = (0..FILES).map(|i| format!("f{i:04}")).collect();
         for n in &names {
-            fs::metadata(m.mnt().join(n)).unwrap_or_else(|e| panic!("stat {n}: {e}"));
+            fs::write(mount.src().join(n), b"x").unwrap();
         }
-        per_round.push(upcalls(&t, conn) - before);
-        sleep(PAUSE);
+        Workload {
+            tracer,
+            mount,
+            conn,
+            names,
+        }
     }
-    (per_round, m.daemon_log())
+
+    /// LOOKUP+GETATTR upcalls of one round of `stat` over every file,
+    /// made after a pause longer than the short timeouts. The pause is the
+    /// behaviour under test (a short timeout has expired), not a wait for
+    /// something to happen: a loaded machine only makes it longer.
+    fn round(&self) -> u64 {
+        sleep(PAUSE);
+        let before = upcalls(&self.tracer, self.conn);
+        for n in &self.names {
+            fs::metadata(self.mount.mnt().join(n)).unwrap_or_else(|e| panic!("stat {n}: {e}"));
+        }
+        upcalls(&self.tracer, self.conn) - before
+    }
 }
 
 #[test]
 fn hot_inodes_stop_reaching_the_daemon_and_fixed_ones_do_not() {
-    let (fixed, _) = stat_rounds(&["--cache-policy", "fixed"]);
-    let (adaptive, log) = stat_rounds(&["--cache-policy", "adaptive", "--cache-refresh-ms", "50"]);
-    eprintln!("LOOKUP+GETATTR upcalls per round of {FILES} stats: fixed {fixed:?}, adaptive {adaptive:?}");
-    assert!(
-        log.contains("cache policy adaptive on connection"),
-        "the daemon did not turn the policy on:\n{log}"
-    );
+    let fixed_mount = Workload::start(&["--cache-policy", "fixed"]);
+    let fixed: Vec<u64> = (0..ROUNDS).map(|_| fixed_mount.round()).collect();
+    drop(fixed_mount);
+    eprintln!("LOOKUP+GETATTR upcalls per round of {FILES} stats, fixed: {fixed:?}");
     // Fixed: every round finds every timeout expired.
     for (i, n) in fixed.iter().enumerate() {
         assert!(*n >= FILES as u64, "fixed, round {i}: {n} upcalls ({fixed:?})");
     }
+
     // Adaptive: round 1 is cold, round 2 makes the inodes hot (2 upcalls),
-    // round 3 gets the long timeouts; from round 4 on the kernel answers.
-    let late: u64 = adaptive[3..].iter().sum();
+    // the policy (every 50 ms) promotes them, the next round gets the long
+    // timeouts; then the kernel answers. How many rounds that takes depends
+    // on when the policy's thread runs: wait for a quiet round, bounded.
+    let adaptive_mount = Workload::start(&["--cache-policy", "adaptive", "--cache-refresh-ms", "50"]);
+    let mut adaptive = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while adaptive.last().is_none_or(|&n| n > QUIET_ROUND_UPCALLS_MAX) {
+        assert!(
+            Instant::now() < deadline,
+            "adaptive: no round with at most {QUIET_ROUND_UPCALLS_MAX} upcalls in 60 s: {adaptive:?}\n{}",
+            adaptive_mount.mount.daemon_log()
+        );
+        adaptive.push(adaptive_mount.round());
+    }
+    let quiet_from = adaptive.len();
+    // And it stays quiet: the long timeouts hold.
+    let later: Vec<u64> = (0..ROUNDS / 2).map(|_| adaptive_mount.round()).collect();
+    let log = adaptive_mount.mount.daemon_log();
+    eprintln!("adaptive: {adaptive:?}, then {later:?}");
     assert!(
-        late <= 10,
-        "adaptive: {late} upcalls in rounds 4..{ROUNDS} ({adaptive:?}; fixed {fixed:?})"
+        log.contains("cache policy adaptive on connection"),
+        "the daemon did not turn the policy on:\n{log}"
     );
-    let total_fixed: u64 = fixed.iter().sum();
-    let total_adaptive: u64 = adaptive.iter().sum();
     assert!(
-        total_adaptive * 2 < total_fixed,
-        "adaptive {total_adaptive} vs fixed {total_fixed} upcalls"
+        quiet_from >= 3,
+        "adaptive: quiet already in round {quiet_from}, before the inodes could be hot ({adaptive:?})"
+    );
+    let later_total: u64 = later.iter().sum();
+    assert!(
+        later_total <= QUIET_ROUND_UPCALLS_MAX * later.len() as u64,
+        "adaptive: {later_total} upcalls in the {} rounds after the first quiet one ({adaptive:?}, then {later:?})",
+        later.len()
     );
 }
 
@@ -120,21 +161,33 @@ fn changes_through_the_mount_are_seen_through_other_names() {
     fs::hard_link(src.join("c"), src.join("c2")).unwrap();
     fs::create_dir(src.join("d")).unwrap();
     let names = ["a", "a2", "b", "b2", "c", "c2", "d"];
-    // Hot: several rounds of upcalls (timeouts of 50 ms expire between).
-    for _ in 0..5 {
+    // Rounds of stats, each after the short timeouts (50 ms) expired, until
+    // one costs no upcall: the inodes are hot and hold long timeouts. (The
+    // pause is the expiry under test, not a wait for the policy.)
+    let conn = connection_of(mnt).expect("the mount's FUSE connection");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut rounds = Vec::new();
+    loop {
+        sleep(Duration::from_millis(120));
+        let before = upcalls(&t, conn);
         for n in names {
             fs::metadata(mnt.join(n)).unwrap();
         }
-        sleep(Duration::from_millis(120));
+        rounds.push(upcalls(&t, conn) - before);
+        if rounds.last() == Some(&0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the inodes never got long timeouts; upcalls per round: {rounds:?}\n{}",
+            m.daemon_log()
+        );
     }
-    // Long timeouts now: well past the short ones, the kernel asks nothing.
-    sleep(Duration::from_millis(120));
-    let conn = connection_of(mnt).expect("the mount's FUSE connection");
-    let before = upcalls(&t, conn);
-    for n in names {
-        fs::metadata(mnt.join(n)).unwrap();
-    }
-    assert_eq!(upcalls(&t, conn), before, "the inodes hold long timeouts");
+    assert!(
+        rounds.len() >= 3,
+        "no upcall in round {} already: the inodes cannot be hot yet ({rounds:?})",
+        rounds.len()
+    );
 
     fs::set_permissions(mnt.join("a"), fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(

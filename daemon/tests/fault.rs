@@ -12,9 +12,9 @@ use common::{run, with_timeout, Mount};
 use rustix::process::Signal;
 
 /// How long an access to a dead mount may take to fail.
-const DEAD_MOUNT_ACCESS_TIMEOUT: Duration = Duration::from_secs(5);
+const DEAD_MOUNT_ACCESS_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the daemon may take to notice an unmount from outside.
-const EXTERNAL_UNMOUNT_EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+const EXTERNAL_UNMOUNT_EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Errors an access may see while the kernel is still tearing the dead
 /// connection down: with FUSE-over-io_uring the ring queues are cancelled

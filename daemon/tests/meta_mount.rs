@@ -156,7 +156,7 @@ fn unlinked_open_file_keeps_its_data_until_the_last_close() {
     assert_eq!(chunk_files(m.src()), chunks_open, "data stays while open");
     drop(file);
     // The release reaches the daemon asynchronously after close.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while chunk_files(m.src()) != 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

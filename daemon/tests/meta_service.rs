@@ -289,7 +289,7 @@ fn two_mounts_four_threads_each_leave_a_consistent_namespace() {
         std::fs::create_dir(first.mnt().join(d)).unwrap();
     }
     // The other mount sees the directories (within its cache timeout).
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !second.mnt().join("shared/c").is_dir() {
         assert!(Instant::now() < deadline, "second mount never saw shared/c");
         std::thread::sleep(Duration::from_millis(50));
@@ -312,22 +312,29 @@ fn two_mounts_four_threads_each_leave_a_consistent_namespace() {
         succeeded.load(std::sync::atomic::Ordering::Relaxed) > 200,
         "the workload mostly failed"
     );
-    // Both mounts list the same names.
-    std::thread::sleep(Duration::from_millis(300));
+    // Both mounts list the same names, once their caches (timeouts of
+    // 100 ms) have caught up: polled, with a deadline.
+    let listing = |m: &Path, d: &str| {
+        let mut v: Vec<_> = std::fs::read_dir(m.join(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
     for d in ["shared/a", "shared/b", "shared/c"] {
-        let names = |m: &Path| {
-            let mut v: Vec<_> = std::fs::read_dir(m.join(d))
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            v.sort();
-            v
-        };
-        assert_eq!(
-            names(&mounts[0]),
-            names(&mounts[1]),
-            "{d} differs between the mounts"
-        );
+        loop {
+            let (a, b) = (listing(&mounts[0], d), listing(&mounts[1], d));
+            if a == b {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{d} differs between the mounts:\n first: {a:?}\nsecond: {b:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     assert!(first.stop().success());
     assert!(second.stop().success());

@@ -18,13 +18,15 @@ struct Stats {
     opcodes: HashMap<String, u64>,
     queues: Vec<u64>,
     passthrough_opens: u64,
+    forgotten_inodes: u64,
 }
 
 impl Stats {
     fn parse(log: &str) -> Stats {
         let mut stats = Stats::default();
+        // The last report: SIGUSR1 prints one, and so does the exit.
         let table = log
-            .split_once("opcode ")
+            .rsplit_once("opcode ")
             .map(|(_, t)| t)
             .expect("--stats table in the daemon log");
         for line in table.lines().skip(1) {
@@ -32,6 +34,7 @@ impl Stats {
             match words.as_slice() {
                 ["ring", "queue", _, n] => stats.queues.push(n.parse().unwrap()),
                 ["passthrough", "opens", n] => stats.passthrough_opens = n.parse().unwrap(),
+                ["forgotten", "inodes", n] => stats.forgotten_inodes = n.parse().unwrap(),
                 [op, n, _errors] if op.chars().all(|c| c.is_ascii_uppercase() || c == '_') => {
                     stats.opcodes.insert((*op).to_string(), n.parse().unwrap());
                 }
@@ -56,9 +59,28 @@ impl Stats {
 fn pinned_flags_only() -> bool {
     let args = common::suite_args();
     if !args.is_empty() {
-        eprintln!("skipped under XFUSE_TEST_ARGS={args:?}: this test pins its own flags");
+        common::skip(&format!(
+            "under XFUSE_TEST_ARGS={args:?}: this test pins its own flags"
+        ));
     }
     args.is_empty()
+}
+
+/// The daemon's log once it holds `reports` counter reports (SIGUSR1
+/// prints one; each is written whole, in one write).
+fn wait_for_report(mount: &Mount, reports: usize) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let log = mount.daemon_log();
+        if log.matches("forgotten inodes").count() >= reports {
+            return log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no report {reports} within 30 s of SIGUSR1:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 fn stop_and_read_stats(mut mount: Mount) -> Stats {
@@ -136,8 +158,23 @@ fn uring_gathers_forgets_into_batches() {
     for i in 0..FILES {
         std::fs::remove_file(dir.join(format!("f{i}"))).unwrap();
     }
-    // Let the last batch arrive before the counters are printed.
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Every unlinked file's FORGET is queued in the kernel by now; wait
+    // until the daemon has read them all (its live report, on SIGUSR1).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let reports = mount.daemon_log().matches("forgotten inodes").count();
+        mount.signal(Signal::USR1);
+        let log = wait_for_report(&mount, reports + 1);
+        let live = Stats::parse(&log);
+        if live.forgotten_inodes >= FILES as u64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{FILES} files unlinked, the daemon saw {} forgotten: {live:?}",
+            live.forgotten_inodes
+        );
+    }
     let stats = stop_and_read_stats(mount);
     let reads = stats.count("FORGET") + stats.count("BATCH_FORGET");
     assert!(stats.count("BATCH_FORGET") >= 1, "no batch: {stats:?}");
@@ -300,16 +337,8 @@ fn sigusr1_prints_counters_and_keeps_serving() {
     let mount = Mount::start(&[]);
     std::fs::write(mount.mnt().join("f"), b"x").unwrap();
     mount.signal(Signal::USR1);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !mount.daemon_log().contains("opcode ") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no report after SIGUSR1:\n{}",
-            mount.daemon_log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert!(Stats::parse(&mount.daemon_log()).count("CREATE") >= 1);
+    let log = wait_for_report(&mount, 1);
+    assert!(Stats::parse(&log).count("CREATE") >= 1);
     assert_eq!(
         std::fs::read(mount.mnt().join("f")).unwrap(),
         b"x",

@@ -7,8 +7,11 @@
 //! Needs root (PassthroughFs opens inodes by file handle), qemu-system-x86,
 //! busybox-static, xz-utils and network access to Debian's mirror once (the
 //! kernel package is cached); scripts/setup.sh --tests installs them. Where
-//! they are missing the tests say why and pass, unless XFUSE_REQUIRE_VM=1
-//! (the test command sets it), where that is a failure.
+//! they are missing the tests are recorded as skipped (see
+//! `common::missing`), unless XFUSE_TEST_STRICT=1 (the test command sets
+//! it), where that is a failure.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,26 +23,29 @@ use vm_tests::{workload, Assets, GuestOutput, VmConfig};
 
 const XFUSED: &str = env!("CARGO_BIN_EXE_xfused");
 
-/// Why this host cannot run the guest, if it cannot.
-fn unable() -> Option<String> {
+/// Whether this host can run the guest; if not, the test is recorded as
+/// skipped (or fails, where the tools must be there) and must return.
+fn able() -> bool {
     if std::env::var_os("XFUSE_TEST_TRANSPORT").is_some() {
         // Not a limitation: virtio does not use the host's FUSE transport,
         // so the suite's reruns on other transports would repeat these
         // tests unchanged. They run in the default pass.
-        return Some("virtio-fs does not depend on XFUSE_TEST_TRANSPORT; runs in the default pass".into());
+        common::skip("virtio-fs does not depend on XFUSE_TEST_TRANSPORT; runs in the default pass");
+        return false;
     }
     let why = if !rustix::process::geteuid().is_root() {
-        Some("needs root (PassthroughFs opens inodes by file handle)".to_string())
+        Some("root (PassthroughFs opens inodes by file handle)".to_string())
     } else {
         let missing = vm_tests::missing_tools();
-        (!missing.is_empty()).then(|| format!("missing {} (scripts/setup.sh --tests)", missing.join(", ")))
+        (!missing.is_empty()).then(|| format!("{} (scripts/setup.sh --tests)", missing.join(", ")))
     };
-    if let Some(why) = &why {
-        if std::env::var("XFUSE_REQUIRE_VM").as_deref() == Ok("1") {
-            panic!("XFUSE_REQUIRE_VM=1 but the guest cannot run: {why}");
+    match why {
+        Some(why) => {
+            common::missing(&why);
+            false
         }
+        None => true,
     }
-    why
 }
 
 struct Backend {
@@ -186,8 +192,7 @@ struct Scene {
 impl Scene {
     /// `None`, after saying why, where this host cannot run the guest.
     fn set_up() -> Option<Scene> {
-        if let Some(why) = unable() {
-            eprintln!("skipped: {why}");
+        if !able() {
             return None;
         }
         let dir = TempDir::new().unwrap();
@@ -349,8 +354,7 @@ impl HostMount {
 
 #[test]
 fn vm_guest_workload_on_the_distributed_filesystem() {
-    if let Some(why) = unable() {
-        eprintln!("skipped: {why}");
+    if !able() {
         return;
     }
     // One namespace (embedded engine) and one data directory, used in turn

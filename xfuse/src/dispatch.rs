@@ -58,6 +58,7 @@ pub struct Stats {
     errors: Vec<AtomicU64>,
     unknown: AtomicU64,
     malformed: AtomicU64,
+    forgotten_inodes: AtomicU64,
 }
 
 const OPCODE_SLOTS: usize = 64;
@@ -69,6 +70,7 @@ impl Default for Stats {
             errors: (0..OPCODE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             unknown: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
+            forgotten_inodes: AtomicU64::new(0),
         }
     }
 }
@@ -98,6 +100,13 @@ impl Stats {
         self.malformed.load(Ordering::Relaxed)
     }
 
+    /// Inodes the kernel has forgotten: one per FORGET, one per entry of a
+    /// BATCH_FORGET (the kernel gathers them while the daemon is busy, so
+    /// this is what shows every forget arrived, not the request counts).
+    pub fn forgotten_inodes(&self) -> u64 {
+        self.forgotten_inodes.load(Ordering::Relaxed)
+    }
+
     /// (opcode, requests, errors) for every opcode seen at least once.
     pub fn snapshot(&self) -> Vec<(Opcode, u64, u64)> {
         Opcode::ALL
@@ -114,11 +123,13 @@ impl Stats {
             s.push_str(&format!("{:<20} {:>12} {:>10}\n", op.name(), n, e));
         }
         s.push_str(&format!(
-            "{:<20} {:>12}\n{:<20} {:>12}\n",
+            "{:<20} {:>12}\n{:<20} {:>12}\n{:<20} {:>12}\n",
             "unknown",
             self.unknown(),
             "malformed",
-            self.malformed()
+            self.malformed(),
+            "forgotten inodes",
+            self.forgotten_inodes()
         ));
         s
     }
@@ -405,6 +416,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
             Opcode::Forget => {
                 let f: ForgetIn = a.fixed()?;
                 a.finish()?;
+                self.stats.forgotten_inodes.fetch_add(1, Ordering::Relaxed);
                 fs.forget(&ctx, ino.into(), f.nlookup);
                 Ok(Done::NoReply)
             }
@@ -416,6 +428,9 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 }
                 let items: Vec<ForgetOne> = a.array(count)?;
                 a.finish()?;
+                self.stats
+                    .forgotten_inodes
+                    .fetch_add(items.len() as u64, Ordering::Relaxed);
                 fs.batch_forget(&ctx, items.iter().map(|f| (f.nodeid.into(), f.nlookup)).collect());
                 Ok(Done::NoReply)
             }
@@ -1307,6 +1322,14 @@ mod tests {
             5,
             "nothing forgotten from a bad batch"
         );
+        assert_eq!(d.stats().forgotten_inodes(), 1, "one well-formed FORGET");
+        // A good batch of two counts two inodes.
+        let mut b = BatchForgetIn { count: 2, dummy: 0 }.as_bytes().to_vec();
+        for nodeid in [2, 3] {
+            b.extend_from_slice(ForgetOne { nodeid, nlookup: 1 }.as_bytes());
+        }
+        assert!(run(&d, message(Opcode::BatchForget as u32, 0, &b), &mut out).is_none());
+        assert_eq!(d.stats().forgotten_inodes(), 3);
     }
 
     #[test]

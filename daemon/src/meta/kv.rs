@@ -378,32 +378,44 @@ mod tests {
     }
 
     /// A slow operation against two threads that bump the same key as fast
-    /// as they can. Its body waits (up to `patience`) until one of them
-    /// has committed after its read, so every attempt that runs beside
-    /// them conflicts for certain. Returns the outcome and its attempts.
-    fn starved(alone_after: u32, patience: Duration) -> (Result<u64, MetaError>, u32) {
+    /// as they can. Each attempt's body reads HOT and then watches the
+    /// engine for a newer version of HOT than the one it read, that is for
+    /// a rival's commit after the read:
+    /// - an attempt that shares the gate with the rivals waits for that
+    ///   commit (the rivals never sleep, so it comes), and so conflicts for
+    ///   certain, whatever the scheduler does;
+    /// - an attempt that should run alone (after `alone_after` conflicts)
+    ///   watches for [`ALONE_WATCH`]: a rival commit then would mean the
+    ///   gate let it in, and the attempt would conflict.
+    ///
+    /// Returns the outcome and the number of attempts.
+    fn starved(alone_after: u32) -> (Result<u64, MetaError>, u32) {
         let engine = Arc::new(MemEngine::new());
-        let commits = Arc::new(AtomicU64::new(0));
+        let rival_commits = Arc::new(AtomicU64::new(0));
         let done = Arc::new(AtomicBool::new(false));
+        // The rivals never run alone themselves: one waiting for the write
+        // side would stall the other behind the operation's attempt, which
+        // waits for a rival's commit.
         let fast = RetryPolicy {
             sleep: false,
             attempts_max: u32::MAX,
+            alone_after: u32::MAX,
             ..RetryPolicy::default()
         };
         let rivals: Vec<_> = (0..2)
             .map(|_| {
-                let (engine, commits, done, fast) =
-                    (engine.clone(), commits.clone(), done.clone(), fast.clone());
+                let (engine, rival_commits, done, fast) =
+                    (engine.clone(), rival_commits.clone(), done.clone(), fast.clone());
                 std::thread::spawn(move || {
                     while !done.load(Ordering::SeqCst) {
                         retry(engine.as_ref(), &fast, bump).unwrap();
-                        commits.fetch_add(1, Ordering::SeqCst);
+                        rival_commits.fetch_add(1, Ordering::SeqCst);
                     }
                 })
             })
             .collect();
-        // Let the rivals get going.
-        while commits.load(Ordering::SeqCst) < 100 {
+        // The rivals are running before the operation starts.
+        while rival_commits.load(Ordering::SeqCst) < 2 {
             std::thread::yield_now();
         }
         let policy = RetryPolicy {
@@ -413,14 +425,22 @@ mod tests {
             sleep: true,
             alone_after,
         };
+        let version_of_hot = || engine.get(HOT).unwrap().map(|(_, v)| v);
         let attempts = AtomicU32::new(0);
         let outcome = retry(engine.as_ref(), &policy, |txn| {
-            attempts.fetch_add(1, Ordering::SeqCst);
-            let seen = commits.load(Ordering::SeqCst);
+            let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
             let n = bump(txn)?;
-            let deadline = Instant::now() + patience;
-            while commits.load(Ordering::SeqCst) < seen + 2 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_micros(200));
+            // The version this attempt's read recorded.
+            let read = txn.reads.get(HOT).copied().flatten();
+            let alone = attempt > alone_after;
+            let watch = if alone { ALONE_WATCH } else { RIVAL_DEADLINE };
+            let deadline = Instant::now() + watch;
+            while version_of_hot() == read {
+                if Instant::now() >= deadline {
+                    assert!(alone, "no rival committed within {RIVAL_DEADLINE:?}");
+                    break;
+                }
+                std::thread::yield_now();
             }
             Ok(n)
         });
@@ -431,19 +451,26 @@ mod tests {
         (outcome, attempts.into_inner())
     }
 
+    /// How long an attempt that should be alone watches for a rival's
+    /// commit. Under load a broken gate may go unnoticed in a round (the
+    /// rivals were not scheduled); a working gate never fails the test.
+    const ALONE_WATCH: Duration = Duration::from_millis(200);
+    /// A bound on waiting for a rival that never sleeps to commit: only a
+    /// hung rival reaches it.
+    const RIVAL_DEADLINE: Duration = Duration::from_secs(60);
+
     #[test]
     fn a_starved_operation_runs_alone_and_commits() {
         // Never alone: the rivals win every round and the bound is hit.
-        let (outcome, attempts) = starved(u32::MAX, Duration::from_secs(5));
+        let (outcome, attempts) = starved(u32::MAX);
         assert!(
             matches!(outcome, Err(MetaError::Kv(KvError::Conflict))),
             "{outcome:?}"
         );
         assert_eq!(attempts, 12);
-        // Alone after 3 conflicts: the 4th attempt has no rival and commits
-        // (its body waits out its patience: nobody else can commit).
-        let (outcome, attempts) = starved(3, Duration::from_millis(300));
-        assert!(outcome.is_ok(), "{outcome:?}");
-        assert!(attempts <= 4, "{attempts} attempts");
+        // Alone after 3 conflicts: the 4th attempt has no rival and commits.
+        let (outcome, attempts) = starved(3);
+        assert!(outcome.is_ok(), "{outcome:?} after {attempts} attempts");
+        assert_eq!(attempts, 4);
     }
 }

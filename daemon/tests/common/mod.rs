@@ -54,6 +54,43 @@ pub fn suite_args() -> Vec<String> {
         .collect()
 }
 
+/// Set to `1` by the test command (scripts/test.sh), which installed every
+/// tool the suite uses: a missing tool is then a failure, not a skip.
+pub const STRICT_ENV: &str = "XFUSE_TEST_STRICT";
+/// A file where skipped tests are recorded, one line each (`test\treason`),
+/// so the test command's closing line counts them as skipped, not passed
+/// (libtest has no runtime skip: a test that returns early shows as passed).
+pub const SKIP_LOG_ENV: &str = "XFUSE_SKIP_LOG";
+
+/// Records that the calling test did not run, and why. The test must return
+/// right after. The test's name is its thread's (libtest names it so).
+pub fn skip(reason: &str) {
+    let name = thread::current().name().unwrap_or("(unnamed test)").to_owned();
+    eprintln!("skipped: {reason}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        use std::io::Write;
+        let line = format!("{name}\t{}\n", reason.replace(['\n', '\t'], " "));
+        // One write of the whole line, O_APPEND: lines from tests running
+        // in parallel do not interleave.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .unwrap_or_else(|e| panic!("recording a skip in {}: {e}", Path::new(&path).display()));
+    }
+}
+
+/// The calling test cannot run here because `what` is missing: a failure
+/// under [`STRICT_ENV`], a recorded [`skip`] otherwise. The test must
+/// return right after.
+pub fn missing(what: &str) {
+    if std::env::var(STRICT_ENV).as_deref() == Ok("1") {
+        panic!("{STRICT_ENV}=1 and this test cannot run: {what}");
+    }
+    skip(what);
+}
+
 /// Which filesystem a [`Mount`] runs.
 #[derive(Debug, Clone)]
 enum Kind {
