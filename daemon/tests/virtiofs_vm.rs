@@ -258,15 +258,15 @@ fn vm_killed_mid_workload_leaves_the_backend_serving_the_next_one() {
         &["--keep-listening", "--thread-pool", "2"],
     );
 
-    // First VM: killed (QEMU gone, socket dropped) after 5 s, during its
-    // workload (boot and mount take about 2.5 s).
+    // First VM: killed (QEMU gone, socket dropped) during its workload,
+    // once the guest reports its create phase done.
     let mut config = VmConfig::new(&backend.socket);
-    config.files = 2000;
-    config.timeout = Duration::from_secs(5);
+    config.files = 300;
+    config.kill_on_result = Some("VMTEST_TIME create".into());
     let out = vm_tests::boot(&assets, &initrd, &config).unwrap();
     assert!(
-        out.timed_out,
-        "the first VM was meant to be killed:\n{}",
+        out.killed_on_result && !out.done(),
+        "the first VM was meant to be killed mid-workload:\n{}",
         out.transcript()
     );
     assert!(

@@ -24,6 +24,8 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -284,6 +286,9 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Killed after this long.
     pub timeout: Duration,
+    /// Killed as soon as the guest prints a result line starting with this
+    /// (`VMTEST_TIME create`: mid-workload), to test a guest that vanishes.
+    pub kill_on_result: Option<String>,
 }
 
 impl VmConfig {
@@ -298,6 +303,7 @@ impl VmConfig {
             memory_mib: 512,
             cpus: 1,
             timeout: Duration::from_secs(180),
+            kill_on_result: None,
         }
     }
 }
@@ -311,6 +317,8 @@ pub struct GuestOutput {
     pub wall: Duration,
     /// QEMU was killed at the timeout.
     pub timed_out: bool,
+    /// QEMU was killed on [`VmConfig::kill_on_result`].
+    pub killed_on_result: bool,
 }
 
 impl GuestOutput {
@@ -434,20 +442,41 @@ pub fn boot(assets: &Assets, initrd: &Path, config: &VmConfig) -> anyhow::Result
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {QEMU} (qemu-system-x86)"))?;
-    let collect = |pipe: Box<dyn Read + Send>| {
+    // Set by the console reader when the guest prints the kill marker.
+    let marker_seen = Arc::new(AtomicBool::new(false));
+    let collect = |pipe: Box<dyn Read + Send>, marker: Option<String>| {
+        let seen = marker_seen.clone();
         std::thread::spawn(move || {
             BufReader::new(pipe)
                 .split(b'\n')
                 .map_while(Result::ok)
                 .map(|l| String::from_utf8_lossy(&l).trim_end_matches('\r').to_string())
+                .inspect(|l| {
+                    let result = l.find("VMTEST_").map(|at| &l[at..]);
+                    if let (Some(m), Some(r)) = (&marker, result) {
+                        if r.starts_with(m.as_str()) {
+                            seen.store(true, Ordering::SeqCst);
+                        }
+                    }
+                })
                 .collect::<Vec<_>>()
         })
     };
-    let stdout = collect(Box::new(child.stdout.take().context("qemu stdout")?));
-    let stderr = collect(Box::new(child.stderr.take().context("qemu stderr")?));
+    let stdout = collect(
+        Box::new(child.stdout.take().context("qemu stdout")?),
+        config.kill_on_result.clone(),
+    );
+    let stderr = collect(Box::new(child.stderr.take().context("qemu stderr")?), None);
     let mut timed_out = false;
+    let mut killed_on_result = false;
     loop {
         if child.try_wait()?.is_some() {
+            break;
+        }
+        if marker_seen.load(Ordering::SeqCst) {
+            killed_on_result = true;
+            let _ = child.kill();
+            let _ = child.wait();
             break;
         }
         if start.elapsed() > config.timeout {
@@ -471,6 +500,7 @@ pub fn boot(assets: &Assets, initrd: &Path, config: &VmConfig) -> anyhow::Result
         lines,
         wall,
         timed_out,
+        killed_on_result,
     })
 }
 
@@ -483,6 +513,7 @@ mod tests {
             lines: lines.iter().map(|s| s.to_string()).collect(),
             wall: Duration::ZERO,
             timed_out: false,
+            killed_on_result: false,
         }
     }
 
