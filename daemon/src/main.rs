@@ -743,7 +743,9 @@ fn meta_service(args: MetaArgs) -> anyhow::Result<()> {
     let service =
         Arc::new(MetaService::new(engine, config, Arc::new(SystemClock)).context("opening the namespace")?);
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
-    eprintln!("xfused: metadata service on {addr}, namespace in {place}");
+    // The bound address, so `--listen HOST:0` says which port it got.
+    let bound = listener.local_addr().context("reading the listening address")?;
+    eprintln!("xfused: metadata service on {bound}, namespace in {place}");
     serve(listener, service, reap_every).context("serving")?;
     Ok(())
 }

@@ -7,10 +7,9 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,25 +18,6 @@ use rustix::process::{kill_process, Pid, Signal};
 use xfused::meta::check::check_namespace;
 use xfused::meta::embedded::{Durability, EmbeddedEngine};
 use xfused::net::proto::{self, Reply, Request};
-
-/// A port in 26000-26999 (the range this project may use here) that was
-/// free a moment ago; each call starts its search elsewhere, so tests
-/// running in parallel do not pick the same one.
-fn free_port() -> u16 {
-    static CALLS: AtomicU16 = AtomicU16::new(0);
-    let n = CALLS.fetch_add(1, Ordering::Relaxed);
-    let start = 26000
-        + ((std::process::id() as u16)
-            .wrapping_mul(7)
-            .wrapping_add(n.wrapping_mul(131))
-            % 1000);
-    for port in (start..27000).chain(26000..start) {
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in 26000-26999");
-}
 
 /// A running `xfused meta` on an embedded store; SIGTERM on drop.
 struct Service {
@@ -58,58 +38,48 @@ impl Service {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("meta");
         let log = dir.path().join("meta.log");
-        // Another process may take the port between our probe and the
-        // service's bind: then try another one.
-        for _ in 0..5 {
-            let addr = format!("127.0.0.1:{}", free_port());
-            let mut child = Command::new(env!("CARGO_BIN_EXE_xfused"))
-                .args([
-                    "meta",
-                    "--engine",
-                    &format!("embedded:{}", store.display()),
-                    "--listen",
-                    &addr,
-                ])
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-                .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-                .spawn()
-                .expect("spawning xfused meta");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let exited = loop {
-                if TcpStream::connect(&addr).is_ok() {
-                    break false;
-                }
-                if child.try_wait().expect("waitpid").is_some() {
-                    break true;
-                }
-                if Instant::now() > deadline {
-                    let _ = kill_process(Pid::from_child(&child), Signal::KILL);
-                    let _ = child.wait();
-                    panic!(
-                        "xfused meta did not listen:\n{}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            if !exited {
-                return Service {
-                    child: Some(child),
-                    addr,
-                    store,
-                    log,
-                    _dir: dir,
-                };
-            }
+        // Port 0: the kernel picks a free port, which the service logs; no
+        // probe that another process could race.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xfused"))
+            .args([
+                "meta",
+                "--engine",
+                &format!("embedded:{}", store.display()),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .expect("spawning xfused meta");
+        const LISTENING: &str = "metadata service on ";
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            assert!(
-                text.contains("Address already in use"),
-                "xfused meta exited:\n{text}"
-            );
+            let addr = text
+                .split_once(LISTENING)
+                .and_then(|(_, rest)| rest.split_once(','))
+                .map(|(addr, _)| addr.to_owned());
+            if let Some(addr) = addr {
+                break addr;
+            }
+            let exited = child.try_wait().expect("waitpid");
+            if exited.is_some() || Instant::now() > deadline {
+                let _ = kill_process(Pid::from_child(&child), Signal::KILL);
+                let _ = child.wait();
+                panic!("xfused meta did not listen ({exited:?}):\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Service {
+            child: Some(child),
+            addr,
+            store,
+            log,
+            _dir: dir,
         }
-        panic!("xfused meta found no free port in five tries");
     }
 
     fn log_text(&self) -> String {

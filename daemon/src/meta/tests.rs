@@ -753,7 +753,13 @@ impl EtcdCluster {
             tempfile::tempdir()
         }
         .unwrap();
-        // Six consecutive free ports, starting somewhere pid-dependent.
+        // Six consecutive free ports, starting somewhere pid-dependent. A
+        // lock file orders the test processes of this machine from the
+        // probe until the members listen, so two of them (a stress run
+        // beside the test command) never pick the same ports.
+        let ports_lock = std::fs::File::create(std::env::temp_dir().join("xfuse-test-etcd-ports.lock"))
+            .expect("creating the etcd ports lock file");
+        ports_lock.lock().expect("locking the etcd ports lock file");
         let start = 26000 + (std::process::id() % 150) as u16 * 6;
         let base = (0..150u16)
             .map(|i| 26000 + (start - 26000 + i * 6) % 900)
@@ -806,7 +812,11 @@ impl EtcdCluster {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             let healthy = etcd_engine(&cluster.clients, b"health/").and_then(|e| e.get(b"probe"));
-            if healthy.is_ok() {
+            let listening = || (0..6).all(|k| std::net::TcpStream::connect(("127.0.0.1", base + k)).is_ok());
+            if healthy.is_ok() && listening() {
+                // Every member holds its ports: another process's probe now
+                // sees them taken.
+                drop(ports_lock);
                 return cluster;
             }
             assert!(
