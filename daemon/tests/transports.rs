@@ -251,9 +251,10 @@ fn create_close_stat_unlink_round_trips() {
         return;
     }
     let per_cycle = cycle_round_trips(&[]);
-    assert!(per_cycle.total <= 6.05, "{per_cycle:?}");
+    let slack = per_cycle.expiry_slack;
+    assert!(per_cycle.total <= 6.05 + slack, "{per_cycle:?}");
     assert!(
-        per_cycle.per("LOOKUP") <= 1.01 && per_cycle.per("GETATTR") <= 2.01,
+        per_cycle.per("LOOKUP") <= 1.01 && per_cycle.per("GETATTR") <= 2.01 + slack,
         "{per_cycle:?}"
     );
 }
@@ -269,14 +270,20 @@ fn create_close_stat_unlink_round_trips_with_daemon_permissions() {
         return;
     }
     let per_cycle = cycle_round_trips(&["--permissions", "daemon"]);
-    assert!(per_cycle.total <= 4.05, "{per_cycle:?}");
-    assert!(per_cycle.per("GETATTR") <= 0.01, "{per_cycle:?}");
+    let slack = per_cycle.expiry_slack;
+    assert!(per_cycle.total <= 4.05 + slack, "{per_cycle:?}");
+    assert!(per_cycle.per("GETATTR") <= 0.01 + slack, "{per_cycle:?}");
 }
 
 #[derive(Debug)]
 struct CycleCounts {
     total: f64,
     per_op: Vec<(String, f64)>,
+    /// Round trips per cycle that are not the cycle's: the root's
+    /// attributes (1 s timeout) expire once per second of the loop, and a
+    /// loaded machine makes the loop take longer. At most one refresh per
+    /// started second, plus one.
+    expiry_slack: f64,
 }
 
 impl CycleCounts {
@@ -295,11 +302,13 @@ fn cycle_round_trips(args: &[&str]) -> CycleCounts {
     // Warm the root's attributes so the loop measures only the cycle.
     std::fs::metadata(mount.mnt()).unwrap();
     const CYCLES: u64 = 500;
+    let started = std::time::Instant::now();
     for _ in 0..CYCLES {
         drop(std::fs::File::create(&path).unwrap());
         std::fs::metadata(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
     }
+    let expiry_slack = (started.elapsed().as_secs_f64().ceil() + 1.0) / CYCLES as f64;
     let stats = stop_and_read_stats(mount);
     let per = |op: &str| stats.count(op) as f64 / CYCLES as f64;
     let one_way = ["FORGET", "BATCH_FORGET", "INTERRUPT"];
@@ -326,6 +335,7 @@ fn cycle_round_trips(args: &[&str]) -> CycleCounts {
     CycleCounts {
         total,
         per_op: per_cycle,
+        expiry_slack,
     }
 }
 
