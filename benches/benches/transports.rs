@@ -251,12 +251,12 @@ impl Worker for StatPool {
         Ok(())
     }
 
-    fn pause(&mut self) -> Duration {
+    fn pause(&mut self) {
         let Some(revisit_after) = self.revisit_after else {
-            return Duration::ZERO;
+            return;
         };
         if self.cursor != 0 {
-            return Duration::ZERO;
+            return;
         }
         let now = Instant::now();
         if let Some(since) = self.cycle_start.map(|start| now - start) {
@@ -264,9 +264,7 @@ impl Worker for StatPool {
                 std::thread::sleep(revisit_after - since);
             }
         }
-        let start = Instant::now();
-        self.cycle_start = Some(start);
-        start - now
+        self.cycle_start = Some(Instant::now());
     }
 }
 
