@@ -125,7 +125,7 @@ impl MetaFs {
     /// Deletes the data of inodes the metadata layer let go of.
     pub fn reclaim(&self, reclaim: Option<Reclaim>) {
         if let Some(r) = reclaim {
-            if let Err(e) = self.chunks.remove(r.layout_id, r.chunk_size, r.size) {
+            if let Err(e) = self.chunks.remove(r.layout_id) {
                 tracing::warn!(
                     "deleting the chunks of inode {} (layout {}): {e}",
                     r.ino,
