@@ -11,7 +11,7 @@
 
 use std::fs::{self, DirBuilder, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 /// Mode of every state directory.
@@ -27,11 +27,27 @@ pub fn create_dir(path: &Path) -> io::Result<()> {
 
 /// Makes `path` a private directory: creates it (and missing parents) with
 /// [`DIR_MODE`], or, if it exists with any group or other permission bit,
-/// tightens it to [`DIR_MODE`] and logs that it did.
+/// tightens it to [`DIR_MODE`] and logs that it did. A shared directory is
+/// refused rather than tightened (`PermissionDenied`, naming it): one with
+/// the sticky bit (`/tmp`) or owned by another user, since taking it
+/// private would break it for its other users.
 pub fn ensure_dir(path: &Path) -> io::Result<()> {
     DirBuilder::new().recursive(true).mode(DIR_MODE).create(path)?;
-    let mode = fs::metadata(path)?.permissions().mode() & 0o7777;
+    let meta = fs::metadata(path)?;
+    let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
+        let euid = kmod_shim::creds::effective_uid();
+        if mode & 0o1000 != 0 || meta.uid() != euid {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is shared (mode {mode:04o}, owner uid {}): state needs a directory of its own, \
+                     private to uid {euid}; choose another or make it 0700",
+                    path.display(),
+                    meta.uid()
+                ),
+            ));
+        }
         fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE))?;
         tracing::info!(
             "made {} private: mode {mode:04o} -> {DIR_MODE:04o} (it holds file data or metadata)",
@@ -69,5 +85,21 @@ mod tests {
         fs::set_permissions(&old, fs::Permissions::from_mode(0o755)).unwrap();
         ensure_dir(&old).unwrap();
         assert_eq!(fs::metadata(&old).unwrap().permissions().mode() & 0o7777, 0o700);
+    }
+
+    #[test]
+    fn ensure_dir_refuses_a_shared_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let sticky = dir.path().join("tmp-like");
+        fs::create_dir(&sticky).unwrap();
+        fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
+        let e = ensure_dir(&sticky).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        assert!(e.to_string().contains("shared"), "{e}");
+        assert_eq!(
+            fs::metadata(&sticky).unwrap().permissions().mode() & 0o7777,
+            0o1777,
+            "left as it was"
+        );
     }
 }

@@ -33,3 +33,9 @@ pub fn set_umask(mask: u32) -> u32 {
     // caller and cannot fail.
     unsafe { libc::umask((mask & 0o777) as libc::mode_t) as u32 }
 }
+
+/// The process's effective user id (geteuid(2)).
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
+    unsafe { libc::geteuid() }
+}
