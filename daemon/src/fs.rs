@@ -21,7 +21,7 @@ use fuse_backend_rs::api::filesystem::{
 
 use crate::chunk::ChunkStore;
 use crate::meta::schema::{InodeRec, Timestamp};
-use crate::meta::{Caller, MetaError, Namespace, Reclaim, SetAttr, TimeSet};
+use crate::meta::{Caller, MetaError, Namespace, Reclaim, SetAttr, TimeSet, FILE_SIZE_MAX_BYTES};
 
 /// Block size reported in stat and statfs.
 const BLOCK_SIZE: u32 = 4096;
@@ -125,7 +125,7 @@ impl MetaFs {
     /// Deletes the data of inodes the metadata layer let go of.
     pub fn reclaim(&self, reclaim: Option<Reclaim>) {
         if let Some(r) = reclaim {
-            if let Err(e) = self.chunks.remove(r.layout_id, r.chunk_size, r.size) {
+            if let Err(e) = self.chunks.remove(r.layout_id) {
                 tracing::warn!(
                     "deleting the chunks of inode {} (layout {}): {e}",
                     r.ino,
@@ -381,8 +381,12 @@ impl FileSystem for MetaFs {
         if size > IO_LEN_MAX {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
+        // The metadata layer refuses the new size too (for every client);
+        // checking first keeps the data of a refused write out of the
+        // chunk store.
         let end = offset
             .checked_add(u64::from(size))
+            .filter(|end| *end <= FILE_SIZE_MAX_BYTES)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
         let rec = self.meta.getattr(inode).map_err(io_err)?;
         let mut buf = vec![0u8; size as usize];

@@ -4,10 +4,12 @@
 //! - [`meta`]: the namespace on a transactional KV engine;
 //! - [`chunk`]: the local chunk store holding file data;
 //! - [`fs`]: the `FileSystem` a client mounts, over the two;
-//! - [`net`]: the metadata service over TCP and its client.
+//! - [`net`]: the metadata service over TCP and its client;
+//! - [`private_state`]: the modes that keep on-disk state private.
 #![warn(missing_docs)]
 
 pub mod chunk;
 pub mod fs;
 pub mod meta;
 pub mod net;
+pub mod private_state;

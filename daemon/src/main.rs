@@ -251,7 +251,8 @@ struct EngineArgs {
 #[derive(Debug, Args)]
 struct MetaArgs {
     /// The engine holding the namespace: `embedded:PATH`, an embedded store
-    /// in directory PATH (created if missing; one process at a time), or
+    /// in directory PATH (created if missing, made private: 0700; one
+    /// process at a time), or
     /// `etcd://HOST:PORT[,HOST:PORT...]`, the client endpoints of an etcd
     /// cluster (keys under xfuse/; run etcd with --max-txn-ops 10000).
     #[arg(long, value_name = "ENGINE")]
@@ -283,7 +284,7 @@ struct MountArgs {
     meta: Option<String>,
     /// Directory for this client's file data (the local chunk store, in
     /// DATA/chunks) and the default embedded metadata store. Created if
-    /// missing.
+    /// missing; made private (0700, files 0600) to this user.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/xfused")]
     data: PathBuf,
     #[command(flatten)]
@@ -554,7 +555,7 @@ fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> {
     use xfused::fs::{MetaFs, MetaFsConfig};
     use xfused::meta::{Meta, MetaConfig, Namespace, SystemClock};
 
-    std::fs::create_dir_all(spec.data)
+    xfused::private_state::ensure_dir(spec.data)
         .with_context(|| format!("creating data directory {}", spec.data.display()))?;
     let data = std::fs::canonicalize(spec.data)
         .with_context(|| format!("data directory {}", spec.data.display()))?;
@@ -649,7 +650,19 @@ impl OpenNamespace {
     }
 }
 
+/// Private state on disk: the only files `xfused mount` and `xfused meta`
+/// create are their own (chunks, the embedded store's journal and tables),
+/// so a umask of 077 makes those the embedded engine creates 0600 too (the
+/// chunk store sets its modes itself). Not for `xfused virtiofs`, whose
+/// vhost-user socket must stay reachable by QEMU; its store is private by
+/// its 0700 directory.
+fn private_umask() {
+    let old = kmod_shim::creds::set_umask(0o077);
+    tracing::debug!("umask {old:03o} -> 077: state files are private");
+}
+
 fn mount(args: MountArgs) -> anyhow::Result<()> {
+    private_umask();
     let signals = ShutdownSignals::install()?;
     let ns = open_namespace(NamespaceSpec {
         meta: args.meta.clone(),
@@ -693,7 +706,9 @@ fn open_embedded(
         },
         DurabilityArg::Sync => Durability::Sync,
     };
-    std::fs::create_dir_all(store)
+    // 0700: fjall makes its files 0644 under the usual umask; nobody else
+    // may reach them (names, xattrs) through this directory.
+    xfused::private_state::ensure_dir(store)
         .with_context(|| format!("creating metadata directory {}", store.display()))?;
     let engine = EmbeddedEngine::open(store, durability)
         .with_context(|| format!("opening the embedded metadata store in {}", store.display()))?;
@@ -715,6 +730,7 @@ fn meta_service(args: MetaArgs) -> anyhow::Result<()> {
     use xfused::meta::kv::KvEngine;
     use xfused::meta::{MetaConfig, SystemClock};
     use xfused::net::server::{serve, MetaService};
+    private_umask();
     let addr: std::net::SocketAddr = args.listen.parse().with_context(|| {
         format!(
             "--listen {:?}: expected HOST:PORT, e.g. 127.0.0.1:26000",

@@ -8,21 +8,103 @@ mod common;
 
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
-use common::{assert_errno, assert_rustix_errno, file_digest, pattern, run, sha256_hex, Mount};
+use common::{assert_errno, assert_rustix_errno, file_digest, pattern, run, sha256_hex, with_timeout, Mount};
 use rustix::fs::{RenameFlags, XattrFlags, CWD};
 
-/// Chunk files under DATA/chunks (file data lives there).
+/// Chunk files under DATA/chunks (file data lives there), in
+/// `chunks/LL/LAYOUT/INDEX`.
 fn chunk_files(data: &Path) -> usize {
     let mut n = 0;
-    for sub in fs::read_dir(data.join("chunks")).expect("read DATA/chunks") {
-        n += fs::read_dir(sub.unwrap().path()).unwrap().count();
+    for group in fs::read_dir(data.join("chunks")).expect("read DATA/chunks") {
+        let group = group.unwrap();
+        if !group.file_type().unwrap().is_dir() {
+            continue; // chunks/FORMAT
+        }
+        for layout in fs::read_dir(group.path()).unwrap() {
+            // A file's directory may be removed while this counts.
+            n += fs::read_dir(layout.unwrap().path()).map_or(0, |d| d.count());
+        }
     }
     n
+}
+
+/// The largest file `xfused mount` allows: 4 EiB.
+const SIZE_MAX: u64 = xfused::meta::FILE_SIZE_MAX_BYTES;
+const TIB: u64 = 1 << 40;
+/// How long one operation on a huge sparse file may take. It costs a few
+/// syscalls; the loops over every chunk index it replaced took minutes (a
+/// 16 TiB file) or forever (4 EiB: 2^42 chunk indexes).
+const OP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Lists `dir` as `ls -l` does (readdir, then stat of each entry).
+fn list(dir: &Path) -> io::Result<usize> {
+    let mut n = 0;
+    for entry in fs::read_dir(dir)? {
+        entry?.metadata()?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Runs `op` on a helper thread while this thread keeps listing `mnt`, as
+/// another user would. Panics if `op` fails or has not finished within
+/// [`OP_DEADLINE`], or if one listing takes that long; else returns how
+/// long `op` took.
+fn quick_while_listing(
+    mnt: &Path,
+    what: &str,
+    op: impl FnOnce() -> io::Result<()> + Send + 'static,
+) -> Duration {
+    let (tx, rx) = mpsc::channel();
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        let result = op();
+        let _ = tx.send((result, start.elapsed()));
+    });
+    let mut listings = 0;
+    loop {
+        let dir = mnt.to_path_buf();
+        match with_timeout(OP_DEADLINE, move || list(&dir)) {
+            None => panic!("listing the mount hung for {OP_DEADLINE:?} while {what} ran"),
+            Some(Err(e)) => panic!("listing the mount while {what} ran: {e}"),
+            Some(Ok(_)) => listings += 1,
+        }
+        match rx.recv_timeout(Duration::from_millis(10)) {
+            Ok((Ok(()), took)) => {
+                eprintln!("{what}: {took:?} ({listings} listings of the mount meanwhile)");
+                return took;
+            }
+            Ok((Err(e), _)) => panic!("{what}: {e}"),
+            Err(mpsc::RecvTimeoutError::Timeout) if start.elapsed() < OP_DEADLINE => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("{what} did not finish within {OP_DEADLINE:?}: its cost grows with the file's size")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+        }
+    }
+}
+
+/// Every file and directory under `dir` (not `dir` itself), but those the
+/// daemon removes meanwhile (the metadata engine rotates its files).
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(listing) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        let path = entry.path();
+        out.push(path.clone());
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            walk(&path, out);
+        }
+    }
 }
 
 #[test]
@@ -255,4 +337,153 @@ fn nothing_acknowledged_is_lost_when_the_daemon_is_killed() {
     }
     assert_eq!(fs::read_to_string(m.mnt().join("d/moved")).unwrap(), "content 0");
     assert_errno(fs::metadata(m.mnt().join("f0")), libc::ENOENT, "f0 was renamed");
+}
+
+#[test]
+fn a_huge_sparse_file_is_cut_synced_and_unlinked_at_once_while_others_list() {
+    let m = Mount::start_meta(&[]);
+    fs::write(m.mnt().join("neighbour"), b"hello").unwrap();
+    let path = m.mnt().join("huge");
+    let file = Arc::new(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("create huge"),
+    );
+    file.write_all_at(b"head", 0).expect("write at 0");
+    let f = file.clone();
+    quick_while_listing(m.mnt(), "truncate -s 4E", move || f.set_len(SIZE_MAX));
+    let f = file.clone();
+    quick_while_listing(m.mnt(), "a write of the last 4 bytes of 4 EiB", move || {
+        f.write_all_at(b"tail", SIZE_MAX - 4)
+    });
+    assert_eq!(file.metadata().unwrap().len(), SIZE_MAX);
+    let f = file.clone();
+    quick_while_listing(m.mnt(), "a shrink from 4 EiB to 1 byte", move || f.set_len(1));
+    assert_eq!(fs::read(&path).unwrap(), b"h");
+    let f = file.clone();
+    quick_while_listing(m.mnt(), "a write at 16 TiB", move || {
+        f.write_all_at(b"far", 16 * TIB)
+    });
+    let f = file.clone();
+    quick_while_listing(m.mnt(), "fsync of a sparse 16 TiB file", move || f.sync_all());
+    drop(file);
+    let p = path.clone();
+    quick_while_listing(m.mnt(), "unlink of a sparse 16 TiB file", move || {
+        fs::remove_file(p)
+    });
+    // Its chunks go at the unlink, or at the release if the close is still
+    // on its way; the neighbour's one chunk stays.
+    let deadline = Instant::now() + OP_DEADLINE;
+    while chunk_files(m.src()) != 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(chunk_files(m.src()), 1, "only the neighbour's chunk is left");
+    assert_eq!(fs::read(m.mnt().join("neighbour")).unwrap(), b"hello");
+}
+
+#[test]
+fn sizes_past_4_eib_are_efbig_and_change_nothing() {
+    let m = Mount::start_meta(&[]);
+    let path = m.mnt().join("big");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("create big");
+    assert_errno(file.set_len(SIZE_MAX + 1), libc::EFBIG, "truncate to 4 EiB + 1");
+    assert_errno(
+        file.write_all_at(b"ab", SIZE_MAX),
+        libc::EFBIG,
+        "a write at 4 EiB",
+    );
+    assert_eq!(
+        file.metadata().unwrap().len(),
+        0,
+        "the refused requests changed nothing"
+    );
+    assert_eq!(chunk_files(m.src()), 0, "the refused write left no data behind");
+    file.set_len(SIZE_MAX).expect("4 EiB itself is allowed");
+    assert_eq!(fs::metadata(&path).unwrap().len(), SIZE_MAX);
+    // A write across the limit: the kernel sends the bytes of each page as
+    // its own request, so the byte before the limit is written (a short
+    // write, as POSIX has it) and the one past it refused.
+    match file.write_at(b"ab", SIZE_MAX - 1) {
+        Ok(n) => assert_eq!(n, 1, "a write across 4 EiB"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EFBIG), "a write across 4 EiB: {e}"),
+    }
+    assert_errno(file.write_at(b"b", SIZE_MAX), libc::EFBIG, "the rest of it");
+    assert_eq!(file.metadata().unwrap().len(), SIZE_MAX, "never past the limit");
+}
+
+#[test]
+fn file_data_and_metadata_on_disk_are_private() {
+    let m = Mount::start_meta(&[]);
+    let path = m.mnt().join("secret");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .expect("create secret");
+    file.write_all(b"top secret").unwrap();
+    file.sync_all().unwrap();
+    rustix::fs::setxattr(&path, "user.note", b"private too", XattrFlags::empty()).unwrap();
+    drop(file);
+    // The harness's temporary directory is 0700; open it up as /tmp is, so
+    // only the data directory's own modes keep other users out.
+    let data = m.src();
+    fs::set_permissions(data.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut all = vec![data.to_path_buf()];
+    walk(data, &mut all);
+    let mut loose = Vec::new();
+    let (mut chunk, mut meta_file) = (None, None);
+    for p in &all {
+        let Ok(md) = fs::symlink_metadata(p) else {
+            continue; // removed by the daemon since the walk
+        };
+        let mode = md.permissions().mode() & 0o7777;
+        let want = if md.is_dir() { 0o700 } else { 0o600 };
+        if mode != want {
+            loose.push(format!("{:04o} {}", mode, p.display()));
+        }
+        if md.is_file() && md.len() > 0 {
+            if p.starts_with(data.join("chunks")) && p.file_name().unwrap() != "FORMAT" {
+                chunk.get_or_insert(p.clone());
+            } else if p.starts_with(data.join("meta")) {
+                meta_file.get_or_insert(p.clone());
+            }
+        }
+    }
+    assert!(loose.is_empty(), "not private:\n{}", loose.join("\n"));
+    let chunk = chunk.expect("a chunk file under DATA/chunks");
+    let meta_file = meta_file.expect("a metadata file under DATA/meta");
+    assert_eq!(
+        fs::read(&chunk).unwrap(),
+        b"top secret",
+        "{} holds the data",
+        chunk.display()
+    );
+    for target in [&chunk, &meta_file] {
+        let out = Command::new("cat")
+            .arg(target)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("spawning cat as nobody");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("Permission denied") && out.stdout.is_empty(),
+            "user nobody read {}: {}, stdout {:?}, stderr {stderr}",
+            target.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }

@@ -209,6 +209,70 @@ fn bad_frames_and_oversized_names_are_refused_and_others_keep_being_served() {
     ));
 }
 
+#[test]
+fn sizes_past_4_eib_are_refused_with_efbig_by_the_service() {
+    const SIZE_MAX: u64 = xfused::meta::FILE_SIZE_MAX_BYTES;
+    let service = Service::start();
+    let mut conn = TcpStream::connect(&service.addr).unwrap();
+    let Ok(Reply::Client(client)) = call(&mut conn, &Request::Hello.encode()) else {
+        panic!("hello failed:\n{}", service.log_text());
+    };
+    let caller = xfused::meta::Caller::ROOT;
+    let create = Request::Mknod {
+        client,
+        caller,
+        parent: 1,
+        name: b"big".to_vec(),
+        mode: libc::S_IFREG | 0o644,
+        rdev: 0,
+        target: Vec::new(),
+        open: false,
+    };
+    let Ok(Reply::Created { ino, .. }) = call(&mut conn, &create.encode()) else {
+        panic!("create failed:\n{}", service.log_text());
+    };
+    let setattr = |size| Request::Setattr {
+        caller,
+        ino,
+        set: xfused::meta::SetAttr {
+            size: Some(size),
+            ..Default::default()
+        },
+    };
+    // Past the limit, by a client that skips MetaFs's own check: EFBIG.
+    for size in [SIZE_MAX + 1, u64::MAX] {
+        assert_eq!(
+            call(&mut conn, &setattr(size).encode()),
+            Err(libc::EFBIG),
+            "setattr size {size}"
+        );
+        let write = Request::NoteWrite { ino, end: size };
+        assert_eq!(
+            call(&mut conn, &write.encode()),
+            Err(libc::EFBIG),
+            "a write ending at {size}"
+        );
+    }
+    let Ok(Reply::Inode(rec)) = call(&mut conn, &Request::Getattr { ino }.encode()) else {
+        panic!("getattr failed");
+    };
+    assert_eq!(rec.size, 0, "the refused requests changed nothing");
+    // At the limit: allowed.
+    let Ok(Reply::Setattr { rec, .. }) = call(&mut conn, &setattr(SIZE_MAX).encode()) else {
+        panic!("a setattr to 4 EiB was refused");
+    };
+    assert_eq!(rec.size, SIZE_MAX);
+    assert!(matches!(
+        call(&mut conn, &setattr(0).encode()),
+        Ok(Reply::Setattr { .. })
+    ));
+    let write = Request::NoteWrite { ino, end: SIZE_MAX };
+    let Ok(Reply::Inode(rec)) = call(&mut conn, &write.encode()) else {
+        panic!("a write ending at 4 EiB was refused");
+    };
+    assert_eq!(rec.size, SIZE_MAX);
+}
+
 /// Random create/rename/link/unlink on `mnt` for a while.
 fn churn(mnt: PathBuf, seed: u64, ops: usize) -> usize {
     let mut state = seed | 1;

@@ -24,3 +24,18 @@ pub fn keep_capabilities_across_setuid() -> io::Result<()> {
     cvt(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits) })?;
     Ok(())
 }
+
+/// Sets the process's file mode creation mask (umask(2)) to `mask` (only
+/// its permission bits count) and returns the previous one. Process-wide:
+/// every thread's later creations are masked by it.
+pub fn set_umask(mask: u32) -> u32 {
+    // SAFETY: umask takes its argument by value, touches no memory of the
+    // caller and cannot fail.
+    unsafe { libc::umask((mask & 0o777) as libc::mode_t) as u32 }
+}
+
+/// The process's effective user id (geteuid(2)).
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
+    unsafe { libc::geteuid() }
+}

@@ -5,7 +5,8 @@
 //! - [`dev`]: `/dev/fuse` file descriptors, their reads and writes, and the
 //!   `FUSE_DEV_IOC_*` ioctls (clone, passthrough backing files);
 //! - [`mount`]: mount(2) and umount2(2) for FUSE, with typed options;
-//! - [`creds`]: process credentials (capabilities across uid switches);
+//! - [`creds`]: process credentials (capabilities across uid switches) and
+//!   the umask;
 //! - [`uring`]: FUSE-over-io_uring ring entries and the io_uring carrying them;
 //! - [`probe`]: what the running kernel offers (version, io_uring switch,
 //!   passthrough).

@@ -46,8 +46,9 @@ pub fn check_namespace(engine: &dyn KvEngine) -> Result<Vec<String>, super::Meta
             }
             Some(&tag::COUNTER) => {
                 let c = CounterRec::decode(&p.value)?;
-                counters.inodes += c.inodes;
-                counters.bytes += c.bytes;
+                // Saturating, as the counters themselves (ops.rs).
+                counters.inodes = counters.inodes.saturating_add(c.inodes);
+                counters.bytes = counters.bytes.saturating_add(c.bytes);
             }
             Some(&tag::XATTR) if k.len() > 10 => {
                 *xattrs.entry(be(&k[2..10])).or_default() += 1;
@@ -127,7 +128,7 @@ pub fn check_namespace(engine: &dyn KvEngine) -> Result<Vec<String>, super::Meta
     let mut regular_bytes = 0i64;
     for (ino, rec) in &inodes {
         if rec.kind() == libc::S_IFREG {
-            regular_bytes += rec.size as i64;
+            regular_bytes = regular_bytes.saturating_add(rec.size as i64);
         }
         if rec.xattrs != 0 && !xattrs.contains_key(ino) {
             problems.push(format!("inode {ino}: xattrs {} but none found", rec.xattrs));

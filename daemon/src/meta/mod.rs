@@ -98,5 +98,5 @@ mod tests;
 pub use namespace::Namespace;
 pub use ops::{
     access, rename_flags, xattr_flags, Caller, Clock, DirItem, Meta, MetaConfig, MetaError, Reclaim, SetAttr,
-    SystemClock, TimeSet, Usage, LINK_MAX,
+    SystemClock, TimeSet, Usage, FILE_SIZE_MAX_BYTES, LINK_MAX,
 };

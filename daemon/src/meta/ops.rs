@@ -201,6 +201,22 @@ pub mod xattr_flags {
 
 /// Most links to one inode.
 pub const LINK_MAX: u32 = 65_000;
+/// The largest size of a regular file: 4 EiB (2^62 bytes), so
+/// `truncate -s 4E` works and one byte more is `EFBIG`, as is a write
+/// request that would end past it (refused whole; through a FUSE mount the
+/// kernel sends each page's bytes as a request of their own, so a write(2)
+/// across the limit comes back short, ending at the limit, as POSIX has it).
+///
+/// Enforced here, by [`Meta::setattr`] and [`Meta::note_write`], so a
+/// client of `xfused meta` over TCP or a virtio guest is held to it like a
+/// FUSE mount. Why 2^62: sizes reach the kernel as `i64` (`st_size`,
+/// `off_t`), and this layer takes their differences and sums as `i64` (a
+/// setattr's size change, the statfs counters); a quarter of `i64`'s range
+/// keeps every difference exact and the offset arithmetic of the I/O path
+/// far from overflow. The chunk store addresses any `u64` offset and its
+/// cost follows a file's data, not its size ([`crate::chunk`]), so a sparse
+/// file this large costs what its data costs.
+pub const FILE_SIZE_MAX_BYTES: u64 = 1 << 62;
 /// Deepest directory nesting the subtree check walks before it calls the
 /// tree corrupt.
 const DEPTH_MAX: usize = 4096;
@@ -362,8 +378,10 @@ fn counter_add(txn: &mut Txn<'_>, ino: u64, inodes: i64, bytes: i64) -> Result<(
         Some(b) => CounterRec::decode(&b)?,
         None => CounterRec::default(),
     };
-    rec.inodes += inodes;
-    rec.bytes += bytes;
+    // Saturating: sizes up to FILE_SIZE_MAX_BYTES can sum past i64 in one
+    // shard; statfs then shows a full count instead of a wrapped one.
+    rec.inodes = rec.inodes.saturating_add(inodes);
+    rec.bytes = rec.bytes.saturating_add(bytes);
     txn.put(key, rec.encode());
     Ok(())
 }
@@ -725,7 +743,8 @@ impl Meta {
     }
 
     /// Changes attributes; returns the new record and, if the size changed,
-    /// the old size (the caller truncates file data).
+    /// the old size (the caller truncates file data). A size past
+    /// [`FILE_SIZE_MAX_BYTES`] is `EFBIG`.
     pub fn setattr(
         &self,
         caller: &Caller,
@@ -766,6 +785,9 @@ impl Meta {
                     _ => return errno(libc::EINVAL),
                 }
                 may(caller, rec, access::W)?;
+                if size > FILE_SIZE_MAX_BYTES {
+                    return errno(libc::EFBIG);
+                }
                 if size != rec.size {
                     old_size = Some(rec.size);
                 }
@@ -1269,7 +1291,8 @@ impl Meta {
     }
 
     /// Records that data was written up to byte `end` of `ino`: grows the
-    /// size if needed, updates mtime and ctime. Returns the new record.
+    /// size if needed, updates mtime and ctime. Returns the new record;
+    /// `EFBIG` if `end` is past [`FILE_SIZE_MAX_BYTES`].
     pub fn note_write(&self, ino: u64, end: u64) -> Result<InodeRec, MetaError> {
         let now = self.clock.now();
         self.txn(|txn| {
@@ -1279,6 +1302,9 @@ impl Meta {
                 libc::S_IFREG => {}
                 libc::S_IFDIR => return errno(libc::EISDIR),
                 _ => return errno(libc::EINVAL),
+            }
+            if end > FILE_SIZE_MAX_BYTES {
+                return errno(libc::EFBIG);
             }
             let old = rec.size;
             let rec = staged.dirty(ino);
@@ -1459,8 +1485,8 @@ impl Meta {
         let mut total = CounterRec::default();
         for p in pairs {
             let c = CounterRec::decode(&p.value)?;
-            total.inodes += c.inodes;
-            total.bytes += c.bytes;
+            total.inodes = total.inodes.saturating_add(c.inodes);
+            total.bytes = total.bytes.saturating_add(c.bytes);
         }
         Ok(Usage {
             inodes: total.inodes.max(0) as u64,

@@ -315,7 +315,45 @@ fn symlinks_and_setattr(meta: &Meta) {
             bytes: 4096
         }
     );
+    // Past FILE_SIZE_MAX_BYTES: EFBIG, and nothing changes.
+    let size = |size| SetAttr {
+        size: Some(size),
+        ..SetAttr::default()
+    };
+    for past in [FILE_SIZE_MAX_BYTES + 1, u64::MAX] {
+        assert_eq!(
+            err(meta.setattr(&ROOT, f, &size(past))),
+            libc::EFBIG,
+            "setattr {past}"
+        );
+        assert_eq!(
+            err(meta.note_write(f, past)),
+            libc::EFBIG,
+            "a write ending at {past}"
+        );
+    }
+    assert_eq!(meta.getattr(f).unwrap().size, 4096);
+    assert_eq!(meta.usage().unwrap().bytes, 4096);
     assert_sound(meta);
+}
+
+#[test]
+fn files_at_the_size_limit_saturate_the_byte_counters_instead_of_overflowing() {
+    let meta = meta_on(Arc::new(MemEngine::new()));
+    // Three files of 2^62 bytes sum past i64::MAX, in one shard or across.
+    let files: Vec<u64> = (0..3).map(|i| file(&meta, ROOT_INO, &format!("f{i}"))).collect();
+    for (i, f) in files.iter().enumerate() {
+        let set = SetAttr {
+            size: Some(FILE_SIZE_MAX_BYTES),
+            ..SetAttr::default()
+        };
+        if i == 0 {
+            meta.setattr(&ROOT, *f, &set).unwrap();
+        } else {
+            meta.note_write(*f, FILE_SIZE_MAX_BYTES).unwrap();
+        }
+    }
+    assert_eq!(meta.usage().unwrap().bytes, i64::MAX as u64);
 }
 
 fn permissions(meta: &Meta) {
