@@ -11,6 +11,11 @@
 //! without asking anyone, so an entry cached while a directory was open to
 //! all must not survive the directory being closed (chmod), nor an entry
 //! moved into a closed directory (rename).
+//!
+//! The sticky bit looks like the kernel's rule but is left to the
+//! filesystem without `default_permissions`, so xfuse::perm applies it: no
+//! removing, moving away or replacing another user's entry in a 1777
+//! directory.
 
 mod common;
 
@@ -21,6 +26,8 @@ use common::Mount;
 
 const ALICE: u32 = 4101;
 const BOB: u32 = 4102;
+/// Owns the sticky directory of the sticky-bit cases (as root owns /tmp).
+const CAROL: u32 = 4103;
 /// A group Bob is a supplementary member of.
 const CREW: u32 = 4200;
 
@@ -64,18 +71,32 @@ struct Case {
     ok: bool,
 }
 
+/// What a refusal may say: EACCES or EPERM.
+const ANY_DENIAL: &[&str] = &["Permission denied", "Operation not permitted"];
+/// A refusal that must be EPERM.
+const EPERM_ONLY: &[&str] = &["Operation not permitted"];
+
 fn check(mount: &Mount, mode: &str, cases: &[Case]) {
+    check_denials(mount, mode, cases, ANY_DENIAL)
+}
+
+/// Like [`check`], where a refusal must say one of `denials`.
+fn check_denials(mount: &Mount, mode: &str, cases: &[Case], denials: &[&str]) {
     let dir = &home(mount);
     let mut failures = Vec::new();
     for c in cases {
         let (code, stderr) = as_user(c.uid, c.groups, dir, c.script);
-        let denied = stderr.contains("Permission denied") || stderr.contains("Operation not permitted");
+        let denied = denials.iter().any(|d| stderr.contains(d));
         let as_expected = if c.ok { code == 0 } else { code != 0 && denied };
         if !as_expected {
             failures.push(format!(
                 "{}: expected {}, got exit {code}: {}",
                 c.what,
-                if c.ok { "success" } else { "a permission error" },
+                if c.ok {
+                    "success".to_string()
+                } else {
+                    format!("a permission error ({})", denials.join(" or "))
+                },
                 stderr.trim()
             ));
         }
@@ -95,20 +116,31 @@ fn home(mount: &Mount) -> std::path::PathBuf {
 }
 
 /// Opens the way to the mount for unprivileged users (the harness's
-/// temporary directories are 0700), gives Alice a 0755 directory on it
-/// (made by root) and lays out her files there.
-fn prepare(mount: &Mount) {
+/// temporary directories are 0700) and gives Alice a 0755 directory on it
+/// (made by root); returns its path.
+fn open_home(mount: &Mount) -> std::path::PathBuf {
     for dir in [mount.src(), mount.mnt().parent().unwrap()] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let home = home(mount);
     std::fs::create_dir(&home).unwrap();
+    chown(&home, ALICE, ALICE);
+    home
+}
+
+/// `chown uid:gid path`, as root.
+fn chown(path: &std::path::Path, uid: u32, gid: u32) {
     rustix::fs::chown(
-        home.as_path(),
-        Some(rustix::fs::Uid::from_raw(ALICE)),
-        Some(rustix::fs::Gid::from_raw(ALICE)),
+        path,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
     )
-    .unwrap();
+    .unwrap_or_else(|e| panic!("chown {uid}:{gid} {}: {e}", path.display()));
+}
+
+/// [`open_home`], then lays out Alice's files there.
+fn prepare(mount: &Mount) {
+    let home = open_home(mount);
     let setup = "set -e
         mkdir open closed moving crew drop
         chmod 755 open moving; chmod 700 closed; chmod 750 crew; chmod 777 drop
@@ -353,6 +385,192 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// A 1777 directory of Carol's, `tmp/`, holding Alice's files and
+/// directories, and a 0777 one, `out/`, to move entries to.
+fn prepare_sticky(mount: &Mount) {
+    let home = open_home(mount);
+    let tmp = home.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    chown(&tmp, CAROL, CAROL);
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let setup = "set -e
+        mkdir out; chmod 777 out
+        cd tmp
+        for f in a_rm a_mv a_away a_over a_swap a_x1 a_x2 a_carol_rm a_carol_mv a_carol_over; do
+            echo hi > $f; chmod 644 $f
+        done
+        mkdir a_dir a_subdir a_dir_over a_carol_dir; chmod 755 a_dir a_subdir a_dir_over a_carol_dir";
+    let (code, err) = as_user(ALICE, &[], &home, setup);
+    assert_eq!(code, 0, "setting up as Alice: {err}\n{}", mount.daemon_log());
+}
+
+/// A shell command swapping two names with renameat2(RENAME_EXCHANGE)
+/// (coreutils here has no `mv --exchange`); on failure it prints the
+/// errno's text.
+macro_rules! exchange {
+    ($a:literal, $b:literal) => {
+        concat!(
+            "python3 -c \"import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True); ",
+            "sys.exit(0 if libc.renameat2(-100, b'",
+            $a,
+            "', -100, b'",
+            $b,
+            "', 2) == 0 else os.strerror(ctypes.get_errno()))\""
+        )
+    };
+}
+
+/// The sticky-directory rule (Linux's `check_sticky`, in `may_delete`): in
+/// `tmp/` (1777, Carol's) Bob may create, but may not remove, move away or
+/// replace (rename over, exchange) Alice's entries: EPERM, though he may
+/// write the directory. Alice (the entries' owner) and Carol (the
+/// directory's owner) may. Without `default_permissions` the kernel does
+/// not apply the rule (it drops S_ISVTX from the modes it keeps).
+fn sticky_cases() -> Vec<Case> {
+    vec![
+        Case {
+            what: "Bob creates in a 1777 dir",
+            uid: BOB,
+            groups: &[],
+            script: "echo bob > tmp/b_file && echo bob > tmp/b_swap && mkdir tmp/b_dir",
+            ok: true,
+        },
+        Case {
+            what: "Bob removes Alice's file from a 1777 dir",
+            uid: BOB,
+            groups: &[],
+            script: "rm -f tmp/a_rm",
+            ok: false,
+        },
+        Case {
+            what: "Bob removes Alice's directory from a 1777 dir",
+            uid: BOB,
+            groups: &[],
+            script: "rmdir tmp/a_dir",
+            ok: false,
+        },
+        Case {
+            what: "Bob renames Alice's file in a 1777 dir",
+            uid: BOB,
+            groups: &[],
+            script: "mv -f tmp/a_mv tmp/b_renamed",
+            ok: false,
+        },
+        Case {
+            what: "Bob moves Alice's file out of a 1777 dir",
+            uid: BOB,
+            groups: &[],
+            script: "mv -f tmp/a_away out/",
+            ok: false,
+        },
+        Case {
+            what: "Bob renames Alice's directory in a 1777 dir",
+            uid: BOB,
+            groups: &[],
+            script: "mv -f -T tmp/a_subdir tmp/b_renamed_dir",
+            ok: false,
+        },
+        Case {
+            what: "Bob renames his file over Alice's in a 1777 dir",
+            uid: BOB,
+            groups: &[],
+            script: "mv -f -T tmp/b_file tmp/a_over",
+            ok: false,
+        },
+        Case {
+            what: "Bob renames his directory over Alice's empty one in a 1777 dir",
+            uid: BOB,
+            groups: &[],
+            script: "mv -f -T tmp/b_dir tmp/a_dir_over",
+            ok: false,
+        },
+        Case {
+            what: "Bob exchanges his file with Alice's in a 1777 dir",
+            uid: BOB,
+            groups: &[],
+            script: exchange!("tmp/b_swap", "tmp/a_swap"),
+            ok: false,
+        },
+        Case {
+            what: "Bob exchanges Alice's file with his in a 1777 dir",
+            uid: BOB,
+            groups: &[],
+            script: exchange!("tmp/a_swap", "tmp/b_swap"),
+            ok: false,
+        },
+        Case {
+            what: "Bob removes his own file from a 1777 dir",
+            uid: BOB,
+            groups: &[],
+            script: "rm -f tmp/b_file tmp/b_swap && rmdir tmp/b_dir",
+            ok: true,
+        },
+        Case {
+            what: "Alice removes her file from a 1777 dir",
+            uid: ALICE,
+            groups: &[],
+            script: "rm -f tmp/a_rm",
+            ok: true,
+        },
+        Case {
+            what: "Alice removes her directory from a 1777 dir",
+            uid: ALICE,
+            groups: &[],
+            script: "rmdir tmp/a_dir",
+            ok: true,
+        },
+        Case {
+            what: "Alice renames her file in a 1777 dir",
+            uid: ALICE,
+            groups: &[],
+            script: "mv -f tmp/a_mv tmp/a_renamed",
+            ok: true,
+        },
+        Case {
+            what: "Alice moves her file out of a 1777 dir",
+            uid: ALICE,
+            groups: &[],
+            script: "mv -f tmp/a_away out/",
+            ok: true,
+        },
+        Case {
+            what: "Alice exchanges two of her files in a 1777 dir",
+            uid: ALICE,
+            groups: &[],
+            script: exchange!("tmp/a_x1", "tmp/a_x2"),
+            ok: true,
+        },
+        Case {
+            what: "Carol removes Alice's file from her 1777 dir",
+            uid: CAROL,
+            groups: &[],
+            script: "rm -f tmp/a_carol_rm",
+            ok: true,
+        },
+        Case {
+            what: "Carol removes Alice's directory from her 1777 dir",
+            uid: CAROL,
+            groups: &[],
+            script: "rmdir tmp/a_carol_dir",
+            ok: true,
+        },
+        Case {
+            what: "Carol renames Alice's file in her 1777 dir",
+            uid: CAROL,
+            groups: &[],
+            script: "mv -f tmp/a_carol_mv tmp/c_renamed",
+            ok: true,
+        },
+        Case {
+            what: "Carol renames her file over Alice's in her 1777 dir",
+            uid: CAROL,
+            groups: &[],
+            script: "echo carol > tmp/c_file && mv -f -T tmp/c_file tmp/a_carol_over",
+            ok: true,
+        },
+    ]
+}
+
 fn run(mount: Mount, mode: &str) {
     prepare(&mount);
     check(&mount, mode, &cases());
@@ -374,4 +592,25 @@ fn daemon_checks_match_the_kernels() {
 #[test]
 fn daemon_checks_match_the_kernels_on_xfused_mount() {
     run(Mount::start_meta(&["--permissions", "daemon"]), "daemon");
+}
+
+fn run_sticky(mount: Mount, mode: &str) {
+    prepare_sticky(&mount);
+    // Every refusal here is the sticky rule's: EPERM, never EACCES.
+    check_denials(&mount, mode, &sticky_cases(), EPERM_ONLY);
+}
+
+#[test]
+fn kernel_applies_the_sticky_bit() {
+    run_sticky(Mount::start(&["--permissions", "kernel"]), "kernel");
+}
+
+#[test]
+fn daemon_applies_the_sticky_bit() {
+    run_sticky(Mount::start(&["--permissions", "daemon"]), "daemon");
+}
+
+#[test]
+fn daemon_applies_the_sticky_bit_on_xfused_mount() {
+    run_sticky(Mount::start_meta(&["--permissions", "daemon"]), "daemon");
 }

@@ -12,15 +12,20 @@
 //! mount can go without `default_permissions` and those round trips.
 //!
 //! What the kernel still does without `default_permissions`, and is not
-//! repeated here: exec permission of regular files, the sticky-directory
-//! rule on unlink and rename, `trusted.*` and ACL xattr rules, read-only
-//! mounts, immutable and append-only inodes.
+//! repeated here: exec permission of regular files, `trusted.*` and ACL
+//! xattr rules, read-only mounts, immutable and append-only inodes. What it
+//! leaves to the filesystem, though its generic code seems to do it:
+//! - the sticky-directory rule: the kernel drops S_ISVTX from the modes it
+//!   keeps for a mount without `default_permissions`
+//!   (`fuse_change_attributes_common`), so its `check_sticky` never fires.
 //!
 //! What this module checks: search permission on the parent for LOOKUP;
 //! write and search permission on the parent(s) for every change of a
 //! directory (CREATE, MKNOD, MKDIR, SYMLINK, LINK, UNLINK, RMDIR, RENAME,
-//! and write permission on a directory moved to another parent); read and
-//! write permission for OPEN (and O_TRUNC), read permission for OPENDIR;
+//! and write permission on a directory moved to another parent); the
+//! sticky-directory rule for UNLINK, RMDIR and RENAME (the entry moved
+//! away, and the one replaced or exchanged with); read and write
+//! permission for OPEN (and O_TRUNC), read permission for OPENDIR;
 //! `user.*` xattrs; ACCESS; and the rules of `chmod`, `chown`, `truncate`
 //! and `utimes` for SETATTR, as Linux's `setattr_prepare` has them.
 //! Supplementary groups are read from `/proc/PID/status` of the caller, and
@@ -184,6 +189,16 @@ fn may(caller: &Caller<'_>, st: &stat64, want: u32) -> io::Result<()> {
     } else {
         Err(err(libc::EACCES))
     }
+}
+
+/// Whether the sticky-directory rule binds `caller` in a directory with
+/// attributes `dir`: then only an entry's owner may remove or replace it.
+/// Linux's `check_sticky` (fs/namei.c, from `may_delete`): in a directory
+/// with the sticky bit, the entry's owner, the directory's owner and a
+/// process with `CAP_FOWNER` (root, here) may; anybody else gets EPERM,
+/// whatever the directory's write permission.
+fn sticky_binds(caller: &Caller<'_>, dir: &stat64) -> bool {
+    dir.st_mode & libc::S_ISVTX != 0 && !caller.is_root() && caller.uid != dir.st_uid
 }
 
 /// Checks a SETATTR of an inode with attributes `st` as Linux's
@@ -401,6 +416,36 @@ where
         Ok(st)
     }
 
+    /// Applies the sticky-directory rule ([`sticky_binds`]) to entry `name`
+    /// of `dir`, whose attributes are `dir_st`: EPERM unless `caller` may
+    /// remove or replace it. The entry is looked up only when its owner
+    /// decides. A missing entry passes: the operation itself answers.
+    fn check_sticky(
+        &self,
+        ctx: &Context,
+        caller: &Caller<'_>,
+        dir: u64,
+        dir_st: &stat64,
+        name: &CStr,
+    ) -> io::Result<()> {
+        if !sticky_binds(caller, dir_st) {
+            return Ok(());
+        }
+        let entry = match self.fs.lookup(ctx, dir, name) {
+            Ok(entry) if entry.inode != 0 => entry,
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let owner = entry.attr.st_uid;
+        self.fs.forget(ctx, entry.inode, 1);
+        if owner == caller.uid {
+            Ok(())
+        } else {
+            Err(err(libc::EPERM))
+        }
+    }
+
     fn entry_in(parent: &stat64, mut entry: Entry) -> Entry {
         if !entries_cacheable(parent.st_mode) {
             entry.entry_timeout = Duration::ZERO;
@@ -528,15 +573,19 @@ where
     }
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
-        if !self.caller(ctx).is_root() {
-            self.changing_dir(ctx, parent)?;
+        let caller = self.caller(ctx);
+        if !caller.is_root() {
+            let st = self.changing_dir(ctx, parent)?;
+            self.check_sticky(ctx, &caller, parent, &st, name)?;
         }
         self.fs.unlink(ctx, parent, name)
     }
 
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
-        if !self.caller(ctx).is_root() {
-            self.changing_dir(ctx, parent)?;
+        let caller = self.caller(ctx);
+        if !caller.is_root() {
+            let st = self.changing_dir(ctx, parent)?;
+            self.check_sticky(ctx, &caller, parent, &st, name)?;
         }
         self.fs.rmdir(ctx, parent, name)
     }
@@ -558,8 +607,16 @@ where
         } else {
             self.fresh_attr(ctx, newdir)?
         };
+        // In the order of Linux's `vfs_rename`: the entry moved away, then
+        // the one it replaces or is exchanged with. RENAME_NOREPLACE
+        // replaces nothing: an existing target is EEXIST, which the kernel
+        // answers before these checks.
         may(&caller, &old_st, mask::W | mask::X)?;
+        self.check_sticky(ctx, &caller, olddir, &old_st, oldname)?;
         may(&caller, &new_st, mask::W | mask::X)?;
+        if flags & libc::RENAME_NOREPLACE == 0 {
+            self.check_sticky(ctx, &caller, newdir, &new_st, newname)?;
+        }
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         if newdir != olddir && !caller.is_root() {
             // A directory moved to another parent gets a new "..": that
@@ -983,6 +1040,24 @@ mod tests {
         );
         assert_eq!(code(may(&root, &st(FILE | 0o100, 1000, 100), mask::X)), 0);
         assert_eq!(code(may(&root, &st(DIR, 1000, 100), mask::X | mask::W)), 0);
+    }
+
+    #[test]
+    fn sticky_directories_bind_all_but_their_owner_and_root() {
+        let g = Fixed(None);
+        let tmp = st(DIR | 0o1777, 1000, 100);
+        assert!(sticky_binds(&caller(1001, 1001, &g), &tmp));
+        assert!(
+            !sticky_binds(&caller(1000, 1001, &g), &tmp),
+            "the directory's owner"
+        );
+        assert!(!sticky_binds(&caller(0, 0, &g), &tmp), "root (CAP_FOWNER)");
+        // Group membership of the directory does not count.
+        assert!(sticky_binds(&caller(1001, 100, &g), &tmp));
+        assert!(!sticky_binds(
+            &caller(1001, 1001, &g),
+            &st(DIR | 0o777, 1000, 100)
+        ));
     }
 
     #[test]
