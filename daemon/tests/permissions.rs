@@ -12,10 +12,11 @@
 //! all must not survive the directory being closed (chmod), nor an entry
 //! moved into a closed directory (rename).
 //!
-//! The sticky bit looks like the kernel's rule but is left to the
-//! filesystem without `default_permissions`, so xfuse::perm applies it: no
+//! Two rules look like the kernel's but are left to the filesystem without
+//! `default_permissions`, so xfuse::perm applies them: the sticky bit (no
 //! removing, moving away or replacing another user's entry in a 1777
-//! directory.
+//! directory) and exec permission by the caller's class bit (the kernel
+//! only asks for some exec bit).
 
 mod common;
 
@@ -73,6 +74,8 @@ struct Case {
 
 /// What a refusal may say: EACCES or EPERM.
 const ANY_DENIAL: &[&str] = &["Permission denied", "Operation not permitted"];
+/// A refusal that must be EACCES.
+const EACCES_ONLY: &[&str] = &["Permission denied"];
 /// A refusal that must be EPERM.
 const EPERM_ONLY: &[&str] = &["Operation not permitted"];
 
@@ -571,6 +574,75 @@ fn sticky_cases() -> Vec<Case> {
     ]
 }
 
+/// Modes of the executables in `run/` (Alice's, group CREW): each a copy
+/// of /bin/true, so that running it needs no read permission.
+const EXEC_MODES: [u32; 7] = [0o744, 0o700, 0o711, 0o001, 0o010, 0o100, 0o644];
+
+fn prepare_exec(mount: &Mount) {
+    let home = open_home(mount);
+    let (code, err) = as_user(ALICE, &[], &home, "mkdir run && chmod 755 run");
+    assert_eq!(code, 0, "setting up as Alice: {err}\n{}", mount.daemon_log());
+    for mode in EXEC_MODES {
+        let path = home.join(format!("run/x{mode:04o}"));
+        std::fs::copy("/bin/true", &path).unwrap_or_else(|e| panic!("copying /bin/true: {e}"));
+        chown(&path, ALICE, CREW);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+/// Who may execute each file of `run/`: Linux's `generic_permission`
+/// takes the caller's class bit alone (the owner's for Alice, the group's
+/// for Bob in CREW, the others' for Bob alone), and root needs any x bit.
+/// Without `default_permissions` the kernel only asks for any x bit.
+fn exec_cases() -> Vec<Case> {
+    macro_rules! row {
+        ($mode:literal, owner: $owner:expr, group: $group:expr, other: $other:expr, root: $root:expr) => {
+            [
+                Case {
+                    what: concat!("Alice runs her ", $mode, " file"),
+                    uid: ALICE,
+                    groups: &[],
+                    script: concat!("./run/x", $mode),
+                    ok: $owner,
+                },
+                Case {
+                    what: concat!("Bob in her group runs Alice's ", $mode, " file"),
+                    uid: BOB,
+                    groups: &[CREW],
+                    script: concat!("./run/x", $mode),
+                    ok: $group,
+                },
+                Case {
+                    what: concat!("Bob runs Alice's ", $mode, " file"),
+                    uid: BOB,
+                    groups: &[],
+                    script: concat!("./run/x", $mode),
+                    ok: $other,
+                },
+                Case {
+                    what: concat!("root runs Alice's ", $mode, " file"),
+                    uid: 0,
+                    groups: &[],
+                    script: concat!("./run/x", $mode),
+                    ok: $root,
+                },
+            ]
+        };
+    }
+    [
+        row!("0744", owner: true, group: false, other: false, root: true),
+        row!("0700", owner: true, group: false, other: false, root: true),
+        row!("0711", owner: true, group: true, other: true, root: true),
+        row!("0001", owner: false, group: false, other: true, root: true),
+        row!("0010", owner: false, group: true, other: false, root: true),
+        row!("0100", owner: true, group: false, other: false, root: true),
+        row!("0644", owner: false, group: false, other: false, root: false),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 fn run(mount: Mount, mode: &str) {
     prepare(&mount);
     check(&mount, mode, &cases());
@@ -613,4 +685,24 @@ fn daemon_applies_the_sticky_bit() {
 #[test]
 fn daemon_applies_the_sticky_bit_on_xfused_mount() {
     run_sticky(Mount::start_meta(&["--permissions", "daemon"]), "daemon");
+}
+
+fn run_exec(mount: Mount, mode: &str) {
+    prepare_exec(&mount);
+    check_denials(&mount, mode, &exec_cases(), EACCES_ONLY);
+}
+
+#[test]
+fn kernel_checks_exec_by_class() {
+    run_exec(Mount::start(&["--permissions", "kernel"]), "kernel");
+}
+
+#[test]
+fn daemon_checks_exec_by_class() {
+    run_exec(Mount::start(&["--permissions", "daemon"]), "daemon");
+}
+
+#[test]
+fn daemon_checks_exec_by_class_on_xfused_mount() {
+    run_exec(Mount::start_meta(&["--permissions", "daemon"]), "daemon");
 }

@@ -12,12 +12,17 @@
 //! mount can go without `default_permissions` and those round trips.
 //!
 //! What the kernel still does without `default_permissions`, and is not
-//! repeated here: exec permission of regular files, `trusted.*` and ACL
-//! xattr rules, read-only mounts, immutable and append-only inodes. What it
-//! leaves to the filesystem, though its generic code seems to do it:
+//! repeated here: `trusted.*` and ACL xattr rules, read-only mounts,
+//! immutable and append-only inodes. What it leaves to the filesystem,
+//! though its generic code seems to do it:
 //! - the sticky-directory rule: the kernel drops S_ISVTX from the modes it
 //!   keeps for a mount without `default_permissions`
-//!   (`fuse_change_attributes_common`), so its `check_sticky` never fires.
+//!   (`fuse_change_attributes_common`), so its `check_sticky` never fires;
+//! - exec permission: `fuse_permission` asks only that a regular file have
+//!   some exec bit, whoever runs it, and sends no ACCESS for an exec. The
+//!   exec's own open comes as an OPEN whose flags carry `__FMODE_EXEC`
+//!   ([`FMODE_EXEC`]; seen on Linux 6.18: flags 0x8020 for an `execve`,
+//!   0x8000 for a `cat`), and that OPEN is where it is checked.
 //!
 //! What this module checks: search permission on the parent for LOOKUP;
 //! write and search permission on the parent(s) for every change of a
@@ -25,9 +30,10 @@
 //! and write permission on a directory moved to another parent); the
 //! sticky-directory rule for UNLINK, RMDIR and RENAME (the entry moved
 //! away, and the one replaced or exchanged with); read and write
-//! permission for OPEN (and O_TRUNC), read permission for OPENDIR;
-//! `user.*` xattrs; ACCESS; and the rules of `chmod`, `chown`, `truncate`
-//! and `utimes` for SETATTR, as Linux's `setattr_prepare` has them.
+//! permission for OPEN (and O_TRUNC), execute permission instead for the
+//! OPEN of an exec; read permission for OPENDIR; `user.*` xattrs; ACCESS;
+//! and the rules of `chmod`, `chown`, `truncate` and `utimes` for SETATTR,
+//! as Linux's `setattr_prepare` has them.
 //! Supplementary groups are read from `/proc/PID/status` of the caller, and
 //! only when they decide the outcome (the caller is neither the owner nor
 //! in the file's primary group, and the group and other bits differ).
@@ -44,8 +50,9 @@
 //! no stale entry outlives the change.
 //!
 //! Root (uid 0) passes every check, as a process with `CAP_DAC_OVERRIDE`
-//! and `CAP_FOWNER` does (exec still needs an exec bit); a root process that
-//! dropped those capabilities is not told apart.
+//! and `CAP_FOWNER` does (exec still needs an exec bit, and is checked for
+//! root too); a root process that dropped those capabilities is not told
+//! apart.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
@@ -254,9 +261,22 @@ fn check_setattr(
     Ok(attr)
 }
 
-/// What an open with `flags` needs: read and/or write, and write for
-/// O_TRUNC.
+/// `__FMODE_EXEC` (include/linux/fs.h), in OPEN's flags when the kernel
+/// opens a file to execute it: `execve` and `execveat` (the program, or a
+/// script), the ELF or script interpreter it loads, `uselib`. A process
+/// cannot set it with `open(2)`, which drops flags outside
+/// `VALID_OPEN_FLAGS`, and no `O_*` flag shares its bit (`fcntl_init`
+/// asserts so at build time).
+pub const FMODE_EXEC: u32 = 0x20;
+
+/// What an open with `flags` needs: execute permission for an exec (the
+/// kernel's `do_open_execat` asks `MAY_EXEC | MAY_OPEN`, not read: a
+/// program of mode 0711 runs for anybody); otherwise read and/or write,
+/// and write for O_TRUNC.
 fn open_mask(flags: u32) -> u32 {
+    if flags & FMODE_EXEC != 0 {
+        return mask::X;
+    }
     let flags = flags as i32;
     let mut want = match flags & libc::O_ACCMODE {
         libc::O_RDONLY => mask::R,
@@ -663,7 +683,8 @@ where
         fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         let caller = self.caller(ctx);
-        if !caller.is_root() {
+        // Root too for an exec: it needs an exec bit (see [`may`]).
+        if !caller.is_root() || flags & FMODE_EXEC != 0 {
             let st = self.attr(ctx, inode)?;
             may(&caller, &st, open_mask(flags))?;
         }
@@ -1129,6 +1150,41 @@ mod tests {
             open_mask((libc::O_RDONLY | libc::O_TRUNC) as u32),
             mask::R | mask::W
         );
+        // An exec, with the flags an execve sent on x86-64 (the kernel's
+        // O_LARGEFILE, 0o100000, and __FMODE_EXEC): execute, not read.
+        assert_eq!(open_mask(0o100000 | FMODE_EXEC), mask::X);
+    }
+
+    #[test]
+    fn exec_takes_the_callers_class_bit_alone() {
+        let none = Fixed(Some(vec![]));
+        let crew = Fixed(Some(vec![100]));
+        let owner = caller(1000, 1000, &none);
+        let member = caller(1001, 1001, &crew);
+        let other = caller(1002, 1002, &none);
+        let root = caller(0, 0, &none);
+        let run =
+            |who: &Caller<'_>, mode: u32| code(may(who, &st(FILE | mode, 1000, 100), open_mask(FMODE_EXEC)));
+        // (mode, owner, group member, other, root): 0 allowed, else EACCES.
+        let table = [
+            (0o744, true, false, false, true),
+            (0o711, true, true, true, true),
+            (0o001, false, false, true, true),
+            (0o010, false, true, false, true),
+            (0o100, true, false, false, true),
+            (0o644, false, false, false, false),
+        ];
+        for (mode, o, g, x, r) in table {
+            for (who, name, allowed) in [
+                (&owner, "owner", o),
+                (&member, "group", g),
+                (&other, "other", x),
+                (&root, "root", r),
+            ] {
+                let want = if allowed { 0 } else { libc::EACCES };
+                assert_eq!(run(who, mode), want, "{name} executing a {mode:04o} file");
+            }
+        }
     }
 
     #[test]
