@@ -438,11 +438,14 @@ fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         // Identify inodes by file handle, not by an open descriptor each:
         // the open-file limit (20,000 here) would otherwise cap live inodes.
         inode_file_handles: true,
-        // The filesystem clears set-user-ID bits on write/truncate/chown
-        // (FUSE_HANDLE_KILLPRIV_V2), which spares the kernel a GETXATTR of
-        // security.capability before every write. Not with passthrough: those
-        // writes never reach PassthroughFs, so the kernel must do it.
-        killpriv_v2: !args.passthrough,
+        // Set-user-ID and set-group-ID bits are cleared by xfuse's
+        // dispatcher (FUSE_HANDLE_KILLPRIV_V2, xfuse::killpriv), for every
+        // filesystem, by the caller's groups. PassthroughFs's own clearing
+        // drops CAP_FSETID and lets the host kernel decide by the daemon's
+        // groups instead (too much, or too little): it must stay off. The
+        // host kernel still removes security.capability on the writes,
+        // truncates and chowns PassthroughFs makes.
+        killpriv_v2: false,
         // Not use_host_ino: fuse-backend-rs 0.14 then loses inodes the
         // kernel still references (GETATTR answered EBADF) when the source
         // is not the root of its filesystem; seen under pjdfstest on ext4.

@@ -134,10 +134,10 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
         do_import: true,
         // As for `passthrough`: inodes by file handle unless asked otherwise
         // (the open-file limit does not cap live inodes), set-user-ID bits
-        // cleared by the filesystem, and no use_host_ino (fuse-backend-rs
-        // 0.14 loses inodes).
+        // cleared by xfuse's dispatcher rather than PassthroughFs, and no
+        // use_host_ino (fuse-backend-rs 0.14 loses inodes).
         inode_file_handles: !args.inode_fds,
-        killpriv_v2: true,
+        killpriv_v2: false,
         ..Default::default()
     };
     if kmod_shim::probe().cap_sys_admin {

@@ -34,7 +34,9 @@ use kmod_shim::abi::{
 
 use crate::cache::AdaptiveTtl;
 use crate::init::Negotiated;
+use crate::killpriv::{self, Cause, UnknownGroups};
 use crate::passthrough::Passthrough;
+use crate::perm::GroupSource;
 use crate::reply::{attr_out, entry_out, kstatfs, BodyWriter, DataReader, Overflow};
 use crate::request::{Args, ParseError};
 
@@ -217,6 +219,7 @@ pub struct Dispatcher<F> {
     policy: Policy,
     passthrough: Option<Passthrough>,
     ttl: Option<Arc<AdaptiveTtl>>,
+    groups: Box<dyn GroupSource>,
     stats: Stats,
     destroyed: AtomicBool,
 }
@@ -230,6 +233,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
             policy: Policy::default(),
             passthrough: None,
             ttl: None,
+            groups: Box::new(UnknownGroups),
             stats: Stats::default(),
             destroyed: AtomicBool::new(false),
         }
@@ -245,6 +249,13 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
     /// replying (see [`crate::cache`]).
     pub fn set_adaptive_ttl(&mut self, ttl: Arc<AdaptiveTtl>) {
         self.ttl = Some(ttl);
+    }
+
+    /// Where callers' supplementary groups come from, for clearing a
+    /// set-group-ID bit ([`crate::killpriv`]); by default nobody's are known.
+    /// Only for callers whose pid is a process of this host.
+    pub fn set_group_source(&mut self, groups: Box<dyn GroupSource>) {
+        self.groups = groups;
     }
 
     /// The adaptive timeouts, if set.
@@ -446,6 +457,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 let s: SetattrIn = a.fixed()?;
                 a.finish()?;
                 let (st, valid, fh) = setattr_args(&s);
+                let valid = self.kill_on_setattr(&ctx, ino, s.valid, valid)?;
                 let (st, timeout) = fs.setattr(&ctx, ino.into(), st, fh.map(Into::into), valid)?;
                 self.changed(ino);
                 w.push(&attr_out(&st, self.attr_ttl(ino, timeout)))?;
@@ -515,7 +527,8 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
             Opcode::Open => {
                 let o: OpenIn = a.fixed()?;
                 a.finish()?;
-                let (fh, opts, _passthrough) = fs.open(&ctx, ino.into(), o.flags, o.open_flags)?;
+                let open_flags = self.kill_on_open(&ctx, ino, o.flags, o.open_flags)?;
+                let (fh, opts, _passthrough) = fs.open(&ctx, ino.into(), o.flags, open_flags)?;
                 let fh: Option<u64> = fh.map(Into::into);
                 let mut out = open_out(fh, opts.bits() | self.file_open_flags());
                 self.attach_backing(&mut out, ino, fh, o.flags);
@@ -547,16 +560,37 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 let c: CreateIn = a.fixed()?;
                 let name = a.name()?;
                 a.finish()?;
+                // An existing file opened with O_TRUNC (the kernel creates
+                // only names it found missing, but another client may have
+                // made it since) loses its bits like on OPEN; which inode it
+                // is, the reply tells, so the clearing follows.
+                let kill = self.kills_privileges()
+                    && c.open_flags & req_flags::OPEN_KILL_SUIDGID != 0
+                    && c.flags as i32 & libc::O_TRUNC != 0;
                 let args = FsCreateIn {
                     flags: c.flags,
                     mode: c.mode,
                     umask: c.umask,
-                    fuse_flags: c.open_flags,
+                    fuse_flags: if kill {
+                        c.open_flags & !req_flags::OPEN_KILL_SUIDGID
+                    } else {
+                        c.open_flags
+                    },
                 };
-                let (entry, fh, opts, _passthrough) = fs.create(&ctx, ino.into(), name, args)?;
+                let (mut entry, fh, opts, _passthrough) = fs.create(&ctx, ino.into(), name, args)?;
                 self.changed(ino);
-                let entry = self.with_ttl(&entry);
                 let fh: Option<u64> = fh.map(Into::into);
+                if kill {
+                    match killpriv::drop_privileges(fs, &ctx, entry.inode, Cause::Modify, &*self.groups) {
+                        Ok(Some((st, _))) => entry.attr = st,
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.undo_create(&ctx, &entry, fh, c.flags);
+                            return Err(e.into());
+                        }
+                    }
+                }
+                let entry = self.with_ttl(&entry);
                 let mut out = open_out(fh, opts.bits() | self.file_open_flags());
                 self.attach_backing(&mut out, entry.inode, fh, c.flags);
                 if let Err(e) = w.push(&entry_out(&entry)).and_then(|_| w.push(&out)) {
@@ -591,6 +625,13 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                 let mut reader = DataReader::new(data);
                 let owner = (wi.write_flags & req_flags::WRITE_LOCKOWNER != 0).then_some(wi.lock_owner);
                 let delayed = wi.write_flags & req_flags::WRITE_CACHE != 0;
+                let mut write_flags = wi.write_flags;
+                if self.kills_privileges() && write_flags & req_flags::WRITE_KILL_SUIDGID != 0 {
+                    // Usually a bare SETATTR just before has cleared them
+                    // already; this catches a mode the kernel's cache missed.
+                    killpriv::drop_privileges(fs, &ctx, ino, Cause::Modify, &*self.groups)?;
+                    write_flags &= !req_flags::WRITE_KILL_SUIDGID;
+                }
                 let written = fs.write(
                     &ctx,
                     ino.into(),
@@ -601,7 +642,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
                     owner,
                     delayed,
                     wi.flags,
-                    wi.write_flags,
+                    write_flags,
                 )?;
                 // Size and mtime changed.
                 self.changed(ino);
@@ -858,6 +899,57 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
             out.open_flags |= fopen::PASSTHROUGH;
             out.backing_id = id as i32;
         }
+    }
+
+    /// Whether this session clears set-user-ID and set-group-ID bits
+    /// itself ([`crate::killpriv`]).
+    fn kills_privileges(&self) -> bool {
+        self.negotiated.has(abi::init_flags::HANDLE_KILLPRIV_V2)
+    }
+
+    /// Clears the bits a SETATTR asks to clear: one with
+    /// `FATTR_KILL_SUIDGID` (a truncate by a caller without `CAP_FSETID`, or
+    /// any change of owner), or a bare one (no attribute to set: the
+    /// kernel's `file_remove_privs()` before a write or fallocate). Returns
+    /// `valid` without the kill bit, for the filesystem.
+    fn kill_on_setattr(
+        &self,
+        ctx: &Context,
+        ino: u64,
+        raw_valid: u32,
+        valid: SetattrValid,
+    ) -> Result<SetattrValid, Failure> {
+        if !self.kills_privileges() {
+            return Ok(valid);
+        }
+        let kill = raw_valid & fattr::KILL_SUIDGID != 0;
+        let attrs = raw_valid & !(fattr::FH | fattr::LOCKOWNER | fattr::KILL_SUIDGID);
+        let cause = if attrs & (fattr::UID | fattr::GID) != 0 {
+            // The kernel flags every chown, privileged or not.
+            kill.then_some(Cause::Chown {
+                privileged: ctx.uid == 0,
+            })
+        } else {
+            (kill || attrs == 0).then_some(Cause::Modify)
+        };
+        if let Some(cause) = cause {
+            killpriv::drop_privileges(&self.fs, ctx, ino, cause, &*self.groups)?;
+        }
+        Ok(valid - SetattrValid::KILL_SUIDGID)
+    }
+
+    /// Clears the bits of a file an OPEN truncates for a caller without
+    /// `CAP_FSETID` (`FUSE_OPEN_KILL_SUIDGID`, sent with
+    /// `FUSE_ATOMIC_O_TRUNC`); returns the open flags for the filesystem.
+    fn kill_on_open(&self, ctx: &Context, ino: u64, flags: u32, open_flags: u32) -> Result<u32, Failure> {
+        if !self.kills_privileges()
+            || open_flags & req_flags::OPEN_KILL_SUIDGID == 0
+            || flags as i32 & libc::O_TRUNC == 0
+        {
+            return Ok(open_flags);
+        }
+        killpriv::drop_privileges(&self.fs, ctx, ino, Cause::Modify, &*self.groups)?;
+        Ok(open_flags & !req_flags::OPEN_KILL_SUIDGID)
     }
 
     /// `FOPEN_*` flags the session's policy adds to every opened file.
@@ -1403,5 +1495,305 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A filesystem double for privilege clearing: one regular file (2)
+    /// owned by root, group 0; it records the flags its calls receive.
+    #[derive(Default)]
+    struct ModeFs {
+        mode: std::sync::Mutex<u32>,
+        /// `SetattrValid` bits of every setattr, in order.
+        setattrs: std::sync::Mutex<Vec<u32>>,
+        write_flags: std::sync::Mutex<Vec<u32>>,
+        open_flags: std::sync::Mutex<Vec<u32>>,
+    }
+
+    impl ModeFs {
+        fn with_mode(mode: u32) -> ModeFs {
+            let fs = ModeFs::default();
+            *fs.mode.lock().unwrap() = libc::S_IFREG | mode;
+            fs
+        }
+
+        fn mode(&self) -> u32 {
+            *self.mode.lock().unwrap() & 0o7777
+        }
+
+        fn stat(&self) -> libc::stat64 {
+            let mut st = zeroed_stat();
+            st.st_ino = 2;
+            st.st_mode = *self.mode.lock().unwrap();
+            st.st_nlink = 1;
+            st
+        }
+    }
+
+    impl FileSystem for ModeFs {
+        type Inode = u64;
+        type Handle = u64;
+
+        fn getattr(&self, _: &Context, _: u64, _: Option<u64>) -> io::Result<(libc::stat64, Duration)> {
+            Ok((self.stat(), Duration::from_secs(1)))
+        }
+
+        fn setattr(
+            &self,
+            ctx: &Context,
+            _: u64,
+            attr: libc::stat64,
+            _: Option<u64>,
+            valid: SetattrValid,
+        ) -> io::Result<(libc::stat64, Duration)> {
+            self.setattrs.lock().unwrap().push(valid.bits());
+            if valid.contains(SetattrValid::MODE) {
+                // Only root may: the clearing must not be the caller's chmod.
+                assert_eq!(ctx.uid, 0, "mode changed as uid {}", ctx.uid);
+                *self.mode.lock().unwrap() = libc::S_IFREG | (attr.st_mode & 0o7777);
+            }
+            Ok((self.stat(), Duration::from_secs(1)))
+        }
+
+        fn open(
+            &self,
+            _: &Context,
+            _: u64,
+            _: u32,
+            fuse_flags: u32,
+        ) -> io::Result<(
+            Option<u64>,
+            fuse_backend_rs::api::filesystem::OpenOptions,
+            Option<u32>,
+        )> {
+            self.open_flags.lock().unwrap().push(fuse_flags);
+            Ok((
+                Some(7),
+                fuse_backend_rs::api::filesystem::OpenOptions::empty(),
+                None,
+            ))
+        }
+
+        fn write(
+            &self,
+            _: &Context,
+            _: u64,
+            _: u64,
+            r: &mut dyn fuse_backend_rs::api::filesystem::ZeroCopyReader,
+            size: u32,
+            _: u64,
+            _: Option<u64>,
+            _: bool,
+            _: u32,
+            fuse_flags: u32,
+        ) -> io::Result<usize> {
+            self.write_flags.lock().unwrap().push(fuse_flags);
+            let mut sink = vec![0u8; size as usize];
+            r.read_exact(&mut sink)?;
+            Ok(sink.len())
+        }
+    }
+
+    fn killing(mode: u32) -> Dispatcher<ModeFs> {
+        let mut n = negotiated();
+        n.flags |= init_flags::HANDLE_KILLPRIV_V2;
+        Dispatcher::new(ModeFs::with_mode(mode), n)
+    }
+
+    fn request_as(uid: u32, gid: u32, opcode: Opcode, body: &[u8]) -> Vec<u8> {
+        let h = InHeader {
+            len: (40 + body.len()) as u32,
+            opcode: opcode as u32,
+            unique: 42,
+            nodeid: 2,
+            uid,
+            gid,
+            pid: 4242,
+            ..Default::default()
+        };
+        let mut v = h.as_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn send<F: FileSystem<Inode = u64, Handle = u64> + Sync>(d: &Dispatcher<F>, mut msg: Vec<u8>) -> Reply {
+        let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
+        let (h, body) = split_contiguous(&mut msg).unwrap();
+        d.dispatch(&h, Args::contiguous(body), &mut out).unwrap()
+    }
+
+    fn write_body(write_flags: u32) -> Vec<u8> {
+        let mut b = WriteIn {
+            size: 3,
+            write_flags,
+            ..Default::default()
+        }
+        .as_bytes()
+        .to_vec();
+        b.extend_from_slice(b"abc");
+        b
+    }
+
+    fn setattr_body(valid: u32) -> Vec<u8> {
+        SetattrIn {
+            valid,
+            size: 1,
+            uid: 5,
+            ..Default::default()
+        }
+        .as_bytes()
+        .to_vec()
+    }
+
+    #[test]
+    fn a_flagged_write_clears_the_bits_and_the_filesystem_never_sees_the_flag() {
+        let d = killing(0o6666);
+        let r = send(
+            &d,
+            request_as(
+                1000,
+                1000,
+                Opcode::Write,
+                &write_body(req_flags::WRITE_KILL_SUIDGID),
+            ),
+        );
+        assert_eq!(r.error, 0);
+        assert_eq!(d.fs().mode(), 0o0666, "not in group 0: both bits go");
+        assert_eq!(*d.fs().write_flags.lock().unwrap(), vec![0]);
+        // Root's writes (no flag) leave the bits alone.
+        let d = killing(0o6666);
+        send(&d, request_as(0, 0, Opcode::Write, &write_body(0)));
+        assert_eq!(d.fs().mode(), 0o6666);
+    }
+
+    #[test]
+    fn a_bare_setattr_is_the_kernels_file_remove_privs() {
+        let d = killing(0o6755);
+        let r = send(&d, request_as(1000, 1000, Opcode::Setattr, &setattr_body(0)));
+        assert_eq!(r.error, 0);
+        assert_eq!(d.fs().mode(), 0o0755);
+        let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
+        let mut msg = request_as(1000, 1000, Opcode::Setattr, &setattr_body(0));
+        let (h, body) = split_contiguous(&mut msg).unwrap();
+        d.dispatch(&h, Args::contiguous(body), &mut out).unwrap();
+        let reply = AttrOut::read_from_bytes(&out[..104]).unwrap();
+        assert_eq!(reply.attr.mode & 0o7777, 0o0755, "the reply carries the new mode");
+    }
+
+    #[test]
+    fn a_truncate_keeps_setgid_without_group_execute_for_group_members() {
+        let truncate = fattr::SIZE | fattr::KILL_SUIDGID;
+        // Primary group.
+        let d = killing(0o6666);
+        send(&d, request_as(1000, 0, Opcode::Setattr, &setattr_body(truncate)));
+        assert_eq!(d.fs().mode(), 0o2666);
+        let seen = d.fs().setattrs.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![SetattrValid::MODE.bits(), SetattrValid::SIZE.bits()],
+            "cleared first, then truncated without the kill bit"
+        );
+        // Group 0 as a supplementary group, known from the group source.
+        let mut d = killing(0o2666);
+        d.set_group_source(Box::new(GroupsZero));
+        send(
+            &d,
+            request_as(1000, 1000, Opcode::Setattr, &setattr_body(truncate)),
+        );
+        assert_eq!(d.fs().mode(), 0o2666);
+        // Unknown groups: not a member.
+        let d = killing(0o2666);
+        send(
+            &d,
+            request_as(1000, 1000, Opcode::Setattr, &setattr_body(truncate)),
+        );
+        assert_eq!(d.fs().mode(), 0o0666);
+        // Group-execute: a real setgid goes even for members.
+        let d = killing(0o2676);
+        send(&d, request_as(1000, 0, Opcode::Setattr, &setattr_body(truncate)));
+        assert_eq!(d.fs().mode(), 0o0676);
+    }
+
+    /// Caller in group 0 through its supplementary groups.
+    #[derive(Debug)]
+    struct GroupsZero;
+
+    impl GroupSource for GroupsZero {
+        fn groups(&self, _pid: u32) -> Option<Vec<u32>> {
+            Some(vec![1000, 0])
+        }
+    }
+
+    #[test]
+    fn chown_clears_setuid_for_everyone_and_setgid_by_privilege() {
+        let chown = fattr::UID | fattr::KILL_SUIDGID;
+        let d = killing(0o6666);
+        send(&d, request_as(0, 0, Opcode::Setattr, &setattr_body(chown)));
+        assert_eq!(d.fs().mode(), 0o2666, "root keeps setgid without group-execute");
+        let d = killing(0o6666);
+        send(&d, request_as(1000, 1000, Opcode::Setattr, &setattr_body(chown)));
+        assert_eq!(d.fs().mode(), 0o0666);
+        // A chmod or utimes is not a clearing.
+        let d = killing(0o6666);
+        send(
+            &d,
+            request_as(1000, 1000, Opcode::Setattr, &setattr_body(fattr::MTIME_NOW)),
+        );
+        assert_eq!(d.fs().mode(), 0o6666);
+    }
+
+    #[test]
+    fn open_with_o_trunc_and_the_flag_clears() {
+        let d = killing(0o4755);
+        let open = |flags: i32, open_flags| {
+            OpenIn {
+                flags: flags as u32,
+                open_flags,
+            }
+            .as_bytes()
+            .to_vec()
+        };
+        send(
+            &d,
+            request_as(
+                1000,
+                1000,
+                Opcode::Open,
+                &open(libc::O_WRONLY, req_flags::OPEN_KILL_SUIDGID),
+            ),
+        );
+        assert_eq!(d.fs().mode(), 0o4755, "no O_TRUNC: nothing to clear");
+        send(
+            &d,
+            request_as(
+                1000,
+                1000,
+                Opcode::Open,
+                &open(libc::O_WRONLY | libc::O_TRUNC, req_flags::OPEN_KILL_SUIDGID),
+            ),
+        );
+        assert_eq!(d.fs().mode(), 0o0755);
+        assert_eq!(
+            *d.fs().open_flags.lock().unwrap(),
+            vec![req_flags::OPEN_KILL_SUIDGID, 0]
+        );
+    }
+
+    #[test]
+    fn without_the_feature_the_kernel_clears_and_flags_pass_through() {
+        let d = Dispatcher::new(ModeFs::with_mode(0o6666), negotiated());
+        send(
+            &d,
+            request_as(
+                1000,
+                1000,
+                Opcode::Write,
+                &write_body(req_flags::WRITE_KILL_SUIDGID),
+            ),
+        );
+        send(&d, request_as(1000, 1000, Opcode::Setattr, &setattr_body(0)));
+        assert_eq!(d.fs().mode(), 0o6666);
+        assert_eq!(
+            *d.fs().write_flags.lock().unwrap(),
+            vec![req_flags::WRITE_KILL_SUIDGID]
+        );
     }
 }

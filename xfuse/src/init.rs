@@ -72,6 +72,13 @@ pub struct InitConfig {
     pub passthrough: bool,
     /// Ask for FUSE-over-io_uring (set by the `uring` transport).
     pub over_io_uring: bool,
+    /// Ask for `FUSE_HANDLE_KILLPRIV_V2`: the dispatcher then clears
+    /// set-user-ID and set-group-ID bits on writes, truncates and changes of
+    /// owner by Linux's rules, for any filesystem ([`crate::killpriv`]),
+    /// instead of the kernel, whose own clearing for FUSE keeps a
+    /// set-group-ID bit without group-execute that Linux drops for callers
+    /// outside the file's group.
+    pub kill_privileges: bool,
 }
 
 impl Default for InitConfig {
@@ -87,6 +94,7 @@ impl Default for InitConfig {
             writeback_cache: false,
             passthrough: false,
             over_io_uring: false,
+            kill_privileges: true,
         }
     }
 }
@@ -217,6 +225,9 @@ pub fn negotiate(
     }
     if config.over_io_uring {
         ours |= f::OVER_IO_URING;
+    }
+    if config.kill_privileges {
+        ours |= f::HANDLE_KILLPRIV_V2;
     }
     let mut flags = (wanted | (ours & may)) & offered;
     if flags & f::PASSTHROUGH != 0 && flags & f::WRITEBACK_CACHE != 0 {
@@ -457,6 +468,22 @@ mod tests {
         };
         let (_, n) = agreed(negotiate(&init_in(45, KERNEL_6_18), &cfg, Ok));
         assert!(n.has(f::WRITEBACK_CACHE));
+    }
+
+    #[test]
+    fn killpriv_v2_is_asked_for_unless_turned_off() {
+        // A filesystem that asks for nothing itself.
+        let nothing = |_| Ok(FsOptions::empty());
+        let offer = KERNEL_6_18 | f::HANDLE_KILLPRIV | f::HANDLE_KILLPRIV_V2;
+        let (_, n) = agreed(negotiate(&init_in(45, offer), &InitConfig::default(), nothing));
+        assert!(n.has(f::HANDLE_KILLPRIV_V2), "the dispatcher clears the bits");
+        assert!(!n.has(f::HANDLE_KILLPRIV), "v1 is the filesystem's to ask for");
+        let cfg = InitConfig {
+            kill_privileges: false,
+            ..Default::default()
+        };
+        let (_, n) = agreed(negotiate(&init_in(45, offer), &cfg, nothing));
+        assert!(!n.has(f::HANDLE_KILLPRIV_V2), "the kernel clears the bits");
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! - [`cache`]: adaptive entry/attribute timeouts per inode, kept coherent
 //!   by those invalidations;
 //! - [`passthrough`]: FUSE passthrough to backing files;
+//! - [`killpriv`]: set-user-ID and set-group-ID bits cleared on writes,
+//!   truncates and changes of owner (`FUSE_HANDLE_KILLPRIV_V2`);
 //! - [`perm`]: permission checks in the daemon, for mounts without
 //!   `default_permissions` (fewer round trips).
 //!
@@ -26,6 +28,7 @@
 pub mod cache;
 pub mod dispatch;
 pub mod init;
+pub mod killpriv;
 pub mod notify;
 pub mod passthrough;
 pub mod perm;

@@ -33,6 +33,7 @@ use crate::dispatch::{Dispatcher, Policy, Stats};
 use crate::init::{self, InitAnswer, InitConfig, Negotiated};
 use crate::notify::Notifier;
 use crate::passthrough::{BackingOpener, Passthrough};
+use crate::perm::ProcGroups;
 use crate::request::split_contiguous;
 use crate::transport;
 use crate::transport::uring::{QueueCounters, UringConfig};
@@ -219,9 +220,13 @@ impl<F: FileSystem + Send + Sync + 'static> Session<F> {
             negotiated.max_write / 1024,
             init::flag_names(negotiated.flags).join(" ")
         );
+        let mut dispatcher = Dispatcher::new(fs, negotiated);
+        // Callers of a /dev/fuse mount are processes of this host (pids as
+        // the mounting process sees them).
+        dispatcher.set_group_source(Box::new(ProcGroups));
         Ok(Session {
             dev: Arc::new(dev),
-            dispatcher: Arc::new(Dispatcher::new(fs, negotiated)),
+            dispatcher: Arc::new(dispatcher),
             unmounter,
             kernel,
         })
