@@ -377,11 +377,14 @@ fn a_huge_sparse_file_is_cut_synced_and_unlinked_at_once_while_others_list() {
     });
     // Its chunks go at the unlink, or at the release if the close is still
     // on its way; the neighbour's one chunk stays.
-    let deadline = Instant::now() + OP_DEADLINE;
-    while chunk_files(m.src()) != 1 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(chunk_files(m.src()), 1, "only the neighbour's chunk is left");
+    common::wait_for(
+        "only the neighbour's chunk is left",
+        OP_DEADLINE,
+        || match chunk_files(m.src()) {
+            1 => Ok(()),
+            n => Err(format!("{n} chunk files")),
+        },
+    );
     assert_eq!(fs::read(m.mnt().join("neighbour")).unwrap(), b"hello");
 }
 

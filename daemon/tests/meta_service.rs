@@ -40,7 +40,7 @@ impl Service {
         let log = dir.path().join("meta.log");
         // Port 0: the kernel picks a free port, which the service logs; no
         // probe that another process could race.
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xfused"))
+        let child = Command::new(env!("CARGO_BIN_EXE_xfused"))
             .args([
                 "meta",
                 "--engine",
@@ -54,32 +54,32 @@ impl Service {
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
             .spawn()
             .expect("spawning xfused meta");
+        // Owned by a Service from here, so a failure below kills it (Drop).
+        let mut service = Service {
+            child: Some(child),
+            addr: String::new(),
+            store,
+            log,
+            _dir: dir,
+        };
         const LISTENING: &str = "metadata service on ";
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
+        service.addr = common::wait_for("xfused meta listening", Duration::from_secs(30), || {
+            let text = service.log_text();
             let addr = text
                 .split_once(LISTENING)
                 .and_then(|(_, rest)| rest.split_once(','))
                 .map(|(addr, _)| addr.to_owned());
-            if let Some(addr) = addr {
-                break addr;
+            let exited = service
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().expect("waitpid"));
+            match (addr, exited) {
+                (Some(addr), _) => Ok(addr),
+                (None, Some(status)) => panic!("xfused meta exited ({status}) before listening:\n{text}"),
+                (None, None) => Err(text),
             }
-            let exited = child.try_wait().expect("waitpid");
-            if exited.is_some() || Instant::now() > deadline {
-                let _ = kill_process(Pid::from_child(&child), Signal::KILL);
-                let _ = child.wait();
-                panic!("xfused meta did not listen ({exited:?}):\n{text}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Service {
-            child: Some(child),
-            addr,
-            store,
-            log,
-            _dir: dir,
-        }
+        });
+        service
     }
 
     fn log_text(&self) -> String {
@@ -356,19 +356,19 @@ fn two_mounts_four_threads_each_leave_a_consistent_namespace() {
         v.sort();
         v
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
     for d in ["shared/a", "shared/b", "shared/c"] {
-        loop {
-            let (a, b) = (listing(&mounts[0], d), listing(&mounts[1], d));
-            if a == b {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{d} differs between the mounts:\n first: {a:?}\nsecond: {b:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_for(
+            &format!("{d} alike on both mounts"),
+            Duration::from_secs(10),
+            || {
+                let (a, b) = (listing(&mounts[0], d), listing(&mounts[1], d));
+                if a == b {
+                    Ok(())
+                } else {
+                    Err(format!("\n first: {a:?}\nsecond: {b:?}"))
+                }
+            },
+        );
     }
     assert!(first.stop().success());
     assert!(second.stop().success());

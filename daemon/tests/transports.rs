@@ -69,18 +69,18 @@ fn pinned_flags_only() -> bool {
 /// The daemon's log once it holds `reports` counter reports (SIGUSR1
 /// prints one; each is written whole, in one write).
 fn wait_for_report(mount: &Mount, reports: usize) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let log = mount.daemon_log();
-        if log.matches("forgotten inodes").count() >= reports {
-            return log;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no report {reports} within 30 s of SIGUSR1:\n{log}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    common::wait_for(
+        &format!("report {reports} after SIGUSR1"),
+        std::time::Duration::from_secs(30),
+        || {
+            let log = mount.daemon_log();
+            if log.matches("forgotten inodes").count() >= reports {
+                Ok(log)
+            } else {
+                Err(log)
+            }
+        },
+    )
 }
 
 fn stop_and_read_stats(mut mount: Mount) -> Stats {

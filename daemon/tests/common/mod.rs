@@ -604,6 +604,23 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Polls `check` until it returns `Ok`, for at most `timeout`: the way a
+/// test waits for something that happens asynchronously (a release, a
+/// report, another mount's view). `check` says what it saw with `Err`; on
+/// timeout the test fails with that last observation.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(seen) if Instant::now() >= deadline => {
+                panic!("{what}: not within {timeout:?}; last seen: {seen}")
+            }
+            Err(_) => thread::sleep(POLL_INTERVAL),
+        }
+    }
+}
+
 /// Runs `f` on a helper thread and waits up to `timeout` for it; `None` if
 /// it is still running then (it is left blocked, e.g. in a hung syscall, so
 /// the test can fail instead of hanging).
