@@ -40,6 +40,10 @@ pub struct MetaFsConfig {
     /// Check permissions in the metadata layer (needed when the mount does
     /// not use the kernel's `default_permissions`).
     pub check_permissions: bool,
+    /// State callers' supplementary groups (read from `/proc/PID/status`)
+    /// to the metadata layer: a service checks every caller, and needs
+    /// them to decide as the kernel would.
+    pub caller_groups: bool,
 }
 
 /// See the module docs.
@@ -104,9 +108,19 @@ impl MetaFs {
     }
 
     fn caller(&self, ctx: &Context) -> Caller {
+        // Root passes every group check: its groups are not read.
+        let groups = if self.config.caller_groups && ctx.uid != 0 {
+            std::fs::read_to_string(format!("/proc/{}/status", ctx.pid))
+                .ok()
+                .and_then(|status| xfuse::perm::parse_groups(&status))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         Caller {
             uid: ctx.uid,
             gid: ctx.gid,
+            groups,
             check: self.config.check_permissions,
         }
     }
@@ -170,7 +184,7 @@ impl FileSystem for MetaFs {
         ctx: &Context,
         inode: u64,
         attr: stat64,
-        _handle: Option<u64>,
+        handle: Option<u64>,
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         let time = |set: SetattrValid, now: SetattrValid, sec: i64, nsec: i64| {
@@ -204,6 +218,7 @@ impl FileSystem for MetaFs {
             ctime: valid
                 .contains(SetattrValid::CTIME)
                 .then(|| timestamp(attr.st_ctime, attr.st_ctime_nsec)),
+            handle: handle.filter(|_| valid.contains(SetattrValid::SIZE)),
         };
         let (rec, old_size) = self
             .meta
@@ -369,7 +384,7 @@ impl FileSystem for MetaFs {
         &self,
         _ctx: &Context,
         inode: u64,
-        _handle: u64,
+        handle: u64,
         r: &mut dyn ZeroCopyReader,
         size: u32,
         offset: u64,
@@ -392,7 +407,7 @@ impl FileSystem for MetaFs {
         let mut buf = vec![0u8; size as usize];
         r.read_exact(&mut buf)?;
         self.chunks.write(rec.layout_id, rec.chunk_size, offset, &buf)?;
-        self.meta.note_write(inode, end).map_err(io_err)?;
+        self.meta.note_write(inode, handle, end).map_err(io_err)?;
         Ok(buf.len())
     }
 

@@ -73,6 +73,10 @@ enum Command {
     /// service can be restarted, or several run side by side, without
     /// clients losing anything.
     Meta(MetaArgs),
+    /// Make or narrow cluster credentials (the files `xfused meta`, its
+    /// mounts and its tools authenticate with).
+    #[command(subcommand)]
+    Credential(CredentialCommand),
     /// Inspect or configure the kernel's FUSE support.
     #[command(subcommand)]
     Kernel(KernelCommand),
@@ -268,6 +272,95 @@ struct MetaArgs {
     lease_ms: u64,
     #[command(flatten)]
     engine_args: EngineArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+/// Where the cluster credential is, unless --credential says.
+const DEFAULT_CREDENTIAL: &str = "/var/lib/xfused/cluster.pem";
+
+/// How this process authenticates to the cluster's services.
+#[derive(Debug, Args)]
+struct AuthArgs {
+    /// The cluster credential: a PEM file with the cluster's CA certificate
+    /// and key (`xfused meta` makes one at the default path on first start;
+    /// copy it to every machine of the cluster), or a narrower one from
+    /// `xfused credential issue`. Must be private (mode 0600).
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CREDENTIAL)]
+    credential: PathBuf,
+    /// Use no authentication: any process that can reach the service's port
+    /// may act as any user, root included. Only for a network nobody else
+    /// can reach; a service and its mounts must all say it.
+    #[arg(long)]
+    insecure_no_auth: bool,
+}
+
+impl AuthArgs {
+    /// The credential, or `None` without authentication.
+    fn load(&self) -> anyhow::Result<Option<xfused::rpc::auth::Credential>> {
+        if self.insecure_no_auth {
+            tracing::warn!("--insecure-no-auth: connections are neither authenticated nor encrypted");
+            return Ok(None);
+        }
+        if !self.credential.exists() {
+            bail!(
+                "no cluster credential at {}: start `xfused meta` on this machine first (it makes one there), \
+                 or copy the cluster's credential there, or pass --credential FILE",
+                self.credential.display()
+            );
+        }
+        Ok(Some(
+            xfused::rpc::auth::Credential::load(&self.credential)
+                .context("loading the cluster credential")?,
+        ))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum CredentialCommand {
+    /// Make a new cluster: write a fresh cluster credential (CA certificate
+    /// and key) to FILE, mode 0600. Refuses to overwrite.
+    New {
+        /// Where to write it.
+        file: PathBuf,
+    },
+    /// Write a credential that can be one role and nothing else (no CA
+    /// key): e.g. `--role mount` for a machine that should only mount.
+    Issue {
+        /// mount, service or admin.
+        #[arg(long, value_parser = ["mount", "service", "admin"])]
+        role: String,
+        /// The cluster credential to issue from.
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CREDENTIAL)]
+        from: PathBuf,
+        /// Where to write the new credential (mode 0600; refuses to overwrite).
+        out: PathBuf,
+    },
+}
+
+fn credential(command: CredentialCommand) -> anyhow::Result<()> {
+    use xfused::rpc::auth::{Credential, Role};
+    let (made, out) = match command {
+        CredentialCommand::New { file } => (Credential::generate()?, file),
+        CredentialCommand::Issue { role, from, out } => {
+            let cluster = Credential::load(&from).context("loading the cluster credential")?;
+            let role = Role::parse(&role).context("--role")?;
+            (cluster.issue(role).context("issuing")?, out)
+        }
+    };
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    f.write_all(made.to_pem().as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("xfused: wrote {}", out.display());
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -301,6 +394,9 @@ struct MountArgs {
     lease_ms: u64,
     #[command(flatten)]
     serve: ServeArgs,
+    /// With --meta tcp://.
+    #[command(flatten)]
+    auth: AuthArgs,
 }
 
 #[derive(Debug, Args)]
@@ -345,6 +441,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => stats::run(args),
         Command::Mount(args) => mount(args),
         Command::Meta(args) => meta_service(args),
+        Command::Credential(command) => credential(command),
         Command::Kernel(KernelCommand::Probe) => {
             println!("{}", kmod_shim::probe());
             Ok(())
@@ -548,6 +645,11 @@ struct NamespaceSpec<'a> {
     attr_timeout_ms: u64,
     entry_timeout_ms: u64,
     check_permissions: bool,
+    /// How to authenticate to a tcp:// service.
+    auth: &'a AuthArgs,
+    /// Callers are this machine's processes (their pids name their
+    /// groups); not so for a guest's.
+    host_callers: bool,
 }
 
 /// Opens the namespace of `xfused mount` (and of `xfused virtiofs --meta`):
@@ -572,6 +674,7 @@ fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> {
         ..MetaConfig::default()
     };
     let lease = config.lease;
+    let mut caller_groups = false;
     let meta: Arc<dyn Namespace> = match parse_meta_url(&url)? {
         MetaUrl::Embedded(store) => {
             let engine = open_embedded(&store, spec.engine)?;
@@ -591,9 +694,18 @@ fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> {
             if spec.chunk_size_kib != 1024 {
                 tracing::warn!("--chunk-size-kib is the service's choice with tcp://; ignored");
             }
-            let remote = xfused::net::RemoteMeta::connect(&addr)
+            let tls = match spec.auth.load()? {
+                Some(cred) => Some(
+                    cred.client_config(xfused::rpc::auth::Role::Mount)
+                        .context("the cluster credential")?,
+                ),
+                None => None,
+            };
+            let remote = xfused::net::RemoteMeta::connect(&addr, tls)
                 .with_context(|| format!("connecting to the metadata service at {addr}"))?;
             tracing::info!("metadata: service at {addr}");
+            // The service checks every caller: it needs their groups.
+            caller_groups = spec.host_callers;
             Arc::new(remote)
         }
     };
@@ -607,6 +719,7 @@ fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> {
             attr_timeout: Duration::from_millis(spec.attr_timeout_ms),
             entry_timeout: Duration::from_millis(spec.entry_timeout_ms),
             check_permissions: spec.check_permissions,
+            caller_groups,
         },
     ));
     // Sessions of clients that died without closing (a crash, kill -9):
@@ -677,6 +790,8 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         entry_timeout_ms: args.serve.entry_timeout_ms,
         // Checked in front of MetaFs (xfuse::perm) with --permissions daemon.
         check_permissions: false,
+        auth: &args.auth,
+        host_callers: true,
     })?;
     let kernel = kmod_shim::probe();
     tracing::info!("{kernel}");
@@ -732,7 +847,10 @@ fn open_etcd(endpoints: &[String]) -> anyhow::Result<xfused::meta::etcd::EtcdEng
 fn meta_service(args: MetaArgs) -> anyhow::Result<()> {
     use xfused::meta::kv::KvEngine;
     use xfused::meta::{MetaConfig, SystemClock};
-    use xfused::net::server::{serve, MetaService};
+    use xfused::net::service::TokenKey;
+    use xfused::net::MetaService;
+    use xfused::rpc::auth::Credential;
+    use xfused::rpc::server::{Limits, Server};
     private_umask();
     let addr: std::net::SocketAddr = args.listen.parse().with_context(|| {
         format!(
@@ -759,13 +877,39 @@ fn meta_service(args: MetaArgs) -> anyhow::Result<()> {
         ..MetaConfig::default()
     };
     let reap_every = config.lease / 3;
-    let service =
-        Arc::new(MetaService::new(engine, config, Arc::new(SystemClock)).context("opening the namespace")?);
+    let (tls, tokens) = if args.auth.insecure_no_auth {
+        tracing::warn!("--insecure-no-auth: anyone who can reach {addr} may act as any user, root included");
+        (None, TokenKey::insecure())
+    } else {
+        let cred = Credential::load_or_create(&args.auth.credential).context("the cluster credential")?;
+        if !cred.is_cluster() {
+            bail!(
+                "{}: a service needs the cluster credential (with the CA key), not one issued for a role",
+                args.auth.credential.display()
+            );
+        }
+        (
+            Some(cred.server_config().context("the cluster credential")?),
+            TokenKey::of(&cred)?,
+        )
+    };
+    let service = Arc::new(
+        MetaService::new(engine, config, Arc::new(SystemClock), tokens).context("opening the namespace")?,
+    );
+    service.start_reaper(reap_every).context("starting the reaper")?;
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
     // The bound address, so `--listen HOST:0` says which port it got.
     let bound = listener.local_addr().context("reading the listening address")?;
-    eprintln!("xfused: metadata service on {bound}, namespace in {place}");
-    serve(listener, service, reap_every).context("serving")?;
+    let auth = match &tls {
+        Some(_) => format!(
+            "mutual TLS with the credential in {}",
+            args.auth.credential.display()
+        ),
+        None => "NO authentication".to_string(),
+    };
+    eprintln!("xfused: metadata service on {bound}, namespace in {place}, {auth}");
+    let server = Server::new(service, tls, Limits::default());
+    server.serve(listener).context("serving")?;
     Ok(())
 }
 

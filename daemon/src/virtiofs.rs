@@ -87,6 +87,9 @@ pub struct VirtiofsArgs {
     /// chain counters at exit.
     #[arg(long)]
     stats: bool,
+    /// With --meta tcp://.
+    #[command(flatten)]
+    auth: crate::AuthArgs,
 }
 
 pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
@@ -110,6 +113,11 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
             // The guest kernel checks permissions (virtio-fs mounts use
             // default_permissions).
             check_permissions: false,
+            auth: &args.auth,
+            // A guest's pids are not this machine's: its callers' groups
+            // cannot be read here, and a service checks with the primary
+            // group only.
+            host_callers: false,
         })?;
         let what = format!("namespace {} with data in {}", ns.url, ns.data.display());
         let result = serve_vm(ns.fs.clone(), &args, &what);

@@ -95,8 +95,8 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
-pub use namespace::Namespace;
+pub use namespace::{Answer, Call, Namespace};
 pub use ops::{
     access, rename_flags, xattr_flags, Caller, Clock, DirItem, Meta, MetaConfig, MetaError, Reclaim, SetAttr,
-    SystemClock, TimeSet, Usage, FILE_SIZE_MAX_BYTES, LINK_MAX,
+    SystemClock, TimeSet, Usage, FILE_SIZE_MAX_BYTES, GROUPS_MAX, LINK_MAX, XATTRS_MAX,
 };

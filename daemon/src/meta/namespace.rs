@@ -1,196 +1,187 @@
 //! [`Namespace`]: what a client needs from the metadata layer, whether the
 //! transactions run in its own process ([`Meta`]) or in an `xfused meta`
-//! service reached over TCP ([`crate::net::RemoteMeta`]).
+//! service reached over the network ([`crate::net::RemoteMeta`]).
+//!
+//! The API is written once, in the [`namespace_api!`] list below. From it
+//! come the trait, its implementation by [`Meta`], the messages that carry
+//! each method over the network ([`Call`], [`Answer`]), the service's
+//! dispatch ([`Call::run`]) and the client's implementation; nothing about
+//! a method is written twice.
+//!
+//! # The contract
+//!
+//! Every method is one metadata transaction (see [`Meta`] for each one's
+//! POSIX rules): it happens entirely or not at all, and whatever runs
+//! concurrently on any client sees it so. Errors are [`MetaError::Errno`]
+//! for the caller (as a local filesystem would answer), anything else for
+//! the engine or the network. Open-file sessions (`open`, `mknod` with
+//! `open`) belong to this client, end with `release`, and die with its
+//! lease if it stops renewing it (`heartbeat`). A [`Caller`] states who
+//! asks; through a service, its permissions are always checked there,
+//! whatever the client wants.
 
 use super::schema::InodeRec;
 use super::{Caller, DirItem, Meta, MetaError, Reclaim, SetAttr, Usage};
 
-/// One client's view of the namespace. Every method is one metadata
-/// transaction (see [`Meta`] for each one's POSIX contract); open-file
-/// sessions belong to this client and die with its lease.
-#[allow(missing_docs)]
-pub trait Namespace: Send + Sync + std::fmt::Debug {
-    /// This client's id.
-    fn client_id(&self) -> u64;
-    fn heartbeat(&self) -> Result<(), MetaError>;
-    fn close_client(&self) -> Result<Vec<Reclaim>, MetaError>;
-    fn reap_expired(&self) -> Result<Vec<Reclaim>, MetaError>;
-    fn lookup(&self, caller: &Caller, parent: u64, name: &[u8]) -> Result<(u64, InodeRec), MetaError>;
-    fn getattr(&self, ino: u64) -> Result<InodeRec, MetaError>;
-    fn access(&self, caller: &Caller, ino: u64, mask: u32) -> Result<(), MetaError>;
-    fn setattr(&self, caller: &Caller, ino: u64, set: &SetAttr)
-        -> Result<(InodeRec, Option<u64>), MetaError>;
-    #[allow(clippy::too_many_arguments)]
-    fn mknod(
-        &self,
-        caller: &Caller,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-        rdev: u32,
-        target: &[u8],
-        open: bool,
-    ) -> Result<(u64, InodeRec, Option<u64>), MetaError>;
-    fn mkdir(
-        &self,
-        caller: &Caller,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-    ) -> Result<(u64, InodeRec), MetaError> {
-        let (ino, rec, _) = self.mknod(
-            caller,
-            parent,
-            name,
-            libc::S_IFDIR | (mode & 0o7777),
-            0,
-            &[],
-            false,
-        )?;
-        Ok((ino, rec))
-    }
-    fn symlink(
-        &self,
-        caller: &Caller,
-        parent: u64,
-        name: &[u8],
-        target: &[u8],
-    ) -> Result<(u64, InodeRec), MetaError> {
-        let (ino, rec, _) = self.mknod(caller, parent, name, libc::S_IFLNK | 0o777, 0, target, false)?;
-        Ok((ino, rec))
-    }
-    fn readlink(&self, ino: u64) -> Result<Vec<u8>, MetaError>;
-    fn link(&self, caller: &Caller, ino: u64, newparent: u64, newname: &[u8]) -> Result<InodeRec, MetaError>;
-    fn unlink(&self, caller: &Caller, parent: u64, name: &[u8]) -> Result<Option<Reclaim>, MetaError>;
-    fn rmdir(&self, caller: &Caller, parent: u64, name: &[u8]) -> Result<(), MetaError>;
-    fn rename(
-        &self,
-        caller: &Caller,
-        olddir: u64,
-        oldname: &[u8],
-        newdir: u64,
-        newname: &[u8],
-        flags: u32,
-    ) -> Result<Option<Reclaim>, MetaError>;
-    fn open(&self, caller: &Caller, ino: u64, read: bool, write: bool) -> Result<(InodeRec, u64), MetaError>;
-    fn release(&self, ino: u64, handle: u64) -> Result<Option<Reclaim>, MetaError>;
-    fn note_write(&self, ino: u64, end: u64) -> Result<InodeRec, MetaError>;
-    fn opendir(&self, caller: &Caller, ino: u64) -> Result<(), MetaError>;
-    fn readdir(&self, ino: u64, after: u64, limit: usize) -> Result<Vec<DirItem>, MetaError>;
-    fn setxattr(
-        &self,
-        caller: &Caller,
-        ino: u64,
-        name: &[u8],
-        value: &[u8],
-        flags: u32,
-    ) -> Result<(), MetaError>;
-    fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, MetaError>;
-    fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, MetaError>;
-    fn removexattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> Result<(), MetaError>;
-    fn usage(&self) -> Result<Usage, MetaError>;
+/// Declares the namespace API once. Each entry is
+/// `KIND Variant = fn name(arg: Type [=> WireType], ...) -> Ret;` where
+/// KIND says whether a client may send it again after losing its reply
+/// (`read`: no effect; `write`: may not), and `=> WireType` is the owned
+/// form of a borrowed argument.
+macro_rules! namespace_api {
+    (
+        $(
+            $(#[doc = $doc:literal])*
+            $kind:ident $Variant:ident = fn $name:ident ( $( $arg:ident : $aty:ty $(=> $wty:ty)? ),* ) -> $ret:ty;
+        )*
+    ) => {
+        /// One client's view of the namespace; see the module docs for the
+        /// contract every method keeps.
+        pub trait Namespace: Send + Sync + std::fmt::Debug {
+            /// This client's id (its sessions and lease are under it).
+            fn client_id(&self) -> u64;
+            $(
+                $(#[doc = $doc])*
+                #[allow(clippy::too_many_arguments)]
+                fn $name(&self, $($arg: $aty),*) -> Result<$ret, MetaError>;
+            )*
+            /// `mknod` of a directory.
+            fn mkdir(&self, caller: &Caller, parent: u64, name: &[u8], mode: u32) -> Result<(u64, InodeRec), MetaError> {
+                let (ino, rec, _) = self.mknod(caller, parent, name, libc::S_IFDIR | (mode & 0o7777), 0, &[], false)?;
+                Ok((ino, rec))
+            }
+            /// `mknod` of a symlink to `target`.
+            fn symlink(&self, caller: &Caller, parent: u64, name: &[u8], target: &[u8]) -> Result<(u64, InodeRec), MetaError> {
+                let (ino, rec, _) = self.mknod(caller, parent, name, libc::S_IFLNK | 0o777, 0, target, false)?;
+                Ok((ino, rec))
+            }
+        }
+
+        impl Namespace for Meta {
+            fn client_id(&self) -> u64 {
+                Meta::client_id(self)
+            }
+            $(
+                #[allow(clippy::too_many_arguments)]
+                fn $name(&self, $($arg: $aty),*) -> Result<$ret, MetaError> {
+                    Meta::$name(self, $($arg),*)
+                }
+            )*
+        }
+
+        /// A [`Namespace`] method and its arguments, as sent to a service.
+        #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        #[allow(missing_docs)]
+        pub enum Call {
+            $( $Variant { $($arg: namespace_api!(@wire $aty $(, $wty)?)),* }, )*
+        }
+
+        /// What a [`Call`] returned.
+        #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        #[allow(missing_docs)]
+        pub enum Answer {
+            $( $Variant($ret), )*
+        }
+
+        impl Call {
+            /// Whether sending it again after a lost reply is harmless.
+            pub fn idempotent(&self) -> bool {
+                match self {
+                    $( Call::$Variant { .. } => namespace_api!(@idempotent $kind), )*
+                }
+            }
+
+            /// The method's name, for logs.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( Call::$Variant { .. } => stringify!($name), )*
+                }
+            }
+
+            /// Runs the call on `ns`.
+            pub fn run(self, ns: &dyn Namespace) -> Result<Answer, MetaError> {
+                match self {
+                    $( Call::$Variant { $($arg),* } => Ok(Answer::$Variant(ns.$name($(namespace_api!(@lend $arg $(, $wty)?)),*)?)), )*
+                }
+            }
+        }
+
+        impl Namespace for crate::net::RemoteMeta {
+            fn client_id(&self) -> u64 {
+                self.session_client()
+            }
+            $(
+                #[allow(clippy::too_many_arguments)]
+                fn $name(&self, $($arg: $aty),*) -> Result<$ret, MetaError> {
+                    match self.invoke(Call::$Variant { $($arg: namespace_api!(@own $arg $(, $wty)?)),* })? {
+                        Answer::$Variant(v) => Ok(v),
+                        #[allow(unreachable_patterns)]
+                        other => Err(MetaError::Corrupt(format!(
+                            "the metadata service answered {} with {other:?}", stringify!($name)
+                        ))),
+                    }
+                }
+            )*
+        }
+    };
+    (@wire $aty:ty) => { $aty };
+    (@wire $aty:ty, $wty:ty) => { $wty };
+    (@lend $arg:ident) => { $arg };
+    (@lend $arg:ident, $wty:ty) => { &$arg };
+    (@own $arg:ident) => { $arg };
+    (@own $arg:ident, $wty:ty) => { $arg.to_owned() };
+    (@idempotent read) => { true };
+    (@idempotent write) => { false };
 }
 
-impl Namespace for Meta {
-    fn client_id(&self) -> u64 {
-        Meta::client_id(self)
-    }
-    fn heartbeat(&self) -> Result<(), MetaError> {
-        Meta::heartbeat(self)
-    }
-    fn close_client(&self) -> Result<Vec<Reclaim>, MetaError> {
-        Meta::close_client(self)
-    }
-    fn reap_expired(&self) -> Result<Vec<Reclaim>, MetaError> {
-        Meta::reap_expired(self)
-    }
-    fn lookup(&self, caller: &Caller, parent: u64, name: &[u8]) -> Result<(u64, InodeRec), MetaError> {
-        Meta::lookup(self, caller, parent, name)
-    }
-    fn getattr(&self, ino: u64) -> Result<InodeRec, MetaError> {
-        Meta::getattr(self, ino)
-    }
-    fn access(&self, caller: &Caller, ino: u64, mask: u32) -> Result<(), MetaError> {
-        Meta::access(self, caller, ino, mask)
-    }
-    fn setattr(
-        &self,
-        caller: &Caller,
-        ino: u64,
-        set: &SetAttr,
-    ) -> Result<(InodeRec, Option<u64>), MetaError> {
-        Meta::setattr(self, caller, ino, set)
-    }
-    fn mknod(
-        &self,
-        caller: &Caller,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-        rdev: u32,
-        target: &[u8],
-        open: bool,
-    ) -> Result<(u64, InodeRec, Option<u64>), MetaError> {
-        Meta::mknod(self, caller, parent, name, mode, rdev, target, open)
-    }
-    fn readlink(&self, ino: u64) -> Result<Vec<u8>, MetaError> {
-        Meta::readlink(self, ino)
-    }
-    fn link(&self, caller: &Caller, ino: u64, newparent: u64, newname: &[u8]) -> Result<InodeRec, MetaError> {
-        Meta::link(self, caller, ino, newparent, newname)
-    }
-    fn unlink(&self, caller: &Caller, parent: u64, name: &[u8]) -> Result<Option<Reclaim>, MetaError> {
-        Meta::unlink(self, caller, parent, name)
-    }
-    fn rmdir(&self, caller: &Caller, parent: u64, name: &[u8]) -> Result<(), MetaError> {
-        Meta::rmdir(self, caller, parent, name)
-    }
-    fn rename(
-        &self,
-        caller: &Caller,
-        olddir: u64,
-        oldname: &[u8],
-        newdir: u64,
-        newname: &[u8],
-        flags: u32,
-    ) -> Result<Option<Reclaim>, MetaError> {
-        Meta::rename(self, caller, olddir, oldname, newdir, newname, flags)
-    }
-    fn open(&self, caller: &Caller, ino: u64, read: bool, write: bool) -> Result<(InodeRec, u64), MetaError> {
-        Meta::open(self, caller, ino, read, write)
-    }
-    fn release(&self, ino: u64, handle: u64) -> Result<Option<Reclaim>, MetaError> {
-        Meta::release(self, ino, handle)
-    }
-    fn note_write(&self, ino: u64, end: u64) -> Result<InodeRec, MetaError> {
-        Meta::note_write(self, ino, end)
-    }
-    fn opendir(&self, caller: &Caller, ino: u64) -> Result<(), MetaError> {
-        Meta::opendir(self, caller, ino)
-    }
-    fn readdir(&self, ino: u64, after: u64, limit: usize) -> Result<Vec<DirItem>, MetaError> {
-        Meta::readdir(self, ino, after, limit)
-    }
-    fn setxattr(
-        &self,
-        caller: &Caller,
-        ino: u64,
-        name: &[u8],
-        value: &[u8],
-        flags: u32,
-    ) -> Result<(), MetaError> {
-        Meta::setxattr(self, caller, ino, name, value, flags)
-    }
-    fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, MetaError> {
-        Meta::getxattr(self, ino, name)
-    }
-    fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, MetaError> {
-        Meta::listxattr(self, ino)
-    }
-    fn removexattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> Result<(), MetaError> {
-        Meta::removexattr(self, caller, ino, name)
-    }
-    fn usage(&self) -> Result<Usage, MetaError> {
-        Meta::usage(self)
-    }
+namespace_api! {
+    /// Renews this client's lease.
+    read Heartbeat = fn heartbeat() -> ();
+    /// Ends this client: closes its sessions (returning what that deleted).
+    write CloseClient = fn close_client() -> Vec<Reclaim>;
+    /// Closes the sessions of clients whose lease expired.
+    write ReapExpired = fn reap_expired() -> Vec<Reclaim>;
+    /// The entry `name` in `parent`: its inode number and record.
+    read Lookup = fn lookup(caller: &Caller => Caller, parent: u64, name: &[u8] => Vec<u8>) -> (u64, InodeRec);
+    /// An inode's record.
+    read Getattr = fn getattr(ino: u64) -> InodeRec;
+    /// `access(2)`: whether `caller` may `mask` (R/W/X bits) the inode.
+    read Access = fn access(caller: &Caller => Caller, ino: u64, mask: u32) -> ();
+    /// Changes attributes: the new record and, if the size changed, the old size.
+    write Setattr = fn setattr(caller: &Caller => Caller, ino: u64, set: &SetAttr => SetAttr) -> (InodeRec, Option<u64>);
+    /// Creates an inode of any type (`mode`'s `S_IFMT`) named `name` in
+    /// `parent`; with `open`, also opens it (a regular file) for writing.
+    write Mknod = fn mknod(caller: &Caller => Caller, parent: u64, name: &[u8] => Vec<u8>, mode: u32, rdev: u32, target: &[u8] => Vec<u8>, open: bool) -> (u64, InodeRec, Option<u64>);
+    /// A symlink's target.
+    read Readlink = fn readlink(ino: u64) -> Vec<u8>;
+    /// A new entry `newname` in `newparent` for the inode.
+    write Link = fn link(caller: &Caller => Caller, ino: u64, newparent: u64, newname: &[u8] => Vec<u8>) -> InodeRec;
+    /// Removes a non-directory entry; returns the inode if that deleted it.
+    write Unlink = fn unlink(caller: &Caller => Caller, parent: u64, name: &[u8] => Vec<u8>) -> Option<Reclaim>;
+    /// Removes an empty directory.
+    write Rmdir = fn rmdir(caller: &Caller => Caller, parent: u64, name: &[u8] => Vec<u8>) -> ();
+    /// `renameat2(2)` with `flags` ([`super::rename_flags`]).
+    write Rename = fn rename(caller: &Caller => Caller, olddir: u64, oldname: &[u8] => Vec<u8>, newdir: u64, newname: &[u8] => Vec<u8>, flags: u32) -> Option<Reclaim>;
+    /// Opens a file: a session of this client, and the record.
+    write Open = fn open(caller: &Caller => Caller, ino: u64, read: bool, write: bool) -> (InodeRec, u64);
+    /// Ends a session; returns the inode if that deleted it.
+    write Release = fn release(ino: u64, handle: u64) -> Option<Reclaim>;
+    /// Data was written up to `end` through this client's session
+    /// `handle`: grows the size, updates mtime.
+    write NoteWrite = fn note_write(ino: u64, handle: u64, end: u64) -> InodeRec;
+    /// Whether `caller` may list the directory.
+    read Opendir = fn opendir(caller: &Caller => Caller, ino: u64) -> ();
+    /// Up to `limit` entries after cookie `after` (a service may return
+    /// fewer to fit its frames; an empty answer is the end).
+    read Readdir = fn readdir(ino: u64, after: u64, limit: usize) -> Vec<DirItem>;
+    /// Sets an extended attribute ([`super::xattr_flags`]).
+    write Setxattr = fn setxattr(caller: &Caller => Caller, ino: u64, name: &[u8] => Vec<u8>, value: &[u8] => Vec<u8>, flags: u32) -> ();
+    /// An extended attribute's value.
+    read Getxattr = fn getxattr(ino: u64, name: &[u8] => Vec<u8>) -> Vec<u8>;
+    /// The names of the inode's extended attributes.
+    read Listxattr = fn listxattr(ino: u64) -> Vec<Vec<u8>>;
+    /// Removes an extended attribute.
+    write Removexattr = fn removexattr(caller: &Caller => Caller, ino: u64, name: &[u8] => Vec<u8>) -> ();
+    /// Inodes and bytes in use.
+    read Usage = fn usage() -> Usage;
 }

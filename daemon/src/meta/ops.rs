@@ -86,16 +86,45 @@ fn errno<T>(e: i32) -> Result<T, MetaError> {
 }
 
 /// Who asks, and whether the metadata layer checks their permissions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// On the wire (a mount asking an `xfused meta` service) only the uid and
+/// the groups travel: `check` is not sent, and a caller that arrives is
+/// always checked. Whether to check is the service's decision, never the
+/// sender's.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Caller {
     /// User id.
     pub uid: u32,
     /// Primary group id.
     pub gid: u32,
+    /// Supplementary groups (empty when unknown; then only the primary
+    /// group counts).
+    #[serde(deserialize_with = "bounded_groups")]
+    pub groups: Vec<u32>,
     /// Check permissions here. A FUSE mount with `default_permissions`
-    /// turns this off: the kernel has already checked, with the caller's
-    /// supplementary groups, which FUSE does not pass on.
+    /// turns this off for its in-process namespace: the kernel has already
+    /// checked, with the caller's supplementary groups.
+    #[serde(skip, default = "checked")]
     pub check: bool,
+}
+
+/// Most supplementary groups a caller may state (Linux allows 65,536; a
+/// caller in more is checked with the first this many).
+pub const GROUPS_MAX: usize = 256;
+
+fn checked() -> bool {
+    true
+}
+
+fn bounded_groups<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+    let groups = <Vec<u32> as serde::Deserialize>::deserialize(d)?;
+    if groups.len() > GROUPS_MAX {
+        return Err(serde::de::Error::custom(format!(
+            "{} supplementary groups, more than {GROUPS_MAX}",
+            groups.len()
+        )));
+    }
+    Ok(groups)
 }
 
 impl Caller {
@@ -103,9 +132,25 @@ impl Caller {
     pub const ROOT: Caller = Caller {
         uid: 0,
         gid: 0,
+        groups: Vec::new(),
         check: false,
     };
+
+    /// Whether `gid` is the caller's primary or a supplementary group.
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
 }
+
+/// Most extended attributes one inode may have; one more is `ENOSPC`.
+/// With names of at most 255 bytes, the list of names stays within
+/// Linux's 64 KiB (`XATTR_LIST_MAX`), and values are at most 64 KiB each
+/// (`XATTR_SIZE_MAX`).
+pub const XATTRS_MAX: usize = 256;
+
+/// Xattrs read per scan by `listxattr`: bounds the values held at once
+/// (16 × 64 KiB) however many an inode has.
+const XATTR_SCAN_PAGE: usize = 16;
 
 /// `access(2)` bits.
 pub mod access {
@@ -118,7 +163,7 @@ pub mod access {
 }
 
 /// A time to set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TimeSet {
     /// The current time.
     Now,
@@ -127,7 +172,7 @@ pub enum TimeSet {
 }
 
 /// The attributes `setattr` changes (`None`: unchanged).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SetAttr {
     /// Permission bits (the type bits are kept).
     pub mode: Option<u32>,
@@ -143,11 +188,15 @@ pub struct SetAttr {
     pub mtime: Option<TimeSet>,
     /// Change time.
     pub ctime: Option<Timestamp>,
+    /// The size changes through this client's open session `handle`
+    /// (`ftruncate(2)`): the file was opened for writing, so write
+    /// permission is not checked again, as on Linux.
+    pub handle: Option<u64>,
 }
 
 /// File data that is no longer referenced and must be deleted from the
 /// chunk store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reclaim {
     /// The inode that was deleted.
     pub ino: u64,
@@ -160,7 +209,7 @@ pub struct Reclaim {
 }
 
 /// One readdir entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DirItem {
     /// Entry name.
     pub name: Vec<u8>,
@@ -173,7 +222,7 @@ pub struct DirItem {
 }
 
 /// Usage from the counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     /// Inodes in use.
     pub inodes: u64,
@@ -345,7 +394,7 @@ fn may(caller: &Caller, rec: &InodeRec, mask: u32) -> Result<(), MetaError> {
     }
     let bits = if caller.uid == rec.uid {
         (rec.mode >> 6) & 7
-    } else if caller.gid == rec.gid {
+    } else if caller.in_group(rec.gid) {
         (rec.mode >> 3) & 7
     } else {
         rec.mode & 7
@@ -735,7 +784,7 @@ impl Meta {
         may(
             &Caller {
                 check: true,
-                ..*caller
+                ..caller.clone()
             },
             &rec,
             mask,
@@ -752,6 +801,7 @@ impl Meta {
         set: &SetAttr,
     ) -> Result<(InodeRec, Option<u64>), MetaError> {
         let now = self.clock.now();
+        let client = self.client;
         self.txn(|txn| {
             let mut staged = Staged::default();
             let rec = staged.load(txn, ino)?;
@@ -765,7 +815,7 @@ impl Meta {
                 }
                 if set
                     .gid
-                    .is_some_and(|g| g != rec.gid && (caller.uid != rec.uid || g != caller.gid))
+                    .is_some_and(|g| g != rec.gid && (caller.uid != rec.uid || !caller.in_group(g)))
                 {
                     return errno(libc::EPERM);
                 }
@@ -784,7 +834,13 @@ impl Meta {
                     libc::S_IFDIR => return errno(libc::EISDIR),
                     _ => return errno(libc::EINVAL),
                 }
-                may(caller, rec, access::W)?;
+                let through_session = match set.handle {
+                    Some(h) => txn.get(&schema::open_key(ino, client, h))?.is_some(),
+                    None => false,
+                };
+                if !through_session {
+                    may(caller, rec, access::W)?;
+                }
                 if size > FILE_SIZE_MAX_BYTES {
                     return errno(libc::EFBIG);
                 }
@@ -859,6 +915,10 @@ impl Meta {
             libc::S_IFLNK if target.is_empty() => return errno(libc::ENOENT),
             libc::S_IFLNK => return errno(libc::ENAMETOOLONG),
             _ => return errno(libc::EINVAL),
+        }
+        // Devices need CAP_MKNOD, which only root has here.
+        if matches!(kind, libc::S_IFCHR | libc::S_IFBLK) && caller.check && caller.uid != 0 {
+            return errno(libc::EPERM);
         }
         let ino = self.alloc_ino()?;
         let handle = open.then(|| self.handle_next.fetch_add(1, Ordering::Relaxed));
@@ -1290,11 +1350,14 @@ impl Meta {
         })
     }
 
-    /// Records that data was written up to byte `end` of `ino`: grows the
-    /// size if needed, updates mtime and ctime. Returns the new record;
-    /// `EFBIG` if `end` is past [`FILE_SIZE_MAX_BYTES`].
-    pub fn note_write(&self, ino: u64, end: u64) -> Result<InodeRec, MetaError> {
+    /// Records that data was written up to byte `end` of `ino` through
+    /// this client's session `handle`: grows the size if needed, updates
+    /// mtime and ctime. Returns the new record; `EBADF` if this client has
+    /// no such session of `ino`; `EFBIG` if `end` is past
+    /// [`FILE_SIZE_MAX_BYTES`].
+    pub fn note_write(&self, ino: u64, handle: u64, end: u64) -> Result<InodeRec, MetaError> {
         let now = self.clock.now();
+        let client = self.client;
         self.txn(|txn| {
             let mut staged = Staged::default();
             let rec = staged.load(txn, ino)?;
@@ -1302,6 +1365,9 @@ impl Meta {
                 libc::S_IFREG => {}
                 libc::S_IFDIR => return errno(libc::EISDIR),
                 _ => return errno(libc::EINVAL),
+            }
+            if txn.get(&schema::open_key(ino, client, handle))?.is_none() {
+                return errno(libc::EBADF);
             }
             if end > FILE_SIZE_MAX_BYTES {
                 return errno(libc::EFBIG);
@@ -1409,6 +1475,9 @@ impl Meta {
             if flags & xattr_flags::REPLACE != 0 && !exists {
                 return errno(libc::ENODATA);
             }
+            if !exists && rec.xattrs as usize >= XATTRS_MAX {
+                return errno(libc::ENOSPC);
+            }
             txn.put(key, value.to_vec());
             let rec = staged.dirty(ino);
             rec.ctime = now;
@@ -1442,12 +1511,25 @@ impl Meta {
             if txn.get(&schema::inode_key(ino))?.is_none() {
                 return errno(libc::ENOENT);
             }
+            // A page of values at a time: the names are all that is kept.
             let prefix = schema::xattr_prefix(ino);
-            let pairs = txn.scan(&prefix, &schema::prefix_end(&prefix), usize::MAX)?;
-            Ok(pairs
-                .into_iter()
-                .map(|p| p.key[prefix.len()..].to_vec())
-                .collect())
+            let end = schema::prefix_end(&prefix);
+            let mut start = prefix.clone();
+            let mut names = Vec::new();
+            loop {
+                let pairs = txn.scan(&start, &end, XATTR_SCAN_PAGE)?;
+                let full = pairs.len() == XATTR_SCAN_PAGE;
+                for p in &pairs {
+                    names.push(p.key[prefix.len()..].to_vec());
+                }
+                match pairs.last() {
+                    Some(last) if full => {
+                        start = last.key.clone();
+                        start.push(0);
+                    }
+                    _ => return Ok(names),
+                }
+            }
         })
     }
 

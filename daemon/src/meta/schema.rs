@@ -245,7 +245,9 @@ impl<'a> Reader<'a> {
 }
 
 /// A point in time: seconds and nanoseconds since the epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct Timestamp {
     /// Seconds since 1970-01-01 UTC.
     pub sec: i64,
@@ -258,7 +260,7 @@ const INODE_FORMAT: u8 = 1;
 
 /// An inode: attributes, and per type its directory bookkeeping, symlink
 /// target or chunk layout.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InodeRec {
     /// Type and permission bits (`S_IFMT | 07777`).
     pub mode: u32,

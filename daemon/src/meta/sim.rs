@@ -210,10 +210,13 @@ impl World {
                     return "write: no file".into();
                 };
                 let end = rng.below(20_000) as u64;
-                if rng.chance(50) {
+                let open = &self.clients[c].open;
+                if rng.chance(50) && !open.is_empty() {
+                    // A write goes through a session of the writer's.
+                    let (ino, h) = open[rng.below(open.len())];
                     format!(
                         "write {ino} to {end}: {:?}",
-                        meta.note_write(ino, end).map(|r| r.size)
+                        meta.note_write(ino, h, end).map(|r| r.size)
                     )
                 } else {
                     let set = SetAttr {

@@ -16,11 +16,13 @@ const ROOT: Caller = Caller::ROOT;
 const ALICE: Caller = Caller {
     uid: 1000,
     gid: 1000,
+    groups: Vec::new(),
     check: true,
 };
 const BOB: Caller = Caller {
     uid: 1001,
     gid: 1001,
+    groups: Vec::new(),
     check: true,
 };
 
@@ -300,9 +302,15 @@ fn symlinks_and_setattr(meta: &Meta) {
         libc::EISDIR
     );
     assert_eq!(meta.usage().unwrap().bytes, 100);
-    meta.note_write(f, 4096).unwrap();
+    assert_eq!(
+        err(meta.note_write(f, 77, 4096)),
+        libc::EBADF,
+        "a write needs a session"
+    );
+    let h = meta.open(&ROOT, f, false, true).unwrap().1;
+    meta.note_write(f, h, 4096).unwrap();
     assert_eq!(meta.getattr(f).unwrap().size, 4096);
-    meta.note_write(f, 10).unwrap();
+    meta.note_write(f, h, 10).unwrap();
     assert_eq!(
         meta.getattr(f).unwrap().size,
         4096,
@@ -327,7 +335,7 @@ fn symlinks_and_setattr(meta: &Meta) {
             "setattr {past}"
         );
         assert_eq!(
-            err(meta.note_write(f, past)),
+            err(meta.note_write(f, h, past)),
             libc::EFBIG,
             "a write ending at {past}"
         );
@@ -350,7 +358,8 @@ fn files_at_the_size_limit_saturate_the_byte_counters_instead_of_overflowing() {
         if i == 0 {
             meta.setattr(&ROOT, *f, &set).unwrap();
         } else {
-            meta.note_write(*f, FILE_SIZE_MAX_BYTES).unwrap();
+            let h = meta.open(&ROOT, *f, false, true).unwrap().1;
+            meta.note_write(*f, h, FILE_SIZE_MAX_BYTES).unwrap();
         }
     }
     assert_eq!(meta.usage().unwrap().bytes, i64::MAX as u64);
@@ -951,4 +960,37 @@ fn etcd_suite_on_a_three_node_cluster() {
         "namespace inconsistent:\n{}",
         problems.join("\n")
     );
+}
+
+#[test]
+fn truncating_through_an_open_session_needs_no_write_permission() {
+    let meta = meta_on(Arc::new(MemEngine::new()));
+    let d = meta.mkdir(&ROOT, ROOT_INO, b"d", 0o777).unwrap().0;
+    let (f, _, h) = meta
+        .mknod(&ALICE, d, b"mine", libc::S_IFREG | 0o644, 0, &[], true)
+        .unwrap();
+    let h = h.unwrap();
+    let chmod = SetAttr {
+        mode: Some(0),
+        ..SetAttr::default()
+    };
+    meta.setattr(&ALICE, f, &chmod).unwrap();
+    let mut truncate = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        err(meta.setattr(&ALICE, f, &truncate)),
+        libc::EACCES,
+        "truncate(2) by path"
+    );
+    truncate.handle = Some(h + 1);
+    assert_eq!(
+        err(meta.setattr(&ALICE, f, &truncate)),
+        libc::EACCES,
+        "a handle that is not open"
+    );
+    truncate.handle = Some(h);
+    meta.setattr(&ALICE, f, &truncate)
+        .expect("ftruncate(2) on the open file");
 }

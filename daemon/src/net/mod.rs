@@ -1,15 +1,56 @@
-//! The metadata service over TCP: `xfused meta` runs [`server::serve`];
-//! clients reach it through [`RemoteMeta`]. The wire format is in
-//! [`proto`].
+//! The metadata service: `xfused meta` serves [`service::MetaService`]
+//! over the service layer ([`crate::rpc`]); mounts reach it through
+//! [`RemoteMeta`]. The messages are the namespace API's own
+//! ([`crate::meta::Call`], [`crate::meta::Answer`]) inside the envelope
+//! below.
 //!
-//! The service is stateless: every request is one metadata transaction on
-//! the shared engine, and a client's identity (its id, whose lease and
-//! open-file sessions live in the store) travels with each request, so any
-//! number of services can run against one engine and a client may talk to
-//! any of them.
+//! The service is stateless: every call is one metadata transaction on the
+//! shared engine, and a client's session (its id, whose lease and
+//! open-file sessions live in the store) is bound to its connection, so
+//! any number of services can run against one engine and a client may
+//! move to any of them, proving the session is its own with the token it
+//! was given.
 
 pub mod client;
-pub mod proto;
-pub mod server;
+pub mod service;
 
 pub use client::RemoteMeta;
+pub use service::MetaService;
+
+use crate::meta::{Answer, Call};
+
+/// Bytes of a session token.
+pub const TOKEN_LEN: usize = 32;
+
+/// A request to the metadata service.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MetaRequest {
+    /// Registers a new client and binds its session to this connection.
+    Hello,
+    /// Binds the session of `client` to this connection, proven by the
+    /// token its `Hello` returned (after a reconnection).
+    Resume {
+        /// The client id.
+        client: u64,
+        /// Its token.
+        token: [u8; TOKEN_LEN],
+    },
+    /// A namespace call in this connection's session.
+    Call(Call),
+}
+
+/// A reply of the metadata service.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MetaReply {
+    /// The session `Hello` made.
+    Session {
+        /// The client id.
+        client: u64,
+        /// The token that proves the session (keep it secret).
+        token: [u8; TOKEN_LEN],
+    },
+    /// `Resume` bound the session.
+    Resumed,
+    /// What a call returned.
+    Answer(Answer),
+}

@@ -1,0 +1,330 @@
+//! [`MetaService`]: the metadata service's answers, as an
+//! [`rpc::server::Handler`](crate::rpc::server::Handler).
+//!
+//! - A connection first binds a session: `Hello` makes a new client,
+//!   `Resume` proves an existing one with its token (an HMAC of the client
+//!   id under a key derived from the cluster credential, so every service
+//!   of the cluster can check it and nobody else can make one). Calls then
+//!   act in that session only: no request names a client, so no connection
+//!   can act in another's session.
+//! - Peers must be mounts (or admins): a storage service's credential is
+//!   refused here.
+//! - Every call's permissions are checked with the caller it states
+//!   ([`crate::meta::Caller`] cannot carry "do not check").
+//! - Replies fit frames: a readdir answer is cut to fit, and the client
+//!   continues from the last entry it got.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::{MetaReply, MetaRequest, TOKEN_LEN};
+use crate::meta::kv::KvEngine;
+use crate::meta::{Answer, Call, Clock, Meta, MetaConfig, MetaError};
+use crate::rpc::auth::{Credential, Role};
+use crate::rpc::frame::MESSAGE_LEN_MAX;
+use crate::rpc::server::{Handler, Peer};
+
+/// The key session tokens are made with.
+#[derive(Clone)]
+pub struct TokenKey([u8; 32]);
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
+}
+
+impl TokenKey {
+    /// The key of the cluster whose credential this is.
+    pub fn of(credential: &Credential) -> Result<TokenKey, crate::rpc::auth::AuthError> {
+        Ok(TokenKey(credential.derive_secret("metadata session tokens")?))
+    }
+
+    /// The key of a service running without authentication: fixed, so
+    /// tokens prove nothing there (nor does anything else).
+    pub fn insecure() -> TokenKey {
+        TokenKey([0; 32])
+    }
+
+    fn mac(&self, client: u64) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(b"xfuse metadata session\0");
+        mac.update(&client.to_le_bytes());
+        mac
+    }
+
+    /// The token of `client`.
+    pub fn token(&self, client: u64) -> [u8; TOKEN_LEN] {
+        self.mac(client).finalize().into_bytes().into()
+    }
+
+    /// Whether `token` is `client`'s (in constant time).
+    pub fn verify(&self, client: u64, token: &[u8; TOKEN_LEN]) -> bool {
+        self.mac(client).verify_slice(token).is_ok()
+    }
+}
+
+/// The service's state: the engine and what it needs to open sessions on
+/// it. Nothing about clients is kept here: sessions live in the store and
+/// on their connections.
+pub struct MetaService {
+    engine: Arc<dyn KvEngine>,
+    config: MetaConfig,
+    clock: Arc<dyn Clock>,
+    /// The service's own client (reaping).
+    own: Arc<Meta>,
+    tokens: TokenKey,
+    /// Bumped by every reaping pass: sessions attached before it attach
+    /// again, so a client reaped meanwhile gets ESTALE.
+    reaped: AtomicU64,
+}
+
+impl std::fmt::Debug for MetaService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaService")
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The session bound to one connection.
+#[derive(Debug, Default)]
+pub struct Session {
+    bound: Mutex<Option<Bound>>,
+}
+
+#[derive(Debug, Clone)]
+struct Bound {
+    client: u64,
+    meta: Arc<Meta>,
+    reaped: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The most a readdir answer may take of a frame.
+const READDIR_BUDGET_BYTES: usize = MESSAGE_LEN_MAX - 1024;
+/// The most entries one readdir call asks for.
+pub const READDIR_LIMIT_MAX: usize = 4096;
+
+impl MetaService {
+    /// A service over `engine` (creating the namespace if it is empty),
+    /// proving sessions with `tokens`.
+    pub fn new(
+        engine: Arc<dyn KvEngine>,
+        config: MetaConfig,
+        clock: Arc<dyn Clock>,
+        tokens: TokenKey,
+    ) -> Result<MetaService, MetaError> {
+        let own = Arc::new(Meta::connect(engine.clone(), config.clone(), clock.clone())?);
+        Ok(MetaService {
+            engine,
+            config,
+            clock,
+            own,
+            tokens,
+            reaped: AtomicU64::new(0),
+        })
+    }
+
+    /// The service's own metadata handle.
+    pub fn own(&self) -> &Arc<Meta> {
+        &self.own
+    }
+
+    /// Renews the service's lease and reaps dead clients every `every`, on
+    /// a thread of its own, for as long as the process runs.
+    pub fn start_reaper(self: &Arc<Self>, every: Duration) -> std::io::Result<()> {
+        let service = self.clone();
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                if let Err(e) = service.own.heartbeat() {
+                    tracing::warn!("renewing the service's lease: {e}");
+                }
+                match service.own.reap_expired() {
+                    Ok(r) if !r.is_empty() => {
+                        tracing::info!("reaped {} files left open by dead clients", r.len())
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("reaping dead clients: {e}"),
+                }
+                service.reaped.fetch_add(1, Ordering::SeqCst);
+            })?;
+        Ok(())
+    }
+
+    fn attach(&self, client: u64) -> Result<Bound, MetaError> {
+        let reaped = self.reaped.load(Ordering::SeqCst);
+        let meta = Meta::attach(
+            self.engine.clone(),
+            self.config.clone(),
+            self.clock.clone(),
+            client,
+        )?;
+        Ok(Bound {
+            client,
+            meta: Arc::new(meta),
+            reaped,
+        })
+    }
+
+    /// The session's handle, attached again if a reaping pass ran since.
+    fn session(&self, session: &Session) -> Result<Bound, MetaError> {
+        let mut bound = lock(&session.bound);
+        let Some(b) = bound.as_ref() else {
+            return Err(MetaError::Errno(libc::ENOTCONN));
+        };
+        if b.reaped != self.reaped.load(Ordering::SeqCst) {
+            let client = b.client;
+            *bound = None;
+            *bound = Some(self.attach(client)?);
+        }
+        Ok(bound.clone().expect("bound above"))
+    }
+
+    fn answer(&self, session: &Session, peer: &Peer, req: MetaRequest) -> Result<MetaReply, MetaError> {
+        match req {
+            MetaRequest::Hello => {
+                let mut bound = lock(&session.bound);
+                if bound.is_some() {
+                    return Err(MetaError::Errno(libc::EISCONN));
+                }
+                let meta = Meta::connect(self.engine.clone(), self.config.clone(), self.clock.clone())?;
+                let client = meta.client_id();
+                tracing::info!("{}: client {client} registered", peer.addr);
+                *bound = Some(Bound {
+                    client,
+                    meta: Arc::new(meta),
+                    reaped: self.reaped.load(Ordering::SeqCst),
+                });
+                Ok(MetaReply::Session {
+                    client,
+                    token: self.tokens.token(client),
+                })
+            }
+            MetaRequest::Resume { client, token } => {
+                if !self.tokens.verify(client, &token) {
+                    tracing::warn!("{}: refused to resume client {client}: wrong token", peer.addr);
+                    return Err(MetaError::Errno(libc::EACCES));
+                }
+                let mut bound = lock(&session.bound);
+                if bound.as_ref().is_some_and(|b| b.client != client) {
+                    return Err(MetaError::Errno(libc::EISCONN));
+                }
+                *bound = Some(self.attach(client)?);
+                tracing::debug!("{}: client {client} resumed", peer.addr);
+                Ok(MetaReply::Resumed)
+            }
+            MetaRequest::Call(call) => {
+                let bound = self.session(session)?;
+                let closing = matches!(call, Call::CloseClient {});
+                let limit = match &call {
+                    Call::Readdir { limit, .. } => Some(*limit),
+                    _ => None,
+                };
+                if limit.is_some_and(|l| l == 0 || l > READDIR_LIMIT_MAX) {
+                    return Err(MetaError::Errno(libc::EINVAL));
+                }
+                let answer = call.run(&*bound.meta)?;
+                if closing {
+                    *lock(&session.bound) = None;
+                    tracing::info!("{}: client {} left", peer.addr, bound.client);
+                }
+                Ok(MetaReply::Answer(match answer {
+                    Answer::Readdir(mut items) => {
+                        fit_readdir(&mut items);
+                        Answer::Readdir(items)
+                    }
+                    other => other,
+                }))
+            }
+        }
+    }
+}
+
+/// Cuts a readdir answer to what fits a frame (at least one entry: one
+/// always fits).
+fn fit_readdir(items: &mut Vec<crate::meta::DirItem>) {
+    let mut used = 16;
+    let keep = items
+        .iter()
+        .take_while(|item| {
+            // postcard: the name and its length, three varints.
+            used += item.name.len() + 3 + 3 * 10;
+            used <= READDIR_BUDGET_BYTES
+        })
+        .count()
+        .max(1);
+    items.truncate(keep);
+}
+
+impl Handler for MetaService {
+    type Request = MetaRequest;
+    type Reply = MetaReply;
+    type Conn = Session;
+
+    fn open(&self, peer: &Peer) -> Result<Session, String> {
+        match peer.role {
+            None | Some(Role::Mount) | Some(Role::Admin) => Ok(Session::default()),
+            Some(role) => Err(format!("a {role} may not use the metadata service")),
+        }
+    }
+
+    fn handle(
+        &self,
+        session: &Session,
+        peer: &Peer,
+        req: MetaRequest,
+        _bulk: Vec<u8>,
+    ) -> Result<(MetaReply, Vec<u8>), i32> {
+        self.answer(session, peer, req)
+            .map(|r| (r, Vec::new()))
+            .map_err(|e| {
+                if let MetaError::Kv(_) | MetaError::Schema(_) | MetaError::Corrupt(_) = e {
+                    tracing::error!("{}: {e}", peer.addr);
+                }
+                e.errno()
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_the_clusters_and_the_clients() {
+        let a = TokenKey::of(&Credential::generate().unwrap()).unwrap();
+        let b = TokenKey::of(&Credential::generate().unwrap()).unwrap();
+        let t = a.token(4);
+        assert!(a.verify(4, &t));
+        assert!(!a.verify(5, &t));
+        assert!(!b.verify(4, &t));
+    }
+
+    #[test]
+    fn readdir_answers_are_cut_to_fit_a_frame() {
+        let item = |i: u64| crate::meta::DirItem {
+            name: vec![b'x'; 255],
+            ino: u64::MAX - i,
+            kind: libc::S_IFREG,
+            cookie: u64::MAX - i,
+        };
+        let mut items: Vec<_> = (0..READDIR_LIMIT_MAX as u64 * 2).map(item).collect();
+        fit_readdir(&mut items);
+        assert!(items.len() < READDIR_LIMIT_MAX * 2);
+        let bytes = crate::rpc::codec::encode(&MetaReply::Answer(Answer::Readdir(items.clone())));
+        assert!(bytes.len() <= MESSAGE_LEN_MAX, "{} bytes", bytes.len());
+        let mut one = vec![item(0)];
+        fit_readdir(&mut one);
+        assert_eq!(one.len(), 1);
+    }
+}

@@ -1,0 +1,265 @@
+//! [`Conn`]: one multiplexed connection to a service. Any number of
+//! threads call at once (up to [`IN_FLIGHT_MAX`] in flight); replies are
+//! matched to calls by request id.
+//!
+//! There is no reader thread: a caller waiting for its reply reads the
+//! connection itself if nobody else is, hands the replies it finds to their
+//! callers, and passes the reading on when its own has come. A lone caller
+//! therefore sends and receives on its own thread, with no hand-off.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::frame::{self, Frame};
+use super::stream::Stream;
+
+/// Calls in flight on one connection; more wait for a slot.
+pub const IN_FLIGHT_MAX: usize = 64;
+/// Writing one request may take this long.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The request never left: safe to send again (elsewhere).
+    #[error("not sent: {0}")]
+    NotSent(io::Error),
+    /// The request was sent and no reply came: it may have run.
+    #[error("no reply: {0}")]
+    Lost(io::Error),
+    /// The service answered with an errno.
+    #[error("{}", io::Error::from_raw_os_error(*.0))]
+    Remote(i32),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Default)]
+struct Calls {
+    /// Ids whose replies are awaited.
+    waiting: HashSet<u64>,
+    /// Replies not yet taken by their callers.
+    done: HashMap<u64, Frame>,
+    in_flight: usize,
+    /// Why the connection is unusable, once it is.
+    dead: Option<String>,
+}
+
+/// See the module docs.
+pub struct Conn {
+    stream: Stream,
+    next_id: AtomicU64,
+    calls: Mutex<Calls>,
+    changed: Condvar,
+    /// The reading turn, and the bytes of a frame read in part.
+    reading: Mutex<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Frees a call's slot however the call ends.
+struct Slot<'a> {
+    conn: &'a Conn,
+    id: u64,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut calls = lock(&self.conn.calls);
+        calls.waiting.remove(&self.id);
+        calls.done.remove(&self.id);
+        calls.in_flight -= 1;
+        drop(calls);
+        self.conn.changed.notify_all();
+    }
+}
+
+impl Conn {
+    /// Connects to `addr` and completes the handshake by `deadline`.
+    pub fn connect(
+        addr: &SocketAddr,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        deadline: Instant,
+    ) -> io::Result<Conn> {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let sock = TcpStream::connect_timeout(addr, left)?;
+        let stream = Stream::client(sock, tls, deadline)?;
+        Ok(Conn {
+            stream,
+            next_id: AtomicU64::new(1),
+            calls: Mutex::new(Calls::default()),
+            changed: Condvar::new(),
+            reading: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Whether the connection has failed (calls on it fail at once).
+    pub fn is_dead(&self) -> bool {
+        lock(&self.calls).dead.is_some()
+    }
+
+    fn kill(&self, why: String) {
+        let mut calls = lock(&self.calls);
+        if calls.dead.is_none() {
+            tracing::debug!("connection to {} closed: {why}", self.stream.peer());
+            calls.dead = Some(why);
+        }
+        drop(calls);
+        self.stream.shutdown();
+        self.changed.notify_all();
+    }
+
+    /// Sends a request and waits up to `timeout` for its reply: the reply's
+    /// message and bulk payload.
+    pub fn call(
+        &self,
+        message: &[u8],
+        bulk: &[u8],
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, Vec<u8>), CallError> {
+        let deadline = Instant::now() + timeout;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = Frame::to_bytes(id, frame::KIND_REQUEST, message, bulk).map_err(CallError::NotSent)?;
+        {
+            let mut calls = lock(&self.calls);
+            loop {
+                if let Some(why) = &calls.dead {
+                    return Err(CallError::NotSent(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        why.clone(),
+                    )));
+                }
+                if calls.in_flight < IN_FLIGHT_MAX {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(CallError::NotSent(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "waiting for a free request slot",
+                    )));
+                }
+                calls = self
+                    .changed
+                    .wait_timeout(calls, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            calls.in_flight += 1;
+            calls.waiting.insert(id);
+        }
+        let slot = Slot { conn: self, id };
+        if let Err(e) = self.stream.write_all(&bytes, Instant::now() + WRITE_TIMEOUT) {
+            // A frame cut short is not a request: the service drops the
+            // connection without running it.
+            self.kill(format!("writing: {e}"));
+            return Err(CallError::NotSent(e));
+        }
+        let frame = self.wait_reply(id, deadline)?;
+        drop(slot);
+        match frame.kind {
+            frame::KIND_REPLY => Ok((frame.message, frame.bulk)),
+            _ => {
+                let errno = frame
+                    .message
+                    .get(..4)
+                    .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
+                    .filter(|e| *e > 0)
+                    .unwrap_or(libc::EPROTO);
+                Err(CallError::Remote(errno))
+            }
+        }
+    }
+
+    fn wait_reply(&self, id: u64, deadline: Instant) -> Result<Frame, CallError> {
+        loop {
+            {
+                let mut calls = lock(&self.calls);
+                if let Some(frame) = calls.done.remove(&id) {
+                    return Ok(frame);
+                }
+                if let Some(why) = &calls.dead {
+                    return Err(CallError::Lost(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        why.clone(),
+                    )));
+                }
+                if Instant::now() >= deadline {
+                    return Err(CallError::Lost(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no reply in time",
+                    )));
+                }
+            }
+            match self.reading.try_lock() {
+                Ok(mut buf) => {
+                    self.read_turn(&mut buf, deadline);
+                    drop(buf);
+                    self.changed.notify_all();
+                }
+                Err(_) => {
+                    let calls = lock(&self.calls);
+                    if calls.done.contains_key(&id) || calls.dead.is_some() {
+                        continue;
+                    }
+                    // Woken when a reader delivers or leaves; the timeout
+                    // bounds a missed turn.
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(20));
+                    let _ = self.changed.wait_timeout(calls, left);
+                }
+            }
+        }
+    }
+
+    /// One reading turn: reads what arrives by the deadline and delivers
+    /// every whole frame in it.
+    fn read_turn(&self, buf: &mut Vec<u8>, deadline: Instant) {
+        // A frame already whole in the buffer needs no read.
+        if !matches!(frame::frame_len(buf), Ok(Some(len)) if buf.len() >= 4 + len) {
+            match self.stream.read_into(buf, Some(deadline)) {
+                Ok(0) => return self.kill("closed by the service".into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return,
+                Err(e) => return self.kill(format!("reading: {e}")),
+            }
+        }
+        loop {
+            match frame::take_frame(buf) {
+                Ok(Some(frame)) => {
+                    if frame.kind == frame::KIND_REQUEST {
+                        return self.kill("the service sent a request".into());
+                    }
+                    let mut calls = lock(&self.calls);
+                    if calls.waiting.remove(&frame.id) {
+                        calls.done.insert(frame.id, frame);
+                    }
+                    // else: the reply of a call that gave up waiting.
+                }
+                Ok(None) => return,
+                Err(e) => return self.kill(e.to_string()),
+            }
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.stream.shutdown();
+    }
+}
