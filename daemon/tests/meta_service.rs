@@ -122,7 +122,10 @@ impl Service {
             Some(tls),
             Instant::now() + Duration::from_secs(10),
         )?;
-        Ok(Client { conn })
+        Ok(Client {
+            conn,
+            next_seq: std::sync::atomic::AtomicU64::new(1),
+        })
     }
 
     /// A mount's connection with a fresh session: the client and its id.
@@ -160,6 +163,7 @@ impl Drop for Service {
 /// A raw client of the service: messages as the service reads them.
 struct Client {
     conn: Conn,
+    next_seq: std::sync::atomic::AtomicU64,
 }
 
 impl Client {
@@ -175,8 +179,19 @@ impl Client {
         }
     }
 
+    /// Sends a call as a mount does: changes numbered.
     fn call(&self, call: Call) -> Result<Answer, i32> {
-        match self.request(&MetaRequest::Call(call))? {
+        let req = if call.is_change() {
+            let seq = self.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            MetaRequest::Change {
+                seq,
+                floor: seq,
+                call,
+            }
+        } else {
+            MetaRequest::Call(call)
+        };
+        match self.request(&req)? {
             MetaReply::Answer(a) => Ok(a),
             other => panic!("a call answered {other:?}"),
         }
@@ -415,6 +430,44 @@ fn sessions_belong_to_their_connection() {
         victim.call(Call::Release { ino, handle }),
         Ok(Answer::Release(Some(_)))
     ));
+}
+
+#[test]
+fn a_change_sent_again_is_answered_not_run_again() {
+    let service = Service::start();
+    let (client, _) = service.session();
+    let create = |seq: u64| MetaRequest::Change {
+        seq,
+        floor: seq,
+        call: Call::Mknod {
+            caller: user(0),
+            parent: 1,
+            name: b"once".to_vec(),
+            mode: libc::S_IFREG | 0o644,
+            rdev: 0,
+            target: Vec::new(),
+            open: false,
+        },
+    };
+    // The same change twice (a retry after a lost reply): on 8b55fc9 the
+    // client sent it again unnumbered and the second run said EEXIST.
+    let first = client.request(&create(7)).unwrap();
+    let again = client.request(&create(7)).unwrap();
+    assert_eq!(first, again, "the retry got the first run's outcome");
+    // A new change of the same name is a new create: EEXIST.
+    assert_eq!(client.request(&create(8)), Err(libc::EEXIST));
+    // Changes must be numbered.
+    let MetaRequest::Change { call, .. } = create(9) else {
+        unreachable!()
+    };
+    assert_eq!(client.request(&MetaRequest::Call(call)), Err(libc::EINVAL));
+    // A retry on another connection, after resuming the session, too.
+    let (other, _) = service.session();
+    assert_eq!(
+        other.request(&create(7)),
+        Err(libc::EEXIST),
+        "another client's number 7 is its own"
+    );
 }
 
 #[test]

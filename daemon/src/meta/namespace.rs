@@ -25,9 +25,12 @@ use super::{Caller, DirItem, Meta, MetaError, Reclaim, SetAttr, Usage};
 
 /// Declares the namespace API once. Each entry is
 /// `KIND Variant = fn name(arg: Type [=> WireType], ...) -> Ret;` where
-/// KIND says whether a client may send it again after losing its reply
-/// (`read`: no effect; `write`: may not), and `=> WireType` is the owned
-/// form of a borrowed argument.
+/// `=> WireType` is the owned form of a borrowed argument and KIND says
+/// what a client may do after losing a reply:
+/// - `read`: no effect; send it again;
+/// - `change`: one transaction, run exactly once ([`Meta::exactly_once`]):
+///   send it again with the same number;
+/// - `once`: several transactions (ending a client): not again.
 macro_rules! namespace_api {
     (
         $(
@@ -91,6 +94,21 @@ macro_rules! namespace_api {
                 }
             }
 
+            /// Whether it is a change a service runs exactly once.
+            pub fn is_change(&self) -> bool {
+                match self {
+                    $( Call::$Variant { .. } => namespace_api!(@change $kind), )*
+                }
+            }
+
+            /// The answer of this call done before, from its recorded
+            /// outcome.
+            pub fn done_answer(&self, outcome: &super::Outcome) -> Result<Answer, MetaError> {
+                match self {
+                    $( Call::$Variant { .. } => Ok(Answer::$Variant(outcome.decode::<$ret>()?)), )*
+                }
+            }
+
             /// The method's name, for logs.
             pub fn name(&self) -> &'static str {
                 match self {
@@ -131,16 +149,20 @@ macro_rules! namespace_api {
     (@own $arg:ident) => { $arg };
     (@own $arg:ident, $wty:ty) => { $arg.to_owned() };
     (@idempotent read) => { true };
-    (@idempotent write) => { false };
+    (@idempotent change) => { false };
+    (@idempotent once) => { false };
+    (@change read) => { false };
+    (@change change) => { true };
+    (@change once) => { false };
 }
 
 namespace_api! {
     /// Renews this client's lease.
     read Heartbeat = fn heartbeat() -> ();
     /// Ends this client: closes its sessions (returning what that deleted).
-    write CloseClient = fn close_client() -> Vec<Reclaim>;
+    once CloseClient = fn close_client() -> Vec<Reclaim>;
     /// Closes the sessions of clients whose lease expired.
-    write ReapExpired = fn reap_expired() -> Vec<Reclaim>;
+    once ReapExpired = fn reap_expired() -> Vec<Reclaim>;
     /// The entry `name` in `parent`: its inode number and record.
     read Lookup = fn lookup(caller: &Caller => Caller, parent: u64, name: &[u8] => Vec<u8>) -> (u64, InodeRec);
     /// An inode's record.
@@ -148,40 +170,172 @@ namespace_api! {
     /// `access(2)`: whether `caller` may `mask` (R/W/X bits) the inode.
     read Access = fn access(caller: &Caller => Caller, ino: u64, mask: u32) -> ();
     /// Changes attributes: the new record and, if the size changed, the old size.
-    write Setattr = fn setattr(caller: &Caller => Caller, ino: u64, set: &SetAttr => SetAttr) -> (InodeRec, Option<u64>);
+    change Setattr = fn setattr(caller: &Caller => Caller, ino: u64, set: &SetAttr => SetAttr) -> (InodeRec, Option<u64>);
     /// Creates an inode of any type (`mode`'s `S_IFMT`) named `name` in
     /// `parent`; with `open`, also opens it (a regular file) for writing.
-    write Mknod = fn mknod(caller: &Caller => Caller, parent: u64, name: &[u8] => Vec<u8>, mode: u32, rdev: u32, target: &[u8] => Vec<u8>, open: bool) -> (u64, InodeRec, Option<u64>);
+    change Mknod = fn mknod(caller: &Caller => Caller, parent: u64, name: &[u8] => Vec<u8>, mode: u32, rdev: u32, target: &[u8] => Vec<u8>, open: bool) -> (u64, InodeRec, Option<u64>);
     /// A symlink's target.
     read Readlink = fn readlink(ino: u64) -> Vec<u8>;
     /// A new entry `newname` in `newparent` for the inode.
-    write Link = fn link(caller: &Caller => Caller, ino: u64, newparent: u64, newname: &[u8] => Vec<u8>) -> InodeRec;
+    change Link = fn link(caller: &Caller => Caller, ino: u64, newparent: u64, newname: &[u8] => Vec<u8>) -> InodeRec;
     /// Removes a non-directory entry; returns the inode if that deleted it.
-    write Unlink = fn unlink(caller: &Caller => Caller, parent: u64, name: &[u8] => Vec<u8>) -> Option<Reclaim>;
+    change Unlink = fn unlink(caller: &Caller => Caller, parent: u64, name: &[u8] => Vec<u8>) -> Option<Reclaim>;
     /// Removes an empty directory.
-    write Rmdir = fn rmdir(caller: &Caller => Caller, parent: u64, name: &[u8] => Vec<u8>) -> ();
+    change Rmdir = fn rmdir(caller: &Caller => Caller, parent: u64, name: &[u8] => Vec<u8>) -> ();
     /// `renameat2(2)` with `flags` ([`super::rename_flags`]).
-    write Rename = fn rename(caller: &Caller => Caller, olddir: u64, oldname: &[u8] => Vec<u8>, newdir: u64, newname: &[u8] => Vec<u8>, flags: u32) -> Option<Reclaim>;
+    change Rename = fn rename(caller: &Caller => Caller, olddir: u64, oldname: &[u8] => Vec<u8>, newdir: u64, newname: &[u8] => Vec<u8>, flags: u32) -> Option<Reclaim>;
     /// Opens a file: a session of this client, and the record.
-    write Open = fn open(caller: &Caller => Caller, ino: u64, read: bool, write: bool) -> (InodeRec, u64);
+    change Open = fn open(caller: &Caller => Caller, ino: u64, read: bool, write: bool) -> (InodeRec, u64);
     /// Ends a session; returns the inode if that deleted it.
-    write Release = fn release(ino: u64, handle: u64) -> Option<Reclaim>;
+    change Release = fn release(ino: u64, handle: u64) -> Option<Reclaim>;
     /// Data was written up to `end` through this client's session
     /// `handle`: grows the size, updates mtime.
-    write NoteWrite = fn note_write(ino: u64, handle: u64, end: u64) -> InodeRec;
+    change NoteWrite = fn note_write(ino: u64, handle: u64, end: u64) -> InodeRec;
     /// Whether `caller` may list the directory.
     read Opendir = fn opendir(caller: &Caller => Caller, ino: u64) -> ();
     /// Up to `limit` entries after cookie `after` (a service may return
     /// fewer to fit its frames; an empty answer is the end).
     read Readdir = fn readdir(ino: u64, after: u64, limit: usize) -> Vec<DirItem>;
     /// Sets an extended attribute ([`super::xattr_flags`]).
-    write Setxattr = fn setxattr(caller: &Caller => Caller, ino: u64, name: &[u8] => Vec<u8>, value: &[u8] => Vec<u8>, flags: u32) -> ();
+    change Setxattr = fn setxattr(caller: &Caller => Caller, ino: u64, name: &[u8] => Vec<u8>, value: &[u8] => Vec<u8>, flags: u32) -> ();
     /// An extended attribute's value.
     read Getxattr = fn getxattr(ino: u64, name: &[u8] => Vec<u8>) -> Vec<u8>;
     /// The names of the inode's extended attributes.
     read Listxattr = fn listxattr(ino: u64) -> Vec<Vec<u8>>;
     /// Removes an extended attribute.
-    write Removexattr = fn removexattr(caller: &Caller => Caller, ino: u64, name: &[u8] => Vec<u8>) -> ();
+    change Removexattr = fn removexattr(caller: &Caller => Caller, ino: u64, name: &[u8] => Vec<u8>) -> ();
     /// Inodes and bytes in use.
     read Usage = fn usage() -> Usage;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::meta::mem::MemEngine;
+    use crate::meta::{SetAttr, SystemClock};
+
+    /// Every change, run twice with one number: the second time answers
+    /// what the first did, from the record, and changes nothing.
+    #[test]
+    fn every_change_runs_once_per_number() {
+        let engine: Arc<dyn crate::meta::kv::KvEngine> = Arc::new(MemEngine::new());
+        let meta = Meta::connect(engine.clone(), Default::default(), Arc::new(SystemClock)).unwrap();
+        let root = Caller::ROOT;
+        let name = |n: &str| n.as_bytes().to_vec();
+        let mut seq = 0;
+        let mut twice = |call: Call| -> Answer {
+            seq += 1;
+            let first = meta.exactly_once(seq, 0..0, |m| call.clone().run(m)).unwrap();
+            let again = match meta.exactly_once(seq, 0..0, |m| call.clone().run(m)) {
+                Err(MetaError::Done(outcome)) => call.done_answer(&outcome).unwrap(),
+                other => panic!("{} ran twice: {other:?}", call.name()),
+            };
+            assert_eq!(first, again, "{}", call.name());
+            first
+        };
+        let mknod = |n: &str, mode: u32, open: bool| Call::Mknod {
+            caller: root.clone(),
+            parent: 1,
+            name: name(n),
+            mode,
+            rdev: 0,
+            target: Vec::new(),
+            open,
+        };
+        let Answer::Mknod((f, _, Some(h))) = twice(mknod("f", libc::S_IFREG | 0o644, true)) else {
+            panic!("mknod")
+        };
+        twice(mknod("d", libc::S_IFDIR | 0o755, false));
+        twice(Call::Setattr {
+            caller: root.clone(),
+            ino: f,
+            set: SetAttr {
+                size: Some(5),
+                ..SetAttr::default()
+            },
+        });
+        twice(Call::NoteWrite {
+            ino: f,
+            handle: h,
+            end: 10,
+        });
+        twice(Call::Link {
+            caller: root.clone(),
+            ino: f,
+            newparent: 1,
+            newname: name("g"),
+        });
+        twice(Call::Rename {
+            caller: root.clone(),
+            olddir: 1,
+            oldname: name("g"),
+            newdir: 1,
+            newname: name("h"),
+            flags: 0,
+        });
+        twice(Call::Unlink {
+            caller: root.clone(),
+            parent: 1,
+            name: name("h"),
+        });
+        twice(Call::Setxattr {
+            caller: root.clone(),
+            ino: f,
+            name: name("user.a"),
+            value: name("v"),
+            flags: 0,
+        });
+        twice(Call::Removexattr {
+            caller: root.clone(),
+            ino: f,
+            name: name("user.a"),
+        });
+        let Answer::Open((_, h2)) = twice(Call::Open {
+            caller: root.clone(),
+            ino: f,
+            read: true,
+            write: false,
+        }) else {
+            panic!("open")
+        };
+        twice(Call::Release { ino: f, handle: h2 });
+        twice(Call::Rmdir {
+            caller: root.clone(),
+            parent: 1,
+            name: name("d"),
+        });
+        let call = mknod("x", libc::S_IFREG | 0o644, false);
+        assert!(call.is_change() && !call.idempotent());
+        // Nothing ran twice: one file of 10 bytes with one link, one
+        // session (the mknod's), and the namespace is sound.
+        let rec = meta.getattr(f).unwrap();
+        assert_eq!((rec.size, rec.nlink), (10, 1));
+        assert!(crate::meta::check::check_namespace(engine.as_ref())
+            .unwrap()
+            .is_empty());
+        // Outcomes go with the client.
+        meta.close_client().unwrap();
+        let prefix = crate::meta::schema::done_prefix(meta.client_id());
+        let left = engine
+            .scan(&prefix, &crate::meta::schema::prefix_end(&prefix), 10)
+            .unwrap();
+        assert!(left.is_empty(), "{} outcomes left", left.len());
+    }
+
+    /// A failed change records nothing: sent again, it runs again.
+    #[test]
+    fn a_failed_change_is_not_recorded() {
+        let engine: Arc<dyn crate::meta::kv::KvEngine> = Arc::new(MemEngine::new());
+        let meta = Meta::connect(engine, Default::default(), Arc::new(SystemClock)).unwrap();
+        let unlink = |m: &Meta| m.unlink(&Caller::ROOT, 1, b"nothing");
+        assert_eq!(
+            meta.exactly_once(1, 0..0, unlink),
+            Err(MetaError::Errno(libc::ENOENT))
+        );
+        meta.mknod(&Caller::ROOT, 1, b"nothing", libc::S_IFREG | 0o644, 0, &[], false)
+            .unwrap();
+        assert!(meta.exactly_once(1, 0..0, unlink).is_ok());
+    }
 }

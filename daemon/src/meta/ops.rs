@@ -54,6 +54,34 @@ pub enum MetaError {
     /// The namespace breaks an invariant (an entry naming a missing inode).
     #[error("namespace corrupt: {0}")]
     Corrupt(String),
+    /// The change was done before ([`Meta::exactly_once`]): its recorded
+    /// outcome.
+    #[error("change already done")]
+    Done(Outcome),
+}
+
+/// The recorded outcome of a numbered change: the type it has (so a
+/// mismatch is caught, not misread) and its postcard encoding.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Outcome {
+    /// `std::any::type_name` of the value.
+    pub type_name: String,
+    /// The value, encoded.
+    pub bytes: Vec<u8>,
+}
+
+impl Outcome {
+    /// The value, if it is a `T`.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, MetaError> {
+        if self.type_name != std::any::type_name::<T>() {
+            return Err(MetaError::Corrupt(format!(
+                "a recorded outcome of type {} read as {}",
+                self.type_name,
+                std::any::type_name::<T>()
+            )));
+        }
+        postcard::from_bytes(&self.bytes).map_err(|e| MetaError::Corrupt(format!("a recorded outcome: {e}")))
+    }
 }
 
 impl MetaError {
@@ -65,6 +93,8 @@ impl MetaError {
             MetaError::Kv(KvError::Conflict) => libc::EAGAIN,
             MetaError::Kv(KvError::Unavailable(_)) => libc::EIO,
             MetaError::Kv(KvError::Failed(_)) | MetaError::Schema(_) | MetaError::Corrupt(_) => libc::EIO,
+            // Answered by the caller of exactly_once; never a caller's errno.
+            MetaError::Done(_) => libc::EIO,
         }
     }
 }
@@ -140,6 +170,18 @@ impl Caller {
     pub fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)
     }
+}
+
+/// The numbered change this thread is running ([`Meta::exactly_once`]).
+#[derive(Debug, Clone, Copy)]
+struct Change {
+    seq: u64,
+    prune_from: u64,
+    prune_to: u64,
+}
+
+thread_local! {
+    static CHANGE: std::cell::Cell<Option<Change>> = const { std::cell::Cell::new(None) };
 }
 
 /// Most extended attributes one inode may have; one more is `ENOSPC`.
@@ -652,8 +694,77 @@ impl Meta {
         &self.engine
     }
 
-    fn txn<T>(&self, body: impl FnMut(&mut Txn<'_>) -> Result<T, MetaError>) -> Result<T, MetaError> {
-        retry(self.engine.as_ref(), &self.config.retry, body)
+    /// Runs `body` as one transaction (retried on conflicts). Inside
+    /// [`Meta::exactly_once`], the first transaction that writes also
+    /// records its value as the change's outcome, and every transaction
+    /// first looks for that record: found, the change was done before and
+    /// `MetaError::Done` returns its outcome instead.
+    fn txn<T: serde::Serialize>(
+        &self,
+        mut body: impl FnMut(&mut Txn<'_>) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        let Some(change) = CHANGE.with(|c| c.get()) else {
+            return retry(self.engine.as_ref(), &self.config.retry, body);
+        };
+        let key = schema::done_key(self.client, change.seq);
+        let mut wrote = false;
+        let result = retry(self.engine.as_ref(), &self.config.retry, |txn| {
+            if let Some(bytes) = txn.get(&key)? {
+                let outcome = postcard::from_bytes(&bytes)
+                    .map_err(|e| MetaError::Corrupt(format!("outcome record: {e}")))?;
+                return Err(MetaError::Done(outcome));
+            }
+            let value = body(txn)?;
+            wrote = txn.has_writes();
+            if wrote {
+                let outcome = Outcome {
+                    type_name: std::any::type_name::<T>().to_string(),
+                    bytes: postcard::to_allocvec(&value).map_err(|e| MetaError::Corrupt(e.to_string()))?,
+                };
+                txn.put(
+                    key.clone(),
+                    postcard::to_allocvec(&outcome).map_err(|e| MetaError::Corrupt(e.to_string()))?,
+                );
+                // Outcomes the client no longer needs go with it.
+                for seq in change.prune_from..change.prune_to {
+                    txn.delete(schema::done_key(self.client, seq));
+                }
+            }
+            Ok(value)
+        });
+        if result.is_ok() && wrote {
+            // One transaction per change is recorded: later ones of the
+            // same operation (none today) run as usual.
+            CHANGE.with(|c| c.set(None));
+        }
+        result
+    }
+
+    /// Runs `change`, this client's change number `seq`, so that it takes
+    /// effect once however often it is sent: the transaction that makes it
+    /// records its outcome under (client, seq) too, and a change already
+    /// done answers `MetaError::Done` with that outcome, without running
+    /// again. A change that fails changes nothing and records nothing, so
+    /// running it again is like running it for the first time. Outcomes of
+    /// the changes numbered `prune` are deleted in the same transaction
+    /// (the client will not send them again); the rest go when the client
+    /// ends or is reaped.
+    pub fn exactly_once<T>(
+        &self,
+        seq: u64,
+        prune: std::ops::Range<u64>,
+        change: impl FnOnce(&Self) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        CHANGE.with(|c| {
+            c.set(Some(Change {
+                seq,
+                prune_from: prune.start,
+                prune_to: prune.end,
+            }))
+        });
+        let result = change(self);
+        CHANGE.with(|c| c.set(None));
+        result
     }
 
     fn lease_deadline_ms(&self) -> u64 {
@@ -716,6 +827,21 @@ impl Meta {
                 reclaimed.extend(self.close_session(client, ino, handle)?);
             }
         }
+        // The outcomes of its changes: nobody will send them again.
+        let prefix = schema::done_prefix(client);
+        let end = schema::prefix_end(&prefix);
+        loop {
+            let done = self.engine.scan(&prefix, &end, 1024)?;
+            if done.is_empty() {
+                break;
+            }
+            retry(self.engine.as_ref(), &self.config.retry, |txn| {
+                for p in &done {
+                    txn.delete(p.key.clone());
+                }
+                Ok::<(), MetaError>(())
+            })?;
+        }
         self.txn(|txn| {
             txn.delete(schema::client_key(client));
             Ok(())
@@ -726,14 +852,15 @@ impl Meta {
     fn alloc_ino(&self) -> Result<u64, MetaError> {
         let mut pool = self.ino_pool.lock().unwrap_or_else(|e| e.into_inner());
         if pool.0 >= pool.1 {
-            let start = self.txn(|txn| {
+            // Not part of any change's record: retry() directly.
+            let start = retry(self.engine.as_ref(), &self.config.retry, |txn| {
                 let key = vec![tag::ALLOC];
                 let next = match txn.get(&key)? {
                     Some(b) => schema::decode_u64(&b, "inode allocator")?,
                     None => ROOT_INO + 1,
                 };
                 txn.put(key, schema::encode_u64(next + INO_BATCH));
-                Ok(next)
+                Ok::<u64, MetaError>(next)
             })?;
             *pool = (start, start + INO_BATCH);
         }
@@ -925,7 +1052,7 @@ impl Meta {
         let now = self.clock.now();
         let chunk_size = self.config.chunk_size_bytes;
         let client = self.client;
-        let rec = self.txn(|txn| {
+        self.txn(|txn| {
             let mut staged = Staged::default();
             let dir = staged.load_dir(txn, parent)?;
             may(caller, dir, access::W | access::X)?;
@@ -978,9 +1105,8 @@ impl Meta {
                 txn.put(schema::client_open_key(client, ino, handle), Vec::new());
             }
             staged.flush(txn);
-            Ok(rec)
-        })?;
-        Ok((ino, rec, handle))
+            Ok((ino, rec, handle))
+        })
     }
 
     /// Creates directory `name` in `parent`.

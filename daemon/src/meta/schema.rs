@@ -37,6 +37,8 @@ pub mod tag {
     pub const OPEN: u8 = b'O';
     /// `P`: open-file sessions by client (to reap a dead client's).
     pub const CLIENT_OPEN: u8 = b'P';
+    /// `R`: the outcomes of a client's numbered changes (exactly-once).
+    pub const DONE: u8 = b'R';
     /// `X`: extended attributes.
     pub const XATTR: u8 = b'X';
 }
@@ -165,6 +167,21 @@ pub fn parse_client_key(key: &[u8]) -> Result<u64, SchemaError> {
         return Err(SchemaError::new("client key", key.len()));
     }
     Ok(be_u64(&key[1..9]))
+}
+
+/// `R client seq`: the outcome of change `seq` of `client`.
+pub fn done_key(client: u64, seq: u64) -> Vec<u8> {
+    let mut key = vec![tag::DONE];
+    key.extend_from_slice(&client.to_be_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `R client`: every outcome of `client`.
+pub fn done_prefix(client: u64) -> Vec<u8> {
+    let mut key = vec![tag::DONE];
+    key.extend_from_slice(&client.to_be_bytes());
+    key
 }
 
 /// `G ino`.

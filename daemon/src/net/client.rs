@@ -2,14 +2,17 @@
 //! multiplexed, authenticated connection shared by every thread, moved to
 //! the next service address when it fails.
 //!
-//! Retries: a call that never left is sent again (after reconnecting and
-//! resuming the session, with backoff, up to [`ATTEMPTS_MAX`] times). A
-//! call whose reply was lost is sent again only if it is a read
-//! ([`Call::idempotent`]); a lost change fails with EIO, because running it
-//! twice could answer EEXIST for a create that succeeded.
+//! Retries: a call that never left, or whose reply was lost, is sent again
+//! (after reconnecting and resuming the session, with backoff, up to
+//! [`ATTEMPTS_MAX`] times). Reads are harmless to repeat. Changes are
+//! numbered, and the service runs each number once, answering a repeat
+//! with the first run's outcome, so a create whose reply was lost answers
+//! success, not EEXIST. Only ending the client (`close_client`), which is
+//! not one transaction, fails with EIO when its reply is lost.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -32,6 +35,10 @@ pub struct RemoteMeta {
     next_addr: AtomicUsize,
     client: u64,
     token: [u8; TOKEN_LEN],
+    /// The next change's number.
+    next_seq: AtomicU64,
+    /// Numbers of changes not yet answered (the lowest is the floor).
+    unanswered: Mutex<BTreeSet<u64>>,
 }
 
 impl std::fmt::Debug for RemoteMeta {
@@ -77,6 +84,8 @@ impl RemoteMeta {
             next_addr: AtomicUsize::new(0),
             client: 0,
             token: [0; TOKEN_LEN],
+            next_seq: AtomicU64::new(1),
+            unanswered: Mutex::new(BTreeSet::new()),
         };
         match remote.request(&MetaRequest::Hello, false)? {
             MetaReply::Session { client, token } => {
@@ -168,9 +177,22 @@ impl RemoteMeta {
 
     /// Sends one namespace call in this client's session.
     pub fn invoke(&self, call: Call) -> Result<Answer, MetaError> {
-        let idempotent = call.idempotent();
         let name = call.name();
-        match self.request(&MetaRequest::Call(call), idempotent)? {
+        let reply = if call.is_change() {
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            let floor = {
+                let mut unanswered = lock(&self.unanswered);
+                unanswered.insert(seq);
+                *unanswered.first().expect("inserted above")
+            };
+            let reply = self.request(&MetaRequest::Change { seq, floor, call }, true);
+            lock(&self.unanswered).remove(&seq);
+            reply?
+        } else {
+            let idempotent = call.idempotent();
+            self.request(&MetaRequest::Call(call), idempotent)?
+        };
+        match reply {
             MetaReply::Answer(answer) => Ok(answer),
             other => Err(MetaError::Corrupt(format!("{name} answered with {other:?}"))),
         }

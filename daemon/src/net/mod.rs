@@ -35,8 +35,20 @@ pub enum MetaRequest {
         /// Its token.
         token: [u8; TOKEN_LEN],
     },
-    /// A namespace call in this connection's session.
+    /// A namespace call in this connection's session that changes
+    /// nothing (`Call::is_change` false).
     Call(Call),
+    /// A change, numbered by the client, run exactly once however often it
+    /// is sent ([`crate::meta::Meta::exactly_once`]).
+    Change {
+        /// The client's number for it (the same when sent again).
+        seq: u64,
+        /// Every change numbered below this has been answered: their
+        /// outcomes may go.
+        floor: u64,
+        /// The change.
+        call: Call,
+    },
 }
 
 /// A reply of the metadata service.

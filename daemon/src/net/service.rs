@@ -95,7 +95,13 @@ impl std::fmt::Debug for MetaService {
 #[derive(Debug, Default)]
 pub struct Session {
     bound: Mutex<Option<Bound>>,
+    /// Outcomes below this number have been deleted (on this connection).
+    pruned_to: Mutex<u64>,
 }
+
+/// Most outcomes one change deletes (the rest go with later changes, or
+/// with the client).
+const PRUNE_MAX: u64 = 64;
 
 #[derive(Debug, Clone)]
 struct Bound {
@@ -223,7 +229,37 @@ impl MetaService {
                 tracing::debug!("{}: client {client} resumed", peer.addr);
                 Ok(MetaReply::Resumed)
             }
+            MetaRequest::Change { seq, floor, call } => {
+                if !call.is_change() || seq < floor {
+                    return Err(MetaError::Errno(libc::EINVAL));
+                }
+                let bound = self.session(session)?;
+                let prune = {
+                    let pruned_to = *lock(&session.pruned_to);
+                    let from = pruned_to.max(floor.saturating_sub(PRUNE_MAX));
+                    from..floor.min(from + PRUNE_MAX).max(from)
+                };
+                let answer = match bound
+                    .meta
+                    .exactly_once(seq, prune.clone(), |m| call.clone().run(m))
+                {
+                    Ok(answer) => answer,
+                    Err(MetaError::Done(outcome)) => {
+                        tracing::debug!("{}: change {seq} ({}) was done before", peer.addr, call.name());
+                        call.done_answer(&outcome)?
+                    }
+                    Err(e) => return Err(e),
+                };
+                let mut pruned_to = lock(&session.pruned_to);
+                *pruned_to = (*pruned_to).max(prune.end);
+                Ok(MetaReply::Answer(answer))
+            }
             MetaRequest::Call(call) => {
+                if call.is_change() {
+                    // Changes are numbered: unnumbered, a lost reply could
+                    // not be told from a change not done.
+                    return Err(MetaError::Errno(libc::EINVAL));
+                }
                 let bound = self.session(session)?;
                 let closing = matches!(call, Call::CloseClient {});
                 let limit = match &call {
