@@ -838,3 +838,205 @@ fn a_client_that_stops_renewing_its_lease_is_reaped() {
         "it may register again"
     );
 }
+
+/// A TCP proxy between mounts and the service that breaks connections:
+/// each connection is cut after a random number of bytes in one direction
+/// (mostly replies, so changes done lose their answers), some forward each
+/// chunk late, and some send a chunk twice (which TLS detects: the
+/// connection drops). The choices come from the seed, one stream per
+/// connection, so a failing seed replays the same faults
+/// (`XFUSE_FAULT_SEED=N`).
+struct FaultProxy {
+    addr: String,
+    cuts: Arc<std::sync::atomic::AtomicUsize>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+impl FaultProxy {
+    fn start(target: String, seed: u64) -> FaultProxy {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (c, n) = (cuts.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for (i, down) in listener.incoming().enumerate() {
+                let Ok(down) = down else { continue };
+                let Ok(up) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                // Small writes go at once, as from the endpoints themselves.
+                let _ = (down.set_nodelay(true), up.set_nodelay(true));
+                n.fetch_add(1, Ordering::Relaxed);
+                let mut rng = Rng((seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
+                // Past the handshake (under 4 KB each way), then within a few
+                // dozen calls; in replies three times out of four (a reply
+                // cut short is a change done whose outcome was lost).
+                let cut_replies = rng.below(4) != 0;
+                let cut_after = 4_000 + rng.below(12_000) as usize;
+                let late = rng.below(4) == 0;
+                let duplicate_at = (rng.below(8) == 0).then(|| rng.below(12_000) as usize);
+                for (from, to, replies) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap(), false),
+                    (up, down, true),
+                ] {
+                    let cuts = c.clone();
+                    let cut_after = (replies == cut_replies).then_some(cut_after);
+                    std::thread::spawn(move || {
+                        let sent = AtomicUsize::new(0);
+                        let mut buf = [0u8; 4096];
+                        let (mut from, mut to) = (from, to);
+                        loop {
+                            let n = match std::io::Read::read(&mut from, &mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if late {
+                                std::thread::sleep(Duration::from_millis(1));
+                            }
+                            let before = sent.fetch_add(n, Ordering::Relaxed);
+                            if let Some(cut_after) = cut_after.filter(|c| before + n >= *c) {
+                                // Part of the chunk, then the cut.
+                                let part = cut_after.saturating_sub(before).min(n);
+                                let _ = std::io::Write::write_all(&mut to, &buf[..part]);
+                                cuts.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                            if std::io::Write::write_all(&mut to, &buf[..n]).is_err() {
+                                break;
+                            }
+                            if duplicate_at.is_some_and(|d| before < d && d <= before + n) {
+                                let _ = std::io::Write::write_all(&mut to, &buf[..n]);
+                            }
+                        }
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        FaultProxy {
+            addr,
+            cuts,
+            connections,
+        }
+    }
+}
+
+/// Each thread's own names, so every outcome is known: a change applied
+/// twice shows as an error (EEXIST, ENOENT), a lost one as a missing name.
+fn churn_own_names(mnt: PathBuf, thread: usize, rounds: usize) -> Result<(), String> {
+    let dir = mnt.join("shared");
+    for i in 0..rounds {
+        let base = dir.join(format!("t{thread}-{i}"));
+        let renamed = dir.join(format!("t{thread}-{i}.r"));
+        let linked = dir.join(format!("t{thread}-{i}.l"));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&base)
+            .map_err(|e| format!("create {}: {e}", base.display()))?;
+        std::fs::rename(&base, &renamed).map_err(|e| format!("rename {}: {e}", base.display()))?;
+        std::fs::hard_link(&renamed, &linked).map_err(|e| format!("link {}: {e}", renamed.display()))?;
+        std::fs::remove_file(&linked).map_err(|e| format!("unlink {}: {e}", linked.display()))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn changes_through_a_faulty_network_apply_exactly_once() {
+    let seed = std::env::var("XFUSE_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("fault seed {seed} (replay with XFUSE_FAULT_SEED={seed})");
+    let service = Service::start();
+    let proxy = FaultProxy::start(service.addr.clone(), seed);
+    let args = [
+        "--meta".to_string(),
+        format!("tcp://{}", proxy.addr),
+        "--credential".into(),
+        service.credential.display().to_string(),
+        "--negative-timeout-ms".into(),
+        "0".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = Mount::start_meta(&args);
+    let second = Mount::start_meta(&args);
+    common::wait_for(
+        "the shared directory",
+        Duration::from_secs(60),
+        || match std::fs::create_dir(first.mnt().join("shared")) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+    const ROUNDS: usize = 60;
+    let mounts = [first.mnt().to_path_buf(), second.mnt().to_path_buf()];
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let mnt = mounts[t % 2].clone();
+            std::thread::spawn(move || churn_own_names(mnt, t, ROUNDS))
+        })
+        .collect();
+    let failures: Vec<String> = threads
+        .into_iter()
+        .filter_map(|t| t.join().unwrap().err())
+        .collect();
+    let cuts = proxy.cuts.load(std::sync::atomic::Ordering::Relaxed);
+    let connections = proxy.connections.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("seed {seed}: {connections} connections, {cuts} cut");
+    assert!(
+        failures.is_empty(),
+        "seed {seed}: {failures:?}\nfirst mount:\n{}\nsecond mount:\n{}",
+        first.daemon_log(),
+        second.daemon_log()
+    );
+    assert!(
+        cuts >= 2,
+        "seed {seed}: the proxy cut {cuts} connections: the test tested nothing"
+    );
+    // Exactly the renamed names, each with one link.
+    let mut names: Vec<String> = std::fs::read_dir(first.mnt().join("shared"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut expected: Vec<String> = (0..8)
+        .flat_map(|t| (0..ROUNDS).map(move |i| format!("t{t}-{i}.r")))
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected, "seed {seed}");
+    assert!(first.stop().success());
+    assert!(second.stop().success());
+    let store = service.stop();
+    let engine = EmbeddedEngine::open(&store, Durability::default()).expect("reopening the store");
+    let problems = check_namespace(&engine).unwrap();
+    assert!(
+        problems.is_empty(),
+        "seed {seed}: namespace inconsistent:\n{}",
+        problems.join("\n")
+    );
+}

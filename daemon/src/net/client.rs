@@ -87,7 +87,10 @@ impl RemoteMeta {
             next_seq: AtomicU64::new(1),
             unanswered: Mutex::new(BTreeSet::new()),
         };
-        match remote.request(&MetaRequest::Hello, false)? {
+        // A Hello whose reply was lost registered a client nobody will
+        // use: its lease runs out and it is reaped. Sending it again is
+        // harmless.
+        match remote.request(&MetaRequest::Hello, true)? {
             MetaReply::Session { client, token } => {
                 remote.client = client;
                 remote.token = token;
