@@ -661,6 +661,10 @@ fn floods_of_idle_connections_do_not_lock_out_mounts() {
     );
     drop(idle);
     assert!(service.log_text().contains("dropped before authenticating"));
+    // At most 64 handshakes wait at a time, so the flood holds little.
+    let peak = peak_rss_kib(service.child.as_ref().unwrap().id());
+    eprintln!("service peak RSS during the flood: {peak} KiB");
+    assert!(peak < 256 * 1024, "the service peaked at {peak} KiB");
 }
 
 /// Random create/rename/link/unlink on `mnt` for a while.

@@ -263,3 +263,22 @@ impl Drop for Conn {
         self.stream.shutdown();
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use std::time::{Duration, Instant};
+
+    /// Polls `check` until it holds or `timeout` passes.
+    pub(crate) fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if check() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

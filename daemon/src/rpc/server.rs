@@ -2,6 +2,13 @@
 //! frames, run requests (many at once per connection), write replies, all
 //! within bounds.
 //!
+//! Threads of a connection take turns reading (leader/followers): the
+//! reader of a request passes the reading on to a waiting thread of the
+//! connection (starting one if none waits and the bound allows) and runs
+//! the request itself. So a request never waits for another one to be
+//! read or run, and a lone caller's request is run by the thread that read
+//! it, with no hand-off on the way.
+//!
 //! | bound | value | when exceeded |
 //! |---|---|---|
 //! | handshakes pending | [`Limits::handshakes`] | the oldest pending one is dropped |
@@ -12,7 +19,7 @@
 //! | idle between frames | [`Limits::idle_timeout`] | the connection is closed |
 //! | writing one reply | [`Limits::write_timeout`] | the connection is dropped |
 //! | frame size | [`super::frame`] | the connection is dropped |
-//! | requests running at once, all connections | [`Limits::workers`] | reading stops until one ends |
+//! | threads of all connections | [`Limits::workers`] | a connection reads again when one of its requests ends |
 //!
 //! Each is logged with the peer's address.
 
@@ -20,7 +27,6 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -51,7 +57,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Time to write one reply.
     pub write_timeout: Duration,
-    /// Threads running requests of all connections.
+    /// Threads of all connections together (each connection has at least
+    /// one).
     pub workers: usize,
 }
 
@@ -66,7 +73,7 @@ impl Default for Limits {
             frame_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             write_timeout: Duration::from_secs(30),
-            workers: 32,
+            workers: 256,
         }
     }
 }
@@ -106,8 +113,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
 /// Counts of what the server has seen, for reports and tests.
 #[derive(Debug, Default)]
 pub struct ServerStats {
@@ -129,8 +134,8 @@ pub struct Server<H: Handler> {
     pending: Mutex<VecDeque<(u64, TcpStream)>>,
     next_pending: AtomicU64,
     per_peer: Mutex<HashMap<IpAddr, usize>>,
-    jobs: SyncSender<Job>,
-    jobs_rx: Mutex<Option<Receiver<Job>>>,
+    /// Threads of all connections.
+    threads: AtomicUsize,
     /// What happened so far.
     pub stats: ServerStats,
 }
@@ -149,14 +154,27 @@ struct Connection<H: Handler> {
     stream: Stream,
     peer: Peer,
     state: H::Conn,
+    /// Requests running.
     in_flight: AtomicUsize,
+    /// The reading turn, with the bytes read so far.
+    reading: Mutex<Reading>,
+    /// Threads waiting for the reading turn.
+    waiting: AtomicUsize,
+    /// Set once reading ended: the other threads leave.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct Reading {
+    buf: Vec<u8>,
+    /// When the first byte of the frame being read arrived.
+    frame_started: Option<Instant>,
 }
 
 impl<H: Handler> Server<H> {
     /// A server of `handler`, authenticating with `tls` (`None`: nobody is
     /// authenticated; only for `--insecure-no-auth`).
     pub fn new(handler: Arc<H>, tls: Option<Arc<rustls::ServerConfig>>, limits: Limits) -> Arc<Server<H>> {
-        let (jobs, rx) = sync_channel(limits.workers * 4);
         Arc::new(Server {
             handler,
             tls,
@@ -164,35 +182,13 @@ impl<H: Handler> Server<H> {
             pending: Mutex::new(VecDeque::new()),
             next_pending: AtomicU64::new(0),
             per_peer: Mutex::new(HashMap::new()),
-            jobs,
-            jobs_rx: Mutex::new(Some(rx)),
+            threads: AtomicUsize::new(0),
             stats: ServerStats::default(),
         })
     }
 
-    fn start_workers(&self) -> io::Result<()> {
-        let Some(rx) = lock(&self.jobs_rx).take() else {
-            return Ok(());
-        };
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..self.limits.workers {
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("rpc-worker-{i}"))
-                .spawn(move || loop {
-                    let job = match lock(&rx).recv() {
-                        Ok(job) => job,
-                        Err(_) => return,
-                    };
-                    job();
-                })?;
-        }
-        Ok(())
-    }
-
     /// Accepts connections on `listener` until it fails.
     pub fn serve(self: &Arc<Self>, listener: TcpListener) -> io::Result<()> {
-        self.start_workers()?;
         for sock in listener.incoming() {
             let sock = match sock {
                 Ok(s) => s,
@@ -287,12 +283,15 @@ impl<H: Handler> Server<H> {
                     peer,
                     state,
                     in_flight: AtomicUsize::new(0),
+                    reading: Mutex::new(Reading::default()),
+                    waiting: AtomicUsize::new(0),
+                    closed: std::sync::atomic::AtomicBool::new(false),
                 });
-                if let Err(e) = self.read_loop(&conn) {
-                    tracing::debug!("{addr}: connection ended: {e}");
-                }
-                // Requests still running hold the connection's state until
-                // they end; their replies fail.
+                // This thread is the connection's first: it counts, and
+                // leaves when the connection ends (the others with it).
+                self.threads.fetch_add(1, Ordering::SeqCst);
+                self.serve_connection(&conn);
+                self.threads.fetch_sub(1, Ordering::SeqCst);
                 conn.stream.shutdown();
             }
             Err(why) => {
@@ -340,40 +339,108 @@ impl<H: Handler> Server<H> {
         }
     }
 
-    fn read_loop(self: &Arc<Self>, conn: &Arc<Connection<H>>) -> io::Result<()> {
-        let mut buf = Vec::new();
-        let mut frame_started: Option<Instant> = None;
+    /// One thread of a connection: take the reading turn, read a request,
+    /// pass the turn on, run the request, reply; until the connection ends.
+    fn serve_connection(self: &Arc<Self>, conn: &Arc<Connection<H>>) {
         loop {
-            // Every whole frame in the buffer first.
-            loop {
-                let frame = match frame::take_frame(&mut buf) {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!("{}: {e}; closing the connection", conn.peer.addr);
-                        return Ok(());
-                    }
-                };
-                frame_started = None;
-                if frame.kind != frame::KIND_REQUEST {
-                    tracing::warn!("{}: sent a reply frame; closing the connection", conn.peer.addr);
-                    return Ok(());
+            let frame = {
+                conn.waiting.fetch_add(1, Ordering::SeqCst);
+                let mut reading = lock(&conn.reading);
+                conn.waiting.fetch_sub(1, Ordering::SeqCst);
+                if conn.closed.load(Ordering::SeqCst) {
+                    return;
                 }
-                let more = matches!(frame::frame_len(&buf), Ok(Some(len)) if buf.len() >= 4 + len);
-                self.dispatch(conn, frame, more)?;
+                match self.read_request(conn, &mut reading) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => {
+                        conn.closed.store(true, Ordering::SeqCst);
+                        conn.stream.shutdown();
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!("{}: connection ended: {e}", conn.peer.addr);
+                        conn.closed.store(true, Ordering::SeqCst);
+                        conn.stream.shutdown();
+                        return;
+                    }
+                }
+            };
+            // The turn is free: make sure someone takes it while this
+            // thread runs the request.
+            if conn.waiting.load(Ordering::SeqCst) == 0 {
+                self.add_thread(conn);
             }
-            if !buf.is_empty() && frame_started.is_none() {
-                frame_started = Some(Instant::now());
+            let running = conn.in_flight.fetch_add(1, Ordering::SeqCst);
+            let result = if running >= self.limits.in_flight {
+                tracing::warn!(
+                    "{}: more than {} requests in flight; answering EAGAIN",
+                    conn.peer.addr,
+                    self.limits.in_flight
+                );
+                Err(libc::EAGAIN)
+            } else {
+                self.run(conn, frame.message, frame.bulk)
+            };
+            conn.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if self.reply(conn, frame.id, result).is_err() {
+                conn.closed.store(true, Ordering::SeqCst);
+                return;
             }
-            let deadline = match frame_started {
+        }
+    }
+
+    /// Starts another thread for `conn`, if the bound allows; else the
+    /// connection reads again when one of its requests ends.
+    fn add_thread(self: &Arc<Self>, conn: &Arc<Connection<H>>) {
+        if self.threads.fetch_add(1, Ordering::SeqCst) >= self.limits.workers {
+            self.threads.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let addr = conn.peer.addr;
+        let (server, conn) = (self.clone(), conn.clone());
+        let spawned = std::thread::Builder::new()
+            .name("rpc-conn".into())
+            .spawn(move || {
+                server.serve_connection(&conn);
+                server.threads.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            self.threads.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!("{addr}: cannot start a thread: {e}");
+        }
+    }
+
+    /// Reads until a whole request frame is there; `None` when the
+    /// connection ends (closed, idle, too slow, or broken framing).
+    fn read_request(&self, conn: &Connection<H>, reading: &mut Reading) -> io::Result<Option<Frame>> {
+        loop {
+            match frame::take_frame(&mut reading.buf) {
+                Ok(Some(frame)) => {
+                    reading.frame_started = (!reading.buf.is_empty()).then(Instant::now);
+                    if frame.kind != frame::KIND_REQUEST {
+                        tracing::warn!("{}: sent a reply frame; closing the connection", conn.peer.addr);
+                        return Ok(None);
+                    }
+                    return Ok(Some(frame));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("{}: {e}; closing the connection", conn.peer.addr);
+                    return Ok(None);
+                }
+            }
+            if !reading.buf.is_empty() && reading.frame_started.is_none() {
+                reading.frame_started = Some(Instant::now());
+            }
+            let deadline = match reading.frame_started {
                 Some(start) => start + self.limits.frame_timeout,
                 None => Instant::now() + self.limits.idle_timeout,
             };
-            match conn.stream.read_into(&mut buf, Some(deadline)) {
-                Ok(0) => return Ok(()),
+            match conn.stream.read_into(&mut reading.buf, Some(deadline)) {
+                Ok(0) => return Ok(None),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                    if frame_started.is_some() {
+                    if reading.frame_started.is_some() {
                         tracing::warn!(
                             "{}: a frame took longer than {:?} to arrive; closing the connection",
                             conn.peer.addr,
@@ -386,45 +453,11 @@ impl<H: Handler> Server<H> {
                             self.limits.idle_timeout
                         );
                     }
-                    return Ok(());
+                    return Ok(None);
                 }
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Runs one request: on this thread if nothing else is in flight and
-    /// no other request is waiting (no hand-off for a lone caller), else on
-    /// a worker.
-    fn dispatch(self: &Arc<Self>, conn: &Arc<Connection<H>>, frame: Frame, more: bool) -> io::Result<()> {
-        let running = conn.in_flight.fetch_add(1, Ordering::SeqCst);
-        if running >= self.limits.in_flight {
-            conn.in_flight.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!(
-                "{}: more than {} requests in flight; answering EAGAIN",
-                conn.peer.addr,
-                self.limits.in_flight
-            );
-            return self.reply(conn, frame.id, Err(libc::EAGAIN));
-        }
-        if running == 0 && !more {
-            let result = self.run(conn, frame.message, frame.bulk);
-            conn.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return self.reply(conn, frame.id, result);
-        }
-        let server = self.clone();
-        let conn = conn.clone();
-        let job: Job = Box::new(move || {
-            let result = server.run(&conn, frame.message, frame.bulk);
-            conn.in_flight.fetch_sub(1, Ordering::SeqCst);
-            if let Err(e) = server.reply(&conn, frame.id, result) {
-                tracing::debug!("{}: writing a reply: {e}", conn.peer.addr);
-                conn.stream.shutdown();
-            }
-        });
-        self.jobs
-            .send(job)
-            .map_err(|_| io::Error::other("the worker pool stopped"))
     }
 
     fn run(&self, conn: &Connection<H>, message: Vec<u8>, bulk: Vec<u8>) -> Result<(Vec<u8>, Vec<u8>), i32> {
@@ -465,5 +498,213 @@ impl<H: Handler> Server<H> {
                 );
                 conn.stream.shutdown();
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::rpc::auth::Credential;
+    use crate::rpc::client::{CallError, Conn};
+
+    /// Answers a number with itself; 0 blocks until released.
+    #[derive(Default)]
+    struct Echo {
+        release: AtomicBool,
+    }
+
+    impl Handler for Echo {
+        type Request = u64;
+        type Reply = u64;
+        type Conn = ();
+        fn open(&self, _peer: &Peer) -> Result<(), String> {
+            Ok(())
+        }
+        fn handle(&self, _: &(), _: &Peer, req: u64, bulk: Vec<u8>) -> Result<(u64, Vec<u8>), i32> {
+            if req == 0 {
+                while !self.release.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            Ok((req, bulk))
+        }
+    }
+
+    fn start(limits: Limits, tls: Option<&Credential>) -> (Arc<Server<Echo>>, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Server::new(
+            Arc::new(Echo::default()),
+            tls.map(|c| c.server_config().unwrap()),
+            limits,
+        );
+        let s = server.clone();
+        std::thread::spawn(move || s.serve(listener));
+        (server, addr)
+    }
+
+    fn connect(addr: SocketAddr, tls: Option<&Credential>) -> Conn {
+        let config = tls.map(|c| c.client_config(Role::Mount).unwrap());
+        Conn::connect(&addr, config, Instant::now() + Duration::from_secs(10)).unwrap()
+    }
+
+    fn echo(conn: &Conn, n: u64) -> Result<u64, CallError> {
+        conn.call(&codec::encode(&n), b"bulk", Duration::from_secs(10))
+            .map(|(m, bulk)| {
+                assert_eq!(bulk, b"bulk");
+                codec::decode(&m).unwrap()
+            })
+    }
+
+    /// Waits until `sock` is closed by the server (EOF or reset).
+    fn closed(sock: &mut TcpStream, within: Duration) -> bool {
+        sock.set_read_timeout(Some(within)).unwrap();
+        let mut b = [0u8; 64];
+        loop {
+            match sock.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    #[test]
+    fn many_calls_share_one_tls_connection() {
+        let cred = Credential::generate().unwrap();
+        let (server, addr) = start(Limits::default(), Some(&cred));
+        let conn = Arc::new(connect(addr, Some(&cred)));
+        let threads: Vec<_> = (1..=8u64)
+            .map(|t| {
+                let conn = conn.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let n = t * 1000 + i;
+                        assert_eq!(echo(&conn, n).unwrap(), n);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(server.stats.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(server.stats.requests.load(Ordering::SeqCst), 1600);
+    }
+
+    #[test]
+    fn a_frame_that_arrives_too_slowly_closes_only_its_connection() {
+        let limits = Limits {
+            frame_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let (_server, addr) = start(limits, None);
+        let good = connect(addr, None);
+        let mut slow = TcpStream::connect(addr).unwrap();
+        // A length, then one byte now and then: never a whole frame.
+        slow.write_all(&100u32.to_le_bytes()).unwrap();
+        let started = Instant::now();
+        let mut dropped = false;
+        for _ in 0..20 {
+            if slow.write_all(&[1]).is_err() || closed(&mut slow, Duration::from_millis(100)) {
+                dropped = true;
+                break;
+            }
+            assert_eq!(echo(&good, 7).unwrap(), 7);
+        }
+        assert!(
+            dropped,
+            "a frame trickling for {:?} was waited for",
+            started.elapsed()
+        );
+        assert_eq!(echo(&good, 8).unwrap(), 8);
+    }
+
+    #[test]
+    fn requests_past_the_in_flight_bound_are_answered_eagain() {
+        let limits = Limits {
+            in_flight: 2,
+            ..Limits::default()
+        };
+        let (server, addr) = start(limits, None);
+        let conn = Arc::new(connect(addr, None));
+        // Two that block hold both places; the third is refused at once.
+        let blocked: Vec<_> = (0..2)
+            .map(|_| {
+                let conn = conn.clone();
+                std::thread::spawn(move || echo(&conn, 0))
+            })
+            .collect();
+        let refused = crate::rpc::client::tests_support::wait_until(Duration::from_secs(10), || {
+            matches!(echo(&conn, 5), Err(CallError::Remote(libc::EAGAIN)))
+        });
+        assert!(refused, "a third request ran beside two");
+        server.handler.release.store(true, Ordering::SeqCst);
+        for b in blocked {
+            assert_eq!(b.join().unwrap().unwrap(), 0);
+        }
+        assert_eq!(echo(&conn, 5).unwrap(), 5);
+    }
+
+    #[test]
+    fn connections_past_the_per_address_bound_are_refused() {
+        let limits = Limits {
+            per_peer: 2,
+            ..Limits::default()
+        };
+        let (server, addr) = start(limits, None);
+        let a = connect(addr, None);
+        let b = connect(addr, None);
+        assert_eq!(echo(&a, 1).unwrap(), 1);
+        assert_eq!(echo(&b, 2).unwrap(), 2);
+        let mut third = TcpStream::connect(addr).unwrap();
+        assert!(
+            closed(&mut third, Duration::from_secs(10)),
+            "a third connection was kept"
+        );
+        drop(a);
+        // Its place is free again once the server sees it closed.
+        let again = crate::rpc::client::tests_support::wait_until(Duration::from_secs(10), || {
+            let c = connect(addr, None);
+            echo(&c, 3).is_ok()
+        });
+        assert!(again);
+        assert!(server.stats.refused.load(Ordering::SeqCst) >= 1);
+    }
+
+    #[test]
+    fn pending_handshakes_are_bounded_and_the_oldest_go_first() {
+        let cred = Credential::generate().unwrap();
+        let limits = Limits {
+            handshakes: 4,
+            handshake_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let (_server, addr) = start(limits, Some(&cred));
+        let mut idle: Vec<TcpStream> = (0..12).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        // A real client still gets in, past all of them.
+        let conn = connect(addr, Some(&cred));
+        assert_eq!(echo(&conn, 9).unwrap(), 9);
+        // The oldest idle ones were dropped.
+        assert!(closed(&mut idle[0], Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_peer_that_never_finishes_the_handshake_is_dropped() {
+        let cred = Credential::generate().unwrap();
+        let limits = Limits {
+            handshake_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let (server, addr) = start(limits, Some(&cred));
+        let mut idle = TcpStream::connect(addr).unwrap();
+        assert!(closed(&mut idle, Duration::from_secs(10)));
+        assert!(server.stats.refused.load(Ordering::SeqCst) >= 1);
     }
 }
