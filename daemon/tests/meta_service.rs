@@ -186,6 +186,7 @@ impl Client {
             MetaRequest::Change {
                 seq,
                 floor: seq,
+                resent: false,
                 call,
             }
         } else {
@@ -439,6 +440,7 @@ fn a_change_sent_again_is_answered_not_run_again() {
     let create = |seq: u64| MetaRequest::Change {
         seq,
         floor: seq,
+        resent: true,
         call: Call::Mknod {
             caller: user(0),
             parent: 1,

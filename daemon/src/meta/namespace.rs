@@ -227,8 +227,10 @@ mod tests {
         let mut seq = 0;
         let mut twice = |call: Call| -> Answer {
             seq += 1;
-            let first = meta.exactly_once(seq, 0..0, |m| call.clone().run(m)).unwrap();
-            let again = match meta.exactly_once(seq, 0..0, |m| call.clone().run(m)) {
+            let first = meta
+                .exactly_once(seq, false, 0..0, |m| call.clone().run(m))
+                .unwrap();
+            let again = match meta.exactly_once(seq, true, 0..0, |m| call.clone().run(m)) {
                 Err(MetaError::Done(outcome)) => call.done_answer(&outcome).unwrap(),
                 other => panic!("{} ran twice: {other:?}", call.name()),
             };
@@ -331,11 +333,11 @@ mod tests {
         let meta = Meta::connect(engine, Default::default(), Arc::new(SystemClock)).unwrap();
         let unlink = |m: &Meta| m.unlink(&Caller::ROOT, 1, b"nothing");
         assert_eq!(
-            meta.exactly_once(1, 0..0, unlink),
+            meta.exactly_once(1, false, 0..0, unlink),
             Err(MetaError::Errno(libc::ENOENT))
         );
         meta.mknod(&Caller::ROOT, 1, b"nothing", libc::S_IFREG | 0o644, 0, &[], false)
             .unwrap();
-        assert!(meta.exactly_once(1, 0..0, unlink).is_ok());
+        assert!(meta.exactly_once(1, true, 0..0, unlink).is_ok());
     }
 }

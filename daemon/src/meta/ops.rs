@@ -176,6 +176,9 @@ impl Caller {
 #[derive(Debug, Clone, Copy)]
 struct Change {
     seq: u64,
+    /// Sent before: look for its outcome. (A first sending cannot have
+    /// one: numbers are never reused.)
+    resent: bool,
     prune_from: u64,
     prune_to: u64,
 }
@@ -709,7 +712,9 @@ impl Meta {
         let key = schema::done_key(self.client, change.seq);
         let mut wrote = false;
         let result = retry(self.engine.as_ref(), &self.config.retry, |txn| {
-            if let Some(bytes) = txn.get(&key)? {
+            if !change.resent {
+                // Nothing to look for.
+            } else if let Some(bytes) = txn.get(&key)? {
                 let outcome = postcard::from_bytes(&bytes)
                     .map_err(|e| MetaError::Corrupt(format!("outcome record: {e}")))?;
                 return Err(MetaError::Done(outcome));
@@ -744,7 +749,8 @@ impl Meta {
     /// effect once however often it is sent: the transaction that makes it
     /// records its outcome under (client, seq) too, and a change already
     /// done answers `MetaError::Done` with that outcome, without running
-    /// again. A change that fails changes nothing and records nothing, so
+    /// again. A change the client says it sends for the first time
+    /// (`resent` false) skips that look-up. A change that fails changes nothing and records nothing, so
     /// running it again is like running it for the first time. Outcomes of
     /// the changes numbered `prune` are deleted in the same transaction
     /// (the client will not send them again); the rest go when the client
@@ -752,12 +758,14 @@ impl Meta {
     pub fn exactly_once<T>(
         &self,
         seq: u64,
+        resent: bool,
         prune: std::ops::Range<u64>,
         change: impl FnOnce(&Self) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
         CHANGE.with(|c| {
             c.set(Some(Change {
                 seq,
+                resent,
                 prune_from: prune.start,
                 prune_to: prune.end,
             }))

@@ -1,6 +1,12 @@
-//! [`RemoteMeta`]: a mount's handle on `xfused meta` services: one
-//! multiplexed, authenticated connection shared by every thread, moved to
-//! the next service address when it fails.
+//! [`RemoteMeta`]: a mount's handle on `xfused meta` services: a few
+//! multiplexed, authenticated connections ([`LANES`]) shared by every
+//! thread, each moved to the next service address when it fails.
+//!
+//! A call goes on an idle connection if there is one (opening another, up
+//! to [`LANES`], when all are busy), else on the least busy. The service
+//! runs a request that arrives alone on its connection on the thread that
+//! read it, with no hand-off; so a few calls at once each get that fast
+//! path, and more share connections, many in flight on each.
 //!
 //! Retries: a call that never left, or whose reply was lost, is sent again
 //! (after reconnecting and resuming the session, with backoff, up to
@@ -22,6 +28,8 @@ use crate::meta::{Answer, Call, MetaError};
 use crate::rpc::client::{CallError, Conn};
 use crate::rpc::codec;
 
+/// Connections a client opens at most.
+pub const LANES: usize = 4;
 /// Attempts per call before giving up.
 pub const ATTEMPTS_MAX: u32 = 5;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,7 +39,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct RemoteMeta {
     addrs: Vec<SocketAddr>,
     tls: Option<Arc<rustls::ClientConfig>>,
-    conn: Mutex<Option<Arc<Conn>>>,
+    lanes: Vec<Mutex<Option<Arc<Conn>>>>,
     next_addr: AtomicUsize,
     client: u64,
     token: [u8; TOKEN_LEN],
@@ -80,7 +88,7 @@ impl RemoteMeta {
         let mut remote = RemoteMeta {
             addrs,
             tls,
-            conn: Mutex::new(None),
+            lanes: (0..LANES).map(|_| Mutex::new(None)).collect(),
             next_addr: AtomicUsize::new(0),
             client: 0,
             token: [0; TOKEN_LEN],
@@ -105,14 +113,48 @@ impl RemoteMeta {
         self.client
     }
 
-    /// A live connection with this client's session bound: the current
-    /// one, or a new one (resuming the session on it).
+    /// A live connection with this client's session bound: an idle one,
+    /// a new one if all are busy and a lane is free, else the least busy.
     fn connection(&self) -> Result<Arc<Conn>, CallError> {
-        let mut current = lock(&self.conn);
-        if let Some(c) = current.as_ref().filter(|c| !c.is_dead()) {
+        let mut least: Option<(usize, Arc<Conn>)> = None;
+        let mut free_lane = None;
+        for (i, lane) in self.lanes.iter().enumerate() {
+            // A lane being opened by another thread is skipped.
+            let Ok(slot) = lane.try_lock() else { continue };
+            match slot.as_ref().filter(|c| !c.is_dead()) {
+                Some(c) => {
+                    let busy = c.in_flight();
+                    if busy == 0 {
+                        return Ok(c.clone());
+                    }
+                    if least.as_ref().is_none_or(|(b, _)| busy < *b) {
+                        least = Some((busy, c.clone()));
+                    }
+                }
+                None => {
+                    free_lane.get_or_insert(i);
+                }
+            }
+        }
+        let lane = match (free_lane, least) {
+            (Some(i), _) => i,
+            (None, Some((_, c))) => return Ok(c),
+            // Every lane is being opened right now: wait for the first.
+            (None, None) => 0,
+        };
+        let mut slot = lock(&self.lanes[lane]);
+        if let Some(c) = slot.as_ref().filter(|c| !c.is_dead()) {
             return Ok(c.clone());
         }
-        *current = None;
+        *slot = None;
+        let conn = self.open()?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Opens a connection to the next address that answers, resuming this
+    /// client's session on it.
+    fn open(&self) -> Result<Arc<Conn>, CallError> {
         let mut last = None;
         for _ in 0..self.addrs.len() {
             let i = self.next_addr.fetch_add(1, Ordering::Relaxed) % self.addrs.len();
@@ -132,7 +174,7 @@ impl RemoteMeta {
                 });
                 // Resuming twice is harmless: a lost reply is resent.
                 match conn.call(&resume, &[], REPLY_TIMEOUT) {
-                    Ok(_) => tracing::info!("metadata session {} resumed at {}", self.client, self.addrs[i]),
+                    Ok(_) => tracing::debug!("metadata session {} resumed at {}", self.client, self.addrs[i]),
                     Err(CallError::Remote(errno)) => return Err(CallError::Remote(errno)),
                     Err(CallError::NotSent(e) | CallError::Lost(e)) => {
                         last = Some(e);
@@ -140,7 +182,6 @@ impl RemoteMeta {
                     }
                 }
             }
-            *current = Some(conn.clone());
             return Ok(conn);
         }
         Err(CallError::NotSent(
@@ -149,10 +190,21 @@ impl RemoteMeta {
     }
 
     fn request(&self, req: &MetaRequest, idempotent: bool) -> Result<MetaReply, MetaError> {
-        let message = codec::encode(req);
+        let mut message = codec::encode(req);
         let mut backoff = Duration::from_millis(20);
         let mut attempt = 1;
         loop {
+            if attempt == 2 {
+                // From now on a change may have been done: say so.
+                if let MetaRequest::Change { seq, floor, call, .. } = req {
+                    message = codec::encode(&MetaRequest::Change {
+                        seq: *seq,
+                        floor: *floor,
+                        resent: true,
+                        call: call.clone(),
+                    });
+                }
+            }
             let result = self
                 .connection()
                 .and_then(|conn| conn.call(&message, &[], REPLY_TIMEOUT));
@@ -188,7 +240,13 @@ impl RemoteMeta {
                 unanswered.insert(seq);
                 *unanswered.first().expect("inserted above")
             };
-            let reply = self.request(&MetaRequest::Change { seq, floor, call }, true);
+            let change = MetaRequest::Change {
+                seq,
+                floor,
+                resent: false,
+                call,
+            };
+            let reply = self.request(&change, true);
             lock(&self.unanswered).remove(&seq);
             reply?
         } else {

@@ -46,6 +46,9 @@ pub enum MetaRequest {
         /// Every change numbered below this has been answered: their
         /// outcomes may go.
         floor: u64,
+        /// Sent before (its reply was lost): the service looks for its
+        /// outcome first.
+        resent: bool,
         /// The change.
         call: Call,
     },

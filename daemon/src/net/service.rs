@@ -229,7 +229,12 @@ impl MetaService {
                 tracing::debug!("{}: client {client} resumed", peer.addr);
                 Ok(MetaReply::Resumed)
             }
-            MetaRequest::Change { seq, floor, call } => {
+            MetaRequest::Change {
+                seq,
+                floor,
+                resent,
+                call,
+            } => {
                 if !call.is_change() || seq < floor {
                     return Err(MetaError::Errno(libc::EINVAL));
                 }
@@ -241,7 +246,7 @@ impl MetaService {
                 };
                 let answer = match bound
                     .meta
-                    .exactly_once(seq, prune.clone(), |m| call.clone().run(m))
+                    .exactly_once(seq, resent, prune.clone(), |m| call.clone().run(m))
                 {
                     Ok(answer) => answer,
                     Err(MetaError::Done(outcome)) => {

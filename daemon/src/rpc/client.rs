@@ -107,6 +107,11 @@ impl Conn {
         })
     }
 
+    /// Calls in flight now.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.calls).in_flight
+    }
+
     /// Whether the connection has failed (calls on it fail at once).
     pub fn is_dead(&self) -> bool {
         lock(&self.calls).dead.is_some()

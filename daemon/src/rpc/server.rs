@@ -2,12 +2,15 @@
 //! frames, run requests (many at once per connection), write replies, all
 //! within bounds.
 //!
-//! Threads of a connection take turns reading (leader/followers): the
-//! reader of a request passes the reading on to a waiting thread of the
-//! connection (starting one if none waits and the bound allows) and runs
-//! the request itself. So a request never waits for another one to be
-//! read or run, and a lone caller's request is run by the thread that read
-//! it, with no hand-off on the way.
+//! Threads of a connection take turns reading. A request read while none
+//! other of its connection runs is run by the thread that read it, with
+//! no hand-off: the common case of a caller alone costs one wake-up per
+//! request, as a thread blocked in `read(2)` would. A request read while
+//! others run wakes (or starts) another thread of the connection to read
+//! on, so concurrent callers do not wait for each other. Should a request
+//! arrive while a lone one runs, a watchdog notices within
+//! [`Limits::stall`] and wakes a reader for it: a slow request (an etcd
+//! transaction) holds up another by at most that long.
 //!
 //! | bound | value | when exceeded |
 //! |---|---|---|
@@ -60,6 +63,8 @@ pub struct Limits {
     /// Threads of all connections together (each connection has at least
     /// one).
     pub workers: usize,
+    /// How long a request may wait unread behind a lone one running.
+    pub stall: Duration,
 }
 
 impl Default for Limits {
@@ -74,6 +79,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             write_timeout: Duration::from_secs(30),
             workers: 256,
+            stall: Duration::from_millis(2),
         }
     }
 }
@@ -136,6 +142,10 @@ pub struct Server<H: Handler> {
     per_peer: Mutex<HashMap<IpAddr, usize>>,
     /// Threads of all connections.
     threads: AtomicUsize,
+    /// Live connections, for the watchdog.
+    live: Mutex<Vec<std::sync::Weak<Connection<H>>>>,
+    /// When the server started (inline runs are timed from it).
+    epoch: Instant,
     /// What happened so far.
     pub stats: ServerStats,
 }
@@ -158,8 +168,14 @@ struct Connection<H: Handler> {
     in_flight: AtomicUsize,
     /// The reading turn, with the bytes read so far.
     reading: Mutex<Reading>,
-    /// Threads waiting for the reading turn.
-    waiting: AtomicUsize,
+    /// Threads parked, waiting to be asked to read.
+    parked: Mutex<usize>,
+    wake: std::sync::Condvar,
+    /// Since when (µs after the server's epoch, +1) a request read while
+    /// none other ran has been running; 0 when none is.
+    inline_since: AtomicU64,
+    /// Whether a thread has the reading turn.
+    reader_active: std::sync::atomic::AtomicBool,
     /// Set once reading ended: the other threads leave.
     closed: std::sync::atomic::AtomicBool,
 }
@@ -183,12 +199,24 @@ impl<H: Handler> Server<H> {
             next_pending: AtomicU64::new(0),
             per_peer: Mutex::new(HashMap::new()),
             threads: AtomicUsize::new(0),
+            live: Mutex::new(Vec::new()),
+            epoch: Instant::now(),
             stats: ServerStats::default(),
         })
     }
 
     /// Accepts connections on `listener` until it fails.
     pub fn serve(self: &Arc<Self>, listener: TcpListener) -> io::Result<()> {
+        let server = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("rpc-watchdog".into())
+            .spawn(move || loop {
+                let Some(server) = server.upgrade() else { return };
+                let stall = server.limits.stall;
+                server.watch();
+                drop(server);
+                std::thread::sleep(stall / 2);
+            })?;
         for sock in listener.incoming() {
             let sock = match sock {
                 Ok(s) => s,
@@ -284,15 +312,25 @@ impl<H: Handler> Server<H> {
                     state,
                     in_flight: AtomicUsize::new(0),
                     reading: Mutex::new(Reading::default()),
-                    waiting: AtomicUsize::new(0),
+                    parked: Mutex::new(0),
+                    wake: std::sync::Condvar::new(),
+                    inline_since: AtomicU64::new(0),
+                    reader_active: std::sync::atomic::AtomicBool::new(false),
                     closed: std::sync::atomic::AtomicBool::new(false),
                 });
+                {
+                    let mut live = lock(&self.live);
+                    live.retain(|c| c.strong_count() > 0);
+                    live.push(Arc::downgrade(&conn));
+                }
                 // This thread is the connection's first: it counts, and
                 // leaves when the connection ends (the others with it).
                 self.threads.fetch_add(1, Ordering::SeqCst);
                 self.serve_connection(&conn);
                 self.threads.fetch_sub(1, Ordering::SeqCst);
+                conn.closed.store(true, Ordering::SeqCst);
                 conn.stream.shutdown();
+                conn.wake.notify_all();
             }
             Err(why) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -339,38 +377,48 @@ impl<H: Handler> Server<H> {
         }
     }
 
-    /// One thread of a connection: take the reading turn, read a request,
-    /// pass the turn on, run the request, reply; until the connection ends.
+    /// One thread of a connection: read a request if nobody else is
+    /// reading (else park until asked), run it, reply; until the
+    /// connection ends.
     fn serve_connection(self: &Arc<Self>, conn: &Arc<Connection<H>>) {
         loop {
-            let frame = {
-                conn.waiting.fetch_add(1, Ordering::SeqCst);
-                let mut reading = lock(&conn.reading);
-                conn.waiting.fetch_sub(1, Ordering::SeqCst);
-                if conn.closed.load(Ordering::SeqCst) {
-                    return;
-                }
-                match self.read_request(conn, &mut reading) {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => {
-                        conn.closed.store(true, Ordering::SeqCst);
-                        conn.stream.shutdown();
-                        return;
+            if conn.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            let (frame, queued) = {
+                let mut reading = match conn.reading.try_lock() {
+                    Ok(r) => r,
+                    Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        self.park(conn);
+                        continue;
                     }
-                    Err(e) => {
-                        tracing::debug!("{}: connection ended: {e}", conn.peer.addr);
+                };
+                conn.reader_active.store(true, Ordering::SeqCst);
+                let read = self.read_request(conn, &mut reading);
+                conn.reader_active.store(false, Ordering::SeqCst);
+                match read {
+                    Ok(Some(frame)) => {
+                        let queued = matches!(frame::frame_len(&reading.buf), Ok(Some(len)) if reading.buf.len() >= 4 + len);
+                        (frame, queued)
+                    }
+                    Ok(None) | Err(_) => {
                         conn.closed.store(true, Ordering::SeqCst);
                         conn.stream.shutdown();
+                        conn.wake.notify_all();
                         return;
                     }
                 }
             };
-            // The turn is free: make sure someone takes it while this
-            // thread runs the request.
-            if conn.waiting.load(Ordering::SeqCst) == 0 {
-                self.add_thread(conn);
-            }
             let running = conn.in_flight.fetch_add(1, Ordering::SeqCst);
+            let lone = running == 0 && !queued;
+            if lone {
+                let now = self.epoch.elapsed().as_micros() as u64 + 1;
+                conn.inline_since.store(now, Ordering::SeqCst);
+            } else {
+                // Others run or wait: someone reads on while this runs.
+                self.wake_reader(conn);
+            }
             let result = if running >= self.limits.in_flight {
                 tracing::warn!(
                     "{}: more than {} requests in flight; answering EAGAIN",
@@ -381,10 +429,59 @@ impl<H: Handler> Server<H> {
             } else {
                 self.run(conn, frame.message, frame.bulk)
             };
+            if lone {
+                conn.inline_since.store(0, Ordering::SeqCst);
+            }
             conn.in_flight.fetch_sub(1, Ordering::SeqCst);
             if self.reply(conn, frame.id, result).is_err() {
                 conn.closed.store(true, Ordering::SeqCst);
+                conn.wake.notify_all();
                 return;
+            }
+        }
+    }
+
+    /// Waits until asked to read (or a while: then looks again).
+    fn park(&self, conn: &Connection<H>) {
+        let mut parked = lock(&conn.parked);
+        *parked += 1;
+        let (mut parked, _) = conn
+            .wake
+            .wait_timeout(parked, Duration::from_secs(1))
+            .unwrap_or_else(|e| e.into_inner());
+        *parked -= 1;
+    }
+
+    /// Asks a parked thread of `conn` to read, or starts one.
+    fn wake_reader(self: &Arc<Self>, conn: &Arc<Connection<H>>) {
+        if *lock(&conn.parked) > 0 {
+            conn.wake.notify_one();
+        } else {
+            self.add_thread(conn);
+        }
+    }
+
+    /// The watchdog's round: a connection whose lone request has run
+    /// longer than the stall bound while nobody reads and bytes wait gets
+    /// a reader.
+    fn watch(self: &Arc<Self>) {
+        let now = self.epoch.elapsed().as_micros() as u64 + 1;
+        let stall = self.limits.stall.as_micros() as u64;
+        let live: Vec<_> = lock(&self.live).iter().filter_map(|c| c.upgrade()).collect();
+        for conn in live {
+            let since = conn.inline_since.load(Ordering::SeqCst);
+            if since == 0 || now.saturating_sub(since) < stall {
+                continue;
+            }
+            // Nobody reading, and a request waiting?
+            if !conn.reader_active.load(Ordering::SeqCst) && conn.stream.readable_now() {
+                tracing::debug!(
+                    "{}: a request waited behind a slow one; reading on",
+                    conn.peer.addr
+                );
+                // Once per stalled request.
+                conn.inline_since.store(u64::MAX / 2, Ordering::SeqCst);
+                self.wake_reader(&conn);
             }
         }
     }

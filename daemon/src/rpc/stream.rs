@@ -42,6 +42,20 @@ fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("{what}: deadline passed"))
 }
 
+/// Whether decrypted bytes wait in the TLS state.
+trait Plaintext {
+    fn wants_read_plaintext_available(&mut self) -> bool;
+}
+
+impl Plaintext for rustls::Connection {
+    fn wants_read_plaintext_available(&mut self) -> bool {
+        // `process_new_packets` reports decrypted bytes not yet read.
+        self.process_new_packets()
+            .map(|state| state.plaintext_bytes_to_read() > 0)
+            .unwrap_or(true)
+    }
+}
+
 /// Blocking socket timeouts for the handshake, from a deadline.
 fn handshake_timeouts(sock: &TcpStream, deadline: Instant) -> io::Result<()> {
     let left = deadline
@@ -151,10 +165,30 @@ impl Stream {
         }
     }
 
+    /// Whether bytes wait to be read (without waiting for them).
+    pub fn readable_now(&self) -> bool {
+        let mut fds = [PollFd::new(&self.sock, PollFlags::IN)];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+    }
+
     /// Appends at least one byte that arrived to `buf`, waiting until the
     /// deadline. `Ok(0)` at the end of the stream.
     pub fn read_into(&self, buf: &mut Vec<u8>, deadline: Option<Instant>) -> io::Result<usize> {
         let mut chunk = [0u8; 16 * 1024];
+        // Whoever reads here has just sent or answered, so bytes are rarely
+        // there yet: wait first rather than try a read that fails (one
+        // syscall less per message). Decrypted bytes already held go first.
+        let held = match &self.tls {
+            Some(tls) => lock(tls).wants_read_plaintext_available(),
+            None => false,
+        };
+        if !held {
+            self.wait(PollFlags::IN, deadline, "reading")?;
+        }
         loop {
             match &self.tls {
                 None => match (&self.sock).read(&mut chunk) {
