@@ -50,7 +50,7 @@ const UNDERSTOOD: u64 = f::ASYNC_READ
     | f::OVER_IO_URING;
 
 /// Session settings that shape the INIT reply.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitConfig {
     /// Largest WRITE payload, in bytes (also sets `max_pages`).
     pub max_write: u32,

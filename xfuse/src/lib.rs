@@ -42,4 +42,5 @@ pub use dispatch::{Dispatcher, Policy, Reply, Stats};
 pub use init::{InitConfig, Negotiated};
 pub use kmod_shim::MountOptions;
 pub use notify::Notifier;
-pub use session::{default_threads, Ended, Error, Running, Session, ShutdownSignals, Transport, Unmounter};
+pub use session::{Ended, Error, Running, Session, ShutdownSignals, Unmounter};
+pub use transport::{default_threads, Transport};

@@ -24,19 +24,18 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
-use kmod_shim::abi::{InitOut, Opcode, OutHeader};
 use kmod_shim::{FuseDev, KernelInfo, MountOptions, UnmountMode};
-use zerocopy::IntoBytes;
 
 use crate::cache::AdaptiveTtl;
 use crate::dispatch::{Dispatcher, Policy, Stats};
-use crate::init::{self, InitAnswer, InitConfig, Negotiated};
+use crate::init::{self, InitConfig, Negotiated};
 use crate::notify::Notifier;
 use crate::passthrough::{BackingOpener, Passthrough};
 use crate::perm::ProcGroups;
-use crate::request::split_contiguous;
-use crate::transport;
-use crate::transport::uring::{QueueCounters, UringConfig};
+use crate::transport::uring::QueueCounters;
+use crate::transport::{self, Transport};
+
+pub use crate::transport::default_threads;
 
 /// Errors of setting up or running a session.
 #[derive(Debug, thiserror::Error)]
@@ -61,49 +60,12 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// Reading or answering INIT failed.
-    #[error("INIT with the kernel failed: {0}")]
-    Init(String),
-    /// Setting up a transport failed.
-    #[error("transport {transport}: {reason}")]
-    Transport {
-        /// The transport's name.
-        transport: &'static str,
-        /// What failed.
-        reason: String,
-    },
+    /// INIT or the transport failed.
+    #[error(transparent)]
+    Transport(#[from] transport::Error),
     /// Installing SIGINT/SIGTERM handling failed.
     #[error("installing signal handlers failed: {0}")]
     Signals(#[source] io::Error),
-}
-
-/// Which transport carries requests and replies.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Transport {
-    /// Classic `/dev/fuse`: `threads` workers, each on its own cloned descriptor.
-    Dev {
-        /// Worker threads (at least 1).
-        threads: usize,
-    },
-    /// FUSE-over-io_uring: a ring queue per possible CPU. The session must
-    /// have been mounted with [`InitConfig::over_io_uring`] and the kernel
-    /// must have agreed.
-    Uring(UringConfig),
-}
-
-impl Transport {
-    /// The transport's name, as the CLI spells it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Transport::Dev { .. } => "dev",
-            Transport::Uring(_) => "uring",
-        }
-    }
-}
-
-/// One worker per CPU the process may run on.
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The mount, shared by whoever may unmount it.
@@ -205,11 +167,11 @@ impl<F: FileSystem + Send + Sync + 'static> Session<F> {
         });
         let unmounter = Unmounter { state };
         // From here on, any failure must unmount again.
-        let negotiated = match answer_init(&dev, &fs, config) {
+        let negotiated = match transport::dev::answer_init(&dev, &fs, config) {
             Ok(n) => n,
             Err(e) => {
                 unmounter.unmount();
-                return Err(e);
+                return Err(e.into());
             }
         };
         kernel.protocol_minor = Some(negotiated.minor);
@@ -291,38 +253,11 @@ impl<F: FileSystem + Send + Sync + 'static> Session<F> {
         &self.dispatcher
     }
 
-    /// Starts serving requests through `transport`.
+    /// Starts serving requests through `transport` (`dev` or `uring`;
+    /// `virtio` serves a guest, not a mount, and is refused).
     pub fn serve(self, transport: Transport) -> Result<Running<F>, Error> {
-        let (workers, queues) = match &transport {
-            Transport::Dev { threads } => {
-                let workers = transport::dev::start(&self.dev, &self.dispatcher, (*threads).max(1))?;
-                tracing::info!("serving through transport dev with {} workers", workers.len());
-                (workers, None)
-            }
-            Transport::Uring(config) => {
-                if !self.negotiated().has(kmod_shim::abi::init_flags::OVER_IO_URING) {
-                    return Err(Error::Transport {
-                        transport: "uring",
-                        reason: "the kernel did not agree to FUSE_OVER_IO_URING in INIT".into(),
-                    });
-                }
-                let transport::uring::Started {
-                    workers,
-                    plan,
-                    counters,
-                } = transport::uring::start(&self.dev, &self.dispatcher, config)?;
-                tracing::info!(
-                    "serving through transport uring: {} queues x {} entries, payload {} KiB each, \
-                     {} ring threads + 1 /dev/fuse thread; ring buffers {} MiB (virtual, resident as used)",
-                    plan.queues,
-                    plan.depth,
-                    plan.payload_bytes / 1024,
-                    plan.threads,
-                    plan.total_bytes().div_ceil(1 << 20)
-                );
-                (workers, Some(counters))
-            }
-        };
+        let transport::Started { workers, queues } =
+            transport::start(&transport, &self.dev, &self.dispatcher)?;
         Ok(Running {
             session: Some(self),
             workers,
@@ -335,70 +270,6 @@ impl<F: FileSystem + Send + Sync + 'static> Session<F> {
 impl<F: FileSystem + Send + Sync + 'static> Drop for Session<F> {
     fn drop(&mut self) {
         self.unmounter.unmount();
-    }
-}
-
-/// Reads INIT, negotiates, answers. Loops while the kernel asks to retry
-/// with another major version.
-fn answer_init<F: FileSystem>(dev: &FuseDev, fs: &F, config: &InitConfig) -> Result<Negotiated, Error> {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = loop {
-            match dev.read_request(&mut buf) {
-                Ok(n) => break n,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ENOENT | libc::EAGAIN)) => {
-                    continue
-                }
-                Err(e) => return Err(Error::Init(format!("reading INIT: {e}"))),
-            }
-        };
-        let (header, body) = split_contiguous(&mut buf[..n])
-            .map_err(|bad| Error::Init(format!("malformed INIT: {}", bad.error)))?;
-        if header.opcode != Opcode::Init as u32 {
-            reply_raw(dev, header.unique, -libc::EIO, &[]);
-            return Err(Error::Init(format!(
-                "kernel sent opcode {} before INIT",
-                header.opcode
-            )));
-        }
-        // `negotiate` calls the filesystem's init only once it agrees on a
-        // version, so a retry with another major does not run it twice.
-        match init::negotiate(body, config, |cap| fs.init(cap)) {
-            InitAnswer::Agreed(out, negotiated) => {
-                write_init(dev, header.unique, &out)?;
-                return Ok(negotiated);
-            }
-            InitAnswer::RetryWithMajor(out) => {
-                tracing::info!("kernel offers a newer FUSE major; answering 7 and waiting for another INIT");
-                write_init(dev, header.unique, &out)?;
-            }
-            InitAnswer::Refuse(errno, why) => {
-                reply_raw(dev, header.unique, -errno, &[]);
-                return Err(Error::Init(why));
-            }
-        }
-    }
-}
-
-fn write_init(dev: &FuseDev, unique: u64, out: &InitOut) -> Result<(), Error> {
-    let header = OutHeader {
-        len: (16 + std::mem::size_of::<InitOut>()) as u32,
-        error: 0,
-        unique,
-    };
-    dev.write_message(&[header.as_bytes(), out.as_bytes()])
-        .map(|_| ())
-        .map_err(|e| Error::Init(format!("writing the INIT reply: {e}")))
-}
-
-fn reply_raw(dev: &FuseDev, unique: u64, error: i32, body: &[u8]) {
-    let header = OutHeader {
-        len: (16 + body.len()) as u32,
-        error,
-        unique,
-    };
-    if let Err(e) = dev.write_message(&[header.as_bytes(), body]) {
-        tracing::debug!("reply to {unique} failed: {e}");
     }
 }
 

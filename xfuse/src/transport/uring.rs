@@ -34,9 +34,9 @@ use kmod_shim::uring::{Completion, FuseUring, RingBackend, RingEntry};
 use kmod_shim::FuseDev;
 use zerocopy::{FromBytes, IntoBytes};
 
+use super::{out_header, Error};
 use crate::dispatch::{Dispatcher, Reply};
 use crate::request::{Args, ParseError};
-use crate::session::Error;
 
 /// Settings of the `uring` transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +60,7 @@ impl Default for UringConfig {
     fn default() -> Self {
         UringConfig {
             queue_depth: 0,
-            threads: crate::session::default_threads(),
+            threads: super::default_threads(),
             spin: Duration::ZERO,
             forget_pause: DEFAULT_FORGET_PAUSE,
         }
@@ -123,6 +123,12 @@ impl QueueCounters {
         self.serving.load(Ordering::Relaxed)
     }
 
+    /// The flag behind [`QueueCounters::serving`], for the `/dev/fuse`
+    /// worker's [`super::dev::ForgetPause`].
+    pub(crate) fn serving_flag(&self) -> Arc<AtomicBool> {
+        self.serving.clone()
+    }
+
     /// Requests served by each queue, by queue id.
     pub fn snapshot(&self) -> Vec<u64> {
         self.per_queue.iter().map(|c| c.load(Ordering::Relaxed)).collect()
@@ -141,7 +147,8 @@ impl QueueCounters {
 /// What [`start`] started.
 #[derive(Debug)]
 pub struct Started {
-    /// The ring threads and the `/dev/fuse` thread.
+    /// The ring threads (the `/dev/fuse` worker beside them is started by
+    /// [`super::start`]).
     pub workers: Vec<JoinHandle<()>>,
     /// The ring memory plan.
     pub plan: RingPlan,
@@ -149,13 +156,14 @@ pub struct Started {
     pub counters: Arc<QueueCounters>,
 }
 
-/// Starts the ring workers (and the `/dev/fuse` worker beside them).
+/// Starts the ring workers. FORGET, BATCH_FORGET and INTERRUPT still
+/// arrive on `/dev/fuse`: the caller runs a `dev` worker beside them.
 pub fn start<F: FileSystem + Send + Sync + 'static>(
     session_dev: &Arc<FuseDev>,
     dispatcher: &Arc<Dispatcher<F>>,
     config: &UringConfig,
 ) -> Result<Started, Error> {
-    let fail = |reason: String| Error::Transport {
+    let fail = |reason: String| Error::Setup {
         transport: "uring",
         reason,
     };
@@ -225,12 +233,6 @@ pub fn start<F: FileSystem + Send + Sync + 'static>(
             .map_err(|e| fail(format!("spawning ring worker {t}: {e}")))?;
         workers.push(handle);
     }
-    // FORGET, BATCH_FORGET and INTERRUPT keep arriving on /dev/fuse.
-    let pause = super::dev::ForgetPause {
-        delay: config.forget_pause,
-        armed: counters.serving.clone(),
-    };
-    workers.extend(super::dev::start_with(session_dev, dispatcher, 1, Some(pause))?);
     Ok(Started {
         workers,
         plan,
@@ -324,11 +326,7 @@ impl<F: FileSystem + Sync> RingWorker<'_, F> {
         let (unique, opcode) = InHeader::read_from_prefix(&header.in_out[..])
             .map(|(h, _)| (h.unique, h.opcode))
             .unwrap_or((commit_id, 0));
-        let out = OutHeader {
-            len: (std::mem::size_of::<OutHeader>() + body_len) as u32,
-            error,
-            unique,
-        };
+        let out = out_header(unique, error, body_len);
         header.in_out.fill(0);
         header.in_out[..std::mem::size_of::<OutHeader>()].copy_from_slice(out.as_bytes());
         header.ring_ent_in_out.payload_sz = body_len as u32;

@@ -45,8 +45,10 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 use zerocopy::IntoBytes;
 
+use super::handshake::{self, Handshake};
+use super::out_header;
 use crate::dispatch::{Dispatcher, Policy};
-use crate::init::{self, InitAnswer, InitConfig};
+use crate::init::{self, InitConfig};
 use crate::request::{split_contiguous, Args, BadRequest};
 
 /// Index of the high-priority queue.
@@ -58,7 +60,7 @@ const IN_HEADER: usize = std::mem::size_of::<InHeader>();
 const PRE_INIT_REQUEST_LIMIT: usize = 64 << 10;
 
 /// Settings of a virtio-fs backend.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtioConfig {
     /// Request queues offered to the VMM (QEMU's `num-request-queues`), on
     /// top of the high-priority queue.
@@ -631,9 +633,10 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
     }
 
     fn init<M: GuestMemory>(&self, mem: &M, layout: &ChainLayout, header: &InHeader, args: &mut [u8]) -> u32 {
-        let fs = self.shared.fs.clone();
-        match init::negotiate(args, &self.shared.config.init, |cap| fs.init(cap)) {
-            InitAnswer::Agreed(out, negotiated) => {
+        let (reply, next) =
+            handshake::answer(header.unique, args, &self.shared.config.init, &*self.shared.fs);
+        match next {
+            Handshake::Agreed(negotiated) => {
                 // A guest that rebooted without a device reset sends INIT again.
                 self.end_connection("a new INIT arrived");
                 let mut dispatcher = Dispatcher::new(self.shared.fs.clone(), negotiated);
@@ -646,14 +649,11 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
                     flags = ?init::flag_names(negotiated.flags),
                     "guest FUSE session started"
                 );
-                self.send(mem, layout, header.unique, 0, out.as_bytes())
             }
-            InitAnswer::RetryWithMajor(out) => self.send(mem, layout, header.unique, 0, out.as_bytes()),
-            InitAnswer::Refuse(errno, why) => {
-                tracing::error!("refusing the guest's INIT: {why}");
-                self.send(mem, layout, header.unique, -errno, &[])
-            }
+            Handshake::Retry => {}
+            Handshake::Refused(why) => tracing::error!("refusing the guest's INIT: {why}"),
         }
+        self.send(mem, layout, reply.unique, reply.error, reply.body())
     }
 
     /// Writes a reply; returns the bytes written, 0 if it could not be.
@@ -665,21 +665,13 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
         error: i32,
         body: &[u8],
     ) -> u32 {
-        let header = OutHeader {
-            len: (OUT_HEADER + body.len()) as u32,
-            error,
-            unique,
-        };
+        let header = out_header(unique, error, body.len());
         match layout.write_reply(mem, &[header.as_bytes(), body]) {
             Ok(n) => n,
             Err(e) if !body.is_empty() => {
                 // The body does not fit what the guest offered: answer EIO.
                 tracing::warn!(unique, "reply does not reach the guest: {e}");
-                let header = OutHeader {
-                    len: OUT_HEADER as u32,
-                    error: -libc::EIO,
-                    unique,
-                };
+                let header = out_header(unique, -libc::EIO, 0);
                 layout.write_reply(mem, &[header.as_bytes()]).unwrap_or(0)
             }
             Err(e) => {
