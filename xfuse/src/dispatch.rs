@@ -210,8 +210,86 @@ pub struct Policy {
     pub zero_entry_timeout_stands: bool,
 }
 
+/// Everything a [`Dispatcher`] is built from. [`DispatcherBuilder::build`]
+/// consumes it before the dispatcher can be shared, so every setting
+/// reaches the dispatcher: none can arrive once workers serve.
+#[derive(Debug)]
+pub struct DispatcherBuilder<F> {
+    fs: F,
+    negotiated: Negotiated,
+    policy: Policy,
+    passthrough: Option<Passthrough>,
+    ttl: Option<Arc<AdaptiveTtl>>,
+    groups: Box<dyn GroupSource>,
+}
+
+impl<F: FileSystem + Sync> DispatcherBuilder<F> {
+    /// A dispatcher for a session whose INIT produced `negotiated`, with the
+    /// default policies, no adaptive timeouts, no passthrough and nobody's
+    /// groups known.
+    pub fn new(fs: F, negotiated: Negotiated) -> DispatcherBuilder<F> {
+        DispatcherBuilder {
+            fs,
+            negotiated,
+            policy: Policy::default(),
+            passthrough: None,
+            ttl: None,
+            groups: Box::new(UnknownGroups),
+        }
+    }
+
+    /// The session's negotiated parameters.
+    pub fn negotiated(&self) -> &Negotiated {
+        &self.negotiated
+    }
+
+    /// Sets the reply policies.
+    pub fn set_policy(&mut self, policy: Policy) -> &mut Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sets entry and attribute timeouts per inode from `ttl` (overriding
+    /// the filesystem's), and reports the changes requests make to it before
+    /// replying (see [`crate::cache`]).
+    pub fn set_adaptive_ttl(&mut self, ttl: Arc<AdaptiveTtl>) -> &mut Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Where callers' supplementary groups come from, for clearing a
+    /// set-group-ID bit ([`crate::killpriv`]); by default nobody's are known.
+    /// Only for callers whose pid is a process of this host.
+    pub fn set_group_source(&mut self, groups: Box<dyn GroupSource>) -> &mut Self {
+        self.groups = groups;
+        self
+    }
+
+    /// Serves regular files through backing files (FUSE passthrough). The
+    /// session must have negotiated `FUSE_PASSTHROUGH`.
+    pub(crate) fn set_passthrough(&mut self, passthrough: Passthrough) -> &mut Self {
+        self.passthrough = Some(passthrough);
+        self
+    }
+
+    /// The dispatcher, ready to be shared by the workers.
+    pub fn build(self) -> Dispatcher<F> {
+        Dispatcher {
+            fs: self.fs,
+            negotiated: self.negotiated,
+            policy: self.policy,
+            passthrough: self.passthrough,
+            ttl: self.ttl,
+            groups: self.groups,
+            stats: Stats::default(),
+            destroyed: AtomicBool::new(false),
+        }
+    }
+}
+
 /// Decodes requests and calls a [`FileSystem`]. Shared by every worker of a
-/// session (it is `Sync` when the filesystem is).
+/// session (it is `Sync` when the filesystem is); its settings are fixed by
+/// the [`DispatcherBuilder`] it was built from.
 #[derive(Debug)]
 pub struct Dispatcher<F> {
     fs: F,
@@ -225,37 +303,9 @@ pub struct Dispatcher<F> {
 }
 
 impl<F: FileSystem + Sync> Dispatcher<F> {
-    /// A dispatcher for a session whose INIT produced `negotiated`.
+    /// A dispatcher with the defaults of [`DispatcherBuilder::new`].
     pub fn new(fs: F, negotiated: Negotiated) -> Dispatcher<F> {
-        Dispatcher {
-            fs,
-            negotiated,
-            policy: Policy::default(),
-            passthrough: None,
-            ttl: None,
-            groups: Box::new(UnknownGroups),
-            stats: Stats::default(),
-            destroyed: AtomicBool::new(false),
-        }
-    }
-
-    /// Sets the reply policies.
-    pub fn set_policy(&mut self, policy: Policy) {
-        self.policy = policy;
-    }
-
-    /// Sets entry and attribute timeouts per inode from `ttl` (overriding
-    /// the filesystem's), and reports the changes requests make to it before
-    /// replying (see [`crate::cache`]).
-    pub fn set_adaptive_ttl(&mut self, ttl: Arc<AdaptiveTtl>) {
-        self.ttl = Some(ttl);
-    }
-
-    /// Where callers' supplementary groups come from, for clearing a
-    /// set-group-ID bit ([`crate::killpriv`]); by default nobody's are known.
-    /// Only for callers whose pid is a process of this host.
-    pub fn set_group_source(&mut self, groups: Box<dyn GroupSource>) {
-        self.groups = groups;
+        DispatcherBuilder::new(fs, negotiated).build()
     }
 
     /// The adaptive timeouts, if set.
@@ -308,12 +358,6 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
         if let Some(t) = &self.ttl {
             t.changed_by_request(ino);
         }
-    }
-
-    /// Serves regular files through backing files from `opener` (FUSE
-    /// passthrough). The session must have negotiated `FUSE_PASSTHROUGH`.
-    pub(crate) fn set_passthrough(&mut self, passthrough: Passthrough) {
-        self.passthrough = Some(passthrough);
     }
 
     /// Files opened in passthrough mode so far.
@@ -1278,12 +1322,13 @@ mod tests {
 
     #[test]
     fn policy_caches_negative_lookups_and_skips_flush() {
-        let mut d = Dispatcher::new(TinyFs::default(), negotiated());
-        d.set_policy(Policy {
+        let mut b = DispatcherBuilder::new(TinyFs::default(), negotiated());
+        b.set_policy(Policy {
             negative_timeout: Duration::from_millis(1500),
             open_noflush: true,
             ..Default::default()
         });
+        let d = b.build();
         let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
         let r = run(&d, message(Opcode::Lookup as u32, 1, b"nope\0"), &mut out).unwrap();
         assert_eq!((r.error, r.body_len, r.lookup), (0, 128, None));
@@ -1318,8 +1363,9 @@ mod tests {
             ..Default::default()
         }));
         ttl.set_invalidator(Box::new(NoInval));
-        let mut d = Dispatcher::new(TinyFs::default(), negotiated());
-        d.set_adaptive_ttl(ttl.clone());
+        let mut b = DispatcherBuilder::new(TinyFs::default(), negotiated());
+        b.set_adaptive_ttl(ttl.clone());
+        let d = b.build();
         let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
         let lookup = |d: &Dispatcher<TinyFs>, out: &mut [u8]| {
             let r = run(d, message(Opcode::Lookup as u32, 1, b"f\0"), out).unwrap();
@@ -1345,10 +1391,12 @@ mod tests {
         // TinyFs answers with zero timeouts: with zero_entry_timeout_stands
         // that zero is the filesystem saying "never cache this name"; the
         // attribute timeout stays adaptive.
-        d.set_policy(Policy {
+        let mut b = DispatcherBuilder::new(TinyFs::default(), negotiated());
+        b.set_adaptive_ttl(ttl.clone()).set_policy(Policy {
             zero_entry_timeout_stands: true,
             ..Default::default()
         });
+        let d = b.build();
         assert_eq!(lookup(&d, &mut out), (0, 2));
     }
 
@@ -1592,10 +1640,14 @@ mod tests {
         }
     }
 
-    fn killing(mode: u32) -> Dispatcher<ModeFs> {
+    fn killing_builder(mode: u32) -> DispatcherBuilder<ModeFs> {
         let mut n = negotiated();
         n.flags |= init_flags::HANDLE_KILLPRIV_V2;
-        Dispatcher::new(ModeFs::with_mode(mode), n)
+        DispatcherBuilder::new(ModeFs::with_mode(mode), n)
+    }
+
+    fn killing(mode: u32) -> Dispatcher<ModeFs> {
+        killing_builder(mode).build()
     }
 
     fn request_as(uid: u32, gid: u32, opcode: Opcode, body: &[u8]) -> Vec<u8> {
@@ -1692,8 +1744,9 @@ mod tests {
             "cleared first, then truncated without the kill bit"
         );
         // Group 0 as a supplementary group, known from the group source.
-        let mut d = killing(0o2666);
-        d.set_group_source(Box::new(GroupsZero));
+        let mut b = killing_builder(0o2666);
+        b.set_group_source(Box::new(GroupsZero));
+        let d = b.build();
         send(
             &d,
             request_as(1000, 1000, Opcode::Setattr, &setattr_body(truncate)),

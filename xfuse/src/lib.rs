@@ -38,7 +38,7 @@ pub mod session;
 pub mod transport;
 
 pub use cache::{AdaptiveConfig, AdaptiveTtl, Changes, Refresher, UpcallSource, Upcalls};
-pub use dispatch::{Dispatcher, Policy, Reply, Stats};
+pub use dispatch::{Dispatcher, DispatcherBuilder, Policy, Reply, Stats};
 pub use init::{InitConfig, Negotiated};
 pub use kmod_shim::MountOptions;
 pub use notify::Notifier;

@@ -47,7 +47,7 @@ use zerocopy::IntoBytes;
 
 use super::handshake::{self, Handshake};
 use super::out_header;
-use crate::dispatch::{Dispatcher, Policy};
+use crate::dispatch::{Dispatcher, DispatcherBuilder, Policy};
 use crate::init::{self, InitConfig};
 use crate::request::{split_contiguous, Args, BadRequest};
 
@@ -639,9 +639,10 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
             Handshake::Agreed(negotiated) => {
                 // A guest that rebooted without a device reset sends INIT again.
                 self.end_connection("a new INIT arrived");
-                let mut dispatcher = Dispatcher::new(self.shared.fs.clone(), negotiated);
+                let mut dispatcher = DispatcherBuilder::new(self.shared.fs.clone(), negotiated);
                 dispatcher.set_policy(self.shared.config.policy.clone());
-                *self.shared.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(dispatcher));
+                *self.shared.conn.write().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Arc::new(dispatcher.build()));
                 self.shared.counters.inits.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     minor = negotiated.minor,
