@@ -137,12 +137,7 @@ fn worker<F: FileSystem + Send + Sync>(
                 error: e,
             }) => {
                 tracing::warn!(worker = id, "malformed request {unique}: {e}");
-                Some(Reply {
-                    unique,
-                    error: -e.errno(),
-                    body_len: 0,
-                    lookup: None,
-                })
+                Some(Reply::malformed(unique, e))
             }
             Err(BadRequest {
                 unique: None,

@@ -148,7 +148,7 @@ impl QueueCounters {
 #[derive(Debug)]
 pub struct Started {
     /// The ring threads (the `/dev/fuse` worker beside them is started by
-    /// [`super::start`]).
+    /// `transport::start`).
     pub workers: Vec<JoinHandle<()>>,
     /// The ring memory plan.
     pub plan: RingPlan,
@@ -336,14 +336,7 @@ impl<F: FileSystem + Sync> RingWorker<'_, F> {
 
     fn dispatch(&mut self, header: &mut UringReqHeader, payload: &mut [u8]) -> Option<Reply> {
         let (in_header, _) = InHeader::read_from_prefix(&header.in_out[..]).ok()?;
-        let bad = |e: ParseError| {
-            Some(Reply {
-                unique: in_header.unique,
-                error: -e.errno(),
-                body_len: 0,
-                lookup: None,
-            })
-        };
+        let bad = |e: ParseError| Some(Reply::malformed(in_header.unique, e));
         let payload_sz = header.ring_ent_in_out.payload_sz as usize;
         if payload_sz > payload.len() {
             return bad(ParseError::Truncated {

@@ -47,7 +47,7 @@ use zerocopy::IntoBytes;
 
 use super::handshake::{self, Handshake};
 use super::out_header;
-use crate::dispatch::{Dispatcher, DispatcherBuilder, Policy};
+use crate::dispatch::{Dispatcher, DispatcherBuilder, Policy, Reply};
 use crate::init::{self, InitConfig};
 use crate::request::{split_contiguous, Args, BadRequest};
 
@@ -592,7 +592,8 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
                 error,
             }) => {
                 tracing::warn!("malformed request {unique}: {error}");
-                return self.send(mem, layout, unique, -error.errno(), &[]);
+                let reply = Reply::malformed(unique, error);
+                return self.send(mem, layout, reply.unique, reply.error, &[]);
             }
             Err(BadRequest { unique: None, error }) => {
                 tracing::warn!("unanswerable request: {error}");
