@@ -35,6 +35,8 @@ pub mod perm;
 pub mod reply;
 pub mod request;
 pub mod session;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod transport;
 
 pub use cache::{AdaptiveConfig, AdaptiveTtl, Changes, Refresher, UpcallSource, Upcalls};

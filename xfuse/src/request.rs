@@ -235,16 +235,10 @@ mod tests {
     use zerocopy::IntoBytes;
 
     fn request(opcode: u32, body: &[u8]) -> Vec<u8> {
-        let header = InHeader {
-            len: (40 + body.len()) as u32,
-            opcode,
-            unique: 7,
-            nodeid: 1,
-            ..Default::default()
-        };
-        let mut v = header.as_bytes().to_vec();
-        v.extend_from_slice(body);
-        v
+        crate::testkit::Request::raw(opcode)
+            .unique(7)
+            .bytes(body)
+            .to_bytes()
     }
 
     #[test]

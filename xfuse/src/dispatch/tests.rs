@@ -14,7 +14,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::entries::zeroed_stat;
 use super::*;
-use crate::request::split_contiguous;
+use crate::testkit::{self, Request};
 
 /// A filesystem double: one directory (1) holding one file "f" (2) with
 /// eight bytes of data; it counts lookups and forgets.
@@ -126,23 +126,15 @@ fn negotiated() -> Negotiated {
 }
 
 fn message(opcode: u32, nodeid: u64, body: &[u8]) -> Vec<u8> {
-    let h = InHeader {
-        len: (40 + body.len()) as u32,
-        opcode,
-        unique: 42,
-        nodeid,
-        ..Default::default()
-    };
-    let mut v = h.as_bytes().to_vec();
-    v.extend_from_slice(body);
-    v
+    Request::raw(opcode)
+        .unique(42)
+        .nodeid(nodeid)
+        .bytes(body)
+        .to_bytes()
 }
 
-fn run(d: &Dispatcher<TinyFs>, mut msg: Vec<u8>, out: &mut [u8]) -> Option<Reply> {
-    match split_contiguous(&mut msg) {
-        Ok((h, body)) => d.dispatch(&h, Args::contiguous(body), out),
-        Err(bad) => bad.unique.map(|unique| Reply::malformed(unique, bad.error)),
-    }
+fn run(d: &Dispatcher<TinyFs>, msg: Vec<u8>, out: &mut [u8]) -> Option<Reply> {
+    testkit::dispatch(d, msg, out)
 }
 
 #[test]
@@ -496,25 +488,17 @@ fn killing(mode: u32) -> Dispatcher<ModeFs> {
 }
 
 fn request_as(uid: u32, gid: u32, opcode: Opcode, body: &[u8]) -> Vec<u8> {
-    let h = InHeader {
-        len: (40 + body.len()) as u32,
-        opcode: opcode as u32,
-        unique: 42,
-        nodeid: 2,
-        uid,
-        gid,
-        pid: 4242,
-        ..Default::default()
-    };
-    let mut v = h.as_bytes().to_vec();
-    v.extend_from_slice(body);
-    v
+    Request::new(opcode)
+        .unique(42)
+        .nodeid(2)
+        .caller(uid, gid, 4242)
+        .bytes(body)
+        .to_bytes()
 }
 
-fn send<F: FileSystem<Inode = u64, Handle = u64> + Sync>(d: &Dispatcher<F>, mut msg: Vec<u8>) -> Reply {
+fn send<F: FileSystem<Inode = u64, Handle = u64> + Sync>(d: &Dispatcher<F>, msg: Vec<u8>) -> Reply {
     let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
-    let (h, body) = split_contiguous(&mut msg).unwrap();
-    d.dispatch(&h, Args::contiguous(body), &mut out).unwrap()
+    testkit::dispatch(d, msg, &mut out).unwrap()
 }
 
 fn write_body(write_flags: u32) -> Vec<u8> {
@@ -568,9 +552,8 @@ fn a_bare_setattr_is_the_kernels_file_remove_privs() {
     assert_eq!(r.error, 0);
     assert_eq!(d.fs().mode(), 0o0755);
     let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
-    let mut msg = request_as(1000, 1000, Opcode::Setattr, &setattr_body(0));
-    let (h, body) = split_contiguous(&mut msg).unwrap();
-    d.dispatch(&h, Args::contiguous(body), &mut out).unwrap();
+    let msg = request_as(1000, 1000, Opcode::Setattr, &setattr_body(0));
+    testkit::dispatch(&d, msg, &mut out).unwrap();
     let reply = AttrOut::read_from_bytes(&out[..104]).unwrap();
     assert_eq!(reply.attr.mode & 0o7777, 0o0755, "the reply carries the new mode");
 }

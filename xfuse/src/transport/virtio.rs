@@ -761,6 +761,7 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsBackend
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::Request;
     use fuse_backend_rs::api::filesystem::{Context, Entry};
     use kmod_shim::abi::{init_flags, InitIn, InitOut, KERNEL_MINOR_VERSION, KERNEL_VERSION};
     use std::ffi::CStr;
@@ -1008,15 +1009,11 @@ mod tests {
         ) -> Option<(OutHeader, Vec<u8>)> {
             let unique = self.next;
             self.next += 1;
-            let header = InHeader {
-                len: len.unwrap_or((IN_HEADER + args.len()) as u32),
-                opcode,
-                unique,
-                nodeid: 1,
-                ..Default::default()
-            };
-            let mut request = header.as_bytes().to_vec();
-            request.extend_from_slice(args);
+            let mut request = Request::raw(opcode).unique(unique).bytes(args);
+            if let Some(len) = len {
+                request = request.claim_len(len);
+            }
+            let request = request.to_bytes();
             self.mem.write_slice(&request, GuestAddress(DATA)).unwrap();
             self.mem
                 .write_slice(&vec![0xee; room as usize], GuestAddress(DATA + 0x8000))
