@@ -20,8 +20,8 @@
 //! guest's buffers.
 //!
 //! There is no INIT before the queues run: the guest sends it as its first
-//! request, so this transport negotiates itself and builds a fresh
-//! [`Dispatcher`] for each INIT. A guest that resets its device or a VMM that
+//! request, so this transport answers it (with [`super::handshake`], as a
+//! mount's INIT is answered) and builds a fresh [`Dispatcher`] for each INIT. A guest that resets its device or a VMM that
 //! disconnects ends the connection: the filesystem's `destroy` runs, and the
 //! next INIT starts over.
 
