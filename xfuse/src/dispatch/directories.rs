@@ -3,7 +3,7 @@
 //! RELEASEDIR and FSYNCDIR.
 
 use fuse_backend_rs::api::filesystem::{Context, DirEntry, Entry, FileSystem};
-use kmod_shim::abi::{self, fopen, req_flags, Dirent, DirentPlus, FsyncIn, OpenIn, ReadIn, ReleaseIn};
+use kmod_shim::abi::{self, req_flags, Dirent, DirentPlus, FsyncIn, OpenIn, ReadIn, ReleaseIn};
 
 use super::files::open_out;
 use super::{Dispatcher, Done, Handled};
@@ -20,16 +20,8 @@ pub(super) fn opendir<F: FileSystem + Sync>(
     let o: OpenIn = a.fixed()?;
     a.finish()?;
     let (fh, opts) = d.fs.opendir(ctx, ino.into(), o.flags)?;
-    let mut flags = opts.bits();
-    if d.ttl.as_ref().is_some_and(|t| t.is_long(ino)) {
-        // A hot, unchanged directory: the kernel keeps its
-        // listing across opens. Changes through the mount reset
-        // that cache in the kernel (the directory's i_version)
-        // and demote it here; outside changes invalidate it
-        // (cache::AdaptiveTtl::entry_changed, inode_changed).
-        flags |= fopen::CACHE_DIR | fopen::KEEP_CACHE;
-    }
-    w.push(&open_out(fh.map(Into::into), flags))?;
+    // Hot directories come with FOPEN_CACHE_DIR from cache::AdaptiveFs.
+    w.push(&open_out(fh.map(Into::into), opts.bits()))?;
     Ok(Done::Reply)
 }
 
@@ -74,7 +66,7 @@ fn list<F: FileSystem + Sync>(
     w.limit_to(size);
     if plus {
         d.fs.readdirplus(ctx, ino.into(), r.fh.into(), r.size, r.offset, &mut |de, e| {
-            Ok(push_dirent(w, &de, Some(&d.with_listed_ttl(ino, &e))))
+            Ok(push_dirent(w, &de, Some(&e)))
         })?;
     } else {
         d.fs.readdir(ctx, ino.into(), r.fh.into(), r.size, r.offset, &mut |de| {

@@ -85,7 +85,7 @@ pub(super) fn getattr<F: FileSystem + Sync>(
     a.finish()?;
     let fh = (g.getattr_flags & req_flags::GETATTR_FH != 0).then(|| g.fh.into());
     let (st, timeout) = d.fs.getattr(ctx, ino.into(), fh)?;
-    w.push(&attr_out(&st, d.attr_ttl(ino, timeout)))?;
+    w.push(&attr_out(&st, timeout))?;
     Ok(Done::Reply)
 }
 
@@ -101,8 +101,7 @@ pub(super) fn setattr<F: FileSystem + Sync>(
     let (st, valid, fh) = setattr_args(&s);
     let valid = d.kill_on_setattr(ctx, ino, s.valid, valid)?;
     let (st, timeout) = d.fs.setattr(ctx, ino.into(), st, fh.map(Into::into), valid)?;
-    d.changed(ino);
-    w.push(&attr_out(&st, d.attr_ttl(ino, timeout)))?;
+    w.push(&attr_out(&st, timeout))?;
     Ok(Done::Reply)
 }
 
@@ -132,7 +131,6 @@ pub(super) fn symlink<F: FileSystem + Sync>(
     let target = a.name()?;
     a.finish()?;
     let entry = d.fs.symlink(ctx, target, ino.into(), name)?;
-    d.changed(ino);
     d.entry_reply(w, &entry)
 }
 
@@ -147,7 +145,6 @@ pub(super) fn mknod<F: FileSystem + Sync>(
     let name = a.name()?;
     a.finish()?;
     let entry = d.fs.mknod(ctx, ino.into(), name, m.mode, m.rdev, m.umask)?;
-    d.changed(ino);
     d.entry_reply(w, &entry)
 }
 
@@ -162,7 +159,6 @@ pub(super) fn mkdir<F: FileSystem + Sync>(
     let name = a.name()?;
     a.finish()?;
     let entry = d.fs.mkdir(ctx, ino.into(), name, m.mode, m.umask)?;
-    d.changed(ino);
     d.entry_reply(w, &entry)
 }
 
@@ -177,7 +173,6 @@ pub(super) fn unlink<F: FileSystem + Sync>(
     let name = a.name()?;
     a.finish()?;
     d.fs.unlink(ctx, ino.into(), name)?;
-    d.changed(ino);
     Ok(Done::Reply)
 }
 
@@ -192,7 +187,6 @@ pub(super) fn rmdir<F: FileSystem + Sync>(
     let name = a.name()?;
     a.finish()?;
     d.fs.rmdir(ctx, ino.into(), name)?;
-    d.changed(ino);
     Ok(Done::Reply)
 }
 
@@ -231,8 +225,6 @@ fn rename_names<F: FileSystem + Sync>(
     let new = a.name()?;
     a.finish()?;
     d.fs.rename(ctx, olddir.into(), old, newdir.into(), new, flags)?;
-    d.changed(olddir);
-    d.changed(newdir);
     Ok(Done::Reply)
 }
 
@@ -247,8 +239,6 @@ pub(super) fn link<F: FileSystem + Sync>(
     let name = a.name()?;
     a.finish()?;
     let entry = d.fs.link(ctx, l.oldnodeid.into(), ino.into(), name)?;
-    d.changed(ino);
-    d.changed(l.oldnodeid);
     d.entry_reply(w, &entry)
 }
 

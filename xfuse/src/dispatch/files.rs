@@ -65,10 +65,9 @@ pub(super) fn create<F: FileSystem + Sync>(
         },
     };
     let (mut entry, fh, opts, _passthrough) = d.fs.create(ctx, ino.into(), name, args)?;
-    d.changed(ino);
     let fh: Option<u64> = fh.map(Into::into);
     if kill {
-        match killpriv::drop_privileges(&d.fs, ctx, entry.inode, Cause::Modify, &*d.groups) {
+        match killpriv::drop_privileges(d.fs.inner(), ctx, entry.inode, Cause::Modify, &*d.groups) {
             Ok(Some((st, _))) => entry.attr = st,
             Ok(None) => {}
             Err(e) => {
@@ -77,7 +76,6 @@ pub(super) fn create<F: FileSystem + Sync>(
             }
         }
     }
-    let entry = d.with_ttl(&entry);
     let mut out = open_out(fh, opts.bits() | d.file_open_flags());
     d.attach_backing(&mut out, entry.inode, fh, c.flags);
     if let Err(e) = w.push(&entry_out(&entry)).and_then(|_| w.push(&out)) {
@@ -146,7 +144,7 @@ pub(super) fn write<F: FileSystem + Sync>(
     if d.kills_privileges() && write_flags & req_flags::WRITE_KILL_SUIDGID != 0 {
         // Usually a bare SETATTR just before has cleared them
         // already; this catches a mode the kernel's cache missed.
-        killpriv::drop_privileges(&d.fs, ctx, ino, Cause::Modify, &*d.groups)?;
+        killpriv::drop_privileges(d.fs.inner(), ctx, ino, Cause::Modify, &*d.groups)?;
         write_flags &= !req_flags::WRITE_KILL_SUIDGID;
     }
     let written = d.fs.write(
@@ -161,8 +159,6 @@ pub(super) fn write<F: FileSystem + Sync>(
         wi.flags,
         write_flags,
     )?;
-    // Size and mtime changed.
-    d.changed(ino);
     let written = u32::try_from(written).unwrap_or(u32::MAX).min(wi.size);
     w.push(&WriteOut {
         size: written,
@@ -294,7 +290,6 @@ pub(super) fn fallocate<F: FileSystem + Sync>(
     let f: FallocateIn = a.fixed()?;
     a.finish()?;
     d.fs.fallocate(ctx, ino.into(), f.fh.into(), f.mode, f.offset, f.length)?;
-    d.changed(ino);
     Ok(Done::Reply)
 }
 

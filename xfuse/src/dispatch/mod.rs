@@ -21,8 +21,13 @@
 //! - `control`: the connection itself (INIT, DESTROY, INTERRUPT,
 //!   NOTIFY_REPLY, STATFS) and the opcodes answered `ENOSYS`;
 //! - `policy`: what the dispatcher adds to the filesystem's answers
-//!   ([`Policy`], adaptive timeouts, passthrough backing ids, set-user-ID
-//!   clearing); `stats`: request counters.
+//!   ([`Policy`], passthrough backing ids, set-user-ID clearing); `stats`:
+//!   request counters.
+//!
+//! Adaptive timeouts are a `FileSystem` layer ([`crate::cache::AdaptiveFs`])
+//! the dispatcher builds around the filesystem it serves; set-user-ID
+//! clearing calls the filesystem underneath, so its own changes are not
+//! reported as a request's.
 //!
 //! Lookup counts: every reply that hands the kernel a new reference to an
 //! inode (LOOKUP, MKNOD, MKDIR, SYMLINK, LINK, CREATE; READDIRPLUS entries
@@ -38,7 +43,7 @@ use std::sync::Arc;
 use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem};
 use kmod_shim::abi::{InHeader, Opcode};
 
-use crate::cache::AdaptiveTtl;
+use crate::cache::{AdaptiveFs, AdaptiveTtl};
 use crate::init::Negotiated;
 use crate::killpriv::UnknownGroups;
 use crate::passthrough::Passthrough;
@@ -210,11 +215,10 @@ impl<F: FileSystem + Sync> DispatcherBuilder<F> {
     /// The dispatcher, ready to be shared by the workers.
     pub fn build(self) -> Dispatcher<F> {
         Dispatcher {
-            fs: self.fs,
+            fs: AdaptiveFs::new(self.fs, self.ttl, self.policy.zero_entry_timeout_stands),
             negotiated: self.negotiated,
             policy: self.policy,
             passthrough: self.passthrough,
-            ttl: self.ttl,
             groups: self.groups,
             stats: Stats::default(),
             destroyed: AtomicBool::new(false),
@@ -227,11 +231,12 @@ impl<F: FileSystem + Sync> DispatcherBuilder<F> {
 /// the [`DispatcherBuilder`] it was built from.
 #[derive(Debug)]
 pub struct Dispatcher<F> {
-    fs: F,
+    /// The session's filesystem, with the adaptive timeouts (if any) as a
+    /// layer on top.
+    fs: AdaptiveFs<F>,
     negotiated: Negotiated,
     policy: Policy,
     passthrough: Option<Passthrough>,
-    ttl: Option<Arc<AdaptiveTtl>>,
     groups: Box<dyn GroupSource>,
     stats: Stats,
     destroyed: AtomicBool,
@@ -245,7 +250,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
 
     /// The adaptive timeouts, if set.
     pub fn adaptive_ttl(&self) -> Option<&Arc<AdaptiveTtl>> {
-        self.ttl.as_ref()
+        self.fs.ttl()
     }
 
     /// Files opened in passthrough mode so far.
@@ -255,7 +260,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
 
     /// The filesystem served.
     pub fn fs(&self) -> &F {
-        &self.fs
+        self.fs.inner()
     }
 
     /// The session's negotiated parameters.
@@ -385,11 +390,9 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
         }
     }
 
-    /// Writes an entry reply (with the adaptive timeouts of its inode) and
-    /// records the lookup reference it carries; a reply that cannot be
-    /// built gives the reference back at once.
+    /// Writes an entry reply and records the lookup reference it carries;
+    /// a reply that cannot be built gives the reference back at once.
     fn entry_reply(&self, w: &mut BodyWriter<'_>, entry: &Entry) -> Handled {
-        let entry = &self.with_ttl(entry);
         if entry.inode == 0 {
             // A negative entry (cached "does not exist"): no reference taken.
             w.push(&entry_out(entry))?;

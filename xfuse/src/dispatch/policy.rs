@@ -1,12 +1,14 @@
 //! What the dispatcher adds to the filesystem's answers, beyond the
 //! protocol: the session's [`Policy`] (negative entries, `FOPEN_NOFLUSH`),
-//! adaptive entry and attribute timeouts ([`crate::cache`]), passthrough
-//! backing ids on opened files ([`crate::passthrough`]) and the clearing
-//! of set-user-ID and set-group-ID bits ([`crate::killpriv`]).
+//! passthrough backing ids on opened files ([`crate::passthrough`]) and the
+//! clearing of set-user-ID and set-group-ID bits ([`crate::killpriv`]).
+//! Adaptive timeouts are not here: they are a `FileSystem` layer,
+//! [`crate::cache::AdaptiveFs`], which the dispatcher puts on the
+//! filesystem it serves.
 
 use std::time::Duration;
 
-use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, SetattrValid};
+use fuse_backend_rs::api::filesystem::{Context, FileSystem, SetattrValid};
 use kmod_shim::abi::{self, fattr, fopen, req_flags, OpenOut};
 
 use super::{Dispatcher, Failure};
@@ -35,53 +37,6 @@ pub struct Policy {
 }
 
 impl<F: FileSystem + Sync> Dispatcher<F> {
-    /// `entry` with the adaptive timeouts of its inode (unchanged without a
-    /// policy, or for a negative entry).
-    pub(super) fn with_ttl(&self, entry: &Entry) -> Entry {
-        let mut e = *entry;
-        if let (Some(ttl), true) = (&self.ttl, e.inode != 0) {
-            let (entry, attr) = ttl.ttl(e.inode);
-            e.entry_timeout = self.entry_ttl(e.entry_timeout, entry);
-            e.attr_timeout = attr;
-        }
-        e
-    }
-
-    /// The adaptive entry timeout, or the filesystem's zero where
-    /// [`Policy::zero_entry_timeout_stands`].
-    fn entry_ttl(&self, from_fs: Duration, adaptive: Duration) -> Duration {
-        if self.policy.zero_entry_timeout_stands && from_fs.is_zero() {
-            from_fs
-        } else {
-            adaptive
-        }
-    }
-
-    /// `entry`, listed by READDIRPLUS of `dir`, with adaptive timeouts
-    /// ([`AdaptiveTtl::ttl_listed`]).
-    pub(super) fn with_listed_ttl(&self, dir: u64, entry: &Entry) -> Entry {
-        let mut e = *entry;
-        if let (Some(ttl), true) = (&self.ttl, e.inode != 0) {
-            let (entry, attr) = ttl.ttl_listed(dir, e.inode);
-            e.entry_timeout = self.entry_ttl(e.entry_timeout, entry);
-            e.attr_timeout = attr;
-        }
-        e
-    }
-
-    /// The attribute timeout for `ino`: the adaptive one, or `fs_timeout`.
-    pub(super) fn attr_ttl(&self, ino: u64, fs_timeout: Duration) -> Duration {
-        self.ttl.as_ref().map_or(fs_timeout, |t| t.ttl(ino).1)
-    }
-
-    /// A request changed `ino`: the adaptive policy demotes it and drops the
-    /// kernel's long-cached attributes before the reply goes out.
-    pub(super) fn changed(&self, ino: u64) {
-        if let Some(t) = &self.ttl {
-            t.changed_by_request(ino);
-        }
-    }
-
     /// Turns an OPEN/CREATE reply into a passthrough one when a backing file
     /// can be registered for it.
     pub(super) fn attach_backing(&self, out: &mut OpenOut, inode: u64, fh: Option<u64>, flags: u32) {
@@ -129,7 +84,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
             (kill || attrs == 0).then_some(Cause::Modify)
         };
         if let Some(cause) = cause {
-            killpriv::drop_privileges(&self.fs, ctx, ino, cause, &*self.groups)?;
+            killpriv::drop_privileges(self.fs.inner(), ctx, ino, cause, &*self.groups)?;
         }
         Ok(valid - SetattrValid::KILL_SUIDGID)
     }
@@ -150,7 +105,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
         {
             return Ok(open_flags);
         }
-        killpriv::drop_privileges(&self.fs, ctx, ino, Cause::Modify, &*self.groups)?;
+        killpriv::drop_privileges(self.fs.inner(), ctx, ino, Cause::Modify, &*self.groups)?;
         Ok(open_flags & !req_flags::OPEN_KILL_SUIDGID)
     }
 

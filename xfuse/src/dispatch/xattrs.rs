@@ -22,7 +22,6 @@ pub(super) fn setxattr<F: FileSystem + Sync>(
     let value = a.bytes(s.size as usize)?;
     a.finish()?;
     d.fs.setxattr(ctx, ino.into(), name, value, s.flags)?;
-    d.changed(ino);
     Ok(Done::Reply)
 }
 
@@ -70,7 +69,6 @@ pub(super) fn removexattr<F: FileSystem + Sync>(
     let name = a.name()?;
     a.finish()?;
     d.fs.removexattr(ctx, ino.into(), name)?;
-    d.changed(ino);
     Ok(Done::Reply)
 }
 
