@@ -1064,8 +1064,8 @@ where
         m.mountpoint.display(),
         transport.name()
     );
-    let dispatcher = session.dispatcher().clone();
     let running = session.serve(transport)?;
+    let dispatcher = running.dispatcher().clone();
     // Started once serving: the first read of the counters may follow.
     let _refresher = match adaptive {
         Some(a) => Some(a.refresh()?),

@@ -14,6 +14,8 @@ use kmod_shim::abi::{
 };
 use zerocopy::FromZeros;
 
+use crate::dispatch::Failure;
+
 /// Largest `max_write` we accept in a [`InitConfig`] (the kernel caps
 /// requests at 256 pages by default anyway).
 pub const MAX_WRITE_LIMIT: u32 = 16 << 20;
@@ -50,7 +52,7 @@ const UNDERSTOOD: u64 = f::ASYNC_READ
     | f::OVER_IO_URING;
 
 /// Session settings that shape the INIT reply.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitConfig {
     /// Largest WRITE payload, in bytes (also sets `max_pages`).
     pub max_write: u32,
@@ -205,10 +207,8 @@ pub fn negotiate(
     let wanted = match fs_init(capable) {
         Ok(w) => w.bits() & may,
         Err(e) => {
-            return InitAnswer::Refuse(
-                e.raw_os_error().unwrap_or(libc::EIO),
-                format!("filesystem init failed: {e}"),
-            )
+            let why = format!("filesystem init failed: {e}");
+            return InitAnswer::Refuse(Failure::Fs(e).errno(), why);
         }
     };
 

@@ -7,9 +7,11 @@
 use std::io;
 use std::sync::Arc;
 
-use kmod_shim::abi::{NotifyCode, NotifyInvalEntryOut, NotifyInvalInodeOut, OutHeader};
+use kmod_shim::abi::{NotifyCode, NotifyInvalEntryOut, NotifyInvalInodeOut};
 use kmod_shim::FuseDev;
 use zerocopy::IntoBytes;
+
+use crate::transport::out_header;
 
 /// Sends cache invalidations for one session. Cheap to clone.
 ///
@@ -63,11 +65,7 @@ impl Notifier {
 
     fn send(&self, code: NotifyCode, parts: &[&[u8]]) -> io::Result<()> {
         let body_len: usize = parts.iter().map(|p| p.len()).sum();
-        let header = OutHeader {
-            len: (std::mem::size_of::<OutHeader>() + body_len) as u32,
-            error: code as i32,
-            unique: 0,
-        };
+        let header = out_header(0, code as i32, body_len);
         let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
         all.push(header.as_bytes());
         all.extend_from_slice(parts);

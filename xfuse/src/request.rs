@@ -18,7 +18,7 @@ use zerocopy::{FromBytes, Immutable, KnownLayout};
 pub const NAME_MAX_BYTES: usize = 4096;
 
 /// Why a request could not be parsed. Each becomes `EINVAL` in the reply,
-/// except where noted.
+/// except where noted (the dispatcher's `Failure::errno` decides).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     /// Shorter than a `fuse_in_header`: there is no `unique` to answer.
@@ -55,16 +55,6 @@ pub enum ParseError {
     /// A count inside the request is out of its bounds.
     #[error("count {0} out of bounds")]
     BadCount(u64),
-}
-
-impl ParseError {
-    /// The errno the kernel gets for this request.
-    pub fn errno(&self) -> i32 {
-        match self {
-            ParseError::NameTooLong(_) => libc::ENAMETOOLONG,
-            _ => libc::EINVAL,
-        }
-    }
 }
 
 /// A request that failed to parse, with its `unique` when the header was
@@ -245,16 +235,10 @@ mod tests {
     use zerocopy::IntoBytes;
 
     fn request(opcode: u32, body: &[u8]) -> Vec<u8> {
-        let header = InHeader {
-            len: (40 + body.len()) as u32,
-            opcode,
-            unique: 7,
-            nodeid: 1,
-            ..Default::default()
-        };
-        let mut v = header.as_bytes().to_vec();
-        v.extend_from_slice(body);
-        v
+        crate::testkit::Request::raw(opcode)
+            .unique(7)
+            .bytes(body)
+            .to_bytes()
     }
 
     #[test]
@@ -355,7 +339,7 @@ mod tests {
         let mut long = vec![b'a'; NAME_MAX_BYTES + 10];
         long.push(0);
         let mut args = Args::contiguous(&mut long);
-        assert_eq!(args.name().unwrap_err().errno(), libc::ENAMETOOLONG);
+        assert!(matches!(args.name().unwrap_err(), ParseError::NameTooLong(_)));
         let mut small = [0u8; 32];
         let mut args = Args::contiguous(&mut small);
         assert!(args.array::<MkdirIn>(usize::MAX).is_err());

@@ -1,11 +1,15 @@
-//! Sessions: mount, INIT negotiation, serving through a transport, teardown.
+//! Sessions of a mount on this host: mount(2), INIT (answered through
+//! [`crate::transport::dev::answer_init`]), the dispatcher's settings,
+//! serving through a transport, teardown.
 //!
 //! ```text
 //! Session::mount(fs, mountpoint, options)   mount(2) + INIT answered
 //!        │
 //!        ├── .notifier()                    cache invalidations
+//!        ├── .set_policy() .set_adaptive_ttl() .enable_passthrough()
+//!        │                                  the dispatcher being built
 //!        ▼
-//! Session::serve(Transport::Dev{..})        workers started
+//! Session::serve(Transport::Dev{..})        dispatcher built, workers started
 //!        │
 //!        ▼
 //! Running::wait() / run_until_signal()      returns once unmounted
@@ -24,19 +28,18 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
-use kmod_shim::abi::{InitOut, Opcode, OutHeader};
 use kmod_shim::{FuseDev, KernelInfo, MountOptions, UnmountMode};
-use zerocopy::IntoBytes;
 
 use crate::cache::AdaptiveTtl;
-use crate::dispatch::{Dispatcher, Policy, Stats};
-use crate::init::{self, InitAnswer, InitConfig, Negotiated};
+use crate::dispatch::{Dispatcher, DispatcherBuilder, Policy, Stats};
+use crate::init::{self, InitConfig, Negotiated};
 use crate::notify::Notifier;
 use crate::passthrough::{BackingOpener, Passthrough};
 use crate::perm::ProcGroups;
-use crate::request::split_contiguous;
-use crate::transport;
-use crate::transport::uring::{QueueCounters, UringConfig};
+use crate::transport::uring::QueueCounters;
+use crate::transport::{self, Transport};
+
+pub use crate::transport::default_threads;
 
 /// Errors of setting up or running a session.
 #[derive(Debug, thiserror::Error)]
@@ -61,49 +64,12 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// Reading or answering INIT failed.
-    #[error("INIT with the kernel failed: {0}")]
-    Init(String),
-    /// Setting up a transport failed.
-    #[error("transport {transport}: {reason}")]
-    Transport {
-        /// The transport's name.
-        transport: &'static str,
-        /// What failed.
-        reason: String,
-    },
+    /// INIT or the transport failed.
+    #[error(transparent)]
+    Transport(#[from] transport::Error),
     /// Installing SIGINT/SIGTERM handling failed.
     #[error("installing signal handlers failed: {0}")]
     Signals(#[source] io::Error),
-}
-
-/// Which transport carries requests and replies.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Transport {
-    /// Classic `/dev/fuse`: `threads` workers, each on its own cloned descriptor.
-    Dev {
-        /// Worker threads (at least 1).
-        threads: usize,
-    },
-    /// FUSE-over-io_uring: a ring queue per possible CPU. The session must
-    /// have been mounted with [`InitConfig::over_io_uring`] and the kernel
-    /// must have agreed.
-    Uring(UringConfig),
-}
-
-impl Transport {
-    /// The transport's name, as the CLI spells it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Transport::Dev { .. } => "dev",
-            Transport::Uring(_) => "uring",
-        }
-    }
-}
-
-/// One worker per CPU the process may run on.
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The mount, shared by whoever may unmount it.
@@ -161,13 +127,35 @@ impl Unmounter {
     }
 }
 
-/// A mounted filesystem whose INIT has been answered, not yet served.
+/// A mounted connection: its `/dev/fuse` descriptor, who unmounts it, and
+/// what the kernel offers. Unmounts when dropped.
 #[derive(Debug)]
-pub struct Session<F: FileSystem + Send + Sync + 'static> {
+struct Connection {
     dev: Arc<FuseDev>,
-    dispatcher: Arc<Dispatcher<F>>,
     unmounter: Unmounter,
     kernel: KernelInfo,
+}
+
+impl Connection {
+    fn notifier(&self) -> Notifier {
+        Notifier::new(self.dev.clone())
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.unmounter.unmount();
+    }
+}
+
+/// A mounted filesystem whose INIT has been answered, not yet served. Its
+/// dispatcher is still being configured (policies, adaptive timeouts,
+/// passthrough); [`Session::serve`] builds it and hands it to the workers.
+/// Dropping a session unmounts it.
+#[derive(Debug)]
+pub struct Session<F: FileSystem + Send + Sync + 'static> {
+    conn: Connection,
+    dispatcher: DispatcherBuilder<F>,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> Session<F> {
@@ -205,11 +193,11 @@ impl<F: FileSystem + Send + Sync + 'static> Session<F> {
         });
         let unmounter = Unmounter { state };
         // From here on, any failure must unmount again.
-        let negotiated = match answer_init(&dev, &fs, config) {
+        let negotiated = match transport::dev::answer_init(&dev, &fs, config) {
             Ok(n) => n,
             Err(e) => {
                 unmounter.unmount();
-                return Err(e);
+                return Err(e.into());
             }
         };
         kernel.protocol_minor = Some(negotiated.minor);
@@ -220,15 +208,17 @@ impl<F: FileSystem + Send + Sync + 'static> Session<F> {
             negotiated.max_write / 1024,
             init::flag_names(negotiated.flags).join(" ")
         );
-        let mut dispatcher = Dispatcher::new(fs, negotiated);
+        let mut dispatcher = DispatcherBuilder::new(fs, negotiated);
         // Callers of a /dev/fuse mount are processes of this host (pids as
         // the mounting process sees them).
         dispatcher.set_group_source(Box::new(ProcGroups));
         Ok(Session {
-            dev: Arc::new(dev),
-            dispatcher: Arc::new(dispatcher),
-            unmounter,
-            kernel,
+            conn: Connection {
+                dev: Arc::new(dev),
+                unmounter,
+                kernel,
+            },
+            dispatcher,
         })
     }
 
@@ -239,166 +229,58 @@ impl<F: FileSystem + Send + Sync + 'static> Session<F> {
 
     /// What the kernel offers, with the protocol minor filled in.
     pub fn kernel(&self) -> &KernelInfo {
-        &self.kernel
+        &self.conn.kernel
     }
 
     /// A handle to send cache invalidations.
     pub fn notifier(&self) -> Notifier {
-        Notifier::new(self.dev.clone())
+        self.conn.notifier()
     }
 
     /// A handle to unmount from elsewhere.
     pub fn unmounter(&self) -> Unmounter {
-        self.unmounter.clone()
+        self.conn.unmounter.clone()
     }
 
-    /// Sets the dispatcher's reply policies (before serving).
+    /// Sets the dispatcher's reply policies.
     pub fn set_policy(&mut self, policy: Policy) {
-        if let Some(d) = Arc::get_mut(&mut self.dispatcher) {
-            d.set_policy(policy);
-        }
+        self.dispatcher.set_policy(policy);
     }
 
-    /// Gives entry and attribute timeouts per inode from `ttl` (before
-    /// serving), with this session's notifier for its invalidations.
+    /// Gives entry and attribute timeouts per inode from `ttl`, with this
+    /// session's notifier for its invalidations.
     pub fn set_adaptive_ttl(&mut self, ttl: Arc<AdaptiveTtl>) {
         ttl.set_notifier(self.notifier());
-        if let Some(d) = Arc::get_mut(&mut self.dispatcher) {
-            d.set_adaptive_ttl(ttl);
-        }
+        self.dispatcher.set_adaptive_ttl(ttl);
     }
 
     /// Serves regular files through FUSE passthrough, with backing files
-    /// from `opener` (before serving). Returns false, and changes nothing,
-    /// when the kernel did not agree to `FUSE_PASSTHROUGH` in INIT (ask for it
-    /// with [`InitConfig::passthrough`]).
+    /// from `opener`. Returns false, and changes nothing, when the kernel
+    /// did not agree to `FUSE_PASSTHROUGH` in INIT (ask for it with
+    /// [`InitConfig::passthrough`]).
     pub fn enable_passthrough(&mut self, opener: Box<dyn BackingOpener>) -> bool {
         if !self.negotiated().has(kmod_shim::abi::init_flags::PASSTHROUGH) {
             return false;
         }
-        let passthrough = Passthrough::new(self.dev.clone(), opener);
-        match Arc::get_mut(&mut self.dispatcher) {
-            Some(d) => {
-                d.set_passthrough(passthrough);
-                true
-            }
-            None => false,
-        }
+        let passthrough = Passthrough::new(self.conn.dev.clone(), opener);
+        self.dispatcher.set_passthrough(passthrough);
+        true
     }
 
-    /// The dispatcher (for its counters and the filesystem).
-    pub fn dispatcher(&self) -> &Arc<Dispatcher<F>> {
-        &self.dispatcher
-    }
-
-    /// Starts serving requests through `transport`.
+    /// Builds the dispatcher and starts serving requests through
+    /// `transport` (`dev` or `uring`; `virtio` serves a guest, not a
+    /// mount, and is refused).
     pub fn serve(self, transport: Transport) -> Result<Running<F>, Error> {
-        let (workers, queues) = match &transport {
-            Transport::Dev { threads } => {
-                let workers = transport::dev::start(&self.dev, &self.dispatcher, (*threads).max(1))?;
-                tracing::info!("serving through transport dev with {} workers", workers.len());
-                (workers, None)
-            }
-            Transport::Uring(config) => {
-                if !self.negotiated().has(kmod_shim::abi::init_flags::OVER_IO_URING) {
-                    return Err(Error::Transport {
-                        transport: "uring",
-                        reason: "the kernel did not agree to FUSE_OVER_IO_URING in INIT".into(),
-                    });
-                }
-                let transport::uring::Started {
-                    workers,
-                    plan,
-                    counters,
-                } = transport::uring::start(&self.dev, &self.dispatcher, config)?;
-                tracing::info!(
-                    "serving through transport uring: {} queues x {} entries, payload {} KiB each, \
-                     {} ring threads + 1 /dev/fuse thread; ring buffers {} MiB (virtual, resident as used)",
-                    plan.queues,
-                    plan.depth,
-                    plan.payload_bytes / 1024,
-                    plan.threads,
-                    plan.total_bytes().div_ceil(1 << 20)
-                );
-                (workers, Some(counters))
-            }
-        };
+        let Session { conn, dispatcher } = self;
+        let dispatcher = Arc::new(dispatcher.build());
+        let transport::Started { workers, queues } = transport::start(&transport, &conn.dev, &dispatcher)?;
         Ok(Running {
-            session: Some(self),
+            conn,
+            dispatcher,
             workers,
             transport,
             queues,
         })
-    }
-}
-
-impl<F: FileSystem + Send + Sync + 'static> Drop for Session<F> {
-    fn drop(&mut self) {
-        self.unmounter.unmount();
-    }
-}
-
-/// Reads INIT, negotiates, answers. Loops while the kernel asks to retry
-/// with another major version.
-fn answer_init<F: FileSystem>(dev: &FuseDev, fs: &F, config: &InitConfig) -> Result<Negotiated, Error> {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = loop {
-            match dev.read_request(&mut buf) {
-                Ok(n) => break n,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ENOENT | libc::EAGAIN)) => {
-                    continue
-                }
-                Err(e) => return Err(Error::Init(format!("reading INIT: {e}"))),
-            }
-        };
-        let (header, body) = split_contiguous(&mut buf[..n])
-            .map_err(|bad| Error::Init(format!("malformed INIT: {}", bad.error)))?;
-        if header.opcode != Opcode::Init as u32 {
-            reply_raw(dev, header.unique, -libc::EIO, &[]);
-            return Err(Error::Init(format!(
-                "kernel sent opcode {} before INIT",
-                header.opcode
-            )));
-        }
-        // `negotiate` calls the filesystem's init only once it agrees on a
-        // version, so a retry with another major does not run it twice.
-        match init::negotiate(body, config, |cap| fs.init(cap)) {
-            InitAnswer::Agreed(out, negotiated) => {
-                write_init(dev, header.unique, &out)?;
-                return Ok(negotiated);
-            }
-            InitAnswer::RetryWithMajor(out) => {
-                tracing::info!("kernel offers a newer FUSE major; answering 7 and waiting for another INIT");
-                write_init(dev, header.unique, &out)?;
-            }
-            InitAnswer::Refuse(errno, why) => {
-                reply_raw(dev, header.unique, -errno, &[]);
-                return Err(Error::Init(why));
-            }
-        }
-    }
-}
-
-fn write_init(dev: &FuseDev, unique: u64, out: &InitOut) -> Result<(), Error> {
-    let header = OutHeader {
-        len: (16 + std::mem::size_of::<InitOut>()) as u32,
-        error: 0,
-        unique,
-    };
-    dev.write_message(&[header.as_bytes(), out.as_bytes()])
-        .map(|_| ())
-        .map_err(|e| Error::Init(format!("writing the INIT reply: {e}")))
-}
-
-fn reply_raw(dev: &FuseDev, unique: u64, error: i32, body: &[u8]) {
-    let header = OutHeader {
-        len: (16 + body.len()) as u32,
-        error,
-        unique,
-    };
-    if let Err(e) = dev.write_message(&[header.as_bytes(), body]) {
-        tracing::debug!("reply to {unique} failed: {e}");
     }
 }
 
@@ -414,8 +296,9 @@ pub enum Ended {
 /// A session being served.
 #[derive(Debug)]
 pub struct Running<F: FileSystem + Send + Sync + 'static> {
-    /// Taken out only by `wait`, which consumes `self`.
-    session: Option<Session<F>>,
+    conn: Connection,
+    dispatcher: Arc<Dispatcher<F>>,
+    /// Emptied by `wait`.
     workers: Vec<JoinHandle<()>>,
     transport: Transport,
     queues: Option<Arc<QueueCounters>>,
@@ -424,28 +307,27 @@ pub struct Running<F: FileSystem + Send + Sync + 'static> {
 impl<F: FileSystem + Send + Sync + 'static> Running<F> {
     /// A handle to unmount from elsewhere.
     pub fn unmounter(&self) -> Unmounter {
-        self.session().unmounter()
+        self.conn.unmounter.clone()
     }
 
     /// A handle to send cache invalidations.
     pub fn notifier(&self) -> Notifier {
-        self.session().notifier()
+        self.conn.notifier()
     }
 
     /// Request counters.
     pub fn stats(&self) -> &Stats {
-        self.session().dispatcher.stats()
+        self.dispatcher.stats()
+    }
+
+    /// The dispatcher (for its counters and the filesystem).
+    pub fn dispatcher(&self) -> &Arc<Dispatcher<F>> {
+        &self.dispatcher
     }
 
     /// Requests served per ring queue (`uring` only).
     pub fn queue_counters(&self) -> Option<Arc<QueueCounters>> {
         self.queues.clone()
-    }
-
-    fn session(&self) -> &Session<F> {
-        self.session
-            .as_ref()
-            .expect("a Running always holds its session until wait() consumes it")
     }
 
     /// The transport serving.
@@ -454,24 +336,25 @@ impl<F: FileSystem + Send + Sync + 'static> Running<F> {
     }
 
     /// Blocks until every worker has ended (the filesystem was unmounted),
-    /// then runs the filesystem's `destroy`.
-    pub fn wait(mut self) -> Session<F> {
+    /// then runs the filesystem's `destroy`. Returns the dispatcher, for
+    /// its counters and the filesystem.
+    pub fn wait(mut self) -> Arc<Dispatcher<F>> {
         for w in self.workers.drain(..) {
             if w.join().is_err() {
                 tracing::error!("a worker panicked");
             }
         }
-        let session = self.session.take().expect("wait() runs once");
-        session.dispatcher.destroy();
+        self.dispatcher.destroy();
         // Nothing is served any more; make sure nothing stays mounted.
-        session.unmounter.unmount();
-        session
+        self.conn.unmounter.unmount();
+        // Dropping `self` now finds nothing left to do.
+        self.dispatcher.clone()
     }
 
     /// Serves until SIGINT/SIGTERM (then unmounts) or until unmounted from
     /// outside, and says which. `signals` must have been installed before
     /// mounting, so a signal that arrives while mounting is not lost.
-    pub fn run_until_signal(self, signals: ShutdownSignals) -> Result<(Ended, Session<F>), Error> {
+    pub fn run_until_signal(self, signals: ShutdownSignals) -> Result<(Ended, Arc<Dispatcher<F>>), Error> {
         let ShutdownSignals {
             mut signals,
             on_report,
@@ -501,14 +384,14 @@ impl<F: FileSystem + Send + Sync + 'static> Running<F> {
                 None
             })
             .map_err(Error::Signals)?;
-        let session = self.wait();
+        let dispatcher = self.wait();
         handle.close();
         let sig = watcher.join().ok().flatten();
         let ended = match sig {
             Some(s) if got.load(Ordering::Acquire) => Ended::Signal(s),
             _ => Ended::Unmounted,
         };
-        Ok((ended, session))
+        Ok((ended, dispatcher))
     }
 }
 
@@ -550,10 +433,7 @@ impl ShutdownSignals {
 
 impl<F: FileSystem + Send + Sync + 'static> Drop for Running<F> {
     fn drop(&mut self) {
-        let Some(session) = self.session.as_ref() else {
-            return;
-        };
-        session.unmounter.unmount();
+        self.conn.unmounter.unmount();
         // Give workers a moment to see ENODEV; a worker stuck in the
         // filesystem is left behind rather than hanging the caller.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -565,6 +445,6 @@ impl<F: FileSystem + Send + Sync + 'static> Drop for Running<F> {
                 let _ = w.join();
             }
         }
-        session.dispatcher.destroy();
+        self.dispatcher.destroy();
     }
 }

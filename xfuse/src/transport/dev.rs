@@ -8,6 +8,9 @@
 //! max_pages); file data is read and written in place in them. Both are
 //! page-aligned where the data goes (`kmod_shim::buf`): the kernel copies
 //! into a misaligned buffer at half speed on some CPUs.
+//!
+//! INIT, before any worker runs, is answered on the session's own
+//! descriptor by [`answer_init`], for every transport of a mount.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,14 +19,16 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
-use kmod_shim::abi::{InHeader, Opcode, OutHeader, WriteIn};
+use kmod_shim::abi::{InHeader, Opcode, WriteIn};
 use kmod_shim::buf::AlignedBuf;
 use kmod_shim::FuseDev;
 use zerocopy::IntoBytes;
 
+use super::handshake::{self, Handshake};
+use super::{out_header, Error};
 use crate::dispatch::{Dispatcher, Reply};
+use crate::init::{InitConfig, Negotiated};
 use crate::request::{split_contiguous, Args, BadRequest};
-use crate::session::Error;
 
 /// A pause after each FORGET, for the `/dev/fuse` worker that runs beside
 /// the rings of the `uring` transport.
@@ -74,7 +79,7 @@ pub fn start_with<F: FileSystem + Send + Sync + 'static>(
 ) -> Result<Vec<JoinHandle<()>>, Error> {
     let mut workers = Vec::with_capacity(threads);
     for id in 0..threads {
-        let channel = session_dev.try_clone_channel().map_err(|e| Error::Transport {
+        let channel = session_dev.try_clone_channel().map_err(|e| Error::Setup {
             transport: "dev",
             reason: format!("FUSE_DEV_IOC_CLONE for worker {id}: {e}"),
         })?;
@@ -83,7 +88,7 @@ pub fn start_with<F: FileSystem + Send + Sync + 'static>(
         let handle = std::thread::Builder::new()
             .name(format!("xfuse-dev-{id}"))
             .spawn(move || worker(id, channel, dispatcher, pause))
-            .map_err(|e| Error::Transport {
+            .map_err(|e| Error::Setup {
                 transport: "dev",
                 reason: format!("spawning worker {id}: {e}"),
             })?;
@@ -132,12 +137,7 @@ fn worker<F: FileSystem + Send + Sync>(
                 error: e,
             }) => {
                 tracing::warn!(worker = id, "malformed request {unique}: {e}");
-                Some(Reply {
-                    unique,
-                    error: -e.errno(),
-                    body_len: 0,
-                    lookup: None,
-                })
+                Some(Reply::malformed(unique, e))
             }
             Err(BadRequest {
                 unique: None,
@@ -161,13 +161,58 @@ fn worker<F: FileSystem + Send + Sync>(
 }
 
 fn send(channel: &FuseDev, reply: &Reply, body: &[u8]) -> io::Result<()> {
-    let header = OutHeader {
-        len: (std::mem::size_of::<OutHeader>() + body.len()) as u32,
-        error: reply.error,
-        unique: reply.unique,
-    };
+    let header = out_header(reply.unique, reply.error, body.len());
     channel.write_message(&[header.as_bytes(), body])?;
     Ok(())
+}
+
+/// Reads INIT from a freshly mounted connection, negotiates with `fs` and
+/// answers. Loops while the kernel asks to retry with another major version.
+pub fn answer_init<F: FileSystem>(dev: &FuseDev, fs: &F, config: &InitConfig) -> Result<Negotiated, Error> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = loop {
+            match dev.read_request(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ENOENT | libc::EAGAIN)) => {
+                    continue
+                }
+                Err(e) => return Err(Error::Init(format!("reading INIT: {e}"))),
+            }
+        };
+        let (header, body) = split_contiguous(&mut buf[..n])
+            .map_err(|bad| Error::Init(format!("malformed INIT: {}", bad.error)))?;
+        if header.opcode != Opcode::Init as u32 {
+            if let Err(e) = dev.write_message(&[out_header(header.unique, -libc::EIO, 0).as_bytes()]) {
+                tracing::debug!("reply to {} failed: {e}", header.unique);
+            }
+            return Err(Error::Init(format!(
+                "kernel sent opcode {} before INIT",
+                header.opcode
+            )));
+        }
+        let (reply, next) = handshake::answer(header.unique, body, config, fs);
+        let sent = dev.write_message(&[
+            out_header(reply.unique, reply.error, reply.body().len()).as_bytes(),
+            reply.body(),
+        ]);
+        match next {
+            Handshake::Agreed(negotiated) => {
+                sent.map_err(|e| Error::Init(format!("writing the INIT reply: {e}")))?;
+                return Ok(negotiated);
+            }
+            Handshake::Retry => {
+                tracing::info!("kernel offers a newer FUSE major; answering 7 and waiting for another INIT");
+                sent.map_err(|e| Error::Init(format!("writing the INIT reply: {e}")))?;
+            }
+            Handshake::Refused(why) => {
+                if let Err(e) = sent {
+                    tracing::debug!("reply to {} failed: {e}", reply.unique);
+                }
+                return Err(Error::Init(why));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -34,9 +34,9 @@ use kmod_shim::uring::{Completion, FuseUring, RingBackend, RingEntry};
 use kmod_shim::FuseDev;
 use zerocopy::{FromBytes, IntoBytes};
 
+use super::{out_header, Error};
 use crate::dispatch::{Dispatcher, Reply};
 use crate::request::{Args, ParseError};
-use crate::session::Error;
 
 /// Settings of the `uring` transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +60,7 @@ impl Default for UringConfig {
     fn default() -> Self {
         UringConfig {
             queue_depth: 0,
-            threads: crate::session::default_threads(),
+            threads: super::default_threads(),
             spin: Duration::ZERO,
             forget_pause: DEFAULT_FORGET_PAUSE,
         }
@@ -123,6 +123,12 @@ impl QueueCounters {
         self.serving.load(Ordering::Relaxed)
     }
 
+    /// The flag behind [`QueueCounters::serving`], for the `/dev/fuse`
+    /// worker's [`super::dev::ForgetPause`].
+    pub(crate) fn serving_flag(&self) -> Arc<AtomicBool> {
+        self.serving.clone()
+    }
+
     /// Requests served by each queue, by queue id.
     pub fn snapshot(&self) -> Vec<u64> {
         self.per_queue.iter().map(|c| c.load(Ordering::Relaxed)).collect()
@@ -141,7 +147,8 @@ impl QueueCounters {
 /// What [`start`] started.
 #[derive(Debug)]
 pub struct Started {
-    /// The ring threads and the `/dev/fuse` thread.
+    /// The ring threads (the `/dev/fuse` worker beside them is started by
+    /// `transport::start`).
     pub workers: Vec<JoinHandle<()>>,
     /// The ring memory plan.
     pub plan: RingPlan,
@@ -149,13 +156,14 @@ pub struct Started {
     pub counters: Arc<QueueCounters>,
 }
 
-/// Starts the ring workers (and the `/dev/fuse` worker beside them).
+/// Starts the ring workers. FORGET, BATCH_FORGET and INTERRUPT still
+/// arrive on `/dev/fuse`: the caller runs a `dev` worker beside them.
 pub fn start<F: FileSystem + Send + Sync + 'static>(
     session_dev: &Arc<FuseDev>,
     dispatcher: &Arc<Dispatcher<F>>,
     config: &UringConfig,
 ) -> Result<Started, Error> {
-    let fail = |reason: String| Error::Transport {
+    let fail = |reason: String| Error::Setup {
         transport: "uring",
         reason,
     };
@@ -225,12 +233,6 @@ pub fn start<F: FileSystem + Send + Sync + 'static>(
             .map_err(|e| fail(format!("spawning ring worker {t}: {e}")))?;
         workers.push(handle);
     }
-    // FORGET, BATCH_FORGET and INTERRUPT keep arriving on /dev/fuse.
-    let pause = super::dev::ForgetPause {
-        delay: config.forget_pause,
-        armed: counters.serving.clone(),
-    };
-    workers.extend(super::dev::start_with(session_dev, dispatcher, 1, Some(pause))?);
     Ok(Started {
         workers,
         plan,
@@ -324,11 +326,7 @@ impl<F: FileSystem + Sync> RingWorker<'_, F> {
         let (unique, opcode) = InHeader::read_from_prefix(&header.in_out[..])
             .map(|(h, _)| (h.unique, h.opcode))
             .unwrap_or((commit_id, 0));
-        let out = OutHeader {
-            len: (std::mem::size_of::<OutHeader>() + body_len) as u32,
-            error,
-            unique,
-        };
+        let out = out_header(unique, error, body_len);
         header.in_out.fill(0);
         header.in_out[..std::mem::size_of::<OutHeader>()].copy_from_slice(out.as_bytes());
         header.ring_ent_in_out.payload_sz = body_len as u32;
@@ -338,14 +336,7 @@ impl<F: FileSystem + Sync> RingWorker<'_, F> {
 
     fn dispatch(&mut self, header: &mut UringReqHeader, payload: &mut [u8]) -> Option<Reply> {
         let (in_header, _) = InHeader::read_from_prefix(&header.in_out[..]).ok()?;
-        let bad = |e: ParseError| {
-            Some(Reply {
-                unique: in_header.unique,
-                error: -e.errno(),
-                body_len: 0,
-                lookup: None,
-            })
-        };
+        let bad = |e: ParseError| Some(Reply::malformed(in_header.unique, e));
         let payload_sz = header.ring_ent_in_out.payload_sz as usize;
         if payload_sz > payload.len() {
             return bad(ParseError::Truncated {
@@ -375,7 +366,7 @@ mod tests {
     //! The ring logic against a fake kernel side: entry states, buffer
     //! ownership, commit ids and teardown, without root or io_uring.
 
-    use std::collections::{HashMap, VecDeque};
+    use std::collections::HashMap;
     use std::ffi::CStr;
     use std::io;
 
@@ -384,129 +375,8 @@ mod tests {
 
     use super::*;
     use crate::init::Negotiated;
-
-    /// Plays the kernel: keeps registered entries per queue, delivers
-    /// requests into them, checks and records replies, and ends everything
-    /// with -ENOTCONN on abort.
-    #[derive(Default)]
-    struct FakeKernel {
-        available: HashMap<u16, VecDeque<RingEntry>>,
-        completions: VecDeque<Completion>,
-        /// Sent and not yet answered: commit id -> queue.
-        pending: HashMap<u64, u16>,
-        replies: Vec<(u64, i32, Vec<u8>)>,
-        registered: usize,
-        script: VecDeque<Action>,
-    }
-
-    enum Action {
-        Request {
-            qid: u16,
-            unique: u64,
-            opcode: Opcode,
-            nodeid: u64,
-            op_in: Vec<u8>,
-            payload: Vec<u8>,
-        },
-        Abort,
-    }
-
-    impl FakeKernel {
-        fn deliver(&mut self) {
-            let Some(action) = self.script.pop_front() else {
-                return;
-            };
-            match action {
-                Action::Request {
-                    qid,
-                    unique,
-                    opcode,
-                    nodeid,
-                    op_in,
-                    payload,
-                } => {
-                    let mut entry = self
-                        .available
-                        .get_mut(&qid)
-                        .and_then(|q| q.pop_front())
-                        .expect("queue has an available entry");
-                    let (h, p) = entry.parts_mut();
-                    let ih = InHeader {
-                        len: (40 + op_in.len() + payload.len()) as u32,
-                        opcode: opcode as u32,
-                        unique,
-                        nodeid,
-                        ..Default::default()
-                    };
-                    h.in_out.fill(0xAA);
-                    h.in_out[..40].copy_from_slice(ih.as_bytes());
-                    h.op_in.fill(0);
-                    h.op_in[..op_in.len()].copy_from_slice(&op_in);
-                    p[..payload.len()].copy_from_slice(&payload);
-                    h.ring_ent_in_out.payload_sz = payload.len() as u32;
-                    // The kernel uses the request's unique as commit id.
-                    h.ring_ent_in_out.commit_id = unique;
-                    self.pending.insert(unique, qid);
-                    self.completions.push_back(Completion { entry, result: 0 });
-                }
-                Action::Abort => {
-                    for (_, q) in self.available.drain() {
-                        for entry in q {
-                            self.completions.push_back(Completion {
-                                entry,
-                                result: -libc::ENOTCONN,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    impl RingBackend for FakeKernel {
-        fn register(&mut self, entry: RingEntry) -> io::Result<()> {
-            assert!(entry.payload_capacity() >= 8192);
-            self.registered += 1;
-            self.available.entry(entry.qid()).or_default().push_back(entry);
-            Ok(())
-        }
-
-        fn commit_and_fetch(&mut self, entry: RingEntry, commit_id: u64) -> io::Result<()> {
-            let qid = self
-                .pending
-                .remove(&commit_id)
-                .expect("commit id of a request in flight");
-            assert_eq!(qid, entry.qid(), "committed on the queue the request came from");
-            let h = entry.header();
-            let (out, _) = OutHeader::read_from_prefix(&h.in_out[..]).unwrap();
-            let body_len = h.ring_ent_in_out.payload_sz as usize;
-            assert_eq!(out.len as usize, 16 + body_len);
-            let mut e = entry;
-            let body = e.parts_mut().1[..body_len].to_vec();
-            self.replies.push((out.unique, out.error, body));
-            self.available.entry(qid).or_default().push_back(e);
-            Ok(())
-        }
-
-        fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
-            if want > 0 && self.completions.is_empty() {
-                self.deliver();
-            }
-            Ok(())
-        }
-
-        fn next_completion(&mut self) -> Option<Completion> {
-            self.completions.pop_front()
-        }
-
-        fn has_completion(&mut self) -> bool {
-            !self.completions.is_empty()
-        }
-
-        fn in_flight(&self) -> usize {
-            self.available.values().map(|q| q.len()).sum::<usize>() + self.completions.len()
-        }
-    }
+    use crate::testkit::ring::FakeKernel;
+    use crate::testkit::Request;
 
     /// One file "f" (node 2) holding "hello".
     #[derive(Default)]
@@ -584,51 +454,28 @@ mod tests {
     fn requests_flow_and_teardown_ends_the_worker() {
         let (dispatcher, counters) = worker_parts();
         let mut worker = worker(&dispatcher, &counters);
-        let mut kernel = FakeKernel::default();
+        let mut kernel = FakeKernel::new();
+        let read = ReadIn {
+            size: 4096,
+            ..Default::default()
+        };
         let write = WriteIn {
             size: 16,
             ..Default::default()
         };
-        kernel.script = VecDeque::from([
-            Action::Request {
-                qid: 0,
-                unique: 10,
-                opcode: Opcode::Lookup,
-                nodeid: 1,
-                op_in: vec![],
-                payload: b"f\0".to_vec(),
-            },
-            Action::Request {
-                qid: 1,
-                unique: 11,
-                opcode: Opcode::Read,
-                nodeid: 2,
-                op_in: ReadIn {
-                    size: 4096,
-                    ..Default::default()
-                }
-                .as_bytes()
-                .to_vec(),
-                payload: vec![],
-            },
-            Action::Request {
-                qid: 1,
-                unique: 12,
-                opcode: Opcode::Write,
-                nodeid: 2,
-                op_in: write.as_bytes().to_vec(),
-                payload: b"written in place".to_vec(),
-            },
-            Action::Request {
-                qid: 0,
-                unique: 13,
-                opcode: Opcode::Lookup,
-                nodeid: 1,
-                op_in: vec![],
-                payload: b"missing\0".to_vec(),
-            },
-            Action::Abort,
-        ]);
+        kernel
+            .then_request(0, Request::new(Opcode::Lookup).unique(10).name("f"))
+            .then_request(1, Request::new(Opcode::Read).unique(11).nodeid(2).fixed(&read))
+            .then_request(
+                1,
+                Request::new(Opcode::Write)
+                    .unique(12)
+                    .nodeid(2)
+                    .fixed(&write)
+                    .bytes(b"written in place"),
+            )
+            .then_request(0, Request::new(Opcode::Lookup).unique(13).name("missing"))
+            .then_abort();
         let entries: Vec<RingEntry> = [0u16, 0, 1, 1]
             .iter()
             .map(|&q| RingEntry::new(q, 64 * 1024))
@@ -637,11 +484,14 @@ mod tests {
         worker.run(&mut kernel, entries).unwrap();
 
         assert!(counters.serving(), "served requests arm the FORGET pause");
-        assert_eq!(kernel.registered, 4);
-        assert!(kernel.pending.is_empty(), "every request answered");
+        assert_eq!(kernel.registered(), 4);
+        assert_eq!(kernel.unanswered(), 0, "every request answered");
         assert_eq!(kernel.in_flight(), 0, "teardown handed every entry back");
-        let r: HashMap<u64, (i32, Vec<u8>)> =
-            kernel.replies.into_iter().map(|(u, e, b)| (u, (e, b))).collect();
+        let r: HashMap<u64, (i32, Vec<u8>)> = kernel
+            .replies()
+            .iter()
+            .map(|r| (r.unique, (r.error, r.body.clone())))
+            .collect();
         let (err, body) = &r[&10];
         assert_eq!(*err, 0);
         assert_eq!(EntryOut::read_from_bytes(body).unwrap().nodeid, 2);
@@ -670,13 +520,7 @@ mod tests {
         let mut worker = worker(&dispatcher, &counters);
         let mut entry = RingEntry::new(0, 8192);
         let (h, _) = entry.parts_mut();
-        let ih = InHeader {
-            len: 42,
-            opcode: Opcode::Lookup as u32,
-            unique: 5,
-            nodeid: 1,
-            ..Default::default()
-        };
+        let ih = Request::new(Opcode::Lookup).unique(5).claim_len(42).header();
         h.in_out[..40].copy_from_slice(ih.as_bytes());
         h.ring_ent_in_out.payload_sz = 1 << 20; // larger than the buffer
         h.ring_ent_in_out.commit_id = 5;

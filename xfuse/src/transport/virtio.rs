@@ -20,8 +20,8 @@
 //! guest's buffers.
 //!
 //! There is no INIT before the queues run: the guest sends it as its first
-//! request, so this transport negotiates itself and builds a fresh
-//! [`Dispatcher`] for each INIT. A guest that resets its device or a VMM that
+//! request, so this transport answers it (with [`super::handshake`], as a
+//! mount's INIT is answered) and builds a fresh [`Dispatcher`] for each INIT. A guest that resets its device or a VMM that
 //! disconnects ends the connection: the filesystem's `destroy` runs, and the
 //! next INIT starts over.
 
@@ -45,8 +45,10 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 use zerocopy::IntoBytes;
 
-use crate::dispatch::{Dispatcher, Policy};
-use crate::init::{self, InitAnswer, InitConfig};
+use super::handshake::{self, Handshake};
+use super::out_header;
+use crate::dispatch::{Dispatcher, DispatcherBuilder, Policy, Reply};
+use crate::init::{self, InitConfig};
 use crate::request::{split_contiguous, Args, BadRequest};
 
 /// Index of the high-priority queue.
@@ -58,7 +60,7 @@ const IN_HEADER: usize = std::mem::size_of::<InHeader>();
 const PRE_INIT_REQUEST_LIMIT: usize = 64 << 10;
 
 /// Settings of a virtio-fs backend.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtioConfig {
     /// Request queues offered to the VMM (QEMU's `num-request-queues`), on
     /// top of the high-priority queue.
@@ -590,7 +592,8 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
                 error,
             }) => {
                 tracing::warn!("malformed request {unique}: {error}");
-                return self.send(mem, layout, unique, -error.errno(), &[]);
+                let reply = Reply::malformed(unique, error);
+                return self.send(mem, layout, reply.unique, reply.error, &[]);
             }
             Err(BadRequest { unique: None, error }) => {
                 tracing::warn!("unanswerable request: {error}");
@@ -631,14 +634,16 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
     }
 
     fn init<M: GuestMemory>(&self, mem: &M, layout: &ChainLayout, header: &InHeader, args: &mut [u8]) -> u32 {
-        let fs = self.shared.fs.clone();
-        match init::negotiate(args, &self.shared.config.init, |cap| fs.init(cap)) {
-            InitAnswer::Agreed(out, negotiated) => {
+        let (reply, next) =
+            handshake::answer(header.unique, args, &self.shared.config.init, &*self.shared.fs);
+        match next {
+            Handshake::Agreed(negotiated) => {
                 // A guest that rebooted without a device reset sends INIT again.
                 self.end_connection("a new INIT arrived");
-                let mut dispatcher = Dispatcher::new(self.shared.fs.clone(), negotiated);
+                let mut dispatcher = DispatcherBuilder::new(self.shared.fs.clone(), negotiated);
                 dispatcher.set_policy(self.shared.config.policy.clone());
-                *self.shared.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(dispatcher));
+                *self.shared.conn.write().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Arc::new(dispatcher.build()));
                 self.shared.counters.inits.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     minor = negotiated.minor,
@@ -646,14 +651,11 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
                     flags = ?init::flag_names(negotiated.flags),
                     "guest FUSE session started"
                 );
-                self.send(mem, layout, header.unique, 0, out.as_bytes())
             }
-            InitAnswer::RetryWithMajor(out) => self.send(mem, layout, header.unique, 0, out.as_bytes()),
-            InitAnswer::Refuse(errno, why) => {
-                tracing::error!("refusing the guest's INIT: {why}");
-                self.send(mem, layout, header.unique, -errno, &[])
-            }
+            Handshake::Retry => {}
+            Handshake::Refused(why) => tracing::error!("refusing the guest's INIT: {why}"),
         }
+        self.send(mem, layout, reply.unique, reply.error, reply.body())
     }
 
     /// Writes a reply; returns the bytes written, 0 if it could not be.
@@ -665,21 +667,13 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
         error: i32,
         body: &[u8],
     ) -> u32 {
-        let header = OutHeader {
-            len: (OUT_HEADER + body.len()) as u32,
-            error,
-            unique,
-        };
+        let header = out_header(unique, error, body.len());
         match layout.write_reply(mem, &[header.as_bytes(), body]) {
             Ok(n) => n,
             Err(e) if !body.is_empty() => {
                 // The body does not fit what the guest offered: answer EIO.
                 tracing::warn!(unique, "reply does not reach the guest: {e}");
-                let header = OutHeader {
-                    len: OUT_HEADER as u32,
-                    error: -libc::EIO,
-                    unique,
-                };
+                let header = out_header(unique, -libc::EIO, 0);
                 layout.write_reply(mem, &[header.as_bytes()]).unwrap_or(0)
             }
             Err(e) => {
@@ -767,6 +761,7 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsBackend
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::Request;
     use fuse_backend_rs::api::filesystem::{Context, Entry};
     use kmod_shim::abi::{init_flags, InitIn, InitOut, KERNEL_MINOR_VERSION, KERNEL_VERSION};
     use std::ffi::CStr;
@@ -1014,15 +1009,11 @@ mod tests {
         ) -> Option<(OutHeader, Vec<u8>)> {
             let unique = self.next;
             self.next += 1;
-            let header = InHeader {
-                len: len.unwrap_or((IN_HEADER + args.len()) as u32),
-                opcode,
-                unique,
-                nodeid: 1,
-                ..Default::default()
-            };
-            let mut request = header.as_bytes().to_vec();
-            request.extend_from_slice(args);
+            let mut request = Request::raw(opcode).unique(unique).bytes(args);
+            if let Some(len) = len {
+                request = request.claim_len(len);
+            }
+            let request = request.to_bytes();
             self.mem.write_slice(&request, GuestAddress(DATA)).unwrap();
             self.mem
                 .write_slice(&vec![0xee; room as usize], GuestAddress(DATA + 0x8000))

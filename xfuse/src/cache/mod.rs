@@ -19,9 +19,10 @@
 //!
 //! - changes that arrive as requests through the mount (SETATTR, WRITE,
 //!   FALLOCATE, xattr changes, and the parents of UNLINK, RMDIR, RENAME, LINK
-//!   and creations): the dispatcher calls [`AdaptiveTtl::changed_by_request`]
-//!   before it replies. It sends `FUSE_NOTIFY_INVAL_INODE` for attributes
-//!   only: from inside a handler, invalidating data or entries could wait
+//!   and creations): [`AdaptiveFs`], the layer the dispatcher puts on the
+//!   filesystem, calls [`AdaptiveTtl::changed_by_request`] once the
+//!   filesystem has made the change, before the dispatcher replies. It
+//!   sends `FUSE_NOTIFY_INVAL_INODE` for attributes only: from inside a handler, invalidating data or entries could wait
 //!   for locks the kernel holds until that very reply (see [`Notifier`]).
 //!   The names a request changes, the kernel updates itself (`d_move`,
 //!   `d_delete`), and it drops the attributes of the inodes it knows a
@@ -53,6 +54,10 @@ use fuse_backend_rs::api::filesystem::{Context, FileSystem, SetattrValid};
 
 use crate::notify::Notifier;
 use crate::reply::DataReader;
+
+mod fs;
+
+pub use fs::AdaptiveFs;
 
 /// Cumulative LOOKUP and GETATTR upcalls about one inode of one mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,8 +174,9 @@ pub struct AdaptiveStats {
     pub invalidation_errors: u64,
 }
 
-/// Per-inode timeouts for one mount. Shared by the dispatcher (reads, on
-/// every reply carrying attributes), the refresher and whoever reports
+/// Per-inode timeouts for one mount. Shared by the dispatcher's
+/// [`AdaptiveFs`] layer (reads, on every reply carrying attributes), the
+/// refresher and whoever reports
 /// changes.
 #[derive(Debug)]
 pub struct AdaptiveTtl {
@@ -434,8 +440,8 @@ impl AdaptiveTtl {
         was_long
     }
 
-    /// A request through the mount changed `ino` (called by the dispatcher
-    /// after the filesystem did it, before the reply). Invalidates the
+    /// A request through the mount changed `ino` (called by [`AdaptiveFs`]
+    /// after the filesystem did it, before the dispatcher's reply). Invalidates the
     /// kernel's attributes if it may hold a long timeout for them; never
     /// data or entries (see the module docs for why).
     pub fn changed_by_request(&self, ino: u64) {

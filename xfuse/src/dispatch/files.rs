@@ -1,0 +1,394 @@
+//! Requests about open files: OPEN and CREATE (with passthrough backing
+//! ids and set-user-ID clearing), data (READ, WRITE, FALLOCATE, LSEEK),
+//! FLUSH, FSYNC, RELEASE, POSIX locks, IOCTL, POLL and BMAP.
+
+use fuse_backend_rs::abi::fuse_abi::CreateIn as FsCreateIn;
+use fuse_backend_rs::api::filesystem::{Context, Entry, FileLock as FsFileLock, FileSystem, IoctlData};
+use kmod_shim::abi::{
+    self, fopen, req_flags, BmapIn, BmapOut, CreateIn, FallocateIn, FlushIn, FsyncIn, IoctlIn, IoctlOut,
+    LkIn, LkOut, LseekIn, LseekOut, OpenIn, OpenOut, PollIn, PollOut, ReadIn, ReleaseIn, WriteIn, WriteOut,
+};
+
+use super::{Dispatcher, Done, Failure, Handled};
+use crate::killpriv::{self, Cause};
+use crate::reply::{entry_out, BodyWriter, DataReader};
+use crate::request::{Args, ParseError};
+
+pub(super) fn open<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    mut a: Args<'_>,
+    w: &mut BodyWriter<'_>,
+) -> Handled {
+    let o: OpenIn = a.fixed()?;
+    a.finish()?;
+    let open_flags = d.kill_on_open(ctx, ino, o.flags, o.open_flags)?;
+    let (fh, opts, _passthrough) = d.fs.open(ctx, ino.into(), o.flags, open_flags)?;
+    let fh: Option<u64> = fh.map(Into::into);
+    let mut out = open_out(fh, opts.bits() | d.file_open_flags());
+    d.attach_backing(&mut out, ino, fh, o.flags);
+    if let Err(e) = w.push(&out) {
+        if let (Some(p), Some(fh)) = (&d.passthrough, fh) {
+            p.release(fh);
+        }
+        return Err(e.into());
+    }
+    Ok(Done::Reply)
+}
+
+pub(super) fn create<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    mut a: Args<'_>,
+    w: &mut BodyWriter<'_>,
+) -> Handled {
+    let c: CreateIn = a.fixed()?;
+    let name = a.name()?;
+    a.finish()?;
+    // An existing file opened with O_TRUNC (the kernel creates
+    // only names it found missing, but another client may have
+    // made it since) loses its bits like on OPEN; which inode it
+    // is, the reply tells, so the clearing follows.
+    let kill = d.kills_privileges()
+        && c.open_flags & req_flags::OPEN_KILL_SUIDGID != 0
+        && c.flags as i32 & libc::O_TRUNC != 0;
+    let args = FsCreateIn {
+        flags: c.flags,
+        mode: c.mode,
+        umask: c.umask,
+        fuse_flags: if kill {
+            c.open_flags & !req_flags::OPEN_KILL_SUIDGID
+        } else {
+            c.open_flags
+        },
+    };
+    let (mut entry, fh, opts, _passthrough) = d.fs.create(ctx, ino.into(), name, args)?;
+    let fh: Option<u64> = fh.map(Into::into);
+    if kill {
+        match killpriv::drop_privileges(d.fs.inner(), ctx, entry.inode, Cause::Modify, &*d.groups) {
+            Ok(Some((st, _))) => entry.attr = st,
+            Ok(None) => {}
+            Err(e) => {
+                undo_create(d, ctx, &entry, fh, c.flags);
+                return Err(e.into());
+            }
+        }
+    }
+    let mut out = open_out(fh, opts.bits() | d.file_open_flags());
+    d.attach_backing(&mut out, entry.inode, fh, c.flags);
+    if let Err(e) = w.push(&entry_out(&entry)).and_then(|_| w.push(&out)) {
+        if let (Some(p), Some(fh)) = (&d.passthrough, fh) {
+            p.release(fh);
+        }
+        undo_create(d, ctx, &entry, fh, c.flags);
+        return Err(e.into());
+    }
+    Ok(Done::ReplyLookup(entry.inode))
+}
+
+/// Undoes a CREATE whose reply cannot be built: the kernel will never
+/// know the handle or the reference.
+fn undo_create<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    entry: &Entry,
+    fh: Option<u64>,
+    flags: u32,
+) {
+    if let Some(fh) = fh {
+        let _ =
+            d.fs.release(ctx, entry.inode.into(), flags, fh.into(), false, false, None);
+    }
+    d.fs.forget(ctx, entry.inode.into(), 1);
+}
+
+pub(super) fn read<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    mut a: Args<'_>,
+    w: &mut BodyWriter<'_>,
+) -> Handled {
+    let r: ReadIn = a.fixed()?;
+    a.finish()?;
+    let size = r.size as usize;
+    if size > d.negotiated.max_reply_bytes() || size > w.room() {
+        return Err(ParseError::BadCount(u64::from(r.size)).into());
+    }
+    w.limit_to(size);
+    let owner = (r.read_flags & req_flags::READ_LOCKOWNER != 0).then_some(r.lock_owner);
+    d.fs.read(ctx, ino.into(), r.fh.into(), w, r.size, r.offset, owner, r.flags)?;
+    Ok(Done::Reply)
+}
+
+pub(super) fn write<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    mut a: Args<'_>,
+    w: &mut BodyWriter<'_>,
+) -> Handled {
+    let wi: WriteIn = a.fixed()?;
+    let size = wi.size as usize;
+    if size > d.negotiated.max_write as usize {
+        return Err(ParseError::BadCount(u64::from(wi.size)).into());
+    }
+    let data = a.bytes(size)?;
+    a.finish()?;
+    let mut reader = DataReader::new(data);
+    let owner = (wi.write_flags & req_flags::WRITE_LOCKOWNER != 0).then_some(wi.lock_owner);
+    let delayed = wi.write_flags & req_flags::WRITE_CACHE != 0;
+    let mut write_flags = wi.write_flags;
+    if d.kills_privileges() && write_flags & req_flags::WRITE_KILL_SUIDGID != 0 {
+        // Usually a bare SETATTR just before has cleared them
+        // already; this catches a mode the kernel's cache missed.
+        killpriv::drop_privileges(d.fs.inner(), ctx, ino, Cause::Modify, &*d.groups)?;
+        write_flags &= !req_flags::WRITE_KILL_SUIDGID;
+    }
+    let written = d.fs.write(
+        ctx,
+        ino.into(),
+        wi.fh.into(),
+        &mut reader,
+        wi.size,
+        wi.offset,
+        owner,
+        delayed,
+        wi.flags,
+        write_flags,
+    )?;
+    let written = u32::try_from(written).unwrap_or(u32::MAX).min(wi.size);
+    w.push(&WriteOut {
+        size: written,
+        padding: 0,
+    })?;
+    Ok(Done::Reply)
+}
+
+pub(super) fn release<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    mut a: Args<'_>,
+    _: &mut BodyWriter<'_>,
+) -> Handled {
+    let r: ReleaseIn = a.fixed()?;
+    a.finish()?;
+    let flush = r.release_flags & req_flags::RELEASE_FLUSH != 0;
+    let flock = r.release_flags & req_flags::RELEASE_FLOCK_UNLOCK != 0;
+    let owner = (flush || flock).then_some(r.lock_owner);
+    if let Some(p) = &d.passthrough {
+        p.release(r.fh);
+    }
+    d.fs.release(ctx, ino.into(), r.flags, r.fh.into(), flush, flock, owner)?;
+    Ok(Done::Reply)
+}
+
+pub(super) fn fsync<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    mut a: Args<'_>,
+    _: &mut BodyWriter<'_>,
+) -> Handled {
+    let s: FsyncIn = a.fixed()?;
+    a.finish()?;
+    let datasync = s.fsync_flags & req_flags::FSYNC_FDATASYNC != 0;
+    d.fs.fsync(ctx, ino.into(), datasync, s.fh.into())?;
+    Ok(Done::Reply)
+}
+
+pub(super) fn flush<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    mut a: Args<'_>,
+    _: &mut BodyWriter<'_>,
+) -> Handled {
+    let f: FlushIn = a.fixed()?;
+    a.finish()?;
+    d.fs.flush(ctx, ino.into(), f.fh.into(), f.lock_owner)?;
+    Ok(Done::Reply)
+}
+
+pub(super) fn getlk<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    mut a: Args<'_>,
+    w: &mut BodyWriter<'_>,
+) -> Handled {
+    let l: LkIn = a.fixed()?;
+    a.finish()?;
+    let lock = d.fs.getlk(
+        ctx,
+        ino.into(),
+        l.fh.into(),
+        l.owner,
+        file_lock(&l.lk),
+        l.lk_flags,
+    )?;
+    let lk = abi::FileLock {
+        start: lock.start,
+        end: lock.end,
+        type_: lock.lock_type,
+        pid: lock.pid,
+    };
+    w.push(&LkOut { lk })?;
+    Ok(Done::Reply)
+}
+
+pub(super) fn setlk<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    mut a: Args<'_>,
+    _: &mut BodyWriter<'_>,
+) -> Handled {
+    let l: LkIn = a.fixed()?;
+    a.finish()?;
+    d.fs.setlk(
+        ctx,
+        ino.into(),
+        l.fh.into(),
+        l.owner,
+        file_lock(&l.lk),
+        l.lk_flags,
+    )?;
+    Ok(Done::Reply)
+}
+
+pub(super) fn setlkw<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    mut a: Args<'_>,
+    _: &mut BodyWriter<'_>,
+) -> Handled {
+    let l: LkIn = a.fixed()?;
+    a.finish()?;
+    d.fs.setlkw(
+        ctx,
+        ino.into(),
+        l.fh.into(),
+        l.owner,
+        file_lock(&l.lk),
+        l.lk_flags,
+    )?;
+    Ok(Done::Reply)
+}
+
+pub(super) fn fallocate<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    mut a: Args<'_>,
+    _: &mut BodyWriter<'_>,
+) -> Handled {
+    let f: FallocateIn = a.fixed()?;
+    a.finish()?;
+    d.fs.fallocate(ctx, ino.into(), f.fh.into(), f.mode, f.offset, f.length)?;
+    Ok(Done::Reply)
+}
+
+pub(super) fn lseek<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    mut a: Args<'_>,
+    w: &mut BodyWriter<'_>,
+) -> Handled {
+    let l: LseekIn = a.fixed()?;
+    a.finish()?;
+    let offset = d.fs.lseek(ctx, ino.into(), l.fh.into(), l.offset, l.whence)?;
+    w.push(&LseekOut { offset })?;
+    Ok(Done::Reply)
+}
+
+pub(super) fn ioctl<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    mut a: Args<'_>,
+    w: &mut BodyWriter<'_>,
+) -> Handled {
+    let io: IoctlIn = a.fixed()?;
+    if io.flags & req_flags::IOCTL_UNRESTRICTED != 0 {
+        // Unrestricted ioctls need the retry protocol (CUSE only).
+        return Err(Failure::Errno(libc::ENOSYS));
+    }
+    let input = a.bytes(io.in_size as usize)?;
+    a.finish()?;
+    if io.out_size as usize > d.negotiated.max_reply_bytes() {
+        return Err(ParseError::BadCount(u64::from(io.out_size)).into());
+    }
+    let data = IoctlData {
+        result: 0,
+        data: Some(&*input),
+    };
+    let res =
+        d.fs.ioctl(ctx, ino.into(), io.fh.into(), io.flags, io.cmd, data, io.out_size)?;
+    let out_data = res.data.unwrap_or(&[]);
+    if out_data.len() > io.out_size as usize {
+        return Err(Failure::Errno(libc::EINVAL));
+    }
+    w.push(&IoctlOut {
+        result: res.result,
+        flags: 0,
+        in_iovs: 0,
+        out_iovs: 0,
+    })?;
+    w.push_bytes(out_data)?;
+    Ok(Done::Reply)
+}
+
+pub(super) fn poll<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    mut a: Args<'_>,
+    w: &mut BodyWriter<'_>,
+) -> Handled {
+    let p: PollIn = a.fixed()?;
+    a.finish()?;
+    let revents =
+        d.fs.poll(ctx, ino.into(), p.fh.into(), p.kh.into(), p.flags, p.events)?;
+    w.push(&PollOut { revents, padding: 0 })?;
+    Ok(Done::Reply)
+}
+
+pub(super) fn bmap<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    mut a: Args<'_>,
+    w: &mut BodyWriter<'_>,
+) -> Handled {
+    let b: BmapIn = a.fixed()?;
+    a.finish()?;
+    let block = d.fs.bmap(ctx, ino.into(), b.block, b.blocksize)?;
+    w.push(&BmapOut { block })?;
+    Ok(Done::Reply)
+}
+
+/// `fuse_open_out` for an opened file or directory.
+pub(super) fn open_out(fh: Option<u64>, open_flags: u32) -> OpenOut {
+    // The filesystem's passthrough (third return value) is fuse-backend-rs's
+    // own scheme, not the kernel's backing ids; never forward its bit.
+    OpenOut {
+        fh: fh.unwrap_or(0),
+        open_flags: open_flags & !fopen::PASSTHROUGH,
+        backing_id: 0,
+    }
+}
+
+fn file_lock(l: &abi::FileLock) -> FsFileLock {
+    FsFileLock {
+        start: l.start,
+        end: l.end,
+        lock_type: l.type_,
+        pid: l.pid,
+    }
+}
