@@ -13,8 +13,9 @@
 //! - [`side`]: the numbers criterion does not keep (daemon CPU per op, RSS),
 //!   written to `target/xfuse-bench/side.json` for the report.
 //! - [`report`]: criterion's estimates plus the side numbers as markdown.
-//! - [`virtiofs`]: a vhost-user-fs frontend in-process (no VM) replaying the
-//!   guest workload's metadata operations against virtio-fs backends.
+//!
+//! The virtiofs-replay bench drives `vm_tests::frontend`, the vhost-user-fs
+//! frontend double that lives with the virtio-fs tests.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -24,7 +25,6 @@ pub mod procfs;
 pub mod report;
 pub mod run;
 pub mod side;
-pub mod virtiofs;
 
 pub use config::Config;
 pub use mount::{Binaries, Mount, MountError, Suite};

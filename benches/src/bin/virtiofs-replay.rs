@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
-use benches::virtiofs::{replay, Backend, ReplayReport};
+use vm_tests::frontend::{replay, Backend, ReplayReport};
 
 const HELP: &str = "\
 usage: virtiofs-replay [--rounds N (5)] [--files N (1000)] [--depth K (1)]
