@@ -9,6 +9,7 @@
 //!   when a bench panics; [`Suite`] finds the binaries and probes which
 //!   configurations the daemon accepts.
 //! - [`procfs`]: mountinfo, and the daemon's CPU time and RSS.
+//! - [`latency`]: per-operation latency distributions and their percentiles.
 //! - [`run`]: iterations split over threads, with untimed pauses.
 //! - [`side`]: the numbers criterion does not keep (daemon CPU per op, RSS),
 //!   written to `target/xfuse-bench/side.json` for the report.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod latency;
 pub mod mount;
 pub mod procfs;
 pub mod report;

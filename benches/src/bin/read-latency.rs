@@ -13,6 +13,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
+use benches::latency::Latencies;
 use benches::{Binaries, Config, Mount};
 
 const FILE_BYTES: usize = 64 << 20;
@@ -79,8 +80,8 @@ fn next(state: &mut u64) -> u64 {
     *state
 }
 
-/// Per-read latencies in nanoseconds, sorted.
-fn measure(mount: &Mount, reads: usize, seed: u64) -> anyhow::Result<Vec<u64>> {
+/// The distribution of the timed reads' latencies.
+fn measure(mount: &Mount, reads: usize, seed: u64) -> anyhow::Result<Latencies> {
     let path = mount.root().join("data");
     let file = File::options()
         .read(true)
@@ -103,16 +104,11 @@ fn measure(mount: &Mount, reads: usize, seed: u64) -> anyhow::Result<Vec<u64>> {
     for _ in 0..WARM_UP {
         read_one(&mut block)?;
     }
-    let mut lat = Vec::with_capacity(reads);
+    let mut lat = Latencies::new();
     for _ in 0..reads {
-        lat.push(read_one(&mut block)?);
+        lat.record(read_one(&mut block)?);
     }
-    lat.sort_unstable();
     Ok(lat)
-}
-
-fn percentile(sorted: &[u64], p: usize) -> u64 {
-    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -149,8 +145,8 @@ fn main() -> anyhow::Result<()> {
                 Mount::new(config, &binaries, populate).map_err(|e| anyhow::anyhow!("mounting {e}"))?;
             let lat = measure(&mount, opts.reads, 0x5eed + round as u64)?;
             drop(mount);
-            let us = |p| percentile(&lat, p) as f64 / 1000.0;
-            let row = [us(50), us(90), us(99)];
+            let us = |p| lat.percentile_ns(p).unwrap_or(0) as f64 / 1000.0;
+            let row = [us(50.0), us(90.0), us(99.0)];
             eprintln!(
                 "round {}: {config}: p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs",
                 round + 1,

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
+use benches::latency::Latencies;
 use vm_tests::frontend::{replay, Backend, ReplayReport};
 
 /// What `--help` says beyond the options.
@@ -112,15 +113,6 @@ fn parse_args() -> anyhow::Result<Opts> {
     Ok(opts)
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1] as f64
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| x.is_finite());
     v.sort_by(f64::total_cmp);
@@ -142,13 +134,18 @@ struct OpRound {
 }
 
 fn op_round(report: &ReplayReport, op: &str) -> Option<OpRound> {
-    let mut v = report.latencies_ns.get(op)?.clone();
-    v.sort_unstable();
+    let v = report.latencies_ns.get(op)?;
+    let latencies: Latencies = v.iter().copied().collect();
+    let us = |p| {
+        latencies
+            .percentile_ns(p)
+            .map_or(f64::NAN, |ns| ns as f64 / 1000.0)
+    };
     Some(OpRound {
         count: v.len(),
-        p50: percentile(&v, 50.0) / 1000.0,
-        p90: percentile(&v, 90.0) / 1000.0,
-        p99: percentile(&v, 99.0) / 1000.0,
+        p50: us(50.0),
+        p90: us(90.0),
+        p99: us(99.0),
     })
 }
 
