@@ -8,7 +8,9 @@
 //!   (daemon stopped with SIGTERM, then unmounted, lazily if need be), even
 //!   when a bench panics; [`Suite`] finds the binaries and probes which
 //!   configurations the daemon accepts.
-//! - [`procfs`]: mountinfo, and the daemon's CPU time and RSS.
+//! - [`procfs`]: the daemon's CPU time and RSS (from `vm_tests`, which
+//!   reads a virtio-fs backend's the same way); mounts are read with
+//!   `kmod_shim::mountinfo`.
 //! - [`latency`]: per-operation latency distributions and their percentiles.
 //! - [`run`]: iterations split over threads, with untimed pauses.
 //! - [`side`]: the numbers criterion does not keep (daemon CPU per op, RSS),
@@ -23,7 +25,6 @@
 pub mod config;
 pub mod latency;
 pub mod mount;
-pub mod procfs;
 pub mod report;
 pub mod run;
 pub mod side;
@@ -31,6 +32,7 @@ pub mod side;
 pub use config::Config;
 pub use mount::{Binaries, Mount, MountError, Suite};
 pub use run::{run_split, Failures, Meter, Worker};
+pub use vm_tests::procfs;
 
 use std::path::PathBuf;
 

@@ -5,6 +5,8 @@
 //! - [`dev`]: `/dev/fuse` file descriptors, their reads and writes, and the
 //!   `FUSE_DEV_IOC_*` ioctls (clone, passthrough backing files);
 //! - [`mount`]: mount(2) and umount2(2) for FUSE, with typed options;
+//! - [`mountinfo`]: what is mounted where (`/proc/self/mountinfo`), and a
+//!   FUSE mount's connection id;
 //! - [`creds`]: process credentials (capabilities across uid switches) and
 //!   the umask;
 //! - [`uring`]: FUSE-over-io_uring ring entries and the io_uring carrying them;
@@ -22,6 +24,7 @@ pub mod buf;
 pub mod creds;
 pub mod dev;
 pub mod mount;
+pub mod mountinfo;
 pub mod probe;
 pub mod sched;
 pub mod uring;

@@ -135,42 +135,13 @@ pub fn umount(mountpoint: &Path, mode: UnmountMode) -> io::Result<()> {
 /// `/proc/self/mountinfo` so the mount itself is never touched: a stat of
 /// the mountpoint would be a request to the very daemon asking.
 pub fn connection_id(mountpoint: &Path) -> Option<u32> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    connection_id_in(&info, mountpoint.as_os_str().as_bytes())
-}
-
-fn connection_id_in(mountinfo: &str, mountpoint: &[u8]) -> Option<u32> {
-    // "36 35 0:45 / /mnt/x rw,nosuid - fuse.xfuse src rw,...": the last
-    // matching line is the mount on top.
-    mountinfo.lines().rev().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let sep = fields.iter().position(|f| *f == "-")?;
-        let fstype = fields.get(sep + 1)?;
-        if !(fstype.starts_with("fuse")) || unescape_mountinfo(fields.get(4)?) != mountpoint {
-            return None;
-        }
-        let (major, minor) = fields.get(2)?.split_once(':')?;
-        let (major, minor): (u32, u32) = (major.parse().ok()?, minor.parse().ok()?);
-        // The kernel names connections by the internal dev_t (major << 20 | minor).
-        Some((major << 20) | minor)
-    })
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape_mountinfo(field: &str) -> Vec<u8> {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
+    let mounts = crate::mountinfo::mounts().ok()?;
+    // The topmost FUSE mount there: the last such line.
+    mounts
+        .iter()
+        .rev()
+        .filter(|m| m.mount_point == mountpoint)
+        .find_map(crate::mountinfo::MountEntry::fuse_connection_id)
 }
 
 const FUSECTL_DIR: &str = "/sys/fs/fuse/connections";
@@ -206,16 +177,6 @@ pub fn abort_connection(conn_id: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_topmost_fuse_mount() {
-        let info = "22 1 0:21 / /proc rw - proc proc rw\n\
-                    40 22 0:45 / /mnt/a\\040b rw,nosuid - fuse.xfuse src rw,user_id=0\n\
-                    41 40 0:46 / /mnt/a\\040b rw,nosuid - fuse.xfuse src rw,user_id=0\n";
-        assert_eq!(connection_id_in(info, b"/mnt/a b"), Some(46));
-        assert_eq!(connection_id_in(info, b"/proc"), None);
-        assert_eq!(connection_id_in(info, b"/mnt"), None);
-    }
 
     #[test]
     fn data_string_has_every_option() {

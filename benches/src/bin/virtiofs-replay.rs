@@ -169,7 +169,7 @@ fn fmt(x: f64, decimals: usize) -> String {
 /// The filesystem type of the mount holding `dir` (longest mount-point prefix).
 fn fs_type_of(dir: &std::path::Path) -> String {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
-    benches::procfs::mounts()
+    kmod_shim::mountinfo::mounts()
         .unwrap_or_default()
         .into_iter()
         .filter(|m| dir.starts_with(&m.mount_point))
