@@ -8,27 +8,31 @@
 //!   (daemon stopped with SIGTERM, then unmounted, lazily if need be), even
 //!   when a bench panics; [`Suite`] finds the binaries and probes which
 //!   configurations the daemon accepts.
-//! - [`procfs`]: mountinfo, and the daemon's CPU time and RSS.
+//! - [`procfs`]: the daemon's CPU time and RSS (from `vm_tests`, which
+//!   reads a virtio-fs backend's the same way); mounts are read with
+//!   `kmod_shim::mountinfo`.
+//! - [`latency`]: per-operation latency distributions and their percentiles.
 //! - [`run`]: iterations split over threads, with untimed pauses.
 //! - [`side`]: the numbers criterion does not keep (daemon CPU per op, RSS),
 //!   written to `target/xfuse-bench/side.json` for the report.
 //! - [`report`]: criterion's estimates plus the side numbers as markdown.
-//! - [`virtiofs`]: a vhost-user-fs frontend in-process (no VM) replaying the
-//!   guest workload's metadata operations against virtio-fs backends.
+//!
+//! The virtiofs-replay bench drives `vm_tests::frontend`, the vhost-user-fs
+//! frontend double that lives with the virtio-fs tests.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod latency;
 pub mod mount;
-pub mod procfs;
 pub mod report;
 pub mod run;
 pub mod side;
-pub mod virtiofs;
 
 pub use config::Config;
 pub use mount::{Binaries, Mount, MountError, Suite};
 pub use run::{run_split, Failures, Meter, Worker};
+pub use vm_tests::procfs;
 
 use std::path::PathBuf;
 

@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::procfs;
 use crate::run::{Failures, Meter};
 use crate::side::{self, SideFile, SideRecord};
+use kmod_shim::mountinfo;
 
 /// How long a daemon may take to mount.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -242,7 +243,8 @@ impl Mount {
 
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         loop {
-            let fs_type = procfs::mounted_at(&self.mountpoint).map_err(setup("reading mountinfo".into()))?;
+            let fs_type =
+                mountinfo::fs_type_at(&self.mountpoint).map_err(setup("reading mountinfo".into()))?;
             if fs_type.is_some_and(|t| t.starts_with("fuse")) {
                 break;
             }
@@ -387,7 +389,7 @@ fn stop_daemon(child: &mut Child, log: &Path, config: Config) {
 fn unmount_all(path: &Path) {
     // Bounded: a mount point holds at most a few stacked mounts.
     for _ in 0..8 {
-        match procfs::mounted_at(path) {
+        match mountinfo::fs_type_at(path) {
             Ok(Some(_)) => {}
             Ok(None) => return,
             Err(e) => {
@@ -665,7 +667,7 @@ fn stale_base(path: &Path) -> Option<PathBuf> {
 /// the temporary directory, FUSE mounts before the tmpfs under them (their
 /// daemons then exit by themselves), and removes their directories.
 fn clean_stale() {
-    let Ok(mounts) = procfs::mounts() else { return };
+    let Ok(mounts) = mountinfo::mounts() else { return };
     let mut stale: Vec<(bool, PathBuf)> = mounts
         .into_iter()
         .filter(|m| stale_base(&m.mount_point).is_some())

@@ -6,6 +6,9 @@
 //! - `virtiofs`: serve a local directory to a virtual machine (vhost-user-fs,
 //!   xfuse's `virtio` transport), in place of virtiofsd;
 //! - `stats`: a live view of one mount's kernel→daemon traffic, from BPF;
+//! - `mount`: mount the distributed filesystem (namespace from a metadata
+//!   engine, file data in a local chunk store);
+//! - `meta`: run a metadata service for `xfused mount --meta tcp://…`;
 //! - `kernel`: show what the running kernel offers, or switch FUSE-over-io_uring on.
 
 mod adaptive;

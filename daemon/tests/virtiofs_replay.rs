@@ -1,5 +1,5 @@
 //! The virtio transport without a VM: `xfused virtiofs` served to an
-//! in-process vhost-user frontend (benches::virtiofs, the part QEMU and the
+//! in-process vhost-user frontend (vm_tests::frontend, the part QEMU and the
 //! guest kernel play) that replays the VM workload's metadata operations —
 //! INIT, LOOKUP, CREATE/RELEASE, MKNOD, GETATTR, READDIRPLUS, RENAME, LINK,
 //! UNLINK, FORGET on the high-priority queue, DESTROY — with every reply
@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use benches::virtiofs::replay::{self, expected_tree, linked, renamed, unlinked};
-use benches::virtiofs::{Backend, ReplayReport};
+use vm_tests::frontend::replay::{self, expected_tree, linked, renamed, unlinked};
+use vm_tests::frontend::{Backend, ReplayReport};
 
 const XFUSED: &str = env!("CARGO_BIN_EXE_xfused");
 

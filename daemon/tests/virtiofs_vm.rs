@@ -320,13 +320,9 @@ impl HostMount {
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        let target = format!(" {} ", mountpoint.display());
         loop {
-            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-            if info
-                .lines()
-                .any(|l| l.contains(&target) && l.contains("fuse.xfuse"))
-            {
+            let fs_type = common::mount_fstype(mountpoint);
+            if fs_type.as_deref() == Some("fuse.xfuse") {
                 return m;
             }
             if let Some(status) = m.child.try_wait().unwrap() {

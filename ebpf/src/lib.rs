@@ -24,8 +24,10 @@
 //! counters are cumulative from the moment of loading; each loaded tracer
 //! has its own maps.
 //!
-//! This crate has no `unsafe` code: map keys and values are arrays of `u64`
-//! (aya implements its `Pod` for arrays), decoded here.
+//! The maps' keys and values are declared once, in `src/bpf/maps.h`, which
+//! the programs include and from which build.rs generates [`maps`]. This
+//! crate has no `unsafe` code: aya reads entries as arrays of `u64` (it
+//! implements its `Pod` for arrays), turned into those types by zerocopy.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -36,12 +38,19 @@ use aya::maps::{HashMap, MapData, MapError};
 use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Btf, BtfError, Ebpf, EbpfError, EbpfLoader};
 
+pub mod maps;
+
+use maps::{
+    InodeCounters, InodeCountersWords, InodeKey, InodeKeyWords, OpcodeCounters, OpcodeCountersWords,
+    OpcodeKey, OpcodeKeyWords,
+};
+
 /// The object file clang built from `src/bpf/fuse_upcalls.bpf.c`.
 static FUSE_UPCALLS_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fuse_upcalls.bpf.o"));
 
 /// Buckets of the latency histogram: bucket `i` counts latencies with
 /// `floor(log2(ns)) == i` (the last bucket also holds everything longer).
-pub const LATENCY_BUCKETS: usize = 32;
+pub const LATENCY_BUCKETS: usize = maps::HIST_BUCKETS;
 /// Inodes the per-inode map holds (all connections together); the least
 /// recently updated are evicted beyond this.
 pub const INODES_MAX: usize = 65_536;
@@ -174,8 +183,8 @@ pub struct UpcallTracer {
     ebpf: Ebpf,
 }
 
-type OpcodeMap<'a> = HashMap<&'a MapData, [u64; 2], [u64; 4 + LATENCY_BUCKETS]>;
-type InodeMap<'a> = HashMap<&'a MapData, [u64; 2], [u64; 2]>;
+type OpcodeMap<'a> = HashMap<&'a MapData, OpcodeKeyWords, OpcodeCountersWords>;
+type InodeMap<'a> = HashMap<&'a MapData, InodeKeyWords, InodeCountersWords>;
 
 impl UpcallTracer {
     /// Loads the programs (CO-RE relocated against `/sys/kernel/btf/vmlinux`)
@@ -205,19 +214,19 @@ impl UpcallTracer {
             .map_err(|source| Error::Map { map: MAP, source })?;
         let mut out = Vec::new();
         for item in map.iter() {
-            let (key, v) = item.map_err(|source| Error::Map { map: MAP, source })?;
-            if key[0] != u64::from(connection) {
+            let (key, value) = item.map_err(|source| Error::Map { map: MAP, source })?;
+            let key: OpcodeKey = zerocopy::transmute!(key);
+            let value: OpcodeCounters = zerocopy::transmute!(value);
+            if key.conn != u64::from(connection) {
                 continue;
             }
-            let mut hist = [0u64; LATENCY_BUCKETS];
-            hist.copy_from_slice(&v[4..]);
             out.push(OpcodeStats {
-                opcode: key[1] as u32,
-                sent: v[0],
-                ended: v[1],
-                errors: v[2],
-                latency_ns_sum: v[3],
-                latency_log2_hist: hist,
+                opcode: key.opcode as u32,
+                sent: value.sent,
+                ended: value.ended,
+                errors: value.errors,
+                latency_ns_sum: value.latency_ns_sum,
+                latency_log2_hist: value.hist,
             });
         }
         out.sort_by_key(|s| s.opcode);
@@ -236,16 +245,18 @@ impl UpcallTracer {
         // after a bounded number of steps.
         let mut out: StdHashMap<u64, InodeUpcalls> = StdHashMap::new();
         for item in map.iter().take(INODES_MAX * 2) {
-            let (key, v) = item.map_err(|source| Error::Map { map: MAP, source })?;
-            if key[0] != u64::from(connection) {
+            let (key, value) = item.map_err(|source| Error::Map { map: MAP, source })?;
+            let key: InodeKey = zerocopy::transmute!(key);
+            let value: InodeCounters = zerocopy::transmute!(value);
+            if key.conn != u64::from(connection) {
                 continue;
             }
             out.insert(
-                key[1],
+                key.nodeid,
                 InodeUpcalls {
-                    nodeid: key[1],
-                    lookups: v[0],
-                    getattrs: v[1],
+                    nodeid: key.nodeid,
+                    lookups: value.lookups,
+                    getattrs: value.getattrs,
                 },
             );
         }
@@ -296,6 +307,22 @@ mod tests {
         earlier.sent = 4;
         let d = later.since(&earlier);
         assert_eq!((d.sent, d.latency_log2_hist[3]), (6, 3));
+    }
+
+    #[test]
+    fn map_words_decode_in_field_order() {
+        let mut words = [0u64; std::mem::size_of::<OpcodeCounters>() / 8];
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = i as u64;
+        }
+        let v: OpcodeCounters = zerocopy::transmute!(words);
+        assert_eq!((v.sent, v.ended, v.errors, v.latency_ns_sum), (0, 1, 2, 3));
+        assert_eq!(
+            (v.hist[0], v.hist[LATENCY_BUCKETS - 1]),
+            (4, 3 + LATENCY_BUCKETS as u64)
+        );
+        let k: InodeKey = zerocopy::transmute!([7u64, 9]);
+        assert_eq!((k.conn, k.nodeid), (7, 9));
     }
 
     #[test]

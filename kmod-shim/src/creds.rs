@@ -1,8 +1,6 @@
 //! Process credentials.
 
-use std::io;
-
-use crate::cvt;
+use crate::{cvt, SyscallError};
 
 /// `SECBIT_NO_SETUID_FIXUP` of `<linux/securebits.h>`.
 const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
@@ -15,13 +13,17 @@ const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
 /// thread's euid around `mkdirat`) and that reopen inodes from file handles
 /// (`open_by_handle_at`, which needs CAP_DAC_READ_SEARCH) inside that window
 /// otherwise fail with `EPERM` for every non-root caller. Needs CAP_SETPCAP.
-pub fn keep_capabilities_across_setuid() -> io::Result<()> {
+pub fn keep_capabilities_across_setuid() -> Result<(), SyscallError> {
     // SAFETY: PR_GET_SECUREBITS takes no pointer arguments and only reads
     // the calling thread's credentials.
-    let bits = cvt(unsafe { libc::prctl(libc::PR_GET_SECUREBITS) })?;
+    let bits = cvt("prctl(PR_GET_SECUREBITS)", unsafe {
+        libc::prctl(libc::PR_GET_SECUREBITS)
+    })?;
     let bits = bits as libc::c_ulong | SECBIT_NO_SETUID_FIXUP;
     // SAFETY: PR_SET_SECUREBITS takes the new bits by value; no memory is passed.
-    cvt(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits) })?;
+    cvt("prctl(PR_SET_SECUREBITS)", unsafe {
+        libc::prctl(libc::PR_SET_SECUREBITS, bits)
+    })?;
     Ok(())
 }
 

@@ -2,11 +2,10 @@
 //! passthrough backing-file ioctls.
 
 use std::ffi::CStr;
-use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::abi::BackingMap;
-use crate::{cvt, cvt_size};
+use crate::{cvt, cvt_size, SyscallError};
 
 const FUSE_DEV_PATH: &CStr = c"/dev/fuse";
 
@@ -41,10 +40,12 @@ pub struct FuseDev {
 
 impl FuseDev {
     /// Opens `/dev/fuse` (close-on-exec, blocking reads).
-    pub fn open() -> io::Result<FuseDev> {
+    pub fn open() -> Result<FuseDev, SyscallError> {
         // SAFETY: the path is a valid NUL-terminated string; `open` has no
         // other memory effects. The returned descriptor is checked by `cvt`.
-        let fd = cvt(unsafe { libc::open(FUSE_DEV_PATH.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
+        let fd = cvt("open(/dev/fuse)", unsafe {
+            libc::open(FUSE_DEV_PATH.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC)
+        })?;
         // SAFETY: `fd` was just returned by open(2), is valid and owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(FuseDev { fd })
@@ -52,12 +53,12 @@ impl FuseDev {
 
     /// Opens a new `/dev/fuse` descriptor attached to the same connection
     /// (`FUSE_DEV_IOC_CLONE`), so a worker can read and reply on its own.
-    pub fn try_clone_channel(&self) -> io::Result<FuseDev> {
+    pub fn try_clone_channel(&self) -> Result<FuseDev, SyscallError> {
         let clone = FuseDev::open()?;
         let session_fd: u32 = self.fd.as_raw_fd() as u32;
         // SAFETY: FUSE_DEV_IOC_CLONE reads one u32 (the session's descriptor)
         // through the pointer, which points at a live local of that type.
-        cvt(unsafe {
+        cvt("ioctl(FUSE_DEV_IOC_CLONE)", unsafe {
             libc::ioctl(
                 clone.fd.as_raw_fd(),
                 FUSE_DEV_IOC_CLONE as _,
@@ -73,22 +74,21 @@ impl FuseDev {
     /// Errors are the kernel's: `ENODEV` once the filesystem is unmounted or
     /// the connection aborted; `ENOENT` when the request was interrupted before
     /// it could be read (just read again); `EINTR`.
-    pub fn read_request(&self, buf: &mut [u8]) -> io::Result<usize> {
+    pub fn read_request(&self, buf: &mut [u8]) -> Result<usize, SyscallError> {
         // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes for the
         // duration of the call; the kernel writes at most that many.
-        cvt_size(unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+        cvt_size("read(/dev/fuse)", unsafe {
+            libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+        })
     }
 
     /// Writes one reply or notification, gathered from `parts` in one
     /// `writev(2)`, as the kernel requires (the first part starts with a
     /// `fuse_out_header` whose `len` covers all parts).
-    pub fn write_message(&self, parts: &[&[u8]]) -> io::Result<usize> {
+    pub fn write_message(&self, parts: &[&[u8]]) -> Result<usize, SyscallError> {
         const MAX_PARTS: usize = 8;
         if parts.len() > MAX_PARTS {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "too many reply parts",
-            ));
+            return Err(SyscallError::invalid("writev(/dev/fuse)", "too many reply parts"));
         }
         let mut iov = [libc::iovec {
             iov_base: std::ptr::null_mut(),
@@ -102,7 +102,9 @@ impl FuseDev {
         }
         // SAFETY: the first `parts.len()` iovecs point at live byte slices of
         // their stated lengths, which outlive the call; writev only reads them.
-        cvt_size(unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), parts.len() as libc::c_int) })
+        cvt_size("writev(/dev/fuse)", unsafe {
+            libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), parts.len() as libc::c_int)
+        })
     }
 
     /// Registers `file` as a passthrough backing file (`FUSE_DEV_IOC_BACKING_OPEN`)
@@ -110,7 +112,7 @@ impl FuseDev {
     ///
     /// Needs CAP_SYS_ADMIN and a connection that negotiated `FUSE_PASSTHROUGH`;
     /// the kernel answers `EPERM` otherwise.
-    pub fn backing_open(&self, file: BorrowedFd<'_>) -> io::Result<u32> {
+    pub fn backing_open(&self, file: BorrowedFd<'_>) -> Result<u32, SyscallError> {
         let map = BackingMap {
             fd: file.as_raw_fd(),
             flags: 0,
@@ -118,7 +120,7 @@ impl FuseDev {
         };
         // SAFETY: the ioctl reads one `struct fuse_backing_map` through the
         // pointer, which points at a live, initialised local of that layout.
-        let id = cvt(unsafe {
+        let id = cvt("ioctl(FUSE_DEV_IOC_BACKING_OPEN)", unsafe {
             libc::ioctl(
                 self.fd.as_raw_fd(),
                 FUSE_DEV_IOC_BACKING_OPEN as _,
@@ -129,9 +131,9 @@ impl FuseDev {
     }
 
     /// Releases a backing id from [`FuseDev::backing_open`].
-    pub fn backing_close(&self, backing_id: u32) -> io::Result<()> {
+    pub fn backing_close(&self, backing_id: u32) -> Result<(), SyscallError> {
         // SAFETY: the ioctl reads one u32 through the pointer, which points at a live local.
-        cvt(unsafe {
+        cvt("ioctl(FUSE_DEV_IOC_BACKING_CLOSE)", unsafe {
             libc::ioctl(
                 self.fd.as_raw_fd(),
                 FUSE_DEV_IOC_BACKING_CLOSE as _,

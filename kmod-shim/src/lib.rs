@@ -5,6 +5,8 @@
 //! - [`dev`]: `/dev/fuse` file descriptors, their reads and writes, and the
 //!   `FUSE_DEV_IOC_*` ioctls (clone, passthrough backing files);
 //! - [`mount`]: mount(2) and umount2(2) for FUSE, with typed options;
+//! - [`mountinfo`]: what is mounted where (`/proc/self/mountinfo`), and a
+//!   FUSE mount's connection id;
 //! - [`creds`]: process credentials (capabilities across uid switches) and
 //!   the umask;
 //! - [`uring`]: FUSE-over-io_uring ring entries and the io_uring carrying them;
@@ -15,6 +17,9 @@
 //! functions whose arguments make misuse impossible (owned or borrowed file
 //! descriptors, slices with their lengths). Each `unsafe` block states the
 //! invariant it relies on in a `// SAFETY:` comment.
+//!
+//! A failed call is a [`SyscallError`]: which call, and the errno the kernel
+//! gave (modelled on aya's `SyscallError { call, io_error }`).
 #![warn(missing_docs)]
 
 pub mod abi;
@@ -22,6 +27,7 @@ pub mod buf;
 pub mod creds;
 pub mod dev;
 pub mod mount;
+pub mod mountinfo;
 pub mod probe;
 pub mod sched;
 pub mod uring;
@@ -30,21 +36,113 @@ pub use dev::FuseDev;
 pub use mount::{mount, umount, MountOptions, UnmountMode};
 pub use probe::{probe, KernelInfo};
 
-/// Converts a -1 return of a libc call into the thread's `errno`.
-fn cvt(ret: libc::c_int) -> std::io::Result<libc::c_int> {
+/// A system call that failed: which one, and what the kernel answered.
+///
+/// Display reads `mount(2) failed: Operation not permitted`. Callers that
+/// decide on the errno ask [`SyscallError::raw_os_error`], or convert into
+/// the [`std::io::Error`] the kernel gave (`?` in an `io::Result` function
+/// does so), which carries the errno but no longer the call.
+#[derive(Debug)]
+pub struct SyscallError {
+    /// The call, as a man page names it (`mount(2)`,
+    /// `ioctl(FUSE_DEV_IOC_CLONE)`).
+    pub call: &'static str,
+    /// The error: the thread's errno, or why the wrapper refused the
+    /// arguments before making the call.
+    pub io_error: std::io::Error,
+}
+
+impl SyscallError {
+    /// The errno, if the kernel gave one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        self.io_error.raw_os_error()
+    }
+
+    /// The kind of the error.
+    pub fn kind(&self) -> std::io::ErrorKind {
+        self.io_error.kind()
+    }
+
+    /// `call` failed with the calling thread's errno.
+    fn last(call: &'static str) -> SyscallError {
+        SyscallError {
+            call,
+            io_error: std::io::Error::last_os_error(),
+        }
+    }
+
+    /// The wrapper of `call` refused its arguments with `errno` (what the
+    /// kernel would answer).
+    fn refused(call: &'static str, errno: i32) -> SyscallError {
+        SyscallError {
+            call,
+            io_error: std::io::Error::from_raw_os_error(errno),
+        }
+    }
+
+    /// The wrapper of `call` refused its arguments: `why`.
+    fn invalid(call: &'static str, why: impl Into<String>) -> SyscallError {
+        SyscallError {
+            call,
+            io_error: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for SyscallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.io_error.to_string();
+        // io::Error says "Operation not permitted (os error 1)": the call's
+        // name is the context here, the errno's text is enough.
+        let text = match self.io_error.raw_os_error() {
+            Some(errno) => text
+                .strip_suffix(&format!(" (os error {errno})"))
+                .unwrap_or(&text),
+            None => &text,
+        };
+        write!(f, "{} failed: {text}", self.call)
+    }
+}
+
+impl std::error::Error for SyscallError {}
+
+impl From<SyscallError> for std::io::Error {
+    fn from(e: SyscallError) -> std::io::Error {
+        e.io_error
+    }
+}
+
+/// Converts a -1 return of `call` into the thread's `errno`.
+fn cvt(call: &'static str, ret: libc::c_int) -> Result<libc::c_int, SyscallError> {
     if ret < 0 {
-        Err(std::io::Error::last_os_error())
+        Err(SyscallError::last(call))
     } else {
         Ok(ret)
     }
 }
 
 /// Like [`cvt`] for calls that return `ssize_t`.
-fn cvt_size(ret: libc::ssize_t) -> std::io::Result<usize> {
+fn cvt_size(call: &'static str, ret: libc::ssize_t) -> Result<usize, SyscallError> {
     if ret < 0 {
-        Err(std::io::Error::last_os_error())
+        Err(SyscallError::last(call))
     } else {
         // A non-negative ssize_t always fits in usize.
         Ok(ret as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_syscall_error_names_the_call_and_keeps_the_errno() {
+        let e = SyscallError::refused("mount(2)", libc::EPERM);
+        assert_eq!(e.to_string(), "mount(2) failed: Operation not permitted");
+        let refused = SyscallError::invalid("writev(2)", "too many reply parts");
+        assert_eq!(refused.to_string(), "writev(2) failed: too many reply parts");
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        let io: std::io::Error = e.into();
+        assert_eq!(io.raw_os_error(), Some(libc::EPERM));
     }
 }

@@ -5,8 +5,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::cvt;
 use crate::dev::FuseDev;
+use crate::{cvt, SyscallError};
 
 /// The options of a FUSE mount, as the kernel's `fuse` filesystem parses them.
 #[derive(Debug, Clone)]
@@ -71,33 +71,32 @@ impl MountOptions {
     }
 }
 
-fn cstring(what: &str, bytes: &[u8]) -> io::Result<CString> {
-    CString::new(bytes)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{what} contains a NUL byte")))
+fn cstring(call: &'static str, what: &str, bytes: &[u8]) -> Result<CString, SyscallError> {
+    CString::new(bytes).map_err(|_| SyscallError::invalid(call, format!("{what} contains a NUL byte")))
 }
 
 /// Mounts the FUSE connection of `dev` at `mountpoint` (mount(2), needs
 /// CAP_SYS_ADMIN). The kernel then sends INIT on `dev`.
-pub fn mount(dev: &FuseDev, mountpoint: &Path, opts: &MountOptions) -> io::Result<()> {
+pub fn mount(dev: &FuseDev, mountpoint: &Path, opts: &MountOptions) -> Result<(), SyscallError> {
     for (what, value) in [("fsname", &opts.fsname), ("subtype", &opts.subtype)] {
         if value.contains(',') {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
+            return Err(SyscallError::invalid(
+                "mount(2)",
                 format!("{what} must not contain ','"),
             ));
         }
     }
-    let source = cstring("fsname", opts.fsname.as_bytes())?;
-    let target = cstring("mountpoint", mountpoint.as_os_str().as_bytes())?;
-    let fstype = cstring("fstype", b"fuse")?;
-    let data = cstring("options", opts.data_string(dev.raw_fd()).as_bytes())?;
+    let source = cstring("mount(2)", "fsname", opts.fsname.as_bytes())?;
+    let target = cstring("mount(2)", "mountpoint", mountpoint.as_os_str().as_bytes())?;
+    let fstype = cstring("mount(2)", "fstype", b"fuse")?;
+    let data = cstring("mount(2)", "options", opts.data_string(dev.raw_fd()).as_bytes())?;
     let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
     if opts.read_only {
         flags |= libc::MS_RDONLY;
     }
     // SAFETY: all four pointers are valid NUL-terminated strings that outlive
     // the call; the kernel copies them and keeps no reference.
-    cvt(unsafe {
+    cvt("mount(2)", unsafe {
         libc::mount(
             source.as_ptr(),
             target.as_ptr(),
@@ -119,14 +118,14 @@ pub enum UnmountMode {
 }
 
 /// Unmounts `mountpoint` (umount2(2)).
-pub fn umount(mountpoint: &Path, mode: UnmountMode) -> io::Result<()> {
-    let target = cstring("mountpoint", mountpoint.as_os_str().as_bytes())?;
+pub fn umount(mountpoint: &Path, mode: UnmountMode) -> Result<(), SyscallError> {
+    let target = cstring("umount2(2)", "mountpoint", mountpoint.as_os_str().as_bytes())?;
     let flags = match mode {
         UnmountMode::Normal => 0,
         UnmountMode::Lazy => libc::MNT_DETACH,
     };
     // SAFETY: `target` is a valid NUL-terminated string that outlives the call.
-    cvt(unsafe { libc::umount2(target.as_ptr(), flags) })?;
+    cvt("umount2(2)", unsafe { libc::umount2(target.as_ptr(), flags) })?;
     Ok(())
 }
 
@@ -135,42 +134,13 @@ pub fn umount(mountpoint: &Path, mode: UnmountMode) -> io::Result<()> {
 /// `/proc/self/mountinfo` so the mount itself is never touched: a stat of
 /// the mountpoint would be a request to the very daemon asking.
 pub fn connection_id(mountpoint: &Path) -> Option<u32> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    connection_id_in(&info, mountpoint.as_os_str().as_bytes())
-}
-
-fn connection_id_in(mountinfo: &str, mountpoint: &[u8]) -> Option<u32> {
-    // "36 35 0:45 / /mnt/x rw,nosuid - fuse.xfuse src rw,...": the last
-    // matching line is the mount on top.
-    mountinfo.lines().rev().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let sep = fields.iter().position(|f| *f == "-")?;
-        let fstype = fields.get(sep + 1)?;
-        if !(fstype.starts_with("fuse")) || unescape_mountinfo(fields.get(4)?) != mountpoint {
-            return None;
-        }
-        let (major, minor) = fields.get(2)?.split_once(':')?;
-        let (major, minor): (u32, u32) = (major.parse().ok()?, minor.parse().ok()?);
-        // The kernel names connections by the internal dev_t (major << 20 | minor).
-        Some((major << 20) | minor)
-    })
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape_mountinfo(field: &str) -> Vec<u8> {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
+    let mounts = crate::mountinfo::mounts().ok()?;
+    // The topmost FUSE mount there: the last such line.
+    mounts
+        .iter()
+        .rev()
+        .filter(|m| m.mount_point == mountpoint)
+        .find_map(crate::mountinfo::MountEntry::fuse_connection_id)
 }
 
 const FUSECTL_DIR: &str = "/sys/fs/fuse/connections";
@@ -181,11 +151,11 @@ const FUSECTL_DIR: &str = "/sys/fs/fuse/connections";
 pub fn abort_connection(conn_id: u32) -> io::Result<()> {
     let abort = Path::new(FUSECTL_DIR).join(conn_id.to_string()).join("abort");
     if !abort.exists() {
-        let target = cstring("fusectl dir", FUSECTL_DIR.as_bytes())?;
-        let fstype = cstring("fstype", b"fusectl")?;
+        let target = cstring("mount(2) of fusectl", "fusectl dir", FUSECTL_DIR.as_bytes())?;
+        let fstype = cstring("mount(2) of fusectl", "fstype", b"fusectl")?;
         // SAFETY: the pointers are valid NUL-terminated strings (or null
         // for data) that outlive the call.
-        let mounted = cvt(unsafe {
+        let mounted = cvt("mount(2) of fusectl", unsafe {
             libc::mount(
                 fstype.as_ptr(),
                 target.as_ptr(),
@@ -196,7 +166,7 @@ pub fn abort_connection(conn_id: u32) -> io::Result<()> {
         });
         if let Err(e) = mounted {
             if e.raw_os_error() != Some(libc::EBUSY) {
-                return Err(e);
+                return Err(e.into());
             }
         }
     }
@@ -206,16 +176,6 @@ pub fn abort_connection(conn_id: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_topmost_fuse_mount() {
-        let info = "22 1 0:21 / /proc rw - proc proc rw\n\
-                    40 22 0:45 / /mnt/a\\040b rw,nosuid - fuse.xfuse src rw,user_id=0\n\
-                    41 40 0:46 / /mnt/a\\040b rw,nosuid - fuse.xfuse src rw,user_id=0\n";
-        assert_eq!(connection_id_in(info, b"/mnt/a b"), Some(46));
-        assert_eq!(connection_id_in(info, b"/proc"), None);
-        assert_eq!(connection_id_in(info, b"/mnt"), None);
-    }
 
     #[test]
     fn data_string_has_every_option() {

@@ -1,8 +1,6 @@
 //! CPU affinity of threads.
 
-use std::io;
-
-use crate::cvt;
+use crate::{cvt, SyscallError};
 
 /// Runs the calling thread only on CPU `cpu` from now on.
 ///
@@ -12,9 +10,9 @@ use crate::cvt;
 /// and without an inter-processor wake-up. Fails with `EINVAL` for a CPU
 /// that is not online (a possible CPU may be offline) or beyond
 /// `CPU_SETSIZE`.
-pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+pub fn pin_current_thread(cpu: usize) -> Result<(), SyscallError> {
     if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        return Err(SyscallError::refused("sched_setaffinity(2)", libc::EINVAL));
     }
     // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
@@ -23,17 +21,21 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: pid 0 is the calling thread; the kernel reads
     // size_of::<cpu_set_t>() bytes from `set`, which lives for the call.
-    cvt(unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) })?;
+    cvt("sched_setaffinity(2)", unsafe {
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    })?;
     Ok(())
 }
 
 /// The CPUs the calling thread may run on (`sched_getaffinity`).
-pub fn current_thread_cpus() -> io::Result<Vec<usize>> {
+pub fn current_thread_cpus() -> Result<Vec<usize>, SyscallError> {
     // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: pid 0 is the calling thread; the kernel writes at most
     // size_of::<cpu_set_t>() bytes into `set`.
-    cvt(unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) })?;
+    cvt("sched_getaffinity(2)", unsafe {
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set)
+    })?;
     let mut cpus = Vec::new();
     for c in 0..libc::CPU_SETSIZE as usize {
         // SAFETY: CPU_ISSET reads bit `c` of `set`, and c < CPU_SETSIZE.

@@ -15,9 +15,18 @@
 //! - [`boot`] runs QEMU against a vhost-user socket and returns what the
 //!   guest printed ([`GuestOutput`]);
 //! - [`workload`] writes the host's side of the workload and checks the
-//!   guest's side afterwards.
+//!   guest's side afterwards;
+//! - [`procfs`] reads a backend's CPU time and memory;
+//! - `frontend` (feature `frontend`): the same virtio-fs conversation
+//!   without a VM — a vhost-user frontend in this process, replaying the
+//!   workload's metadata operations, as the test double of the layer.
+
+#![forbid(unsafe_code)]
 
 pub mod cpio;
+#[cfg(feature = "frontend")]
+pub mod frontend;
+pub mod procfs;
 pub mod workload;
 
 use std::fs;

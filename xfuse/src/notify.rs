@@ -73,7 +73,7 @@ impl Notifier {
             Ok(_) => Ok(()),
             // ENOENT: nothing cached under that inode or name.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -181,10 +181,10 @@ impl<F: FileSystem + Send + Sync + 'static> Session<F> {
             reason: e.to_string(),
         })?;
         let mut kernel = kmod_shim::probe();
-        let dev = FuseDev::open().map_err(Error::OpenDevice)?;
+        let dev = FuseDev::open().map_err(|e| Error::OpenDevice(e.into()))?;
         kmod_shim::mount(&dev, &mountpoint, options).map_err(|source| Error::Mount {
             path: mountpoint.clone(),
-            source,
+            source: source.into(),
         })?;
         let state = Arc::new(MountState {
             conn_id: kmod_shim::mount::connection_id(&mountpoint),

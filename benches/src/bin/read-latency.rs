@@ -13,21 +13,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
+use benches::latency::Latencies;
 use benches::{Binaries, Config, Mount};
-
-const HELP: &str = "\
-usage: read-latency [--rounds N (5)] [--reads N (20000)] [--configs a,b,...]
-
-Mounts a fresh tmpfs holding one 64 MiB file through each configuration
-(default: stock, xfuse-dev, xfuse-uring, xfuse-uring-dp; also available:
-native, xfuse-uring-pt), reads 1000 random 4 KiB blocks with O_DIRECT to warm
-up, then times N more one by one (Instant before and after each pread).
-Prints per configuration the median over rounds of each round's p50, p90 and
-p99, and the median over rounds of p50 / stock's p50 of the same round.
-
-Needs root (mounts). xfused is target/release/xfused or $XFUSED, stock-fuse
-target/release/stock-fuse; $XFUSED_ARGS adds arguments to every xfused.
-";
 
 const FILE_BYTES: usize = 64 << 20;
 const BLOCK: usize = 4096;
@@ -37,52 +24,48 @@ const WARM_UP: usize = 1000;
 #[repr(C, align(4096))]
 struct Block([u8; BLOCK]);
 
+/// The latency distribution of single 4 KiB O_DIRECT reads, one thread,
+/// through each configuration of the transport benches.
+///
+/// Mounts a fresh tmpfs holding one 64 MiB file through each configuration,
+/// reads 1000 random 4 KiB blocks with O_DIRECT to warm up, then times
+/// `--reads` more one by one (Instant before and after each pread). Prints
+/// per configuration the median over rounds of each round's p50, p90 and
+/// p99, and the median over rounds of p50 / stock's p50 of the same round.
+///
+/// Needs root (mounts). xfused is target/release/xfused or $XFUSED,
+/// stock-fuse target/release/stock-fuse; $XFUSED_ARGS adds arguments to
+/// every xfused.
+#[derive(Debug, clap::Parser)]
+#[command(name = "read-latency")]
 struct Opts {
+    /// Rounds; configurations are mounted fresh in each, in an order that
+    /// rotates per round (1 to 1000).
+    #[arg(long, default_value_t = 5, value_name = "N")]
     rounds: usize,
+    /// Timed reads per configuration and round (100 to 10,000,000).
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
     reads: usize,
+    /// Configurations, comma-separated; must include stock (ratios are taken
+    /// to it). Also available: native, xfuse-uring-pt.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = config_named,
+        default_value = "stock,xfuse-dev,xfuse-uring,xfuse-uring-dp",
+        value_name = "NAME,.."
+    )]
     configs: Vec<Config>,
 }
 
+fn config_named(name: &str) -> Result<Config, String> {
+    Config::from_name(name.trim()).ok_or_else(|| format!("no configuration {name:?}"))
+}
+
 fn parse_args() -> anyhow::Result<Opts> {
-    let mut opts = Opts {
-        rounds: 5,
-        reads: 20_000,
-        configs: vec![
-            Config::Stock,
-            Config::XfuseDev,
-            Config::XfuseUring,
-            Config::XfuseUringDaemonPerms,
-        ],
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "-h" || flag == "--help" {
-            print!("{HELP}");
-            std::process::exit(0);
-        }
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} needs a value (--help)"))?;
-        let number = || {
-            value
-                .parse::<usize>()
-                .with_context(|| format!("{flag} {value}: not a number"))
-        };
-        match flag.as_str() {
-            "--rounds" => opts.rounds = number()?.clamp(1, 1000),
-            "--reads" => opts.reads = number()?.clamp(100, 10_000_000),
-            "--configs" => {
-                opts.configs = value
-                    .split(',')
-                    .map(|name| {
-                        Config::from_name(name.trim())
-                            .with_context(|| format!("--configs: no configuration {name:?}"))
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-            }
-            _ => bail!("unknown flag {flag} (--help)"),
-        }
-    }
+    let mut opts = <Opts as clap::Parser>::parse();
+    opts.rounds = opts.rounds.clamp(1, 1000);
+    opts.reads = opts.reads.clamp(100, 10_000_000);
     if !opts.configs.contains(&Config::Stock) {
         bail!("--configs must include stock: ratios are taken to it");
     }
@@ -97,8 +80,8 @@ fn next(state: &mut u64) -> u64 {
     *state
 }
 
-/// Per-read latencies in nanoseconds, sorted.
-fn measure(mount: &Mount, reads: usize, seed: u64) -> anyhow::Result<Vec<u64>> {
+/// The distribution of the timed reads' latencies.
+fn measure(mount: &Mount, reads: usize, seed: u64) -> anyhow::Result<Latencies> {
     let path = mount.root().join("data");
     let file = File::options()
         .read(true)
@@ -121,16 +104,11 @@ fn measure(mount: &Mount, reads: usize, seed: u64) -> anyhow::Result<Vec<u64>> {
     for _ in 0..WARM_UP {
         read_one(&mut block)?;
     }
-    let mut lat = Vec::with_capacity(reads);
+    let mut lat = Latencies::new();
     for _ in 0..reads {
-        lat.push(read_one(&mut block)?);
+        lat.record(read_one(&mut block)?);
     }
-    lat.sort_unstable();
     Ok(lat)
-}
-
-fn percentile(sorted: &[u64], p: usize) -> u64 {
-    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -167,8 +145,8 @@ fn main() -> anyhow::Result<()> {
                 Mount::new(config, &binaries, populate).map_err(|e| anyhow::anyhow!("mounting {e}"))?;
             let lat = measure(&mount, opts.reads, 0x5eed + round as u64)?;
             drop(mount);
-            let us = |p| percentile(&lat, p) as f64 / 1000.0;
-            let row = [us(50), us(90), us(99)];
+            let us = |p| lat.percentile_ns(p).unwrap_or(0) as f64 / 1000.0;
+            let row = [us(50.0), us(90.0), us(99.0)];
             eprintln!(
                 "round {}: {config}: p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs",
                 round + 1,

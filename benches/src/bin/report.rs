@@ -9,16 +9,20 @@ use std::process::ExitCode;
 
 use benches::side::SideFile;
 
+/// Prints the benches' markdown report to stdout, from criterion's
+/// estimates under TARGET_DIR/criterion and the side numbers in
+/// TARGET_DIR/xfuse-bench/side.json. Run `cargo bench -p benches` first, or
+/// `scripts/bench.sh`.
+#[derive(Debug, clap::Parser)]
+#[command(name = "report")]
+struct Args {
+    /// Where the benches wrote (default: the workspace's `target/`).
+    target_dir: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let target = match args.as_slice() {
-        [] => benches::target_dir(),
-        [dir] if !dir.starts_with('-') => PathBuf::from(dir),
-        _ => {
-            eprintln!("usage: report [TARGET_DIR]");
-            return ExitCode::from(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
+    let target = args.target_dir.unwrap_or_else(benches::target_dir);
     let side_path = target.join("xfuse-bench").join("side.json");
     if !side_path.is_file() {
         eprintln!(

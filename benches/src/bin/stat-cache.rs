@@ -44,43 +44,60 @@ struct Options {
     workloads: Vec<String>,
 }
 
-fn options() -> anyhow::Result<Options> {
-    let mut o = Options {
-        dirs: 100,
-        files_per_dir: 100,
-        rounds: 30,
-        pause: Duration::from_millis(1100),
-        transport: Config::XfuseDev,
-        workloads: vec!["stat".into(), "walk".into()],
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--dirs" => o.dirs = value()?.parse().context("--dirs")?,
-            "--files-per-dir" => o.files_per_dir = value()?.parse().context("--files-per-dir")?,
-            "--rounds" => o.rounds = value()?.parse().context("--rounds")?,
-            "--pause-ms" => o.pause = Duration::from_millis(value()?.parse().context("--pause-ms")?),
-            "--transport" => {
-                o.transport = match value()?.as_str() {
-                    "dev" => Config::XfuseDev,
-                    "uring" => Config::XfuseUring,
-                    other => bail!("--transport {other}: dev or uring"),
-                }
-            }
-            "--workloads" => o.workloads = value()?.split(',').map(str::to_owned).collect(),
-            "-h" | "--help" => {
-                println!(
-                    "stat-cache [--dirs N] [--files-per-dir N] [--rounds N] [--pause-ms MS] \
-                     [--transport dev|uring] [--workloads stat,walk]\n\
-                     Repeated stat and find-like walks natively and through xfused with fixed \
-                     and adaptive timeouts; times and BPF-counted upcalls. Root only."
-                );
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other} (try --help)"),
-        }
+/// The stat-heavy bench of the adaptive cache policy: repeated stats and
+/// find-like walks of a tree of small files on tmpfs, natively and through
+/// `xfused passthrough` with fixed (1 s) and adaptive timeouts, with an
+/// untimed pause between rounds; reports the rounds' times and the LOOKUP
+/// and GETATTR upcalls counted by BPF. Needs root (tmpfs and FUSE mounts,
+/// BPF). Prints a markdown table on stdout, progress on stderr.
+#[derive(Debug, clap::Parser)]
+#[command(name = "stat-cache")]
+struct Cli {
+    /// Directories of the tree.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    dirs: usize,
+    /// Files in each directory.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    files_per_dir: usize,
+    /// Rounds of each workload (more than the 3 warm-up rounds).
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    rounds: usize,
+    /// Untimed pause between rounds (longer than the fixed 1 s timeout, so
+    /// every fixed round finds its timeouts expired).
+    #[arg(long, default_value_t = 1100, value_name = "MS")]
+    pause_ms: u64,
+    /// xfused transport: dev or uring.
+    #[arg(long, default_value = "dev", value_parser = transport_named)]
+    transport: Config,
+    /// Workloads, comma-separated: stat (every file by path), walk (read
+    /// every directory, lstat every entry).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "stat,walk",
+        value_name = "NAME,.."
+    )]
+    workloads: Vec<String>,
+}
+
+fn transport_named(name: &str) -> Result<Config, String> {
+    match name {
+        "dev" => Ok(Config::XfuseDev),
+        "uring" => Ok(Config::XfuseUring),
+        other => Err(format!("{other}: dev or uring")),
     }
+}
+
+fn options() -> anyhow::Result<Options> {
+    let cli = <Cli as clap::Parser>::parse();
+    let o = Options {
+        dirs: cli.dirs,
+        files_per_dir: cli.files_per_dir,
+        rounds: cli.rounds,
+        pause: Duration::from_millis(cli.pause_ms),
+        transport: cli.transport,
+        workloads: cli.workloads,
+    };
     if o.rounds <= WARMUP_ROUNDS {
         bail!("--rounds must be more than {WARMUP_ROUNDS} (the warm-up)");
     }

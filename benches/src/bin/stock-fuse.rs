@@ -39,12 +39,23 @@ enum Ended {
     Served(anyhow::Result<()>),
 }
 
+/// The baseline of the benches: serves SOURCE at MOUNTPOINT with
+/// fuse-backend-rs 0.14's own transport and server (one channel, one
+/// thread) and its PassthroughFs configured as `xfused passthrough`'s
+/// defaults. Runs in the foreground, logs to stderr; SIGTERM or SIGINT
+/// unmounts and exits 0.
+#[derive(Debug, clap::Parser)]
+#[command(name = "stock-fuse")]
+struct Args {
+    /// The directory served.
+    source: PathBuf,
+    /// Where it is mounted.
+    mountpoint: PathBuf,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
-    let [source, mountpoint] = args.as_slice() else {
-        eprintln!("usage: stock-fuse SOURCE MOUNTPOINT");
-        return ExitCode::from(2);
-    };
+    let Args { source, mountpoint } = <Args as clap::Parser>::parse();
+    let (source, mountpoint) = (&source, &mountpoint);
     match run(source, mountpoint) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -9,12 +9,13 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
-use benches::virtiofs::{replay, Backend, ReplayReport};
+use benches::latency::Latencies;
+use vm_tests::frontend::{replay, Backend, ReplayReport};
 
-const HELP: &str = "\
-usage: virtiofs-replay [--rounds N (5)] [--files N (1000)] [--depth K (1)]
-                       [--xfused PATH] [--virtiofsd PATH] [--no-inode-fds]
-                       [--work-dir DIR]
+/// What `--help` says beyond the options.
+const ABOUT: &str = "\
+The metadata operations of the VM workload, replayed by an in-process
+vhost-user frontend against virtio-fs backends, without a guest.
 
 Plays the VMM and the guest kernel's FUSE client itself: builds split
 virtqueues in memfd guest memory, connects to a virtio-fs backend's
@@ -38,20 +39,41 @@ xfused faster; 'paired' is the median over rounds of the ratio within a round.
 
 Not measured: a guest kernel (every operation reaches the backend, no dentry
 or attribute caches) and QEMU (eventfd writes and reads instead of VM exits
-and interrupts).
+and interrupts).";
 
-  --rounds N      rounds; each runs every backend once (default 5)
-  --files N       files per worker (default 1000)
-  --depth K       workers, each in its own directory with one request in
-                  flight: K requests in flight (1..=32, default 1)
-  --xfused PATH   xfused binary (default target/release/xfused)
-  --virtiofsd PATH  virtiofsd binary (default /var/cache/xfuse/virtiofsd/bin/virtiofsd)
-  --no-inode-fds  skip the xfused --inode-fds configuration
-  --work-dir DIR  where the served directories and sockets go, one fresh
-                  temporary directory per run (default $TMPDIR or /tmp); its
-                  filesystem's own cost is in every number (e.g. /dev/shm
-                  for tmpfs, to see the backends alone)
-";
+#[derive(Debug, clap::Parser)]
+#[command(name = "virtiofs-replay", about = ABOUT.lines().next(), long_about = ABOUT)]
+struct Args {
+    /// Rounds; each runs every backend once.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    rounds: u32,
+    /// Files per worker (1 to 1,000,000).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    files: u32,
+    /// Workers, each in its own directory with one request in flight: K
+    /// requests in flight (1 to 32).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    depth: u32,
+    /// xfused binary (default target/release/xfused).
+    #[arg(long, value_name = "PATH")]
+    xfused: Option<PathBuf>,
+    /// virtiofsd binary.
+    #[arg(
+        long,
+        default_value = "/var/cache/xfuse/virtiofsd/bin/virtiofsd",
+        value_name = "PATH"
+    )]
+    virtiofsd: PathBuf,
+    /// Skip the xfused --inode-fds configuration.
+    #[arg(long)]
+    no_inode_fds: bool,
+    /// Where the served directories and sockets go, one fresh temporary
+    /// directory per run (default $TMPDIR or /tmp); its filesystem's own
+    /// cost is in every number (e.g. /dev/shm for tmpfs, to see the
+    /// backends alone).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+}
 
 #[derive(Debug)]
 struct Opts {
@@ -65,51 +87,21 @@ struct Opts {
 }
 
 fn parse_args() -> anyhow::Result<Opts> {
-    let mut opts = Opts {
-        rounds: 5,
-        files: 1000,
-        depth: 1,
-        xfused: benches::target_dir().join("release").join("xfused"),
-        virtiofsd: PathBuf::from("/var/cache/xfuse/virtiofsd/bin/virtiofsd"),
-        inode_fds: true,
-        work_dir: std::env::temp_dir(),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        match flag.as_str() {
-            "-h" | "--help" => {
-                print!("{HELP}");
-                std::process::exit(0);
-            }
-            "--no-inode-fds" => {
-                opts.inode_fds = false;
-                continue;
-            }
-            _ => {}
-        }
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} needs a value (--help)"))?;
-        let number = || {
-            value
-                .parse::<u32>()
-                .with_context(|| format!("{flag} {value}: not a number"))
-        };
-        match flag.as_str() {
-            "--rounds" => opts.rounds = number()?.max(1),
-            "--files" => opts.files = number()?.clamp(1, 1_000_000),
-            "--depth" => {
-                opts.depth = number()?;
-                if !(1..=replay::DEPTH_MAX).contains(&opts.depth) {
-                    bail!("--depth {} is not 1..={}", opts.depth, replay::DEPTH_MAX);
-                }
-            }
-            "--xfused" => opts.xfused = PathBuf::from(&value),
-            "--virtiofsd" => opts.virtiofsd = PathBuf::from(&value),
-            "--work-dir" => opts.work_dir = PathBuf::from(&value),
-            _ => bail!("unknown flag {flag} (--help)"),
-        }
+    let args = <Args as clap::Parser>::parse();
+    if !(1..=replay::DEPTH_MAX).contains(&args.depth) {
+        bail!("--depth {} is not 1..={}", args.depth, replay::DEPTH_MAX);
     }
+    let opts = Opts {
+        rounds: args.rounds.max(1),
+        files: args.files.clamp(1, 1_000_000),
+        depth: args.depth,
+        xfused: args
+            .xfused
+            .unwrap_or_else(|| benches::target_dir().join("release").join("xfused")),
+        virtiofsd: args.virtiofsd,
+        inode_fds: !args.no_inode_fds,
+        work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
+    };
     for (what, path) in [("--xfused", &opts.xfused), ("--virtiofsd", &opts.virtiofsd)] {
         if !path.is_file() {
             bail!(
@@ -119,15 +111,6 @@ fn parse_args() -> anyhow::Result<Opts> {
         }
     }
     Ok(opts)
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1] as f64
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -151,13 +134,18 @@ struct OpRound {
 }
 
 fn op_round(report: &ReplayReport, op: &str) -> Option<OpRound> {
-    let mut v = report.latencies_ns.get(op)?.clone();
-    v.sort_unstable();
+    let v = report.latencies_ns.get(op)?;
+    let latencies: Latencies = v.iter().copied().collect();
+    let us = |p| {
+        latencies
+            .percentile_ns(p)
+            .map_or(f64::NAN, |ns| ns as f64 / 1000.0)
+    };
     Some(OpRound {
         count: v.len(),
-        p50: percentile(&v, 50.0) / 1000.0,
-        p90: percentile(&v, 90.0) / 1000.0,
-        p99: percentile(&v, 99.0) / 1000.0,
+        p50: us(50.0),
+        p90: us(90.0),
+        p99: us(99.0),
     })
 }
 
@@ -181,7 +169,7 @@ fn fmt(x: f64, decimals: usize) -> String {
 /// The filesystem type of the mount holding `dir` (longest mount-point prefix).
 fn fs_type_of(dir: &std::path::Path) -> String {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
-    benches::procfs::mounts()
+    kmod_shim::mountinfo::mounts()
         .unwrap_or_default()
         .into_iter()
         .filter(|m| dir.starts_with(&m.mount_point))

@@ -492,46 +492,7 @@ impl Drop for Mount {
 /// The filesystem type of the topmost mount at `path` in
 /// /proc/self/mountinfo, if anything is mounted exactly there.
 pub fn mount_fstype(path: &Path) -> Option<String> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").expect("reading /proc/self/mountinfo");
-    let wanted = path.to_str().expect("test paths are UTF-8");
-    let mut found = None;
-    for line in table.lines() {
-        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL..] - FSTYPE SOURCE SUPER_OPTIONS
-        let mut fields = line.split(' ');
-        let Some(mount_point) = fields.nth(4) else {
-            continue;
-        };
-        if unescape_mountinfo(mount_point) != wanted {
-            continue;
-        }
-        let mut after_separator = line.split(" - ").nth(1).unwrap_or("").split(' ');
-        // Later lines are mounted on top of earlier ones.
-        found = after_separator.next().map(str::to_owned);
-    }
-    found
-}
-
-/// Undoes the octal escapes (`\040` for a space, ...) of mountinfo paths.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
-        {
-            let value = bytes[i + 1..i + 4]
-                .iter()
-                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
-            out.push(value as u8);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    kmod_shim::mountinfo::fs_type_at(path).expect("reading /proc/self/mountinfo")
 }
 
 /// The errno of an I/O error, or a panic naming `what` if it has none.

@@ -21,8 +21,8 @@
 //   fuse_req { args, in.h, out.h, fm }, fuse_mount { fc }, fuse_conn { dev },
 //   fuse_args { out_args[] }, fuse_arg { value }.
 //
-// Keys and values are plain arrays of 64-bit words so the Rust side reads
-// them without any layout of its own (see src/maps.rs for the word order).
+// The maps' keys and values are declared once, in maps.h, from which
+// build.rs generates the Rust side's types.
 
 typedef unsigned char __u8;
 typedef unsigned short __u16;
@@ -36,6 +36,8 @@ typedef __u32 __wsum;
 
 #include <bpf/bpf_helpers.h>
 
+#include "maps.h"
+
 #define BPF_MAP_TYPE_HASH 1
 #define BPF_MAP_TYPE_LRU_HASH 9
 #define BPF_NOEXIST 1
@@ -44,7 +46,6 @@ typedef __u32 __wsum;
 #define FUSE_GETATTR 3
 
 #define OPCODE_SLOTS_MAX 64
-#define HIST_BUCKETS 32
 #define INODES_MAX 65536
 #define INFLIGHT_MAX 16384
 
@@ -94,48 +95,24 @@ struct fuse_req {
 
 #pragma clang attribute pop
 
-// Word 0: connection (dev_t of the mount), word 1: opcode.
-typedef __u64 opcode_key[2];
-// Word 0: requests sent, 1: requests ended, 2: ended with an error,
-// 3: sum of latencies (ns), 4..4+HIST_BUCKETS: latencies with
-// floor(log2(ns)) == i.
-struct opcode_stats {
-	__u64 sent;
-	__u64 ended;
-	__u64 errors;
-	__u64 latency_ns_sum;
-	__u64 hist[HIST_BUCKETS];
-};
-
-// Word 0: connection, word 1: nodeid.
-typedef __u64 inode_key[2];
-// Word 0: LOOKUPs that found the inode, word 1: GETATTRs of it.
-struct inode_upcalls {
-	__u64 lookups;
-	__u64 getattrs;
-};
-
-// Word 0: connection, word 1: unique.
-typedef __u64 inflight_key[2];
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
-	__type(key, opcode_key);
-	__type(value, struct opcode_stats);
+	__type(key, struct opcode_key);
+	__type(value, struct opcode_counters);
 } OPCODES SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, INODES_MAX);
-	__type(key, inode_key);
-	__type(value, struct inode_upcalls);
+	__type(key, struct inode_key);
+	__type(value, struct inode_counters);
 } INODES SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, INFLIGHT_MAX);
-	__type(key, inflight_key);
+	__type(key, struct inflight_key);
 	__type(value, __u64);
 } INFLIGHT SEC(".maps");
 
@@ -144,24 +121,24 @@ static __always_inline __u64 conn_of(const struct fuse_req *req)
 	return req->fm->fc->dev;
 }
 
-static __always_inline struct opcode_stats *opcode_slot(__u64 conn, __u64 opcode)
+static __always_inline struct opcode_counters *opcode_slot(__u64 conn, __u64 opcode)
 {
-	opcode_key key = { conn, opcode };
-	struct opcode_stats *s = bpf_map_lookup_elem(&OPCODES, &key);
+	struct opcode_key key = { conn, opcode };
+	struct opcode_counters *s = bpf_map_lookup_elem(&OPCODES, &key);
 	if (s)
 		return s;
-	struct opcode_stats zero = {};
+	struct opcode_counters zero = {};
 	bpf_map_update_elem(&OPCODES, &key, &zero, BPF_NOEXIST);
 	return bpf_map_lookup_elem(&OPCODES, &key);
 }
 
-static __always_inline struct inode_upcalls *inode_slot(__u64 conn, __u64 nodeid)
+static __always_inline struct inode_counters *inode_slot(__u64 conn, __u64 nodeid)
 {
-	inode_key key = { conn, nodeid };
-	struct inode_upcalls *s = bpf_map_lookup_elem(&INODES, &key);
+	struct inode_key key = { conn, nodeid };
+	struct inode_counters *s = bpf_map_lookup_elem(&INODES, &key);
 	if (s)
 		return s;
-	struct inode_upcalls zero = {};
+	struct inode_counters zero = {};
 	bpf_map_update_elem(&INODES, &key, &zero, BPF_NOEXIST);
 	return bpf_map_lookup_elem(&INODES, &key);
 }
@@ -187,16 +164,16 @@ int fuse_request_send(unsigned long long *ctx)
 	__u64 opcode = req->in.h.opcode;
 	__u64 unique = req->in.h.unique;
 
-	struct opcode_stats *s = opcode_slot(conn, opcode);
+	struct opcode_counters *s = opcode_slot(conn, opcode);
 	if (s)
 		__sync_fetch_and_add(&s->sent, 1);
 
-	inflight_key key = { conn, unique };
+	struct inflight_key key = { conn, unique };
 	__u64 now = bpf_ktime_get_ns();
 	bpf_map_update_elem(&INFLIGHT, &key, &now, 0);
 
 	if (opcode == FUSE_GETATTR) {
-		struct inode_upcalls *i = inode_slot(conn, req->in.h.nodeid);
+		struct inode_counters *i = inode_slot(conn, req->in.h.nodeid);
 		if (i)
 			__sync_fetch_and_add(&i->getattrs, 1);
 	}
@@ -211,12 +188,12 @@ int fuse_request_end(unsigned long long *ctx)
 	__u64 opcode = req->in.h.opcode;
 	__s32 error = req->out.h.error;
 
-	struct opcode_stats *s = opcode_slot(conn, opcode);
+	struct opcode_counters *s = opcode_slot(conn, opcode);
 	if (s) {
 		__sync_fetch_and_add(&s->ended, 1);
 		if (error)
 			__sync_fetch_and_add(&s->errors, 1);
-		inflight_key key = { conn, req->in.h.unique };
+		struct inflight_key key = { conn, req->in.h.unique };
 		__u64 *start = bpf_map_lookup_elem(&INFLIGHT, &key);
 		if (start) {
 			__u64 ns = bpf_ktime_get_ns() - *start;
@@ -237,7 +214,7 @@ int fuse_request_end(unsigned long long *ctx)
 		void *entry = args ? args->out_args[0].value : 0;
 		__u64 nodeid = 0;
 		if (entry && bpf_probe_read_kernel(&nodeid, sizeof(nodeid), entry) == 0 && nodeid) {
-			struct inode_upcalls *i = inode_slot(conn, nodeid);
+			struct inode_counters *i = inode_slot(conn, nodeid);
 			if (i)
 				__sync_fetch_and_add(&i->lookups, 1);
 		}

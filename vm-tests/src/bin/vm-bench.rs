@@ -6,8 +6,8 @@
 //! directory, and checks the result from both sides exactly as the tests do:
 //! a run whose files differ from the expected tree is an error, not a number.
 //!
-//! Usage: vm-bench --xfused PATH --virtiofsd PATH [--rounds N] [--files N] [--workers N]
-//! (scripts/vm-bench.sh builds and installs both and runs this).
+//! `vm-bench --help` lists the options (scripts/vm-bench.sh builds and
+//! installs both backends and runs this).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,59 +20,39 @@ use vm_tests::{workload, Assets, GuestOutput, VmConfig};
 /// also writes 1 MiB per worker, `readback` and `listing` read file data.
 const METADATA_PHASES: [&str; 4] = ["lookup", "rename", "link", "unlink"];
 
-#[derive(Debug)]
+/// The guest workload against `xfused virtiofs` and virtiofsd: boots a
+/// QEMU guest (TCG) per round and backend, runs vm-tests/guest/workload.sh
+/// on the virtio-fs mount, checks the result from both sides, and prints
+/// median seconds per phase.
+#[derive(Debug, clap::Parser)]
+#[command(name = "vm-bench")]
 struct Opts {
+    /// xfused binary.
+    #[arg(long, value_name = "PATH")]
     xfused: PathBuf,
+    /// virtiofsd binary.
+    #[arg(long, value_name = "PATH")]
     virtiofsd: PathBuf,
+    /// Rounds; each boots one guest per backend.
+    #[arg(long, default_value_t = 5, value_name = "N")]
     rounds: u32,
+    /// Files per worker.
+    #[arg(long, default_value_t = 300, value_name = "N")]
     files: u32,
+    /// Workers in the guest (1 to 64).
+    #[arg(long, default_value_t = 4, value_name = "N")]
     workers: u32,
+    /// An extra flag for `xfused virtiofs` (e.g. --inode-fds); repeatable.
+    #[arg(long = "xfused-arg", value_name = "FLAG", allow_hyphen_values = true)]
     xfused_args: Vec<String>,
 }
 
-fn usage() -> ! {
-    eprintln!(
-        "usage: vm-bench --xfused PATH --virtiofsd PATH [--rounds N (5)] [--files N (300)] [--workers N (4)]\n\
-         \x20               [--xfused-arg FLAG]...   (extra flags for xfused virtiofs, e.g. --inode-fds)\n\
-         Boots a QEMU guest (TCG) per round and backend, runs vm-tests/guest/workload.sh on the\n\
-         virtio-fs mount, checks the result, and prints median seconds per phase."
-    );
-    std::process::exit(2)
-}
-
-fn parse_args() -> anyhow::Result<Opts> {
-    let mut args = std::env::args().skip(1);
-    let (mut xfused, mut virtiofsd) = (None, None);
-    let (mut rounds, mut files, mut workers) = (5, 300, 4);
-    let mut xfused_args = Vec::new();
-    while let Some(flag) = args.next() {
-        if flag == "-h" || flag == "--help" {
-            usage();
-        }
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
-        let number = || {
-            value
-                .parse::<u32>()
-                .with_context(|| format!("{flag} {value}: not a number"))
-        };
-        match flag.as_str() {
-            "--xfused" => xfused = Some(PathBuf::from(&value)),
-            "--virtiofsd" => virtiofsd = Some(PathBuf::from(&value)),
-            "--rounds" => rounds = number()?.max(1),
-            "--files" => files = number()?.max(1),
-            "--workers" => workers = number()?.clamp(1, 64),
-            "--xfused-arg" => xfused_args.push(value),
-            _ => bail!("unknown flag {flag} (--help)"),
-        }
-    }
-    Ok(Opts {
-        xfused: xfused.context("--xfused PATH is required")?,
-        virtiofsd: virtiofsd.context("--virtiofsd PATH is required")?,
-        rounds,
-        files,
-        workers,
-        xfused_args,
-    })
+fn parse_args() -> Opts {
+    let mut opts = <Opts as clap::Parser>::parse();
+    opts.rounds = opts.rounds.max(1);
+    opts.files = opts.files.max(1);
+    opts.workers = opts.workers.clamp(1, 64);
+    opts
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,7 +192,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let opts = parse_args()?;
+    let opts = parse_args();
     let missing = vm_tests::missing_tools();
     if !missing.is_empty() {
         bail!("missing {} (scripts/setup.sh --tests)", missing.join(", "));
