@@ -5,10 +5,25 @@
 //! varints and takes the bytes from the input, so a claimed length larger
 //! than what arrived fails instead of allocating; trailing bytes fail too.
 //!
-//! Why postcard: CODEC_CHOICE
+//! Why postcard, not bincode 2: measured on the service's own messages
+//! (encode then decode, median of 15 batches of 2,000; bincode 2 through
+//! serde with its standard varint configuration and a 1 MiB limit), three
+//! runs on this 2-vCPU VM beside a CI run (load 4-6), 2026-12-03:
+//!
+//! | message | postcard | bincode 2 | bincode/postcard time |
+//! |---|---|---|---|
+//! | lookup request | 152-247 ns, 43 B | 182-307 ns, 46 B | 1.20-1.24 |
+//! | getattr reply | 193-298 ns, 52 B | 205-345 ns, 63 B | 1.06-1.16 |
+//! | create (change) request | 167-260 ns, 42 B | 231-237 ns, 49 B | 0.90-1.38 |
+//! | readdir reply, 128 entries | 15.5-25.7 µs, 3,207 B | 23.3-30.4 µs, 3,459 B | 1.17-1.50 |
+//!
+//! postcard is as fast or faster (a readdir page by a third), its
+//! messages are 5-17% smaller, and it is one small crate with a stable
+//! wire format (1.0). Either costs well under a microsecond per call,
+//! against tens of microseconds for the round trip.
 //!
 //! ```sh
-//! cargo run --release -p benches --bin codec
+//! cargo run --release -p xfused --example codec-choice
 //! ```
 
 use serde::de::DeserializeOwned;
