@@ -19,6 +19,12 @@
 //! default); a transaction with many compares (a scan over many keys) needs
 //! a higher limit: run etcd with `--max-txn-ops 10000`.
 //!
+//! A secured cluster ([`EtcdSecurity`]): TLS to the members (their CA, and
+//! a client certificate if they run with `--client-cert-auth`), and etcd's
+//! own users (`--etcd-user`, the password from a file). Without them the
+//! engine speaks plain HTTP/2, for a cluster on a network nobody else
+//! reaches.
+//!
 //! Reads that fail on the network are retried (with backoff) on the other
 //! members; a commit that fails on the network is not (it may have been
 //! applied): the operation fails with EIO and the caller decides.
@@ -27,12 +33,50 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn, TxnOp,
+};
 
 use super::kv::{AttemptGate, CommitRequest, KvEngine, KvError, KvPair, Version};
 
 /// Rounds over all members before a request fails.
 const ROUNDS_MAX: u32 = 4;
+
+/// How to reach a secured cluster.
+#[derive(Clone, Default)]
+pub struct EtcdSecurity {
+    /// TLS to the members (`https://`).
+    pub tls: Option<EtcdTls>,
+    /// An etcd user and its password.
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSecurity")
+            .field("tls", &self.tls.is_some())
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+/// TLS to etcd members.
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// The CA that signed the members' certificates (PEM).
+    pub ca_pem: Vec<u8>,
+    /// A client certificate and its key (PEM), for members that require
+    /// one (`--client-cert-auth`).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
 
 /// See the module docs.
 pub struct EtcdEngine {
@@ -43,6 +87,7 @@ pub struct EtcdEngine {
     current: AtomicUsize,
     endpoints: Vec<String>,
     prefix: Vec<u8>,
+    security: EtcdSecurity,
     gate: AttemptGate,
 }
 
@@ -61,8 +106,17 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> KvError {
 
 impl EtcdEngine {
     /// Connects to the cluster at `endpoints` (`HOST:PORT` each) with keys
-    /// under `prefix`.
+    /// under `prefix`, over plain HTTP/2 without a user.
     pub fn connect(endpoints: &[String], prefix: &[u8]) -> Result<EtcdEngine, KvError> {
+        EtcdEngine::connect_secured(endpoints, prefix, EtcdSecurity::default())
+    }
+
+    /// Connects to a secured cluster.
+    pub fn connect_secured(
+        endpoints: &[String],
+        prefix: &[u8],
+        security: EtcdSecurity,
+    ) -> Result<EtcdEngine, KvError> {
         if endpoints.is_empty() {
             return Err(KvError::Failed("no etcd endpoint given".into()));
         }
@@ -78,6 +132,7 @@ impl EtcdEngine {
             current: AtomicUsize::new(0),
             endpoints: endpoints.to_vec(),
             prefix: prefix.to_vec(),
+            security,
             gate: AttemptGate::default(),
         };
         // Fail early, with a clear message, if no member answers.
@@ -91,10 +146,24 @@ impl EtcdEngine {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5));
-        let url = format!("http://{}", self.endpoints[i]);
+        let scheme = match &self.security.tls {
+            Some(tls) => {
+                let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+                if let Some((cert, key)) = &tls.identity {
+                    t = t.identity(Identity::from_pem(cert, key));
+                }
+                options = options.with_tls(t);
+                "https"
+            }
+            None => "http",
+        };
+        if let Some((user, password)) = &self.security.user {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        let url = format!("{scheme}://{}", self.endpoints[i]);
         let client = self
             .runtime
             .block_on(Client::connect([url], Some(options)))

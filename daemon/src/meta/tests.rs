@@ -994,3 +994,185 @@ fn truncating_through_an_open_session_needs_no_write_permission() {
     meta.setattr(&ALICE, f, &truncate)
         .expect("ftruncate(2) on the open file");
 }
+
+/// A CA, and certificates it signs for 127.0.0.1 (PEM: cert, key).
+struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "etcd test CA");
+        let pem = params.self_signed(&key).unwrap().pem();
+        TestCa {
+            issuer: rcgen::Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    fn leaf(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// The etcd engine against a member that speaks only TLS, requires client
+/// certificates and, once auth is on, a user: plain HTTP is refused, TLS
+/// with the member's CA and a client certificate works, a wrong password
+/// is refused and the right one works.
+#[test]
+fn etcd_over_tls_with_client_certificates_and_a_user() {
+    use super::etcd::{EtcdEngine, EtcdSecurity, EtcdTls};
+    let etcd = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("etcd not found: install Debian's etcd-server (scripts/setup.sh does)");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (server_cert, server_key) = ca.leaf("etcd member");
+    let (client_cert, client_key) = ca.leaf("xfused");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (ca_file, cert_file, key_file) = (
+        write("ca.pem", &ca.pem),
+        write("server.pem", &server_cert),
+        write("server.key", &server_key),
+    );
+    // Two free ports, held until etcd binds them (another test's etcd
+    // cluster probes under the same lock).
+    let ports_lock = std::fs::File::create(std::env::temp_dir().join("xfuse-test-etcd-ports.lock")).unwrap();
+    ports_lock.lock().unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (client_port, peer_port) = (free(), free());
+    let endpoint = format!("127.0.0.1:{client_port}");
+    let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _etcd = Kill(
+        std::process::Command::new(etcd)
+            .args(["--name", "tls"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &format!("https://{endpoint}")])
+            .args(["--advertise-client-urls", &format!("https://{endpoint}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer_port}"),
+            ])
+            .args(["--initial-cluster", &format!("tls=http://127.0.0.1:{peer_port}")])
+            .arg("--cert-file")
+            .arg(&cert_file)
+            .arg("--key-file")
+            .arg(&key_file)
+            .arg("--trusted-ca-file")
+            .arg(&ca_file)
+            .arg("--client-cert-auth")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(log))
+            .spawn()
+            .expect("spawning etcd"),
+    );
+    let endpoints = vec![endpoint.clone()];
+    let tls = EtcdTls {
+        ca_pem: ca.pem.clone().into_bytes(),
+        identity: Some((client_cert.clone().into_bytes(), client_key.clone().into_bytes())),
+    };
+    let secured = |user: Option<(&str, &str)>| EtcdSecurity {
+        tls: Some(tls.clone()),
+        user: user.map(|(u, p)| (u.to_string(), p.to_string())),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let engine = loop {
+        match EtcdEngine::connect_secured(&endpoints, b"tls/", secured(None)) {
+            Ok(e) => break e,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "etcd over TLS never answered: {e}\n{}",
+                    std::fs::read_to_string(dir.path().join("etcd.log")).unwrap_or_default()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    };
+    drop(ports_lock);
+    let meta = meta_on(Arc::new(engine));
+    let (f, _) = meta.mkdir(&ROOT, ROOT_INO, b"over-tls", 0o755).unwrap();
+    assert!(meta.getattr(f).is_ok());
+    // Plain HTTP to a TLS member: refused.
+    assert!(
+        EtcdEngine::connect(&endpoints, b"tls/").is_err(),
+        "plain HTTP was answered"
+    );
+    // TLS without a client certificate: refused (--client-cert-auth).
+    let anonymous = EtcdSecurity {
+        tls: Some(EtcdTls {
+            ca_pem: ca.pem.clone().into_bytes(),
+            identity: None,
+        }),
+        user: None,
+    };
+    assert!(EtcdEngine::connect_secured(&endpoints, b"tls/", anonymous).is_err());
+    // Users: root with a password, then auth on.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let options = etcd_client::ConnectOptions::new().with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&ca.pem))
+                .identity(etcd_client::Identity::from_pem(&client_cert, &client_key)),
+        );
+        let mut admin = etcd_client::Client::connect([format!("https://{endpoint}")], Some(options))
+            .await
+            .unwrap();
+        admin.user_add("root", "right horse battery", None).await.unwrap();
+        admin.user_grant_role("root", "root").await.unwrap();
+        admin.auth_enable().await.unwrap();
+    });
+    assert!(
+        EtcdEngine::connect_secured(&endpoints, b"tls/", secured(Some(("root", "wrong")))).is_err(),
+        "a wrong password was accepted"
+    );
+    let engine = EtcdEngine::connect_secured(
+        &endpoints,
+        b"tls/",
+        secured(Some(("root", "right horse battery"))),
+    )
+    .expect("the right password");
+    let meta = meta_on(Arc::new(engine));
+    assert!(meta.lookup(&ROOT, ROOT_INO, b"over-tls").is_ok());
+}
