@@ -611,6 +611,7 @@ mod tests {
     #[derive(Default)]
     struct Echo {
         release: AtomicBool,
+        blocked: AtomicUsize,
     }
 
     impl Handler for Echo {
@@ -622,6 +623,7 @@ mod tests {
         }
         fn handle(&self, _: &(), _: &Peer, req: u64, bulk: Vec<u8>) -> Result<(u64, Vec<u8>), i32> {
             if req == 0 {
+                self.blocked.fetch_add(1, Ordering::SeqCst);
                 while !self.release.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -738,10 +740,16 @@ mod tests {
                 std::thread::spawn(move || echo(&conn, 0))
             })
             .collect();
-        let refused = crate::rpc::client::tests_support::wait_until(Duration::from_secs(10), || {
-            matches!(echo(&conn, 5), Err(CallError::Remote(libc::EAGAIN)))
+        // Both running (the second read past the first, which runs where it
+        // was read, by the watchdog's reader).
+        let both = crate::rpc::client::tests_support::wait_until(Duration::from_secs(30), || {
+            server.handler.blocked.load(Ordering::SeqCst) == 2
         });
-        assert!(refused, "a third request ran beside two");
+        assert!(both, "the second request never ran beside the first");
+        match echo(&conn, 5) {
+            Err(CallError::Remote(libc::EAGAIN)) => {}
+            other => panic!("a third request beside two: {other:?}"),
+        }
         server.handler.release.store(true, Ordering::SeqCst);
         for b in blocked {
             assert_eq!(b.join().unwrap().unwrap(), 0);
