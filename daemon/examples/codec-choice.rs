@@ -103,7 +103,7 @@ fn main() {
         "create (change) request",
         MetaRequest::Change {
             seq: 77_000,
-            floor: 76_990,
+            forget: (76_990, 76_999),
             resent: false,
             call: Call::Mknod {
                 caller,

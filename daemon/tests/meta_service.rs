@@ -185,7 +185,7 @@ impl Client {
             let seq = self.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             MetaRequest::Change {
                 seq,
-                floor: seq,
+                forget: (seq, seq),
                 resent: false,
                 call,
             }
@@ -439,7 +439,7 @@ fn a_change_sent_again_is_answered_not_run_again() {
     let (client, _) = service.session();
     let create = |seq: u64| MetaRequest::Change {
         seq,
-        floor: seq,
+        forget: (seq, seq),
         resent: true,
         call: Call::Mknod {
             caller: user(0),
@@ -458,6 +458,19 @@ fn a_change_sent_again_is_answered_not_run_again() {
     assert_eq!(first, again, "the retry got the first run's outcome");
     // A new change of the same name is a new create: EEXIST.
     assert_eq!(client.request(&create(8)), Err(libc::EEXIST));
+    // What a change may forget is bounded and below it.
+    for forget in [(0, 100), (20, 30), (5, 4)] {
+        let MetaRequest::Change { call, .. } = create(10) else {
+            unreachable!()
+        };
+        let req = MetaRequest::Change {
+            seq: 10,
+            forget,
+            resent: false,
+            call,
+        };
+        assert_eq!(client.request(&req), Err(libc::EINVAL), "forget {forget:?}");
+    }
     // Changes must be numbered.
     let MetaRequest::Change { call, .. } = create(9) else {
         unreachable!()

@@ -326,6 +326,27 @@ mod tests {
         assert!(left.is_empty(), "{} outcomes left", left.len());
     }
 
+    /// A change deletes the outcomes it is told the client will not need.
+    #[test]
+    fn outcomes_are_forgotten_when_told() {
+        let engine: Arc<dyn crate::meta::kv::KvEngine> = Arc::new(MemEngine::new());
+        let meta = Meta::connect(engine.clone(), Default::default(), Arc::new(SystemClock)).unwrap();
+        let mkdir = |n: &'static str| move |m: &Meta| m.mkdir(&Caller::ROOT, 1, n.as_bytes(), 0o755);
+        meta.exactly_once(1, false, 0..0, mkdir("a")).unwrap();
+        meta.exactly_once(2, false, 0..0, mkdir("b")).unwrap();
+        meta.exactly_once(3, false, 0..0, mkdir("c")).unwrap();
+        meta.exactly_once(4, false, 1..3, mkdir("d")).unwrap();
+        let kept: Vec<u64> = (1..=4)
+            .filter(|seq| {
+                engine
+                    .get(&crate::meta::schema::done_key(meta.client_id(), *seq))
+                    .unwrap()
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(kept, vec![3, 4]);
+    }
+
     /// A failed change records nothing: sent again, it runs again.
     #[test]
     fn a_failed_change_is_not_recorded() {

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{MetaReply, MetaRequest, TOKEN_LEN};
+use super::{MetaReply, MetaRequest, FORGET_MAX, TOKEN_LEN};
 use crate::meta::kv::KvError;
 use crate::meta::{Answer, Call, MetaError};
 use crate::rpc::client::{CallError, Conn};
@@ -45,8 +45,11 @@ pub struct RemoteMeta {
     token: [u8; TOKEN_LEN],
     /// The next change's number.
     next_seq: AtomicU64,
-    /// Numbers of changes not yet answered (the lowest is the floor).
+    /// Numbers of changes not yet answered.
     unanswered: Mutex<BTreeSet<u64>>,
+    /// Outcomes of changes below this number were forgotten (deleted by a
+    /// later change).
+    forgotten_to: Mutex<u64>,
 }
 
 impl std::fmt::Debug for RemoteMeta {
@@ -94,6 +97,7 @@ impl RemoteMeta {
             token: [0; TOKEN_LEN],
             next_seq: AtomicU64::new(1),
             unanswered: Mutex::new(BTreeSet::new()),
+            forgotten_to: Mutex::new(1),
         };
         // A Hello whose reply was lost registered a client nobody will
         // use: its lease runs out and it is reaped. Sending it again is
@@ -196,10 +200,13 @@ impl RemoteMeta {
         loop {
             if attempt == 2 {
                 // From now on a change may have been done: say so.
-                if let MetaRequest::Change { seq, floor, call, .. } = req {
+                if let MetaRequest::Change {
+                    seq, forget, call, ..
+                } = req
+                {
                     message = codec::encode(&MetaRequest::Change {
                         seq: *seq,
-                        floor: *floor,
+                        forget: *forget,
                         resent: true,
                         call: call.clone(),
                     });
@@ -235,19 +242,27 @@ impl RemoteMeta {
         let name = call.name();
         let reply = if call.is_change() {
             let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-            let floor = {
+            // Outcomes of answered changes below every unanswered one may
+            // go: a few with each change, tracked here once per client.
+            let forget = {
                 let mut unanswered = lock(&self.unanswered);
                 unanswered.insert(seq);
-                *unanswered.first().expect("inserted above")
+                let floor = *unanswered.first().expect("inserted above");
+                let from = *lock(&self.forgotten_to);
+                (from.min(floor), floor.min(from + FORGET_MAX))
             };
             let change = MetaRequest::Change {
                 seq,
-                floor,
+                forget,
                 resent: false,
                 call,
             };
             let reply = self.request(&change, true);
             lock(&self.unanswered).remove(&seq);
+            if reply.is_ok() {
+                let mut forgotten_to = lock(&self.forgotten_to);
+                *forgotten_to = (*forgotten_to).max(forget.1);
+            }
             reply?
         } else {
             let idempotent = call.idempotent();

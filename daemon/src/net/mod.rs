@@ -19,6 +19,9 @@ pub use service::MetaService;
 
 use crate::meta::{Answer, Call};
 
+/// Most outcomes one change may forget.
+pub const FORGET_MAX: u64 = 64;
+
 /// Bytes of a session token.
 pub const TOKEN_LEN: usize = 32;
 
@@ -43,9 +46,10 @@ pub enum MetaRequest {
     Change {
         /// The client's number for it (the same when sent again).
         seq: u64,
-        /// Every change numbered below this has been answered: their
-        /// outcomes may go.
-        floor: u64,
+        /// The outcomes of the changes numbered `forget.0..forget.1` may
+        /// go (their replies arrived); at most [`FORGET_MAX`] of them, all
+        /// below `seq`. Deleted in this change's transaction.
+        forget: (u64, u64),
         /// Sent before (its reply was lost): the service looks for its
         /// outcome first.
         resent: bool,

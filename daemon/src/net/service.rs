@@ -21,7 +21,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{MetaReply, MetaRequest, TOKEN_LEN};
+use super::{MetaReply, MetaRequest, FORGET_MAX, TOKEN_LEN};
 use crate::meta::kv::KvEngine;
 use crate::meta::{Answer, Call, Clock, Meta, MetaConfig, MetaError};
 use crate::rpc::auth::{Credential, Role};
@@ -95,13 +95,7 @@ impl std::fmt::Debug for MetaService {
 #[derive(Debug, Default)]
 pub struct Session {
     bound: Mutex<Option<Bound>>,
-    /// Outcomes below this number have been deleted (on this connection).
-    pruned_to: Mutex<u64>,
 }
-
-/// Most outcomes one change deletes (the rest go with later changes, or
-/// with the client).
-const PRUNE_MAX: u64 = 64;
 
 #[derive(Debug, Clone)]
 struct Bound {
@@ -231,22 +225,17 @@ impl MetaService {
             }
             MetaRequest::Change {
                 seq,
-                floor,
+                forget: (from, to),
                 resent,
                 call,
             } => {
-                if !call.is_change() || seq < floor {
+                if !call.is_change() || from > to || to > seq || to - from > FORGET_MAX {
                     return Err(MetaError::Errno(libc::EINVAL));
                 }
                 let bound = self.session(session)?;
-                let prune = {
-                    let pruned_to = *lock(&session.pruned_to);
-                    let from = pruned_to.max(floor.saturating_sub(PRUNE_MAX));
-                    from..floor.min(from + PRUNE_MAX).max(from)
-                };
                 let answer = match bound
                     .meta
-                    .exactly_once(seq, resent, prune.clone(), |m| call.clone().run(m))
+                    .exactly_once(seq, resent, from..to, |m| call.clone().run(m))
                 {
                     Ok(answer) => answer,
                     Err(MetaError::Done(outcome)) => {
@@ -255,8 +244,6 @@ impl MetaService {
                     }
                     Err(e) => return Err(e),
                 };
-                let mut pruned_to = lock(&session.pruned_to);
-                *pruned_to = (*pruned_to).max(prune.end);
                 Ok(MetaReply::Answer(answer))
             }
             MetaRequest::Call(call) => {
