@@ -98,5 +98,5 @@ mod tests;
 pub use namespace::{Answer, Call, Namespace};
 pub use ops::{
     access, rename_flags, xattr_flags, Caller, Clock, DirItem, Meta, MetaConfig, MetaError, Outcome, Reclaim,
-    SetAttr, SystemClock, TimeSet, Usage, FILE_SIZE_MAX_BYTES, GROUPS_MAX, LINK_MAX, XATTRS_MAX,
+    Recorder, SetAttr, SystemClock, TimeSet, Usage, FILE_SIZE_MAX_BYTES, GROUPS_MAX, LINK_MAX, XATTRS_MAX,
 };

@@ -60,29 +60,15 @@ pub enum MetaError {
     Done(Outcome),
 }
 
-/// The recorded outcome of a numbered change: the type it has (so a
-/// mismatch is caught, not misread) and its postcard encoding.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Outcome {
-    /// `std::any::type_name` of the value.
-    pub type_name: String,
-    /// The value, encoded.
-    pub bytes: Vec<u8>,
-}
+/// The recorded outcome of a numbered change, as its recorder encoded it
+/// (for the metadata service: the call's `Answer`, so a replay reads back
+/// what the first run answered, whatever build recorded it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome(pub Vec<u8>);
 
-impl Outcome {
-    /// The value, if it is a `T`.
-    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, MetaError> {
-        if self.type_name != std::any::type_name::<T>() {
-            return Err(MetaError::Corrupt(format!(
-                "a recorded outcome of type {} read as {}",
-                self.type_name,
-                std::any::type_name::<T>()
-            )));
-        }
-        postcard::from_bytes(&self.bytes).map_err(|e| MetaError::Corrupt(format!("a recorded outcome: {e}")))
-    }
-}
+/// Encodes a change's value for its record; `None` if the value is not of
+/// the type the recorder expects.
+pub type Recorder = fn(&dyn std::any::Any) -> Option<Vec<u8>>;
 
 impl MetaError {
     /// The errno to hand the kernel.
@@ -181,6 +167,7 @@ struct Change {
     resent: bool,
     prune_from: u64,
     prune_to: u64,
+    record: Recorder,
 }
 
 thread_local! {
@@ -702,7 +689,7 @@ impl Meta {
     /// records its value as the change's outcome, and every transaction
     /// first looks for that record: found, the change was done before and
     /// `MetaError::Done` returns its outcome instead.
-    fn txn<T: serde::Serialize>(
+    fn txn<T: 'static>(
         &self,
         mut body: impl FnMut(&mut Txn<'_>) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
@@ -715,21 +702,21 @@ impl Meta {
             if !change.resent {
                 // Nothing to look for.
             } else if let Some(bytes) = txn.get(&key)? {
-                let outcome = postcard::from_bytes(&bytes)
-                    .map_err(|e| MetaError::Corrupt(format!("outcome record: {e}")))?;
-                return Err(MetaError::Done(outcome));
+                return Err(MetaError::Done(Outcome(bytes)));
             }
             let value = body(txn)?;
             wrote = txn.has_writes();
             if wrote {
-                let outcome = Outcome {
-                    type_name: std::any::type_name::<T>().to_string(),
-                    bytes: postcard::to_allocvec(&value).map_err(|e| MetaError::Corrupt(e.to_string()))?,
-                };
-                txn.put(
-                    key.clone(),
-                    postcard::to_allocvec(&outcome).map_err(|e| MetaError::Corrupt(e.to_string()))?,
-                );
+                match (change.record)(&value) {
+                    Some(bytes) => txn.put(key.clone(), bytes),
+                    // A recorder for another type: a bug the namespace
+                    // tests catch. The change still happens, unrecorded.
+                    None => tracing::error!(
+                        "change {}: an outcome of type {} was not recorded",
+                        change.seq,
+                        std::any::type_name::<T>()
+                    ),
+                }
                 // Outcomes the client no longer needs go with it.
                 for seq in change.prune_from..change.prune_to {
                     txn.delete(schema::done_key(self.client, seq));
@@ -752,6 +739,7 @@ impl Meta {
     /// again. A change the client says it sends for the first time
     /// (`resent` false) skips that look-up. A change that fails changes nothing and records nothing, so
     /// running it again is like running it for the first time. Outcomes of
+    /// `record` encodes the value for the record. Outcomes of
     /// the changes numbered `prune` are deleted in the same transaction
     /// (the client will not send them again); the rest go when the client
     /// ends or is reaped.
@@ -760,6 +748,7 @@ impl Meta {
         seq: u64,
         resent: bool,
         prune: std::ops::Range<u64>,
+        record: Recorder,
         change: impl FnOnce(&Self) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
         CHANGE.with(|c| {
@@ -768,6 +757,7 @@ impl Meta {
                 resent,
                 prune_from: prune.start,
                 prune_to: prune.end,
+                record,
             }))
         });
         let result = change(self);

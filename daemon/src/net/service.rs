@@ -235,7 +235,7 @@ impl MetaService {
                 let bound = self.session(session)?;
                 let answer = match bound
                     .meta
-                    .exactly_once(seq, resent, from..to, |m| call.clone().run(m))
+                    .exactly_once(seq, resent, from..to, call.recorder(), |m| call.clone().run(m))
                 {
                     Ok(answer) => answer,
                     Err(MetaError::Done(outcome)) => {
