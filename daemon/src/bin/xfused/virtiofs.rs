@@ -11,7 +11,8 @@ use fuse_backend_rs::passthrough::{Config as PassthroughConfig, PassthroughFs};
 use xfuse::transport::virtio::{VirtioConfig, VirtioFsBackend};
 use xfuse::{InitConfig, Policy};
 
-use crate::CacheArg;
+use xfused::client::{open_namespace, AuthArgs, DurabilityArg, EngineArgs, NamespaceSpec};
+use xfused::serve::CacheArg;
 
 #[derive(Debug, Args)]
 pub struct VirtiofsArgs {
@@ -89,7 +90,7 @@ pub struct VirtiofsArgs {
     stats: bool,
     /// With --meta tcp://.
     #[command(flatten)]
-    auth: crate::AuthArgs,
+    auth: AuthArgs,
 }
 
 pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
@@ -98,11 +99,11 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
     }
     let Some(source) = &args.source else {
         // --meta: the distributed filesystem (clap requires one of the two).
-        let engine = crate::EngineArgs {
-            durability: crate::DurabilityArg::Buffered,
+        let engine = EngineArgs {
+            durability: DurabilityArg::Buffered,
             fsync_ms: 100,
         };
-        let ns = crate::open_namespace(crate::NamespaceSpec {
+        let ns = open_namespace(NamespaceSpec {
             meta: args.meta.clone(),
             data: &args.data,
             engine: &engine,
