@@ -8,6 +8,7 @@
 
 mod auth;
 mod engine;
+mod lease;
 mod url;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use anyhow::Context as _;
 
 pub use auth::{AuthArgs, DEFAULT_CREDENTIAL};
 pub use engine::{open_embedded, open_etcd, DurabilityArg, EngineArgs};
+pub use lease::Lease;
 pub use url::{parse_meta_url, MetaUrl};
 
 use crate::chunk::ChunkStore;
@@ -25,7 +27,7 @@ use crate::fs::{MetaFs, MetaFsConfig};
 use crate::meta::{Meta, MetaConfig, Namespace, SystemClock};
 
 /// A namespace opened for this process: the filesystem over it, and what to
-/// close when serving ends.
+/// close when serving ends. Dropping it stops the lease thread.
 pub struct OpenNamespace {
     /// The filesystem to serve.
     pub fs: Arc<MetaFs>,
@@ -35,6 +37,7 @@ pub struct OpenNamespace {
     pub url: String,
     /// The data directory, canonical.
     pub data: PathBuf,
+    lease: Option<Lease>,
 }
 
 /// Where a namespace comes from and how this client holds it.
@@ -144,19 +147,14 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
         }
         Err(e) => tracing::warn!("reaping dead clients' sessions: {e}"),
     }
-    {
-        let meta = meta.clone();
-        std::thread::Builder::new()
-            .name("lease".into())
-            .spawn(move || loop {
-                std::thread::sleep(lease / 3);
-                if let Err(e) = meta.heartbeat() {
-                    tracing::warn!("renewing the metadata lease: {e}");
-                }
-            })
-            .context("starting the lease thread")?;
-    }
-    Ok(OpenNamespace { fs, meta, url, data })
+    let lease = Lease::start(meta.clone(), lease / 3).context("starting the lease thread")?;
+    Ok(OpenNamespace {
+        fs,
+        meta,
+        url,
+        data,
+        lease: Some(lease),
+    })
 }
 
 impl std::fmt::Debug for OpenNamespace {
@@ -172,7 +170,9 @@ impl OpenNamespace {
     /// Closes this client's sessions: the kernel (or guest) has released
     /// every open file by now; anything left is closed so no session
     /// outlives this client.
-    pub fn close(&self) {
+    pub fn close(mut self) {
+        // No renewal after the client is gone.
+        self.lease = None;
         match self.meta.close_client() {
             Ok(reclaimed) => {
                 for r in reclaimed {
