@@ -18,13 +18,19 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 pub use auth::{AuthArgs, DEFAULT_CREDENTIAL};
-pub use engine::{open_embedded, open_etcd, DurabilityArg, EngineArgs};
+pub use engine::{open_embedded, open_etcd, DurabilityArg, EngineArgs, FSYNC_MS_DEFAULT};
 pub use lease::Lease;
 pub use url::{parse_meta_url, MetaUrl};
 
 use crate::chunk::ChunkStore;
 use crate::fs::{MetaFs, MetaFsConfig};
 use crate::meta::{Meta, MetaConfig, Namespace, SystemClock};
+
+/// Chunk size of new files unless told, in KiB.
+pub const CHUNK_SIZE_KIB_DEFAULT: u32 = 1024;
+
+/// A client's lease unless told, in milliseconds.
+pub const LEASE_MS_DEFAULT: u64 = 30_000;
 
 /// A namespace opened for this process: the filesystem over it, and what to
 /// close when serving ends. Dropping it stops the lease thread.
@@ -103,7 +109,7 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
             )
         }
         MetaUrl::Tcp(addr) => {
-            if spec.chunk_size_kib != 1024 {
+            if spec.chunk_size_kib != CHUNK_SIZE_KIB_DEFAULT {
                 tracing::warn!("--chunk-size-kib is the service's choice with tcp://; ignored");
             }
             let tls = match spec.auth.load()? {
@@ -181,5 +187,17 @@ impl OpenNamespace {
             }
             Err(e) => tracing::warn!("closing the metadata client: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_defaults_are_the_metadata_layers_defaults() {
+        let meta = MetaConfig::default();
+        assert_eq!(Duration::from_millis(LEASE_MS_DEFAULT), meta.lease);
+        assert_eq!(CHUNK_SIZE_KIB_DEFAULT * 1024, meta.chunk_size_bytes);
     }
 }

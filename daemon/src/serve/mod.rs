@@ -16,6 +16,9 @@ use fuse_backend_rs::passthrough::CachePolicy;
 use xfuse::transport::uring::UringConfig;
 use xfuse::{Ended, InitConfig, MountOptions, Policy, Session, ShutdownSignals, Transport};
 
+/// Largest write request unless told, in KiB.
+pub const MAX_WRITE_KIB_DEFAULT: u32 = 1024;
+
 /// `--transport`: how requests travel between the kernel and xfused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TransportArg {
@@ -129,7 +132,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub flush_on_close: bool,
     /// Largest write request, in KiB (4 to 16384).
-    #[arg(long, value_name = "KIB", default_value_t = 1024,
+    #[arg(long, value_name = "KIB", default_value_t = MAX_WRITE_KIB_DEFAULT,
           value_parser = clap::value_parser!(u32).range(4..=16384))]
     pub max_write_kib: u32,
     /// Who checks permissions against file modes and owners.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use xfused::client::{AuthArgs, EngineArgs};
+use xfused::client::{AuthArgs, EngineArgs, LEASE_MS_DEFAULT};
 
 #[derive(Debug, Args)]
 pub struct MetaArgs {
@@ -23,7 +23,7 @@ pub struct MetaArgs {
     /// Clients' lease, in milliseconds: a client that has not renewed it
     /// for this long is considered dead; its open files are closed (every
     /// third of this, the service reaps).
-    #[arg(long, value_name = "MS", default_value_t = 30_000,
+    #[arg(long, value_name = "MS", default_value_t = LEASE_MS_DEFAULT,
           value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
     lease_ms: u64,
     #[command(flatten)]

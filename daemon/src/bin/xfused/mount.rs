@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 use xfuse::ShutdownSignals;
-use xfused::client::{open_namespace, AuthArgs, EngineArgs, NamespaceSpec};
+use xfused::client::{
+    open_namespace, AuthArgs, EngineArgs, NamespaceSpec, CHUNK_SIZE_KIB_DEFAULT, LEASE_MS_DEFAULT,
+};
 use xfused::serve::{serve, Mounting, ServeArgs};
 
 #[derive(Debug, Args)]
@@ -28,13 +30,13 @@ pub struct MountArgs {
     #[command(flatten)]
     engine: EngineArgs,
     /// Chunk size of new files, in KiB (4 to 65536).
-    #[arg(long, value_name = "KIB", default_value_t = 1024,
+    #[arg(long, value_name = "KIB", default_value_t = CHUNK_SIZE_KIB_DEFAULT,
           value_parser = clap::value_parser!(u32).range(4..=65536))]
     chunk_size_kib: u32,
     /// This client's lease, in milliseconds: renewed every third of it; a
     /// client silent for longer is considered dead and its open files are
     /// closed by whoever reaps next. With tcp://, use the service's value.
-    #[arg(long, value_name = "MS", default_value_t = 30_000,
+    #[arg(long, value_name = "MS", default_value_t = LEASE_MS_DEFAULT,
           value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
     lease_ms: u64,
     #[command(flatten)]

@@ -11,8 +11,10 @@ use fuse_backend_rs::passthrough::{Config as PassthroughConfig, PassthroughFs};
 use xfuse::transport::virtio::{VirtioConfig, VirtioFsBackend};
 use xfuse::{InitConfig, Policy};
 
-use xfused::client::{open_namespace, AuthArgs, DurabilityArg, EngineArgs, NamespaceSpec};
-use xfused::serve::CacheArg;
+use xfused::client::{
+    open_namespace, AuthArgs, EngineArgs, NamespaceSpec, CHUNK_SIZE_KIB_DEFAULT, LEASE_MS_DEFAULT,
+};
+use xfused::serve::{CacheArg, MAX_WRITE_KIB_DEFAULT};
 
 #[derive(Debug, Args)]
 pub struct VirtiofsArgs {
@@ -71,7 +73,7 @@ pub struct VirtiofsArgs {
     entry_timeout_ms: u64,
     /// Largest write request, in KiB (4 to 16384); the guest also caps it
     /// by its queue size.
-    #[arg(long, value_name = "KIB", default_value_t = 1024,
+    #[arg(long, value_name = "KIB", default_value_t = MAX_WRITE_KIB_DEFAULT,
           value_parser = clap::value_parser!(u32).range(4..=16384))]
     max_write_kib: u32,
     /// Hold an O_PATH descriptor per inode the guest knows, as virtiofsd
@@ -99,16 +101,13 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
     }
     let Some(source) = &args.source else {
         // --meta: the distributed filesystem (clap requires one of the two).
-        let engine = EngineArgs {
-            durability: DurabilityArg::Buffered,
-            fsync_ms: 100,
-        };
+        // `xfused mount`'s defaults: virtiofs has no flags for these.
         let ns = open_namespace(NamespaceSpec {
             meta: args.meta.clone(),
             data: &args.data,
-            engine: &engine,
-            chunk_size_kib: 1024,
-            lease_ms: 30_000,
+            engine: &EngineArgs::default(),
+            chunk_size_kib: CHUNK_SIZE_KIB_DEFAULT,
+            lease_ms: LEASE_MS_DEFAULT,
             attr_timeout_ms: args.attr_timeout_ms,
             entry_timeout_ms: args.entry_timeout_ms,
             // The guest kernel checks permissions (virtio-fs mounts use
