@@ -2,10 +2,12 @@
 //! `xfused mount` do: the options they share (a `clap::Args` group both
 //! flatten), the transport chosen (dev or uring, from the kernel's offer),
 //! the permission layer, adaptive timeouts, the session run until a signal
-//! or an unmount, and the request counters printed.
+//! or an unmount, and the request counters printed; [`vm`] serves virtual
+//! machines instead.
 
 mod adaptive;
 mod report;
+pub mod vm;
 
 use std::sync::Arc;
 use std::time::Duration;
