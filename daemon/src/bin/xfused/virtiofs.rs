@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Args;
 use fuse_backend_rs::passthrough::{Config as PassthroughConfig, PassthroughFs};
-
 use xfused::client::{
     open_namespace, AuthArgs, EngineArgs, NamespaceSpec, CHUNK_SIZE_KIB_DEFAULT, LEASE_MS_DEFAULT,
 };
