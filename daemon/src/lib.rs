@@ -7,12 +7,21 @@
 //! - [`net`]: the metadata service and its client;
 //! - [`rpc`]: the service layer: authentication, frames, multiplexed
 //!   connections and bounds, for every network service;
-//! - [`private_state`]: the modes that keep on-disk state private.
+//! - [`private_state`]: the modes that keep on-disk state private;
+//! - [`client`]: a process's hold on a namespace: the metadata URL opened,
+//!   the lease renewed until it is dropped;
+//! - [`serve`]: serving a filesystem at a mountpoint: transport choice,
+//!   permission layer, adaptive timeouts, counters.
+//!
+//! The binary (`src/bin/xfused/`) is a thin CLI over these: one module per
+//! subcommand; nothing here imports from it.
 #![warn(missing_docs)]
 
 pub mod chunk;
+pub mod client;
 pub mod fs;
 pub mod meta;
 pub mod net;
 pub mod private_state;
 pub mod rpc;
+pub mod serve;

@@ -63,6 +63,17 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
+/// Private state on disk: the only files `xfused mount` and `xfused meta`
+/// create are their own (chunks, the embedded store's journal and tables),
+/// so a umask of 077 makes those the embedded engine creates 0600 too (the
+/// chunk store sets its modes itself). Not for `xfused virtiofs`, whose
+/// vhost-user socket must stay reachable by QEMU; its store is private by
+/// its 0700 directory.
+pub fn private_umask() {
+    let old = kmod_shim::creds::set_umask(0o077);
+    tracing::debug!("umask {old:03o} -> 077: state files are private");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,16 +2,16 @@
 //! vhost-user-fs backend (xfuse's `virtio` transport), in place of virtiofsd.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
 use fuse_backend_rs::passthrough::{Config as PassthroughConfig, PassthroughFs};
-use xfuse::transport::virtio::{VirtioConfig, VirtioFsBackend};
-use xfuse::{InitConfig, Policy};
-
-use crate::CacheArg;
+use xfused::client::{
+    open_namespace, AuthArgs, EngineArgs, NamespaceSpec, CHUNK_SIZE_KIB_DEFAULT, LEASE_MS_DEFAULT,
+};
+use xfused::serve::vm::{serve_vm, VmServing};
+use xfused::serve::{CacheArg, MAX_WRITE_KIB_DEFAULT};
 
 #[derive(Debug, Args)]
 pub struct VirtiofsArgs {
@@ -70,7 +70,7 @@ pub struct VirtiofsArgs {
     entry_timeout_ms: u64,
     /// Largest write request, in KiB (4 to 16384); the guest also caps it
     /// by its queue size.
-    #[arg(long, value_name = "KIB", default_value_t = 1024,
+    #[arg(long, value_name = "KIB", default_value_t = MAX_WRITE_KIB_DEFAULT,
           value_parser = clap::value_parser!(u32).range(4..=16384))]
     max_write_kib: u32,
     /// Hold an O_PATH descriptor per inode the guest knows, as virtiofsd
@@ -89,7 +89,7 @@ pub struct VirtiofsArgs {
     stats: bool,
     /// With --meta tcp://.
     #[command(flatten)]
-    auth: crate::AuthArgs,
+    auth: AuthArgs,
 }
 
 pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
@@ -98,16 +98,13 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
     }
     let Some(source) = &args.source else {
         // --meta: the distributed filesystem (clap requires one of the two).
-        let engine = crate::EngineArgs {
-            durability: crate::DurabilityArg::Buffered,
-            fsync_ms: 100,
-        };
-        let ns = crate::open_namespace(crate::NamespaceSpec {
+        // `xfused mount`'s defaults: virtiofs has no flags for these.
+        let ns = open_namespace(NamespaceSpec {
             meta: args.meta.clone(),
             data: &args.data,
-            engine: &engine,
-            chunk_size_kib: 1024,
-            lease_ms: 30_000,
+            engine: &EngineArgs::default(),
+            chunk_size_kib: CHUNK_SIZE_KIB_DEFAULT,
+            lease_ms: LEASE_MS_DEFAULT,
             attr_timeout_ms: args.attr_timeout_ms,
             entry_timeout_ms: args.entry_timeout_ms,
             // The guest kernel checks permissions (virtio-fs mounts use
@@ -120,7 +117,7 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
             host_callers: false,
         })?;
         let what = format!("namespace {} with data in {}", ns.url, ns.data.display());
-        let result = serve_vm(ns.fs.clone(), &args, &what);
+        let result = serve_vm(ns.fs.clone(), &vm(&args), &what);
         ns.close();
         return result;
     };
@@ -157,77 +154,19 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
             .context("keeping capabilities across uid switches (prctl PR_SET_SECUREBITS)")?;
     }
     let fs = PassthroughFs::<()>::new(cfg).context("setting up PassthroughFs")?;
-    serve_vm(fs, &args, &source.display().to_string())
+    serve_vm(fs, &vm(&args), &source.display().to_string())
 }
 
-/// Serves `fs` to VMs on the socket, until the last VMM leaves or a signal.
-fn serve_vm<F>(fs: F, args: &VirtiofsArgs, what: &str) -> anyhow::Result<()>
-where
-    F: fuse_backend_rs::api::filesystem::FileSystem + Send + Sync + 'static,
-{
-    let config = VirtioConfig {
-        request_queues: usize::from(args.queues),
+/// What serving to VMs takes from the flags.
+fn vm(args: &VirtiofsArgs) -> VmServing<'_> {
+    VmServing {
+        socket: &args.socket,
+        request_queues: args.queues,
         max_queue_size: args.queue_size,
-        thread_pool: usize::from(args.thread_pool),
-        init: InitConfig {
-            max_write: args.max_write_kib * 1024,
-            ..Default::default()
-        },
-        policy: Policy {
-            negative_timeout: Duration::from_millis(args.entry_timeout_ms),
-            open_noflush: true,
-            ..Default::default()
-        },
-        report_stats: args.stats,
-    };
-    let backend = VirtioFsBackend::new(fs, config)?;
-    let report = {
-        let backend = backend.clone();
-        move || {
-            let c = backend.counters();
-            eprintln!(
-                "xfused virtiofs: {} connections, {} INITs, {} chains, {} refused",
-                c.connections.load(Ordering::Relaxed),
-                c.inits.load(Ordering::Relaxed),
-                c.chains.load(Ordering::Relaxed),
-                c.bad_chains.load(Ordering::Relaxed),
-            );
-        }
-    };
-    stop_on_signals(args.socket.clone(), args.stats.then_some(report.clone()))?;
-    eprintln!(
-        "xfused: serving {what} to a VM over vhost-user socket {}; Ctrl-C or SIGTERM stops",
-        args.socket.display()
-    );
-    let result = backend.serve(&args.socket, args.keep_listening);
-    if args.stats {
-        report();
+        thread_pool: args.thread_pool,
+        max_write_kib: args.max_write_kib,
+        negative_timeout_ms: args.entry_timeout_ms,
+        keep_listening: args.keep_listening,
+        stats: args.stats,
     }
-    let _ = std::fs::remove_file(&args.socket);
-    result?;
-    Ok(())
-}
-
-/// SIGINT/SIGTERM: what the guest was told is done is already on the host
-/// (PassthroughFs writes through; the metadata engines acknowledge only what
-/// survives a crash, and a --meta client's open-file sessions end with its
-/// lease), so stopping is removing the socket and exiting.
-fn stop_on_signals(socket: PathBuf, report: Option<impl Fn() + Send + 'static>) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
-    std::thread::Builder::new()
-        .name("xfused-signals".into())
-        .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                tracing::info!("stopped by signal {sig}");
-                if let Some(report) = &report {
-                    report();
-                }
-                let _ = std::fs::remove_file(&socket);
-                std::process::exit(0);
-            }
-        })
-        .context("starting the signal thread")?;
-    Ok(())
 }

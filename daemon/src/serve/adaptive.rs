@@ -8,7 +8,7 @@ use std::time::Duration;
 use xfuse::{AdaptiveConfig, AdaptiveTtl, Refresher, Session, UpcallSource, Upcalls};
 use xfuse_ebpf::UpcallTracer;
 
-use crate::ServeArgs;
+use super::ServeArgs;
 
 /// The per-inode LOOKUP/GETATTR counters of one connection, from BPF.
 struct BpfUpcalls {

@@ -1,0 +1,115 @@
+//! `xfused`: the xfuse daemon's command line, one module per subcommand,
+//! each a thin layer over the `xfused` library (`xfused::client` opens
+//! namespaces, `xfused::serve` mounts and serves).
+//!
+//! Subcommands:
+//! - `passthrough`: serve a local directory (fuse-backend-rs's PassthroughFs)
+//!   through xfuse;
+//! - `virtiofs`: serve a local directory, or the distributed filesystem, to
+//!   a virtual machine (vhost-user-fs, xfuse's `virtio` transport), in place
+//!   of virtiofsd;
+//! - `stats`: a live view of one mount's kernel→daemon traffic, from BPF;
+//! - `mount`: mount the distributed filesystem (namespace from a metadata
+//!   engine or service, file data in a local chunk store);
+//! - `meta`: run a metadata service for `xfused mount --meta tcp://…`;
+//! - `credential`: make or narrow cluster credentials;
+//! - `kernel`: show what the running kernel offers, or switch FUSE-over-io_uring on.
+
+mod backing;
+mod credential;
+mod kernel;
+mod meta;
+mod mount;
+mod passthrough;
+mod stats;
+mod virtiofs;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// xfused serves filesystems to the Linux kernel through xfuse, a FUSE
+/// protocol layer of our own (kernel protocol 7.45) with fast transports.
+///
+/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more detail.
+#[derive(Debug, Parser)]
+#[command(name = "xfused", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a local directory at a mountpoint (fuse-backend-rs's
+    /// PassthroughFs through xfuse), in the foreground.
+    ///
+    /// SIGINT or SIGTERM unmounts and exits 0. If the mountpoint is unmounted
+    /// from outside (umount MOUNTPOINT), xfused exits 0 by itself.
+    Passthrough(passthrough::PassthroughArgs),
+    /// Serve a local directory to a virtual machine through virtio-fs: a
+    /// vhost-user-fs backend for QEMU, in place of virtiofsd, in the
+    /// foreground.
+    ///
+    /// The guest mounts it with `mount -t virtiofs TAG DIR`, TAG being the
+    /// QEMU device's tag. SIGINT or SIGTERM stops serving and exits 0.
+    Virtiofs(virtiofs::VirtiofsArgs),
+    /// Watch the requests the kernel sends to the daemon of a FUSE mount,
+    /// live: requests/s and latency percentiles per opcode, and the inodes
+    /// that get the most LOOKUP/GETATTR upcalls.
+    ///
+    /// Counts with BPF programs on the fuse:fuse_request_send/end
+    /// tracepoints, loaded by this command (root, kernel BTF, a kernel with those tracepoints: checked on 6.18);
+    /// works for any FUSE mount, counting from the moment it starts. Ctrl-C
+    /// stops it.
+    Stats(stats::StatsArgs),
+    /// Mount the distributed filesystem: the namespace from a metadata
+    /// engine, file data in a local chunk store (in the foreground).
+    ///
+    /// With no flags, everything runs in this process on the embedded
+    /// metadata engine under /var/lib/xfused. SIGINT or SIGTERM unmounts and
+    /// exits 0; so does an unmount from outside.
+    Mount(mount::MountArgs),
+    /// Run a metadata service: answer `xfused mount --meta tcp://HOST:PORT`
+    /// clients from a metadata engine (in the foreground).
+    ///
+    /// Stateless: each request is one transaction on the engine, so a
+    /// service can be restarted, or several run side by side, without
+    /// clients losing anything.
+    Meta(meta::MetaArgs),
+    /// Make or narrow cluster credentials (the files `xfused meta`, its
+    /// mounts and its tools authenticate with).
+    #[command(subcommand)]
+    Credential(credential::CredentialCommand),
+    /// Inspect or configure the kernel's FUSE support.
+    #[command(subcommand)]
+    Kernel(kernel::KernelCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Passthrough(args) => passthrough::run(args),
+        Command::Virtiofs(args) => virtiofs::run(args),
+        Command::Stats(args) => stats::run(args),
+        Command::Mount(args) => mount::run(args),
+        Command::Meta(args) => meta::run(args),
+        Command::Credential(command) => credential::run(command),
+        Command::Kernel(command) => kernel::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

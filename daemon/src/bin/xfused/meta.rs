@@ -1,0 +1,102 @@
+//! `xfused meta`: a metadata service (`xfused::net::MetaService` on the
+//! `xfused::rpc` server) over an engine opened by `xfused::client`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use xfused::client::{AuthArgs, EngineArgs, LEASE_MS_DEFAULT};
+
+#[derive(Debug, Args)]
+pub struct MetaArgs {
+    /// The engine holding the namespace: `embedded:PATH`, an embedded store
+    /// in directory PATH (created if missing, made private: 0700; one
+    /// process at a time), or
+    /// `etcd://HOST:PORT[,HOST:PORT...]`, the client endpoints of an etcd
+    /// cluster (keys under xfuse/; run etcd with --max-txn-ops 10000).
+    #[arg(long, value_name = "ENGINE")]
+    engine: String,
+    /// Where to accept clients: HOST:PORT (e.g. 127.0.0.1:26000).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: String,
+    /// Clients' lease, in milliseconds: a client that has not renewed it
+    /// for this long is considered dead; its open files are closed (every
+    /// third of this, the service reaps).
+    #[arg(long, value_name = "MS", default_value_t = LEASE_MS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
+    lease_ms: u64,
+    #[command(flatten)]
+    engine_args: EngineArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+pub fn run(args: MetaArgs) -> anyhow::Result<()> {
+    use xfused::meta::kv::KvEngine;
+    use xfused::meta::{MetaConfig, SystemClock};
+    use xfused::net::service::TokenKey;
+    use xfused::net::MetaService;
+    use xfused::rpc::auth::Credential;
+    use xfused::rpc::server::{Limits, Server};
+    xfused::private_state::private_umask();
+    let addr: std::net::SocketAddr = args.listen.parse().with_context(|| {
+        format!(
+            "--listen {:?}: expected HOST:PORT, e.g. 127.0.0.1:26000",
+            args.listen
+        )
+    })?;
+    let (engine, place): (Arc<dyn KvEngine>, String) = match xfused::client::parse_meta_url(&args.engine)? {
+        xfused::client::MetaUrl::Embedded(store) => (
+            Arc::new(xfused::client::open_embedded(&store, &args.engine_args)?),
+            store.display().to_string(),
+        ),
+        xfused::client::MetaUrl::Etcd(endpoints) => (
+            Arc::new(xfused::client::open_etcd(&endpoints)?),
+            format!("etcd {}", endpoints.join(",")),
+        ),
+        xfused::client::MetaUrl::Tcp(_) => bail!(
+            "--engine {:?}: a service needs an engine (embedded:PATH or etcd://...), not another service",
+            args.engine
+        ),
+    };
+    let config = MetaConfig {
+        lease: Duration::from_millis(args.lease_ms),
+        ..MetaConfig::default()
+    };
+    let reap_every = config.lease / 3;
+    let (tls, tokens) = if args.auth.insecure_no_auth {
+        tracing::warn!("--insecure-no-auth: anyone who can reach {addr} may act as any user, root included");
+        (None, TokenKey::insecure())
+    } else {
+        let cred = Credential::load_or_create(&args.auth.credential).context("the cluster credential")?;
+        if !cred.is_cluster() {
+            bail!(
+                "{}: a service needs the cluster credential (with the CA key), not one issued for a role",
+                args.auth.credential.display()
+            );
+        }
+        (
+            Some(cred.server_config().context("the cluster credential")?),
+            TokenKey::of(&cred)?,
+        )
+    };
+    let service = Arc::new(
+        MetaService::new(engine, config, Arc::new(SystemClock), tokens).context("opening the namespace")?,
+    );
+    service.start_reaper(reap_every).context("starting the reaper")?;
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
+    // The bound address, so `--listen HOST:0` says which port it got.
+    let bound = listener.local_addr().context("reading the listening address")?;
+    let auth = match &tls {
+        Some(_) => format!(
+            "mutual TLS with the credential in {}",
+            args.auth.credential.display()
+        ),
+        None => "NO authentication".to_string(),
+    };
+    eprintln!("xfused: metadata service on {bound}, namespace in {place}, {auth}");
+    let server = Server::new(service, tls, Limits::default());
+    server.serve(listener).context("serving")?;
+    Ok(())
+}

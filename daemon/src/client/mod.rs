@@ -1,0 +1,203 @@
+//! A process's hold on a namespace, as `xfused mount` and `xfused virtiofs
+//! --meta` take it: the metadata URL parsed, the engine or service it names
+//! opened, the local chunk store, dead clients' sessions reaped, and the
+//! lease renewed until the hold is closed or dropped.
+//!
+//! The option groups here derive `clap::Args`, so that every subcommand
+//! flattens one definition, with one set of defaults.
+
+mod auth;
+mod engine;
+mod lease;
+mod url;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+pub use auth::{AuthArgs, DEFAULT_CREDENTIAL};
+pub use engine::{open_embedded, open_etcd, DurabilityArg, EngineArgs, FSYNC_MS_DEFAULT};
+pub use lease::Lease;
+pub use url::{parse_meta_url, MetaUrl};
+
+use crate::chunk::ChunkStore;
+use crate::fs::{MetaFs, MetaFsConfig};
+use crate::meta::{Meta, MetaConfig, Namespace, SystemClock};
+
+/// Chunk size of new files unless told, in KiB.
+pub const CHUNK_SIZE_KIB_DEFAULT: u32 = 1024;
+
+/// A client's lease unless told, in milliseconds.
+pub const LEASE_MS_DEFAULT: u64 = 30_000;
+
+/// A namespace opened for this process: the filesystem over it, and what to
+/// close when serving ends. Dropping it stops the lease thread.
+pub struct OpenNamespace {
+    /// The filesystem to serve.
+    pub fs: Arc<MetaFs>,
+    /// This client of the namespace.
+    pub meta: Arc<dyn Namespace>,
+    /// Where the namespace lives (the URL given, or the default).
+    pub url: String,
+    /// The data directory, canonical.
+    pub data: PathBuf,
+    lease: Option<Lease>,
+}
+
+/// Where a namespace comes from and how this client holds it.
+#[derive(Debug)]
+pub struct NamespaceSpec<'a> {
+    /// The metadata URL (`embedded:PATH`, `etcd://…`, `tcp://…`); `None`:
+    /// the embedded store in `data/meta`.
+    pub meta: Option<String>,
+    /// The data directory (chunk store, default embedded store); created
+    /// private if missing.
+    pub data: &'a Path,
+    /// Options of an embedded engine.
+    pub engine: &'a EngineArgs,
+    /// Chunk size of new files, in KiB (a tcp:// service chooses its own).
+    pub chunk_size_kib: u32,
+    /// This client's lease, in milliseconds; renewed every third of it.
+    pub lease_ms: u64,
+    /// The filesystem's attribute timeout, in milliseconds.
+    pub attr_timeout_ms: u64,
+    /// The filesystem's entry timeout, in milliseconds.
+    pub entry_timeout_ms: u64,
+    /// Whether the filesystem checks permissions itself.
+    pub check_permissions: bool,
+    /// How to authenticate to a tcp:// service.
+    pub auth: &'a AuthArgs,
+    /// Callers are this machine's processes (their pids name their
+    /// groups); not so for a guest's.
+    pub host_callers: bool,
+}
+
+/// Opens the namespace of `xfused mount` (and of `xfused virtiofs --meta`):
+/// the engine or service named by the URL, the local chunk store, dead
+/// clients' sessions reaped, and a thread renewing this client's lease.
+pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> {
+    crate::private_state::ensure_dir(spec.data)
+        .with_context(|| format!("creating data directory {}", spec.data.display()))?;
+    let data = std::fs::canonicalize(spec.data)
+        .with_context(|| format!("data directory {}", spec.data.display()))?;
+    let url = spec
+        .meta
+        .clone()
+        .unwrap_or_else(|| format!("embedded:{}", data.join("meta").display()));
+    let config = MetaConfig {
+        chunk_size_bytes: spec.chunk_size_kib * 1024,
+        lease: Duration::from_millis(spec.lease_ms),
+        ..MetaConfig::default()
+    };
+    let lease = config.lease;
+    let mut caller_groups = false;
+    let meta: Arc<dyn Namespace> = match parse_meta_url(&url)? {
+        MetaUrl::Embedded(store) => {
+            let engine = open_embedded(&store, spec.engine)?;
+            Arc::new(
+                Meta::connect(Arc::new(engine), config, Arc::new(SystemClock))
+                    .context("opening the namespace")?,
+            )
+        }
+        MetaUrl::Etcd(endpoints) => {
+            let engine = open_etcd(&endpoints)?;
+            Arc::new(
+                Meta::connect(Arc::new(engine), config, Arc::new(SystemClock))
+                    .context("opening the namespace")?,
+            )
+        }
+        MetaUrl::Tcp(addr) => {
+            if spec.chunk_size_kib != CHUNK_SIZE_KIB_DEFAULT {
+                tracing::warn!("--chunk-size-kib is the service's choice with tcp://; ignored");
+            }
+            let tls = match spec.auth.load()? {
+                Some(cred) => Some(
+                    cred.client_config(crate::rpc::auth::Role::Mount)
+                        .context("the cluster credential")?,
+                ),
+                None => None,
+            };
+            let remote = crate::net::RemoteMeta::connect(&addr, tls)
+                .with_context(|| format!("connecting to the metadata service at {addr}"))?;
+            tracing::info!("metadata: service at {addr}");
+            // The service checks every caller: it needs their groups.
+            caller_groups = spec.host_callers;
+            Arc::new(remote)
+        }
+    };
+    tracing::info!("registered as metadata client {}", meta.client_id());
+    let chunks =
+        ChunkStore::open(&data).with_context(|| format!("opening the chunk store in {}", data.display()))?;
+    let fs = Arc::new(MetaFs::new(
+        meta.clone(),
+        chunks,
+        MetaFsConfig {
+            attr_timeout: Duration::from_millis(spec.attr_timeout_ms),
+            entry_timeout: Duration::from_millis(spec.entry_timeout_ms),
+            check_permissions: spec.check_permissions,
+            caller_groups,
+        },
+    ));
+    // Sessions of clients that died without closing (a crash, kill -9):
+    // their unlinked-but-open files are deleted now.
+    match meta.reap_expired() {
+        Ok(reclaimed) => {
+            if !reclaimed.is_empty() {
+                tracing::info!("reaped {} files left open by dead clients", reclaimed.len());
+            }
+            for r in reclaimed {
+                fs.reclaim(Some(r));
+            }
+        }
+        Err(e) => tracing::warn!("reaping dead clients' sessions: {e}"),
+    }
+    let lease = Lease::start(meta.clone(), lease / 3).context("starting the lease thread")?;
+    Ok(OpenNamespace {
+        fs,
+        meta,
+        url,
+        data,
+        lease: Some(lease),
+    })
+}
+
+impl std::fmt::Debug for OpenNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenNamespace")
+            .field("url", &self.url)
+            .field("data", &self.data)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenNamespace {
+    /// Closes this client's sessions: the kernel (or guest) has released
+    /// every open file by now; anything left is closed so no session
+    /// outlives this client.
+    pub fn close(mut self) {
+        // No renewal after the client is gone.
+        self.lease = None;
+        match self.meta.close_client() {
+            Ok(reclaimed) => {
+                for r in reclaimed {
+                    self.fs.reclaim(Some(r));
+                }
+            }
+            Err(e) => tracing::warn!("closing the metadata client: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_defaults_are_the_metadata_layers_defaults() {
+        let meta = MetaConfig::default();
+        assert_eq!(Duration::from_millis(LEASE_MS_DEFAULT), meta.lease);
+        assert_eq!(CHUNK_SIZE_KIB_DEFAULT * 1024, meta.chunk_size_bytes);
+    }
+}

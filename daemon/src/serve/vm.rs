@@ -1,0 +1,109 @@
+//! Serving a filesystem to virtual machines, as `xfused virtiofs` does: a
+//! vhost-user-fs backend (xfuse's `virtio` transport) on a socket, until
+//! the last VMM leaves or a signal, with its counters reported.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use xfuse::transport::virtio::{VirtioConfig, VirtioFsBackend};
+use xfuse::{InitConfig, Policy};
+
+/// How to serve VMs.
+#[derive(Debug, Clone, Copy)]
+pub struct VmServing<'a> {
+    /// The vhost-user socket to listen on (a stale one is replaced).
+    pub socket: &'a Path,
+    /// Request queues offered to the VMM, besides the high-priority queue.
+    pub request_queues: u16,
+    /// Largest virtqueue size accepted (a power of two).
+    pub max_queue_size: u16,
+    /// Threads that run requests (0: each queue runs its own requests).
+    pub thread_pool: u16,
+    /// Largest write request, in KiB.
+    pub max_write_kib: u32,
+    /// How long the guest may cache that a name does not exist, in
+    /// milliseconds.
+    pub negative_timeout_ms: u64,
+    /// After the VMM disconnects, wait for the next one instead of returning.
+    pub keep_listening: bool,
+    /// Print request counters when each guest session ends, and chain
+    /// counters at the end.
+    pub stats: bool,
+}
+
+/// Serves `fs` to VMs on the socket, until the last VMM leaves or a signal.
+///
+/// Takes SIGINT and SIGTERM for the process: either removes the socket and
+/// exits it with status 0.
+pub fn serve_vm<F>(fs: F, args: &VmServing<'_>, what: &str) -> anyhow::Result<()>
+where
+    F: fuse_backend_rs::api::filesystem::FileSystem + Send + Sync + 'static,
+{
+    let config = VirtioConfig {
+        request_queues: usize::from(args.request_queues),
+        max_queue_size: args.max_queue_size,
+        thread_pool: usize::from(args.thread_pool),
+        init: InitConfig {
+            max_write: args.max_write_kib * 1024,
+            ..Default::default()
+        },
+        policy: Policy {
+            negative_timeout: Duration::from_millis(args.negative_timeout_ms),
+            open_noflush: true,
+            ..Default::default()
+        },
+        report_stats: args.stats,
+    };
+    let backend = VirtioFsBackend::new(fs, config)?;
+    let report = {
+        let backend = backend.clone();
+        move || {
+            let c = backend.counters();
+            eprintln!(
+                "xfused virtiofs: {} connections, {} INITs, {} chains, {} refused",
+                c.connections.load(Ordering::Relaxed),
+                c.inits.load(Ordering::Relaxed),
+                c.chains.load(Ordering::Relaxed),
+                c.bad_chains.load(Ordering::Relaxed),
+            );
+        }
+    };
+    stop_on_signals(args.socket.to_path_buf(), args.stats.then_some(report.clone()))?;
+    eprintln!(
+        "xfused: serving {what} to a VM over vhost-user socket {}; Ctrl-C or SIGTERM stops",
+        args.socket.display()
+    );
+    let result = backend.serve(args.socket, args.keep_listening);
+    if args.stats {
+        report();
+    }
+    let _ = std::fs::remove_file(args.socket);
+    result?;
+    Ok(())
+}
+
+/// SIGINT/SIGTERM: what the guest was told is done is already on the host
+/// (PassthroughFs writes through; the metadata engines acknowledge only what
+/// survives a crash, and a --meta client's open-file sessions end with its
+/// lease), so stopping is removing the socket and exiting.
+fn stop_on_signals(socket: PathBuf, report: Option<impl Fn() + Send + 'static>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("xfused-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!("stopped by signal {sig}");
+                if let Some(report) = &report {
+                    report();
+                }
+                let _ = std::fs::remove_file(&socket);
+                std::process::exit(0);
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
