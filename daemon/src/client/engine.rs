@@ -1,13 +1,13 @@
-//! The metadata engines a process opens itself: the embedded store (its
-//! options, shared by every subcommand that can open one) and etcd.
+//! The metadata engines a process opens itself: the embedded store and
+//! etcd (their options, shared by every subcommand that can open one).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use crate::meta::embedded::{Durability, EmbeddedEngine};
-use crate::meta::etcd::EtcdEngine;
+use crate::meta::etcd::{EtcdEngine, EtcdSecurity, EtcdTls};
 
 /// How often a buffered embedded store fsyncs its journal unless told, in
 /// milliseconds.
@@ -37,6 +37,25 @@ pub struct EngineArgs {
     #[arg(long, value_name = "MS", default_value_t = FSYNC_MS_DEFAULT,
           value_parser = clap::value_parser!(u16).range(1..=60000))]
     pub fsync_ms: u16,
+    /// With etcd+tls://: the CA certificate (PEM) that signed the etcd
+    /// members' certificates.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// With etcd+tls://: a client certificate (PEM), for members run with
+    /// --client-cert-auth (needs --etcd-key).
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The private key (PEM) of --etcd-cert.
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// An etcd user (etcd's auth enabled); the password is read from
+    /// --etcd-password-file, never from the command line.
+    #[arg(long, value_name = "NAME", requires = "etcd_password_file")]
+    pub etcd_user: Option<String>,
+    /// A file holding the password of --etcd-user (its first line; keep it
+    /// mode 0600).
+    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
 }
 
 impl Default for EngineArgs {
@@ -45,6 +64,11 @@ impl Default for EngineArgs {
         EngineArgs {
             durability: DurabilityArg::default(),
             fsync_ms: FSYNC_MS_DEFAULT,
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            etcd_user: None,
+            etcd_password_file: None,
         }
     }
 }
@@ -67,12 +91,67 @@ pub fn open_embedded(store: &Path, args: &EngineArgs) -> anyhow::Result<Embedded
     Ok(engine)
 }
 
-/// Connects to the etcd cluster at `endpoints` (keys under `xfuse/`).
-pub fn open_etcd(endpoints: &[String]) -> anyhow::Result<EtcdEngine> {
-    let engine = EtcdEngine::connect(endpoints, b"xfuse/")
+/// The security `args` ask for, for an etcd URL with or without TLS.
+pub fn etcd_security(tls: bool, args: &EngineArgs) -> anyhow::Result<EtcdSecurity> {
+    let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let tls = match (tls, &args.etcd_ca) {
+        (true, Some(ca)) => Some(EtcdTls {
+            ca_pem: read(ca)?,
+            identity: match (&args.etcd_cert, &args.etcd_key) {
+                (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                _ => None,
+            },
+        }),
+        (true, None) => {
+            anyhow::bail!("etcd+tls:// needs --etcd-ca FILE, the CA of the members' certificates")
+        }
+        (false, _) if args.etcd_ca.is_some() || args.etcd_cert.is_some() => {
+            anyhow::bail!("--etcd-ca and --etcd-cert are for etcd+tls://HOST:PORT,... URLs")
+        }
+        (false, _) => None,
+    };
+    let user = match (&args.etcd_user, &args.etcd_password_file) {
+        (Some(user), Some(file)) => {
+            use std::os::unix::fs::MetadataExt;
+            let mode = std::fs::metadata(file)
+                .with_context(|| format!("--etcd-password-file {}", file.display()))?
+                .mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    "{}: mode {:o} lets others read the etcd password",
+                    file.display(),
+                    mode & 0o7777
+                );
+            }
+            let text = String::from_utf8(read(file)?).context("the etcd password is not UTF-8")?;
+            let password = text.lines().next().unwrap_or("").to_string();
+            Some((user.clone(), password))
+        }
+        _ => None,
+    };
+    Ok(EtcdSecurity { tls, user })
+}
+
+/// Connects to the etcd cluster at `endpoints` (keys under `xfuse/`), over
+/// TLS if `tls`, with the certificates and user `args` name.
+pub fn open_etcd(endpoints: &[String], tls: bool, args: &EngineArgs) -> anyhow::Result<EtcdEngine> {
+    let security = etcd_security(tls, args)?;
+    let secured = format!(
+        "{}{}",
+        if security.tls.is_some() {
+            "TLS"
+        } else {
+            "plain HTTP"
+        },
+        match &security.user {
+            Some((user, _)) => format!(", user {user}"),
+            None => String::new(),
+        }
+    );
+    let engine = EtcdEngine::connect_secured(endpoints, b"xfuse/", security)
         .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
     tracing::info!(
-        "metadata: etcd cluster at {} (keys under xfuse/)",
+        "metadata: etcd cluster at {} (keys under xfuse/, {secured})",
         endpoints.join(",")
     );
     Ok(engine)
@@ -98,5 +177,44 @@ mod tests {
             (parsed.durability, parsed.fsync_ms),
             (default.durability, default.fsync_ms)
         );
+        assert!(parsed.etcd_ca.is_none() && parsed.etcd_user.is_none());
+    }
+
+    #[test]
+    fn etcd_security_follows_the_url_and_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let (ca, pw) = (file("ca.pem", "CA"), file("pw", "s3cret\nignored\n"));
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("xfused").chain(args.iter().copied())).map(|c| c.engine)
+        };
+        // Plain etcd:// with nothing: no TLS, no user.
+        let plain = etcd_security(false, &parse(&[]).unwrap()).unwrap();
+        assert!(plain.tls.is_none() && plain.user.is_none());
+        // etcd+tls:// needs the members' CA.
+        let err = etcd_security(true, &parse(&[]).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("--etcd-ca"), "{err}");
+        let tls = etcd_security(true, &parse(&["--etcd-ca", &ca]).unwrap()).unwrap();
+        assert_eq!(tls.tls.unwrap().ca_pem, b"CA");
+        // A CA with a plain URL is a mistake, said so.
+        assert!(etcd_security(false, &parse(&["--etcd-ca", &ca]).unwrap()).is_err());
+        // A user needs its password file, read to its first line.
+        assert!(parse(&["--etcd-user", "root"]).is_err());
+        assert!(
+            parse(&["--etcd-cert", &ca]).is_err(),
+            "a certificate without its key"
+        );
+        let user = etcd_security(
+            false,
+            &parse(&["--etcd-user", "root", "--etcd-password-file", &pw]).unwrap(),
+        )
+        .unwrap()
+        .user
+        .unwrap();
+        assert_eq!(user, ("root".to_string(), "s3cret".to_string()));
     }
 }

@@ -101,8 +101,8 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
                     .context("opening the namespace")?,
             )
         }
-        MetaUrl::Etcd(endpoints) => {
-            let engine = open_etcd(&endpoints)?;
+        MetaUrl::Etcd { endpoints, tls } => {
+            let engine = open_etcd(&endpoints, tls, spec.engine)?;
             Arc::new(
                 Meta::connect(Arc::new(engine), config, Arc::new(SystemClock))
                     .context("opening the namespace")?,

@@ -10,8 +10,14 @@ use anyhow::bail;
 pub enum MetaUrl {
     /// An embedded store in this directory, served inside this process.
     Embedded(PathBuf),
-    /// The client endpoints (HOST:PORT) of an etcd cluster.
-    Etcd(Vec<String>),
+    /// The client endpoints (HOST:PORT) of an etcd cluster, over TLS
+    /// (`etcd+tls://`) or not.
+    Etcd {
+        /// HOST:PORT each.
+        endpoints: Vec<String>,
+        /// Whether to speak TLS to the members.
+        tls: bool,
+    },
     /// HOST:PORT of an `xfused meta` service.
     Tcp(String),
 }
@@ -30,7 +36,11 @@ pub fn parse_meta_url(url: &str) -> anyhow::Result<MetaUrl> {
         }
         return Ok(MetaUrl::Tcp(addr.to_string()));
     }
-    if let Some(list) = url.strip_prefix("etcd://") {
+    let etcd = url
+        .strip_prefix("etcd://")
+        .map(|l| (l, false))
+        .or_else(|| url.strip_prefix("etcd+tls://").map(|l| (l, true)));
+    if let Some((list, tls)) = etcd {
         let endpoints: Vec<String> = list.split(',').map(str::to_string).collect();
         for e in &endpoints {
             let ok = e
@@ -40,7 +50,34 @@ pub fn parse_meta_url(url: &str) -> anyhow::Result<MetaUrl> {
                 bail!("{url:?}: etcd endpoint {e:?} is not HOST:PORT");
             }
         }
-        return Ok(MetaUrl::Etcd(endpoints));
+        return Ok(MetaUrl::Etcd { endpoints, tls });
     }
-    bail!("{url:?}: expected embedded:PATH, etcd://HOST:PORT[,HOST:PORT...] or tcp://HOST:PORT")
+    bail!(
+        "{url:?}: expected embedded:PATH, etcd://HOST:PORT[,HOST:PORT...], etcd+tls://... or tcp://HOST:PORT"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_urls_say_whether_to_speak_tls() {
+        assert_eq!(
+            parse_meta_url("etcd://a:1,b:2").unwrap(),
+            MetaUrl::Etcd {
+                endpoints: vec!["a:1".into(), "b:2".into()],
+                tls: false
+            }
+        );
+        assert_eq!(
+            parse_meta_url("etcd+tls://a:1").unwrap(),
+            MetaUrl::Etcd {
+                endpoints: vec!["a:1".into()],
+                tls: true
+            }
+        );
+        assert!(parse_meta_url("etcd+tls://a").is_err());
+        assert!(parse_meta_url("etcd+ssl://a:1").is_err());
+    }
 }

@@ -14,7 +14,9 @@ pub struct MetaArgs {
     /// in directory PATH (created if missing, made private: 0700; one
     /// process at a time), or
     /// `etcd://HOST:PORT[,HOST:PORT...]`, the client endpoints of an etcd
-    /// cluster (keys under xfuse/; run etcd with --max-txn-ops 10000).
+    /// cluster (keys under xfuse/; run etcd with --max-txn-ops 10000), or
+    /// `etcd+tls://...` for members that speak TLS (with --etcd-ca, and
+    /// --etcd-cert/--etcd-key, --etcd-user/--etcd-password-file as needed).
     #[arg(long, value_name = "ENGINE")]
     engine: String,
     /// Where to accept clients: HOST:PORT (e.g. 127.0.0.1:26000).
@@ -51,8 +53,8 @@ pub fn run(args: MetaArgs) -> anyhow::Result<()> {
             Arc::new(xfused::client::open_embedded(&store, &args.engine_args)?),
             store.display().to_string(),
         ),
-        xfused::client::MetaUrl::Etcd(endpoints) => (
-            Arc::new(xfused::client::open_etcd(&endpoints)?),
+        xfused::client::MetaUrl::Etcd { endpoints, tls } => (
+            Arc::new(xfused::client::open_etcd(&endpoints, tls, &args.engine_args)?),
             format!("etcd {}", endpoints.join(",")),
         ),
         xfused::client::MetaUrl::Tcp(_) => bail!(

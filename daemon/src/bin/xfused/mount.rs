@@ -17,7 +17,8 @@ pub struct MountArgs {
     /// Where the namespace lives: `embedded:PATH` (an embedded store in
     /// directory PATH, served inside this process; one process at a time),
     /// `etcd://HOST:PORT[,HOST:PORT...]` (an etcd cluster; the metadata layer
-    /// runs in this process), or `tcp://HOST:PORT[,HOST:PORT...]` (running
+    /// runs in this process; `etcd+tls://` with --etcd-ca for TLS), or
+    /// `tcp://HOST:PORT[,HOST:PORT...]` (running
     /// `xfused meta` services). With etcd or tcp, any number of mounts on
     /// any machines share the namespace. Default: embedded:DATA/meta.
     #[arg(long, value_name = "URL")]
