@@ -471,7 +471,8 @@ fn a_change_sent_again_is_answered_not_run_again() {
         unreachable!()
     };
     assert_eq!(client.request(&MetaRequest::Call(call)), Err(libc::EINVAL));
-    // A retry on another connection, after resuming the session, too.
+    // Numbers are per client: another client's number 7 is a change of
+    // its own, here a new create of the same name.
     let (other, _) = service.session();
     assert_eq!(
         other.request(&create(7)),

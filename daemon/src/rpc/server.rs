@@ -21,7 +21,7 @@
 //! | one frame, from its first byte to its last | [`Limits::frame_timeout`] | the connection is dropped |
 //! | idle between frames | [`Limits::idle_timeout`] | the connection is closed |
 //! | writing one reply | [`Limits::write_timeout`] | the connection is dropped |
-//! | frame size | [`super::frame`] | the connection is dropped |
+//! | frame size | [`super::frame`]; bulk payloads [`Limits::bulk_max`] | the connection is dropped |
 //! | threads of all connections | [`Limits::workers`] | a connection reads again when one of its requests ends |
 //!
 //! Each is logged with the peer's address.
@@ -65,6 +65,10 @@ pub struct Limits {
     pub workers: usize,
     /// How long a request may wait unread behind a lone one running.
     pub stall: Duration,
+    /// Largest bulk payload a request may carry ([`frame::BULK_LEN_MAX`]
+    /// at most); 0 for services whose requests carry none, so a peer can
+    /// make a connection hold at most one message-sized frame.
+    pub bulk_max: usize,
 }
 
 impl Default for Limits {
@@ -80,6 +84,7 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(30),
             workers: 256,
             stall: Duration::from_millis(2),
+            bulk_max: 0,
         }
     }
 }
@@ -514,13 +519,34 @@ impl<H: Handler> Server<H> {
             match frame::take_frame(&mut reading.buf) {
                 Ok(Some(frame)) => {
                     reading.frame_started = (!reading.buf.is_empty()).then(Instant::now);
+                    if frame.bulk.len() > self.limits.bulk_max {
+                        tracing::warn!(
+                            "{}: a request with {} bytes of bulk, more than {}; closing the connection",
+                            conn.peer.addr,
+                            frame.bulk.len(),
+                            self.limits.bulk_max
+                        );
+                        return Ok(None);
+                    }
                     if frame.kind != frame::KIND_REQUEST {
                         tracing::warn!("{}: sent a reply frame; closing the connection", conn.peer.addr);
                         return Ok(None);
                     }
                     return Ok(Some(frame));
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    // A frame longer than this service takes is not read.
+                    let most = frame::HEADER_LEN + frame::MESSAGE_LEN_MAX + self.limits.bulk_max;
+                    if let Ok(Some(len)) = frame::frame_len(&reading.buf) {
+                        if len > most {
+                            tracing::warn!(
+                                "{}: a frame of {len} bytes, more than {most}; closing the connection",
+                                conn.peer.addr
+                            );
+                            return Ok(None);
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::warn!("{}: {e}; closing the connection", conn.peer.addr);
                     return Ok(None);
@@ -601,7 +627,6 @@ impl<H: Handler> Server<H> {
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
-    use std::sync::atomic::AtomicBool;
 
     use super::*;
     use crate::rpc::auth::Credential;
@@ -610,8 +635,16 @@ mod tests {
     /// Answers a number with itself; 0 blocks until released.
     #[derive(Default)]
     struct Echo {
-        release: AtomicBool,
+        release: Mutex<bool>,
+        released: std::sync::Condvar,
         blocked: AtomicUsize,
+    }
+
+    impl Echo {
+        fn release(&self) {
+            *lock(&self.release) = true;
+            self.released.notify_all();
+        }
     }
 
     impl Handler for Echo {
@@ -624,8 +657,9 @@ mod tests {
         fn handle(&self, _: &(), _: &Peer, req: u64, bulk: Vec<u8>) -> Result<(u64, Vec<u8>), i32> {
             if req == 0 {
                 self.blocked.fetch_add(1, Ordering::SeqCst);
-                while !self.release.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(5));
+                let mut released = lock(&self.release);
+                while !*released {
+                    released = self.released.wait(released).unwrap_or_else(|e| e.into_inner());
                 }
             }
             Ok((req, bulk))
@@ -635,6 +669,11 @@ mod tests {
     fn start(limits: Limits, tls: Option<&Credential>) -> (Arc<Server<Echo>>, SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
+        // The echo's requests carry a few bytes of bulk.
+        let limits = Limits {
+            bulk_max: 1024,
+            ..limits
+        };
         let server = Server::new(
             Arc::new(Echo::default()),
             tls.map(|c| c.server_config().unwrap()),
@@ -750,7 +789,7 @@ mod tests {
             Err(CallError::Remote(libc::EAGAIN)) => {}
             other => panic!("a third request beside two: {other:?}"),
         }
-        server.handler.release.store(true, Ordering::SeqCst);
+        server.handler.release();
         for b in blocked {
             assert_eq!(b.join().unwrap().unwrap(), 0);
         }
@@ -798,6 +837,18 @@ mod tests {
         assert_eq!(echo(&conn, 9).unwrap(), 9);
         // The oldest idle ones were dropped.
         assert!(closed(&mut idle[0], Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn bulk_past_the_services_bound_closes_the_connection() {
+        let (_server, addr) = start(Limits::default(), None);
+        let conn = connect(addr, None);
+        assert_eq!(echo(&conn, 1).unwrap(), 1);
+        // The echo takes 1 KiB of bulk (see start); 2 KiB is refused
+        // without being answered, and the connection ends.
+        let big = conn.call(&codec::encode(&2u64), &[0; 2048], Duration::from_secs(10));
+        assert!(matches!(big, Err(CallError::Lost(_))), "{big:?}");
+        assert!(conn.is_dead());
     }
 
     #[test]
