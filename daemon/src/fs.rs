@@ -1,7 +1,11 @@
 //! `MetaFs`: the filesystem a client mounts. Its namespace is the metadata
 //! layer (a [`Namespace`]: [`crate::meta::Meta`] in this process, or
-//! [`crate::net::RemoteMeta`] for an `xfused meta` service); its file data lives in the local chunk
-//! store ([`crate::chunk::ChunkStore`]).
+//! [`crate::net::RemoteMeta`] for an `xfused meta` service); its file data
+//! is in a [`FileData`]: the local chunk store, or the storage cluster.
+//!
+//! A size change cuts the data first and commits the size after (see
+//! [`FileData::cut`]): a crash in between leaves the old size over fewer
+//! bytes (reading zeros), never a larger size over old bytes.
 //!
 //! Inode numbers are the metadata layer's; the kernel's lookup counts need
 //! no bookkeeping here, because an inode's life is decided by the metadata
@@ -19,7 +23,7 @@ use fuse_backend_rs::api::filesystem::{
     SetattrValid, ZeroCopyReader, ZeroCopyWriter,
 };
 
-use crate::chunk::ChunkStore;
+use crate::data::FileData;
 use crate::meta::schema::{InodeRec, Timestamp};
 use crate::meta::{Caller, MetaError, Namespace, Reclaim, SetAttr, TimeSet, FILE_SIZE_MAX_BYTES};
 
@@ -50,7 +54,7 @@ pub struct MetaFsConfig {
 #[derive(Debug)]
 pub struct MetaFs {
     meta: Arc<dyn Namespace>,
-    chunks: ChunkStore,
+    data: Arc<dyn FileData>,
     config: MetaFsConfig,
 }
 
@@ -97,9 +101,9 @@ fn timestamp(sec: i64, nsec: i64) -> Timestamp {
 }
 
 impl MetaFs {
-    /// A filesystem over `meta` with data in `chunks`.
-    pub fn new(meta: Arc<dyn Namespace>, chunks: ChunkStore, config: MetaFsConfig) -> MetaFs {
-        MetaFs { meta, chunks, config }
+    /// A filesystem over `meta` with file data in `data`.
+    pub fn new(meta: Arc<dyn Namespace>, data: Arc<dyn FileData>, config: MetaFsConfig) -> MetaFs {
+        MetaFs { meta, data, config }
     }
 
     /// The metadata handle.
@@ -139,7 +143,7 @@ impl MetaFs {
     /// Deletes the data of inodes the metadata layer let go of.
     pub fn reclaim(&self, reclaim: Option<Reclaim>) {
         if let Some(r) = reclaim {
-            if let Err(e) = self.chunks.remove(r.layout_id) {
+            if let Err(e) = self.data.remove(&r) {
                 tracing::warn!(
                     "deleting the chunks of inode {} (layout {}): {e}",
                     r.ino,
@@ -220,13 +224,36 @@ impl FileSystem for MetaFs {
                 .then(|| timestamp(attr.st_ctime, attr.st_ctime_nsec)),
             handle: handle.filter(|_| valid.contains(SetattrValid::SIZE)),
         };
+        // The data is cut before the size commits (module docs), at the
+        // lower of the sizes: shrinking drops the tail, growing drops
+        // whatever a crash left past the old end.
+        let before = match set.size {
+            Some(new) => {
+                let rec = self.meta.getattr(inode).map_err(io_err)?;
+                // Nothing is cut for a caller the size change will refuse:
+                // the metadata layer checks write permission unless the
+                // change comes through a handle opened for writing.
+                if new < rec.size && self.config.check_permissions && set.handle.is_none() {
+                    self.meta
+                        .access(&self.caller(ctx), inode, libc::W_OK as u32)
+                        .map_err(io_err)?;
+                }
+                if rec.kind() == libc::S_IFREG {
+                    self.data.cut(inode, &rec, rec.size.min(new))?;
+                }
+                Some(rec.size)
+            }
+            None => None,
+        };
         let (rec, old_size) = self
             .meta
             .setattr(&self.caller(ctx), inode, &set)
             .map_err(io_err)?;
-        if let Some(old) = old_size {
-            self.chunks
-                .truncate(rec.layout_id, rec.chunk_size, old, rec.size)?;
+        if let (Some(old), Some(seen)) = (old_size, before) {
+            // Another client changed the size in between: cut again.
+            if old.min(rec.size) < seen.min(rec.size) {
+                self.data.cut(inode, &rec, old.min(rec.size))?;
+            }
         }
         Ok((stat(inode, &rec), self.config.attr_timeout))
     }
@@ -373,9 +400,7 @@ impl FileSystem for MetaFs {
         let want = size.min(IO_LEN_MAX) as u64;
         let len = want.min(rec.size.saturating_sub(offset)) as usize;
         let mut buf = vec![0u8; len];
-        let n = self
-            .chunks
-            .read(rec.layout_id, rec.chunk_size, rec.size, offset, &mut buf)?;
+        let n = self.data.read(inode, &rec, offset, &mut buf)?;
         w.write_all(&buf[..n])?;
         Ok(n)
     }
@@ -406,7 +431,10 @@ impl FileSystem for MetaFs {
         let rec = self.meta.getattr(inode).map_err(io_err)?;
         let mut buf = vec![0u8; size as usize];
         r.read_exact(&mut buf)?;
-        self.chunks.write(rec.layout_id, rec.chunk_size, offset, &buf)?;
+        if rec.kind() != libc::S_IFREG {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.data.write(inode, &rec, offset, &buf)?;
         self.meta.note_write(inode, handle, end).map_err(io_err)?;
         Ok(buf.len())
     }
@@ -417,7 +445,7 @@ impl FileSystem for MetaFs {
 
     fn fsync(&self, _ctx: &Context, inode: u64, _datasync: bool, _handle: u64) -> io::Result<()> {
         let rec = self.meta.getattr(inode).map_err(io_err)?;
-        self.chunks.sync(rec.layout_id, rec.chunk_size, rec.size)
+        self.data.sync(inode, &rec)
     }
 
     fn release(

@@ -3,7 +3,13 @@
 //!
 //! - [`meta`]: the namespace on a transactional KV engine;
 //! - [`chunk`]: the local chunk store holding file data;
-//! - [`fs`]: the `FileSystem` a client mounts, over the two;
+//! - [`storage`]: the storage cluster: targets, CRAQ chains, the data
+//!   transport, a mount's data in the cluster;
+//! - [`cluster`]: the cluster's state in the metadata engine (targets,
+//!   chains, layouts) and the management role;
+//! - [`data`]: where a mount keeps file data (local or cluster);
+//! - [`fs`]: the `FileSystem` a client mounts, over the namespace and its
+//!   data;
 //! - [`net`]: the metadata service and its client;
 //! - [`rpc`]: the service layer: authentication, frames, multiplexed
 //!   connections and bounds, for every network service;
@@ -19,9 +25,12 @@
 
 pub mod chunk;
 pub mod client;
+pub mod cluster;
+pub mod data;
 pub mod fs;
 pub mod meta;
 pub mod net;
 pub mod private_state;
 pub mod rpc;
 pub mod serve;
+pub mod storage;

@@ -23,13 +23,21 @@ pub use lease::Lease;
 pub use url::{parse_meta_url, MetaUrl};
 
 use crate::chunk::ChunkStore;
+use crate::cluster::client::ClusterClient;
+use crate::data::{FileData, LocalData};
 use crate::fs::{MetaFs, MetaFsConfig};
 use crate::meta::{Meta, MetaConfig, Namespace, SystemClock};
+use crate::storage::client::ClusterData;
+use crate::storage::transport::TcpTransport;
 
 /// Chunk size of new files unless told, in KiB.
 pub const CHUNK_SIZE_KIB_DEFAULT: u32 = 1024;
 
 /// A client's lease unless told, in milliseconds.
+/// Where `--data` points unless given.
+pub const DATA_DIR_DEFAULT: &str = "/var/lib/xfused";
+
+/// The default lease.
 pub const LEASE_MS_DEFAULT: u64 = 30_000;
 
 /// A namespace opened for this process: the filesystem over it, and what to
@@ -72,6 +80,9 @@ pub struct NamespaceSpec<'a> {
     /// Callers are this machine's processes (their pids name their
     /// groups); not so for a guest's.
     pub host_callers: bool,
+    /// Keep file data in the local chunk store even when the namespace's
+    /// cluster has storage targets (`--data` given, or not a tcp:// URL).
+    pub local_data: bool,
 }
 
 /// Opens the namespace of `xfused mount` (and of `xfused virtiofs --meta`):
@@ -93,6 +104,8 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
     };
     let lease = config.lease;
     let mut caller_groups = false;
+    let cluster_wanted = !spec.local_data;
+    let mut cluster = None;
     let meta: Arc<dyn Namespace> = match parse_meta_url(&url)? {
         MetaUrl::Embedded(store) => {
             let engine = open_embedded(&store, spec.engine)?;
@@ -119,20 +132,46 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
                 ),
                 None => None,
             };
-            let remote = crate::net::RemoteMeta::connect(&addr, tls)
+            let remote = crate::net::RemoteMeta::connect(&addr, tls.clone())
                 .with_context(|| format!("connecting to the metadata service at {addr}"))?;
             tracing::info!("metadata: service at {addr}");
+            if cluster_wanted {
+                let meta =
+                    ClusterClient::new(&addr, tls.clone()).context("the metadata service's address")?;
+                let transport = Arc::new(TcpTransport::new(tls));
+                let sync = spec.engine.durability == DurabilityArg::Sync;
+                cluster = Some(
+                    ClusterData::new(meta, transport, remote.session_client(), sync)
+                        .context("fetching the storage cluster's chain table")?,
+                );
+            }
             // The service checks every caller: it needs their groups.
             caller_groups = spec.host_callers;
             Arc::new(remote)
         }
     };
     tracing::info!("registered as metadata client {}", meta.client_id());
-    let chunks =
-        ChunkStore::open(&data).with_context(|| format!("opening the chunk store in {}", data.display()))?;
+    let file_data: Arc<dyn FileData> = match cluster {
+        Some(cluster) if cluster.has_targets() => {
+            tracing::info!("file data: in the storage cluster");
+            Arc::new(cluster)
+        }
+        _ => {
+            if cluster_wanted {
+                tracing::warn!(
+                    "the cluster has no storage targets: file data stays in the local chunk store in {}",
+                    data.display()
+                );
+            }
+            let chunks = ChunkStore::open(&data)
+                .with_context(|| format!("opening the chunk store in {}", data.display()))?;
+            tracing::info!("file data: local chunk store in {}", data.display());
+            Arc::new(LocalData(chunks))
+        }
+    };
     let fs = Arc::new(MetaFs::new(
         meta.clone(),
-        chunks,
+        file_data,
         MetaFsConfig {
             attr_timeout: Duration::from_millis(spec.attr_timeout_ms),
             entry_timeout: Duration::from_millis(spec.entry_timeout_ms),

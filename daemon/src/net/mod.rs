@@ -56,6 +56,9 @@ pub enum MetaRequest {
         /// The change.
         call: Call,
     },
+    /// About the storage cluster; needs no session
+    /// ([`crate::cluster::ClusterCall`]).
+    Cluster(crate::cluster::ClusterCall),
 }
 
 /// A reply of the metadata service.
@@ -72,4 +75,6 @@ pub enum MetaReply {
     Resumed,
     /// What a call returned.
     Answer(Answer),
+    /// What a cluster call returned.
+    Cluster(crate::cluster::ClusterAnswer),
 }

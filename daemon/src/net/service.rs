@@ -7,8 +7,9 @@
 //!   of the cluster can check it and nobody else can make one). Calls then
 //!   act in that session only: no request names a client, so no connection
 //!   can act in another's session.
-//! - Peers must be mounts (or admins): a storage service's credential is
-//!   refused here.
+//! - Sessions are for mounts (and admins); a storage service's credential
+//!   may make only the cluster calls of a storage service (registering
+//!   targets, heartbeats, reading the table).
 //! - Every call's permissions are checked with the caller it states
 //!   ([`crate::meta::Caller`] cannot carry "do not check").
 //! - Replies fit frames: a readdir answer is cut to fit, and the client
@@ -22,6 +23,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::{MetaReply, MetaRequest, FORGET_MAX, TOKEN_LEN};
+use crate::cluster::{self, ClusterAnswer, ClusterCall};
 use crate::meta::kv::KvEngine;
 use crate::meta::{Answer, Call, Clock, Meta, MetaConfig, MetaError};
 use crate::rpc::auth::{Credential, Role};
@@ -190,8 +192,115 @@ impl MetaService {
         Ok(bound.clone().expect("bound above"))
     }
 
+    /// Runs the management role's passes every
+    /// [`cluster::MANAGE_EVERY`], on a thread of its own, for as long as
+    /// the process runs (the role is held by one service at a time).
+    pub fn start_manager(self: &Arc<Self>) -> std::io::Result<()> {
+        let service = self.clone();
+        // Any number unlikely to be another service's.
+        let holder = std::process::id() as u64 ^ cluster::now_ms().rotate_left(32) ^ self.own.client_id();
+        std::thread::Builder::new()
+            .name("manager".into())
+            .spawn(move || {
+                let mut held = false;
+                loop {
+                    std::thread::sleep(cluster::MANAGE_EVERY);
+                    match cluster::manage(service.engine.as_ref(), holder) {
+                        Ok(report) => {
+                            if report.holder != held {
+                                held = report.holder;
+                                if held {
+                                    tracing::info!("took the storage management role");
+                                } else {
+                                    tracing::info!("another service holds the storage management role");
+                                }
+                            }
+                            for t in &report.offline {
+                                tracing::warn!("storage target {t} missed its lease: offline in its chains");
+                            }
+                            for t in &report.syncing {
+                                tracing::info!("storage target {t} is back: syncing");
+                            }
+                            for (t, c) in &report.serving {
+                                tracing::info!("storage target {t} synced chain {c}: serving");
+                            }
+                        }
+                        Err(e) => tracing::warn!("storage management: {e}"),
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
+    fn cluster(&self, peer: &Peer, call: ClusterCall) -> Result<ClusterAnswer, MetaError> {
+        let service_only = matches!(call, ClusterCall::Register { .. } | ClusterCall::Heartbeat { .. });
+        let mount_only = matches!(
+            call,
+            ClusterCall::Layout { .. } | ClusterCall::GetLayout { .. } | ClusterCall::ForgetLayout { .. }
+        );
+        let allowed = match peer.role {
+            None => true,
+            Some(Role::Service) => !mount_only,
+            Some(Role::Mount) => !service_only,
+            Some(Role::Admin) => !service_only && !mount_only,
+        };
+        if !allowed {
+            tracing::warn!("{}: refused {call:?} from a {:?}", peer.addr, peer.role);
+            return Err(MetaError::Errno(libc::EACCES));
+        }
+        let engine = self.engine.as_ref();
+        match call {
+            ClusterCall::Register { uuid, addr } => {
+                let id = cluster::register(engine, uuid, addr)?;
+                tracing::info!("{}: storage target {id} registered at {addr}", peer.addr);
+                Ok(ClusterAnswer::Target(id))
+            }
+            ClusterCall::Heartbeat { targets, synced } => {
+                if targets.len() > cluster::TARGETS_MAX || synced.len() > cluster::SYNCED_MAX {
+                    return Err(MetaError::Errno(libc::EINVAL));
+                }
+                Ok(ClusterAnswer::TableVersion(cluster::heartbeat(
+                    engine, &targets, &synced,
+                )?))
+            }
+            ClusterCall::Table => Ok(ClusterAnswer::Table(cluster::table(engine)?)),
+            ClusterCall::Layout { ino } => {
+                let rec = self.own.getattr(ino)?;
+                if rec.kind() != libc::S_IFREG {
+                    return Err(MetaError::Errno(libc::EINVAL));
+                }
+                Ok(ClusterAnswer::Layout(
+                    rec.layout_id,
+                    cluster::layout(engine, rec.layout_id, None)?,
+                ))
+            }
+            ClusterCall::GetLayout { layout } => {
+                Ok(ClusterAnswer::MaybeLayout(cluster::get_layout(engine, layout)?))
+            }
+            ClusterCall::ForgetLayout { layout } => {
+                // A layout's id is its file's inode number: only a file
+                // that is gone may lose its layout.
+                match self.own.getattr(layout) {
+                    Err(MetaError::Errno(libc::ENOENT)) => {}
+                    Ok(_) => return Err(MetaError::Errno(libc::EBUSY)),
+                    Err(e) => return Err(e),
+                }
+                cluster::forget_layout(engine, layout)?;
+                Ok(ClusterAnswer::Done)
+            }
+        }
+    }
+
     fn answer(&self, session: &Session, peer: &Peer, req: MetaRequest) -> Result<MetaReply, MetaError> {
+        if let MetaRequest::Cluster(call) = req {
+            return self.cluster(peer, call).map(MetaReply::Cluster);
+        }
+        if peer.role == Some(Role::Service) {
+            // Storage services have no sessions: only cluster calls.
+            return Err(MetaError::Errno(libc::EACCES));
+        }
         match req {
+            MetaRequest::Cluster(_) => unreachable!("answered above"),
             MetaRequest::Hello => {
                 let mut bound = lock(&session.bound);
                 if bound.is_some() {
@@ -301,8 +410,8 @@ impl Handler for MetaService {
 
     fn open(&self, peer: &Peer) -> Result<Session, String> {
         match peer.role {
-            None | Some(Role::Mount) | Some(Role::Admin) => Ok(Session::default()),
-            Some(role) => Err(format!("a {role} may not use the metadata service")),
+            // Storage services make only cluster calls (checked per call).
+            None | Some(Role::Mount) | Some(Role::Admin) | Some(Role::Service) => Ok(Session::default()),
         }
     }
 

@@ -12,16 +12,20 @@
 //! - `mount`: mount the distributed filesystem (namespace from a metadata
 //!   engine or service, file data in a local chunk store);
 //! - `meta`: run a metadata service for `xfused mount --meta tcp://…`;
+//! - `storage`: run a storage service for the cluster's file data;
+//! - `cluster`: look at the storage cluster (targets, chains);
 //! - `credential`: make or narrow cluster credentials;
 //! - `kernel`: show what the running kernel offers, or switch FUSE-over-io_uring on.
 
 mod backing;
+mod cluster;
 mod credential;
 mod kernel;
 mod meta;
 mod mount;
 mod passthrough;
 mod stats;
+mod storage;
 mod virtiofs;
 
 use std::process::ExitCode;
@@ -64,7 +68,9 @@ enum Command {
     /// stops it.
     Stats(stats::StatsArgs),
     /// Mount the distributed filesystem: the namespace from a metadata
-    /// engine, file data in a local chunk store (in the foreground).
+    /// engine or service, file data in the storage cluster (with --meta
+    /// tcp:// and storage targets) or a local chunk store (in the
+    /// foreground).
     ///
     /// With no flags, everything runs in this process on the embedded
     /// metadata engine under /var/lib/xfused. SIGINT or SIGTERM unmounts and
@@ -77,6 +83,17 @@ enum Command {
     /// service can be restarted, or several run side by side, without
     /// clients losing anything.
     Meta(meta::MetaArgs),
+    /// Run a storage service: keep file data for the mounts of a cluster
+    /// in target directories, replicated along chains (in the foreground).
+    ///
+    /// Registers its targets with the metadata services named by --meta
+    /// and renews their leases every second; a target silent for 4 s is
+    /// taken out of its chains, and brought back (after copying what it
+    /// missed) when it returns.
+    Storage(storage::StorageArgs),
+    /// Look at the storage cluster.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Make or narrow cluster credentials (the files `xfused meta`, its
     /// mounts and its tools authenticate with).
     #[command(subcommand)]
@@ -102,6 +119,8 @@ fn main() -> ExitCode {
         Command::Stats(args) => stats::run(args),
         Command::Mount(args) => mount::run(args),
         Command::Meta(args) => meta::run(args),
+        Command::Storage(args) => storage::run(args),
+        Command::Cluster(command) => cluster::run(command),
         Command::Credential(command) => credential::run(command),
         Command::Kernel(command) => kernel::run(command),
     };

@@ -87,6 +87,9 @@ pub fn run(args: MetaArgs) -> anyhow::Result<()> {
         MetaService::new(engine, config, Arc::new(SystemClock), tokens).context("opening the namespace")?,
     );
     service.start_reaper(reap_every).context("starting the reaper")?;
+    service
+        .start_manager()
+        .context("starting the storage management role")?;
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
     // The bound address, so `--listen HOST:0` says which port it got.
     let bound = listener.local_addr().context("reading the listening address")?;

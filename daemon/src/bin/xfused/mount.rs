@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use clap::Args;
 use xfuse::ShutdownSignals;
 use xfused::client::{
-    open_namespace, AuthArgs, EngineArgs, NamespaceSpec, CHUNK_SIZE_KIB_DEFAULT, LEASE_MS_DEFAULT,
+    open_namespace, AuthArgs, EngineArgs, NamespaceSpec, CHUNK_SIZE_KIB_DEFAULT, DATA_DIR_DEFAULT,
+    LEASE_MS_DEFAULT,
 };
 use xfused::serve::{serve, Mounting, ServeArgs};
 
@@ -24,10 +25,12 @@ pub struct MountArgs {
     #[arg(long, value_name = "URL")]
     meta: Option<String>,
     /// Directory for this client's file data (the local chunk store, in
-    /// DATA/chunks) and the default embedded metadata store. Created if
+    /// DATA/chunks) and the default embedded metadata store (default
+    /// /var/lib/xfused). With --meta tcp://, file data goes to the cluster's
+    /// storage targets when it has some, unless --data is given. Created if
     /// missing; made private (0700, files 0600) to this user.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/xfused")]
-    data: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
     #[command(flatten)]
     engine: EngineArgs,
     /// Chunk size of new files, in KiB (4 to 65536).
@@ -52,7 +55,10 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let signals = ShutdownSignals::install()?;
     let ns = open_namespace(NamespaceSpec {
         meta: args.meta.clone(),
-        data: &args.data,
+        data: args
+            .data
+            .as_deref()
+            .unwrap_or(std::path::Path::new(DATA_DIR_DEFAULT)),
         engine: &args.engine,
         chunk_size_kib: args.chunk_size_kib,
         lease_ms: args.lease_ms,
@@ -62,6 +68,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         check_permissions: false,
         auth: &args.auth,
         host_callers: true,
+        local_data: args.data.is_some(),
     })?;
     let kernel = kmod_shim::probe();
     tracing::info!("{kernel}");

@@ -8,7 +8,8 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use fuse_backend_rs::passthrough::{Config as PassthroughConfig, PassthroughFs};
 use xfused::client::{
-    open_namespace, AuthArgs, EngineArgs, NamespaceSpec, CHUNK_SIZE_KIB_DEFAULT, LEASE_MS_DEFAULT,
+    open_namespace, AuthArgs, EngineArgs, NamespaceSpec, CHUNK_SIZE_KIB_DEFAULT, DATA_DIR_DEFAULT,
+    LEASE_MS_DEFAULT,
 };
 use xfused::serve::vm::{serve_vm, VmServing};
 use xfused::serve::{CacheArg, MAX_WRITE_KIB_DEFAULT};
@@ -35,13 +36,10 @@ pub struct VirtiofsArgs {
     #[arg(long, value_name = "URL")]
     meta: Option<String>,
     /// With --meta: this client's data directory (the local chunk store).
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "/var/lib/xfused",
-        requires = "meta"
-    )]
-    data: PathBuf,
+    /// Default: /var/lib/xfused; given, file data stays there even when
+    /// the cluster has storage targets.
+    #[arg(long, value_name = "DIR", requires = "meta")]
+    data: Option<PathBuf>,
     /// Threads that run requests (0: each request queue runs its own, one at
     /// a time, on the queue's thread).
     #[arg(long, value_name = "N", default_value_t = 0,
@@ -101,7 +99,10 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
         // `xfused mount`'s defaults: virtiofs has no flags for these.
         let ns = open_namespace(NamespaceSpec {
             meta: args.meta.clone(),
-            data: &args.data,
+            data: args
+                .data
+                .as_deref()
+                .unwrap_or(std::path::Path::new(DATA_DIR_DEFAULT)),
             engine: &EngineArgs::default(),
             chunk_size_kib: CHUNK_SIZE_KIB_DEFAULT,
             lease_ms: LEASE_MS_DEFAULT,
@@ -115,6 +116,7 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
             // cannot be read here, and a service checks with the primary
             // group only.
             host_callers: false,
+            local_data: args.data.is_some(),
         })?;
         let what = format!("namespace {} with data in {}", ns.url, ns.data.display());
         let result = serve_vm(ns.fs.clone(), &vm(&args), &what);

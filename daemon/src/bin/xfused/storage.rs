@@ -1,0 +1,98 @@
+//! `xfused storage`: a storage service (`xfused::storage::service`) for
+//! its target directories, registered with the metadata services.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use xfused::client::AuthArgs;
+
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// The metadata services: tcp://HOST:PORT[,HOST:PORT...] (the cluster's
+    /// chain table and targets live in their engine).
+    #[arg(long, value_name = "URL")]
+    meta: String,
+    /// Where to accept mounts and other storage services: HOST:PORT. The
+    /// address is registered as the targets' address, so give one the
+    /// others can reach (not 0.0.0.0); port 0 picks a free one.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: String,
+    /// A target: a directory (one per disk) holding chunks. Made private
+    /// (0700) if missing; its identity is kept in DIR/TARGET, so it stays
+    /// the same target across restarts and address changes. Repeat for
+    /// more.
+    #[arg(long = "target", value_name = "DIR", required = true)]
+    targets: Vec<PathBuf>,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+pub fn run(args: StorageArgs) -> anyhow::Result<()> {
+    use xfused::cluster::client::ClusterClient;
+    use xfused::rpc::auth::Role;
+    use xfused::rpc::frame::BULK_LEN_MAX;
+    use xfused::rpc::server::{Limits, Server};
+    use xfused::storage::service::StorageService;
+    use xfused::storage::transport::TcpTransport;
+    xfused::private_state::private_umask();
+    let meta = match xfused::client::parse_meta_url(&args.meta)? {
+        xfused::client::MetaUrl::Tcp(addr) => addr,
+        _ => bail!(
+            "--meta {:?}: a storage service needs tcp://HOST:PORT of metadata services",
+            args.meta
+        ),
+    };
+    let addr: std::net::SocketAddr = args.listen.parse().with_context(|| {
+        format!(
+            "--listen {:?}: expected HOST:PORT, e.g. 127.0.0.1:27000",
+            args.listen
+        )
+    })?;
+    if addr.ip().is_unspecified() {
+        bail!("--listen {addr}: the address is given to mounts and other targets; name one they can reach");
+    }
+    let (server_tls, client_tls) = match args.auth.load()? {
+        None => (None, None),
+        Some(cred) => {
+            if !cred.is_cluster() {
+                bail!(
+                    "{}: a service needs the cluster credential (with the CA key), not one issued for a role",
+                    args.auth.credential.display()
+                );
+            }
+            (
+                Some(cred.server_config().context("the cluster credential")?),
+                Some(
+                    cred.client_config(Role::Service)
+                        .context("the cluster credential")?,
+                ),
+            )
+        }
+    };
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
+    let bound = listener.local_addr().context("reading the listening address")?;
+    let cluster = ClusterClient::new(&meta, client_tls.clone()).context("--meta")?;
+    let transport = Arc::new(TcpTransport::new(client_tls));
+    let service = StorageService::start(&args.targets, bound, cluster, transport)?;
+    service.start_heartbeats().context("starting heartbeats")?;
+    let mut ids: Vec<u32> = service.targets().keys().copied().collect();
+    ids.sort_unstable();
+    eprintln!(
+        "xfused: storage service on {bound}, targets {ids:?}, metadata at {meta}, {}",
+        if server_tls.is_some() {
+            "mutual TLS"
+        } else {
+            "NO authentication"
+        }
+    );
+    let limits = Limits {
+        bulk_max: BULK_LEN_MAX,
+        ..Limits::default()
+    };
+    Server::new(service, server_tls, limits)
+        .serve(listener)
+        .context("serving")?;
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! [`ClusterData`]: a mount's file data in the storage cluster.
+//!
+//! A file's layout (its chains) is fetched from the metadata service once
+//! and kept; the chain table is fetched at start and again whenever a
+//! target answers `ESTALE` or cannot be reached. Each chunk's piece of a
+//! read or write goes to its chain: writes to the head, numbered (client
+//! id, sequence) so a retry is recognized; reads to a serving member, in
+//! turn over the members (a failing member is skipped for the next).
+//! Retries back off and end at [`RETRY_FOR`] with `EIO`.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use super::engine::ChunkId;
+use super::target::READ_MAX;
+use super::transport::{self, DataTransport};
+use super::{ChunkOp, StorageReply, StorageRequest, UpdateId};
+use crate::cluster::client::ClusterClient;
+use crate::cluster::{ClusterAnswer, ClusterCall, LayoutRec, Table};
+use crate::data::FileData;
+use crate::meta::schema::InodeRec;
+use crate::meta::{MetaError, Reclaim};
+use crate::rpc::client::CallError;
+
+/// How long one piece is retried (the time for management to take a dead
+/// target out, and then some).
+pub const RETRY_FOR: Duration = Duration::from_secs(60);
+/// Time for one call to a target.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Layouts kept (cleared when full).
+const LAYOUTS_MAX: usize = 1 << 16;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn meta_err(e: MetaError) -> io::Error {
+    io::Error::from_raw_os_error(e.errno())
+}
+
+/// See the module docs.
+pub struct ClusterData {
+    meta: ClusterClient,
+    transport: Arc<dyn DataTransport>,
+    table: RwLock<Arc<Table>>,
+    layouts: Mutex<HashMap<u64, Arc<LayoutRec>>>,
+    client: u64,
+    seq: AtomicU64,
+    sync_writes: bool,
+    turn: AtomicUsize,
+}
+
+impl std::fmt::Debug for ClusterData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterData")
+            .field("client", &self.client)
+            .field("sync_writes", &self.sync_writes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to do after a failed attempt.
+enum Next {
+    /// Fetch the table, then again.
+    Refresh,
+    /// Again after a pause.
+    Again,
+}
+
+fn classify(e: &CallError) -> Result<Next, io::Error> {
+    match e {
+        CallError::Remote(libc::ESTALE) => Ok(Next::Refresh),
+        CallError::Remote(libc::EAGAIN) => Ok(Next::Again),
+        CallError::Remote(errno) => Err(io::Error::from_raw_os_error(*errno)),
+        CallError::NotSent(_) | CallError::Lost(_) => Ok(Next::Refresh),
+    }
+}
+
+impl ClusterData {
+    /// The data of metadata client `client` (its id numbers its updates),
+    /// through `meta` and `transport`; with `sync_writes`, a write is
+    /// durable on every replica before it returns.
+    pub fn new(
+        meta: ClusterClient,
+        transport: Arc<dyn DataTransport>,
+        client: u64,
+        sync_writes: bool,
+    ) -> Result<ClusterData, MetaError> {
+        let table = meta.table()?;
+        Ok(ClusterData {
+            meta,
+            transport,
+            table: RwLock::new(Arc::new(table)),
+            layouts: Mutex::new(HashMap::new()),
+            client,
+            seq: AtomicU64::new(1),
+            sync_writes,
+            turn: AtomicUsize::new(0),
+        })
+    }
+
+    /// Whether the cluster has storage targets.
+    pub fn has_targets(&self) -> bool {
+        !self.table().targets.is_empty()
+    }
+
+    fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn refresh(&self) {
+        match self.meta.table() {
+            Ok(t) => *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(t),
+            Err(e) => tracing::warn!("fetching the chain table: {e}"),
+        }
+    }
+
+    fn layout(&self, ino: u64) -> io::Result<Arc<LayoutRec>> {
+        if let Some(l) = lock(&self.layouts).get(&ino) {
+            return Ok(l.clone());
+        }
+        let (_, layout) = self.meta.layout(ino).map_err(meta_err)?;
+        let layout = Arc::new(layout);
+        let mut layouts = lock(&self.layouts);
+        if layouts.len() >= LAYOUTS_MAX {
+            layouts.clear();
+        }
+        layouts.insert(ino, layout.clone());
+        // New chains may have come with it.
+        if layout.chains.iter().any(|c| self.table().chain(*c).is_none()) {
+            drop(layouts);
+            self.refresh();
+        }
+        Ok(layout)
+    }
+
+    /// Runs `attempt` on the chain of `chain` until it succeeds, fails for
+    /// good, or [`RETRY_FOR`] passes.
+    fn with_retries<T>(
+        &self,
+        what: &str,
+        chain: u32,
+        mut attempt: impl FnMut(&Table, &crate::cluster::ChainRec, usize) -> Result<T, CallError>,
+    ) -> io::Result<T> {
+        let deadline = Instant::now() + RETRY_FOR;
+        let mut pause = Duration::from_millis(5);
+        let mut tries = 0;
+        loop {
+            let table = self.table();
+            let result = match table.chain(chain) {
+                Some(rec) => attempt(&table, rec, tries),
+                None => Err(CallError::Remote(libc::ESTALE)),
+            };
+            let e = match result {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let next = classify(&e)?;
+            if Instant::now() >= deadline {
+                tracing::error!("{what} on chain {chain}: gave up after {tries} tries: {e}");
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            tracing::debug!("{what} on chain {chain}: {e}; again");
+            tries += 1;
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(500));
+            if let Next::Refresh = next {
+                self.refresh();
+            }
+        }
+    }
+
+    /// One update of one chunk, at its chain's head.
+    fn update(&self, chain: u32, chunk: ChunkId, op: ChunkOp, data: &[u8]) -> io::Result<u64> {
+        let id = UpdateId {
+            client: self.client,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+        };
+        self.with_retries("an update", chain, |table, rec, _| {
+            let head = rec.head().ok_or(CallError::Remote(libc::EAGAIN))?;
+            let addr = table.addr(head).ok_or(CallError::Remote(libc::ESTALE))?;
+            let request = StorageRequest::Update {
+                target: head,
+                chain: rec.reference(),
+                chunk,
+                op,
+                id,
+                sync: self.sync_writes,
+            };
+            match transport::call(self.transport.as_ref(), addr, &request, data, CALL_TIMEOUT)? {
+                (StorageReply::Done { version }, _) => Ok(version),
+                (other, _) => Err(CallError::Lost(io::Error::other(format!(
+                    "an update answered {other:?}"
+                )))),
+            }
+        })
+    }
+
+    /// Reads a piece of one chunk from a serving member.
+    fn read_piece(&self, chain: u32, chunk: ChunkId, offset: u32, buf: &mut [u8]) -> io::Result<usize> {
+        let start = self.turn.fetch_add(1, Ordering::Relaxed);
+        let data = self.with_retries("a read", chain, |table, rec, tries| {
+            let readers: Vec<u32> = rec.readers().collect();
+            if readers.is_empty() {
+                return Err(CallError::Remote(libc::EAGAIN));
+            }
+            let member = readers[(start + tries) % readers.len()];
+            let addr = table.addr(member).ok_or(CallError::Remote(libc::ESTALE))?;
+            let request = StorageRequest::Read {
+                target: member,
+                chain: rec.reference(),
+                chunk,
+                offset,
+                len: buf.len() as u32,
+            };
+            match transport::call(self.transport.as_ref(), addr, &request, &[], CALL_TIMEOUT) {
+                Ok((StorageReply::Data { .. }, data)) => Ok(data),
+                Ok((other, _)) => Err(CallError::Lost(io::Error::other(format!(
+                    "a read answered {other:?}"
+                )))),
+                // A member that fails a checksum: another may not.
+                Err(CallError::Remote(libc::EIO)) if tries + 1 < readers.len() => {
+                    Err(CallError::Remote(libc::EAGAIN))
+                }
+                Err(e) => Err(e),
+            }
+        })?;
+        let n = data.len().min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    /// The chunks of `layout` on `chain` (index, length).
+    fn list(&self, chain: u32, layout: u64) -> io::Result<Vec<(u64, u32)>> {
+        self.with_retries("a listing", chain, |table, rec, _| {
+            let head = rec.head().ok_or(CallError::Remote(libc::EAGAIN))?;
+            let addr = table.addr(head).ok_or(CallError::Remote(libc::ESTALE))?;
+            let request = StorageRequest::List {
+                target: head,
+                chain: rec.reference(),
+                layout,
+            };
+            match transport::call(self.transport.as_ref(), addr, &request, &[], CALL_TIMEOUT)? {
+                (StorageReply::Chunks(c), _) => Ok(c.into_iter().map(|(i, _, len)| (i, len)).collect()),
+                (other, _) => Err(CallError::Lost(io::Error::other(format!(
+                    "a listing answered {other:?}"
+                )))),
+            }
+        })
+    }
+
+    fn cut_layout(&self, layout_id: u64, layout: &LayoutRec, chunk_size: u32, at: u64) -> io::Result<()> {
+        let cs = u64::from(chunk_size.max(1));
+        for &chain in &layout.chains {
+            for (index, len) in self.list(chain, layout_id)? {
+                let start = index.saturating_mul(cs);
+                let chunk = ChunkId {
+                    layout: layout_id,
+                    index,
+                };
+                if start >= at {
+                    self.update(chain, chunk, ChunkOp::Remove, &[])?;
+                } else if at - start < u64::from(len) {
+                    self.update(
+                        chain,
+                        chunk,
+                        ChunkOp::Truncate {
+                            len: (at - start) as u32,
+                        },
+                        &[],
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The pieces of a byte range: (chunk index, offset in it, length, offset
+/// in the range), each within one chunk and at most `max` long.
+fn pieces(chunk_size: u32, offset: u64, len: usize, max: usize) -> Vec<(u64, u32, usize, usize)> {
+    let cs = u64::from(chunk_size.max(1));
+    let mut out = Vec::new();
+    let mut done = 0;
+    while done < len {
+        let pos = offset + done as u64;
+        let within = pos % cs;
+        let n = ((cs - within) as usize).min(len - done).min(max);
+        out.push((pos / cs, within as u32, n, done));
+        done += n;
+    }
+    out
+}
+
+impl FileData for ClusterData {
+    fn read(&self, ino: u64, rec: &InodeRec, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if offset >= rec.size {
+            return Ok(0);
+        }
+        let len = buf.len().min((rec.size - offset).min(usize::MAX as u64) as usize);
+        let layout = self.layout(ino)?;
+        for (index, within, n, at) in pieces(rec.chunk_size, offset, len, READ_MAX as usize) {
+            let chunk = ChunkId {
+                layout: rec.layout_id,
+                index,
+            };
+            let out = &mut buf[at..at + n];
+            let got = self.read_piece(layout.chain_of(index), chunk, within, out)?;
+            // Past a chunk's end inside the file's size: a hole.
+            out[got..].fill(0);
+        }
+        Ok(len)
+    }
+
+    fn write(&self, ino: u64, rec: &InodeRec, offset: u64, data: &[u8]) -> io::Result<()> {
+        let layout = self.layout(ino)?;
+        let max = crate::rpc::frame::BULK_LEN_MAX;
+        for (index, within, n, at) in pieces(rec.chunk_size, offset, data.len(), max) {
+            let chunk = ChunkId {
+                layout: rec.layout_id,
+                index,
+            };
+            self.update(
+                layout.chain_of(index),
+                chunk,
+                ChunkOp::Write { offset: within },
+                &data[at..at + n],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn cut(&self, ino: u64, rec: &InodeRec, at: u64) -> io::Result<()> {
+        let layout = self.layout(ino)?;
+        self.cut_layout(rec.layout_id, &layout, rec.chunk_size, at)
+    }
+
+    fn remove(&self, reclaim: &Reclaim) -> io::Result<()> {
+        lock(&self.layouts).remove(&reclaim.ino);
+        let layout = match self
+            .meta
+            .call(&ClusterCall::GetLayout {
+                layout: reclaim.layout_id,
+            })
+            .map_err(meta_err)?
+        {
+            ClusterAnswer::MaybeLayout(Some(l)) => l,
+            // Never had data in the cluster.
+            ClusterAnswer::MaybeLayout(None) => return Ok(()),
+            other => return Err(io::Error::other(format!("GetLayout answered {other:?}"))),
+        };
+        self.cut_layout(reclaim.layout_id, &layout, reclaim.chunk_size, 0)?;
+        self.meta
+            .call(&ClusterCall::ForgetLayout {
+                layout: reclaim.layout_id,
+            })
+            .map_err(meta_err)?;
+        Ok(())
+    }
+
+    fn sync(&self, ino: u64, rec: &InodeRec) -> io::Result<()> {
+        let layout = self.layout(ino)?;
+        let table = self.table();
+        for &chain in &layout.chains {
+            let Some(c) = table.chain(chain) else { continue };
+            for m in &c.members {
+                if m.state == crate::cluster::MemberState::Offline {
+                    continue;
+                }
+                let Some(addr) = table.addr(m.target) else {
+                    continue;
+                };
+                let request = StorageRequest::Sync {
+                    target: m.target,
+                    layout: rec.layout_id,
+                };
+                match transport::call::<_, StorageReply>(
+                    self.transport.as_ref(),
+                    addr,
+                    &request,
+                    &[],
+                    CALL_TIMEOUT,
+                ) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!("fsync of inode {ino} on target {}: {e}", m.target);
+                        return Err(io::Error::from_raw_os_error(libc::EIO));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,276 @@
+//! `xfused storage`: a storage service serving its targets on the service
+//! layer, registered with the metadata services and kept in step with the
+//! chain table by heartbeats.
+//!
+//! - Each target directory keeps its identity in `TARGET` (made on first
+//!   use): a target is the same target whatever address or process serves
+//!   it, and keeps its id.
+//! - Every [`HEARTBEAT_EVERY`](crate::cluster::HEARTBEAT_EVERY) the
+//!   service renews its targets' leases; when the table's version moved,
+//!   it fetches the table, and copies what a target lacks of each chain it
+//!   is syncing in, reporting the chains it finished in its next
+//!   heartbeat.
+//! - Peers: mounts send updates and reads; forwards and chain listings are
+//!   for storage services only (a mount could otherwise write a member
+//!   behind its head's back).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::engine::ChunkEngine;
+use super::target::Target;
+use super::transport::DataTransport;
+use super::{StorageReply, StorageRequest};
+use crate::cluster::client::ClusterClient;
+use crate::cluster::{ClusterAnswer, ClusterCall, MemberState, Table, HEARTBEAT_EVERY};
+use crate::rpc::auth::Role;
+use crate::rpc::server::{Handler, Peer};
+
+/// The identity file of a target directory.
+const TARGET_FILE: &str = "TARGET";
+const TARGET_MAGIC: &str = "xfused storage target ";
+
+/// A target directory's identity: read, or made and kept.
+pub fn target_uuid(dir: &Path) -> std::io::Result<[u8; 16]> {
+    crate::private_state::ensure_dir(dir)?;
+    let path = dir.join(TARGET_FILE);
+    let parse = |text: &str| -> Option<[u8; 16]> {
+        let hex = text.trim().strip_prefix(TARGET_MAGIC)?;
+        if hex.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(out)
+    };
+    match std::fs::File::open(&path) {
+        Ok(mut f) => {
+            let mut text = String::new();
+            f.read_to_string(&mut text)?;
+            parse(&text).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} is not a target identity", path.display()),
+                )
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut uuid = [0u8; 16];
+            std::fs::File::open("/dev/urandom")?.read_exact(&mut uuid)?;
+            let hex: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
+            let tmp = dir.join(format!("{TARGET_FILE}.tmp"));
+            {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&tmp)?;
+                writeln!(f, "{TARGET_MAGIC}{hex}")?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, &path)?;
+            crate::private_state::sync_dir(dir)?;
+            Ok(uuid)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct StorageService {
+    targets: HashMap<u32, Arc<Target>>,
+    meta: ClusterClient,
+    /// (target, chain, chain version) copies finished, for the next
+    /// heartbeat.
+    synced: Mutex<Vec<(u32, u32, u64)>>,
+    table_version: Mutex<u64>,
+    /// A copy is running.
+    copying: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl StorageService {
+    /// Opens the targets in `dirs`, registers them with the metadata
+    /// services as reachable at `addr`, and fetches the table.
+    pub fn start(
+        dirs: &[PathBuf],
+        addr: SocketAddr,
+        meta: ClusterClient,
+        transport: Arc<dyn DataTransport>,
+    ) -> anyhow::Result<Arc<StorageService>> {
+        use anyhow::Context as _;
+        let mut targets = HashMap::new();
+        for dir in dirs {
+            let uuid = target_uuid(dir).with_context(|| format!("target {}", dir.display()))?;
+            let engine = ChunkEngine::open(dir).with_context(|| format!("target {}", dir.display()))?;
+            let id = match meta
+                .call(&ClusterCall::Register { uuid, addr })
+                .with_context(|| format!("registering target {}", dir.display()))?
+            {
+                ClusterAnswer::Target(id) => id,
+                other => anyhow::bail!("registering answered {other:?}"),
+            };
+            if targets.contains_key(&id) {
+                anyhow::bail!("{}: the same target as another --target", dir.display());
+            }
+            tracing::info!("target {id}: {}", dir.display());
+            targets.insert(id, Arc::new(Target::new(id, engine, transport.clone())));
+        }
+        let service = Arc::new(StorageService {
+            targets,
+            meta,
+            synced: Mutex::new(Vec::new()),
+            table_version: Mutex::new(0),
+            copying: AtomicBool::new(false),
+        });
+        service.refresh().context("fetching the chain table")?;
+        Ok(service)
+    }
+
+    /// The targets by id.
+    pub fn targets(&self) -> &HashMap<u32, Arc<Target>> {
+        &self.targets
+    }
+
+    fn refresh(&self) -> Result<Arc<Table>, crate::meta::MetaError> {
+        let table = Arc::new(self.meta.table()?);
+        for t in self.targets.values() {
+            t.set_table(table.clone());
+        }
+        *lock(&self.table_version) = table.chains.version;
+        Ok(table)
+    }
+
+    /// One heartbeat: renews the leases, and on a new table, routes by it
+    /// and copies what the targets lack.
+    pub fn beat(self: &Arc<Self>) -> Result<(), crate::meta::MetaError> {
+        let ids: Vec<u32> = self.targets.keys().copied().collect();
+        let synced = lock(&self.synced).clone();
+        let version = match self.meta.call(&ClusterCall::Heartbeat { targets: ids, synced })? {
+            ClusterAnswer::TableVersion(v) => v,
+            other => {
+                return Err(crate::meta::MetaError::Corrupt(format!(
+                    "a heartbeat answered {other:?}"
+                )))
+            }
+        };
+        if version == *lock(&self.table_version) {
+            return Ok(());
+        }
+        let table = self.refresh()?;
+        tracing::info!("chain table version {}", table.chains.version);
+        // Copies still to report: those of chains unchanged since.
+        let done = {
+            let mut synced = lock(&self.synced);
+            synced.retain(|&(t, c, v)| {
+                table
+                    .chain(c)
+                    .is_some_and(|ch| ch.version == v && ch.state_of(t) == Some(MemberState::Syncing))
+            });
+            synced.clone()
+        };
+        let work: Vec<_> = self
+            .targets
+            .iter()
+            .flat_map(|(id, target)| {
+                table
+                    .chains
+                    .chains
+                    .iter()
+                    .filter(|c| c.state_of(*id) == Some(MemberState::Syncing))
+                    .filter(|c| !done.contains(&(*id, c.id, c.version)))
+                    .map(|c| (target.clone(), c.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if work.is_empty() || self.copying.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Copies run beside the heartbeats, which must go on meanwhile.
+        let service = self.clone();
+        std::thread::Builder::new()
+            .name("sync".into())
+            .spawn(move || {
+                for (target, chain) in work {
+                    let id = target.id();
+                    match target.sync_chain(&chain) {
+                        Ok((copied, removed)) => {
+                            tracing::info!(
+                                "target {id}: synced chain {} (version {}): {copied} chunks copied, {removed} removed",
+                                chain.id,
+                                chain.version
+                            );
+                            lock(&service.synced).push((id, chain.id, chain.version));
+                        }
+                        Err(e) => {
+                            tracing::warn!("target {id}: syncing chain {}: {e}; again at the next heartbeat", chain.id);
+                        }
+                    }
+                }
+                // Fetch the table again at the next heartbeat: it says what
+                // is left.
+                *lock(&service.table_version) = 0;
+                service.copying.store(false, Ordering::SeqCst);
+            })
+            .map_err(|e| crate::meta::MetaError::Corrupt(format!("starting a sync thread: {e}")))?;
+        Ok(())
+    }
+
+    /// Sends heartbeats for as long as the process runs.
+    pub fn start_heartbeats(self: &Arc<Self>) -> std::io::Result<()> {
+        let service = self.clone();
+        std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || loop {
+                std::thread::sleep(HEARTBEAT_EVERY);
+                if let Err(e) = service.beat() {
+                    tracing::warn!("heartbeat: {e}");
+                }
+            })?;
+        Ok(())
+    }
+}
+
+impl Handler for StorageService {
+    type Request = StorageRequest;
+    type Reply = StorageReply;
+    type Conn = ();
+
+    fn open(&self, peer: &Peer) -> Result<(), String> {
+        match peer.role {
+            None | Some(Role::Mount) | Some(Role::Service) => Ok(()),
+            Some(role) => Err(format!("a {role} may not use a storage service")),
+        }
+    }
+
+    fn handle(
+        &self,
+        _conn: &(),
+        peer: &Peer,
+        req: StorageRequest,
+        bulk: Vec<u8>,
+    ) -> Result<(StorageReply, Vec<u8>), i32> {
+        let peer_only = matches!(
+            req,
+            StorageRequest::Forward { .. } | StorageRequest::ListChain { .. }
+        );
+        if peer_only && peer.role == Some(Role::Mount) {
+            tracing::warn!("{}: refused a forward or listing from a mount", peer.addr);
+            return Err(libc::EACCES);
+        }
+        let Some(target) = self.targets.get(&req.target()) else {
+            return Err(libc::ESTALE);
+        };
+        target.handle(req, bulk)
+    }
+}
