@@ -98,6 +98,8 @@ enum Kind {
     Passthrough,
     /// `xfused mount --data SRC MNT` (or another DATA).
     Meta(Option<PathBuf>),
+    /// `xfused mount MNT` (no --data: file data in the storage cluster).
+    Cluster,
 }
 
 /// A running `xfused passthrough` (or `xfused mount`) daemon and its mount.
@@ -141,6 +143,14 @@ impl Mount {
         Mount::spawn(Kind::Meta(None), extra_args)
     }
 
+    /// Spawns `xfused mount --transport $XFUSE_TEST_TRANSPORT
+    /// EXTRA_ARGS.. MOUNTPOINT` without `--data`: with `--meta tcp://` in
+    /// EXTRA_ARGS and storage targets registered, file data goes to the
+    /// cluster.
+    pub fn start_cluster(extra_args: &[&str]) -> Mount {
+        Mount::spawn(Kind::Cluster, extra_args)
+    }
+
     /// Like [`Mount::start_meta`] on an existing DATA directory (to mount a
     /// namespace again after a previous mount of it ended).
     pub fn start_meta_on(data: &Path, extra_args: &[&str]) -> Mount {
@@ -167,7 +177,7 @@ impl Mount {
 
         let mut args: Vec<String> = vec![match kind {
             Kind::Passthrough => "passthrough".into(),
-            Kind::Meta(_) => "mount".into(),
+            Kind::Meta(_) | Kind::Cluster => "mount".into(),
         }];
         // A test that names its transport keeps it; the others run on the
         // suite's (xfused takes `--transport` once).
@@ -188,6 +198,7 @@ impl Mount {
                 args.extend(["--data".to_owned(), data.display().to_string()]);
                 args.extend(extra_args.iter().map(|a| (*a).to_owned()));
             }
+            Kind::Cluster => args.extend(extra_args.iter().map(|a| (*a).to_owned())),
         }
         args.push(mnt.display().to_string());
 

@@ -1,0 +1,448 @@
+//! The storage cluster on one machine: `xfused meta`, three `xfused
+//! storage` services (127.0.0.1, ports of their own) and mounts whose file
+//! data lives on them, replicated along chains.
+//!
+//! - What one mount writes, another reads back byte for byte, every chunk
+//!   is on three targets, privately;
+//! - SIGKILL of a target during a stream of writes (every target heads
+//!   some chains, so heads die mid-write too): writes stall until the
+//!   target is taken out, then go on; no acknowledged byte is lost; the
+//!   target comes back, copies what it missed, serves again, and then
+//!   alone serves every file correctly;
+//! - unlinking a file removes its chunks from every target;
+//! - pjdfstest passes on a cluster mount.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::Mount;
+use rustix::process::{kill_process, Pid, Signal};
+use xfused::cluster::client::ClusterClient;
+use xfused::cluster::{MemberState, Table};
+use xfused::rpc::auth::{Credential, Role};
+
+/// Time for a killed target to be taken out of its chains, or a returning
+/// one to be synced, on a loaded machine (the target lease is 4 s).
+const RECONFIGURE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A child process of the cluster, stopped on drop.
+struct Proc {
+    /// `None` once reaped.
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(args: &[String], log: &Path) -> Proc {
+        let file = std::fs::File::create(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_xfused"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning xfused {args:?}: {e}"));
+        Proc {
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address logged after `marker`, once it is.
+    fn wait_listening(&mut self, marker: &str) -> String {
+        common::wait_for(marker, Duration::from_secs(30), || {
+            let text = self.log_text();
+            if let Some(addr) = text
+                .split_once(marker)
+                .and_then(|(_, rest)| rest.split_once(','))
+                .map(|(addr, _)| addr.to_owned())
+            {
+                return Ok(addr);
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("waitpid")) {
+                panic!("xfused exited ({status}) before listening:\n{text}");
+            }
+            Err(text)
+        })
+    }
+
+    fn signal(&mut self, signal: Signal) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill_process(Pid::from_child(&child), signal);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.signal(Signal::KILL);
+    }
+}
+
+/// A storage service with one target.
+struct Storage {
+    proc: Option<Proc>,
+    target: PathBuf,
+    log: PathBuf,
+    restarts: usize,
+}
+
+/// See the module docs.
+struct Cluster {
+    storages: Vec<Storage>,
+    meta: Proc,
+    addr: String,
+    credential: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(targets: usize) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("xfuse-cluster.")
+            .tempdir()
+            .unwrap();
+        let credential = dir.path().join("cluster.pem");
+        let mut meta = Proc::spawn(
+            &[
+                "meta".into(),
+                "--engine".into(),
+                format!("embedded:{}", dir.path().join("meta").display()),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--credential".into(),
+                credential.display().to_string(),
+            ],
+            &dir.path().join("meta.log"),
+        );
+        let addr = meta.wait_listening("metadata service on ");
+        let mut cluster = Cluster {
+            storages: Vec::new(),
+            meta,
+            addr,
+            credential,
+            dir,
+        };
+        for i in 0..targets {
+            let target = cluster.dir.path().join(format!("target{i}"));
+            let log = cluster.dir.path().join(format!("storage{i}.log"));
+            cluster.storages.push(Storage {
+                proc: None,
+                target,
+                log,
+                restarts: 0,
+            });
+            cluster.start_storage(i);
+        }
+        cluster.wait_for("every target up, no chain reconfigured", |t| {
+            t.targets.len() == targets && t.targets.iter().all(|t| t.up)
+        });
+        cluster
+    }
+
+    fn start_storage(&mut self, i: usize) {
+        let s = &mut self.storages[i];
+        let log = s.log.with_extension(format!("{}.log", s.restarts));
+        s.restarts += 1;
+        let mut proc = Proc::spawn(
+            &[
+                "storage".into(),
+                "--meta".into(),
+                format!("tcp://{}", self.addr),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--target".into(),
+                s.target.display().to_string(),
+                "--credential".into(),
+                self.credential.display().to_string(),
+            ],
+            &log,
+        );
+        proc.wait_listening("storage service on ");
+        s.proc = Some(proc);
+    }
+
+    fn kill_storage(&mut self, i: usize) {
+        if let Some(mut p) = self.storages[i].proc.take() {
+            p.signal(Signal::KILL);
+        }
+    }
+
+    fn client(&self) -> ClusterClient {
+        let cred = Credential::load(&self.credential).unwrap();
+        ClusterClient::new(&self.addr, Some(cred.client_config(Role::Admin).unwrap())).unwrap()
+    }
+
+    fn table(&self) -> Table {
+        self.client().table().expect("reading the chain table")
+    }
+
+    fn wait_for(&self, what: &str, mut ok: impl FnMut(&Table) -> bool) -> Table {
+        let client = self.client();
+        common::wait_for(what, RECONFIGURE_TIMEOUT, || {
+            let table = client.table().map_err(|e| e.to_string())?;
+            if ok(&table) {
+                Ok(table)
+            } else {
+                Err(format!("{table:#?}\n{}", self.logs()))
+            }
+        })
+    }
+
+    fn mount(&self) -> Mount {
+        Mount::start_cluster(&[
+            "--meta",
+            &format!("tcp://{}", self.addr),
+            "--credential",
+            self.credential.to_str().unwrap(),
+        ])
+    }
+
+    /// Every log of the cluster, for failure messages.
+    fn logs(&self) -> String {
+        let mut out = format!("--- meta\n{}", self.meta.log_text());
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("storage") {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: String = text
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                out += &format!("\n--- {name}\n{tail}");
+            }
+        }
+        out
+    }
+
+    /// The chunk files (`.m` headers) under target `i`, by layout directory
+    /// name and index.
+    fn chunks(&self, i: usize) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let root = self.storages[i].target.join("chunks");
+        for group in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            if !group.path().is_dir() {
+                continue;
+            }
+            for layout in std::fs::read_dir(group.path()).into_iter().flatten().flatten() {
+                for chunk in std::fs::read_dir(layout.path()).into_iter().flatten().flatten() {
+                    let name = chunk.file_name().to_string_lossy().into_owned();
+                    if let Some(index) = name.strip_suffix(".m") {
+                        out.push((
+                            layout.file_name().to_string_lossy().into_owned(),
+                            index.to_owned(),
+                        ));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn layout_name(ino: u64) -> String {
+    format!("{ino:016x}")
+}
+
+#[test]
+fn files_written_on_one_mount_read_back_on_another_with_three_replicas() {
+    let cluster = Cluster::start(3);
+    let a = cluster.mount();
+    let b = cluster.mount();
+    assert!(
+        a.daemon_log().contains("file data: in the storage cluster"),
+        "{}",
+        a.daemon_log()
+    );
+    let sizes = [0usize, 1, 4095, 4097, (1 << 20) + 3, 5 << 20];
+    for (i, size) in sizes.iter().enumerate() {
+        std::fs::write(a.mnt().join(format!("f{i}")), common::pattern(*size, i as u64)).unwrap();
+    }
+    for (i, size) in sizes.iter().enumerate() {
+        let got = std::fs::read(b.mnt().join(format!("f{i}"))).unwrap();
+        assert!(
+            got == common::pattern(*size, i as u64),
+            "f{i} ({size} bytes) differs on the other mount"
+        );
+    }
+    // Overwrite in the middle, cut, extend, append: on one mount, seen on
+    // the other.
+    use std::io::{Seek, SeekFrom, Write};
+    let path = a.mnt().join("f5");
+    let mut expect = common::pattern(5 << 20, 5);
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start(1_000_000)).unwrap();
+        f.write_all(&[9u8; 70_000]).unwrap();
+        expect[1_000_000..1_070_000].fill(9);
+        f.set_len(3_000_000).unwrap();
+        expect.truncate(3_000_000);
+        f.set_len(3_500_000).unwrap();
+        expect.resize(3_500_000, 0);
+        f.seek(SeekFrom::End(0)).unwrap();
+        f.write_all(b"tail").unwrap();
+        expect.extend_from_slice(b"tail");
+    }
+    assert!(
+        std::fs::read(b.mnt().join("f5")).unwrap() == expect,
+        "f5 after its changes"
+    );
+    // Every chunk is on all three targets, readable by the service alone.
+    let ino = std::fs::metadata(a.mnt().join("f5")).unwrap().ino();
+    for i in 0..3 {
+        let chunks: Vec<_> = cluster
+            .chunks(i)
+            .into_iter()
+            .filter(|(l, _)| *l == layout_name(ino))
+            .collect();
+        assert_eq!(chunks.len(), 4, "target {i} holds f5's 4 chunks: {chunks:?}");
+        let dir = cluster.storages[i].target.join("chunks");
+        for entry in walk(&dir) {
+            let mode = std::fs::metadata(&entry).unwrap().permissions().mode() & 0o777;
+            let want = if entry.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode, want, "{}", entry.display());
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[test]
+fn a_killed_target_loses_no_acknowledged_write_then_syncs_and_serves_alone() {
+    let mut cluster = Cluster::start(3);
+    let a = cluster.mount();
+    let dir = a.mnt().to_path_buf();
+    const FILES: usize = 24;
+    const SIZE: usize = 300_000;
+    // A stream of writes; target 1 dies after the sixth file.
+    let writer = std::thread::spawn(move || {
+        let mut acknowledged = Vec::new();
+        for i in 0..FILES {
+            let path = dir.join(format!("w{i}"));
+            // Close returns: acknowledged.
+            match std::fs::write(&path, common::pattern(SIZE, 100 + i as u64)) {
+                Ok(()) => acknowledged.push(i),
+                Err(e) => panic!("writing w{i}: {e}"),
+            }
+        }
+        acknowledged
+    });
+    common::wait_for("six files written", Duration::from_secs(120), || {
+        let n = std::fs::read_dir(a.mnt()).unwrap().count();
+        if n >= 6 {
+            Ok(())
+        } else {
+            Err(format!("{n} files"))
+        }
+    });
+    cluster.kill_storage(1);
+    let acknowledged = writer.join().expect("the writer");
+    assert_eq!(acknowledged.len(), FILES);
+    let table = cluster.wait_for("target 2 offline", |t| t.targets.iter().any(|t| !t.up));
+    let down: Vec<u32> = table.targets.iter().filter(|t| !t.up).map(|t| t.id).collect();
+    assert_eq!(down.len(), 1, "{table:#?}");
+    let check = |cluster: &Cluster, mount: &Mount, what: &str| {
+        for i in &acknowledged {
+            let got = std::fs::read(mount.mnt().join(format!("w{i}"))).unwrap();
+            assert!(
+                got == common::pattern(SIZE, 100 + *i as u64),
+                "w{i} differs {what}\n{}",
+                cluster.logs()
+            );
+        }
+    };
+    let b = cluster.mount();
+    check(&cluster, &b, "with a target down");
+    drop(b);
+    // It comes back, copies what it missed, serves.
+    cluster.start_storage(1);
+    cluster.wait_for("every member of every chain serving", |t| {
+        t.targets.iter().all(|t| t.up)
+            && t.chains
+                .chains
+                .iter()
+                .all(|c| c.members.iter().all(|m| m.state == MemberState::Serving))
+    });
+    // The two others die: the one that came back serves alone.
+    cluster.kill_storage(0);
+    cluster.kill_storage(2);
+    let table = cluster.wait_for("the returned target alone serving", |t| {
+        t.chains.chains.iter().all(|c| {
+            let readers: Vec<u32> = c.readers().collect();
+            readers.len() == 1 && readers[0] == down[0]
+        })
+    });
+    let c = cluster.mount();
+    check(&cluster, &c, &format!("served by the returned target alone ({table:?})"));
+}
+
+#[test]
+fn an_unlinked_file_leaves_no_chunk_on_any_target() {
+    let cluster = Cluster::start(3);
+    let a = cluster.mount();
+    let path = a.mnt().join("gone");
+    std::fs::write(&path, common::pattern(3 << 20, 1)).unwrap();
+    let layout = layout_name(std::fs::metadata(&path).unwrap().ino());
+    for i in 0..3 {
+        assert!(
+            cluster.chunks(i).iter().any(|(l, _)| *l == layout),
+            "target {i} has the file's chunks"
+        );
+    }
+    std::fs::remove_file(&path).unwrap();
+    common::wait_for("the file's chunks removed", Duration::from_secs(30), || {
+        let left: Vec<_> = (0..3)
+            .flat_map(|i| cluster.chunks(i))
+            .filter(|(l, _)| *l == layout)
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+    // The table itself is untouched by it.
+    assert_eq!(cluster.table().targets.len(), 3);
+}
+
+#[test]
+fn pjdfstest_passes_on_a_cluster_mount() {
+    let cluster = Cluster::start(3);
+    let mount = cluster.mount();
+    let run = mount.run_pjdfstest();
+    eprintln!("{} on the cluster: {}", mount.describe(), run.summary);
+    assert!(
+        run.status.success(),
+        "pjdfstest failed ({}):\n{}\n{}\nmount log:\n{}\n{}",
+        run.status,
+        run.stdout,
+        run.stderr,
+        mount.daemon_log(),
+        cluster.logs()
+    );
+}
