@@ -65,6 +65,10 @@ if ((want_tests)); then
         log "installing pjdfstest 0.2.2 (cargo install)"
         cargo install --locked --version 0.2.2 pjdfstest
     fi
+    if ! command -v fsx >/dev/null; then
+        log "installing fsx 0.3.2 (cargo install)"
+        cargo install --locked --version 0.3.2 fsx
+    fi
 fi
 
 log "building (release)"

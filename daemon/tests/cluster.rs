@@ -10,7 +10,9 @@
 //!   target comes back, copies what it missed, serves again, and then
 //!   alone serves every file correctly;
 //! - unlinking a file removes its chunks from every target;
-//! - pjdfstest passes on a cluster mount.
+//! - fsx (crates.io `fsx`: random reads, writes, mmap reads and writes,
+//!   truncates, each checked against a model) and pjdfstest pass on a
+//!   cluster mount.
 
 mod common;
 
@@ -107,23 +109,27 @@ struct Cluster {
 
 impl Cluster {
     fn start(targets: usize) -> Cluster {
+        Cluster::start_with(targets, &[])
+    }
+
+    /// With `meta_args` added to `xfused meta`'s.
+    fn start_with(targets: usize, meta_args: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("xfuse-cluster.")
             .tempdir()
             .unwrap();
         let credential = dir.path().join("cluster.pem");
-        let mut meta = Proc::spawn(
-            &[
-                "meta".into(),
-                "--engine".into(),
-                format!("embedded:{}", dir.path().join("meta").display()),
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--credential".into(),
-                credential.display().to_string(),
-            ],
-            &dir.path().join("meta.log"),
-        );
+        let mut args = vec![
+            "meta".into(),
+            "--engine".into(),
+            format!("embedded:{}", dir.path().join("meta").display()),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--credential".into(),
+            credential.display().to_string(),
+        ];
+        args.extend(meta_args.iter().map(|a| a.to_string()));
+        let mut meta = Proc::spawn(&args, &dir.path().join("meta.log"));
         let addr = meta.wait_listening("metadata service on ");
         let mut cluster = Cluster {
             storages: Vec::new(),
@@ -199,12 +205,14 @@ impl Cluster {
     }
 
     fn mount(&self) -> Mount {
-        Mount::start_cluster(&[
-            "--meta",
-            &format!("tcp://{}", self.addr),
-            "--credential",
-            self.credential.to_str().unwrap(),
-        ])
+        self.mount_with(&[])
+    }
+
+    fn mount_with(&self, extra: &[&str]) -> Mount {
+        let meta = format!("tcp://{}", self.addr);
+        let mut args = vec!["--meta", &meta, "--credential", self.credential.to_str().unwrap()];
+        args.extend(extra);
+        Mount::start_cluster(&args)
     }
 
     /// Every log of the cluster, for failure messages.
@@ -398,7 +406,11 @@ fn a_killed_target_loses_no_acknowledged_write_then_syncs_and_serves_alone() {
         })
     });
     let c = cluster.mount();
-    check(&cluster, &c, &format!("served by the returned target alone ({table:?})"));
+    check(
+        &cluster,
+        &c,
+        &format!("served by the returned target alone ({table:?})"),
+    );
 }
 
 #[test]
@@ -431,6 +443,49 @@ fn an_unlinked_file_leaves_no_chunk_on_any_target() {
 }
 
 #[test]
+fn a_killed_mounts_unlinked_open_file_loses_its_chunks() {
+    // Short leases, and the reconciler every second.
+    let cluster = Cluster::start_with(3, &["--lease-ms", "1500", "--reconcile-secs", "1"]);
+    let mut a = cluster.mount_with(&["--lease-ms", "1500"]);
+    let path = a.mnt().join("open-and-gone");
+    let file = std::fs::File::create(&path).unwrap();
+    use std::io::Write;
+    (&file).write_all(&common::pattern(2 << 20, 3)).unwrap();
+    let layout = layout_name(file.metadata().unwrap().ino());
+    std::fs::remove_file(&path).unwrap();
+    // Still open: the chunks stay.
+    assert!(cluster.chunks(0).iter().any(|(l, _)| *l == layout));
+    a.kill();
+    drop(file);
+    drop(a);
+    // The service reaps the dead client (deleting the file), and the
+    // reconciler removes its chunks.
+    common::wait_for(
+        "the dead mount's file's chunks removed",
+        Duration::from_secs(60),
+        || {
+            let left: Vec<_> = (0..3)
+                .flat_map(|i| cluster.chunks(i))
+                .filter(|(l, _)| *l == layout)
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}\n{}", cluster.logs()))
+            }
+        },
+    );
+    assert!(
+        cluster
+            .meta
+            .log_text()
+            .contains("collected the chunks of 1 files"),
+        "{}",
+        cluster.logs()
+    );
+}
+
+#[test]
 fn pjdfstest_passes_on_a_cluster_mount() {
     let cluster = Cluster::start(3);
     let mount = cluster.mount();
@@ -445,4 +500,43 @@ fn pjdfstest_passes_on_a_cluster_mount() {
         mount.daemon_log(),
         cluster.logs()
     );
+}
+
+#[test]
+fn fsx_passes_on_a_cluster_mount() {
+    let fsx = which("fsx");
+    let Some(fsx) = fsx else {
+        common::missing("fsx (scripts/setup.sh --tests installs it)");
+        return;
+    };
+    let cluster = Cluster::start(3);
+    let mount = cluster.mount();
+    let artifacts = tempfile::tempdir().unwrap();
+    let out = Command::new(fsx)
+        .args(["-N", "3000", "-S", "20261203", "-P"])
+        .arg(artifacts.path())
+        .arg(mount.mnt().join("fsx.file"))
+        .output()
+        .expect("running fsx");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("All operations completed A-OK"),
+        "fsx failed ({}):\n{text}\nmount log:\n{}\n{}",
+        out.status,
+        mount.daemon_log(),
+        cluster.logs()
+    );
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
+    std::env::split_paths(&path)
+        .chain(home)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
 }

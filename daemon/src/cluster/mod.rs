@@ -638,6 +638,13 @@ mod tests {
         // Asked again: the same.
         assert_eq!(layout(&e, 10, None).unwrap(), a);
         assert_eq!(layout(&e, 12, Some(1)).unwrap().replicas, 1);
+        // Listed in order, in pages; forgotten ones gone.
+        let all: Vec<u64> = layouts(&e, 0, 100).unwrap().iter().map(|(l, _)| *l).collect();
+        assert_eq!(all, vec![10, 11, 12]);
+        assert_eq!(layouts(&e, 10, 1).unwrap()[0].0, 11);
+        forget_layout(&e, 11).unwrap();
+        assert_eq!(get_layout(&e, 11).unwrap(), None);
+        assert_eq!(layouts(&e, 0, 100).unwrap().len(), 2);
     }
 
     #[test]

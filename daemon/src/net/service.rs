@@ -83,6 +83,9 @@ pub struct MetaService {
     /// Bumped by every reaping pass: sessions attached before it attach
     /// again, so a client reaped meanwhile gets ESTALE.
     reaped: AtomicU64,
+    /// Removes the chunks of files that are gone, when this service holds
+    /// the management role ([`MetaService::set_reconciler`]).
+    reconciler: std::sync::OnceLock<(crate::storage::client::ClusterData, Duration)>,
 }
 
 impl std::fmt::Debug for MetaService {
@@ -132,6 +135,7 @@ impl MetaService {
             own,
             tokens,
             reaped: AtomicU64::new(0),
+            reconciler: std::sync::OnceLock::new(),
         })
     }
 
@@ -203,8 +207,18 @@ impl MetaService {
             .name("manager".into())
             .spawn(move || {
                 let mut held = false;
+                let mut reconciled = std::time::Instant::now();
                 loop {
                     std::thread::sleep(cluster::MANAGE_EVERY);
+                    let every = service.reconciler.get().map(|(_, every)| *every);
+                    if held && every.is_some_and(|every| reconciled.elapsed() >= every) {
+                        reconciled = std::time::Instant::now();
+                        match service.reconcile() {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!("collected the chunks of {n} files that are gone"),
+                            Err(e) => tracing::warn!("collecting the chunks of files that are gone: {e}"),
+                        }
+                    }
                     match cluster::manage(service.engine.as_ref(), holder) {
                         Ok(report) => {
                             if report.holder != held {
@@ -230,6 +244,44 @@ impl MetaService {
                 }
             })?;
         Ok(())
+    }
+
+    /// Collects, every `every` while this service holds the management
+    /// role, the chunks of files that no longer exist (their layouts
+    /// outlived them: a crash between the metadata commit and the chunks'
+    /// removal, or a file reaped with its dead client), through `data`.
+    pub fn set_reconciler(&self, data: crate::storage::client::ClusterData, every: Duration) {
+        let _ = self.reconciler.set((data, every));
+    }
+
+    /// One reconciling pass: the layouts of files that are gone lose their
+    /// chunks, then themselves. Returns how many.
+    pub fn reconcile(&self) -> Result<usize, MetaError> {
+        let Some((data, _)) = self.reconciler.get() else {
+            return Ok(0);
+        };
+        let mut after = 0;
+        let mut collected = 0;
+        loop {
+            let page = cluster::layouts(self.engine.as_ref(), after, 256)?;
+            let Some(last) = page.last() else { break };
+            after = last.0;
+            for (layout, rec) in page {
+                // A layout's id is its file's inode number.
+                match self.own.getattr(layout) {
+                    Err(MetaError::Errno(libc::ENOENT)) => {}
+                    Ok(_) => continue,
+                    Err(e) => return Err(e),
+                }
+                if let Err(e) = data.remove_chunks(layout, &rec) {
+                    tracing::warn!("collecting the chunks of layout {layout}: {e}");
+                    continue;
+                }
+                cluster::forget_layout(self.engine.as_ref(), layout)?;
+                collected += 1;
+            }
+        }
+        Ok(collected)
     }
 
     fn cluster(&self, peer: &Peer, call: ClusterCall) -> Result<ClusterAnswer, MetaError> {

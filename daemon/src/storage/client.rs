@@ -252,6 +252,11 @@ impl ClusterData {
         })
     }
 
+    /// Removes every chunk of a layout from its chains.
+    pub fn remove_chunks(&self, layout_id: u64, layout: &LayoutRec) -> io::Result<()> {
+        self.cut_layout(layout_id, layout, 1, 0)
+    }
+
     fn cut_layout(&self, layout_id: u64, layout: &LayoutRec, chunk_size: u32, at: u64) -> io::Result<()> {
         let cs = u64::from(chunk_size.max(1));
         for &chain in &layout.chains {

@@ -28,6 +28,12 @@ pub struct MetaArgs {
     #[arg(long, value_name = "MS", default_value_t = LEASE_MS_DEFAULT,
           value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
     lease_ms: u64,
+    /// How often the management role looks for chunks of files that are
+    /// gone (a crash between a file's removal and its chunks', or a file
+    /// reaped with its dead client) and removes them, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    reconcile_secs: u64,
     #[command(flatten)]
     engine_args: EngineArgs,
     #[command(flatten)]
@@ -67,9 +73,9 @@ pub fn run(args: MetaArgs) -> anyhow::Result<()> {
         ..MetaConfig::default()
     };
     let reap_every = config.lease / 3;
-    let (tls, tokens) = if args.auth.insecure_no_auth {
+    let (tls, tokens, client_tls) = if args.auth.insecure_no_auth {
         tracing::warn!("--insecure-no-auth: anyone who can reach {addr} may act as any user, root included");
-        (None, TokenKey::insecure())
+        (None, TokenKey::insecure(), None)
     } else {
         let cred = Credential::load_or_create(&args.auth.credential).context("the cluster credential")?;
         if !cred.is_cluster() {
@@ -81,6 +87,10 @@ pub fn run(args: MetaArgs) -> anyhow::Result<()> {
         (
             Some(cred.server_config().context("the cluster credential")?),
             TokenKey::of(&cred)?,
+            Some(
+                cred.client_config(xfused::rpc::auth::Role::Service)
+                    .context("the cluster credential")?,
+            ),
         )
     };
     let service = Arc::new(
@@ -100,8 +110,29 @@ pub fn run(args: MetaArgs) -> anyhow::Result<()> {
         ),
         None => "NO authentication".to_string(),
     };
+    // The reconciler reaches the storage targets as a storage service
+    // would, and the chain table through this very service.
+    let table = xfused::cluster::client::ClusterClient::new(&bound.to_string(), client_tls.clone())?;
+    let server = Server::new(service.clone(), tls, Limits::default());
+    let serving = {
+        let server = server.clone();
+        std::thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || server.serve(listener))
+            .context("starting the accept thread")?
+    };
+    let data = xfused::storage::client::ClusterData::new(
+        table,
+        Arc::new(xfused::storage::transport::TcpTransport::new(client_tls)),
+        service.own().client_id(),
+        false,
+    )
+    .context("reading the chain table")?;
+    service.set_reconciler(data, Duration::from_secs(args.reconcile_secs));
     eprintln!("xfused: metadata service on {bound}, namespace in {place}, {auth}");
-    let server = Server::new(service, tls, Limits::default());
-    server.serve(listener).context("serving")?;
+    serving
+        .join()
+        .map_err(|_| anyhow::anyhow!("the accept thread panicked"))?
+        .context("serving")?;
     Ok(())
 }
