@@ -5,12 +5,24 @@
 # runs at most once per machine (a stamp under /var/lib/xfuse), and the Rust
 # toolchain is expected from rustup (Debian's cargo is too old).
 #
-# Usage: scripts/setup.sh [--tests]   (--tests also installs the test tools)
+# Usage: scripts/setup.sh [--tests] [--bench]
+#   --tests also installs the test tools; --bench the benchmark tools (fio,
+#   iperf3 for scripts/bench-cluster.sh).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 want_tests=0
-[[ ${1:-} == --tests ]] && want_tests=1
+want_bench=0
+for arg in "$@"; do
+    case $arg in
+    --tests) want_tests=1 ;;
+    --bench) want_bench=1 ;;
+    *)
+        echo "setup: unknown option $arg (expected --tests, --bench)" >&2
+        exit 2
+        ;;
+    esac
+done
 
 log() { echo "setup: $*" >&2; }
 
@@ -33,6 +45,11 @@ packages=(gcc libc6-dev linux-libc-dev clang libbpf-dev protobuf-compiler etcd-s
 # unpacks the kernel image.
 if ((want_tests)); then
     packages+=(qemu-system-x86 busybox-static xz-utils)
+fi
+# scripts/bench-cluster.sh: fio through mounts, iperf3 for the network's
+# limit, e2fsprogs for the loop-mounted target disks it measures.
+if ((want_bench)); then
+    packages+=(fio iperf3 e2fsprogs)
 fi
 missing=()
 for p in "${packages[@]}"; do

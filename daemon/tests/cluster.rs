@@ -4,9 +4,10 @@
 //!
 //! - What one mount writes, another reads back byte for byte, every chunk
 //!   is on three targets, privately;
-//! - SIGKILL of a target during a stream of writes (every target heads
-//!   some chains, so heads die mid-write too): writes stall until the
-//!   target is taken out, then go on; no acknowledged byte is lost; the
+//! - SIGKILL of a target during a stream of writes, and of the head of a
+//!   chunk's chain while one writer rewrites that chunk: writes stall
+//!   until the target is taken out, then go on on the new chain; no
+//!   acknowledged byte is lost or overwritten by an older one; the
 //!   target comes back, copies what it missed, serves again, and then
 //!   alone serves every file correctly;
 //! - unlinking a file removes its chunks from every target;
@@ -412,6 +413,72 @@ fn a_killed_target_loses_no_acknowledged_write_then_syncs_and_serves_alone() {
         &format!("served by the returned target alone ({table:?})"),
     );
 }
+
+#[test]
+fn the_head_killed_mid_write_loses_nothing_acknowledged() {
+    let mut cluster = Cluster::start(3);
+    let a = cluster.mount();
+    let path = a.mnt().join("hot");
+    std::fs::write(&path, [0u8; 8 * SLOT]).unwrap();
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    // Whose chain holds chunk 0, and who heads it.
+    let cred = Credential::load(&cluster.credential).unwrap();
+    let mount_client =
+        ClusterClient::new(&cluster.addr, Some(cred.client_config(Role::Mount).unwrap())).unwrap();
+    let (_, layout) = mount_client.layout(ino).unwrap();
+    let table = cluster.table();
+    let head = table.chain(layout.chain_of(0)).unwrap().head().unwrap();
+    let head_addr = table.addr(head).unwrap().to_string();
+    let victim = (0..3)
+        .find(|&i| {
+            let log = std::fs::read_to_string(cluster.storages[i].log.with_extension("0.log")).unwrap();
+            log.contains(&format!("storage service on {head_addr},"))
+        })
+        .expect("the head's storage service");
+    // One writer rewriting the eight 128 KiB slots of chunk 0 in turn.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let done = done.clone();
+        let path = path.clone();
+        std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            for i in 0..ROUNDS {
+                f.write_all_at(&common::pattern(SLOT, i as u64), ((i % 8) * SLOT) as u64)
+                    .unwrap_or_else(|e| panic!("write {i}: {e}"));
+                done.store(i + 1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    common::wait_for("20 writes", Duration::from_secs(120), || {
+        let n = done.load(std::sync::atomic::Ordering::SeqCst);
+        if n >= 20 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    });
+    cluster.kill_storage(victim);
+    writer.join().expect("the writer");
+    let table = cluster.wait_for("the dead head out of its chain", |t| {
+        t.chain(layout.chain_of(0)).unwrap().head() != Some(head)
+    });
+    let b = cluster.mount();
+    let got = std::fs::read(b.mnt().join("hot")).unwrap();
+    for slot in 0..8 {
+        let last = (0..ROUNDS).rev().find(|i| i % 8 == slot).unwrap();
+        assert!(
+            got[slot * SLOT..(slot + 1) * SLOT] == common::pattern(SLOT, last as u64)[..],
+            "slot {slot} is not write {last}'s ({table:?})\n{}",
+            cluster.logs()
+        );
+    }
+}
+
+/// A slot of the head-kill test.
+const SLOT: usize = 128 * 1024;
+/// Writes of the head-kill test.
+const ROUNDS: usize = 120;
 
 #[test]
 fn an_unlinked_file_leaves_no_chunk_on_any_target() {
