@@ -85,21 +85,25 @@ for label, a, b, job, key in lines:
     print(f"| {label} | {fmt(ratio(a, b, job, 1, key))} | {fmt(ratio(a, b, job, 4, key))} |")
 print()
 
-print("Write amplification of 4 KiB random writes (bytes reaching the target disks")
-print("over fio's bytes, divided by the replicas):")
+size_mb = float(sys.argv[2]) if len(sys.argv) > 2 else 128.0
+print("Write amplification of 4 KiB random writes: bytes reaching the target disks")
+print("over fio's bytes, divided by the replicas. fio writes each block of a file")
+print("once per pass; past one pass (passes > 1) the page cache merges rewrites of a")
+print("block, and the ratio drops below what one write costs.")
 print()
-print("| config | numjobs 1 | numjobs 4 |")
-print("|---|---:|---:|")
+print("| config | numjobs 1 | passes | numjobs 4 | passes |")
+print("|---|---:|---:|---:|---:|")
 for c in ["disk", "local", "r1", "r3"]:
     cells = []
     for nj in (1, 4):
         r, d = results[(c, "randwrite", nj)], disk_bytes(c, "randwrite", nj)
         if not r or not d or not r["bytes"]:
-            cells.append("-")
+            cells += ["-", "-"]
             continue
         # Targets on disks 0-2; the local store and raw fio on disk 3.
         on = sum(d[:3]) if c.startswith("r") else d[3]
         cells.append(f"{on / r['bytes'] / REPLICAS[c]:.2f}x")
+        cells.append(f"{r['bytes'] / (nj * size_mb * 2**20):.2f}")
     print(f"| {c} | " + " | ".join(cells) + " |")
 print()
 

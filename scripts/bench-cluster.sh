@@ -8,7 +8,9 @@
 #   RUNTIME=5 SIZE_MB=64 scripts/bench-cluster.sh   # shorter
 #
 # Configurations, each on fresh state:
-#   local    xfused mount --data (the local chunk store), one disk
+#   local    xfused meta + xfused mount --data (the local chunk store), one
+#            disk: the same metadata path as the others, only the data
+#            path differs
 #   r1       xfused meta + 1 storage service (R=1), one disk
 #   r3       xfused meta + 3 storage services (R=3), a disk each
 #   r3-kill  as r3; one storage service is killed (SIGKILL) 3 s into the
@@ -160,12 +162,17 @@ jobs_for "$work/disk3/raw" disk
 rm -rf "$work/disk3/raw"
 
 declare -A rss
-# local
-mount_fs local --data "$work/disk3/local"
+# local: the same metadata service as the cluster configurations, file
+# data in the mount's local chunk store (--data), so only the data path
+# differs.
+start_meta local
+mount_fs local --meta "tcp://$meta_addr" --credential "$cred" --data "$work/disk3/local"
+grep -q "file data: local chunk store" "$work/mount.local.log"
 jobs_for "$work/mnt.local" local
-rss[local]="mount $(rss_kib "$mount_pid")"
+rss[local]="meta $(rss_kib "$meta_pid"), mount $(rss_kib "$mount_pid")"
 kill "$mount_pid"
 wait "$mount_pid" 2>/dev/null || true
+kill -9 "$meta_pid" 2>/dev/null || true
 
 for config in r1 r3 r3-kill; do
     storage_pids=()
@@ -196,4 +203,4 @@ echo "Linux $(uname -r), $(nproc) CPUs (${cpu:-unknown}), $(free -g | awk '/^Mem
     "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (with uncommitted changes)');" \
     "\`RUNTIME=$RUNTIME SIZE_MB=$SIZE_MB scripts/bench-cluster.sh\`; disks are ext4 images on loop devices on the machine's disk."
 echo
-python3 "$repo/scripts/bench-cluster-report.py" "$out"
+python3 "$repo/scripts/bench-cluster-report.py" "$out" "$SIZE_MB"

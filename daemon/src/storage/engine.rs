@@ -450,6 +450,10 @@ impl ChunkEngine {
                 // Whole zero blocks of a gap need no read.
                 if start >= old.len && block_end <= offset && block_end - start == BLOCK_SIZE {
                     crcs.push(zero_block_crc());
+                } else if start >= offset && block_end <= end {
+                    // Wholly written now: the bytes are at hand.
+                    let from = (start - offset) as usize;
+                    crcs.push(crc32c::crc32c(&data[from..from + (block_end - start) as usize]));
                 } else {
                     crcs.extend(Self::block_crcs(&open, len, b, b)?);
                 }
