@@ -349,6 +349,10 @@ impl MetaService {
         }
         if peer.role == Some(Role::Service) {
             // Storage services have no sessions: only cluster calls.
+            tracing::warn!(
+                "{}: a service may not use the metadata service's sessions (only cluster calls)",
+                peer.addr
+            );
             return Err(MetaError::Errno(libc::EACCES));
         }
         match req {

@@ -254,10 +254,19 @@ impl ClusterData {
 
     /// Removes every chunk of a layout from its chains.
     pub fn remove_chunks(&self, layout_id: u64, layout: &LayoutRec) -> io::Result<()> {
-        self.cut_layout(layout_id, layout, 1, 0)
+        self.cut_layout(layout_id, layout, 1, 0, true)
     }
 
-    fn cut_layout(&self, layout_id: u64, layout: &LayoutRec, chunk_size: u32, at: u64) -> io::Result<()> {
+    /// Drops the file's bytes from `at` on; with `purge` (the file is
+    /// gone), its chunks are removed for good.
+    fn cut_layout(
+        &self,
+        layout_id: u64,
+        layout: &LayoutRec,
+        chunk_size: u32,
+        at: u64,
+        purge: bool,
+    ) -> io::Result<()> {
         let cs = u64::from(chunk_size.max(1));
         for &chain in &layout.chains {
             for (index, len) in self.list(chain, layout_id)? {
@@ -266,8 +275,15 @@ impl ClusterData {
                     layout: layout_id,
                     index,
                 };
-                if start >= at {
+                if purge {
+                    // The file is gone: its chunks go for good.
                     self.update(chain, chunk, ChunkOp::Remove, &[])?;
+                } else if start >= at {
+                    // Emptied, not removed: the chunk keeps its version,
+                    // so a version is never given twice to one chunk.
+                    if len > 0 {
+                        self.update(chain, chunk, ChunkOp::Truncate { len: 0 }, &[])?;
+                    }
                 } else if at - start < u64::from(len) {
                     self.update(
                         chain,
@@ -340,7 +356,7 @@ impl FileData for ClusterData {
 
     fn cut(&self, ino: u64, rec: &InodeRec, at: u64) -> io::Result<()> {
         let layout = self.layout(ino)?;
-        self.cut_layout(rec.layout_id, &layout, rec.chunk_size, at)
+        self.cut_layout(rec.layout_id, &layout, rec.chunk_size, at, false)
     }
 
     fn remove(&self, reclaim: &Reclaim) -> io::Result<()> {
@@ -357,7 +373,7 @@ impl FileData for ClusterData {
             ClusterAnswer::MaybeLayout(None) => return Ok(()),
             other => return Err(io::Error::other(format!("GetLayout answered {other:?}"))),
         };
-        self.cut_layout(reclaim.layout_id, &layout, reclaim.chunk_size, 0)?;
+        self.cut_layout(reclaim.layout_id, &layout, reclaim.chunk_size, 0, true)?;
         self.meta
             .call(&ClusterCall::ForgetLayout {
                 layout: reclaim.layout_id,

@@ -48,7 +48,13 @@ use crate::private_state::{self, FILE_MODE};
 /// Checksummed block size.
 pub const BLOCK_SIZE: u32 = 4096;
 /// Bytes of a chunk's header in its `.m` file.
-pub const HEADER_LEN: usize = 32;
+pub const HEADER_LEN: usize = 32 + RECENT * 16;
+/// Updates a chunk remembers by who sent them (client, sequence), newest
+/// last: a retried update is recognized by any member that applied it,
+/// across restarts, and copies of the chunk carry them along.
+pub const RECENT: usize = 16;
+/// Who sent an update: (client, sequence); (0, 0) is an empty slot.
+pub type UpdateKey = (u64, u64);
 /// Largest chunk the engine keeps (64 MiB, the largest chunk size a mount
 /// may choose).
 pub const CHUNK_SIZE_MAX: u32 = 64 << 20;
@@ -79,6 +85,8 @@ pub struct ChunkMeta {
     pub len: u32,
     /// The chain it belongs to.
     pub chain: u32,
+    /// The last updates applied to it ([`RECENT`]).
+    pub recent: [UpdateKey; RECENT],
 }
 
 impl ChunkMeta {
@@ -89,6 +97,10 @@ impl ChunkMeta {
         h[8..16].copy_from_slice(&self.version.to_le_bytes());
         h[16..20].copy_from_slice(&self.len.to_le_bytes());
         h[20..24].copy_from_slice(&self.chain.to_le_bytes());
+        for (i, (client, seq)) in self.recent.iter().enumerate() {
+            h[32 + 16 * i..40 + 16 * i].copy_from_slice(&client.to_le_bytes());
+            h[40 + 16 * i..48 + 16 * i].copy_from_slice(&seq.to_le_bytes());
+        }
         h
     }
 
@@ -102,7 +114,33 @@ impl ChunkMeta {
         if len > CHUNK_SIZE_MAX {
             return Err(corrupt("a chunk header states a length past the largest chunk"));
         }
-        Ok(ChunkMeta { version, len, chain })
+        let mut recent = [(0, 0); RECENT];
+        for (i, slot) in recent.iter_mut().enumerate() {
+            let at = 32 + 16 * i;
+            *slot = (
+                u64::from_le_bytes(h[at..at + 8].try_into().expect("8 bytes")),
+                u64::from_le_bytes(h[at + 8..at + 16].try_into().expect("8 bytes")),
+            );
+        }
+        Ok(ChunkMeta {
+            version,
+            len,
+            chain,
+            recent,
+        })
+    }
+
+    /// Whether the update `by` was applied to this chunk lately.
+    pub fn applied(&self, by: UpdateKey) -> bool {
+        by != (0, 0) && self.recent.contains(&by)
+    }
+
+    fn with(mut self, by: Option<UpdateKey>) -> ChunkMeta {
+        if let Some(by) = by.filter(|b| !self.applied(*b) && *b != (0, 0)) {
+            self.recent.rotate_left(1);
+            self.recent[RECENT - 1] = by;
+        }
+        self
     }
 }
 
@@ -396,6 +434,7 @@ impl ChunkEngine {
 
     /// Writes `data` at `offset` of the chunk and makes `version` its
     /// committed version; with `sync`, durable before returning.
+    #[allow(clippy::too_many_arguments)]
     pub fn write(
         &self,
         id: ChunkId,
@@ -404,11 +443,13 @@ impl ChunkEngine {
         offset: u32,
         data: &[u8],
         sync: bool,
+        by: Option<UpdateKey>,
     ) -> io::Result<ChunkMeta> {
         let _w = self.changing(id);
-        self.write_unlocked(id, chain, version, offset, data, sync)
+        self.write_unlocked(id, chain, version, offset, data, sync, by)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn write_unlocked(
         &self,
         id: ChunkId,
@@ -417,6 +458,7 @@ impl ChunkEngine {
         offset: u32,
         data: &[u8],
         sync: bool,
+        by: Option<UpdateKey>,
     ) -> io::Result<ChunkMeta> {
         let end = u64::from(offset) + data.len() as u64;
         if end > u64::from(CHUNK_SIZE_MAX) {
@@ -430,7 +472,13 @@ impl ChunkEngine {
             .data
             .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let len = old.len.max(end);
-        let header = ChunkMeta { version, len, chain };
+        let header = ChunkMeta {
+            version,
+            len,
+            chain,
+            recent: old.recent,
+        }
+        .with(by);
         // Blocks whose checksum changes: those written, the old last block
         // if the write starts past it (it gains zeros), and the zero
         // blocks between.
@@ -477,10 +525,24 @@ impl ChunkEngine {
         version: u64,
         data: &[u8],
         sync: bool,
+        recent: &[UpdateKey],
     ) -> io::Result<ChunkMeta> {
         let _w = self.changing(id);
-        self.truncate_unlocked(id, chain, version, 0, false)?;
-        self.write_unlocked(id, chain, version, 0, data, sync)
+        self.truncate_unlocked(id, chain, version, 0, false, None)?;
+        let mut header = self.write_unlocked(id, chain, version, 0, data, false, None)?;
+        // The copy remembers what its source did.
+        header.recent = [(0, 0); RECENT];
+        let keep = recent.len().min(RECENT);
+        header.recent[RECENT - keep..].copy_from_slice(&recent[recent.len() - keep..]);
+        let open = self
+            .open_chunk(id, false)?
+            .ok_or_else(|| io::Error::other("chunk vanished"))?;
+        self.put_header_and_crcs(&open, header, 0, &[])?;
+        if sync {
+            open.data.sync_data()?;
+            open.meta.sync_data()?;
+        }
+        Ok(header)
     }
 
     /// Cuts or extends the chunk to `len` (zeros) at `version`.
@@ -491,9 +553,10 @@ impl ChunkEngine {
         version: u64,
         len: u32,
         sync: bool,
+        by: Option<UpdateKey>,
     ) -> io::Result<ChunkMeta> {
         let _w = self.changing(id);
-        self.truncate_unlocked(id, chain, version, len, sync)
+        self.truncate_unlocked(id, chain, version, len, sync, by)
     }
 
     fn truncate_unlocked(
@@ -503,6 +566,7 @@ impl ChunkEngine {
         version: u64,
         len: u32,
         sync: bool,
+        by: Option<UpdateKey>,
     ) -> io::Result<ChunkMeta> {
         if len > CHUNK_SIZE_MAX {
             return Err(einval("a truncate past the largest chunk"));
@@ -510,7 +574,13 @@ impl ChunkEngine {
         let open = self.open_chunk(id, true)?.expect("created");
         let old = open.header;
         open.data.set_len(u64::from(len))?;
-        let header = ChunkMeta { version, len, chain };
+        let header = ChunkMeta {
+            version,
+            len,
+            chain,
+            recent: old.recent,
+        }
+        .with(by);
         // Blocks whose checksum changes: from the one holding the shorter
         // length's end (partial, or the first new one) to the new last.
         let first = old.len.min(len) / BLOCK_SIZE;
@@ -683,7 +753,7 @@ mod tests {
         assert_eq!(e.meta(ID).unwrap(), ChunkMeta::default());
         assert_eq!(read(&e, 0, 10), b"");
         // Past the start: the gap reads as zeros.
-        e.write(ID, 9, 1, 10_000, b"hello", false).unwrap();
+        e.write(ID, 9, 1, 10_000, b"hello", false, None).unwrap();
         let m = e.meta(ID).unwrap();
         assert_eq!((m.version, m.len, m.chain), (1, 10_005, 9));
         let all = read(&e, 0, 20_000);
@@ -691,13 +761,13 @@ mod tests {
         assert!(all[..10_000].iter().all(|&b| b == 0));
         assert_eq!(&all[10_000..], b"hello");
         // Across a block boundary, inside the chunk.
-        e.write(ID, 9, 2, 4090, &[7u8; 20], false).unwrap();
+        e.write(ID, 9, 2, 4090, &[7u8; 20], false, None).unwrap();
         assert_eq!(
             read(&e, 4088, 24),
             [&[0u8, 0][..], &[7u8; 20][..], &[0u8, 0][..]].concat()
         );
         // Extending from inside the last partial block.
-        e.write(ID, 9, 3, 10_003, b"XYZW", false).unwrap();
+        e.write(ID, 9, 3, 10_003, b"XYZW", false, None).unwrap();
         assert_eq!(read(&e, 10_000, 100), b"helXYZW");
         assert_eq!(e.meta(ID).unwrap().version, 3);
         // Every block still passes its check.
@@ -707,20 +777,20 @@ mod tests {
     #[test]
     fn truncate_cuts_and_extends_with_zeros() {
         let (_d, e) = engine();
-        e.write(ID, 1, 1, 0, &[5u8; 9000], false).unwrap();
-        e.truncate(ID, 1, 2, 5000, false).unwrap();
+        e.write(ID, 1, 1, 0, &[5u8; 9000], false, None).unwrap();
+        e.truncate(ID, 1, 2, 5000, false, None).unwrap();
         assert_eq!(read(&e, 0, 10_000), vec![5u8; 5000]);
-        e.truncate(ID, 1, 3, 12_000, false).unwrap();
+        e.truncate(ID, 1, 3, 12_000, false, None).unwrap();
         let all = read(&e, 0, 20_000);
         assert_eq!(all.len(), 12_000);
         assert_eq!(&all[..5000], &[5u8; 5000][..]);
         assert!(all[5000..].iter().all(|&b| b == 0));
-        e.truncate(ID, 1, 4, 4096, false).unwrap();
+        e.truncate(ID, 1, 4, 4096, false, None).unwrap();
         assert_eq!(read(&e, 0, 10_000), vec![5u8; 4096]);
-        e.truncate(ID, 1, 5, 0, false).unwrap();
+        e.truncate(ID, 1, 5, 0, false, None).unwrap();
         assert_eq!(read(&e, 0, 10), b"");
         assert_eq!(e.meta(ID).unwrap().version, 5);
-        e.replace(ID, 1, 6, b"new", false).unwrap();
+        e.replace(ID, 1, 6, b"new", false, &[]).unwrap();
         assert_eq!(read(&e, 0, 10), b"new");
         e.remove(ID).unwrap();
         assert_eq!(e.meta(ID).unwrap(), ChunkMeta::default());
@@ -729,7 +799,7 @@ mod tests {
     #[test]
     fn a_damaged_block_reads_as_an_error_and_the_others_still_read() {
         let (dir, e) = engine();
-        e.write(ID, 1, 1, 0, &[1u8; 3 * 4096], false).unwrap();
+        e.write(ID, 1, 1, 0, &[1u8; 3 * 4096], false, None).unwrap();
         let data = dir.path().join("chunks/07/0000000000000007/3");
         let f = OpenOptions::new().write(true).open(&data).unwrap();
         f.write_all_at(&[2u8], 5000).unwrap();
@@ -760,6 +830,7 @@ mod tests {
                 0,
                 b"x",
                 false,
+                None,
             )
             .unwrap();
         }
@@ -773,6 +844,7 @@ mod tests {
             0,
             b"x",
             false,
+            None,
         )
         .unwrap();
         assert_eq!(e.layouts().unwrap(), vec![7, 300]);
@@ -802,7 +874,8 @@ mod tests {
     fn small_random_writes_hand_the_os_little_more_than_their_bytes() {
         let (_d, e) = engine();
         const CHUNK: u32 = 1 << 20;
-        e.write(ID, 1, 1, 0, &vec![1u8; CHUNK as usize], false).unwrap();
+        e.write(ID, 1, 1, 0, &vec![1u8; CHUNK as usize], false, None)
+            .unwrap();
         let data_before = e.written().data.load(std::sync::atomic::Ordering::Relaxed);
         let meta_before = e.written().meta.load(std::sync::atomic::Ordering::Relaxed);
         // 64 writes of 4 KiB at scattered blocks (a fixed permutation).
@@ -816,6 +889,7 @@ mod tests {
                 block * BLOCK_SIZE,
                 &[i as u8; 4096],
                 false,
+                Some((7, u64::from(i) + 1)),
             )
             .unwrap();
         }
@@ -825,5 +899,10 @@ mod tests {
         // A checksum and a header per write: never a block, let alone the
         // chunk.
         assert_eq!(meta, 64 * (4 + HEADER_LEN as u64));
+        // Who made each is remembered, up to RECENT of them.
+        let header = e.meta(ID).unwrap();
+        assert!(!header.applied((7, 1)), "forgotten: older than RECENT");
+        assert!(header.applied((7, 64)) && header.applied((7, 49)));
+        assert!(!header.applied((7, 48)) && !header.applied((8, 64)));
     }
 }

@@ -42,14 +42,32 @@
 //! "not committed, retry".
 //!
 //! A retried update (the client's reply lost, or the head died) carries the
-//! same (client, sequence) and is recognized on every member that saw it.
+//! same (client, sequence) and is recognized on every member that applied
+//! it: each chunk's header remembers the last
+//! [`RECENT`](engine::RECENT) updates applied to it, across restarts, and
+//! copies of a chunk carry them along.
 //! A member asked to apply a version that does not follow its own (it
 //! missed one) answers `EILSEQ`, and its predecessor sends it the whole
 //! chunk instead.
+//!
+//! A forward that keeps failing leaves the update pending at the sender
+//! (reads there ask the tail, as for any update in flight): the successor
+//! may have applied it, so the sender never acts as if it had not been
+//! sent, and drives it down again before the chunk's next update. A member
+//! that starts again checks each chunk with the tail before it heads an
+//! update of it or answers a read of it, and copies the tail's if the
+//! versions differ. A chunk that may be written again is never removed,
+//! only cut to nothing (keeping its version); removal is for chunks of
+//! files that are gone. All of this was found necessary, and is checked,
+//! by the seeded simulation in `sim.rs` (linearizability of every chunk's
+//! history under lost, late and repeated messages, crashes and chain
+//! changes).
 
 pub mod client;
 pub mod engine;
 pub mod service;
+#[cfg(test)]
+mod sim;
 pub mod target;
 pub mod transport;
 
@@ -80,7 +98,9 @@ pub enum ChunkOp {
         /// The new length.
         len: u32,
     },
-    /// Removes the chunk.
+    /// Removes the chunk for good: only for files that are gone (a
+    /// chunk that may be written again is cut to nothing instead, keeping
+    /// its version, so no version is ever given twice to one chunk).
     Remove,
     /// Replaces the whole chunk by the bulk payload (a member that missed
     /// versions, or one being synced).
@@ -131,6 +151,9 @@ pub enum StorageRequest {
         id: UpdateId,
         /// Durable before the answer.
         sync: bool,
+        /// With [`ChunkOp::Replace`]: the updates the whole chunk has
+        /// seen (see [`engine::RECENT`]).
+        recent: Vec<(u64, u64)>,
     },
     /// Bytes of a chunk.
     Read {
@@ -183,6 +206,13 @@ pub enum StorageRequest {
     },
 }
 
+impl UpdateId {
+    /// As a chunk remembers it.
+    pub fn key(&self) -> engine::UpdateKey {
+        (self.client, self.seq)
+    }
+}
+
 impl StorageRequest {
     /// The target a request addresses.
     pub fn target(&self) -> u32 {
@@ -212,6 +242,8 @@ pub enum StorageReply {
     Data {
         /// The version they are of.
         version: u64,
+        /// The updates the chunk remembers (for copies between members).
+        recent: Vec<(u64, u64)>,
     },
     /// A committed version.
     Version(u64),

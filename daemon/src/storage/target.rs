@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use super::engine::{ChunkEngine, ChunkId, ChunkMeta};
+use super::engine::{ChunkEngine, ChunkId, UpdateKey};
 use super::transport::{self, DataTransport};
 use super::{ChainRef, ChunkOp, StorageReply, StorageRequest, UpdateId, ENEEDCHUNK};
 use crate::cluster::{ChainRec, MemberState, Table};
@@ -21,6 +21,8 @@ const CHUNK_WAIT: Duration = Duration::from_secs(30);
 pub const READ_MAX: u32 = 1 << 20;
 /// Chunks per page of a chain listing.
 const LIST_PAGE: usize = 8192;
+/// Tries of a forward before the update is left pending.
+const FORWARD_TRIES: u32 = 4;
 /// How long a forward may take down the rest of the chain.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -28,15 +30,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// An update waiting for its acknowledgement from down the chain.
+/// An update on its way down a chain (pending here until the chain has
+/// applied it).
 #[derive(Debug, Clone)]
-struct Pending {
+struct Update {
+    chunk: ChunkId,
+    chain: u32,
+    op: ChunkOp,
     /// The version it makes.
     version: u64,
     /// The committed version it applies to.
     base: u64,
-    op: ChunkOp,
+    /// Who sent it (to drive it again under its own name).
+    id: UpdateId,
+    sync: bool,
     data: Arc<Vec<u8>>,
+    /// With [`ChunkOp::Replace`]: the updates the whole chunk has seen.
+    recent: Arc<Vec<UpdateKey>>,
 }
 
 /// Updates done, by who sent them: bounded, oldest forgotten first.
@@ -70,11 +80,21 @@ pub struct Target {
     table: RwLock<Arc<Table>>,
     busy: Mutex<HashSet<ChunkId>>,
     freed: Condvar,
-    pending: Mutex<HashMap<ChunkId, Pending>>,
+    pending: Mutex<HashMap<ChunkId, Update>>,
     done: Mutex<Done>,
     /// Chains being copied to this target, with the chunks updates
     /// reached meanwhile (the copy leaves those alone).
     syncing: Mutex<HashMap<u32, HashSet<ChunkId>>>,
+    /// Chunks (and whole chains, once synced) known to be as the tail has
+    /// them since this target started: it may have missed updates while it
+    /// was not running, so it checks a chunk with the tail before it heads
+    /// an update of it or answers a read of it.
+    verified: Mutex<(HashSet<ChunkId>, HashSet<u32>)>,
+    /// Pause between tries of a forward (zero in the simulation).
+    pause: Duration,
+    /// How long an update or read waits for the chunk's update in flight
+    /// (zero in the simulation, which runs on one thread).
+    chunk_wait: Duration,
     transport: Arc<dyn DataTransport>,
 }
 
@@ -139,8 +159,19 @@ impl Target {
             pending: Mutex::new(HashMap::new()),
             done: Mutex::new(Done::default()),
             syncing: Mutex::new(HashMap::new()),
+            verified: Mutex::new((HashSet::new(), HashSet::new())),
+            pause: Duration::from_millis(5),
+            chunk_wait: CHUNK_WAIT,
             transport,
         }
+    }
+
+    /// Tries forwards again without pausing (the simulation).
+    #[cfg(test)]
+    pub(crate) fn without_pauses(mut self) -> Target {
+        self.pause = Duration::ZERO;
+        self.chunk_wait = Duration::ZERO;
+        self
     }
 
     /// Its id.
@@ -177,7 +208,7 @@ impl Target {
     }
 
     fn hold(&self, chunk: ChunkId) -> Result<Held<'_>, i32> {
-        let deadline = Instant::now() + CHUNK_WAIT;
+        let deadline = Instant::now() + self.chunk_wait;
         let mut busy = lock(&self.busy);
         while busy.contains(&chunk) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -214,9 +245,10 @@ impl Target {
                 version,
                 id,
                 sync,
+                recent,
                 ..
             } => self
-                .forward(chain, chunk, op, version, id, sync, bulk)
+                .forward(chain, chunk, op, version, id, sync, bulk, recent)
                 .map(|v| (StorageReply::Done { version: v }, Vec::new())),
             StorageRequest::Read {
                 chain,
@@ -267,35 +299,145 @@ impl Target {
         sync: bool,
         data: Vec<u8>,
     ) -> Result<u64, i32> {
-        let (table, rec) = self.chain(chain)?;
+        let (_, rec) = self.chain(chain)?;
         if rec.head() != Some(self.id) {
             return Err(libc::ESTALE);
         }
-        if let Some(v) = lock(&self.done).get(&id) {
+        let done = lock(&self.done).get(&id);
+        if let Some(v) = done {
             return Ok(v);
         }
         let _held = self.hold(chunk)?;
-        if let Some(v) = lock(&self.done).get(&id) {
+        let done = lock(&self.done).get(&id);
+        if let Some(v) = done {
             return Ok(v);
         }
+        // An update left pending by a forward that failed: it goes down
+        // the chain again first (the same one: under its own version).
+        // (Bound first: a guard in an `if let` would live through the
+        // block, and propagate takes the lock again.)
+        let pending = lock(&self.pending).get(&chunk).cloned();
+        if let Some(p) = pending {
+            let again = self.propagate(p.clone())?;
+            if p.id == id {
+                return Ok(again);
+            }
+        }
+        self.verify(chunk, &rec)?;
         let committed = self.engine.meta(chunk).map_err(|e| errno(&e))?;
-        let version = if op == ChunkOp::Remove && committed.version == 0 {
-            // Nothing to remove here; still forwarded, so no member keeps it.
-            0
-        } else {
-            committed.version + 1
-        };
-        self.propagate(
-            &table,
-            &rec,
+        if committed.applied(id.key()) {
+            // Applied before (the answer was lost, and this member's memory
+            // of it with it): done.
+            return Ok(committed.version);
+        }
+        self.propagate(Update {
             chunk,
+            chain: rec.id,
             op,
-            version,
-            committed,
+            version: committed.version + 1,
+            base: committed.version,
             id,
             sync,
-            Arc::new(data),
-        )
+            data: Arc::new(data),
+            recent: Arc::new(Vec::new()),
+        })
+    }
+
+    /// Makes sure this member's copy of `chunk` is the tail's, once per
+    /// chunk since the target started (or its chain was synced): copies
+    /// the tail's if the versions differ. The caller holds the chunk.
+    fn verify(&self, chunk: ChunkId, rec: &ChainRec) -> Result<(), i32> {
+        {
+            let verified = lock(&self.verified);
+            if verified.0.contains(&chunk) || verified.1.contains(&rec.id) {
+                return Ok(());
+            }
+        }
+        let tail = rec.tail().ok_or(libc::EAGAIN)?;
+        if tail != self.id {
+            let table = self.table();
+            let addr = table.addr(tail).ok_or(libc::ESTALE)?;
+            let reference = rec.reference();
+            let theirs = self.committed_at(addr, tail, reference, chunk)?;
+            let mine = self.engine.meta(chunk).map_err(|e| errno(&e))?;
+            if theirs != mine.version {
+                let (bytes, version, recent) = self.fetch(addr, tail, reference, chunk)?;
+                tracing::info!(
+                    "target {}: chunk {chunk} was at version {}, the tail's at {version}: copied",
+                    self.id,
+                    mine.version
+                );
+                if version == 0 {
+                    self.engine.remove(chunk).map_err(|e| errno(&e))?;
+                } else {
+                    self.engine
+                        .replace(chunk, rec.id, version, &bytes, false, &recent)
+                        .map_err(|e| errno(&e))?;
+                }
+            }
+        }
+        lock(&self.verified).0.insert(chunk);
+        Ok(())
+    }
+
+    fn committed_at(&self, addr: SocketAddr, tail: u32, chain: ChainRef, chunk: ChunkId) -> Result<u64, i32> {
+        match self.call(
+            addr,
+            &StorageRequest::Committed {
+                target: tail,
+                chain,
+                chunk,
+            },
+            &[],
+        )? {
+            StorageReply::Version(v) => Ok(v),
+            other => {
+                tracing::error!("target {}: a version query answered {other:?}", self.id);
+                Err(libc::EIO)
+            }
+        }
+    }
+
+    /// The whole of `chunk` at `target`, its version and the updates it
+    /// remembers (read in pieces; again from the start if the version
+    /// moves meanwhile).
+    #[allow(clippy::type_complexity)]
+    fn fetch(
+        &self,
+        addr: SocketAddr,
+        target: u32,
+        chain: ChainRef,
+        chunk: ChunkId,
+    ) -> Result<(Vec<u8>, u64, Vec<UpdateKey>), i32> {
+        'again: for _ in 0..8 {
+            let mut bytes = Vec::new();
+            let mut first = None;
+            loop {
+                let read = StorageRequest::Read {
+                    target,
+                    chain,
+                    chunk,
+                    offset: bytes.len() as u32,
+                    len: READ_MAX,
+                };
+                let (got, v, recent) = match self.call_with_data(addr, &read, &[])? {
+                    (StorageReply::Data { version, recent }, got) => (got, version, recent),
+                    (other, _) => {
+                        tracing::error!("target {}: a read answered {other:?}", self.id);
+                        return Err(libc::EIO);
+                    }
+                };
+                if *first.get_or_insert(v) != v {
+                    continue 'again;
+                }
+                let n = got.len();
+                bytes.extend(got);
+                if n < READ_MAX as usize {
+                    return Ok((bytes, v, recent));
+                }
+            }
+        }
+        Err(libc::EAGAIN)
     }
 
     /// An update from the predecessor.
@@ -309,118 +451,133 @@ impl Target {
         id: UpdateId,
         sync: bool,
         data: Vec<u8>,
+        recent: Vec<UpdateKey>,
     ) -> Result<u64, i32> {
-        let (table, rec) = self.chain(chain)?;
+        let (_, rec) = self.chain(chain)?;
         if rec.head() == Some(self.id) || rec.state_of(self.id) == Some(MemberState::Offline) {
             return Err(libc::ESTALE);
         }
         let _held = self.hold(chunk)?;
-        if let Some(v) = lock(&self.done).get(&id) {
+        let done = lock(&self.done).get(&id);
+        if let Some(v) = done {
             if v == version {
                 return Ok(v);
             }
         }
         let committed = self.engine.meta(chunk).map_err(|e| errno(&e))?;
+        if op != ChunkOp::Replace && committed.applied(id.key()) {
+            // Applied here before (its answer was lost).
+            return Ok(committed.version);
+        }
         let follows = match op {
-            ChunkOp::Replace | ChunkOp::Remove => true,
+            ChunkOp::Replace => version >= committed.version,
+            ChunkOp::Remove => true,
             ChunkOp::Write { .. } | ChunkOp::Truncate { .. } => version == committed.version + 1,
         };
         if !follows {
             return Err(ENEEDCHUNK);
         }
-        self.propagate(
-            &table,
-            &rec,
+        // What the predecessor sends supersedes what this member may hold
+        // pending from a failed forward: the predecessor had it too, and
+        // drives it again first.
+        self.propagate(Update {
             chunk,
+            chain: rec.id,
             op,
             version,
-            committed,
+            base: committed.version,
             id,
             sync,
-            Arc::new(data),
-        )
+            data: Arc::new(data),
+            recent: Arc::new(recent),
+        })
     }
 
-    /// Keeps the update pending, sends it down the chain, applies it when
-    /// the chain has, and remembers it.
-    #[allow(clippy::too_many_arguments)]
-    fn propagate(
-        &self,
-        table: &Table,
-        rec: &ChainRec,
-        chunk: ChunkId,
-        op: ChunkOp,
-        version: u64,
-        committed: ChunkMeta,
-        id: UpdateId,
-        sync: bool,
-        data: Arc<Vec<u8>>,
-    ) -> Result<u64, i32> {
-        let successor = rec.successor(self.id);
-        if let Some(next) = successor {
-            lock(&self.pending).insert(
-                chunk,
-                Pending {
-                    version,
-                    base: committed.version,
-                    op,
-                    data: data.clone(),
-                },
-            );
-            let sent = self.send_down(table, rec, next, chunk, op, version, id, sync, &data);
-            if let Err(e) = sent {
-                lock(&self.pending).remove(&chunk);
-                return Err(e);
+    /// Keeps the update pending, sends it down the chain (the chain as
+    /// this target knows it at each try), applies it when the chain has,
+    /// and remembers it. A forward that keeps failing leaves the update
+    /// pending (reads of the chunk then ask the tail) and answers `EAGAIN`:
+    /// the successor may have applied it, so this member never acts as if
+    /// it had not been sent; whoever comes next for the chunk drives it
+    /// again first.
+    fn propagate(&self, u: Update) -> Result<u64, i32> {
+        lock(&self.pending).insert(u.chunk, u.clone());
+        let mut pause = self.pause;
+        let mut tries = 0;
+        loop {
+            let table = self.table();
+            let Some(rec) = table.chain(u.chain) else {
+                return Err(libc::ESTALE);
+            };
+            if rec.state_of(self.id).is_none_or(|s| s == MemberState::Offline) {
+                return Err(libc::ESTALE);
+            }
+            let Some(next) = rec.successor(self.id) else { break };
+            match self.send_down(&table, rec, next, &u) {
+                Ok(()) => break,
+                Err(e) => {
+                    tries += 1;
+                    if tries >= FORWARD_TRIES {
+                        tracing::warn!(
+                            "target {}: chunk {} version {} not forwarded to {next} (errno {e}); kept pending",
+                            self.id,
+                            u.chunk,
+                            u.version
+                        );
+                        return Err(libc::EAGAIN);
+                    }
+                    std::thread::sleep(pause);
+                    pause *= 4;
+                }
             }
         }
-        let applied = self.apply(chunk, rec.id, op, version, sync, &data);
-        lock(&self.pending).remove(&chunk);
+        let applied = self.apply(&u);
+        lock(&self.pending).remove(&u.chunk);
         applied.map_err(|e| {
-            tracing::error!("target {}: applying {op:?} to chunk {chunk}: {e}", self.id);
+            tracing::error!(
+                "target {}: applying {:?} to chunk {}: {e}",
+                self.id,
+                u.op,
+                u.chunk
+            );
             errno(&e)
         })?;
-        lock(&self.done).put(id, version);
-        Ok(version)
+        lock(&self.done).put(u.id, u.version);
+        Ok(u.version)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn send_down(
-        &self,
-        table: &Table,
-        rec: &ChainRec,
-        next: u32,
-        chunk: ChunkId,
-        op: ChunkOp,
-        version: u64,
-        id: UpdateId,
-        sync: bool,
-        data: &[u8],
-    ) -> Result<(), i32> {
+    fn send_down(&self, table: &Table, rec: &ChainRec, next: u32, u: &Update) -> Result<(), i32> {
         let Some(addr) = table.addr(next) else {
             return Err(libc::ESTALE);
         };
-        let request = |op: ChunkOp| StorageRequest::Forward {
+        let request = |op: ChunkOp, recent: Vec<UpdateKey>| StorageRequest::Forward {
             target: next,
             chain: rec.reference(),
-            chunk,
+            chunk: u.chunk,
             op,
-            version,
-            id,
-            sync,
+            version: u.version,
+            id: u.id,
+            sync: u.sync,
+            recent,
         };
-        match self.call(addr, &request(op), data) {
+        match self.call(addr, &request(u.op, u.recent.to_vec()), &u.data) {
             Ok(_) => Ok(()),
             Err(ENEEDCHUNK) => {
                 // The successor missed a version: send it the whole chunk
-                // as it will be.
-                let (mut bytes, _) = self.engine.read_all(chunk).map_err(|e| errno(&e))?;
-                apply_in_memory(&mut bytes, op, data);
-                let whole = if op == ChunkOp::Remove {
-                    ChunkOp::Remove
-                } else {
-                    ChunkOp::Replace
+                // as it will be, with the updates it will have seen.
+                let (mut bytes, meta) = self.engine.read_all(u.chunk).map_err(|e| errno(&e))?;
+                apply_in_memory(&mut bytes, u.op, &u.data);
+                let (whole, recent) = match u.op {
+                    ChunkOp::Remove => (ChunkOp::Remove, Vec::new()),
+                    ChunkOp::Replace => (ChunkOp::Replace, u.recent.to_vec()),
+                    ChunkOp::Write { .. } | ChunkOp::Truncate { .. } => {
+                        let mut recent: Vec<UpdateKey> =
+                            meta.recent.iter().copied().filter(|k| *k != (0, 0)).collect();
+                        recent.push(u.id.key());
+                        (ChunkOp::Replace, recent)
+                    }
                 };
-                self.call(addr, &request(whole), &bytes).map(|_| ())
+                self.call(addr, &request(whole, recent), &bytes).map(|_| ())
             }
             Err(e) => Err(e),
         }
@@ -454,26 +611,23 @@ impl Target {
         }
     }
 
-    fn apply(
-        &self,
-        chunk: ChunkId,
-        chain: u32,
-        op: ChunkOp,
-        version: u64,
-        sync: bool,
-        data: &[u8],
-    ) -> io::Result<()> {
-        if let Some(touched) = lock(&self.syncing).get_mut(&chain) {
-            touched.insert(chunk);
+    fn apply(&self, u: &Update) -> io::Result<()> {
+        if let Some(touched) = lock(&self.syncing).get_mut(&u.chain) {
+            touched.insert(u.chunk);
         }
-        match op {
-            ChunkOp::Write { offset } => self
-                .engine
-                .write(chunk, chain, version, offset, data, sync)
+        let by = Some(u.id.key());
+        let e = &self.engine;
+        match u.op {
+            ChunkOp::Write { offset } => e
+                .write(u.chunk, u.chain, u.version, offset, &u.data, u.sync, by)
                 .map(|_| ()),
-            ChunkOp::Truncate { len } => self.engine.truncate(chunk, chain, version, len, sync).map(|_| ()),
-            ChunkOp::Replace => self.engine.replace(chunk, chain, version, data, sync).map(|_| ()),
-            ChunkOp::Remove => self.engine.remove(chunk),
+            ChunkOp::Truncate { len } => e
+                .truncate(u.chunk, u.chain, u.version, len, u.sync, by)
+                .map(|_| ()),
+            ChunkOp::Replace => e
+                .replace(u.chunk, u.chain, u.version, &u.data, u.sync, &u.recent)
+                .map(|_| ()),
+            ChunkOp::Remove => e.remove(u.chunk),
         }
     }
 
@@ -491,52 +645,67 @@ impl Target {
             return Err(libc::ESTALE);
         }
         let len = len.min(READ_MAX);
-        let local = |buf: &mut Vec<u8>| -> Result<u64, i32> {
-            let (n, meta) = self.engine.read(chunk, offset, buf).map_err(|e| errno(&e))?;
-            buf.truncate(n);
-            Ok(meta.version)
-        };
+        let tail = rec.tail().ok_or(libc::EAGAIN)?;
         let pending = lock(&self.pending).get(&chunk).cloned();
-        let tail = rec.tail();
-        let Some(p) = pending.filter(|_| tail != Some(self.id)) else {
+        if tail == self.id {
+            if pending.is_some() {
+                // Left pending when this member was not the tail: the old
+                // tail may have shown it, so it is committed here now.
+                let _held = self.hold(chunk)?;
+                let pending = lock(&self.pending).get(&chunk).cloned();
+                if let Some(p) = pending {
+                    self.propagate(p)?;
+                }
+            }
+        } else if !self.is_verified(chunk, rec.id) {
+            let _held = self.hold(chunk)?;
+            self.verify(chunk, &rec)?;
+        }
+        let pending = lock(&self.pending).get(&chunk).cloned();
+        let Some(p) = pending.filter(|_| tail != self.id) else {
             let mut buf = vec![0u8; len as usize];
-            let version = local(&mut buf)?;
-            return Ok((StorageReply::Data { version }, buf));
+            let (n, meta) = self.engine.read(chunk, offset, &mut buf).map_err(|e| errno(&e))?;
+            buf.truncate(n);
+            let recent = meta.recent.iter().copied().filter(|k| *k != (0, 0)).collect();
+            return Ok((
+                StorageReply::Data {
+                    version: meta.version,
+                    recent,
+                },
+                buf,
+            ));
         };
         // Dirty: which version is committed?
-        let tail = tail.ok_or(libc::EAGAIN)?;
         let addr = table.addr(tail).ok_or(libc::ESTALE)?;
-        let want = match self.call(
-            addr,
-            &StorageRequest::Committed {
-                target: tail,
-                chain,
-                chunk,
-            },
-            &[],
-        )? {
-            StorageReply::Version(v) => v,
-            other => {
-                tracing::error!(
-                    "target {}: the tail answered a version query with {other:?}",
-                    self.id
-                );
-                return Err(libc::EIO);
-            }
-        };
+        let want = self.committed_at(addr, tail, chain, chunk)?;
         let (mut whole, meta) = self.engine.read_all(chunk).map_err(|e| errno(&e))?;
-        let version = if meta.version == want {
+        let applied_there = want == p.version || (p.op == ChunkOp::Remove && want == 0);
+        let mut recent: Vec<UpdateKey> = meta.recent.iter().copied().filter(|k| *k != (0, 0)).collect();
+        let version = if meta.version == want && !(applied_there && meta.version == p.base) {
             meta.version
-        } else if want == p.version && meta.version == p.base {
+        } else if applied_there && meta.version == p.base {
             apply_in_memory(&mut whole, p.op, &p.data);
-            p.version
+            recent = match p.op {
+                ChunkOp::Replace => p.recent.to_vec(),
+                ChunkOp::Remove => Vec::new(),
+                _ => {
+                    recent.push(p.id.key());
+                    recent
+                }
+            };
+            want
         } else {
             // Moved on meanwhile: the client asks again.
             return Err(libc::EAGAIN);
         };
         let start = (offset as usize).min(whole.len());
         let end = (offset as usize + len as usize).min(whole.len());
-        Ok((StorageReply::Data { version }, whole[start..end].to_vec()))
+        Ok((StorageReply::Data { version, recent }, whole[start..end].to_vec()))
+    }
+
+    fn is_verified(&self, chunk: ChunkId, chain: u32) -> bool {
+        let verified = lock(&self.verified);
+        verified.0.contains(&chunk) || verified.1.contains(&chain)
     }
 
     /// Copies to this target what it lacks of `chain` (it is syncing
@@ -550,6 +719,9 @@ impl Target {
         lock(&self.syncing).insert(chain.id, HashSet::new());
         let result = self.copy_chain(chain, source, addr);
         lock(&self.syncing).remove(&chain.id);
+        if result.is_ok() {
+            lock(&self.verified).1.insert(chain.id);
+        }
         result
     }
 
@@ -586,6 +758,7 @@ impl Target {
                 continue;
             }
             let mut bytes = Vec::new();
+            let mut theirs_recent: Vec<UpdateKey>;
             let mut current = true;
             loop {
                 let read = StorageRequest::Read {
@@ -596,7 +769,10 @@ impl Target {
                     len: READ_MAX,
                 };
                 let (got, v) = match self.call_with_data(addr, &read, &[]) {
-                    Ok((StorageReply::Data { version }, got)) => (got, version),
+                    Ok((StorageReply::Data { version, recent }, got)) => {
+                        theirs_recent = recent;
+                        (got, version)
+                    }
                     Ok((other, _)) => return Err(format!("a read answered with {other:?}")),
                     Err(e) => {
                         return Err(format!(
@@ -626,7 +802,7 @@ impl Target {
                 continue;
             }
             self.engine
-                .replace(chunk, chain.id, version, &bytes, false)
+                .replace(chunk, chain.id, version, &bytes, false, &theirs_recent)
                 .map_err(|e| format!("writing chunk {chunk}: {e}"))?;
             copied += 1;
         }
