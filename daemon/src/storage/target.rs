@@ -258,7 +258,10 @@ impl Target {
                 ..
             } => self.read(chain, chunk, offset, len),
             StorageRequest::Committed { chain, chunk, .. } => {
-                self.chain(chain)?;
+                let (_, rec) = self.chain(chain)?;
+                // As a read here would: an update this member holds from
+                // before it was the tail is committed first.
+                self.commit_left_pending(chunk, &rec)?;
                 let meta = self.engine.meta(chunk).map_err(|e| errno(&e))?;
                 Ok((StorageReply::Version(meta.version), Vec::new()))
             }
@@ -649,13 +652,7 @@ impl Target {
         let pending = lock(&self.pending).get(&chunk).cloned();
         if tail == self.id {
             if pending.is_some() {
-                // Left pending when this member was not the tail: the old
-                // tail may have shown it, so it is committed here now.
-                let _held = self.hold(chunk)?;
-                let pending = lock(&self.pending).get(&chunk).cloned();
-                if let Some(p) = pending {
-                    self.propagate(p)?;
-                }
+                self.commit_left_pending(chunk, &rec)?;
             }
         } else if !self.is_verified(chunk, rec.id) {
             let _held = self.hold(chunk)?;
@@ -701,6 +698,20 @@ impl Target {
         let start = (offset as usize).min(whole.len());
         let end = (offset as usize + len as usize).min(whole.len());
         Ok((StorageReply::Data { version, recent }, whole[start..end].to_vec()))
+    }
+
+    /// At the tail: an update left pending when this member was not the
+    /// tail (the old tail may have shown it) is committed now.
+    fn commit_left_pending(&self, chunk: ChunkId, rec: &ChainRec) -> Result<(), i32> {
+        if rec.tail() != Some(self.id) || !lock(&self.pending).contains_key(&chunk) {
+            return Ok(());
+        }
+        let _held = self.hold(chunk)?;
+        let pending = lock(&self.pending).get(&chunk).cloned();
+        if let Some(p) = pending {
+            self.propagate(p)?;
+        }
+        Ok(())
     }
 
     fn is_verified(&self, chunk: ChunkId, chain: u32) -> bool {
