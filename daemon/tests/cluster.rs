@@ -545,14 +545,15 @@ fn a_killed_mounts_unlinked_open_file_loses_its_chunks() {
             }
         },
     );
-    assert!(
-        cluster
-            .meta
-            .log_text()
-            .contains("collected the chunks of 1 files"),
-        "{}",
-        cluster.logs()
-    );
+    // The chunks go before the pass logs its count: wait for the line.
+    common::wait_for("the reconciler's log line", Duration::from_secs(30), || {
+        let log = cluster.meta.log_text();
+        if log.contains("collected the chunks of 1 files") {
+            Ok(())
+        } else {
+            Err(cluster.logs())
+        }
+    });
 }
 
 #[test]
