@@ -16,10 +16,10 @@
 //!
 //! A positioned write goes to its place in `i` and rewrites only the
 //! checksums of the blocks it touched and the header (two `pwrite`s of a
-//! few bytes into `i.m`). A 4 KiB write in a chunk of up to 4064 KiB thus
+//! few bytes into `i.m`). A 4 KiB write in a chunk of up to 3808 KiB thus
 //! dirties one page of data and one of `i.m` (the checksums of the first
-//! 1016 blocks share the header's page): the pages that reach the disk
-//! are at most 2x the data (3x for blocks past the first 1016 of a larger
+//! 952 blocks share the header's page): the pages that reach the disk
+//! are at most 2x the data (3x for blocks past the first 952 of a larger
 //! chunk). Nothing copies the chunk. (What the filesystem below then
 //! writes back is its business: ext4 with large folios may write a whole
 //! dirty folio; the cluster bench measures the bytes that reach the disk.)
