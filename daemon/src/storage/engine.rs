@@ -8,7 +8,8 @@
 //! client's local store, so no directory grows huge):
 //! - `i`, the chunk's bytes, written in place;
 //! - `i.m`, its header and block checksums: [`HEADER_LEN`] bytes (a magic,
-//!   the format, the committed version, the chunk's length and chain), then one
+//!   the format, the committed version, the chunk's length and chain, the last
+//!   [`RECENT`] updates applied), then one
 //!   little-endian crc32c per [`BLOCK_SIZE`] block of the chunk, the last
 //!   block's over the bytes it has.
 //!
