@@ -33,4 +33,6 @@ pub mod net;
 pub mod private_state;
 pub mod rpc;
 pub mod serve;
+#[cfg(test)]
+mod sim_rng;
 pub mod storage;

@@ -264,6 +264,23 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Waits until no target holds a chunk of `layout`.
+    fn wait_chunks_gone(&self, layout: &str, what: &str, timeout: Duration) {
+        common::wait_for(what, timeout, || {
+            let left: Vec<_> = (0..self.storages.len())
+                .flat_map(|i| self.chunks(i))
+                .filter(|(l, _)| l == layout)
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}\n{}", self.logs()))
+            }
+        });
+    }
+}
+
 fn layout_name(ino: u64) -> String {
     format!("{ino:016x}")
 }
@@ -497,17 +514,7 @@ fn an_unlinked_file_leaves_no_chunk_on_any_target() {
         );
     }
     std::fs::remove_file(&path).unwrap();
-    common::wait_for("the file's chunks removed", Duration::from_secs(30), || {
-        let left: Vec<_> = (0..3)
-            .flat_map(|i| cluster.chunks(i))
-            .filter(|(l, _)| *l == layout)
-            .collect();
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{left:?}"))
-        }
-    });
+    cluster.wait_chunks_gone(&layout, "the file's chunks removed", Duration::from_secs(30));
     // The table itself is untouched by it.
     assert_eq!(cluster.table().targets.len(), 3);
 }
@@ -530,20 +537,10 @@ fn a_killed_mounts_unlinked_open_file_loses_its_chunks() {
     drop(a);
     // The service reaps the dead client (deleting the file), and the
     // reconciler removes its chunks.
-    common::wait_for(
+    cluster.wait_chunks_gone(
+        &layout,
         "the dead mount's file's chunks removed",
         Duration::from_secs(60),
-        || {
-            let left: Vec<_> = (0..3)
-                .flat_map(|i| cluster.chunks(i))
-                .filter(|(l, _)| *l == layout)
-                .collect();
-            if left.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{left:?}\n{}", cluster.logs()))
-            }
-        },
     );
     // The chunks go before the pass logs its count: wait for the line.
     common::wait_for("the reconciler's log line", Duration::from_secs(30), || {

@@ -409,6 +409,35 @@ impl ChunkEngine {
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The new checksums of `blocks` of a chunk grown or cut from
+    /// `old_len` to `len`, `written` (offset, bytes) just written: whole
+    /// blocks of zeros past the old end need no read, blocks wholly
+    /// written are summed from the bytes at hand, the rest are read back.
+    fn changed_crcs(
+        open: &Open,
+        old_len: u32,
+        len: u32,
+        blocks: std::ops::RangeInclusive<u32>,
+        written: Option<(u32, &[u8])>,
+    ) -> io::Result<Vec<u32>> {
+        let mut crcs = Vec::with_capacity(blocks.clone().count());
+        for b in blocks {
+            let start = b * BLOCK_SIZE;
+            let end = (start + BLOCK_SIZE).min(len);
+            let (w_start, w_end) = written.map_or((0, 0), |(o, d)| (o, o + d.len() as u32));
+            let touched = start < w_end && end > w_start;
+            if start >= old_len && end - start == BLOCK_SIZE && !touched {
+                crcs.push(zero_block_crc());
+            } else if let Some((o, d)) = written.filter(|_| start >= w_start && end <= w_end) {
+                let from = (start - o) as usize;
+                crcs.push(crc32c::crc32c(&d[from..from + (end - start) as usize]));
+            } else {
+                crcs.extend(Self::block_crcs(open, len, b, b)?);
+            }
+        }
+        Ok(crcs)
+    }
+
     /// The checksums of blocks `first..=last` of the data as it is now in
     /// the file (blocks past `len` absent).
     fn block_crcs(open: &Open, len: u32, first: u32, last: u32) -> io::Result<Vec<u32>> {
@@ -492,22 +521,7 @@ impl ChunkEngine {
         let crcs = if data.is_empty() {
             Vec::new()
         } else {
-            let mut crcs = Vec::with_capacity((last - first + 1) as usize);
-            for b in first..=last {
-                let start = b * BLOCK_SIZE;
-                let block_end = (start + BLOCK_SIZE).min(len);
-                // Whole zero blocks of a gap need no read.
-                if start >= old.len && block_end <= offset && block_end - start == BLOCK_SIZE {
-                    crcs.push(zero_block_crc());
-                } else if start >= offset && block_end <= end {
-                    // Wholly written now: the bytes are at hand.
-                    let from = (start - offset) as usize;
-                    crcs.push(crc32c::crc32c(&data[from..from + (block_end - start) as usize]));
-                } else {
-                    crcs.extend(Self::block_crcs(&open, len, b, b)?);
-                }
-            }
-            crcs
+            Self::changed_crcs(&open, old.len, len, first..=last, Some((offset, data)))?
         };
         self.put_header_and_crcs(&open, header, first, &crcs)?;
         if sync {
@@ -588,16 +602,7 @@ impl ChunkEngine {
         let crcs = if len == 0 || first > (len - 1) / BLOCK_SIZE {
             Vec::new()
         } else {
-            let mut crcs = Vec::new();
-            for b in first..=(len - 1) / BLOCK_SIZE {
-                let start = b * BLOCK_SIZE;
-                if start >= old.len && len - start >= BLOCK_SIZE {
-                    crcs.push(zero_block_crc());
-                } else {
-                    crcs.extend(Self::block_crcs(&open, len, b, b)?);
-                }
-            }
-            crcs
+            Self::changed_crcs(&open, old.len, len, first..=(len - 1) / BLOCK_SIZE, None)?
         };
         self.put_header_and_crcs(&open, header, first, &crcs)?;
         if len < old.len {

@@ -42,25 +42,7 @@ const CHUNKS: u64 = 4;
 const LAYOUT: u64 = 1;
 const TRIES: usize = 12;
 
-/// splitmix64.
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
+use crate::sim_rng::Rng;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -236,7 +218,7 @@ impl Sim {
     }
 
     fn rand(&self, n: u64) -> u64 {
-        lock(&self.rng).below(n)
+        lock(&self.rng).below(n as usize) as u64
     }
 
     fn chance(&self, percent: u64) -> bool {

@@ -21,6 +21,9 @@ const CHUNK_WAIT: Duration = Duration::from_secs(30);
 pub const READ_MAX: u32 = 1 << 20;
 /// Chunks per page of a chain listing.
 const LIST_PAGE: usize = 8192;
+/// Chunks remembered as checked with the tail (forgotten all at once
+/// past this, so a target's memory does not grow with its chunks).
+const VERIFIED_MAX: usize = 1 << 20;
 /// Tries of a forward before the update is left pending.
 const FORWARD_TRIES: u32 = 4;
 /// How long a forward may take down the rest of the chain.
@@ -379,7 +382,12 @@ impl Target {
                 }
             }
         }
-        lock(&self.verified).0.insert(chunk);
+        let mut verified = lock(&self.verified);
+        if verified.0.len() >= VERIFIED_MAX {
+            // Forgetting only costs a round trip to the tail per chunk.
+            verified.0.clear();
+        }
+        verified.0.insert(chunk);
         Ok(())
     }
 
