@@ -118,11 +118,33 @@ impl ClusterData {
         }
     }
 
+    /// The file's layout, made now if it has none (for writes).
     fn layout(&self, ino: u64) -> io::Result<Arc<LayoutRec>> {
         if let Some(l) = lock(&self.layouts).get(&ino) {
             return Ok(l.clone());
         }
         let (_, layout) = self.meta.layout(ino).map_err(meta_err)?;
+        Ok(self.keep(ino, layout))
+    }
+
+    /// The file's layout if its data was ever written; reads, cuts and
+    /// syncs of a file never written make none (and need no transaction).
+    fn existing_layout(&self, ino: u64, layout_id: u64) -> io::Result<Option<Arc<LayoutRec>>> {
+        if let Some(l) = lock(&self.layouts).get(&ino) {
+            return Ok(Some(l.clone()));
+        }
+        match self
+            .meta
+            .call(&ClusterCall::GetLayout { layout: layout_id })
+            .map_err(meta_err)?
+        {
+            ClusterAnswer::MaybeLayout(Some(l)) if !l.chains.is_empty() => Ok(Some(self.keep(ino, l))),
+            ClusterAnswer::MaybeLayout(None) => Ok(None),
+            other => Err(io::Error::other(format!("GetLayout answered {other:?}"))),
+        }
+    }
+
+    fn keep(&self, ino: u64, layout: LayoutRec) -> Arc<LayoutRec> {
         let layout = Arc::new(layout);
         let mut layouts = lock(&self.layouts);
         if layouts.len() >= LAYOUTS_MAX {
@@ -134,7 +156,7 @@ impl ClusterData {
             drop(layouts);
             self.refresh();
         }
-        Ok(layout)
+        layout
     }
 
     /// Runs `attempt` on the chain of `chain` until it succeeds, fails for
@@ -322,7 +344,11 @@ impl FileData for ClusterData {
             return Ok(0);
         }
         let len = buf.len().min((rec.size - offset).min(usize::MAX as u64) as usize);
-        let layout = self.layout(ino)?;
+        let Some(layout) = self.existing_layout(ino, rec.layout_id)? else {
+            // Never written: a hole.
+            buf[..len].fill(0);
+            return Ok(len);
+        };
         for (index, within, n, at) in pieces(rec.chunk_size, offset, len, READ_MAX as usize) {
             let chunk = ChunkId {
                 layout: rec.layout_id,
@@ -355,7 +381,9 @@ impl FileData for ClusterData {
     }
 
     fn cut(&self, ino: u64, rec: &InodeRec, at: u64) -> io::Result<()> {
-        let layout = self.layout(ino)?;
+        let Some(layout) = self.existing_layout(ino, rec.layout_id)? else {
+            return Ok(());
+        };
         self.cut_layout(rec.layout_id, &layout, rec.chunk_size, at, false)
     }
 
@@ -383,7 +411,9 @@ impl FileData for ClusterData {
     }
 
     fn sync(&self, ino: u64, rec: &InodeRec) -> io::Result<()> {
-        let layout = self.layout(ino)?;
+        let Some(layout) = self.existing_layout(ino, rec.layout_id)? else {
+            return Ok(());
+        };
         let table = self.table();
         for &chain in &layout.chains {
             let Some(c) = table.chain(chain) else { continue };
