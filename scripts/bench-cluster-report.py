@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
-"""The markdown report (and an SVG plot) of scripts/bench-cluster.sh, from
-the fio JSON, disk byte counts, iperf3 JSON and RSS it left in DIR."""
+"""The markdown report (and SVG charts) of scripts/bench-cluster.sh, from
+the fio JSON, disk byte counts, iperf3 JSON and RSS it left in DIR.
+
+    bench-cluster-report.py DIR SIZE_MB [PLOT]
+
+PLOT is the benches' plot binary (target/release/plot), which draws each
+chart from the JSON spec written beside it; without it only the specs are
+written."""
 
 import json
 import os
+import subprocess
 import sys
 
 out = sys.argv[1]
@@ -124,26 +131,45 @@ try:
 except OSError:
     pass
 
-# The plot: MiB/s per job and configuration, numjobs 4.
-W, H, PAD = 760, 320, 50
-bars = [(job, c, (results[(c, job, 4)] or {}).get("mib", 0)) for job in JOBS for c in CONFIGS]
-top = max([b[2] for b in bars] + [1])
-colors = {"disk": "#999", "local": "#4a7", "r1": "#37c", "r3": "#c73", "r3-kill": "#a33"}
-bw = (W - 2 * PAD) / (len(JOBS) * (len(CONFIGS) + 1))
-svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">']
-svg.append(f'<text x="{PAD}" y="18">MiB/s, numjobs 4 (fio, direct I/O); disk = fio on a target disk</text>')
-for i, (job, c, v) in enumerate(bars):
-    g = i // len(CONFIGS)
-    x = PAD + (i + g) * bw
-    h = (H - 2 * PAD) * v / top
-    svg.append(f'<rect x="{x:.1f}" y="{H - PAD - h:.1f}" width="{bw * 0.9:.1f}" height="{h:.1f}" fill="{colors[c]}"/>')
-    if i % len(CONFIGS) == 0:
-        svg.append(f'<text x="{x:.1f}" y="{H - PAD + 15}">{job}</text>')
-for k, c in enumerate(CONFIGS):
-    svg.append(f'<rect x="{W - 120}" y="{30 + 15 * k}" width="10" height="10" fill="{colors[c]}"/>')
-    svg.append(f'<text x="{W - 105}" y="{39 + 15 * k}">{c}</text>')
-svg.append("</svg>")
-with open(os.path.join(out, "bench-cluster.svg"), "w") as f:
-    f.write("\n".join(svg))
+# The charts, drawn by the benches' plot binary (plotters) from JSON specs:
+# MiB/s per job and configuration at numjobs 4, and MiB/s against numjobs.
+plot = sys.argv[3] if len(sys.argv) > 3 else None
+charts = {
+    "bench-cluster.svg": {
+        "kind": "bars",
+        "title": "fio through the mount, numjobs 4, direct I/O (disk: fio on a target's disk)",
+        "value_label": "MiB/s",
+        "groups": JOBS,
+        "series": [
+            {"name": c, "values": [(results[(c, job, 4)] or {}).get("mib") for job in JOBS]}
+            for c in CONFIGS
+        ],
+    },
+    "bench-cluster-jobs.svg": {
+        "kind": "panels",
+        "title": "MiB/s against fio numjobs (higher is better)",
+        "x_label": "numjobs",
+        "panels": [
+            {
+                "title": job,
+                "y_label": "MiB/s",
+                "lines": [
+                    {"name": c, "points": [[nj, results[(c, job, nj)]["mib"]] for nj in (1, 4) if results[(c, job, nj)]]}
+                    for c in CONFIGS
+                    if any(results[(c, job, nj)] for nj in (1, 4))
+                ],
+            }
+            for job in JOBS
+        ],
+    },
+}
 print()
-print(f"Plot: {os.path.join(out, 'bench-cluster.svg')}")
+for name, spec in charts.items():
+    spec_path = os.path.join(out, name + ".json")
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    if plot is None:
+        print(f"Chart spec: {spec_path} (no plot binary given)")
+        continue
+    subprocess.run([plot, spec_path, os.path.join(out, name)], check=True)
+    print(f"Chart: {os.path.join(out, name)}")

@@ -44,8 +44,8 @@ for tool in fio iperf3 mkfs.ext4 losetup python3; do
 done
 
 target=${CARGO_TARGET_DIR:-$repo/target}
-echo "== cargo build --release -p xfused" >&2
-cargo build --release -p xfused >&2
+echo "== cargo build --release -p xfused -p benches --bin xfused --bin plot" >&2
+cargo build --release -p xfused -p benches --bin xfused --bin plot >&2
 X=$target/release/xfused
 out=$target/bench-cluster
 mkdir -p "$out"
@@ -203,4 +203,4 @@ echo "Linux $(uname -r), $(nproc) CPUs (${cpu:-unknown}), $(free -g | awk '/^Mem
     "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (with uncommitted changes)');" \
     "\`RUNTIME=$RUNTIME SIZE_MB=$SIZE_MB scripts/bench-cluster.sh\`; disks are ext4 images on loop devices on the machine's disk."
 echo
-python3 "$repo/scripts/bench-cluster-report.py" "$out" "$SIZE_MB"
+python3 "$repo/scripts/bench-cluster-report.py" "$out" "$SIZE_MB" "$target/release/plot"

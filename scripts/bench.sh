@@ -8,6 +8,12 @@
 # A run without arguments starts a fresh side file (daemon CPU and RSS per
 # bench); a filtered run merges into the previous one. Needs root (mounts).
 # XFUSED_ARGS adds arguments to every `xfused passthrough`.
+#
+# The report opens with SVG charts (speed relative to stock and to native,
+# throughput against threads), written to $BENCH_SVG_DIR (default
+# target/xfuse-bench/svg) and linked as $BENCH_SVG_HREF/FILE (default: the
+# directory as given). For docs/BENCHMARKS.md:
+#   BENCH_SVG_DIR=docs/img/transports BENCH_SVG_HREF=img/transports scripts/bench.sh
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -37,4 +43,5 @@ echo "Linux $(uname -r), $(nproc) CPUs (${cpu:-unknown}), $(free -g | awk '/^Mem
     "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (with uncommitted changes)');" \
     "\`scripts/bench.sh${*:+ $*}\`, ${elapsed} s."
 echo
-cargo run --release -q -p benches --bin report
+svg_dir=${BENCH_SVG_DIR:-$target/xfuse-bench/svg}
+cargo run --release -q -p benches --bin report -- --svg-dir "$svg_dir" --svg-href "${BENCH_SVG_HREF:-$svg_dir}"

@@ -7,7 +7,7 @@
 #
 # Usage: scripts/setup.sh [--tests] [--bench]
 #   --tests also installs the test tools; --bench the benchmark tools (fio,
-#   iperf3 for scripts/bench-cluster.sh).
+#   iperf3 for scripts/bench-cluster.sh; the charts' font).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -45,6 +45,11 @@ packages=(gcc libc6-dev linux-libc-dev clang libbpf-dev protobuf-compiler etcd-s
 # unpacks the kernel image.
 if ((want_tests)); then
     packages+=(qemu-system-x86 busybox-static xz-utils)
+fi
+# The bench reports' SVG charts (benches/src/plot.rs, and its unit tests)
+# measure their text with DejaVu Sans.
+if ((want_tests || want_bench)); then
+    packages+=(fonts-dejavu-core)
 fi
 # scripts/bench-cluster.sh: fio through mounts, iperf3 for the network's
 # limit, e2fsprogs for the loop-mounted target disks it measures.

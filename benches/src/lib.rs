@@ -25,6 +25,7 @@
 pub mod config;
 pub mod latency;
 pub mod mount;
+pub mod plot;
 pub mod report;
 pub mod run;
 pub mod side;

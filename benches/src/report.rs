@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::config::Config;
+use crate::plot::{Bars, Chart, Line, Panel, Panels, Series};
 use crate::side::{SideFile, SideRecord};
 
 /// Below this much daemon CPU per operation, the kernel answered most
@@ -68,36 +69,70 @@ pub fn read_estimate(criterion_dir: &Path, group: &str, function: &str) -> Optio
 /// One row of the tables: a workload run by some threads.
 type Row = (usize, String, usize);
 
-/// Renders the report for every bench in `side` found under `criterion_dir`.
-pub fn render(side: &SideFile, criterion_dir: &Path) -> String {
-    let order = |workload: &str| {
-        crate::WORKLOADS
-            .iter()
-            .position(|(w, _)| *w == workload)
-            .unwrap_or(usize::MAX)
-    };
-    let mut rows: BTreeSet<Row> = BTreeSet::new();
-    let mut configs: BTreeSet<Config> = BTreeSet::new();
-    let mut cells: BTreeMap<(String, usize, Config), (Estimate, &SideRecord)> = BTreeMap::new();
-    let mut missing = Vec::new();
-    for (id, record) in &side.benches {
-        let Some(config) = Config::from_name(&record.config) else {
-            continue;
+/// What one run measured: the rows present, the configurations, and each
+/// cell's estimate with its side record.
+struct Results<'a> {
+    rows: BTreeSet<Row>,
+    configs: Vec<Config>,
+    cells: BTreeMap<(String, usize, Config), (Estimate, &'a SideRecord)>,
+    /// Benches in the side file without criterion results.
+    missing: Vec<String>,
+}
+
+impl<'a> Results<'a> {
+    fn collect(side: &'a SideFile, criterion_dir: &Path) -> Results<'a> {
+        let order = |workload: &str| {
+            crate::WORKLOADS
+                .iter()
+                .position(|(w, _)| *w == workload)
+                .unwrap_or(usize::MAX)
         };
-        let group = crate::group_name(&record.workload, record.threads);
-        match read_estimate(criterion_dir, &group, config.name()) {
-            Some(estimate) => {
-                rows.insert((order(&record.workload), record.workload.clone(), record.threads));
-                configs.insert(config);
-                cells.insert(
-                    (record.workload.clone(), record.threads, config),
-                    (estimate, record),
-                );
+        let mut rows: BTreeSet<Row> = BTreeSet::new();
+        let mut configs: BTreeSet<Config> = BTreeSet::new();
+        let mut cells: BTreeMap<(String, usize, Config), (Estimate, &SideRecord)> = BTreeMap::new();
+        let mut missing = Vec::new();
+        for (id, record) in &side.benches {
+            let Some(config) = Config::from_name(&record.config) else {
+                continue;
+            };
+            let group = crate::group_name(&record.workload, record.threads);
+            match read_estimate(criterion_dir, &group, config.name()) {
+                Some(estimate) => {
+                    rows.insert((order(&record.workload), record.workload.clone(), record.threads));
+                    configs.insert(config);
+                    cells.insert(
+                        (record.workload.clone(), record.threads, config),
+                        (estimate, record),
+                    );
+                }
+                None => missing.push(id.clone()),
             }
-            None => missing.push(id.clone()),
+        }
+        Results {
+            rows,
+            configs: configs.into_iter().collect(),
+            cells,
+            missing,
         }
     }
-    let configs: Vec<Config> = configs.into_iter().collect();
+
+    /// The cell's median time, if it has a valid one.
+    fn median_ns(&self, workload: &str, threads: usize, config: Config) -> Option<f64> {
+        self.cells
+            .get(&(workload.to_string(), threads, config))
+            .filter(|(_, r)| r.failed_ops == 0)
+            .map(|(e, _)| e.median_ns)
+    }
+}
+
+/// Renders the report for every bench in `side` found under `criterion_dir`.
+pub fn render(side: &SideFile, criterion_dir: &Path) -> String {
+    let Results {
+        rows,
+        configs,
+        cells,
+        missing,
+    } = Results::collect(side, criterion_dir);
     let mut out = String::new();
     if rows.is_empty() {
         out.push_str("No results: run `cargo bench -p benches` first.\n");
@@ -286,6 +321,127 @@ pub fn render(side: &SideFile, criterion_dir: &Path) -> String {
     out
 }
 
+/// One chart of the report: its file name, what it shows (the markdown
+/// image's alt text), and the chart.
+#[derive(Debug)]
+pub struct ReportChart {
+    /// File name, e.g. `speed-vs-stock.svg`.
+    pub file: &'static str,
+    /// What the chart shows.
+    pub alt: &'static str,
+    /// The chart.
+    pub chart: Chart,
+}
+
+/// The report's charts: each configuration's speed relative to stock and
+/// to native per workload (log scale, 1 = as fast), and operations (or
+/// MiB) per second against threads per workload. Cells that failed are
+/// left out.
+pub fn charts(side: &SideFile, criterion_dir: &Path) -> Vec<ReportChart> {
+    let results = Results::collect(side, criterion_dir);
+    if results.rows.is_empty() {
+        return Vec::new();
+    }
+    let mut charts = Vec::new();
+    let groups: Vec<String> = results.rows.iter().map(|(_, w, t)| format!("{w} {t}t")).collect();
+    for (reference, file, alt, title) in [
+        (
+            Config::Stock,
+            "speed-vs-stock.svg",
+            "Speed of each xfuse configuration relative to stock FUSE, per workload",
+            "Speed relative to stock FUSE (stock's median time / this one's; right of 1 is faster)",
+        ),
+        (
+            Config::Native,
+            "speed-vs-native.svg",
+            "Speed of each FUSE configuration relative to native tmpfs, per workload",
+            "Speed relative to native tmpfs (native's median time / this one's; 1 is native speed)",
+        ),
+    ] {
+        let series: Vec<Series> = results
+            .configs
+            .iter()
+            .filter(|c| c.is_fuse() && **c != reference)
+            .map(|&c| Series {
+                name: c.name().to_string(),
+                values: results
+                    .rows
+                    .iter()
+                    .map(|(_, w, t)| {
+                        Some(results.median_ns(w, *t, reference)? / results.median_ns(w, *t, c)?)
+                    })
+                    .collect(),
+            })
+            .collect();
+        if series.iter().any(|s| s.values.iter().any(Option::is_some)) {
+            charts.push(ReportChart {
+                file,
+                alt,
+                chart: Chart::Bars(Bars {
+                    title: title.to_string(),
+                    value_label: format!("× {}", reference.name()),
+                    groups: groups.clone(),
+                    series,
+                    log: true,
+                    reference: Some(1.0),
+                }),
+            });
+        }
+    }
+    let mut panels = Vec::new();
+    let mut workloads: Vec<&(usize, String, usize)> = results.rows.iter().collect();
+    workloads.dedup_by(|a, b| a.1 == b.1);
+    for (_, workload, _) in workloads {
+        let mut throughput = false;
+        let lines: Vec<Line> = results
+            .configs
+            .iter()
+            .map(|&c| Line {
+                name: c.name().to_string(),
+                points: results
+                    .rows
+                    .iter()
+                    .filter(|(_, w, _)| w == workload)
+                    .filter_map(|(_, _, t)| {
+                        let (estimate, record) = results.cells.get(&(workload.clone(), *t, c))?;
+                        if record.failed_ops > 0 {
+                            return None;
+                        }
+                        let y = match estimate.bytes_per_second() {
+                            Some(bps) => {
+                                throughput = true;
+                                bps / (1024.0 * 1024.0)
+                            }
+                            None => 1e9 / estimate.median_ns,
+                        };
+                        Some((*t as f64, y))
+                    })
+                    .collect(),
+            })
+            .filter(|l| !l.points.is_empty())
+            .collect();
+        if !lines.is_empty() {
+            panels.push(Panel {
+                title: workload.clone(),
+                y_label: if throughput { "MiB/s" } else { "operations/s" }.to_string(),
+                lines,
+            });
+        }
+    }
+    if !panels.is_empty() {
+        charts.push(ReportChart {
+            file: "threads.svg",
+            alt: "Operations (or MiB) per second against threads, per workload and configuration",
+            chart: Chart::Panels(Panels {
+                title: "Throughput against threads (higher is better)".to_string(),
+                x_label: "threads".to_string(),
+                panels,
+            }),
+        });
+    }
+    charts
+}
+
 fn cache_answered(config: Config, record: &SideRecord) -> bool {
     config.is_fuse()
         && record
@@ -425,7 +581,34 @@ mod tests {
         side.skipped
             .insert("xfuse-uring".into(), "xfuse-uring: refused | flags".into());
         let text = render(&side, &dir);
+        let charts = charts(&side, &dir);
         std::fs::remove_dir_all(&dir).unwrap();
+        let files: Vec<&str> = charts.iter().map(|c| c.file).collect();
+        assert_eq!(
+            files,
+            ["speed-vs-stock.svg", "speed-vs-native.svg", "threads.svg"]
+        );
+        let Chart::Bars(vs_stock) = &charts[0].chart else {
+            panic!("{charts:?}")
+        };
+        // xfuse-dev only (stock is the reference, native is no FUSE); its
+        // failed open_close cell has no bar.
+        assert_eq!(
+            vs_stock.groups,
+            ["stat_cached 1t", "open_close 2t", "seqread_1m 1t"]
+        );
+        assert_eq!(vs_stock.series.len(), 1, "{vs_stock:?}");
+        assert_eq!(vs_stock.series[0].values, [Some(1000.0 / 800.0), None, None]);
+        let Chart::Panels(threads) = &charts[2].chart else {
+            panic!("{charts:?}")
+        };
+        let seqread = threads.panels.iter().find(|p| p.title == "seqread_1m").unwrap();
+        assert_eq!(seqread.y_label, "MiB/s");
+        let native = seqread.lines.iter().find(|l| l.name == "native").unwrap();
+        assert_eq!(native.points, [(1.0, 10_000.0)]);
+        for chart in &charts {
+            chart.chart.svg().unwrap();
+        }
         assert!(
             text.contains("| stat_cached | 1 | 500 ns | 1.00 µs (0.50× n) † | 800 ns (0.62× n, 1.25× s) |"),
             "{text}"

@@ -56,6 +56,9 @@ struct Opts {
         value_name = "NAME,.."
     )]
     configs: Vec<Config>,
+    /// Also draw the percentiles (medians over rounds) as an SVG chart.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<std::path::PathBuf>,
 }
 
 fn config_named(name: &str) -> Result<Config, String> {
@@ -172,8 +175,9 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("| configuration | p50 | p90 | p99 | p50 / stock's p50 (paired) |");
     println!("|---|---:|---:|---:|---:|");
+    let col = |config: Config, k: usize| median(rounds.iter().map(|r| of(r, config)[k]).collect());
     for &config in &opts.configs {
-        let col = |k: usize| median(rounds.iter().map(|r| of(r, config)[k]).collect());
+        let col = |k: usize| col(config, k);
         let ratio = median(
             rounds
                 .iter()
@@ -186,6 +190,28 @@ fn main() -> anyhow::Result<()> {
             col(1),
             col(2)
         );
+    }
+    if let Some(path) = &opts.svg {
+        let chart = benches::plot::Bars {
+            title: format!(
+                "4 KiB O_DIRECT random reads, one thread: latency percentiles (medians of {} rounds; lower is better)",
+                opts.rounds
+            ),
+            value_label: "µs".to_string(),
+            groups: opts.configs.iter().map(|c| c.name().to_string()).collect(),
+            series: ["p50", "p90", "p99"]
+                .iter()
+                .enumerate()
+                .map(|(k, name)| benches::plot::Series {
+                    name: name.to_string(),
+                    values: opts.configs.iter().map(|&c| Some(col(c, k))).collect(),
+                })
+                .collect(),
+            log: false,
+            reference: None,
+        };
+        benches::plot::write(path, &chart.svg()?)?;
+        eprintln!("read-latency: wrote {}", path.display());
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
-//! `report [TARGET_DIR]`: prints the benches' markdown report to stdout,
-//! from criterion's estimates under `TARGET_DIR/criterion` and the side
-//! numbers in `TARGET_DIR/xfuse-bench/side.json` (default: the workspace's
-//! `target/`). Run `cargo bench -p benches` first, or `scripts/bench.sh`.
+//! `report [TARGET_DIR] [--svg-dir DIR]`: prints the benches' markdown
+//! report to stdout, from criterion's estimates under `TARGET_DIR/criterion`
+//! and the side numbers in `TARGET_DIR/xfuse-bench/side.json` (default: the
+//! workspace's `target/`), and with `--svg-dir` writes its charts there.
+//! Run `cargo bench -p benches` first, or `scripts/bench.sh`.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -18,6 +19,16 @@ use benches::side::SideFile;
 struct Args {
     /// Where the benches wrote (default: the workspace's `target/`).
     target_dir: Option<PathBuf>,
+    /// Also draw the report's charts as SVG files in DIR (speed relative to
+    /// stock and to native, throughput against threads), linked from the
+    /// top of the report.
+    #[arg(long, value_name = "DIR")]
+    svg_dir: Option<PathBuf>,
+    /// How the report links to the charts: this prefix, then the file name
+    /// (default: DIR as given). For a report kept in docs/ with the charts
+    /// in docs/img/run, `--svg-dir docs/img/run --svg-href img/run`.
+    #[arg(long, value_name = "PREFIX", requires = "svg_dir")]
+    svg_href: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -32,6 +43,28 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let side = SideFile::load(&side_path);
-    print!("{}", benches::report::render(&side, &target.join("criterion")));
+    let criterion = target.join("criterion");
+    if let Some(dir) = &args.svg_dir {
+        let href = args.svg_href.clone().unwrap_or_else(|| dir.display().to_string());
+        for chart in benches::report::charts(&side, &criterion) {
+            let path = dir.join(chart.file);
+            if let Err(e) = chart
+                .chart
+                .svg()
+                .and_then(|svg| benches::plot::write(&path, &svg))
+            {
+                eprintln!("report: {}: {e:#}", path.display());
+                return ExitCode::FAILURE;
+            }
+            eprintln!("report: wrote {}", path.display());
+            println!(
+                "![{}]({}/{})\n",
+                chart.alt,
+                href.trim_end_matches('/'),
+                chart.file
+            );
+        }
+    }
+    print!("{}", benches::report::render(&side, &criterion));
     ExitCode::SUCCESS
 }
