@@ -138,8 +138,9 @@ charts = {
     "bench-cluster.svg": {
         "kind": "bars",
         "title": "fio through the mount, numjobs 4, direct I/O (disk: fio on a target's disk)",
-        "value_label": "MiB/s",
+        "value_label": "MiB/s (log scale: 4 KiB random I/O is two orders below 1 MiB streams)",
         "groups": JOBS,
+        "log": True,
         "series": [
             {"name": c, "values": [(results[(c, job, 4)] or {}).get("mib") for job in JOBS]}
             for c in CONFIGS
