@@ -6,6 +6,7 @@
 //! machines instead.
 
 mod adaptive;
+mod mount_flags;
 mod report;
 pub mod vm;
 
@@ -17,6 +18,13 @@ use clap::{Args, ValueEnum};
 use fuse_backend_rs::passthrough::CachePolicy;
 use xfuse::transport::uring::UringConfig;
 use xfuse::{Ended, InitConfig, MountOptions, Policy, Session, ShutdownSignals, Transport};
+
+pub use mount_flags::{AtimeArg, MountFlagArgs};
+
+/// The FUSE subtype of every xfused mount: the kernel lists it as
+/// `fuse.xfused`, the type mount(8) takes (`mount -t fuse.xfused`, with the
+/// helper `mount.fuse.xfused`) and fstab names.
+pub const SUBTYPE: &str = "xfused";
 
 /// Largest write request unless told, in KiB.
 pub const MAX_WRITE_KIB_DEFAULT: u32 = 1024;
@@ -144,6 +152,9 @@ pub struct ServeArgs {
     /// may, subject to permissions).
     #[arg(long)]
     pub owner_only: bool,
+    /// The standard mount options (read-only, atime, suid, dev, exec, -o).
+    #[command(flatten)]
+    pub mount_flags: MountFlagArgs,
 }
 
 /// `--permissions`: who checks permissions.
@@ -180,6 +191,10 @@ pub struct Mounting<'a> {
     pub kernel: kmod_shim::probe::KernelInfo,
     /// Installed before mounting, so that a signal from then on unmounts.
     pub signals: ShutdownSignals,
+    /// Called once the mount answers requests (mounted, INIT agreed, the
+    /// transport's workers running): `xfused mount --background` tells
+    /// the waiting parent here.
+    pub on_serving: Option<Box<dyn FnOnce() + 'a>>,
 }
 
 impl std::fmt::Debug for Mounting<'_> {
@@ -251,9 +266,10 @@ where
 {
     let args = m.serve;
     let kernel = m.kernel;
-    let mut options = MountOptions::new(m.fsname, "xfuse");
+    let mut options = MountOptions::new(m.fsname, SUBTYPE);
     options.default_permissions = args.permissions == PermissionsArg::Kernel;
     options.allow_other = !args.owner_only;
+    args.mount_flags.apply(&mut options)?;
     let init = InitConfig {
         max_write: args.max_write_kib * 1024,
         writeback_cache: m.writeback_cache,
@@ -333,6 +349,9 @@ where
         transport.name()
     );
     let running = session.serve(transport)?;
+    if let Some(on_serving) = m.on_serving {
+        on_serving();
+    }
     let dispatcher = running.dispatcher().clone();
     // Started once serving: the first read of the counters may follow.
     let _refresher = match adaptive {

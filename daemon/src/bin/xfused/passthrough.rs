@@ -103,6 +103,7 @@ pub fn run(args: PassthroughArgs) -> anyhow::Result<()> {
             passthrough: want_passthrough,
             kernel,
             signals,
+            on_serving: None,
         },
         |session| {
             if want_passthrough {
