@@ -16,13 +16,19 @@
 //! - `cluster`: look at the storage cluster (targets, chains);
 //! - `credential`: make or narrow cluster credentials;
 //! - `kernel`: show what the running kernel offers, or switch FUSE-over-io_uring on.
+//!
+//! Run as `mount.fuse.xfused` (a link to this binary; mount(8) runs it for
+//! `mount -t fuse.xfused URL MOUNTPOINT -o OPTIONS`), it is `xfused mount
+//! --background --meta URL -o OPTIONS MOUNTPOINT` (module `options`).
 
+mod background;
 mod backing;
 mod cluster;
 mod credential;
 mod kernel;
 mod meta;
 mod mount;
+mod options;
 mod passthrough;
 mod stats;
 mod storage;
@@ -30,7 +36,7 @@ mod virtiofs;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// xfused serves filesystems to the Linux kernel through xfuse, a FUSE
 /// protocol layer of our own (kernel protocol 7.45) with fast transports.
@@ -104,6 +110,55 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let invocation = match options::command_line(std::env::args_os().collect(), &Cli::command()) {
+        Ok(invocation) => invocation,
+        Err(e) => {
+            let program = std::env::args().next().unwrap_or_default();
+            let program = std::path::Path::new(&program)
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy();
+            eprintln!("{program}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = match Cli::command()
+        .try_get_matches_from(&invocation.args)
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if invocation.fake {
+        // mount -f: the options are checked; nothing is mounted.
+        return ExitCode::SUCCESS;
+    }
+    // Before logging starts (no thread yet): --background forks here.
+    let detached = match &cli.command {
+        Command::Mount(args) if args.background => match background::detach(&invocation.program) {
+            Ok(background::Side::Parent(exit)) => return exit,
+            Ok(background::Side::Child(detached)) => {
+                match detached.redirect_output(&args.log_destination()) {
+                    Ok(log) => {
+                        eprintln!(
+                            "xfused: in the background (pid {}), logging to {log}",
+                            std::process::id()
+                        );
+                        Some(detached)
+                    }
+                    Err(e) => {
+                        detached.failed(&format!("{e:#}"));
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("{}: {e:#}", invocation.program);
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -112,12 +167,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Passthrough(args) => passthrough::run(args),
         Command::Virtiofs(args) => virtiofs::run(args),
         Command::Stats(args) => stats::run(args),
-        Command::Mount(args) => mount::run(args),
+        Command::Mount(args) => mount::run(args, detached.as_ref()),
         Command::Meta(args) => meta::run(args),
         Command::Storage(args) => storage::run(args),
         Command::Cluster(command) => cluster::run(command),
@@ -128,6 +182,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            if let Some(detached) = &detached {
+                detached.failed(&format!("{e:#}"));
+            }
             ExitCode::FAILURE
         }
     }
