@@ -127,6 +127,16 @@ fn main() -> ExitCode {
         .and_then(|m| Cli::from_arg_matches(&m))
     {
         Ok(cli) => cli,
+        // mount(8) shows a helper's stderr as it is: say who speaks.
+        Err(e) if invocation.program == options::HELPER_NAME && e.use_stderr() => {
+            let text = e.render().to_string();
+            eprintln!(
+                "{}: {}",
+                options::HELPER_NAME,
+                text.trim_start_matches("error: ").trim_end()
+            );
+            return ExitCode::FAILURE;
+        }
         Err(e) => e.exit(),
     };
     if invocation.fake {
