@@ -112,7 +112,9 @@ mod tests {
 
     use super::*;
 
+    /// As the subcommands that flatten the group are.
     #[derive(Debug, Parser)]
+    #[command(args_override_self = true)]
     struct Cli {
         #[command(flatten)]
         flags: MountFlagArgs,

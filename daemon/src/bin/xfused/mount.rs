@@ -14,6 +14,9 @@ use xfused::serve::{serve, Mounting, ServeArgs};
 use crate::background::{Detached, LogDestination};
 
 #[derive(Debug, Args)]
+// A flag given twice takes the later value, as in an fstab option list
+// (`-o noatime,strictatime`).
+#[command(args_override_self = true)]
 pub struct MountArgs {
     /// Where to mount (an existing directory).
     mountpoint: PathBuf,

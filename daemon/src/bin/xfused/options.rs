@@ -267,7 +267,7 @@ fn flags_of(option: &str, sub: &Command, helper: bool) -> Result<Vec<String>, Op
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     use super::*;
     use crate::Cli;
@@ -408,6 +408,28 @@ mod tests {
         ] {
             let e = line(args).unwrap_err().to_string();
             assert!(e.contains(named), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_later_option_wins_over_an_earlier_one() {
+        let args = line(&[
+            "xfused",
+            "mount",
+            "-o",
+            "noatime,transport=dev,ro",
+            "-o",
+            "strictatime,transport=uring,rw",
+            "/m",
+        ])
+        .unwrap();
+        let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let crate::Command::Mount(mount) = cli.command else {
+            panic!("not a mount: {args:?}")
+        };
+        let debug = format!("{mount:?}");
+        for wanted in ["atime: Strictatime", "transport: Uring", "read_only: false"] {
+            assert!(debug.contains(wanted), "{wanted} not in {debug}");
         }
     }
 
