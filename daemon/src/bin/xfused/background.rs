@@ -15,6 +15,9 @@
 //! error if mounting failed, and closes it; the parent exits 0 on `ready`,
 //! else non-zero with the child's message. A child that dies without a
 //! word closes the pipe by dying, and the parent reports how it ended.
+//!
+//! The working directory is kept, so relative paths on the command line
+//! (`--data ./d`) keep their meaning; mount(8) and systemd start it in `/`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{PipeReader, PipeWriter, Read, Write};
@@ -116,21 +119,23 @@ impl Detached {
         let null = File::open("/dev/null").context("opening /dev/null")?;
         let (output, described): (std::os::fd::OwnedFd, String) = match log {
             LogDestination::File(path) => (open_log_file(path)?.into(), path.display().to_string()),
-            LogDestination::JournalOrDefault { mountpoint } => match journal_stream() {
-                Some(stream) => (
-                    stream.into(),
-                    format!("the journal (identifier {JOURNAL_IDENTIFIER})"),
-                ),
-                None => {
-                    let path = default_log_file(mountpoint);
-                    std::fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o700)
-                        .create(LOG_DIR_DEFAULT)
-                        .with_context(|| format!("creating {LOG_DIR_DEFAULT}"))?;
-                    (open_log_file(&path)?.into(), path.display().to_string())
+            LogDestination::JournalOrDefault { mountpoint } => {
+                match journal_stream(Path::new(JOURNAL_STREAM_SOCKET)) {
+                    Some(stream) => (
+                        stream.into(),
+                        format!("the journal (identifier {JOURNAL_IDENTIFIER})"),
+                    ),
+                    None => {
+                        let path = default_log_file(mountpoint);
+                        std::fs::DirBuilder::new()
+                            .recursive(true)
+                            .mode(0o700)
+                            .create(LOG_DIR_DEFAULT)
+                            .with_context(|| format!("creating {LOG_DIR_DEFAULT}"))?;
+                        (open_log_file(&path)?.into(), path.display().to_string())
+                    }
                 }
-            },
+            }
         };
         replace_stdio(&null, &output)?;
         Ok(described)
@@ -186,8 +191,8 @@ fn default_log_file(mountpoint: &Path) -> PathBuf {
 /// A stream into the journal, if journald listens: the header of its
 /// stream protocol (what sd_journal_stream_fd(3) sends) is written, so
 /// each line that follows is one entry at priority info.
-fn journal_stream() -> Option<UnixStream> {
-    let mut stream = UnixStream::connect(JOURNAL_STREAM_SOCKET).ok()?;
+fn journal_stream(socket: &Path) -> Option<UnixStream> {
+    let mut stream = UnixStream::connect(socket).ok()?;
     // identifier, unit id (none), priority 6 (info), no level prefixes, no
     // forwarding to syslog, kmsg or the console.
     let header = format!("{JOURNAL_IDENTIFIER}\n\n6\n0\n0\n0\n0\n");
@@ -210,5 +215,22 @@ mod tests {
             default_log_file(Path::new("/")),
             Path::new("/var/log/xfused/mount-root.log")
         );
+    }
+
+    /// journald's side of the stream protocol: the header, then lines.
+    #[test]
+    fn the_journal_stream_starts_with_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("stdout");
+        assert!(journal_stream(&socket).is_none(), "no journald, no stream");
+        let journald = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let mut stream = journal_stream(&socket).expect("a stream");
+        stream.write_all(b"a log line\n").unwrap();
+        drop(stream);
+        let (mut accepted, _) = journald.accept().unwrap();
+        let mut got = String::new();
+        accepted.read_to_string(&mut got).unwrap();
+        let lines: Vec<&str> = got.lines().collect();
+        assert_eq!(lines, ["xfused", "", "6", "0", "0", "0", "0", "a log line"]);
     }
 }
