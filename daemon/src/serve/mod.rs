@@ -148,13 +148,13 @@ pub struct ServeArgs {
     /// Who checks permissions against file modes and owners.
     #[arg(long, value_enum, default_value_t = PermissionsArg::Kernel)]
     pub permissions: PermissionsArg,
+    /// The standard mount options (read-only, atime, suid, dev, exec, -o).
+    #[command(flatten)]
+    pub mount_flags: MountFlagArgs,
     /// Only the mounting user may access the mount (by default every user
     /// may, subject to permissions).
     #[arg(long)]
     pub owner_only: bool,
-    /// The standard mount options (read-only, atime, suid, dev, exec, -o).
-    #[command(flatten)]
-    pub mount_flags: MountFlagArgs,
 }
 
 /// `--permissions`: who checks permissions.
@@ -349,15 +349,15 @@ where
         transport.name()
     );
     let running = session.serve(transport)?;
-    if let Some(on_serving) = m.on_serving {
-        on_serving();
-    }
     let dispatcher = running.dispatcher().clone();
     // Started once serving: the first read of the counters may follow.
     let _refresher = match adaptive {
         Some(a) => Some(a.refresh()?),
         None => None,
     };
+    if let Some(on_serving) = m.on_serving {
+        on_serving();
+    }
     let queues = running.queue_counters();
     let mut signals = m.signals;
     {
