@@ -76,11 +76,14 @@ enum Command {
     /// Mount the distributed filesystem: the namespace from a metadata
     /// engine or service, file data in the storage cluster (with --meta
     /// tcp:// and storage targets) or a local chunk store (in the
-    /// foreground).
+    /// foreground, or with --background).
     ///
     /// With no flags, everything runs in this process on the embedded
     /// metadata engine under /var/lib/xfused. SIGINT or SIGTERM unmounts and
-    /// exits 0; so does an unmount from outside.
+    /// exits 0; so does an unmount from outside. `mount -t fuse.xfused URL
+    /// MOUNTPOINT -o OPTIONS` (and fstab) run this with --background through
+    /// the helper /sbin/mount.fuse.xfused, a link to xfused that
+    /// scripts/setup.sh installs.
     Mount(mount::MountArgs),
     /// Run a metadata service: answer `xfused mount --meta tcp://HOST:PORT`
     /// clients from a metadata engine (in the foreground).
