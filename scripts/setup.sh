@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs what xfuse needs on Debian 12 (run as root) and builds it.
+# Installs what xfuse needs on Debian 12 (run as root), builds it, and
+# installs xfused as /usr/local/bin/xfused with the mount(8) helper
+# /sbin/mount.fuse.xfused.
 #
 # Idempotent: packages already present are not reinstalled, `apt-get update`
 # runs at most once per machine (a stamp under /var/lib/xfuse), and the Rust
@@ -37,14 +39,16 @@ fi
 # ebpf/ (compiled at build time; CO-RE, so no kernel headers at run time),
 # protoc (the etcd client's build compiles etcd's .proto files), etcd
 # (the metadata tests run a 3-member cluster), and the tools the
-# integration tests drive.
-packages=(gcc libc6-dev linux-libc-dev clang libbpf-dev protobuf-compiler etcd-server util-linux tar diffutils coreutils findutils passwd)
+# integration tests drive (mount and umount for mount_helper.rs).
+packages=(gcc libc6-dev linux-libc-dev clang libbpf-dev protobuf-compiler etcd-server util-linux mount tar diffutils coreutils findutils passwd)
 # The VM tests (vm-tests/, daemon/tests/virtiofs_vm.rs) boot a guest under
 # QEMU: its kernel comes from Debian's linux-image-amd64 (fetched with
 # apt-get download on first use), its initramfs from busybox-static; xz
 # unpacks the kernel image.
+# systemd-analyze checks the units of dist/systemd (systemd_units.rs; the
+# package installs without becoming PID 1).
 if ((want_tests)); then
-    packages+=(qemu-system-x86 busybox-static xz-utils)
+    packages+=(qemu-system-x86 busybox-static xz-utils systemd)
 fi
 # The bench reports' SVG charts (benches/src/plot.rs, and its unit tests)
 # measure their text with DejaVu Sans.
@@ -96,6 +100,22 @@ fi
 log "building (release)"
 cd "$repo"
 cargo build --release --locked -p xfused
+
+# xfused on the PATH, where the systemd units of dist/systemd run it, and
+# the helper mount(8) runs for `mount -t fuse.xfused` (it searches /sbin).
+# A copy, not a link into the clone: the units' ProtectHome=yes hides a
+# clone under /home or /root, and a rebuild should not change a running
+# machine's daemon until setup runs again. A file there that is not ours
+# (not a link, or a link elsewhere) is left alone, with a word.
+install_link() { # TARGET LINK
+    if [[ -e $2 || -L $2 ]] && [[ $(readlink "$2") != "$1" ]]; then
+        log "$2 exists and is not a link to $1: left alone"
+    else
+        ln -sfn "$1" "$2"
+    fi
+}
+install -m 0755 "$repo/target/release/xfused" /usr/local/bin/xfused
+install_link /usr/local/bin/xfused /sbin/mount.fuse.xfused
 
 # FUSE-over-io_uring is off at every boot; the `uring` transport (and
 # `--transport auto`) needs it. xfused never flips it by itself.

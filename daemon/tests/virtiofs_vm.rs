@@ -322,7 +322,7 @@ impl HostMount {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let fs_type = common::mount_fstype(mountpoint);
-            if fs_type.as_deref() == Some("fuse.xfuse") {
+            if fs_type.as_deref() == Some("fuse.xfused") {
                 return m;
             }
             if let Some(status) = m.child.try_wait().unwrap() {

@@ -11,7 +11,9 @@
 //!   the umask;
 //! - [`uring`]: FUSE-over-io_uring ring entries and the io_uring carrying them;
 //! - [`probe`]: what the running kernel offers (version, io_uring switch,
-//!   passthrough).
+//!   passthrough);
+//! - [`process`]: going to the background (fork, setsid, the standard
+//!   descriptors) and waiting for a child.
 //!
 //! Every `unsafe` syscall of the project lives in this crate, behind safe
 //! functions whose arguments make misuse impossible (owned or borrowed file
@@ -29,11 +31,12 @@ pub mod dev;
 pub mod mount;
 pub mod mountinfo;
 pub mod probe;
+pub mod process;
 pub mod sched;
 pub mod uring;
 
 pub use dev::FuseDev;
-pub use mount::{mount, umount, MountOptions, UnmountMode};
+pub use mount::{mount, umount, Atime, MountOptions, UnmountMode};
 pub use probe::{probe, KernelInfo};
 
 /// A system call that failed: which one, and what the kernel answered.

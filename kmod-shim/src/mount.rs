@@ -27,8 +27,32 @@ pub struct MountOptions {
     pub default_permissions: bool,
     /// Largest read request, in bytes (`max_read=`); `None` leaves the kernel's default.
     pub max_read: Option<u32>,
-    /// Mount read-only.
+    /// Mount read-only (`MS_RDONLY`): writes fail with `EROFS`.
     pub read_only: bool,
+    /// Ignore set-user-ID and set-group-ID bits and file capabilities on
+    /// exec (`MS_NOSUID`). On unless asked: a FUSE daemon decides every
+    /// file's mode, so honouring them trusts the daemon with root.
+    pub nosuid: bool,
+    /// Refuse to open device files (`MS_NODEV`). On unless asked, for the
+    /// same reason as `nosuid`.
+    pub nodev: bool,
+    /// Refuse to execute files (`MS_NOEXEC`).
+    pub noexec: bool,
+    /// How access times are updated.
+    pub atime: Atime,
+}
+
+/// How the kernel updates access times on a mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Atime {
+    /// Only when the access time is older than the modification or change
+    /// time, or a day old (`MS_RELATIME`, the kernel's default).
+    #[default]
+    Relatime,
+    /// Never (`MS_NOATIME`).
+    Noatime,
+    /// On every access (`MS_STRICTATIME`).
+    Strictatime,
 }
 
 impl MountOptions {
@@ -46,7 +70,31 @@ impl MountOptions {
             default_permissions: false,
             max_read: None,
             read_only: false,
+            nosuid: true,
+            nodev: true,
+            noexec: false,
+            atime: Atime::default(),
         }
+    }
+
+    /// The `mountflags` argument of mount(2) for these options.
+    pub fn ms_flags(&self) -> libc::c_ulong {
+        let mut flags = match self.atime {
+            Atime::Relatime => libc::MS_RELATIME,
+            Atime::Noatime => libc::MS_NOATIME,
+            Atime::Strictatime => libc::MS_STRICTATIME,
+        };
+        for (set, flag) in [
+            (self.read_only, libc::MS_RDONLY),
+            (self.nosuid, libc::MS_NOSUID),
+            (self.nodev, libc::MS_NODEV),
+            (self.noexec, libc::MS_NOEXEC),
+        ] {
+            if set {
+                flags |= flag;
+            }
+        }
+        flags
     }
 
     /// The `data` string passed to mount(2) for a session on `dev_fd`.
@@ -78,22 +126,17 @@ fn cstring(call: &'static str, what: &str, bytes: &[u8]) -> Result<CString, Sysc
 /// Mounts the FUSE connection of `dev` at `mountpoint` (mount(2), needs
 /// CAP_SYS_ADMIN). The kernel then sends INIT on `dev`.
 pub fn mount(dev: &FuseDev, mountpoint: &Path, opts: &MountOptions) -> Result<(), SyscallError> {
-    for (what, value) in [("fsname", &opts.fsname), ("subtype", &opts.subtype)] {
-        if value.contains(',') {
-            return Err(SyscallError::invalid(
-                "mount(2)",
-                format!("{what} must not contain ','"),
-            ));
-        }
+    // The subtype travels in the comma-separated data string; the fsname
+    // is mount(2)'s own `source` argument and may hold commas (a URL with
+    // several hosts).
+    if opts.subtype.contains(',') {
+        return Err(SyscallError::invalid("mount(2)", "subtype must not contain ','"));
     }
     let source = cstring("mount(2)", "fsname", opts.fsname.as_bytes())?;
     let target = cstring("mount(2)", "mountpoint", mountpoint.as_os_str().as_bytes())?;
     let fstype = cstring("mount(2)", "fstype", b"fuse")?;
     let data = cstring("mount(2)", "options", opts.data_string(dev.raw_fd()).as_bytes())?;
-    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
-    if opts.read_only {
-        flags |= libc::MS_RDONLY;
-    }
+    let flags = opts.ms_flags();
     // SAFETY: all four pointers are valid NUL-terminated strings that outlive
     // the call; the kernel copies them and keeps no reference.
     cvt("mount(2)", unsafe {
@@ -189,5 +232,20 @@ mod tests {
             o.data_string(7),
             "fd=7,rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions,max_read=131072,subtype=xfuse"
         );
+    }
+
+    #[test]
+    fn flags_default_to_nosuid_nodev_relatime_and_follow_each_option() {
+        let mut o = MountOptions::new("src", "xfused");
+        assert_eq!(o.ms_flags(), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_RELATIME);
+        o.nosuid = false;
+        o.nodev = false;
+        o.read_only = true;
+        o.noexec = true;
+        o.atime = Atime::Noatime;
+        assert_eq!(o.ms_flags(), libc::MS_RDONLY | libc::MS_NOEXEC | libc::MS_NOATIME);
+        o.atime = Atime::Strictatime;
+        assert_eq!(o.ms_flags() & (libc::MS_NOATIME | libc::MS_RELATIME), 0);
+        assert_ne!(o.ms_flags() & libc::MS_STRICTATIME, 0);
     }
 }

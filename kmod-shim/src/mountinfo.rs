@@ -20,7 +20,7 @@ pub struct MountEntry {
     pub minor: u32,
     /// Where it is mounted (field 5, octal escapes decoded).
     pub mount_point: PathBuf,
-    /// The filesystem type (first field after ` - `: `tmpfs`, `fuse.xfuse`, …).
+    /// The filesystem type (first field after ` - `: `tmpfs`, `fuse.xfused`, …).
     pub fs_type: String,
 }
 

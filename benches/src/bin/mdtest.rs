@@ -131,7 +131,7 @@ impl Daemon {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if kmod_shim::mountinfo::fs_type_at(mnt)?.as_deref() == Some("fuse.xfuse") {
+            if kmod_shim::mountinfo::fs_type_at(mnt)?.as_deref() == Some("fuse.xfused") {
                 return Ok(daemon);
             }
             if let Some(status) = daemon.child.try_wait()? {

@@ -6,6 +6,7 @@
 //! machines instead.
 
 mod adaptive;
+mod mount_flags;
 mod report;
 pub mod vm;
 
@@ -17,6 +18,13 @@ use clap::{Args, ValueEnum};
 use fuse_backend_rs::passthrough::CachePolicy;
 use xfuse::transport::uring::UringConfig;
 use xfuse::{Ended, InitConfig, MountOptions, Policy, Session, ShutdownSignals, Transport};
+
+pub use mount_flags::{AtimeArg, MountFlagArgs};
+
+/// The FUSE subtype of every xfused mount: the kernel lists it as
+/// `fuse.xfused`, the type mount(8) takes (`mount -t fuse.xfused`, with the
+/// helper `mount.fuse.xfused`) and fstab names.
+pub const SUBTYPE: &str = "xfused";
 
 /// Largest write request unless told, in KiB.
 pub const MAX_WRITE_KIB_DEFAULT: u32 = 1024;
@@ -140,6 +148,9 @@ pub struct ServeArgs {
     /// Who checks permissions against file modes and owners.
     #[arg(long, value_enum, default_value_t = PermissionsArg::Kernel)]
     pub permissions: PermissionsArg,
+    /// The standard mount options (read-only, atime, suid, dev, exec, -o).
+    #[command(flatten)]
+    pub mount_flags: MountFlagArgs,
     /// Only the mounting user may access the mount (by default every user
     /// may, subject to permissions).
     #[arg(long)]
@@ -180,6 +191,10 @@ pub struct Mounting<'a> {
     pub kernel: kmod_shim::probe::KernelInfo,
     /// Installed before mounting, so that a signal from then on unmounts.
     pub signals: ShutdownSignals,
+    /// Called once the mount answers requests (mounted, INIT agreed, the
+    /// transport's workers running): `xfused mount --background` tells
+    /// the waiting parent here.
+    pub on_serving: Option<Box<dyn FnOnce() + 'a>>,
 }
 
 impl std::fmt::Debug for Mounting<'_> {
@@ -251,9 +266,10 @@ where
 {
     let args = m.serve;
     let kernel = m.kernel;
-    let mut options = MountOptions::new(m.fsname, "xfuse");
+    let mut options = MountOptions::new(m.fsname, SUBTYPE);
     options.default_permissions = args.permissions == PermissionsArg::Kernel;
     options.allow_other = !args.owner_only;
+    args.mount_flags.apply(&mut options)?;
     let init = InitConfig {
         max_write: args.max_write_kib * 1024,
         writeback_cache: m.writeback_cache,
@@ -339,6 +355,9 @@ where
         Some(a) => Some(a.refresh()?),
         None => None,
     };
+    if let Some(on_serving) = m.on_serving {
+        on_serving();
+    }
     let queues = running.queue_counters();
     let mut signals = m.signals;
     {

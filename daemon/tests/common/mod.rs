@@ -1,7 +1,7 @@
 //! Harness for the integration tests that mount for real.
 //!
 //! [`Mount::start`] runs `xfused passthrough` on a fresh temporary SOURCE and
-//! MOUNTPOINT and waits until the kernel lists the mount as `fuse.xfuse`;
+//! MOUNTPOINT and waits until the kernel lists the mount as `fuse.xfused`;
 //! dropping the [`Mount`] stops the daemon with SIGTERM, checks that it exited
 //! 0 and took its mount with it, and otherwise kills it and detaches the mount,
 //! so no test leaves a mount behind, pass or fail.
@@ -29,7 +29,7 @@ pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the daemon may take to exit after SIGTERM or SIGINT.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The filesystem type the daemon's mounts carry in /proc/self/mountinfo.
-pub const FSTYPE: &str = "fuse.xfuse";
+pub const FSTYPE: &str = "fuse.xfused";
 /// Environment variable naming the transport under test.
 pub const TRANSPORT_ENV: &str = "XFUSE_TEST_TRANSPORT";
 /// How many bytes of the daemon's log a failure message shows (the tail).
@@ -125,7 +125,7 @@ pub struct Mount {
 impl Mount {
     /// Spawns `xfused passthrough --transport $XFUSE_TEST_TRANSPORT
     /// EXTRA_ARGS.. SOURCE MOUNTPOINT` on fresh temporary directories and
-    /// waits until the mount is listed as `fuse.xfuse`. If `extra_args` name
+    /// waits until the mount is listed as `fuse.xfused`. If `extra_args` name
     /// a `--transport` themselves, that one is used instead.
     ///
     /// Panics, with the daemon's log, if the daemon exits first or the mount

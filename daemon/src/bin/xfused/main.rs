@@ -16,13 +16,19 @@
 //! - `cluster`: look at the storage cluster (targets, chains);
 //! - `credential`: make or narrow cluster credentials;
 //! - `kernel`: show what the running kernel offers, or switch FUSE-over-io_uring on.
+//!
+//! Run as `mount.fuse.xfused` (a link to this binary; mount(8) runs it for
+//! `mount -t fuse.xfused URL MOUNTPOINT -o OPTIONS`), it is `xfused mount
+//! --background --meta URL -o OPTIONS MOUNTPOINT` (module `options`).
 
+mod background;
 mod backing;
 mod cluster;
 mod credential;
 mod kernel;
 mod meta;
 mod mount;
+mod options;
 mod passthrough;
 mod stats;
 mod storage;
@@ -30,7 +36,7 @@ mod virtiofs;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// xfused serves filesystems to the Linux kernel through xfuse, a FUSE
 /// protocol layer of our own (kernel protocol 7.45) with fast transports.
@@ -70,11 +76,14 @@ enum Command {
     /// Mount the distributed filesystem: the namespace from a metadata
     /// engine or service, file data in the storage cluster (with --meta
     /// tcp:// and storage targets) or a local chunk store (in the
-    /// foreground).
+    /// foreground, or with --background).
     ///
     /// With no flags, everything runs in this process on the embedded
     /// metadata engine under /var/lib/xfused. SIGINT or SIGTERM unmounts and
-    /// exits 0; so does an unmount from outside.
+    /// exits 0; so does an unmount from outside. `mount -t fuse.xfused URL
+    /// MOUNTPOINT -o OPTIONS` (and fstab) run this with --background through
+    /// the helper /sbin/mount.fuse.xfused, a link to xfused that
+    /// scripts/setup.sh installs.
     Mount(mount::MountArgs),
     /// Run a metadata service: answer `xfused mount --meta tcp://HOST:PORT`
     /// clients from a metadata engine (in the foreground).
@@ -104,6 +113,65 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let invocation = match options::command_line(std::env::args_os().collect(), &Cli::command()) {
+        Ok(invocation) => invocation,
+        Err(e) => {
+            let program = std::env::args().next().unwrap_or_default();
+            let program = std::path::Path::new(&program)
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy();
+            eprintln!("{program}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = match Cli::command()
+        .try_get_matches_from(&invocation.args)
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        // mount(8) shows a helper's stderr as it is: say who speaks.
+        Err(e) if invocation.program == options::HELPER_NAME && e.use_stderr() => {
+            let text = e.render().to_string();
+            eprintln!(
+                "{}: {}",
+                options::HELPER_NAME,
+                text.trim_start_matches("error: ").trim_end()
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => e.exit(),
+    };
+    if invocation.fake {
+        // mount -f: the options are checked; nothing is mounted.
+        return ExitCode::SUCCESS;
+    }
+    // Before logging starts (no thread yet): --background forks here.
+    let detached = match &cli.command {
+        Command::Mount(args) if args.background => match background::detach(&invocation.program) {
+            Ok(background::Side::Parent(exit)) => return exit,
+            Ok(background::Side::Child(detached)) => {
+                match detached.redirect_output(&args.log_destination()) {
+                    Ok(log) => {
+                        eprintln!(
+                            "xfused: in the background (pid {}), logging to {log}",
+                            std::process::id()
+                        );
+                        Some(detached)
+                    }
+                    Err(e) => {
+                        detached.failed(&format!("{e:#}"));
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("{}: {e:#}", invocation.program);
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -112,12 +180,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Passthrough(args) => passthrough::run(args),
         Command::Virtiofs(args) => virtiofs::run(args),
         Command::Stats(args) => stats::run(args),
-        Command::Mount(args) => mount::run(args),
+        Command::Mount(args) => mount::run(args, detached.as_ref()),
         Command::Meta(args) => meta::run(args),
         Command::Storage(args) => storage::run(args),
         Command::Cluster(command) => cluster::run(command),
@@ -128,6 +195,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            if let Some(detached) = &detached {
+                detached.failed(&format!("{e:#}"));
+            }
             ExitCode::FAILURE
         }
     }

@@ -11,7 +11,12 @@ use xfused::client::{
 };
 use xfused::serve::{serve, Mounting, ServeArgs};
 
+use crate::background::{Detached, LogDestination};
+
 #[derive(Debug, Args)]
+// A flag given twice takes the later value, as in an fstab option list
+// (`-o noatime,strictatime`).
+#[command(args_override_self = true)]
 pub struct MountArgs {
     /// Where to mount (an existing directory).
     mountpoint: PathBuf,
@@ -48,9 +53,37 @@ pub struct MountArgs {
     /// With --meta tcp://.
     #[command(flatten)]
     auth: AuthArgs,
+    /// Return once the mount is serving, leaving xfused in the background
+    /// (its own session, stdin from /dev/null) until the filesystem is
+    /// unmounted (`umount MOUNTPOINT`, exit 0) or it gets SIGTERM. Exits
+    /// non-zero, with the daemon's error, if the mount cannot be made.
+    /// mount(8)'s helper, mount.fuse.xfused, always does this. The log goes
+    /// to --log-file if given; else to the journal when journald runs
+    /// (/run/systemd/journal/stdout, identifier xfused); else to
+    /// /var/log/xfused/mount-MOUNTPOINT.log (MOUNTPOINT with '/' as '-').
+    #[arg(long)]
+    pub background: bool,
+    /// --background: append the log to this file (created 0600; its
+    /// directory must exist).
+    #[arg(long, value_name = "PATH", requires = "background")]
+    log_file: Option<PathBuf>,
 }
 
-pub fn run(args: MountArgs) -> anyhow::Result<()> {
+impl MountArgs {
+    /// Where the log of `--background` goes.
+    pub fn log_destination(&self) -> LogDestination {
+        match &self.log_file {
+            Some(path) => LogDestination::File(path.clone()),
+            None => LogDestination::JournalOrDefault {
+                mountpoint: self.mountpoint.clone(),
+            },
+        }
+    }
+}
+
+/// Mounts and serves until unmounted or signalled; `detached`, with
+/// `--background`, hears when the mount is serving.
+pub fn run(args: MountArgs, detached: Option<&Detached>) -> anyhow::Result<()> {
     xfused::private_state::private_umask();
     let signals = ShutdownSignals::install()?;
     let ns = open_namespace(NamespaceSpec {
@@ -75,7 +108,9 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let result = serve(
         ns.fs.clone(),
         Mounting {
-            fsname: "xfused".to_string(),
+            // What mount(8) and mountinfo show as the source: the URL an
+            // fstab line names.
+            fsname: ns.url.clone(),
             what: format!("namespace {} with data in {}", ns.url, ns.data.display()),
             mountpoint: &args.mountpoint,
             serve: &args.serve,
@@ -83,6 +118,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             passthrough: false,
             kernel,
             signals,
+            on_serving: detached.map(|d| Box::new(move || d.ready()) as Box<dyn FnOnce()>),
         },
         |_| {},
     );

@@ -14,6 +14,9 @@ use xfused::serve::{serve, CacheArg, Mounting, ServeArgs};
 use crate::backing;
 
 #[derive(Debug, Args)]
+// A flag given twice takes the later value, as in an fstab option list
+// (`-o noatime,strictatime`).
+#[command(args_override_self = true)]
 pub struct PassthroughArgs {
     /// The directory to serve.
     source: PathBuf,
@@ -103,6 +106,7 @@ pub fn run(args: PassthroughArgs) -> anyhow::Result<()> {
             passthrough: want_passthrough,
             kernel,
             signals,
+            on_serving: None,
         },
         |session| {
             if want_passthrough {
