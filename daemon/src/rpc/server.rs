@@ -861,6 +861,11 @@ mod tests {
         let (server, addr) = start(limits, Some(&cred));
         let mut idle = TcpStream::connect(addr).unwrap();
         assert!(closed(&mut idle, Duration::from_secs(10)));
-        assert!(server.stats.refused.load(Ordering::SeqCst) >= 1);
+        // The failed handshake drops the socket, then counts the refusal:
+        // the close can be seen first.
+        let counted = crate::rpc::client::tests_support::wait_until(Duration::from_secs(10), || {
+            server.stats.refused.load(Ordering::SeqCst) >= 1
+        });
+        assert!(counted, "the refusal was never counted");
     }
 }
