@@ -60,7 +60,7 @@ mod stats;
 mod xattrs;
 
 pub use policy::Policy;
-pub use stats::Stats;
+pub use stats::{Latency, Stats, LATENCY_BUCKETS_NS};
 
 /// What the dispatcher asks the transport to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,7 +284,10 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
             return Some(Reply::failed(header.unique, &Failure::Errno(libc::ENOSYS)));
         };
         self.stats.requests[Stats::slot(op)].fetch_add(1, Ordering::Relaxed);
+        self.stats.begin();
+        let started = std::time::Instant::now();
         let outcome = self.handle(op, header, args, &mut w);
+        self.stats.end(op, started.elapsed());
         let (error, lookup) = match outcome {
             Ok(Done::NoReply) => return None,
             Ok(Done::Reply) => (0, None),
