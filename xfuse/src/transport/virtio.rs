@@ -362,6 +362,13 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
         &self.shared.counters
     }
 
+    /// The current connection's dispatcher (with its request counters),
+    /// if the guest sent INIT. A new connection gets a new one: its
+    /// counters start from zero.
+    pub fn dispatcher(&self) -> Option<Arc<Dispatcher<Arc<F>>>> {
+        self.shared.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Request counters of the current connection, if the guest sent INIT.
     pub fn stats_report(&self) -> Option<String> {
         let conn = self.shared.conn.read().unwrap_or_else(|e| e.into_inner());
