@@ -178,7 +178,7 @@ fn check_mount(addr: &str, transport: &str) -> String {
     let text = common::wait_for("no request in flight", SCRAPE_TIMEOUT, || {
         let text = scrape(addr);
         match sample(&text, "xfuse_requests_in_flight", &[t]) {
-            Some(n) if n == 0.0 => Ok(text),
+            Some(0.0) => Ok(text),
             _ => Err(text),
         }
     });
@@ -403,7 +403,7 @@ fn meta_and_storage_services_count_what_a_cluster_mount_makes_them_do() {
     common::wait_for("the target up", Duration::from_secs(60), || {
         let text = scrape(&storage_metrics);
         match sample(&text, "xfuse_cluster_target_up", &[]) {
-            Some(up) if up == 1.0 => Ok(()),
+            Some(1.0) => Ok(()),
             _ => Err(format!("{text}\n{}", storage.log())),
         }
     });

@@ -46,12 +46,14 @@ fn dispatcher_families<F: FileSystem + Sync>(out: &mut Families, d: &Dispatcher<
         );
     }
     let labels = [("transport", transport)];
-    out.gauge(
-        "xfuse_requests_in_flight",
-        "FUSE requests being handled now.",
-        &labels,
-        stats.in_flight() as f64,
-    );
+    if let Some(n) = stats.in_flight() {
+        out.gauge(
+            "xfuse_requests_in_flight",
+            "FUSE requests being handled now.",
+            &labels,
+            n as f64,
+        );
+    }
     out.counter(
         "xfuse_requests_unknown_total",
         "FUSE requests with an opcode the protocol does not define (answered ENOSYS).",

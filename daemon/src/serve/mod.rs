@@ -303,6 +303,7 @@ where
     };
     let mut session = Session::mount(fs, m.mountpoint, &options, &init)?;
     arm_checks(session.notifier())?;
+    session.time_requests(metrics.is_some());
     after_mount(&mut session);
     session.set_policy(Policy {
         negative_timeout: Duration::from_millis(args.negative_timeout_ms),

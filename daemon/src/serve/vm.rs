@@ -57,6 +57,7 @@ where
             ..Default::default()
         },
         report_stats: args.stats,
+        time_requests: args.metrics.is_some(),
     };
     let backend = VirtioFsBackend::new(fs, config)?;
     if let Some(endpoint) = args.metrics {

@@ -3,11 +3,17 @@
 //! also how long the dispatcher took (a histogram with fixed buckets), and
 //! the requests being handled now.
 //!
-//! Everything is a relaxed atomic: a request costs two clock reads and a
-//! few uncontended increments, and a reader (a report, a metrics scrape)
-//! takes a [`Stats::latency`] snapshot whenever it likes. A snapshot is not
-//! one instant: counters read later may include requests that earlier ones
-//! did not, which only ever makes a later snapshot larger.
+//! Everything is a relaxed atomic, and a reader (a report, a metrics
+//! scrape) takes a snapshot whenever it likes. A snapshot is not one
+//! instant: counters read later may include requests that earlier ones did
+//! not, which only ever makes a later snapshot larger.
+//!
+//! Timing is opt-in ([`crate::DispatcherBuilder::time_requests`]): it costs
+//! a request two clock reads and two more locked increments, about 95 ns
+//! in-process on the 2-CPU VM it was measured on (GETATTR of a trivial
+//! filesystem: 37 ns untimed, 130 ns timed) — little beside a kernel round
+//! trip, but nothing a mount nobody scrapes should pay. Untimed, the
+//! dispatcher takes one predictable branch more.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,7 +33,8 @@ pub struct Stats {
     latency_buckets: Vec<AtomicU64>,
     /// Per opcode slot, nanoseconds spent in the dispatcher in all.
     latency_sum_ns: Vec<AtomicU64>,
-    in_flight: AtomicU64,
+    /// Whether requests are timed (the histogram and in-flight counts).
+    pub(super) timed: bool,
 }
 
 const OPCODE_SLOTS: usize = 64;
@@ -86,12 +93,20 @@ impl Default for Stats {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             latency_sum_ns: (0..OPCODE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            in_flight: AtomicU64::new(0),
+            timed: false,
         }
     }
 }
 
 impl Stats {
+    /// Zeroed counters; `timed`: whether requests are timed.
+    pub(super) fn new(timed: bool) -> Stats {
+        Stats {
+            timed,
+            ..Stats::default()
+        }
+    }
+
     pub(super) fn slot(op: Opcode) -> usize {
         (op as usize).min(OPCODE_SLOTS - 1)
     }
@@ -123,19 +138,33 @@ impl Stats {
         self.forgotten_inodes.load(Ordering::Relaxed)
     }
 
-    /// Requests the dispatcher is handling now (over every worker).
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
+    /// Whether requests are timed: without it, [`Stats::latency`] is empty
+    /// and [`Stats::in_flight`] unknown.
+    pub fn timed(&self) -> bool {
+        self.timed
     }
 
-    /// Marks the start of a request's handling.
-    pub(super) fn begin(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    /// Requests the dispatcher is handling now (over every worker), if
+    /// requests are timed: those counted in [`Stats::requests`] and not yet
+    /// timed. Derived, so that a request pays no increment for it; the
+    /// timed ones are read first, so a request ending meanwhile cannot make
+    /// it negative.
+    pub fn in_flight(&self) -> Option<u64> {
+        if !self.timed {
+            return None;
+        }
+        let timed: u64 = self
+            .latency_buckets
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        let begun: u64 = self.requests.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        Some(begun.saturating_sub(timed))
     }
 
-    /// Marks its end, after `took` in the dispatcher.
+    /// Records that a request of `op` (already counted in `requests`) took
+    /// `took` in the dispatcher.
     pub(super) fn end(&self, op: Opcode, took: Duration) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         let bucket = LATENCY_BUCKETS_NS.partition_point(|&bound| bound < ns);
         let slot = Self::slot(op);
@@ -202,7 +231,10 @@ mod tests {
 
     #[test]
     fn latency_lands_in_the_first_bucket_whose_bound_it_does_not_exceed() {
-        let stats = Stats::default();
+        let stats = Stats {
+            timed: true,
+            ..Stats::default()
+        };
         for (op, ns) in [
             (Opcode::Getattr, 1),
             (Opcode::Getattr, 10_000),
@@ -210,10 +242,10 @@ mod tests {
             (Opcode::Getattr, 3_000_000_000),
             (Opcode::Lookup, 600_000),
         ] {
-            stats.begin();
+            stats.requests[Stats::slot(op)].fetch_add(1, Ordering::Relaxed);
             stats.end(op, Duration::from_nanos(ns));
         }
-        assert_eq!(stats.in_flight(), 0);
+        assert_eq!(stats.in_flight(), Some(0));
         let latency = stats.latency();
         assert_eq!(latency.len(), 2, "only opcodes timed: {latency:?}");
         let getattr = latency.iter().find(|l| l.opcode == Opcode::Getattr).unwrap();
@@ -233,10 +265,16 @@ mod tests {
 
     #[test]
     fn in_flight_counts_requests_begun_and_not_ended() {
-        let stats = Stats::default();
-        stats.begin();
-        stats.begin();
+        let stats = Stats {
+            timed: true,
+            ..Stats::default()
+        };
+        assert_eq!(Stats::default().in_flight(), None, "unknown untimed");
+        stats.requests[Stats::slot(Opcode::Read)].fetch_add(1, Ordering::Relaxed);
+        stats.requests[Stats::slot(Opcode::Write)].fetch_add(1, Ordering::Relaxed);
         stats.end(Opcode::Read, Duration::from_micros(5));
-        assert_eq!(stats.in_flight(), 1);
+        assert_eq!(stats.in_flight(), Some(1));
+        stats.end(Opcode::Write, Duration::from_micros(5));
+        assert_eq!(stats.in_flight(), Some(0));
     }
 }
