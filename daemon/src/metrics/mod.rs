@@ -326,6 +326,45 @@ mod tests {
     }
 
     #[test]
+    fn the_dashboard_uses_a_datasource_variable_and_only_metrics_emitted_here() {
+        let dash: serde_json::Value =
+            serde_json::from_str(include_str!("../../../dist/grafana/xfuse.json")).expect("valid JSON");
+        let vars = dash["templating"]["list"]
+            .as_array()
+            .expect("templating variables");
+        assert!(
+            vars.iter().any(|v| v["name"] == "datasource"
+                && v["type"] == "datasource"
+                && v["query"] == "prometheus"),
+            "a Prometheus data source variable"
+        );
+        // Every family is named as a string literal where it is emitted.
+        let emitted = [include_str!("sources.rs"), include_str!("counters.rs")].concat();
+        let mut seen = 0;
+        for panel in dash["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                assert_eq!(target["datasource"]["uid"], "${datasource}", "{target}");
+                let expr = target["expr"].as_str().expect("an expression");
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if !word.starts_with("xfuse_") {
+                        continue;
+                    }
+                    let family = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| word.strip_suffix(s).filter(|f| f.ends_with("_seconds")))
+                        .unwrap_or(word);
+                    assert!(
+                        emitted.contains(&format!("\"{family}\"")),
+                        "the dashboard's {word} is no metric emitted here"
+                    );
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 20, "{seen} metric names in the dashboard");
+    }
+
+    #[test]
     fn an_address_in_use_is_refused_with_the_flag_in_the_error() {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let args = MetricsArgs {
