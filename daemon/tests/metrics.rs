@@ -5,6 +5,9 @@
 //!
 //! - `xfused passthrough` on dev and on uring;
 //! - `xfused mount` (embedded engine);
+//! - `--cache-policy adaptive`: the long set fills as stats repeat, and
+//!   every long inode changed through the mount shows as a demotion by
+//!   change; the set is always what came in minus what went out;
 //! - `xfused meta` and `xfused storage`, with a cluster mount writing
 //!   through them: the services' request counters, the bytes the target
 //!   took, the chain and target states.
@@ -283,6 +286,101 @@ fn xfused_mount_counts_every_create() {
     // The embedded engine runs in the mount: its conflicts are the mount's.
     assert!(sample(&text, "xfuse_kv_conflicts_total", &[]).is_some(), "{text}");
     promtool_accepts(&text);
+}
+
+#[test]
+fn the_adaptive_cache_shows_its_long_set_and_what_moved_it() {
+    const FILES: usize = 20;
+    let mount = Mount::start(&[
+        "--cache-policy",
+        "adaptive",
+        "--cache-refresh-ms",
+        "50",
+        "--attr-timeout-ms",
+        "0",
+        "--entry-timeout-ms",
+        "0",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let log = mount.daemon_log();
+    if log.contains("using fixed timeouts") {
+        common::missing(&format!(
+            "the BPF upcall counters (root, kernel BTF) for --cache-policy adaptive:\n{log}"
+        ));
+        return;
+    }
+    let addr = metrics_addr(&log).unwrap_or_else(|| panic!("no metrics address logged:\n{log}"));
+    let names: Vec<PathBuf> = (0..FILES).map(|i| mount.mnt().join(format!("f{i}"))).collect();
+    for n in &names {
+        std::fs::write(n, b"x").unwrap();
+    }
+    let promoted = |text: &str| {
+        sample(
+            text,
+            "xfuse_adaptive_transitions_total",
+            &[("transition", "promoted")],
+        )
+        .unwrap_or(0.0)
+    };
+    // Stats of every file, again and again: their inodes turn hot.
+    let text = common::wait_for("inodes promoted to the long set", Duration::from_secs(30), || {
+        for n in &names {
+            std::fs::metadata(n).unwrap();
+        }
+        let text = scrape(&addr);
+        let long = sample(&text, "xfuse_adaptive_long_inodes", &[]).unwrap_or(0.0);
+        if promoted(&text) >= 1.0 && long >= 1.0 {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    });
+    let moved_out = |text: &str| -> f64 {
+        ["demoted_by_change", "demoted_idle"]
+            .iter()
+            .map(|t| sample(text, "xfuse_adaptive_transitions_total", &[("transition", t)]).unwrap())
+            .sum()
+    };
+    // A change through the mount demotes the inode it changed, and tells
+    // the kernel, before the chmod returns.
+    let changes_before = sample(
+        &text,
+        "xfuse_adaptive_transitions_total",
+        &[("transition", "demoted_by_change")],
+    )
+    .unwrap();
+    let long_before = sample(&text, "xfuse_adaptive_long_inodes", &[]).unwrap();
+    // Which inodes are long is the policy's (the files', and the root's,
+    // looked up on every path); changing them all changes every long one.
+    for n in &names {
+        std::fs::set_permissions(n, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    std::fs::set_permissions(mount.mnt(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let after = scrape(&addr);
+    let changes = sample(
+        &after,
+        "xfuse_adaptive_transitions_total",
+        &[("transition", "demoted_by_change")],
+    )
+    .unwrap();
+    assert!(
+        changes - changes_before >= long_before,
+        "{long_before} long inodes changed: demotions by change {changes_before} -> {changes}\n{after}"
+    );
+    assert!(sample(&after, "xfuse_adaptive_invalidations_total", &[]).unwrap() >= 1.0);
+    // The long set is what came in minus what went out. A refresh may run
+    // between the reads of one scrape, so this holds of a quiet one.
+    common::wait_for("long set = promoted - demoted", SCRAPE_TIMEOUT, || {
+        let text = scrape(&addr);
+        let long = sample(&text, "xfuse_adaptive_long_inodes", &[]).unwrap();
+        if promoted(&text) - moved_out(&text) == long {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    promtool_accepts(&after);
 }
 
 #[test]
