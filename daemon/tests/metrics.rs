@@ -369,6 +369,9 @@ fn the_adaptive_cache_shows_its_long_set_and_what_moved_it() {
         "{long_before} long inodes changed: demotions by change {changes_before} -> {changes}\n{after}"
     );
     assert!(sample(&after, "xfuse_adaptive_invalidations_total", &[]).unwrap() >= 1.0);
+    // Hot means asked about repeatedly: at least twice per long inode.
+    let upcalls = sample(&text, "xfuse_adaptive_upcalls_total", &[]).unwrap();
+    assert!(upcalls >= 2.0 * long_before, "{upcalls} upcalls counted\n{text}");
     // The long set is what came in minus what went out. A refresh may run
     // between the reads of one scrape, so this holds of a quiet one.
     common::wait_for("long set = promoted - demoted", SCRAPE_TIMEOUT, || {

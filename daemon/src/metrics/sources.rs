@@ -99,6 +99,12 @@ fn dispatcher_families<F: FileSystem + Sync>(out: &mut Families, d: &Dispatcher<
             );
         }
         out.counter(
+            "xfuse_adaptive_upcalls_total",
+            "LOOKUP and GETATTR upcalls of this mount the adaptive policy counted (from BPF).",
+            &[],
+            s.upcalls,
+        );
+        out.counter(
             "xfuse_adaptive_invalidations_total",
             "Cache invalidations the adaptive policy sent the kernel.",
             &[],
