@@ -150,7 +150,7 @@ impl<F: FileSystem + Send + Sync> Collect for Mount<F> {
         dispatcher_families(out, &self.dispatcher, self.transport);
         out.gauge(
             "xfuse_transport_workers",
-            "Threads serving the FUSE connection.",
+            "Worker threads configured for the FUSE connection (--threads; uring uses at most one per ring queue).",
             &[("transport", self.transport)],
             self.workers as f64,
         );
