@@ -75,6 +75,34 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 
+# promtool (daemon/tests/metrics.rs checks the --metrics exposition with
+# `promtool check metrics`) comes in Debian's prometheus package, a server
+# that would start on install, with recommends (node exporter) that would
+# too: installed without recommends, under a policy-rc.d that forbids
+# starting services (invoke-rc.d and deb-systemd-invoke both honour it, with
+# or without systemd), and disabled for boots where systemd runs.
+if ((want_tests)) && ! command -v promtool >/dev/null; then
+    if [[ ! -e /var/lib/xfuse/apt-updated ]]; then
+        log "apt-get update"
+        apt-get update -q
+        mkdir -p /var/lib/xfuse && touch /var/lib/xfuse/apt-updated
+    fi
+    log "installing prometheus (for promtool; its server is not started)"
+    # Whatever policy the host has is set aside for the install, and put back.
+    policy=/usr/sbin/policy-rc.d
+    [[ -e $policy ]] && mv "$policy" "$policy.xfuse-saved"
+    printf '#!/bin/sh\n# scripts/setup.sh: no service starts while prometheus installs\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    status=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus || status=$?
+    rm -f "$policy"
+    [[ -e $policy.xfuse-saved ]] && mv "$policy.xfuse-saved" "$policy"
+    ((status == 0)) || exit "$status"
+    if [[ -d /run/systemd/system ]]; then
+        systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    fi
+fi
+
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v cargo >/dev/null; then
     log "cargo not found: install the Rust toolchain (1.95, via rustup) first"

@@ -13,6 +13,8 @@
 //! - [`net`]: the metadata service and its client;
 //! - [`rpc`]: the service layer: authentication, frames, multiplexed
 //!   connections and bounds, for every network service;
+//! - [`metrics`]: `--metrics HOST:PORT`, Prometheus exposition of the
+//!   counters of every long-running command;
 //! - [`private_state`]: the modes that keep on-disk state private;
 //! - [`client`]: a process's hold on a namespace: the metadata URL opened,
 //!   the lease renewed until it is dropped;
@@ -29,6 +31,7 @@ pub mod cluster;
 pub mod data;
 pub mod fs;
 pub mod meta;
+pub mod metrics;
 pub mod net;
 pub mod private_state;
 pub mod rpc;

@@ -247,6 +247,11 @@ impl<F: FileSystem + Send + Sync + 'static> Session<F> {
         self.dispatcher.set_policy(policy);
     }
 
+    /// Times every request (see [`crate::DispatcherBuilder::time_requests`]).
+    pub fn time_requests(&mut self, on: bool) {
+        self.dispatcher.time_requests(on);
+    }
+
     /// Gives entry and attribute timeouts per inode from `ttl`, with this
     /// session's notifier for its invalidations.
     pub fn set_adaptive_ttl(&mut self, ttl: Arc<AdaptiveTtl>) {

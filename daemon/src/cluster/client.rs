@@ -86,10 +86,15 @@ impl ClusterClient {
 
     /// Makes a cluster call, on another service if one fails.
     pub fn call(&self, call: &ClusterCall) -> Result<ClusterAnswer, MetaError> {
+        use crate::metrics::counters::{self, Service};
+        counters::call(Service::Cluster);
         let message = codec::encode(&MetaRequest::Cluster(call.clone()));
         let mut skip = None;
         let mut last = String::new();
-        for _ in 0..self.addrs.len().max(2) {
+        for attempt in 0..self.addrs.len().max(2) {
+            if attempt > 0 {
+                counters::retry(Service::Cluster);
+            }
             let (i, conn) = match self.conn(skip) {
                 Ok(c) => c,
                 Err(e) => {
@@ -114,6 +119,7 @@ impl ClusterClient {
                 }
             }
         }
+        counters::failure(Service::Cluster);
         Err(MetaError::Kv(crate::meta::kv::KvError::Unavailable(format!(
             "no metadata service answered: {last}"
         ))))

@@ -337,6 +337,12 @@ pub fn retry<T, E: TxnError>(
             Err(e) => Err(e),
         };
         drop(attempt_guard);
+        if matches!(&result, Err(e) if e.is_conflict()) {
+            crate::metrics::counters::kv_conflict();
+            if attempt >= policy.attempts_max.max(1) {
+                crate::metrics::counters::kv_gave_up();
+            }
+        }
         match result {
             Err(e) if e.is_conflict() && attempt < policy.attempts_max.max(1) => {
                 attempt += 1;

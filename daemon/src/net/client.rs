@@ -194,6 +194,8 @@ impl RemoteMeta {
     }
 
     fn request(&self, req: &MetaRequest, idempotent: bool) -> Result<MetaReply, MetaError> {
+        use crate::metrics::counters::{self, Service};
+        counters::call(Service::Meta);
         let mut message = codec::encode(req);
         let mut backoff = Duration::from_millis(20);
         let mut attempt = 1;
@@ -224,12 +226,15 @@ impl RemoteMeta {
                 Err(CallError::NotSent(e)) => e,
                 Err(CallError::Lost(e)) if idempotent => e,
                 Err(CallError::Lost(e)) => {
+                    counters::failure(Service::Meta);
                     return Err(unavailable("the metadata service did not answer a change", e));
                 }
             };
             if attempt >= ATTEMPTS_MAX {
+                counters::failure(Service::Meta);
                 return Err(unavailable("talking to the metadata service", e));
             }
+            counters::retry(Service::Meta);
             tracing::warn!("talking to the metadata service: {e}; retrying");
             std::thread::sleep(backoff);
             backoff *= 2;

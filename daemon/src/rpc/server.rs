@@ -133,6 +133,10 @@ pub struct ServerStats {
     pub refused: AtomicU64,
     /// Requests answered.
     pub requests: AtomicU64,
+    /// Requests answered with an errno (the handler's or the server's own).
+    pub errors: AtomicU64,
+    /// Time from a request read to its reply encoded.
+    pub duration: crate::metrics::DurationHistogram,
     /// Connections open now.
     pub open: AtomicUsize,
 }
@@ -585,6 +589,21 @@ impl<H: Handler> Server<H> {
 
     fn run(&self, conn: &Connection<H>, message: Vec<u8>, bulk: Vec<u8>) -> Result<(Vec<u8>, Vec<u8>), i32> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let result = self.answer(conn, message, bulk);
+        self.stats.duration.observe(started.elapsed());
+        if result.is_err() {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn answer(
+        &self,
+        conn: &Connection<H>,
+        message: Vec<u8>,
+        bulk: Vec<u8>,
+    ) -> Result<(Vec<u8>, Vec<u8>), i32> {
         let req = codec::decode::<H::Request>(&message).map_err(|e| {
             tracing::warn!("{}: refused a request: {e}", conn.peer.addr);
             libc::EPROTO

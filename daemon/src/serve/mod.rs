@@ -155,6 +155,9 @@ pub struct ServeArgs {
     /// may, subject to permissions).
     #[arg(long)]
     pub owner_only: bool,
+    /// `--metrics HOST:PORT`.
+    #[command(flatten)]
+    pub metrics: crate::metrics::MetricsArgs,
 }
 
 /// `--permissions`: who checks permissions.
@@ -307,6 +310,8 @@ where
         ..init
     };
 
+    // Bound before mounting: an address in use fails the command, not the mount.
+    let metrics = crate::metrics::Endpoint::start(&args.metrics)?;
     // Loaded before mounting, so the counters see the mount's first request.
     let tracer = match args.cache_policy {
         CachePolicyArg::Fixed => None,
@@ -314,6 +319,7 @@ where
     };
     let mut session = Session::mount(fs, m.mountpoint, &options, &init)?;
     arm_checks(session.notifier())?;
+    session.time_requests(metrics.is_some());
     after_mount(&mut session);
     session.set_policy(Policy {
         negative_timeout: Duration::from_millis(args.negative_timeout_ms),
@@ -348,6 +354,7 @@ where
         m.mountpoint.display(),
         transport.name()
     );
+    let transport_name = transport.name();
     let running = session.serve(transport)?;
     let dispatcher = running.dispatcher().clone();
     // Started once serving: the first read of the counters may follow.
@@ -359,6 +366,14 @@ where
         on_serving();
     }
     let queues = running.queue_counters();
+    if let Some(endpoint) = &metrics {
+        endpoint.add(Arc::new(crate::metrics::sources::Mount::new(
+            dispatcher.clone(),
+            queues.clone(),
+            transport_name,
+            threads,
+        )));
+    }
     let mut signals = m.signals;
     {
         let (dispatcher, queues) = (dispatcher.clone(), queues.clone());

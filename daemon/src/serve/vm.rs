@@ -31,6 +31,8 @@ pub struct VmServing<'a> {
     /// Print request counters when each guest session ends, and chain
     /// counters at the end.
     pub stats: bool,
+    /// The `--metrics` endpoint, if any: the backend's counters are added.
+    pub metrics: Option<&'a crate::metrics::Endpoint>,
 }
 
 /// Serves `fs` to VMs on the socket, until the last VMM leaves or a signal.
@@ -55,8 +57,14 @@ where
             ..Default::default()
         },
         report_stats: args.stats,
+        time_requests: args.metrics.is_some(),
     };
     let backend = VirtioFsBackend::new(fs, config)?;
+    if let Some(endpoint) = args.metrics {
+        endpoint.add(std::sync::Arc::new(crate::metrics::sources::Virtio::new(
+            backend.clone(),
+        )));
+    }
     let report = {
         let backend = backend.clone();
         move || {

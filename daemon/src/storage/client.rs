@@ -167,6 +167,8 @@ impl ClusterData {
         chain: u32,
         mut attempt: impl FnMut(&Table, &crate::cluster::ChainRec, usize) -> Result<T, CallError>,
     ) -> io::Result<T> {
+        use crate::metrics::counters::{self, Service};
+        counters::call(Service::Storage);
         let deadline = Instant::now() + RETRY_FOR;
         let mut pause = Duration::from_millis(5);
         let mut tries = 0;
@@ -182,10 +184,12 @@ impl ClusterData {
             };
             let next = classify(&e)?;
             if Instant::now() >= deadline {
+                counters::failure(Service::Storage);
                 tracing::error!("{what} on chain {chain}: gave up after {tries} tries: {e}");
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
             tracing::debug!("{what} on chain {chain}: {e}; again");
+            counters::retry(Service::Storage);
             tries += 1;
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(500));

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -99,6 +100,20 @@ pub struct Target {
     /// (zero in the simulation, which runs on one thread).
     chunk_wait: Duration,
     transport: Arc<dyn DataTransport>,
+    /// Bytes moved, for the metrics endpoint.
+    moved: Moved,
+}
+
+/// Bytes a target moved, by why: relaxed counters, read at scrape time.
+#[derive(Debug, Default)]
+pub struct Moved {
+    /// Bytes of updates applied here (as head or as a successor), the
+    /// payload of writes and whole-chunk replacements.
+    pub updated_bytes: AtomicU64,
+    /// Bytes answered to reads.
+    pub read_bytes: AtomicU64,
+    /// Bytes copied here from a chain's tail while syncing.
+    pub synced_bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for Target {
@@ -166,7 +181,13 @@ impl Target {
             pause: Duration::from_millis(5),
             chunk_wait: CHUNK_WAIT,
             transport,
+            moved: Moved::default(),
         }
+    }
+
+    /// Bytes this target moved so far.
+    pub fn moved(&self) -> &Moved {
+        &self.moved
     }
 
     /// Tries forwards again without pausing (the simulation).
@@ -230,6 +251,30 @@ impl Target {
 
     /// Answers a request addressed to this target.
     pub fn handle(&self, req: StorageRequest, bulk: Vec<u8>) -> Result<(StorageReply, Vec<u8>), i32> {
+        let payload_bytes = bulk.len() as u64;
+        let (is_update, is_read) = (
+            matches!(
+                req,
+                StorageRequest::Update { .. } | StorageRequest::Forward { .. }
+            ),
+            matches!(req, StorageRequest::Read { .. }),
+        );
+        let result = self.answer(req, bulk);
+        if let Ok((_, reply_bulk)) = &result {
+            if is_update {
+                self.moved
+                    .updated_bytes
+                    .fetch_add(payload_bytes, Ordering::Relaxed);
+            } else if is_read {
+                self.moved
+                    .read_bytes
+                    .fetch_add(reply_bulk.len() as u64, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    fn answer(&self, req: StorageRequest, bulk: Vec<u8>) -> Result<(StorageReply, Vec<u8>), i32> {
         match req {
             StorageRequest::Update {
                 chain,
@@ -823,6 +868,9 @@ impl Target {
             self.engine
                 .replace(chunk, chain.id, version, &bytes, false, &theirs_recent)
                 .map_err(|e| format!("writing chunk {chunk}: {e}"))?;
+            self.moved
+                .synced_bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             copied += 1;
         }
         let mut removed = 0;

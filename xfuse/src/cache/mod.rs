@@ -172,6 +172,10 @@ pub struct AdaptiveStats {
     pub invalidations: u64,
     /// Invalidations the kernel refused (other than "not cached").
     pub invalidation_errors: u64,
+    /// LOOKUP and GETATTR upcalls the refreshes counted (the growth of the
+    /// source's per-inode counts; an inode the policy stopped tracking
+    /// counts from zero again when it returns).
+    pub upcalls: u64,
 }
 
 /// Per-inode timeouts for one mount. Shared by the dispatcher's
@@ -190,6 +194,7 @@ pub struct AdaptiveTtl {
     demoted_idle: AtomicU64,
     invalidations: AtomicU64,
     invalidation_errors: AtomicU64,
+    upcalls: AtomicU64,
 }
 
 impl AdaptiveTtl {
@@ -206,6 +211,7 @@ impl AdaptiveTtl {
             demoted_idle: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
             invalidation_errors: AtomicU64::new(0),
+            upcalls: AtomicU64::new(0),
         }
     }
 
@@ -294,6 +300,7 @@ impl AdaptiveTtl {
             demoted_idle: self.demoted_idle.load(Ordering::Relaxed),
             invalidations: self.invalidations.load(Ordering::Relaxed),
             invalidation_errors: self.invalidation_errors.load(Ordering::Relaxed),
+            upcalls: self.upcalls.load(Ordering::Relaxed),
         }
     }
 
@@ -304,6 +311,7 @@ impl AdaptiveTtl {
         let cfg = &self.config;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut active: HashSet<u64> = HashSet::new();
+        let mut upcalls = 0u64;
         for u in counts {
             let t = state.tracked.entry(u.nodeid).or_insert(Tracked {
                 last_total: 0,
@@ -318,6 +326,7 @@ impl AdaptiveTtl {
                 u.total
             };
             t.last_total = u.total;
+            upcalls = upcalls.saturating_add(delta);
             if now.saturating_duration_since(t.window_start) > cfg.hot_window {
                 t.window_start = now;
                 t.recent = delta;
@@ -329,6 +338,7 @@ impl AdaptiveTtl {
                 active.insert(u.nodeid);
             }
         }
+        self.upcalls.fetch_add(upcalls, Ordering::Relaxed);
         state
             .changed
             .retain(|_, at| now.saturating_duration_since(*at) < cfg.quiet_after_change);
@@ -727,6 +737,7 @@ mod tests {
         assert!(!p.is_long(11), "2 upcalls are below the threshold");
         assert_eq!(p.ttl(10), (Duration::from_secs(60), Duration::from_secs(60)));
         assert_eq!(p.stats().promoted, 1);
+        assert_eq!(p.stats().upcalls, 5, "the growth of the counts: 1+1, then 2+1");
     }
 
     #[test]

@@ -60,7 +60,7 @@ mod stats;
 mod xattrs;
 
 pub use policy::Policy;
-pub use stats::Stats;
+pub use stats::{Latency, Stats, LATENCY_BUCKETS_NS};
 
 /// What the dispatcher asks the transport to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +161,7 @@ pub struct DispatcherBuilder<F> {
     passthrough: Option<Passthrough>,
     ttl: Option<Arc<AdaptiveTtl>>,
     groups: Box<dyn GroupSource>,
+    time_requests: bool,
 }
 
 impl<F: FileSystem + Sync> DispatcherBuilder<F> {
@@ -175,7 +176,15 @@ impl<F: FileSystem + Sync> DispatcherBuilder<F> {
             passthrough: None,
             ttl: None,
             groups: Box::new(UnknownGroups),
+            time_requests: false,
         }
+    }
+
+    /// Times every request, for the latency histograms and in-flight count
+    /// of [`Stats`] (off by default: see [`Stats`] for the cost).
+    pub fn time_requests(&mut self, on: bool) -> &mut Self {
+        self.time_requests = on;
+        self
     }
 
     /// The session's negotiated parameters.
@@ -220,7 +229,7 @@ impl<F: FileSystem + Sync> DispatcherBuilder<F> {
             policy: self.policy,
             passthrough: self.passthrough,
             groups: self.groups,
-            stats: Stats::default(),
+            stats: Stats::new(self.time_requests),
             destroyed: AtomicBool::new(false),
         }
     }
@@ -284,7 +293,11 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
             return Some(Reply::failed(header.unique, &Failure::Errno(libc::ENOSYS)));
         };
         self.stats.requests[Stats::slot(op)].fetch_add(1, Ordering::Relaxed);
+        let started = self.stats.timed.then(std::time::Instant::now);
         let outcome = self.handle(op, header, args, &mut w);
+        if let Some(started) = started {
+            self.stats.end(op, started.elapsed());
+        }
         let (error, lookup) = match outcome {
             Ok(Done::NoReply) => return None,
             Ok(Done::Reply) => (0, None),

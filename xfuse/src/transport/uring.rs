@@ -105,14 +105,17 @@ impl RingPlan {
 #[derive(Debug)]
 pub struct QueueCounters {
     per_queue: Vec<AtomicU64>,
+    /// Ring entries per queue: requests one queue holds at once.
+    entries: usize,
     /// Set at the first request a ring serves.
     serving: Arc<AtomicBool>,
 }
 
 impl QueueCounters {
-    fn new(queues: usize) -> QueueCounters {
+    fn new(queues: usize, entries: usize) -> QueueCounters {
         QueueCounters {
             per_queue: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+            entries,
             serving: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -127,6 +130,12 @@ impl QueueCounters {
     /// worker's [`super::dev::ForgetPause`].
     pub(crate) fn serving_flag(&self) -> Arc<AtomicBool> {
         self.serving.clone()
+    }
+
+    /// Ring entries per queue (the queue depth): requests one queue holds
+    /// at once.
+    pub fn entries_per_queue(&self) -> usize {
+        self.entries
     }
 
     /// Requests served by each queue, by queue id.
@@ -183,7 +192,7 @@ pub fn start<F: FileSystem + Send + Sync + 'static>(
         payload_bytes: n.max_reply_bytes().max(kmod_shim::abi::MIN_READ_BUFFER),
         threads: config.threads.clamp(1, queues),
     };
-    let counters = Arc::new(QueueCounters::new(queues));
+    let counters = Arc::new(QueueCounters::new(queues, plan.depth));
     let mut workers = Vec::with_capacity(plan.threads + 1);
     for t in 0..plan.threads {
         let qids: Vec<u16> = (0..queues)
@@ -438,7 +447,7 @@ mod tests {
             max_pages: 16,
             max_readahead: 0,
         };
-        (Dispatcher::new(Fs, n), QueueCounters::new(2))
+        (Dispatcher::new(Fs, n), QueueCounters::new(2, 4))
     }
 
     fn worker<'a>(dispatcher: &'a Dispatcher<Fs>, counters: &'a QueueCounters) -> RingWorker<'a, Fs> {

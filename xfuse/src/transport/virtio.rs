@@ -77,6 +77,8 @@ pub struct VirtioConfig {
     pub policy: Policy,
     /// Log the request counters (per opcode) when a guest session ends.
     pub report_stats: bool,
+    /// Time every request (see [`crate::DispatcherBuilder::time_requests`]).
+    pub time_requests: bool,
 }
 
 impl Default for VirtioConfig {
@@ -88,6 +90,7 @@ impl Default for VirtioConfig {
             init: InitConfig::default(),
             policy: Policy::default(),
             report_stats: false,
+            time_requests: false,
         }
     }
 }
@@ -360,6 +363,13 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
     /// Counters over all connections.
     pub fn counters(&self) -> &VirtioCounters {
         &self.shared.counters
+    }
+
+    /// The current connection's dispatcher (with its request counters),
+    /// if the guest sent INIT. A new connection gets a new one: its
+    /// counters start from zero.
+    pub fn dispatcher(&self) -> Option<Arc<Dispatcher<Arc<F>>>> {
+        self.shared.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Request counters of the current connection, if the guest sent INIT.
@@ -642,6 +652,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
                 self.end_connection("a new INIT arrived");
                 let mut dispatcher = DispatcherBuilder::new(self.shared.fs.clone(), negotiated);
                 dispatcher.set_policy(self.shared.config.policy.clone());
+                dispatcher.time_requests(self.shared.config.time_requests);
                 *self.shared.conn.write().unwrap_or_else(|e| e.into_inner()) =
                     Some(Arc::new(dispatcher.build()));
                 self.shared.counters.inits.fetch_add(1, Ordering::Relaxed);

@@ -38,6 +38,8 @@ pub struct MetaArgs {
     engine_args: EngineArgs,
     #[command(flatten)]
     auth: AuthArgs,
+    #[command(flatten)]
+    metrics: xfused::metrics::MetricsArgs,
 }
 
 pub fn run(args: MetaArgs) -> anyhow::Result<()> {
@@ -54,6 +56,7 @@ pub fn run(args: MetaArgs) -> anyhow::Result<()> {
             args.listen
         )
     })?;
+    let metrics = xfused::metrics::Endpoint::start(&args.metrics)?;
     let (engine, place): (Arc<dyn KvEngine>, String) = match xfused::client::parse_meta_url(&args.engine)? {
         xfused::client::MetaUrl::Embedded(store) => (
             Arc::new(xfused::client::open_embedded(&store, &args.engine_args)?),
@@ -114,6 +117,12 @@ pub fn run(args: MetaArgs) -> anyhow::Result<()> {
     // would, and the chain table through this very service.
     let table = xfused::cluster::client::ClusterClient::new(&bound.to_string(), client_tls.clone())?;
     let server = Server::new(service.clone(), tls, Limits::default());
+    if let Some(endpoint) = &metrics {
+        endpoint.add(Arc::new(xfused::metrics::sources::RpcServer::new(
+            server.clone(),
+            "meta",
+        )));
+    }
     let serving = {
         let server = server.clone();
         std::thread::Builder::new()

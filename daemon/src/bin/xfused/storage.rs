@@ -27,6 +27,8 @@ pub struct StorageArgs {
     targets: Vec<PathBuf>,
     #[command(flatten)]
     auth: AuthArgs,
+    #[command(flatten)]
+    metrics: xfused::metrics::MetricsArgs,
 }
 
 pub fn run(args: StorageArgs) -> anyhow::Result<()> {
@@ -71,6 +73,7 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
             )
         }
     };
+    let metrics = xfused::metrics::Endpoint::start(&args.metrics)?;
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
     let bound = listener.local_addr().context("reading the listening address")?;
     let cluster = ClusterClient::new(&meta, client_tls.clone()).context("--meta")?;
@@ -91,8 +94,14 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
         bulk_max: BULK_LEN_MAX,
         ..Limits::default()
     };
-    Server::new(service, server_tls, limits)
-        .serve(listener)
-        .context("serving")?;
+    let server = Server::new(service.clone(), server_tls, limits);
+    if let Some(endpoint) = &metrics {
+        endpoint.add(Arc::new(xfused::metrics::sources::RpcServer::new(
+            server.clone(),
+            "storage",
+        )));
+        endpoint.add(Arc::new(xfused::metrics::sources::Storage::new(service)));
+    }
+    server.serve(listener).context("serving")?;
     Ok(())
 }

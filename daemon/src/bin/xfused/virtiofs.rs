@@ -11,6 +11,7 @@ use xfused::client::{
     open_namespace, AuthArgs, EngineArgs, NamespaceSpec, CHUNK_SIZE_KIB_DEFAULT, DATA_DIR_DEFAULT,
     LEASE_MS_DEFAULT,
 };
+use xfused::metrics::{Endpoint, MetricsArgs};
 use xfused::serve::vm::{serve_vm, VmServing};
 use xfused::serve::{CacheArg, MAX_WRITE_KIB_DEFAULT};
 
@@ -88,12 +89,15 @@ pub struct VirtiofsArgs {
     /// With --meta tcp://.
     #[command(flatten)]
     auth: AuthArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
     if !args.queue_size.is_power_of_two() {
         bail!("--queue-size {} is not a power of two", args.queue_size);
     }
+    let metrics = Endpoint::start(&args.metrics)?;
     let Some(source) = &args.source else {
         // --meta: the distributed filesystem (clap requires one of the two).
         // `xfused mount`'s defaults: virtiofs has no flags for these.
@@ -119,7 +123,7 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
             local_data: args.data.is_some(),
         })?;
         let what = format!("namespace {} with data in {}", ns.url, ns.data.display());
-        let result = serve_vm(ns.fs.clone(), &vm(&args), &what);
+        let result = serve_vm(ns.fs.clone(), &vm(&args, metrics.as_ref()), &what);
         ns.close();
         return result;
     };
@@ -156,11 +160,11 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
             .context("keeping capabilities across uid switches (prctl PR_SET_SECUREBITS)")?;
     }
     let fs = PassthroughFs::<()>::new(cfg).context("setting up PassthroughFs")?;
-    serve_vm(fs, &vm(&args), &source.display().to_string())
+    serve_vm(fs, &vm(&args, metrics.as_ref()), &source.display().to_string())
 }
 
 /// What serving to VMs takes from the flags.
-fn vm(args: &VirtiofsArgs) -> VmServing<'_> {
+fn vm<'a>(args: &'a VirtiofsArgs, metrics: Option<&'a Endpoint>) -> VmServing<'a> {
     VmServing {
         socket: &args.socket,
         request_queues: args.queues,
@@ -170,5 +174,6 @@ fn vm(args: &VirtiofsArgs) -> VmServing<'_> {
         negative_timeout_ms: args.entry_timeout_ms,
         keep_listening: args.keep_listening,
         stats: args.stats,
+        metrics,
     }
 }
