@@ -150,6 +150,14 @@ impl EmbeddedEngine {
         }
     }
 
+    /// Whether every commit written so far is known to be on disk (synced
+    /// by [`KvEngine::sync`] or a `Durability::Sync` commit; the background
+    /// timer's syncs are fjall's and not counted).
+    pub fn all_synced(&self) -> bool {
+        let synced = *self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        synced >= self.written.load(Ordering::Acquire)
+    }
+
     /// Waits until commit `sequence` is on disk, syncing if no one else has.
     fn sync_up_to(&self, sequence: u64) -> Result<(), KvError> {
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
@@ -196,6 +204,14 @@ impl KvEngine for EmbeddedEngine {
 
     fn gate(&self) -> &AttemptGate {
         &self.gate
+    }
+
+    /// One fdatasync of the journal covering every commit written so far
+    /// (shared with commits syncing at the same time), unless one already
+    /// did: with `Durability::Buffered`, what an fsync through the mount
+    /// waits for instead of the background timer.
+    fn sync(&self) -> Result<(), KvError> {
+        self.sync_up_to(self.written.load(Ordering::Acquire))
     }
 
     fn commit(&self, request: CommitRequest) -> Result<(), KvError> {

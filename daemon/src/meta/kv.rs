@@ -104,6 +104,13 @@ pub trait KvEngine: Send + Sync + fmt::Debug {
     fn commit(&self, request: CommitRequest) -> Result<(), KvError>;
     /// The gate that orders [`retry`]'s attempts on this engine handle.
     fn gate(&self) -> &AttemptGate;
+    /// Makes every commit acknowledged so far durable (on disk, not only
+    /// written to the operating system): what `fsync` of a file asks of its
+    /// metadata. Engines whose commits are durable when acknowledged (etcd,
+    /// the in-memory engine, which keeps nothing) have nothing to do.
+    fn sync(&self) -> Result<(), KvError> {
+        Ok(())
+    }
 }
 
 /// An optimistic transaction: reads recorded, writes buffered until

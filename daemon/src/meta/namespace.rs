@@ -220,6 +220,9 @@ namespace_api! {
     change Removexattr = fn removexattr(caller: &Caller => Caller, ino: u64, name: &[u8] => Vec<u8>) -> ();
     /// Inodes and bytes in use.
     read Usage = fn usage() -> Usage;
+    /// Makes every change acknowledged so far durable, wherever the
+    /// engine runs (fsync, fsyncdir). Safe to send again.
+    read Sync = fn sync() -> ();
 }
 
 #[cfg(test)]
@@ -233,6 +236,26 @@ mod tests {
     /// A recorder for tests that never replay.
     fn any(_: &dyn std::any::Any) -> Option<Vec<u8>> {
         Some(Vec::new())
+    }
+
+    /// A sync sent to a service runs the service's engine's sync: an
+    /// fsync through a `tcp://` mount waits for the service's journal.
+    #[test]
+    fn a_sync_call_syncs_the_engine_it_runs_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(
+            crate::meta::embedded::EmbeddedEngine::open(
+                dir.path(),
+                crate::meta::embedded::Durability::default(),
+            )
+            .unwrap(),
+        );
+        let meta = Meta::connect(engine.clone(), Default::default(), Arc::new(SystemClock)).unwrap();
+        meta.mkdir(&Caller::ROOT, 1, b"d", 0o755).unwrap();
+        assert!(!engine.all_synced());
+        assert!(Call::Sync {}.idempotent(), "a lost sync reply may be sent again");
+        Call::Sync {}.run(&meta).unwrap();
+        assert!(engine.all_synced());
     }
 
     /// Every change, run twice with one number: the second time answers

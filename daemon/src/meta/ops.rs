@@ -1682,6 +1682,12 @@ impl Meta {
         })
     }
 
+    /// Makes every change acknowledged so far durable (the engine's
+    /// [`KvEngine::sync`]): fsync and fsyncdir through a mount end here.
+    pub fn sync(&self) -> Result<(), MetaError> {
+        Ok(self.engine.sync()?)
+    }
+
     /// Inodes and bytes in use, from the counter shards.
     pub fn usage(&self) -> Result<Usage, MetaError> {
         let start = vec![tag::COUNTER];
