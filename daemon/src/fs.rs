@@ -25,7 +25,10 @@ use fuse_backend_rs::api::filesystem::{
 
 use crate::data::FileData;
 use crate::meta::schema::{InodeRec, Timestamp};
-use crate::meta::{Caller, MetaError, Namespace, Reclaim, SetAttr, TimeSet, FILE_SIZE_MAX_BYTES};
+use crate::meta::{
+    relatime_due, Caller, Clock, MetaError, Namespace, Reclaim, SetAttr, SystemClock, TimeSet,
+    FILE_SIZE_MAX_BYTES,
+};
 
 /// Block size reported in stat and statfs.
 const BLOCK_SIZE: u32 = 4096;
@@ -48,6 +51,10 @@ pub struct MetaFsConfig {
     /// to the metadata layer: a service checks every caller, and needs
     /// them to decide as the kernel would.
     pub caller_groups: bool,
+    /// When reads and listings update access times: the mount's own
+    /// option (the kernel leaves it to a FUSE filesystem), `Noatime` on a
+    /// read-only mount.
+    pub atime: kmod_shim::Atime,
 }
 
 /// See the module docs.
@@ -109,6 +116,25 @@ impl MetaFs {
     /// The metadata handle.
     pub fn meta(&self) -> &Arc<dyn Namespace> {
         &self.meta
+    }
+
+    /// Records a read of the file or a listing of the directory in its
+    /// atime, by the mount's rule; `rec` is the inode as just read. The
+    /// relatime rule is checked here first, so the usual read (atime
+    /// already after the last change) costs no transaction. A failed
+    /// update is logged, never the access's error.
+    fn note_access(&self, ino: u64, rec: &InodeRec) {
+        let strict = match self.config.atime {
+            kmod_shim::Atime::Noatime => return,
+            kmod_shim::Atime::Relatime => false,
+            kmod_shim::Atime::Strictatime => true,
+        };
+        if !strict && !relatime_due(rec, SystemClock.now()) {
+            return;
+        }
+        if let Err(e) = self.meta.touch_atime(ino, strict) {
+            tracing::debug!("updating the atime of inode {ino}: {e}");
+        }
     }
 
     fn caller(&self, ctx: &Context) -> Caller {
@@ -402,6 +428,7 @@ impl FileSystem for MetaFs {
         let mut buf = vec![0u8; len];
         let n = self.data.read(inode, &rec, offset, &mut buf)?;
         w.write_all(&buf[..n])?;
+        self.note_access(inode, &rec);
         Ok(n)
     }
 
@@ -538,6 +565,11 @@ impl FileSystem for MetaFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        // A listing is an access of the directory, once, at its start.
+        if offset == 0 && self.config.atime != kmod_shim::Atime::Noatime {
+            let rec = self.meta.getattr(inode).map_err(io_err)?;
+            self.note_access(inode, &rec);
+        }
         let mut after = offset;
         loop {
             let items = self.meta.readdir(inode, after, READDIR_BATCH).map_err(io_err)?;
@@ -596,6 +628,7 @@ mod tests {
             entry_timeout: Duration::from_secs(1),
             check_permissions: false,
             caller_groups: false,
+            atime: kmod_shim::Atime::Relatime,
         };
         (MetaFs::new(Arc::new(meta), Arc::new(data), config), engine, dir)
     }

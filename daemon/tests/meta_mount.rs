@@ -639,3 +639,105 @@ fn fsynced_state_survives_kill_9_in_a_loop() {
         "the rounds fsync'd only {checked} files: nothing was tested"
     );
 }
+
+fn atime_of(path: &Path) -> (i64, i64) {
+    let m = fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+    (m.atime(), m.atime_nsec())
+}
+
+fn mtime_of(path: &Path) -> (i64, i64) {
+    let m = fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+    (m.mtime(), m.mtime_nsec())
+}
+
+/// Clock steps between changes and reads, so that an updated atime is
+/// strictly after the mtime.
+fn tick() {
+    std::thread::sleep(Duration::from_millis(20));
+}
+
+/// generic/003's subject: reads and listings update access times by the
+/// mount's option (the kernel leaves it to a FUSE filesystem): relatime by
+/// default (once after each change), every time with strictatime, never
+/// with noatime or on a read-only mount. The ctime never moves for it.
+#[test]
+fn reads_and_listings_update_access_times_by_the_mounts_option() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let m = Mount::start_meta_on(data.path(), &[]);
+        let f = m.mnt().join("f");
+        let d = m.mnt().join("d");
+        fs::write(&f, b"data").unwrap();
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("inside"), b"x").unwrap();
+        let ctime = fs::metadata(&f).unwrap().ctime_nsec();
+        tick();
+        fs::read(&f).unwrap();
+        let first = atime_of(&f);
+        assert!(
+            first > mtime_of(&f),
+            "relatime: the first read after a write updates the atime"
+        );
+        assert_eq!(
+            fs::metadata(&f).unwrap().ctime_nsec(),
+            ctime,
+            "an access changed the ctime"
+        );
+        tick();
+        fs::read(&f).unwrap();
+        assert_eq!(atime_of(&f), first, "relatime: a second read changes nothing");
+        fs::write(&f, b"more data").unwrap();
+        tick();
+        fs::read(&f).unwrap();
+        assert!(
+            atime_of(&f) > mtime_of(&f),
+            "relatime: a read after the next write updates it"
+        );
+        tick();
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
+        assert!(
+            atime_of(&d) > mtime_of(&d),
+            "relatime: listing a changed directory updates its atime"
+        );
+        assert!(m.stop().success());
+    }
+    {
+        // Read-only: nothing changes, whatever the rule says.
+        let m = Mount::start_meta_on(data.path(), &["-o", "ro,strictatime"]);
+        let f = m.mnt().join("f");
+        let before = atime_of(&f);
+        tick();
+        fs::read(&f).unwrap();
+        assert_eq!(atime_of(&f), before, "a read-only mount updated an atime");
+        assert!(m.stop().success());
+    }
+    {
+        let m = Mount::start_meta_on(data.path(), &["--atime", "strictatime"]);
+        let f = m.mnt().join("f");
+        let d = m.mnt().join("d");
+        let before = atime_of(&f);
+        tick();
+        fs::read(&f).unwrap();
+        let first = atime_of(&f);
+        assert!(first > before, "strictatime: every read updates the atime");
+        tick();
+        fs::read(&f).unwrap();
+        assert!(atime_of(&f) > first, "strictatime: every read updates the atime");
+        let dir_before = atime_of(&d);
+        tick();
+        fs::read_dir(&d).unwrap().for_each(drop);
+        assert!(
+            atime_of(&d) > dir_before,
+            "strictatime: every listing updates the atime"
+        );
+        assert!(m.stop().success());
+    }
+    let m = Mount::start_meta_on(data.path(), &["-o", "noatime"]);
+    let f = m.mnt().join("f");
+    fs::write(&f, b"changed").unwrap();
+    let before = atime_of(&f);
+    tick();
+    fs::read(&f).unwrap();
+    fs::read_dir(m.mnt()).unwrap().for_each(drop);
+    assert_eq!(atime_of(&f), before, "noatime: a read updated the atime");
+}

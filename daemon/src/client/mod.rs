@@ -80,6 +80,9 @@ pub struct NamespaceSpec<'a> {
     /// Callers are this machine's processes (their pids name their
     /// groups); not so for a guest's.
     pub host_callers: bool,
+    /// When reads and listings update access times (`Noatime` for a
+    /// read-only mount).
+    pub atime: kmod_shim::Atime,
     /// Keep file data in the local chunk store even when the namespace's
     /// cluster has storage targets (`--data` given, or not a tcp:// URL).
     pub local_data: bool,
@@ -177,6 +180,7 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
             entry_timeout: Duration::from_millis(spec.entry_timeout_ms),
             check_permissions: spec.check_permissions,
             caller_groups,
+            atime: spec.atime,
         },
     ));
     // Sessions of clients that died without closing (a crash, kill -9):

@@ -97,6 +97,7 @@ mod tests;
 
 pub use namespace::{Answer, Call, Namespace};
 pub use ops::{
-    access, rename_flags, xattr_flags, Caller, Clock, DirItem, Meta, MetaConfig, MetaError, Outcome, Reclaim,
-    Recorder, SetAttr, SystemClock, TimeSet, Usage, FILE_SIZE_MAX_BYTES, GROUPS_MAX, LINK_MAX, XATTRS_MAX,
+    access, relatime_due, rename_flags, xattr_flags, Caller, Clock, DirItem, Meta, MetaConfig, MetaError,
+    Outcome, Reclaim, Recorder, SetAttr, SystemClock, TimeSet, Usage, FILE_SIZE_MAX_BYTES, GROUPS_MAX,
+    LINK_MAX, XATTRS_MAX,
 };

@@ -220,6 +220,9 @@ namespace_api! {
     change Removexattr = fn removexattr(caller: &Caller => Caller, ino: u64, name: &[u8] => Vec<u8>) -> ();
     /// Inodes and bytes in use.
     read Usage = fn usage() -> Usage;
+    /// Records an access in the inode's atime (relatime's rule unless
+    /// `strict`); only the atime changes.
+    change TouchAtime = fn touch_atime(ino: u64, strict: bool) -> InodeRec;
     /// Makes every change acknowledged so far durable, wherever the
     /// engine runs (fsync, fsyncdir). Safe to send again.
     read Sync = fn sync() -> ();

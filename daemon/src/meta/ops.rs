@@ -575,6 +575,13 @@ fn drop_dir(txn: &mut Txn<'_>, staged: &mut Staged, parent: u64, ino: u64) -> Re
     Ok(())
 }
 
+/// The kernel's `relatime` rule: an access updates the atime if it is not
+/// after the last modification or change, or is at least a day old.
+pub fn relatime_due(rec: &InodeRec, now: Timestamp) -> bool {
+    const DAY_S: i64 = 24 * 60 * 60;
+    rec.atime <= rec.mtime || rec.atime <= rec.ctime || now.sec.saturating_sub(rec.atime.sec) >= DAY_S
+}
+
 impl Meta {
     /// Opens the namespace on `engine` (creating the root directory if the
     /// store is empty) and registers a new client with a lease.
@@ -1679,6 +1686,28 @@ impl Meta {
             rec.xattrs = rec.xattrs.saturating_sub(1);
             staged.flush(txn);
             Ok(())
+        })
+    }
+
+    /// Records an access (a read of a file, a listing of a directory) in
+    /// the inode's atime, as the kernel's `relatime` rule says (the atime
+    /// is not after the mtime or the ctime, or is a day old), or always
+    /// with `strict` (`strictatime`). Only the atime changes: not the
+    /// ctime, and no permission is checked (whoever read the file could).
+    /// Returns the record, changed or not.
+    pub fn touch_atime(&self, ino: u64, strict: bool) -> Result<InodeRec, MetaError> {
+        let now = self.clock.now();
+        self.txn(|txn| {
+            let mut staged = Staged::default();
+            let rec = staged.load(txn, ino)?;
+            if !(strict || relatime_due(rec, now)) {
+                return Ok(rec.clone());
+            }
+            let rec = staged.dirty(ino);
+            rec.atime = now;
+            let result = rec.clone();
+            staged.flush(txn);
+            Ok(result)
         })
     }
 

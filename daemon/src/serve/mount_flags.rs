@@ -84,6 +84,16 @@ pub struct MountFlagArgs {
 }
 
 impl MountFlagArgs {
+    /// When the filesystem should update access times: as asked, and never
+    /// on a read-only mount (the kernel refuses every change there).
+    pub fn effective_atime(&self) -> Atime {
+        if self.read_only {
+            Atime::Noatime
+        } else {
+            self.atime.into()
+        }
+    }
+
     /// Sets the flags of `options` from these, refusing `--suid` and
     /// `--dev` to a caller other than root (whose mount would otherwise let
     /// its files act with privileges the caller does not have).

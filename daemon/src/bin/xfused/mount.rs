@@ -101,6 +101,7 @@ pub fn run(args: MountArgs, detached: Option<&Detached>) -> anyhow::Result<()> {
         check_permissions: false,
         auth: &args.auth,
         host_callers: true,
+        atime: args.serve.mount_flags.effective_atime(),
         local_data: args.data.is_some(),
     })?;
     let kernel = kmod_shim::probe();

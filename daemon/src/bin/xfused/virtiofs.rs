@@ -120,6 +120,9 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
             // cannot be read here, and a service checks with the primary
             // group only.
             host_callers: false,
+            // The guest mounts with its own options and does not say which:
+            // the relatime rule, as Linux by default.
+            atime: kmod_shim::Atime::Relatime,
             local_data: args.data.is_some(),
         })?;
         let what = format!("namespace {} with data in {}", ns.url, ns.data.display());
