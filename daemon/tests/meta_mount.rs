@@ -501,12 +501,43 @@ enum Expect {
     /// sequence will do: the old bytes, or the cut ones, with zeros (never
     /// the old bytes) past the cut.
     Cutting { first: Vec<u8>, cut: usize },
+    /// Being unlinked when the daemon died: these bytes, or gone.
+    Unlinking(Vec<u8>),
     /// Unlinked, and the directory fsync'd.
     Gone,
 }
 
 fn dir_fsync(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
+}
+
+/// Chunk size of the crash test's mounts.
+const CRASH_CHUNK: usize = 64 << 10;
+
+/// Whether `got` is a state a file can be left in by a crash while it was
+/// cut from `first` to `cut` bytes and grown back: the bytes before the cut
+/// as written; past it, each chunk either as written or zeros. A cut takes
+/// one chunk at a time before the size changes, so a crash in its middle
+/// leaves the old size with some chunks cut: bytes the file had, never
+/// another file's or garbage, and a completed cut is never undone (the
+/// `Exactly` state that follows checks that).
+fn cut_state(first: &[u8], cut: usize, got: &[u8]) -> bool {
+    if got.len() != first.len() && got.len() != cut {
+        return false;
+    }
+    if got[..cut.min(got.len())] != first[..cut.min(got.len())] {
+        return false;
+    }
+    let mut at = cut;
+    while at < got.len() {
+        let end = ((at / CRASH_CHUNK + 1) * CRASH_CHUNK).min(got.len());
+        let part = &got[at..end];
+        if part != &first[at..end] && part.iter().any(|&b| b != 0) {
+            return false;
+        }
+        at = end;
+    }
+    true
 }
 
 /// One round's workload: per file, create + write + fsync + directory
@@ -551,6 +582,14 @@ fn crash_workload(dir: PathBuf, round: u64, expect: Arc<std::sync::Mutex<Vec<(Pa
         set(&path, Expect::Exactly(now));
         if i % 4 == 3 {
             let victim = dir.join(format!("r{round}-f{}", i - 2));
+            let was = {
+                let v = expect.lock().unwrap();
+                match v.iter().find(|(p, _)| *p == victim) {
+                    Some((_, Expect::Exactly(bytes))) => bytes.clone(),
+                    other => panic!("{}: {other:?} before its unlink", victim.display()),
+                }
+            };
+            set(&victim, Expect::Unlinking(was));
             fs::remove_file(&victim)?;
             dir_fsync(&dir)?;
             set(&victim, Expect::Gone);
@@ -579,7 +618,8 @@ fn fsynced_state_survives_kill_9_in_a_loop() {
     let mut checked = 0;
     for round in 0..6u64 {
         let durability = if round % 2 == 0 { "buffered" } else { "sync" };
-        let args = ["--durability", durability, "--chunk-size-kib", "64"];
+        let chunk_kib = (CRASH_CHUNK >> 10).to_string();
+        let args = ["--durability", durability, "--chunk-size-kib", &chunk_kib];
         let mut m = Mount::start_meta_on(data.path(), &args);
         // Check what the previous rounds left, through this mount.
         for (path, e) in expect.lock().unwrap().iter() {
@@ -598,17 +638,24 @@ fn fsynced_state_survives_kill_9_in_a_loop() {
                 }
                 Expect::Cutting { first, cut } => {
                     let got = got.unwrap_or_else(|err| panic!("{}: {err} after a crash", path.display()));
-                    let ok = got.len() == first.len()
-                        && (got == *first || {
-                            got[..*cut] == first[..*cut] && got[*cut..].iter().all(|&b| b == 0)
-                        })
-                        || got.len() == *cut && got[..] == first[..*cut];
                     assert!(
-                        ok,
+                        cut_state(first, *cut, &got),
                         "{}: {} bytes, not a state of its last change",
                         path.display(),
                         got.len()
                     );
+                }
+                Expect::Unlinking(was) => {
+                    if let Ok(got) = got {
+                        assert!(
+                            got == *was,
+                            "{}: {} bytes while being unlinked",
+                            path.display(),
+                            got.len()
+                        );
+                    } else {
+                        assert_errno(got, libc::ENOENT, "being unlinked");
+                    }
                 }
                 Expect::Gone => assert_errno(got, libc::ENOENT, "unlinked and the directory fsync'd"),
             }
