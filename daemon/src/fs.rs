@@ -790,4 +790,53 @@ mod tests {
             "fsyncdir returned before the entry was on disk"
         );
     }
+
+    #[test]
+    fn fallocate_modes_are_parsed_as_the_kernel_names_them() {
+        let keep = libc::FALLOC_FL_KEEP_SIZE as u32;
+        let punch = libc::FALLOC_FL_PUNCH_HOLE as u32;
+        let zero = libc::FALLOC_FL_ZERO_RANGE as u32;
+        assert_eq!(Fallocate::parse(0).unwrap(), (Fallocate::Allocate, false));
+        assert_eq!(Fallocate::parse(keep).unwrap(), (Fallocate::Allocate, true));
+        assert_eq!(
+            Fallocate::parse(punch | keep).unwrap(),
+            (Fallocate::PunchHole, true)
+        );
+        assert_eq!(Fallocate::parse(zero).unwrap(), (Fallocate::ZeroRange, false));
+        assert_eq!(
+            Fallocate::parse(zero | keep).unwrap(),
+            (Fallocate::ZeroRange, true)
+        );
+        for mode in [
+            punch,
+            punch | zero | keep,
+            libc::FALLOC_FL_COLLAPSE_RANGE as u32,
+            libc::FALLOC_FL_INSERT_RANGE as u32,
+            libc::FALLOC_FL_UNSHARE_RANGE as u32,
+            keep | 0x100,
+        ] {
+            let e = Fallocate::parse(mode).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "mode {mode:#x}");
+        }
+    }
+
+    /// Bytes a crash left past the end (written, the size never
+    /// committed) must not show when fallocate grows the file over them.
+    #[test]
+    fn fallocate_growing_the_size_drops_what_a_crash_left_past_the_end() {
+        let zero = libc::FALLOC_FL_ZERO_RANGE as u32;
+        for (mode, offset) in [(0, 0), (zero, 6000)] {
+            let (fs, _engine, _dir) = fs();
+            let (ino, handle) = create(&fs, c"a");
+            let rec = fs.meta.getattr(ino).unwrap();
+            fs.data.write(ino, &rec, 4000, b"stale bytes").unwrap();
+            fs.fallocate(&Context::default(), ino, handle, mode, offset, 8192 - offset)
+                .unwrap();
+            let rec = fs.meta.getattr(ino).unwrap();
+            assert_eq!(rec.size, 8192, "mode {mode:#x}");
+            let mut buf = vec![1u8; 8192];
+            assert_eq!(fs.data.read(ino, &rec, 0, &mut buf).unwrap(), 8192);
+            assert!(buf.iter().all(|b| *b == 0), "mode {mode:#x}: old bytes came back");
+        }
+    }
 }
