@@ -19,8 +19,10 @@
 //! # Cost follows data, not size
 //!
 //! The chunks a file has are one `read_dir` of its directory, so
-//! [`ChunkStore::truncate`], [`ChunkStore::remove`] and [`ChunkStore::sync`]
-//! visit the chunks that exist, never every index up to the file's size
+//! [`ChunkStore::truncate`], [`ChunkStore::zero`] (punching a hole),
+//! [`ChunkStore::data_chunks`] (seeking data or a hole),
+//! [`ChunkStore::remove`] and [`ChunkStore::sync`] visit the chunks that
+//! exist, never every index up to the file's size
 //! (when the range of indexes they touch is shorter than
 //! [`INDEX_PROBE_MAX`], they look those up by name instead of listing). A
 //! sparse file of [`crate::meta::FILE_SIZE_MAX_BYTES`] (4 EiB, the largest
@@ -440,9 +442,9 @@ impl ChunkStore {
     }
 
     /// The indexes in `indexes` whose chunk of `layout` holds data (exists
-    /// and is not empty), in order. Costs what
-    /// [`ChunkStore::candidate_indexes`] does, and a `stat` of each chunk
-    /// found.
+    /// and is not empty), in order. Costs a lookup of each index when
+    /// there are at most [`INDEX_PROBE_MAX`], else a listing of the file's
+    /// directory, and a `stat` of each chunk found.
     pub fn data_chunks(&self, layout: u64, indexes: Range<u64>) -> io::Result<Vec<u64>> {
         let mut found = Vec::new();
         for index in self.candidate_indexes(layout, indexes)? {

@@ -1,5 +1,5 @@
 //! fallocate and `SEEK_DATA`/`SEEK_HOLE` checked against a local
-//! filesystem: each [`CASE`] runs on a fresh file in a mount and on one in
+//! filesystem: each case of [`CASES`] runs on a fresh file in a mount and on one in
 //! tmpfs (or, for modes tmpfs lacks — `FALLOC_FL_ZERO_RANGE` — in the
 //! temporary directory's filesystem), and every result, the size, the bytes
 //! (read through the file's own descriptor and through a new one), whether
@@ -293,7 +293,7 @@ fn first_difference(a: &[u8], b: &[u8]) -> String {
     }
 }
 
-/// Runs every [`CASE`] in `mnt` and on the reference filesystems; returns
+/// Runs every case of [`CASES`] in `mnt` and on the reference filesystems; returns
 /// a description of each case that differs (empty: all agree). Panics if
 /// no reference filesystem supports a case's modes.
 pub fn differences(mnt: &Path, compare_seeks: bool) -> Vec<String> {
