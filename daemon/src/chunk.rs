@@ -19,8 +19,10 @@
 //! # Cost follows data, not size
 //!
 //! The chunks a file has are one `read_dir` of its directory, so
-//! [`ChunkStore::truncate`], [`ChunkStore::remove`] and [`ChunkStore::sync`]
-//! visit the chunks that exist, never every index up to the file's size
+//! [`ChunkStore::truncate`], [`ChunkStore::zero`] (punching a hole),
+//! [`ChunkStore::data_chunks`] (seeking data or a hole),
+//! [`ChunkStore::remove`] and [`ChunkStore::sync`] visit the chunks that
+//! exist, never every index up to the file's size
 //! (when the range of indexes they touch is shorter than
 //! [`INDEX_PROBE_MAX`], they look those up by name instead of listing). A
 //! sparse file of [`crate::meta::FILE_SIZE_MAX_BYTES`] (4 EiB, the largest
@@ -138,6 +140,19 @@ fn exists_ok(result: io::Result<()>) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Overwrites `range` of `file` with zeros, a bounded buffer at a time.
+fn write_zeros(file: &File, range: Range<u64>) -> io::Result<()> {
+    const ZEROS_LEN: usize = 64 * 1024;
+    let zeros = vec![0u8; ZEROS_LEN.min((range.end - range.start) as usize)];
+    let mut at = range.start;
+    while at < range.end {
+        let n = zeros.len().min((range.end - at) as usize);
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 impl ChunkStore {
@@ -386,6 +401,61 @@ impl ChunkStore {
             }
         }
         Ok(())
+    }
+
+    /// Makes bytes `range` of a file read as zeros: its chunks wholly
+    /// inside are removed, and the part of an edge chunk inside is cut off
+    /// (when it reaches the chunk file's end: a chunk left empty is
+    /// removed) or overwritten with zeros (at most a chunk's worth, twice).
+    /// Bytes past a chunk file's end already read as zeros and are left
+    /// alone. Costs what [`ChunkStore::truncate`] does: the chunks the
+    /// range holds, never its length.
+    pub fn zero(&self, layout: u64, chunk_size: u32, range: Range<u64>) -> io::Result<()> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        let cs = u64::from(chunk_size.max(1));
+        for index in self.candidate_indexes(layout, range.start / cs..range.end.div_ceil(cs))? {
+            let chunk_start = index * cs;
+            let from = range.start.max(chunk_start) - chunk_start;
+            let to = range.end.min(chunk_start.saturating_add(cs)) - chunk_start;
+            if from == 0 && to == cs {
+                not_found_ok(fs::remove_file(self.path(layout, index)))?;
+                continue;
+            }
+            let Some(file) = self.open_chunk_with(layout, index, true, false)? else {
+                continue;
+            };
+            let len = file.metadata()?.len();
+            if from >= len {
+                continue;
+            }
+            if to < len {
+                write_zeros(&file, from..to)?;
+            } else if from > 0 {
+                file.set_len(from)?;
+            } else {
+                not_found_ok(fs::remove_file(self.path(layout, index)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The indexes in `indexes` whose chunk of `layout` holds data (exists
+    /// and is not empty), in order. Costs a lookup of each index when
+    /// there are at most [`INDEX_PROBE_MAX`], else a listing of the file's
+    /// directory, and a `stat` of each chunk found.
+    pub fn data_chunks(&self, layout: u64, indexes: Range<u64>) -> io::Result<Vec<u64>> {
+        let mut found = Vec::new();
+        for index in self.candidate_indexes(layout, indexes)? {
+            match fs::metadata(self.path(layout, index)) {
+                Ok(m) if m.len() > 0 => found.push(index),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
     }
 
     /// Deletes every chunk of `layout`, and its directory.
@@ -664,5 +734,70 @@ mod tests {
         store.remove(7).unwrap();
         assert!(!store.path(7, 0).exists() && !store.path(7, 1).exists());
         assert_eq!(store.read(7, 4096, 6000, 0, &mut after).unwrap(), 8);
+    }
+
+    #[test]
+    fn zeroing_a_range_of_a_sparse_4_eib_file_touches_only_its_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        huge_sparse_file(&store, 13);
+        let s = store.clone();
+        // From byte 50 of chunk 0 to 2 bytes before the end: chunk 0 is
+        // cut at 50, the last chunk keeps its last 2 bytes.
+        let took = within_deadline("zero of 4 EiB", move || s.zero(13, CS, 50..HUGE - 2));
+        eprintln!("zeroing almost all of a sparse 4 EiB file: {took:?}");
+        let last = HUGE / u64::from(CS) - 1;
+        assert_eq!(chunks_of(&store, 13), vec![0, last]);
+        assert_eq!(fs::metadata(store.path(13, 0)).unwrap().len(), 50);
+        let mut tail = [1u8; 5];
+        store.read(13, CS, HUGE, HUGE - 5, &mut tail).unwrap();
+        assert_eq!(&tail, &[0, 0, 0, b'l', b'!']);
+        assert_eq!(
+            store.data_chunks(13, 0..HUGE / u64::from(CS)).unwrap(),
+            vec![0, last]
+        );
+        // The whole file: every chunk goes.
+        let s = store.clone();
+        within_deadline("zero of all 4 EiB", move || s.zero(13, CS, 0..HUGE));
+        assert_eq!(chunks_of(&store, 13), Vec::<u64>::new());
+        assert_eq!(
+            store.data_chunks(13, 0..HUGE / u64::from(CS)).unwrap(),
+            Vec::<u64>::new()
+        );
+    }
+
+    #[test]
+    fn zeroing_cuts_or_overwrites_the_edges_and_removes_whole_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..5 * 4096u32).map(|i| (i % 251) as u8 + 1).collect();
+        store.write(3, CS, 0, &data).unwrap();
+        // Inside chunk 0, 1..3 whole, into chunk 4: zeros written in 0 and
+        // 4, chunks 1..3 removed.
+        store.zero(3, CS, 100..4 * 4096 + 10).unwrap();
+        assert_eq!(chunks_of(&store, 3), vec![0, 4]);
+        assert_eq!(
+            fs::metadata(store.path(3, 0)).unwrap().len(),
+            100,
+            "cut: the range reached its end"
+        );
+        assert_eq!(
+            fs::metadata(store.path(3, 4)).unwrap().len(),
+            4096,
+            "zeros written, length kept"
+        );
+        let mut back = vec![0xaa; data.len()];
+        store.read(3, CS, data.len() as u64, 0, &mut back).unwrap();
+        let mut want = data.clone();
+        want[100..4 * 4096 + 10].fill(0);
+        assert_eq!(back, want);
+        // Chunk 0 from its start to past its end: removed, not left empty.
+        store.zero(3, CS, 0..200).unwrap();
+        assert_eq!(chunks_of(&store, 3), vec![4]);
+        assert_eq!(store.data_chunks(3, 0..5).unwrap(), vec![4]);
+        // Past a chunk's end, or over a missing chunk: nothing happens.
+        store.zero(3, CS, 4096..8000).unwrap();
+        assert_eq!(chunks_of(&store, 3), vec![4]);
+        store.zero(3, CS, 7..7).unwrap();
     }
 }

@@ -7,6 +7,23 @@
 //! [`FileData::cut`]): a crash in between leaves the old size over fewer
 //! bytes (reading zeros), never a larger size over old bytes.
 //!
+//! `fallocate` takes mode 0 and `FALLOC_FL_KEEP_SIZE` (allocate),
+//! `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE` and `FALLOC_FL_ZERO_RANGE`
+//! (with or without `KEEP_SIZE`); any other mode is `EOPNOTSUPP`. Allocating
+//! reserves nothing: chunks stay sparse (neither store can promise space
+//! ahead: the local one shares its disk, the cluster's targets are
+//! elsewhere), so it only grows the size. Punching and zeroing go through
+//! [`FileData::zero`]: whole chunks are emptied, the edges get zeros.
+//! Every fallocate that succeeds updates mtime and ctime, growing or not,
+//! as ext4 and tmpfs do on Linux 6.x (their fallocate calls
+//! `file_modified()`); the kernel leaves the times to us (a FUSE inode
+//! without writeback cache is `S_NOCMTIME`). A size grown by fallocate is
+//! handled like one grown by truncate: whatever a crash left past the old
+//! end is cut first.
+//!
+//! `lseek`'s `SEEK_DATA` and `SEEK_HOLE` answer from the chunks that hold
+//! data (see [`crate::data`]).
+//!
 //! Inode numbers are the metadata layer's; the kernel's lookup counts need
 //! no bookkeeping here, because an inode's life is decided by the metadata
 //! (links and open-file sessions), not by this process's memory. Open file
@@ -23,7 +40,7 @@ use fuse_backend_rs::api::filesystem::{
     SetattrValid, ZeroCopyReader, ZeroCopyWriter,
 };
 
-use crate::data::FileData;
+use crate::data::{seek_hole_data, FileData, Seek};
 use crate::meta::schema::{InodeRec, Timestamp};
 use crate::meta::{
     relatime_due, Caller, Clock, MetaError, Namespace, Reclaim, SetAttr, SystemClock, TimeSet,
@@ -177,6 +194,31 @@ impl MetaFs {
                 );
             }
         }
+    }
+}
+
+/// What a `fallocate` mode asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fallocate {
+    /// Mode 0 or `KEEP_SIZE`: reserve (nothing here: see the module docs).
+    Allocate,
+    /// `PUNCH_HOLE | KEEP_SIZE`.
+    PunchHole,
+    /// `ZERO_RANGE`, with or without `KEEP_SIZE`.
+    ZeroRange,
+}
+
+impl Fallocate {
+    /// The operation and whether the size stays, or `EOPNOTSUPP`.
+    fn parse(mode: u32) -> io::Result<(Fallocate, bool)> {
+        let keep_size = libc::FALLOC_FL_KEEP_SIZE as u32;
+        let op = match mode & !keep_size {
+            0 => Fallocate::Allocate,
+            m if m == libc::FALLOC_FL_PUNCH_HOLE as u32 && mode & keep_size != 0 => Fallocate::PunchHole,
+            m if m == libc::FALLOC_FL_ZERO_RANGE as u32 => Fallocate::ZeroRange,
+            _ => return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
+        };
+        Ok((op, mode & keep_size != 0))
     }
 }
 
@@ -466,6 +508,83 @@ impl FileSystem for MetaFs {
         Ok(buf.len())
     }
 
+    /// See the module docs. Like a write, it needs a session opened for
+    /// writing (the kernel answers `EBADF` for others, and the metadata
+    /// layer checked `W_OK` at the open when it checks permissions); the
+    /// data changes first, then the size and times commit (also checking
+    /// the session, as a write's do).
+    fn fallocate(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        let (op, keep_size) = Fallocate::parse(mode)?;
+        // The kernel refuses these already (vfs_fallocate); its offsets
+        // are signed.
+        if length == 0 || offset > i64::MAX as u64 || length > i64::MAX as u64 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let end = offset
+            .checked_add(length)
+            .filter(|end| *end <= i64::MAX as u64)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
+        let grows_to = (!keep_size).then_some(end);
+        // Space past the largest size cannot be had; bytes there are never
+        // data, so zeroing them with the size kept is no error (ext4 and
+        // tmpfs agree).
+        if (op == Fallocate::Allocate || grows_to.is_some()) && end > FILE_SIZE_MAX_BYTES {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG));
+        }
+        let rec = self.meta.getattr(inode).map_err(io_err)?;
+        match rec.kind() {
+            libc::S_IFREG => {}
+            libc::S_IFDIR => return Err(io::Error::from_raw_os_error(libc::EISDIR)),
+            _ => return Err(io::Error::from_raw_os_error(libc::ENODEV)),
+        }
+        if grows_to.is_some_and(|end| end > rec.size) {
+            self.data.cut(inode, &rec, rec.size)?;
+        }
+        if op != Fallocate::Allocate {
+            // Past the size (and anything a crash left there was cut
+            // above, or is cut before the size ever grows over it) the
+            // bytes read as zeros already.
+            let zero_end = end.min(rec.size);
+            if offset < zero_end {
+                self.data.zero(inode, &rec, offset..zero_end)?;
+            }
+        }
+        self.meta
+            .note_write(inode, handle, grows_to.unwrap_or(0))
+            .map_err(io_err)?;
+        Ok(())
+    }
+
+    /// `SEEK_DATA` and `SEEK_HOLE` (the kernel does the others itself).
+    fn lseek(&self, _ctx: &Context, inode: u64, _handle: u64, offset: u64, whence: u32) -> io::Result<u64> {
+        let seek = match whence as i32 {
+            libc::SEEK_DATA => Seek::Data,
+            libc::SEEK_HOLE => Seek::Hole,
+            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        let rec = self.meta.getattr(inode).map_err(io_err)?;
+        if rec.kind() != libc::S_IFREG {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        if offset >= rec.size {
+            return Err(io::Error::from_raw_os_error(libc::ENXIO));
+        }
+        let cs = u64::from(rec.chunk_size.max(1));
+        let data = self
+            .data
+            .data_chunks(inode, &rec, offset / cs..rec.size.div_ceil(cs))?;
+        seek_hole_data(&data, rec.chunk_size, rec.size, offset, seek)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENXIO))
+    }
+
     fn flush(&self, _ctx: &Context, _inode: u64, _handle: u64, _lock_owner: u64) -> io::Result<()> {
         Ok(())
     }
@@ -670,5 +789,54 @@ mod tests {
             engine.all_synced(),
             "fsyncdir returned before the entry was on disk"
         );
+    }
+
+    #[test]
+    fn fallocate_modes_are_parsed_as_the_kernel_names_them() {
+        let keep = libc::FALLOC_FL_KEEP_SIZE as u32;
+        let punch = libc::FALLOC_FL_PUNCH_HOLE as u32;
+        let zero = libc::FALLOC_FL_ZERO_RANGE as u32;
+        assert_eq!(Fallocate::parse(0).unwrap(), (Fallocate::Allocate, false));
+        assert_eq!(Fallocate::parse(keep).unwrap(), (Fallocate::Allocate, true));
+        assert_eq!(
+            Fallocate::parse(punch | keep).unwrap(),
+            (Fallocate::PunchHole, true)
+        );
+        assert_eq!(Fallocate::parse(zero).unwrap(), (Fallocate::ZeroRange, false));
+        assert_eq!(
+            Fallocate::parse(zero | keep).unwrap(),
+            (Fallocate::ZeroRange, true)
+        );
+        for mode in [
+            punch,
+            punch | zero | keep,
+            libc::FALLOC_FL_COLLAPSE_RANGE as u32,
+            libc::FALLOC_FL_INSERT_RANGE as u32,
+            libc::FALLOC_FL_UNSHARE_RANGE as u32,
+            keep | 0x100,
+        ] {
+            let e = Fallocate::parse(mode).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "mode {mode:#x}");
+        }
+    }
+
+    /// Bytes a crash left past the end (written, the size never
+    /// committed) must not show when fallocate grows the file over them.
+    #[test]
+    fn fallocate_growing_the_size_drops_what_a_crash_left_past_the_end() {
+        let zero = libc::FALLOC_FL_ZERO_RANGE as u32;
+        for (mode, offset) in [(0, 0), (zero, 6000)] {
+            let (fs, _engine, _dir) = fs();
+            let (ino, handle) = create(&fs, c"a");
+            let rec = fs.meta.getattr(ino).unwrap();
+            fs.data.write(ino, &rec, 4000, b"stale bytes").unwrap();
+            fs.fallocate(&Context::default(), ino, handle, mode, offset, 8192 - offset)
+                .unwrap();
+            let rec = fs.meta.getattr(ino).unwrap();
+            assert_eq!(rec.size, 8192, "mode {mode:#x}");
+            let mut buf = vec![1u8; 8192];
+            assert_eq!(fs.data.read(ino, &rec, 0, &mut buf).unwrap(), 8192);
+            assert!(buf.iter().all(|b| *b == 0), "mode {mode:#x}: old bytes came back");
+        }
     }
 }

@@ -11,6 +11,9 @@
 //!   target comes back, copies what it missed, serves again, and then
 //!   alone serves every file correctly;
 //! - unlinking a file removes its chunks from every target;
+//! - fallocate (allocate, punch-hole, zero-range) and `SEEK_DATA`/
+//!   `SEEK_HOLE` do on cluster data what they do on tmpfs, every replica
+//!   agrees afterwards, and a punch over a huge sparse file is quick;
 //! - fsx (crates.io `fsx`: random reads, writes, mmap reads and writes,
 //!   truncates, each checked against a model) and pjdfstest pass on a
 //!   cluster mount.
@@ -551,6 +554,79 @@ fn a_killed_mounts_unlinked_open_file_loses_its_chunks() {
             Err(cluster.logs())
         }
     });
+}
+
+/// [`common::fallocate::CASES`] on cluster data: the same results, sizes,
+/// bytes and mtimes as tmpfs, and sound seeks (the chunk size is the
+/// metadata service's, 1 MiB, so where they land is not tmpfs's). Then a
+/// second
+/// mount reads every file back from each of the replicas in turn (its
+/// reads go round the chain's members), so a punch or zero applied to one
+/// replica only would show.
+#[test]
+fn fallocate_and_seek_on_cluster_data_agree_with_tmpfs_on_every_replica() {
+    let cluster = Cluster::start(3);
+    let a = cluster.mount();
+    let differ = common::fallocate::differences(a.mnt(), false);
+    assert!(
+        differ.is_empty(),
+        "{}\nmount log:\n{}\n{}",
+        differ.join("\n"),
+        a.daemon_log(),
+        cluster.logs()
+    );
+    let b = cluster.mount();
+    for (i, _) in common::fallocate::CASES.iter().enumerate() {
+        let name = format!("case{i}");
+        let want = std::fs::read(a.mnt().join(&name)).unwrap();
+        for round in 0..3 {
+            let got = std::fs::read(b.mnt().join(&name)).unwrap();
+            assert!(got == want, "{name}, read {round} on another mount differs");
+        }
+    }
+}
+
+/// A punch of 16 TiB over a sparse file on cluster data costs its chunks:
+/// done within the deadline, zeros where it was, data and holes by chunk.
+#[test]
+fn a_punch_over_a_huge_sparse_file_on_cluster_data_is_quick() {
+    use rustix::fs::{FallocateFlags, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    const TIB: u64 = 1 << 40;
+    // The metadata service's chunk size.
+    const CHUNK: u64 = 1 << 20;
+    let cluster = Cluster::start(3);
+    let a = cluster.mount();
+    let path = a.mnt().join("huge");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.write_all_at(&[7u8; 100], 0).unwrap();
+    file.write_all_at(b"middle", 8 * TIB).unwrap();
+    file.write_all_at(b"tail", 16 * TIB).unwrap();
+    let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    let fd = file.try_clone().unwrap();
+    let done = common::with_timeout(Duration::from_secs(30), move || {
+        rustix::fs::fallocate(&fd, punch, 50, 16 * TIB - 50)
+    });
+    match done {
+        None => panic!("a punch of 16 TiB did not finish within 30 s\n{}", cluster.logs()),
+        Some(r) => r.expect("punch"),
+    }
+    let mut back = [1u8; 100];
+    file.read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(&back[..50], &[7u8; 50][..]);
+    assert_eq!(&back[50..], &[0u8; 50][..]);
+    let mut middle = [1u8; 6];
+    file.read_exact_at(&mut middle, 8 * TIB).unwrap();
+    assert_eq!(middle, [0u8; 6]);
+    assert_eq!(rustix::fs::seek(&file, SeekFrom::Data(CHUNK)).unwrap(), 16 * TIB);
+    assert_eq!(rustix::fs::seek(&file, SeekFrom::Hole(0)).unwrap(), CHUNK);
+    assert_eq!(file.metadata().unwrap().len(), 16 * TIB + 4);
 }
 
 #[test]

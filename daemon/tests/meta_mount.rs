@@ -788,3 +788,178 @@ fn reads_and_listings_update_access_times_by_the_mounts_option() {
     fs::read_dir(m.mnt()).unwrap().for_each(drop);
     assert_eq!(atime_of(&f), before, "noatime: a read updated the atime");
 }
+
+/// Every allocate, punch-hole and zero-range case of
+/// [`common::fallocate::CASES`] does on the mount what it does on tmpfs
+/// (ext4 for zero-range): results, size, bytes, mtime; with 4 KiB chunks
+/// also where `SEEK_DATA`/`SEEK_HOLE` land. With the default 1 MiB chunks
+/// the edges of a range fall inside chunks: bytes and sizes must agree too.
+#[test]
+fn fallocate_and_seek_agree_with_tmpfs() {
+    for (chunk_kib, seeks) in [("4", true), ("1024", false)] {
+        let m = Mount::start_meta(&["--chunk-size-kib", chunk_kib]);
+        let differ = common::fallocate::differences(m.mnt(), seeks);
+        assert!(
+            differ.is_empty(),
+            "with {chunk_kib} KiB chunks:\n{}\n{}",
+            differ.join("\n"),
+            m.daemon_log()
+        );
+    }
+}
+
+/// Punching or zeroing a range of a sparse file costs its chunks, not the
+/// range: 16 TiB go at once, and whole chunks are removed rather than
+/// written with zeros (so the count of chunk files only drops).
+#[test]
+fn a_punch_over_a_huge_sparse_file_is_quick_and_touches_only_its_chunks() {
+    use rustix::fs::{FallocateFlags, SeekFrom};
+    let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    let m = Mount::start_meta(&["--chunk-size-kib", "4"]);
+    fs::write(m.mnt().join("neighbour"), b"hello").unwrap();
+    let path = m.mnt().join("huge");
+    let file = Arc::new(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("create huge"),
+    );
+    file.write_all_at(&[7u8; 8192], 0).expect("two chunks at 0");
+    file.write_all_at(b"middle", 8 * TIB).expect("a write at 8 TiB");
+    file.write_all_at(b"tail", 16 * TIB).expect("a write at 16 TiB");
+    assert_eq!(
+        chunk_files(m.src()),
+        5,
+        "two chunks at 0, one each further on, the neighbour's"
+    );
+    let size = 16 * TIB + 4;
+    let f = file.clone();
+    quick_while_listing(
+        m.mnt(),
+        "a punch of 16 TiB but 100 bytes and the tail",
+        move || rustix::fs::fallocate(&*f, punch, 100, 16 * TIB - 100).map_err(io::Error::from),
+    );
+    assert_eq!(
+        chunk_files(m.src()),
+        3,
+        "chunk 0 (cut at 100), the tail's and the neighbour's are left"
+    );
+    let mut head = [1u8; 200];
+    file.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(&head[..100], &[7u8; 100][..]);
+    assert_eq!(&head[100..], &[0u8; 100][..]);
+    let mut middle = [1u8; 6];
+    file.read_exact_at(&mut middle, 8 * TIB).unwrap();
+    assert_eq!(middle, [0u8; 6]);
+    assert_eq!(file.metadata().unwrap().len(), size, "the size stays");
+    let f = file.clone();
+    quick_while_listing(m.mnt(), "SEEK_DATA and SEEK_HOLE over 16 TiB", move || {
+        let data = rustix::fs::seek(&*f, SeekFrom::Data(100)).map_err(io::Error::from)?;
+        let hole = rustix::fs::seek(&*f, SeekFrom::Hole(0)).map_err(io::Error::from)?;
+        assert_eq!((data, hole), (100, 4096), "chunk 0 then the tail's chunk");
+        let data = rustix::fs::seek(&*f, SeekFrom::Data(4096)).map_err(io::Error::from)?;
+        assert_eq!(data, 16 * TIB, "the tail's chunk");
+        Ok(())
+    });
+    let f = file.clone();
+    quick_while_listing(m.mnt(), "a zero-range of all 16 TiB", move || {
+        rustix::fs::fallocate(&*f, FallocateFlags::ZERO_RANGE, 0, size).map_err(io::Error::from)
+    });
+    assert_eq!(chunk_files(m.src()), 1, "only the neighbour's chunk is left");
+    assert_rustix_errno(
+        rustix::fs::seek(&*file, SeekFrom::Data(0)),
+        libc::ENXIO,
+        "no data left",
+    );
+    assert_eq!(rustix::fs::seek(&*file, SeekFrom::Hole(5)).unwrap(), 5);
+    assert_eq!(fs::read(m.mnt().join("neighbour")).unwrap(), b"hello");
+}
+
+/// The limits: past 4 EiB an allocation or a growing zero-range is EFBIG
+/// and changes nothing, a punch there is fine (nothing is there); modes
+/// the mount does not serve are EOPNOTSUPP; SEEK_DATA/SEEK_HOLE at or past
+/// the end are ENXIO; the kernel's own checks (length 0, a read-only
+/// descriptor) hold.
+#[test]
+fn fallocate_limits_and_unsupported_modes() {
+    use rustix::fs::{FallocateFlags, SeekFrom};
+    let keep = FallocateFlags::KEEP_SIZE;
+    let m = Mount::start_meta(&[]);
+    let path = m.mnt().join("f");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.write_all_at(b"0123456789", 0).unwrap();
+    for (mode, what) in [
+        (FallocateFlags::empty(), "allocate"),
+        (keep, "allocate with KEEP_SIZE"),
+        (FallocateFlags::ZERO_RANGE, "zero-range"),
+    ] {
+        assert_rustix_errno(
+            rustix::fs::fallocate(&file, mode, SIZE_MAX - 10, 11),
+            libc::EFBIG,
+            &format!("{what} to 4 EiB + 1"),
+        );
+    }
+    rustix::fs::fallocate(&file, FallocateFlags::empty(), SIZE_MAX - 10, 10).expect("allocate up to 4 EiB");
+    assert_eq!(file.metadata().unwrap().len(), SIZE_MAX);
+    file.set_len(10).unwrap();
+    for mode in [
+        FallocateFlags::PUNCH_HOLE | keep,
+        FallocateFlags::ZERO_RANGE | keep,
+    ] {
+        rustix::fs::fallocate(&file, mode, SIZE_MAX - 10, 1 << 20)
+            .unwrap_or_else(|e| panic!("{mode:?} past 4 EiB with KEEP_SIZE: {e}"));
+    }
+    for (mode, what) in [
+        (FallocateFlags::COLLAPSE_RANGE, "collapse-range"),
+        (FallocateFlags::INSERT_RANGE, "insert-range"),
+        (FallocateFlags::UNSHARE_RANGE, "unshare-range"),
+        (FallocateFlags::PUNCH_HOLE, "punch-hole without KEEP_SIZE"),
+    ] {
+        assert_rustix_errno(
+            rustix::fs::fallocate(&file, mode, 0, 4096),
+            libc::EOPNOTSUPP,
+            what,
+        );
+    }
+    assert_rustix_errno(
+        rustix::fs::fallocate(&file, FallocateFlags::empty(), 0, 0),
+        libc::EINVAL,
+        "length 0",
+    );
+    let read_only = fs::File::open(&path).unwrap();
+    assert_rustix_errno(
+        rustix::fs::fallocate(&read_only, FallocateFlags::empty(), 0, 100),
+        libc::EBADF,
+        "a read-only descriptor",
+    );
+    assert_eq!(
+        file.metadata().unwrap().len(),
+        10,
+        "the refused calls changed nothing"
+    );
+    assert_eq!(fs::read(&path).unwrap(), b"0123456789");
+    assert_rustix_errno(
+        rustix::fs::seek(&file, SeekFrom::Data(10)),
+        libc::ENXIO,
+        "SEEK_DATA at the end",
+    );
+    assert_rustix_errno(
+        rustix::fs::seek(&file, SeekFrom::Hole(11)),
+        libc::ENXIO,
+        "SEEK_HOLE past the end",
+    );
+    assert_eq!(
+        rustix::fs::seek(&file, SeekFrom::Hole(3)).unwrap(),
+        10,
+        "the end is a hole"
+    );
+}

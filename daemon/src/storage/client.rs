@@ -7,6 +7,16 @@
 //! id, sequence) so a retry is recognized; reads to a serving member, in
 //! turn over the members (a failing member is skipped for the next).
 //! Retries back off and end at [`RETRY_FOR`] with `EIO`.
+//!
+//! Zeroing a range (fallocate's punch-hole and zero-range) lists the
+//! file's chunks on each of its chains (at the head, which has applied
+//! every update this client was answered for) and sends each chunk in the
+//! range one ordinary update through its chain's head, so the chain
+//! orders it with the chunk's other updates and every replica applies the
+//! same: a chunk wholly inside is cut to nothing (never removed: it may be
+//! written again, see [`super`]), an edge chunk is cut where the range
+//! reaches its end, or else has zeros written over the part inside.
+//! `SEEK_DATA`/`SEEK_HOLE` use the same listing: a chunk with bytes is data.
 
 use std::collections::HashMap;
 use std::io;
@@ -326,6 +336,19 @@ impl ClusterData {
     }
 }
 
+impl ClusterData {
+    /// The chunks of the file's layout on each of its chains (index,
+    /// length), each chain listed once.
+    fn chunks_of(&self, layout_id: u64, layout: &LayoutRec) -> io::Result<Vec<(u64, u32)>> {
+        let chains: std::collections::BTreeSet<u32> = layout.chains.iter().copied().collect();
+        let mut chunks = Vec::new();
+        for chain in chains {
+            chunks.extend(self.list(chain, layout_id)?);
+        }
+        Ok(chunks)
+    }
+}
+
 /// The pieces of a byte range: (chunk index, offset in it, length, offset
 /// in the range), each within one chunk and at most `max` long.
 fn pieces(chunk_size: u32, offset: u64, len: usize, max: usize) -> Vec<(u64, u32, usize, usize)> {
@@ -389,6 +412,65 @@ impl FileData for ClusterData {
             return Ok(());
         };
         self.cut_layout(rec.layout_id, &layout, rec.chunk_size, at, false)
+    }
+
+    fn zero(&self, ino: u64, rec: &InodeRec, range: std::ops::Range<u64>) -> io::Result<()> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        let Some(layout) = self.existing_layout(ino, rec.layout_id)? else {
+            return Ok(());
+        };
+        let cs = u64::from(rec.chunk_size.max(1));
+        let indexes = range.start / cs..range.end.div_ceil(cs);
+        let zeros_max = crate::rpc::frame::BULK_LEN_MAX;
+        let mut zeros = Vec::new();
+        for (index, len) in self.chunks_of(rec.layout_id, &layout)? {
+            if !indexes.contains(&index) {
+                continue;
+            }
+            let chunk_start = index * cs;
+            let from = range.start.max(chunk_start) - chunk_start;
+            let to = range.end.min(chunk_start.saturating_add(cs)) - chunk_start;
+            let len = u64::from(len);
+            if from >= len {
+                continue;
+            }
+            let chain = layout.chain_of(index);
+            let chunk = ChunkId {
+                layout: rec.layout_id,
+                index,
+            };
+            if to >= len {
+                // `from` < `len`, a u32.
+                self.update(chain, chunk, ChunkOp::Truncate { len: from as u32 }, &[])?;
+                continue;
+            }
+            let mut at = from;
+            while at < to {
+                let n = ((to - at) as usize).min(zeros_max);
+                zeros.resize(n.max(zeros.len()), 0);
+                // `at` < `to` < `len`, a u32.
+                self.update(chain, chunk, ChunkOp::Write { offset: at as u32 }, &zeros[..n])?;
+                at += n as u64;
+            }
+        }
+        Ok(())
+    }
+
+    fn data_chunks(&self, ino: u64, rec: &InodeRec, indexes: std::ops::Range<u64>) -> io::Result<Vec<u64>> {
+        let Some(layout) = self.existing_layout(ino, rec.layout_id)? else {
+            return Ok(Vec::new());
+        };
+        let mut found: Vec<u64> = self
+            .chunks_of(rec.layout_id, &layout)?
+            .into_iter()
+            .filter(|(index, len)| *len > 0 && indexes.contains(index))
+            .map(|(index, _)| index)
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        Ok(found)
     }
 
     fn remove(&self, reclaim: &Reclaim) -> io::Result<()> {

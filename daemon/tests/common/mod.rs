@@ -12,6 +12,8 @@
 //! Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod fallocate;
+
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
