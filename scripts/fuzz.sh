@@ -7,8 +7,9 @@
 # Installs cargo-afl and builds AFL++ if missing, builds the target's
 # harness (fuzz/afl), fuzzes for SECONDS starting from the committed corpus
 # (fuzz/corpus/TARGET, seeded if empty), then merges what it found into the
-# corpus, minimized with afl-cmin and capped (CORPUS_FILES_MAX files of at
-# most CORPUS_FILE_BYTES_MAX bytes), so the repository stays small. Crashes
+# corpus, minimized with afl-cmin and capped (smallest first, at most
+# CORPUS_FILES_MAX files and CORPUS_BYTES_MAX bytes, none over
+# CORPUS_FILE_BYTES_MAX), so the repository stays small. Crashes
 # are copied into fuzz/regressions/TARGET, which `cargo test` replays, and
 # make the script exit 1. Prints the executions, paths and run time from
 # AFL's fuzzer_stats.
@@ -19,7 +20,8 @@
 set -euo pipefail
 
 targets=(request ring virtio service)
-CORPUS_FILES_MAX=${CORPUS_FILES_MAX:-300}
+CORPUS_FILES_MAX=${CORPUS_FILES_MAX:-2000}
+CORPUS_BYTES_MAX=${CORPUS_BYTES_MAX:-524288}
 CORPUS_FILE_BYTES_MAX=${CORPUS_FILE_BYTES_MAX:-16384}
 
 usage() {
@@ -109,8 +111,13 @@ AFL_PATH=$afl_bin PATH=$afl_bin:$PATH AFL_SKIP_CPUFREQ=1 AFL_NO_AFFINITY=1 \
     echo "afl-cmin failed (log: $out/cmin.log)" >&2
     exit 1
 }
-# Keep the smallest files if afl-cmin left too many.
-kept=$(find "$minimized" -type f -printf '%s %p\n' | sort -n | head -n "$CORPUS_FILES_MAX" | cut -d' ' -f2-)
+# Keep the smallest files if afl-cmin left too many or too much. (awk
+# reads to the end: head would close the pipe early, and pipefail turn
+# sort's SIGPIPE into a failure.)
+kept=$(find "$minimized" -type f -printf '%s %p\n' | sort -n |
+    awk -v files="$CORPUS_FILES_MAX" -v bytes="$CORPUS_BYTES_MAX" '
+        { total += $1 }
+        NR <= files && total <= bytes { sub(/^[0-9]+ /, ""); print }')
 rm -rf "$corpus"
 mkdir -p "$corpus"
 while IFS= read -r f; do

@@ -168,7 +168,7 @@ fn request() -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for (name, req) in requests() {
         let bytes = req.to_bytes();
-        out.push((format!("{name}"), [&[0u8][..], &bytes].concat()));
+        out.push((name.to_string(), [&[0u8][..], &bytes].concat()));
         // Other sessions and policies: the readdirplus and xattr features,
         // privilege clearing, the adaptive timeouts.
         for mode in [0x04u8, 0x08, 0x1c] {
@@ -178,7 +178,7 @@ fn request() -> Vec<(String, Vec<u8>)> {
     // `Args` programs (mode bit 1): program length, program, split point,
     // bytes. fixed, name, name, finish over "mkdir" arguments; then the
     // ring's split layout with a name in the payload.
-    let mkdir = [&MkdirIn::default().as_bytes()[..], b"a\0b\0"].concat();
+    let mkdir = [MkdirIn::default().as_bytes(), b"a\0b\0"].concat();
     out.push((
         "args-contiguous".into(),
         [&[2u8, 4, 0, 4, 4, 7, 0][..], &mkdir].concat(),
