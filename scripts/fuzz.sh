@@ -66,7 +66,7 @@ harness=$afl_dir/release/$target
 
 if [[ -z $(ls -A "$corpus" 2>/dev/null) ]]; then
     echo "== seed $corpus"
-    (cd "$repo" && cargo run --locked --release -p xfuse-fuzz --bin seeds -- "$target" "$corpus")
+    (cd "$repo" && cargo run --locked -p xfuse-fuzz --bin seeds -- "$target" "$corpus")
 fi
 
 echo "== fuzz $target for $seconds s"
