@@ -17,8 +17,28 @@ use super::Request;
 enum Step {
     /// Deliver a request into an entry of queue `qid`.
     Request { qid: u16, request: Request },
+    /// Deliver an entry's contents as given, however malformed.
+    Raw { qid: u16, entry: RawEntry },
     /// The connection ends.
     Abort,
+}
+
+/// A ring entry's contents as the kernel would fill them, byte for byte:
+/// for entries no well-formed [`Request`] produces (fuzzing, hostile
+/// kernels). The commit id is the kernel's own, not the worker's to check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawEntry {
+    /// The header's `in_out` area (`fuse_in_header` first); cut or
+    /// zero-padded to its size.
+    pub in_out: Vec<u8>,
+    /// The header's `op_in` area; cut or zero-padded to its size.
+    pub op_in: Vec<u8>,
+    /// `ring_ent_in_out.payload_sz`, which may claim more than was copied.
+    pub payload_sz: u32,
+    /// The payload buffer's first bytes; cut to its capacity.
+    pub payload: Vec<u8>,
+    /// `ring_ent_in_out.commit_id`.
+    pub commit_id: u64,
 }
 
 /// A reply the worker committed.
@@ -61,6 +81,12 @@ impl FakeKernel {
     /// request's `unique` as its commit id.
     pub fn then_request(&mut self, qid: u16, request: Request) -> &mut Self {
         self.script.push_back(Step::Request { qid, request });
+        self
+    }
+
+    /// Adds a raw entry for queue `qid` to the script.
+    pub fn then_raw(&mut self, qid: u16, entry: RawEntry) -> &mut Self {
+        self.script.push_back(Step::Raw { qid, entry });
         self
     }
 
@@ -110,6 +136,22 @@ impl FakeKernel {
                 self.pending.insert(header.unique, qid);
                 self.completions.push_back(Completion { entry, result: 0 });
             }
+            Step::Raw { qid, entry: raw } => {
+                let mut entry = self
+                    .available
+                    .get_mut(&qid)
+                    .and_then(|q| q.pop_front())
+                    .expect("queue has an available entry");
+                let (h, p) = entry.parts_mut();
+                copy_padded(&mut h.in_out, &raw.in_out);
+                copy_padded(&mut h.op_in, &raw.op_in);
+                let n = raw.payload.len().min(p.len());
+                p[..n].copy_from_slice(&raw.payload[..n]);
+                h.ring_ent_in_out.payload_sz = raw.payload_sz;
+                h.ring_ent_in_out.commit_id = raw.commit_id;
+                self.pending.insert(raw.commit_id, qid);
+                self.completions.push_back(Completion { entry, result: 0 });
+            }
             Step::Abort => {
                 for (_, q) in self.available.drain() {
                     for entry in q {
@@ -122,6 +164,13 @@ impl FakeKernel {
             }
         }
     }
+}
+
+/// Copies `from` into `to`, cut to fit, the rest of `to` zeroed.
+fn copy_padded(to: &mut [u8], from: &[u8]) {
+    let n = from.len().min(to.len());
+    to[..n].copy_from_slice(&from[..n]);
+    to[n..].fill(0);
 }
 
 impl RingBackend for FakeKernel {

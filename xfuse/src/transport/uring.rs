@@ -112,7 +112,9 @@ pub struct QueueCounters {
 }
 
 impl QueueCounters {
-    fn new(queues: usize, entries: usize) -> QueueCounters {
+    /// Counters for `queues` queues of `entries` ring entries each, none
+    /// serving yet.
+    pub fn new(queues: usize, entries: usize) -> QueueCounters {
         QueueCounters {
             per_queue: (0..queues).map(|_| AtomicU64::new(0)).collect(),
             entries,
@@ -228,13 +230,7 @@ pub fn start<F: FileSystem + Send + Sync + 'static>(
                         return;
                     }
                 };
-                let scratch = vec![0u8; dispatcher.negotiated().max_reply_bytes()];
-                let mut worker = RingWorker {
-                    dispatcher: &*dispatcher,
-                    counters: &counters,
-                    scratch,
-                    spin,
-                };
+                let mut worker = RingWorker::new(&dispatcher, &counters, spin);
                 if let Err(e) = worker.run(&mut ring, entries) {
                     tracing::error!(thread = t, "ring worker stopped: {e}");
                 }
@@ -262,7 +258,19 @@ pub struct RingWorker<'a, F> {
 /// yet) is tried again, 1 ms apart.
 const REGISTER_RETRIES: u32 = 1000;
 
-impl<F: FileSystem + Sync> RingWorker<'_, F> {
+impl<'a, F: FileSystem + Sync> RingWorker<'a, F> {
+    /// A worker answering with `dispatcher`, counting requests per queue in
+    /// `counters`, spinning up to `spin` for completions before it sleeps.
+    /// Any [`RingBackend`] serves: the kernel's rings, or a test double.
+    pub fn new(dispatcher: &'a Dispatcher<F>, counters: &'a QueueCounters, spin: Duration) -> Self {
+        RingWorker {
+            dispatcher,
+            counters,
+            scratch: vec![0u8; dispatcher.negotiated().max_reply_bytes()],
+            spin,
+        }
+    }
+
     /// Registers `entries` and serves until the kernel has handed every
     /// entry back for good.
     pub fn run<B: RingBackend>(&mut self, ring: &mut B, entries: Vec<RingEntry>) -> std::io::Result<()> {

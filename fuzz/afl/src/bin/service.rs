@@ -1,0 +1,7 @@
+//! AFL++ harness of target `service` (see `xfuse_fuzz::service`).
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        xfuse_fuzz::service::service(data);
+    });
+}
