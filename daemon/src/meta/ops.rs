@@ -474,12 +474,27 @@ fn get_dentry(txn: &mut Txn<'_>, parent: u64, name: &[u8]) -> Result<Option<Dent
     }
 }
 
-/// Adds `name -> ino` to directory `parent` (loaded in `staged`).
+/// Adds `name -> ino` to directory `parent` (loaded in `staged`), at the
+/// end of its listing.
 fn add_entry(txn: &mut Txn<'_>, staged: &mut Staged, parent: u64, name: &[u8], ino: u64, kind: u32) {
     let dir = staged.dirty(parent);
     let cookie = dir.cookie_next.max(COOKIE_FIRST);
     dir.cookie_next = cookie + 1;
-    dir.entries += 1;
+    put_entry(txn, staged, parent, name, ino, kind, cookie);
+}
+
+/// Adds `name -> ino` to directory `parent` at listing position `cookie`
+/// (one no entry of `parent` holds).
+fn put_entry(
+    txn: &mut Txn<'_>,
+    staged: &mut Staged,
+    parent: u64,
+    name: &[u8],
+    ino: u64,
+    kind: u32,
+    cookie: u64,
+) {
+    staged.dirty(parent).entries += 1;
     txn.put(
         schema::dentry_key(parent, name),
         DentryRec { ino, kind, cookie }.encode(),
@@ -1384,7 +1399,15 @@ impl Meta {
                 }
             }
             remove_entry(txn, &mut staged, olddir, oldname, &src);
-            add_entry(txn, &mut staged, newdir, newname, src.ino, src.kind);
+            if olddir == newdir {
+                // The entry keeps its place in the listing: a readdir in
+                // progress neither sees it twice (it was listed already)
+                // nor misses it (it was not), however many renames a
+                // reader makes as it goes (xfstests generic/736).
+                put_entry(txn, &mut staged, newdir, newname, src.ino, src.kind, src.cookie);
+            } else {
+                add_entry(txn, &mut staged, newdir, newname, src.ino, src.kind);
+            }
             if src_is_dir && olddir != newdir {
                 staged.dirty(src.ino).parent = newdir;
                 let o = staged.dirty(olddir);

@@ -516,6 +516,43 @@ fn readdir_cookies_are_stable(meta: &Meta) {
         assert!(seen.contains(&format!("f{i:02}")), "f{i:02} skipped: {seen:?}");
     }
     assert_eq!(&seen[..2], &[".", ".."]);
+
+    // generic/736: a reader renames every entry (in place) as it lists
+    // them, a page at a time. Each keeps its place, so the listing ends
+    // with every entry once, by its old name, and every name is new after.
+    let d = dir(meta, ROOT_INO, "renamed");
+    for i in 0..40 {
+        file(meta, d, &format!("a{i:02}"));
+    }
+    let mut listed = Vec::new();
+    let mut cookie = 0;
+    loop {
+        let page = meta.readdir(d, cookie, 3).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for item in &page {
+            let name = String::from_utf8(item.name.clone()).unwrap();
+            cookie = item.cookie;
+            if let Some(number) = name.strip_prefix('a') {
+                meta.rename(&ROOT, d, name.as_bytes(), d, format!("b{number}").as_bytes(), 0)
+                    .unwrap();
+            }
+            listed.push(name);
+            assert!(listed.len() <= 42, "the listing does not end: {listed:?}");
+        }
+    }
+    let mut expected = vec![".".to_string(), "..".to_string()];
+    expected.extend((0..40).map(|i| format!("a{i:02}")));
+    assert_eq!(listed, expected, "each entry once, in creation order");
+    let after: Vec<String> = meta
+        .readdir(d, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|i| String::from_utf8(i.name).unwrap())
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    assert_eq!(after, (0..40).map(|i| format!("b{i:02}")).collect::<Vec<_>>());
     assert_sound(meta);
 }
 
