@@ -662,11 +662,11 @@ fn fsynced_state_survives_kill_9_in_a_loop() {
             checked += 1;
         }
         let dir = m.mnt().to_path_buf();
+        let progress: Arc<std::sync::Mutex<Vec<(PathBuf, Expect)>>> = Arc::default();
         let worker = {
-            let expect = expect.clone();
+            let (expect, local) = (expect.clone(), progress.clone());
             // Kept relative to the mount, which is a new directory each round.
             std::thread::spawn(move || {
-                let local: Arc<std::sync::Mutex<Vec<(PathBuf, Expect)>>> = Arc::default();
                 crash_workload(dir.clone(), round, local.clone());
                 let mut all = expect.lock().unwrap();
                 for (path, e) in local.lock().unwrap().drain(..) {
@@ -674,8 +674,17 @@ fn fsynced_state_survives_kill_9_in_a_loop() {
                 }
             })
         };
-        // Let it work for a while that differs per round, then kill.
-        std::thread::sleep(Duration::from_millis(150 + 97 * round));
+        // Kill at a point of the workload that differs per round: once it
+        // has recorded this many states (whatever the machine's load).
+        let states = 2 + 3 * round as usize;
+        common::wait_for(
+            "the crash workload's progress",
+            Duration::from_secs(60),
+            || match progress.lock().unwrap().len() {
+                n if n >= states => Ok(()),
+                n => Err(format!("{n} of {states} states recorded")),
+            },
+        );
         m.kill();
         let joined = with_timeout(Duration::from_secs(30), move || worker.join().is_ok());
         assert_eq!(joined, Some(true), "the workload did not stop after the kill");
@@ -697,10 +706,34 @@ fn mtime_of(path: &Path) -> (i64, i64) {
     (m.mtime(), m.mtime_nsec())
 }
 
-/// Clock steps between changes and reads, so that an updated atime is
-/// strictly after the mtime.
-fn tick() {
-    std::thread::sleep(Duration::from_millis(20));
+/// Waits until the clock (the daemon's too: both read the system's
+/// real-time clock) is past every time of `path`, so that an atime the
+/// next access sets is strictly after them.
+fn clock_past(path: &Path) {
+    let m = fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+    let latest = [
+        (m.atime(), m.atime_nsec()),
+        (m.mtime(), m.mtime_nsec()),
+        (m.ctime(), m.ctime_nsec()),
+    ]
+    .into_iter()
+    .max()
+    .unwrap();
+    common::wait_for(
+        "the clock to pass the file's times",
+        Duration::from_secs(10),
+        || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            let now = (now.as_secs() as i64, i64::from(now.subsec_nanos()));
+            if now > latest {
+                Ok(())
+            } else {
+                Err(format!("now {now:?}, latest {latest:?}"))
+            }
+        },
+    );
 }
 
 /// generic/003's subject: reads and listings update access times by the
@@ -718,7 +751,7 @@ fn reads_and_listings_update_access_times_by_the_mounts_option() {
         fs::create_dir(&d).unwrap();
         fs::write(d.join("inside"), b"x").unwrap();
         let ctime = fs::metadata(&f).unwrap().ctime_nsec();
-        tick();
+        clock_past(&f);
         fs::read(&f).unwrap();
         let first = atime_of(&f);
         assert!(
@@ -730,17 +763,17 @@ fn reads_and_listings_update_access_times_by_the_mounts_option() {
             ctime,
             "an access changed the ctime"
         );
-        tick();
+        clock_past(&f);
         fs::read(&f).unwrap();
         assert_eq!(atime_of(&f), first, "relatime: a second read changes nothing");
         fs::write(&f, b"more data").unwrap();
-        tick();
+        clock_past(&f);
         fs::read(&f).unwrap();
         assert!(
             atime_of(&f) > mtime_of(&f),
             "relatime: a read after the next write updates it"
         );
-        tick();
+        clock_past(&d);
         assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
         assert!(
             atime_of(&d) > mtime_of(&d),
@@ -753,7 +786,7 @@ fn reads_and_listings_update_access_times_by_the_mounts_option() {
         let m = Mount::start_meta_on(data.path(), &["-o", "ro,strictatime"]);
         let f = m.mnt().join("f");
         let before = atime_of(&f);
-        tick();
+        clock_past(&f);
         fs::read(&f).unwrap();
         assert_eq!(atime_of(&f), before, "a read-only mount updated an atime");
         assert!(m.stop().success());
@@ -763,15 +796,15 @@ fn reads_and_listings_update_access_times_by_the_mounts_option() {
         let f = m.mnt().join("f");
         let d = m.mnt().join("d");
         let before = atime_of(&f);
-        tick();
+        clock_past(&f);
         fs::read(&f).unwrap();
         let first = atime_of(&f);
         assert!(first > before, "strictatime: every read updates the atime");
-        tick();
+        clock_past(&f);
         fs::read(&f).unwrap();
         assert!(atime_of(&f) > first, "strictatime: every read updates the atime");
         let dir_before = atime_of(&d);
-        tick();
+        clock_past(&d);
         fs::read_dir(&d).unwrap().for_each(drop);
         assert!(
             atime_of(&d) > dir_before,
@@ -783,7 +816,7 @@ fn reads_and_listings_update_access_times_by_the_mounts_option() {
     let f = m.mnt().join("f");
     fs::write(&f, b"changed").unwrap();
     let before = atime_of(&f);
-    tick();
+    clock_past(&f);
     fs::read(&f).unwrap();
     fs::read_dir(m.mnt()).unwrap().for_each(drop);
     assert_eq!(atime_of(&f), before, "noatime: a read updated the atime");

@@ -16,7 +16,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, Once};
-use std::time::{Duration, Instant};
 
 use rustix::process::{getpid, set_child_subreaper, waitpid, Pid, WaitOptions};
 
@@ -112,25 +111,21 @@ fn daemon_of(mnt: &Path) -> Pid {
 
 /// Waits for the daemon `pid` (our child) to exit; its exit code.
 fn wait_daemon_exit(pid: Pid, log: &Path) -> i32 {
-    let deadline = Instant::now() + common::STOP_TIMEOUT;
-    loop {
-        if let Some((_, status)) = waitpid(Some(pid), WaitOptions::NOHANG).expect("waitpid") {
-            return status.exit_status().unwrap_or_else(|| {
-                panic!(
-                    "the daemon was killed by signal {:?}\n{}",
-                    status.terminating_signal(),
-                    read_log(log)
-                )
-            });
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the daemon (pid {pid:?}) still runs {:?} after umount\n{}",
-            common::STOP_TIMEOUT,
+    let status = common::wait_for(
+        "the daemon to exit after umount",
+        common::STOP_TIMEOUT,
+        || match waitpid(Some(pid), WaitOptions::NOHANG).expect("waitpid") {
+            Some((_, status)) => Ok(status),
+            None => Err(format!("pid {pid:?} still runs; log:\n{}", read_log(log))),
+        },
+    );
+    status.exit_status().unwrap_or_else(|| {
+        panic!(
+            "the daemon was killed by signal {:?}\n{}",
+            status.terminating_signal(),
             read_log(log)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        )
+    })
 }
 
 fn read_log(log: &Path) -> String {
