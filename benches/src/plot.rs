@@ -9,6 +9,7 @@
 use std::sync::OnceLock;
 
 use anyhow::{bail, Context as _};
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -194,54 +195,52 @@ impl Bars {
             let (top, legend) = root.split_vertically(height - legend_px - 4);
             if self.log {
                 let (lo, hi) = (lo.min(1.0) / 1.3, hi.max(1.0) * 1.3);
-                let mut chart = ChartBuilder::on(&top)
-                    .caption(&self.title, (FAMILY, 17))
-                    .margin(12)
-                    .x_label_area_size(36)
-                    .y_label_area_size(label_px)
-                    .build_cartesian_2d((lo..hi).log_scale(), 0f64..groups as f64)
-                    .map_err(plot_err)?;
-                chart
-                    .configure_mesh()
-                    .disable_y_mesh()
-                    .y_labels(0)
-                    .x_desc(&self.value_label)
-                    .x_label_formatter(&|v| format_tick(*v))
-                    .label_style((FAMILY, 12))
-                    .light_line_style(TRANSPARENT)
-                    .draw()
-                    .map_err(plot_err)?;
-                self.draw_bars(&mut chart, 1.0)?;
-                self.draw_reference(&mut chart, groups)?;
-                self.draw_group_labels(&chart, &top, lo)?;
+                self.draw_on(&top, (lo..hi).log_scale(), 1.0, lo, label_px)?;
             } else {
-                let hi = hi.max(0.0) * 1.1;
                 let lo = lo.min(0.0);
-                let mut chart = ChartBuilder::on(&top)
-                    .caption(&self.title, (FAMILY, 17))
-                    .margin(12)
-                    .x_label_area_size(36)
-                    .y_label_area_size(label_px)
-                    .build_cartesian_2d(lo..hi, 0f64..groups as f64)
-                    .map_err(plot_err)?;
-                chart
-                    .configure_mesh()
-                    .disable_y_mesh()
-                    .y_labels(0)
-                    .x_desc(&self.value_label)
-                    .x_label_formatter(&|v| format_tick(*v))
-                    .label_style((FAMILY, 12))
-                    .light_line_style(TRANSPARENT)
-                    .draw()
-                    .map_err(plot_err)?;
-                self.draw_bars(&mut chart, 0.0)?;
-                self.draw_reference(&mut chart, groups)?;
-                self.draw_group_labels(&chart, &top, lo)?;
+                self.draw_on(&top, lo..hi.max(0.0) * 1.1, 0.0, lo, label_px)?;
             }
             draw_legend(&legend, self.series.iter().map(|s| s.name.as_str()))?;
             root.present().map_err(plot_err)?;
         }
         Ok(out)
+    }
+
+    /// The chart on `top` with value axis `x` (linear or logarithmic),
+    /// bars from `base`, group names left of `x_lo`.
+    fn draw_on<'a, X>(
+        &self,
+        top: &DrawingArea<SVGBackend<'a>, Shift>,
+        x: X,
+        base: f64,
+        x_lo: f64,
+        label_px: u32,
+    ) -> anyhow::Result<()>
+    where
+        X: AsRangedCoord<Value = f64>,
+        X::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    {
+        let groups = self.groups.len();
+        let mut chart = ChartBuilder::on(top)
+            .caption(&self.title, (FAMILY, 17))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(label_px)
+            .build_cartesian_2d(x, 0f64..groups as f64)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(0)
+            .x_desc(&self.value_label)
+            .x_label_formatter(&|v| format_tick(*v))
+            .label_style((FAMILY, 12))
+            .light_line_style(TRANSPARENT)
+            .draw()
+            .map_err(plot_err)?;
+        self.draw_bars(&mut chart, base)?;
+        self.draw_reference(&mut chart, groups)?;
+        self.draw_group_labels(&chart, top, x_lo)
     }
 
     fn draw_bars<'a, X>(
