@@ -142,6 +142,24 @@ fn mount_cmd(url: &str, mnt: &Path, options: &str) -> Output {
         .expect("running mount(8)")
 }
 
+/// `mount -t fuse.xfused URL MNT -o OPTIONS`, which must succeed.
+#[track_caller]
+fn mount_ok(url: &str, mnt: &Path, options: &str, log: &Path) {
+    let out = mount_cmd(url, mnt, options);
+    assert!(
+        out.status.success(),
+        "mount -t fuse.xfused {url} -o {options}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        read_log(log)
+    );
+}
+
+/// Waits for the backgrounded daemon `pid` and checks it exited 0.
+#[track_caller]
+fn assert_exits_0(pid: Pid, log: &Path) {
+    assert_eq!(wait_daemon_exit(pid, log), 0, "daemon exit\n{}", read_log(log));
+}
+
 fn umount_cmd(mnt: &Path) {
     let out = Command::new("umount")
         .arg(mnt)
@@ -237,13 +255,7 @@ fn mount_t_fuse_xfused_takes_fstab_options_and_umount_stops_the_daemon() {
         data.display(),
         log.display()
     );
-    let out = mount_cmd(&url, &mnt, &options);
-    assert!(
-        out.status.success(),
-        "mount -t fuse.xfused {url} -o {options}: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        read_log(&log)
-    );
+    mount_ok(&url, &mnt, &options, &log);
     // Ready when mount(8) returns: no waiting.
     let (mount_options, fs_type, source) = mountinfo_at(&mnt).expect("mounted when mount(8) returned");
     assert_eq!(fs_type, common::FSTYPE);
@@ -281,12 +293,7 @@ fn mount_t_fuse_xfused_takes_fstab_options_and_umount_stops_the_daemon() {
 
     umount_cmd(&mnt);
     assert!(mountinfo_at(&mnt).is_none(), "still mounted after umount");
-    assert_eq!(
-        wait_daemon_exit(daemon, &log),
-        0,
-        "daemon exit\n{}",
-        read_log(&log)
-    );
+    assert_exits_0(daemon, &log);
 
     // Again, read-only with strict atime, on the same namespace: the
     // script is there, may run (exec), and nothing may be written.
@@ -295,13 +302,7 @@ fn mount_t_fuse_xfused_takes_fstab_options_and_umount_stops_the_daemon() {
         data.display(),
         log.display()
     );
-    let out = mount_cmd(&url, &mnt, &options);
-    assert!(
-        out.status.success(),
-        "mount -o {options}: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        read_log(&log)
-    );
+    mount_ok(&url, &mnt, &options, &log);
     let (mount_options, _, _) = mountinfo_at(&mnt).expect("mounted");
     assert_has(&mount_options, &["ro"], &["noatime", "relatime", "noexec", "rw"]);
     let daemon = daemon_of(&mnt);
@@ -317,12 +318,7 @@ fn mount_t_fuse_xfused_takes_fstab_options_and_umount_stops_the_daemon() {
         "open for writing on ro",
     );
     umount_cmd(&mnt);
-    assert_eq!(
-        wait_daemon_exit(daemon, &log),
-        0,
-        "daemon exit\n{}",
-        read_log(&log)
-    );
+    assert_exits_0(daemon, &log);
 }
 
 #[test]
@@ -403,12 +399,7 @@ fn xfused_mount_background_returns_once_serving() {
     assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"served");
     let daemon = daemon_of(&mnt);
     kmod_shim::umount(&mnt, kmod_shim::UnmountMode::Normal).expect("umount2");
-    assert_eq!(
-        wait_daemon_exit(daemon, &log),
-        0,
-        "daemon exit\n{}",
-        read_log(&log)
-    );
+    assert_exits_0(daemon, &log);
     assert!(
         read_log(&log).contains("was unmounted; exiting"),
         "{}",
