@@ -22,7 +22,7 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::Mount;
@@ -44,14 +44,7 @@ struct Proc {
 
 impl Proc {
     fn spawn(args: &[String], log: &Path) -> Proc {
-        let file = std::fs::File::create(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_xfused"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file.try_clone().unwrap()))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning xfused {args:?}: {e}"));
+        let child = common::spawn_xfused(args, log);
         Proc {
             child: Some(child),
             log: log.to_path_buf(),

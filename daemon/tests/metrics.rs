@@ -416,14 +416,7 @@ struct Service {
 
 impl Service {
     fn spawn(args: &[String], log: PathBuf) -> Service {
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_xfused"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file.try_clone().unwrap()))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning xfused {args:?}: {e}"));
+        let child = common::spawn_xfused(args, &log);
         Service { child, log }
     }
 

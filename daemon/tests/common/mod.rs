@@ -610,6 +610,19 @@ where
     rx.recv_timeout(timeout).ok()
 }
 
+/// Spawns `xfused ARGS` (the binary under test), its stdout and stderr
+/// going to the file `log`.
+pub fn spawn_xfused(args: &[String], log: &Path) -> Child {
+    let file = File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+    Command::new(env!("CARGO_BIN_EXE_xfused"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file.try_clone().expect("dup of the log file")))
+        .stderr(Stdio::from(file))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning xfused {args:?}: {e}"))
+}
+
 /// Runs a command to completion, panicking with its output if it fails.
 #[track_caller]
 pub fn run(cmd: &mut Command) -> std::process::Output {
