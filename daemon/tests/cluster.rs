@@ -591,13 +591,7 @@ fn a_punch_over_a_huge_sparse_file_on_cluster_data_is_quick() {
     let cluster = Cluster::start(3);
     let a = cluster.mount();
     let path = a.mnt().join("huge");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
+    let file = common::create_rw(&path);
     file.write_all_at(&[7u8; 100], 0).unwrap();
     file.write_all_at(b"middle", 8 * TIB).unwrap();
     file.write_all_at(b"tail", 16 * TIB).unwrap();

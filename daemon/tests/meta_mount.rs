@@ -216,13 +216,7 @@ fn renames_links_and_symlinks() {
 fn unlinked_open_file_keeps_its_data_until_the_last_close() {
     let m = Mount::start_meta(&[]);
     let path = m.mnt().join("gone");
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .expect("create gone");
+    let mut file = common::create_rw(&path);
     file.write_all(&pattern(100_000, 3)).expect("write");
     let chunks_open = chunk_files(m.src());
     assert!(chunks_open >= 1, "the data is in the chunk store");
@@ -344,15 +338,7 @@ fn a_huge_sparse_file_is_cut_synced_and_unlinked_at_once_while_others_list() {
     let m = Mount::start_meta(&[]);
     fs::write(m.mnt().join("neighbour"), b"hello").unwrap();
     let path = m.mnt().join("huge");
-    let file = Arc::new(
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .expect("create huge"),
-    );
+    let file = Arc::new(common::create_rw(&path));
     file.write_all_at(b"head", 0).expect("write at 0");
     let f = file.clone();
     quick_while_listing(m.mnt(), "truncate -s 4E", move || f.set_len(SIZE_MAX));
@@ -392,13 +378,7 @@ fn a_huge_sparse_file_is_cut_synced_and_unlinked_at_once_while_others_list() {
 fn sizes_past_4_eib_are_efbig_and_change_nothing() {
     let m = Mount::start_meta(&[]);
     let path = m.mnt().join("big");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .expect("create big");
+    let file = common::create_rw(&path);
     assert_errno(file.set_len(SIZE_MAX + 1), libc::EFBIG, "truncate to 4 EiB + 1");
     assert_errno(
         file.write_all_at(b"ab", SIZE_MAX),
@@ -851,15 +831,7 @@ fn a_punch_over_a_huge_sparse_file_is_quick_and_touches_only_its_chunks() {
     let m = Mount::start_meta(&["--chunk-size-kib", "4"]);
     fs::write(m.mnt().join("neighbour"), b"hello").unwrap();
     let path = m.mnt().join("huge");
-    let file = Arc::new(
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .expect("create huge"),
-    );
+    let file = Arc::new(common::create_rw(&path));
     file.write_all_at(&[7u8; 8192], 0).expect("two chunks at 0");
     file.write_all_at(b"middle", 8 * TIB).expect("a write at 8 TiB");
     file.write_all_at(b"tail", 16 * TIB).expect("a write at 16 TiB");
@@ -922,13 +894,7 @@ fn fallocate_limits_and_unsupported_modes() {
     let keep = FallocateFlags::KEEP_SIZE;
     let m = Mount::start_meta(&[]);
     let path = m.mnt().join("f");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
+    let file = common::create_rw(&path);
     file.write_all_at(b"0123456789", 0).unwrap();
     for (mode, what) in [
         (FallocateFlags::empty(), "allocate"),

@@ -610,6 +610,18 @@ where
     rx.recv_timeout(timeout).ok()
 }
 
+/// Creates (or empties) the file at `path`, open for reading and writing.
+#[track_caller]
+pub fn create_rw(path: &Path) -> File {
+    File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
+}
+
 /// Spawns `xfused ARGS` (the binary under test), its stdout and stderr
 /// going to the file `log`.
 pub fn spawn_xfused(args: &[String], log: &Path) -> Child {
