@@ -57,7 +57,8 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::io;
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions, OpenOptions, SetattrValid};
@@ -66,6 +67,8 @@ use fuse_backend_rs::api::filesystem::{
     ZeroCopyWriter,
 };
 use libc::{stat64, statvfs64};
+
+use crate::acl::{self, Acl};
 
 /// `access(2)` bits.
 pub mod mask {
@@ -158,11 +161,11 @@ impl<'a> Caller<'a> {
     }
 }
 
-/// May `caller` access an inode with attributes `st` for `want` ([`mask`]
-/// bits)? Linux's `generic_permission` without ACLs: the owner's bits for
-/// the owner, else the group's for a member of the file's group, else the
-/// others'.
-fn may(caller: &Caller<'_>, st: &stat64, want: u32) -> io::Result<()> {
+/// May `caller` access an inode with attributes `st` and access ACL `acl`
+/// for `want` ([`mask`] bits)? Linux's `generic_permission`: with an ACL,
+/// [`Acl::permits`]; without, the owner's bits for the owner, else the
+/// group's for a member of the file's group, else the others'.
+fn may(caller: &Caller<'_>, st: &stat64, acl: Option<&Acl>, want: u32) -> io::Result<()> {
     let want = want & 7;
     if want == 0 {
         return Ok(());
@@ -174,6 +177,13 @@ fn may(caller: &Caller<'_>, st: &stat64, want: u32) -> io::Result<()> {
             return Err(err(libc::EACCES));
         }
         return Ok(());
+    }
+    if let Some(acl) = acl {
+        return match acl.permits(st.st_uid, caller.uid, |g| caller.in_group(g), want, st.st_gid) {
+            Some(true) => Ok(()),
+            // Refused, or decided by a membership that cannot be known.
+            _ => Err(err(libc::EACCES)),
+        };
     }
     let allowed = if caller.uid == st.st_uid {
         (mode >> 6) & want == want
@@ -215,13 +225,14 @@ fn sticky_binds(caller: &Caller<'_>, dir: &stat64) -> bool {
 fn check_setattr(
     caller: &Caller<'_>,
     st: &stat64,
+    acl: Option<&Acl>,
     mut attr: stat64,
     valid: SetattrValid,
     writable_handle: bool,
 ) -> io::Result<stat64> {
     let owner = caller.is_root() || caller.uid == st.st_uid;
     if valid.contains(SetattrValid::SIZE) && !writable_handle {
-        may(caller, st, mask::W)?;
+        may(caller, st, acl, mask::W)?;
     }
     if valid.contains(SetattrValid::UID)
         && !caller.is_root()
@@ -256,7 +267,7 @@ fn check_setattr(
         return Err(err(libc::EPERM));
     }
     if touch && !owner {
-        may(caller, st, mask::W)?;
+        may(caller, st, acl, mask::W)?;
     }
     Ok(attr)
 }
@@ -316,6 +327,36 @@ pub struct Checked<F> {
     /// Attributes of directories, kept for the attribute timeout the
     /// filesystem gave with them (see [`DirAttrs`]).
     dirs: DirAttrs,
+    /// The filesystem keeps no xattrs (it answered ENOTSUP or ENOSYS), so
+    /// no ACLs: they are not asked for again.
+    no_acls: AtomicBool,
+}
+
+/// An inode's attributes and access ACL, as the checks read them.
+#[derive(Debug, Clone)]
+struct Node {
+    st: stat64,
+    /// The access ACL. Always read for a directory (it decides whether
+    /// the kernel may cache entries); for anything else only where a
+    /// check needs it ([`Checked::node_for`]).
+    acl: Option<Arc<Acl>>,
+}
+
+impl Node {
+    fn acl(&self) -> Option<&Acl> {
+        self.acl.as_deref()
+    }
+
+    fn is_dir(&self) -> bool {
+        self.st.st_mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    /// Whether everybody may search this directory, so the kernel may
+    /// cache its entries: the mode says so and no ACL names anyone (an
+    /// ACL may refuse a named user what the mode's bits show).
+    fn open_to_all(&self) -> bool {
+        entries_cacheable(self.st.st_mode) && self.acl.is_none()
+    }
 }
 
 /// Directory attributes read for checks, kept as long as the filesystem
@@ -328,24 +369,26 @@ pub struct Checked<F> {
 /// LOOKUP would read its parent's attributes again.
 #[derive(Debug, Default)]
 struct DirAttrs {
-    map: Mutex<HashMap<u64, (stat64, Instant)>>,
+    map: Mutex<HashMap<u64, (Node, Instant)>>,
 }
 
 impl DirAttrs {
     /// At most this many directories; a full map is emptied.
     const MAX: usize = 4096;
 
-    fn get(&self, ino: u64, now: Instant) -> Option<stat64> {
+    fn get(&self, ino: u64, now: Instant) -> Option<Node> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&ino).filter(|(_, until)| now < *until).map(|(st, _)| *st)
+        map.get(&ino)
+            .filter(|(_, until)| now < *until)
+            .map(|(node, _)| node.clone())
     }
 
-    fn put(&self, ino: u64, st: stat64, until: Instant) {
+    fn put(&self, ino: u64, node: Node, until: Instant) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= Self::MAX {
             map.clear();
         }
-        map.insert(ino, (st, until));
+        map.insert(ino, (node, until));
     }
 
     fn forget(&self, ino: u64) {
@@ -377,6 +420,7 @@ where
             flusher: OnceLock::new(),
             writable: Mutex::new(HashSet::new()),
             dirs: DirAttrs::default(),
+            no_acls: AtomicBool::new(false),
         }
     }
 
@@ -396,21 +440,79 @@ where
 
     /// The attributes of `ino`, a directory's from [`DirAttrs`] while
     /// fresh.
-    fn attr(&self, ctx: &Context, ino: u64) -> io::Result<stat64> {
-        if let Some(st) = self.dirs.get(ino, Instant::now()) {
-            return Ok(st);
+    fn node(&self, ctx: &Context, ino: u64) -> io::Result<Node> {
+        if let Some(node) = self.dirs.get(ino, Instant::now()) {
+            return Ok(node);
         }
-        self.fresh_attr(ctx, ino)
+        self.fresh_node(ctx, ino)
     }
 
-    /// The attributes of `ino` read now (and kept, for a directory).
-    fn fresh_attr(&self, ctx: &Context, ino: u64) -> io::Result<stat64> {
+    /// The attributes of `ino` read now (and kept, for a directory, with
+    /// its ACL).
+    fn fresh_node(&self, ctx: &Context, ino: u64) -> io::Result<Node> {
         let now = Instant::now();
         let (st, timeout) = self.fs.getattr(ctx, ino, None)?;
-        if st.st_mode & libc::S_IFMT == libc::S_IFDIR && !timeout.is_zero() {
-            self.dirs.put(ino, st, now + timeout);
+        let mut node = Node { st, acl: None };
+        if node.is_dir() {
+            node.acl = self.read_acl(ctx, ino)?;
+            if !timeout.is_zero() {
+                self.dirs.put(ino, node.clone(), now + timeout);
+            }
         }
-        Ok(st)
+        Ok(node)
+    }
+
+    /// [`Checked::node`], with the ACL read if `caller`'s access depends
+    /// on it: not root, not the owner (whose access the owner's bits say
+    /// alone, an ACL's owner entry being those bits).
+    fn node_for(&self, ctx: &Context, caller: &Caller<'_>, ino: u64) -> io::Result<Node> {
+        let node = self.node(ctx, ino)?;
+        self.with_acl(ctx, caller, ino, node)
+    }
+
+    /// `node` of `ino`, with its ACL read if `caller`'s access depends on
+    /// it (see [`Checked::node_for`]).
+    fn with_acl(&self, ctx: &Context, caller: &Caller<'_>, ino: u64, mut node: Node) -> io::Result<Node> {
+        if !node.is_dir() && !caller.is_root() && caller.uid != node.st.st_uid {
+            node.acl = self.read_acl(ctx, ino)?;
+        }
+        Ok(node)
+    }
+
+    /// The access ACL of `ino`, if it has one.
+    fn read_acl(&self, ctx: &Context, ino: u64) -> io::Result<Option<Arc<Acl>>> {
+        if self.no_acls.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        const NAME: &CStr = c"system.posix_acl_access";
+        debug_assert_eq!(NAME.to_bytes(), acl::ACCESS_XATTR.as_bytes());
+        let value = match self.fs.getxattr(ctx, ino, NAME, XATTR_SIZE_MAX) {
+            Ok(GetxattrReply::Value(v)) => v,
+            Ok(GetxattrReply::Count(_)) => return Ok(None),
+            Err(e) => {
+                return match e.raw_os_error() {
+                    Some(libc::ENODATA) => Ok(None),
+                    Some(libc::EOPNOTSUPP | libc::ENOSYS) => {
+                        self.no_acls.store(true, Ordering::Relaxed);
+                        Ok(None)
+                    }
+                    _ => Err(e),
+                };
+            }
+        };
+        match Acl::parse(&value) {
+            Ok(acl) => Ok(acl.map(Arc::new)),
+            Err(_) => {
+                // Not one Linux would have stored: refuse rather than guess.
+                tracing::warn!(
+                    ino,
+                    "malformed {} ({} bytes): access refused",
+                    acl::ACCESS_XATTR,
+                    value.len()
+                );
+                Err(err(libc::EIO))
+            }
+        }
     }
 
     /// Drops every cached entry; a failure is logged and answered EIO, so
@@ -430,10 +532,10 @@ where
 
     /// Checks write and search permission on `parent` and returns its
     /// attributes.
-    fn changing_dir(&self, ctx: &Context, parent: u64) -> io::Result<stat64> {
-        let st = self.attr(ctx, parent)?;
-        may(&self.caller(ctx), &st, mask::W | mask::X)?;
-        Ok(st)
+    fn changing_dir(&self, ctx: &Context, parent: u64) -> io::Result<Node> {
+        let dir = self.node(ctx, parent)?;
+        may(&self.caller(ctx), &dir.st, dir.acl(), mask::W | mask::X)?;
+        Ok(dir)
     }
 
     /// Applies the sticky-directory rule ([`sticky_binds`]) to entry `name`
@@ -466,8 +568,8 @@ where
         }
     }
 
-    fn entry_in(parent: &stat64, mut entry: Entry) -> Entry {
-        if !entries_cacheable(parent.st_mode) {
+    fn entry_in(parent: &Node, mut entry: Entry) -> Entry {
+        if !parent.open_to_all() {
             entry.entry_timeout = Duration::ZERO;
         }
         entry
@@ -496,14 +598,14 @@ where
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
-        let st = self.attr(ctx, parent)?;
-        may(&self.caller(ctx), &st, mask::X)?;
+        let dir = self.node(ctx, parent)?;
+        may(&self.caller(ctx), &dir.st, dir.acl(), mask::X)?;
         match self.fs.lookup(ctx, parent, name) {
-            Ok(entry) => Ok(Self::entry_in(&st, entry)),
+            Ok(entry) => Ok(Self::entry_in(&dir, entry)),
             // A missing name in a directory not everybody may search: a
             // negative entry that is not cached (instead of ENOENT, which the
             // dispatcher may turn into a cached one).
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !entries_cacheable(st.st_mode) => Ok(Entry {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !dir.open_to_all() => Ok(Entry {
                 inode: 0,
                 entry_timeout: Duration::ZERO,
                 ..Default::default()
@@ -541,19 +643,20 @@ where
             self.dirs.forget(inode);
             return reply;
         }
-        let st = self.fresh_attr(ctx, inode)?;
+        let node = self.fresh_node(ctx, inode)?;
+        let node = self.with_acl(ctx, &caller, inode, node)?;
+        let st = node.st;
         let writable = handle.is_some_and(|h| {
             self.writable
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(&h)
         });
-        let attr = check_setattr(&caller, &st, attr, valid, writable)?;
+        let attr = check_setattr(&caller, &st, node.acl(), attr, valid, writable)?;
         let reply = self.fs.setattr(ctx, inode, attr, handle, valid);
         self.dirs.forget(inode);
         let reply = reply?;
-        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-        if mode_change && is_dir && entries_cacheable(st.st_mode) && !entries_cacheable(attr.st_mode) {
+        if mode_change && node.is_dir() && node.open_to_all() && !entries_cacheable(attr.st_mode) {
             self.flush_entries()?;
         }
         Ok(reply)
@@ -595,8 +698,8 @@ where
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         let caller = self.caller(ctx);
         if !caller.is_root() {
-            let st = self.changing_dir(ctx, parent)?;
-            self.check_sticky(ctx, &caller, parent, &st, name)?;
+            let dir = self.changing_dir(ctx, parent)?;
+            self.check_sticky(ctx, &caller, parent, &dir.st, name)?;
         }
         self.fs.unlink(ctx, parent, name)
     }
@@ -604,8 +707,8 @@ where
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         let caller = self.caller(ctx);
         if !caller.is_root() {
-            let st = self.changing_dir(ctx, parent)?;
-            self.check_sticky(ctx, &caller, parent, &st, name)?;
+            let dir = self.changing_dir(ctx, parent)?;
+            self.check_sticky(ctx, &caller, parent, &dir.st, name)?;
         }
         self.fs.rmdir(ctx, parent, name)
     }
@@ -621,21 +724,21 @@ where
     ) -> io::Result<()> {
         let caller = self.caller(ctx);
         // Read now: they decide whether cached entries must be dropped.
-        let old_st = self.fresh_attr(ctx, olddir)?;
-        let new_st = if newdir == olddir {
-            old_st
+        let old = self.fresh_node(ctx, olddir)?;
+        let new = if newdir == olddir {
+            old.clone()
         } else {
-            self.fresh_attr(ctx, newdir)?
+            self.fresh_node(ctx, newdir)?
         };
         // In the order of Linux's `vfs_rename`: the entry moved away, then
         // the one it replaces or is exchanged with. RENAME_NOREPLACE
         // replaces nothing: an existing target is EEXIST, which the kernel
         // answers before these checks.
-        may(&caller, &old_st, mask::W | mask::X)?;
-        self.check_sticky(ctx, &caller, olddir, &old_st, oldname)?;
-        may(&caller, &new_st, mask::W | mask::X)?;
+        may(&caller, &old.st, old.acl(), mask::W | mask::X)?;
+        self.check_sticky(ctx, &caller, olddir, &old.st, oldname)?;
+        may(&caller, &new.st, new.acl(), mask::W | mask::X)?;
         if flags & libc::RENAME_NOREPLACE == 0 {
-            self.check_sticky(ctx, &caller, newdir, &new_st, newname)?;
+            self.check_sticky(ctx, &caller, newdir, &new.st, newname)?;
         }
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         if newdir != olddir && !caller.is_root() {
@@ -648,8 +751,13 @@ where
             }
             for (dir, name) in moved {
                 let entry = self.fs.lookup(ctx, dir, name)?;
-                let result = if entry.attr.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                    may(&caller, &entry.attr, mask::W)
+                let moved = Node {
+                    st: entry.attr,
+                    acl: None,
+                };
+                let result = if moved.is_dir() {
+                    self.read_acl(ctx, entry.inode)
+                        .and_then(|acl| may(&caller, &moved.st, acl.as_deref(), mask::W))
                 } else {
                     Ok(())
                 };
@@ -660,8 +768,8 @@ where
         self.fs.rename(ctx, olddir, oldname, newdir, newname, flags)?;
         // An entry the kernel may have cached in a searchable directory now
         // sits in one not everybody may search.
-        let into_closed = entries_cacheable(old_st.st_mode) && !entries_cacheable(new_st.st_mode);
-        let back_closed = exchange && entries_cacheable(new_st.st_mode) && !entries_cacheable(old_st.st_mode);
+        let into_closed = old.open_to_all() && !new.open_to_all();
+        let back_closed = exchange && new.open_to_all() && !old.open_to_all();
         if into_closed || back_closed {
             self.flush_entries()?;
         }
@@ -685,8 +793,8 @@ where
         let caller = self.caller(ctx);
         // Root too for an exec: it needs an exec bit (see [`may`]).
         if !caller.is_root() || flags & FMODE_EXEC != 0 {
-            let st = self.attr(ctx, inode)?;
-            may(&caller, &st, open_mask(flags))?;
+            let node = self.node_for(ctx, &caller, inode)?;
+            may(&caller, &node.st, node.acl(), open_mask(flags))?;
         }
         let opened = self.fs.open(ctx, inode, flags, fuse_flags)?;
         self.note_open(opened.0, flags);
@@ -711,7 +819,14 @@ where
                 // The name exists after all (the kernel's negative entry was
                 // stale): this is an open of that file, checked as one.
                 let entry = self.fs.lookup(ctx, parent, name)?;
-                let opened = may(&self.caller(ctx), &entry.attr, open_mask(args.flags))
+                let caller = self.caller(ctx);
+                let node = Node {
+                    st: entry.attr,
+                    acl: None,
+                };
+                let opened = self
+                    .with_acl(ctx, &caller, entry.inode, node)
+                    .and_then(|node| may(&caller, &node.st, node.acl(), open_mask(args.flags)))
                     .and_then(|()| self.fs.open(ctx, entry.inode, args.flags, args.fuse_flags));
                 match opened {
                     Ok((handle, options, passthrough)) => (entry, handle, options, passthrough),
@@ -817,7 +932,8 @@ where
 
     fn setxattr(&self, ctx: &Context, inode: u64, name: &CStr, value: &[u8], flags: u32) -> io::Result<()> {
         self.check_xattr(ctx, inode, name, mask::W)?;
-        self.fs.setxattr(ctx, inode, name, value, flags)
+        self.fs.setxattr(ctx, inode, name, value, flags)?;
+        self.xattr_changed(ctx, inode, name)
     }
 
     fn getxattr(&self, ctx: &Context, inode: u64, name: &CStr, size: u32) -> io::Result<GetxattrReply> {
@@ -831,14 +947,15 @@ where
 
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
         self.check_xattr(ctx, inode, name, mask::W)?;
-        self.fs.removexattr(ctx, inode, name)
+        self.fs.removexattr(ctx, inode, name)?;
+        self.xattr_changed(ctx, inode, name)
     }
 
     fn opendir(&self, ctx: &Context, inode: u64, flags: u32) -> io::Result<(Option<u64>, OpenOptions)> {
         let caller = self.caller(ctx);
         if !caller.is_root() {
-            let st = self.attr(ctx, inode)?;
-            may(&caller, &st, mask::R)?;
+            let dir = self.node(ctx, inode)?;
+            may(&caller, &dir.st, dir.acl(), mask::R)?;
         }
         self.fs.opendir(ctx, inode, flags)
     }
@@ -864,13 +981,13 @@ where
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let st = self.attr(ctx, inode)?;
-        if entries_cacheable(st.st_mode) {
+        let dir = self.node(ctx, inode)?;
+        if dir.open_to_all() {
             return self.fs.readdirplus(ctx, inode, handle, size, offset, add_entry);
         }
         self.fs
             .readdirplus(ctx, inode, handle, size, offset, &mut |d, e| {
-                add_entry(d, Self::entry_in(&st, e))
+                add_entry(d, Self::entry_in(&dir, e))
             })
     }
 
@@ -883,8 +1000,9 @@ where
     }
 
     fn access(&self, ctx: &Context, inode: u64, want: u32) -> io::Result<()> {
-        let st = self.attr(ctx, inode)?;
-        may(&self.caller(ctx), &st, want)
+        let caller = self.caller(ctx);
+        let node = self.node_for(ctx, &caller, inode)?;
+        may(&caller, &node.st, node.acl(), want)
     }
 
     fn lseek(&self, ctx: &Context, inode: u64, handle: u64, offset: u64, whence: u32) -> io::Result<u64> {
@@ -970,16 +1088,56 @@ where
     F: FileSystem<Inode = u64, Handle = u64>,
 {
     /// `user.*` xattrs need read (get) or write (set, remove) permission on
-    /// the inode; the kernel checks the other namespaces itself.
+    /// the inode; ACLs may be read by anybody and set or removed by the
+    /// owner only (`vfs_set_acl`'s `inode_owner_or_capable`); the kernel
+    /// checks the other namespaces itself.
     fn check_xattr(&self, ctx: &Context, inode: u64, name: &CStr, want: u32) -> io::Result<()> {
         let caller = self.caller(ctx);
-        if caller.is_root() || !name.to_bytes().starts_with(b"user.") {
+        if caller.is_root() {
             return Ok(());
         }
-        let st = self.attr(ctx, inode)?;
-        may(&caller, &st, want)
+        if is_acl(name) {
+            if want & mask::W == 0 {
+                return Ok(());
+            }
+            let node = self.node(ctx, inode)?;
+            return if node.st.st_uid == caller.uid {
+                Ok(())
+            } else {
+                Err(err(libc::EPERM))
+            };
+        }
+        if !name.to_bytes().starts_with(b"user.") {
+            return Ok(());
+        }
+        let node = self.node_for(ctx, &caller, inode)?;
+        may(&caller, &node.st, node.acl(), want)
+    }
+
+    /// After a change of xattr `name` of `inode`: a new access ACL changes
+    /// who may do what, and a directory's may close it to some (so cached
+    /// entries go, as for a `chmod`).
+    fn xattr_changed(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+        if name.to_bytes() != acl::ACCESS_XATTR.as_bytes() {
+            return Ok(());
+        }
+        self.dirs.forget(inode);
+        let (st, _) = self.fs.getattr(ctx, inode, None)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            self.flush_entries()?;
+        }
+        Ok(())
     }
 }
+
+/// Whether xattr `name` is an ACL.
+fn is_acl(name: &CStr) -> bool {
+    let name = name.to_bytes();
+    name == acl::ACCESS_XATTR.as_bytes() || name == acl::DEFAULT_XATTR.as_bytes()
+}
+
+/// The largest xattr value Linux allows (`XATTR_SIZE_MAX`).
+const XATTR_SIZE_MAX: u32 = 65536;
 
 #[cfg(test)]
 mod tests {
@@ -1021,14 +1179,26 @@ mod tests {
         let none = Fixed(Some(vec![]));
         // 0640 owned by 1000:100.
         let f = st(FILE | 0o640, 1000, 100);
-        assert_eq!(code(may(&caller(1000, 1000, &none), &f, mask::R | mask::W)), 0);
-        assert_eq!(code(may(&caller(1001, 100, &none), &f, mask::R)), 0);
-        assert_eq!(code(may(&caller(1001, 100, &none), &f, mask::W)), libc::EACCES);
-        assert_eq!(code(may(&caller(1002, 200, &none), &f, mask::R)), libc::EACCES);
+        assert_eq!(
+            code(may(&caller(1000, 1000, &none), &f, None, mask::R | mask::W)),
+            0
+        );
+        assert_eq!(code(may(&caller(1001, 100, &none), &f, None, mask::R)), 0);
+        assert_eq!(
+            code(may(&caller(1001, 100, &none), &f, None, mask::W)),
+            libc::EACCES
+        );
+        assert_eq!(
+            code(may(&caller(1002, 200, &none), &f, None, mask::R)),
+            libc::EACCES
+        );
         // The owner gets the owner's bits only, even if others get more.
         let odd = st(FILE | 0o047, 1000, 100);
-        assert_eq!(code(may(&caller(1000, 1000, &none), &odd, mask::R)), libc::EACCES);
-        assert_eq!(code(may(&caller(1002, 200, &none), &odd, mask::R)), 0);
+        assert_eq!(
+            code(may(&caller(1000, 1000, &none), &odd, None, mask::R)),
+            libc::EACCES
+        );
+        assert_eq!(code(may(&caller(1002, 200, &none), &odd, None, mask::R)), 0);
     }
 
     #[test]
@@ -1037,30 +1207,42 @@ mod tests {
         let member = Fixed(Some(vec![5, 100]));
         let stranger = Fixed(Some(vec![5]));
         let unknown = Fixed(None);
-        assert_eq!(code(may(&caller(1001, 7, &member), &f, mask::R)), 0);
-        assert_eq!(code(may(&caller(1001, 7, &stranger), &f, mask::R)), libc::EACCES);
+        assert_eq!(code(may(&caller(1001, 7, &member), &f, None, mask::R)), 0);
+        assert_eq!(
+            code(may(&caller(1001, 7, &stranger), &f, None, mask::R)),
+            libc::EACCES
+        );
         // Unknown groups: allow only what both group and others allow.
-        assert_eq!(code(may(&caller(1001, 7, &unknown), &f, mask::R)), libc::EACCES);
+        assert_eq!(
+            code(may(&caller(1001, 7, &unknown), &f, None, mask::R)),
+            libc::EACCES
+        );
         let open = st(FILE | 0o644, 1000, 100);
-        assert_eq!(code(may(&caller(1001, 7, &unknown), &open, mask::R)), 0);
+        assert_eq!(code(may(&caller(1001, 7, &unknown), &open, None, mask::R)), 0);
         // Group bits that deny what others may: a member is denied.
         let neg = st(FILE | 0o604, 1000, 100);
-        assert_eq!(code(may(&caller(1001, 7, &member), &neg, mask::R)), libc::EACCES);
-        assert_eq!(code(may(&caller(1001, 7, &unknown), &neg, mask::R)), libc::EACCES);
-        assert_eq!(code(may(&caller(1001, 7, &stranger), &neg, mask::R)), 0);
+        assert_eq!(
+            code(may(&caller(1001, 7, &member), &neg, None, mask::R)),
+            libc::EACCES
+        );
+        assert_eq!(
+            code(may(&caller(1001, 7, &unknown), &neg, None, mask::R)),
+            libc::EACCES
+        );
+        assert_eq!(code(may(&caller(1001, 7, &stranger), &neg, None, mask::R)), 0);
     }
 
     #[test]
     fn root_passes_everything_but_exec_without_exec_bits() {
         let g = Fixed(None);
         let root = caller(0, 0, &g);
-        assert_eq!(code(may(&root, &st(FILE, 1000, 100), mask::R | mask::W)), 0);
+        assert_eq!(code(may(&root, &st(FILE, 1000, 100), None, mask::R | mask::W)), 0);
         assert_eq!(
-            code(may(&root, &st(FILE | 0o644, 1000, 100), mask::X)),
+            code(may(&root, &st(FILE | 0o644, 1000, 100), None, mask::X)),
             libc::EACCES
         );
-        assert_eq!(code(may(&root, &st(FILE | 0o100, 1000, 100), mask::X)), 0);
-        assert_eq!(code(may(&root, &st(DIR, 1000, 100), mask::X | mask::W)), 0);
+        assert_eq!(code(may(&root, &st(FILE | 0o100, 1000, 100), None, mask::X)), 0);
+        assert_eq!(code(may(&root, &st(DIR, 1000, 100), None, mask::X | mask::W)), 0);
     }
 
     #[test]
@@ -1091,54 +1273,79 @@ mod tests {
         want.st_mode = FILE | 0o2755;
         // chmod: owner only; set-group-ID dropped if not in the file's group.
         assert_eq!(
-            code(check_setattr(&other, &f, want, SetattrValid::MODE, false)),
+            code(check_setattr(&other, &f, None, want, SetattrValid::MODE, false)),
             libc::EPERM
         );
-        let got = check_setattr(&owner, &f, want, SetattrValid::MODE, false).unwrap();
+        let got = check_setattr(&owner, &f, None, want, SetattrValid::MODE, false).unwrap();
         assert_eq!(got.st_mode, FILE | 0o755);
         let in_group = st(FILE | 0o664, 1000, 300);
-        let got = check_setattr(&owner, &in_group, want, SetattrValid::MODE, false).unwrap();
+        let got = check_setattr(&owner, &in_group, None, want, SetattrValid::MODE, false).unwrap();
         assert_eq!(got.st_mode, FILE | 0o2755);
         // chown: root only, but the owner may "change" to the same uid.
         let mut to = f;
         to.st_uid = 1001;
         assert_eq!(
-            code(check_setattr(&owner, &f, to, SetattrValid::UID, false)),
+            code(check_setattr(&owner, &f, None, to, SetattrValid::UID, false)),
             libc::EPERM
         );
-        assert_eq!(code(check_setattr(&owner, &f, f, SetattrValid::UID, false)), 0);
         assert_eq!(
-            code(check_setattr(&caller(0, 0, &g), &f, to, SetattrValid::UID, false)),
+            code(check_setattr(&owner, &f, None, f, SetattrValid::UID, false)),
+            0
+        );
+        assert_eq!(
+            code(check_setattr(
+                &caller(0, 0, &g),
+                &f,
+                None,
+                to,
+                SetattrValid::UID,
+                false
+            )),
             0
         );
         // chgrp: the owner, to a group they are in.
         let mut grp = f;
         grp.st_gid = 300;
-        assert_eq!(code(check_setattr(&owner, &f, grp, SetattrValid::GID, false)), 0);
+        assert_eq!(
+            code(check_setattr(&owner, &f, None, grp, SetattrValid::GID, false)),
+            0
+        );
         grp.st_gid = 301;
         assert_eq!(
-            code(check_setattr(&owner, &f, grp, SetattrValid::GID, false)),
+            code(check_setattr(&owner, &f, None, grp, SetattrValid::GID, false)),
             libc::EPERM
         );
         assert_eq!(
-            code(check_setattr(&other, &f, f, SetattrValid::GID, false)),
+            code(check_setattr(&other, &f, None, f, SetattrValid::GID, false)),
             libc::EPERM
         );
         // truncate: write permission, unless through a handle opened for writing.
         let ro = st(FILE | 0o644, 1000, 100);
         assert_eq!(
-            code(check_setattr(&other, &ro, ro, SetattrValid::SIZE, false)),
+            code(check_setattr(&other, &ro, None, ro, SetattrValid::SIZE, false)),
             libc::EACCES
         );
-        assert_eq!(code(check_setattr(&other, &ro, ro, SetattrValid::SIZE, true)), 0);
-        assert_eq!(code(check_setattr(&other, &f, f, SetattrValid::SIZE, false)), 0);
+        assert_eq!(
+            code(check_setattr(&other, &ro, None, ro, SetattrValid::SIZE, true)),
+            0
+        );
+        assert_eq!(
+            code(check_setattr(&other, &f, None, f, SetattrValid::SIZE, false)),
+            0
+        );
         // utimes: explicit times need the owner; "now" needs owner or write.
         let explicit = SetattrValid::ATIME | SetattrValid::MTIME;
         let now = explicit | SetattrValid::ATIME_NOW | SetattrValid::MTIME_NOW;
-        assert_eq!(code(check_setattr(&other, &f, f, explicit, false)), libc::EPERM);
-        assert_eq!(code(check_setattr(&other, &f, f, now, false)), 0);
-        assert_eq!(code(check_setattr(&other, &ro, ro, now, false)), libc::EACCES);
-        assert_eq!(code(check_setattr(&owner, &ro, ro, explicit, false)), 0);
+        assert_eq!(
+            code(check_setattr(&other, &f, None, f, explicit, false)),
+            libc::EPERM
+        );
+        assert_eq!(code(check_setattr(&other, &f, None, f, now, false)), 0);
+        assert_eq!(
+            code(check_setattr(&other, &ro, None, ro, now, false)),
+            libc::EACCES
+        );
+        assert_eq!(code(check_setattr(&owner, &ro, None, ro, explicit, false)), 0);
     }
 
     #[test]
@@ -1163,8 +1370,9 @@ mod tests {
         let member = caller(1001, 1001, &crew);
         let other = caller(1002, 1002, &none);
         let root = caller(0, 0, &none);
-        let run =
-            |who: &Caller<'_>, mode: u32| code(may(who, &st(FILE | mode, 1000, 100), open_mask(FMODE_EXEC)));
+        let run = |who: &Caller<'_>, mode: u32| {
+            code(may(who, &st(FILE | mode, 1000, 100), None, open_mask(FMODE_EXEC)))
+        };
         // (mode, owner, group member, other, root): 0 allowed, else EACCES.
         let table = [
             (0o744, true, false, false, true),
@@ -1203,17 +1411,18 @@ mod tests {
         let dirs = DirAttrs::default();
         let now = Instant::now();
         let later = now + Duration::from_secs(1);
-        dirs.put(7, st(DIR | 0o755, 1, 1), later);
-        dirs.put(8, st(DIR | 0o700, 1, 1), later);
-        dirs.put(9, st(DIR | 0o711, 1, 1), later);
-        assert_eq!(dirs.get(7, now).map(|s| s.st_mode), Some(DIR | 0o755));
+        let node = |st| Node { st, acl: None };
+        dirs.put(7, node(st(DIR | 0o755, 1, 1)), later);
+        dirs.put(8, node(st(DIR | 0o700, 1, 1)), later);
+        dirs.put(9, node(st(DIR | 0o711, 1, 1)), later);
+        assert_eq!(dirs.get(7, now).map(|n| n.st.st_mode), Some(DIR | 0o755));
         assert!(dirs.get(7, later).is_none(), "expired at its timeout");
         dirs.forget(7);
         assert!(dirs.get(7, now).is_none());
         dirs.forget_all([8, 9].into_iter());
         assert!(dirs.get(8, now).is_none() && dirs.get(9, now).is_none());
         for ino in 0..DirAttrs::MAX as u64 + 1 {
-            dirs.put(ino, st(DIR, 0, 0), later);
+            dirs.put(ino, node(st(DIR, 0, 0)), later);
         }
         assert!(dirs.map.lock().unwrap().len() <= DirAttrs::MAX, "bounded");
     }
@@ -1225,5 +1434,114 @@ mod tests {
         assert!(!entries_cacheable(DIR | 0o750));
         assert!(!entries_cacheable(DIR | 0o700));
         assert!(!entries_cacheable(DIR | 0o677));
+    }
+
+    /// A tree of three inodes: the root (0755), file 2 (0644, owner 100)
+    /// and directory 3 (0755, owner 100), both with an ACL refusing user
+    /// 7 everything (`u:7:---`).
+    #[derive(Debug, Default)]
+    struct AclTree {
+        set: Mutex<Vec<(u64, Vec<u8>)>>,
+    }
+
+    fn refusing_7() -> Acl {
+        use crate::acl::{tag, AclEntry};
+        let e = |tag, perm, id| AclEntry { tag, perm, id };
+        Acl::new(vec![
+            e(tag::USER_OBJ, 7, 0),
+            e(tag::USER, 0, 7),
+            e(tag::GROUP_OBJ, 5, 0),
+            e(tag::MASK, 5, 0),
+            e(tag::OTHER, 5, 0),
+        ])
+        .unwrap()
+    }
+
+    impl FileSystem for AclTree {
+        type Inode = u64;
+        type Handle = u64;
+
+        fn getattr(&self, _: &Context, inode: u64, _: Option<u64>) -> io::Result<(stat64, Duration)> {
+            let st = match inode {
+                1 => st(DIR | 0o755, 0, 0),
+                2 => st(FILE | 0o654, 100, 100),
+                3 => st(DIR | 0o755, 100, 100),
+                _ => return Err(err(libc::ENOENT)),
+            };
+            Ok((st, Duration::from_secs(1)))
+        }
+
+        fn getxattr(&self, _: &Context, inode: u64, name: &CStr, _: u32) -> io::Result<GetxattrReply> {
+            match (inode, name.to_bytes()) {
+                (2 | 3, b"system.posix_acl_access") => Ok(GetxattrReply::Value(refusing_7().to_xattr())),
+                _ => Err(err(libc::ENODATA)),
+            }
+        }
+
+        fn setxattr(&self, _: &Context, inode: u64, _: &CStr, value: &[u8], _: u32) -> io::Result<()> {
+            self.set.lock().unwrap().push((inode, value.to_vec()));
+            Ok(())
+        }
+
+        fn lookup(&self, ctx: &Context, _: u64, _: &CStr) -> io::Result<Entry> {
+            let (attr, _) = self.getattr(ctx, 2, None)?;
+            Ok(Entry {
+                inode: 2,
+                attr,
+                entry_timeout: Duration::from_secs(1),
+                ..Default::default()
+            })
+        }
+
+        fn open(
+            &self,
+            _: &Context,
+            _: u64,
+            _: u32,
+            _: u32,
+        ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+            Ok((Some(1), OpenOptions::empty(), None))
+        }
+    }
+
+    fn ctx(uid: u32) -> Context {
+        Context {
+            uid,
+            gid: uid,
+            pid: 0,
+        }
+    }
+
+    #[test]
+    fn acls_decide_opens_lookups_and_access() {
+        let fs = Checked::with_groups(AclTree::default(), Box::new(Fixed(Some(vec![]))));
+        let open = |uid| code(fs.open(&ctx(uid), 2, libc::O_RDONLY as u32, 0));
+        // The mode lets everybody read; the ACL refuses user 7.
+        assert_eq!(open(7), libc::EACCES);
+        assert_eq!(open(8), 0);
+        assert_eq!(open(100), 0);
+        assert_eq!(code(fs.access(&ctx(7), 2, mask::R)), libc::EACCES);
+        assert_eq!(code(fs.access(&ctx(8), 2, mask::R)), 0);
+        // Directory 3's ACL refuses 7 the search its mode shows...
+        assert_eq!(code(fs.lookup(&ctx(7), 3, c"f")), libc::EACCES);
+        // ...so nobody's lookup there may be cached by the kernel.
+        let entry = fs.lookup(&ctx(8), 3, c"f").unwrap();
+        assert_eq!(entry.entry_timeout, Duration::ZERO);
+        let entry = fs.lookup(&ctx(8), 1, c"f").unwrap();
+        assert_eq!(entry.entry_timeout, Duration::from_secs(1), "no ACL on the root");
+    }
+
+    #[test]
+    fn only_the_owner_and_root_set_acls() {
+        let fs = Checked::with_groups(AclTree::default(), Box::new(Fixed(Some(vec![]))));
+        let value = refusing_7().to_xattr();
+        let set = |uid, name: &CStr| code(fs.setxattr(&ctx(uid), 2, name, &value, 0));
+        assert_eq!(set(8, c"system.posix_acl_access"), libc::EPERM);
+        assert_eq!(set(8, c"system.posix_acl_default"), libc::EPERM);
+        assert_eq!(set(100, c"system.posix_acl_access"), 0);
+        assert_eq!(set(0, c"system.posix_acl_access"), 0);
+        assert_eq!(fs.inner().set.lock().unwrap().len(), 2);
+        // Reading one is for anybody.
+        assert_eq!(code(fs.getxattr(&ctx(7), 2, c"system.posix_acl_access", 100)), 0);
     }
 }
