@@ -81,6 +81,14 @@ pub struct InitConfig {
     /// set-group-ID bit without group-execute that Linux drops for callers
     /// outside the file's group.
     pub kill_privileges: bool,
+    /// Ask for `FUSE_POSIX_ACL`: the kernel then checks POSIX ACLs (read
+    /// with GETXATTR of `system.posix_acl_access` and cached) along with
+    /// the mode, and turns `default_permissions` on for the mount. The
+    /// filesystem must keep ACL and mode in step: a new access ACL sets
+    /// the mode's bits, a `chmod` rewrites the ACL, and entries created
+    /// in a directory with a default ACL inherit it. Without it the
+    /// kernel passes ACL xattrs through but checks only the mode.
+    pub posix_acl: bool,
 }
 
 impl Default for InitConfig {
@@ -97,6 +105,7 @@ impl Default for InitConfig {
             passthrough: false,
             over_io_uring: false,
             kill_privileges: true,
+            posix_acl: false,
         }
     }
 }
@@ -201,6 +210,10 @@ pub fn negotiate(
     if !config.passthrough {
         may &= !f::PASSTHROUGH;
     }
+    if !config.posix_acl {
+        // It would turn default_permissions on behind the session's back.
+        may &= !f::POSIX_ACL;
+    }
     // fuse-backend-rs's FsOptions mirrors the kernel's bits, except that it
     // keeps its own bit 63 for a passthrough of its own; never offer that.
     let capable = FsOptions::from_bits_truncate(may & !(1 << 63));
@@ -228,6 +241,9 @@ pub fn negotiate(
     }
     if config.kill_privileges {
         ours |= f::HANDLE_KILLPRIV_V2;
+    }
+    if config.posix_acl {
+        ours |= f::POSIX_ACL;
     }
     let mut flags = (wanted | (ours & may)) & offered;
     if flags & f::PASSTHROUGH != 0 && flags & f::WRITEBACK_CACHE != 0 {
@@ -500,5 +516,24 @@ mod tests {
         };
         let (out, _) = agreed(negotiate(&init_in(45, KERNEL_6_18), &cfg, Ok));
         assert_eq!(out.max_write, MAX_WRITE_LIMIT);
+    }
+
+    #[test]
+    fn posix_acl_only_when_the_session_asks() {
+        let offer = KERNEL_6_18 | f::POSIX_ACL;
+        // A filesystem asking for it cannot turn it (and with it
+        // default_permissions) on by itself...
+        let wants_acl = |cap: FsOptions| Ok(cap | FsOptions::POSIX_ACL);
+        let (_, n) = agreed(negotiate(&init_in(45, offer), &InitConfig::default(), wants_acl));
+        assert!(!n.has(f::POSIX_ACL));
+        // ...the session turns it on for any filesystem, if offered.
+        let cfg = InitConfig {
+            posix_acl: true,
+            ..Default::default()
+        };
+        let (_, n) = agreed(negotiate(&init_in(45, offer), &cfg, Ok));
+        assert!(n.has(f::POSIX_ACL));
+        let (_, n) = agreed(negotiate(&init_in(45, KERNEL_6_18), &cfg, Ok));
+        assert!(!n.has(f::POSIX_ACL), "not offered");
     }
 }

@@ -277,6 +277,10 @@ where
         max_write: args.max_write_kib * 1024,
         writeback_cache: m.writeback_cache,
         passthrough: m.passthrough,
+        // With the kernel's checks, its ACL checks too. Without them
+        // xfuse::perm reads ACLs itself (FUSE_POSIX_ACL would turn
+        // default_permissions on).
+        posix_acl: args.permissions == PermissionsArg::Kernel,
         ..Default::default()
     };
     let threads = args.threads.map_or_else(xfuse::default_threads, usize::from);
