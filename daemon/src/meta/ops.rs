@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use xfuse::acl::{self, Acl};
+
 use super::kv::{retry, KvEngine, KvError, RetryPolicy, Txn, TxnError};
 use super::schema::{
     self, tag, CounterRec, DentryRec, InodeRec, ListingRec, SchemaError, Timestamp, ROOT_INO,
@@ -436,6 +438,56 @@ fn may(caller: &Caller, rec: &InodeRec, mask: u32) -> Result<(), MetaError> {
     } else {
         errno(libc::EACCES)
     }
+}
+
+/// Whether the access ACL of an inode with record `rec` decides `caller`'s
+/// access for `mask`: a checked caller, neither root nor the owner (whose
+/// access the owner's bits say, the ACL's owner entry being those bits),
+/// of an inode with xattrs.
+fn acl_decides(caller: &Caller, rec: &InodeRec, mask: u32) -> bool {
+    caller.check && mask != 0 && caller.uid != 0 && caller.uid != rec.uid && rec.xattrs > 0
+}
+
+/// [`may`], with the access ACL `acl` (its xattr form) when there is one:
+/// Linux's `posix_acl_permission` ([`Acl::permits`]).
+fn may_with_acl(caller: &Caller, rec: &InodeRec, acl: Option<&[u8]>, mask: u32) -> Result<(), MetaError> {
+    let acl = match acl.map(Acl::parse) {
+        None | Some(Ok(None)) => return may(caller, rec, mask),
+        Some(Ok(Some(acl))) => acl,
+        // ACLs are validated when set: this one was not stored by us.
+        Some(Err(_)) => return errno(libc::EIO),
+    };
+    match acl.permits(rec.uid, caller.uid, |g| Some(caller.in_group(g)), mask, rec.gid) {
+        Some(true) => Ok(()),
+        _ => errno(libc::EACCES),
+    }
+}
+
+/// [`may`] for inode `ino` with record `rec`, its access ACL read in
+/// `txn` where it decides.
+fn may_in(txn: &mut Txn<'_>, caller: &Caller, ino: u64, rec: &InodeRec, mask: u32) -> Result<(), MetaError> {
+    if !acl_decides(caller, rec, mask) {
+        return may(caller, rec, mask);
+    }
+    let acl = txn.get(&schema::xattr_key(ino, acl::ACCESS_XATTR.as_bytes()))?;
+    may_with_acl(caller, rec, acl.as_deref(), mask)
+}
+
+/// Which ACL xattr `name` is, if one.
+fn acl_kind(name: &[u8]) -> Option<AclKind> {
+    if name == acl::ACCESS_XATTR.as_bytes() {
+        Some(AclKind::Access)
+    } else if name == acl::DEFAULT_XATTR.as_bytes() {
+        Some(AclKind::Default)
+    } else {
+        None
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AclKind {
+    Access,
+    Default,
 }
 
 /// The sticky-directory rule: in a sticky directory only the owner of the
@@ -897,7 +949,7 @@ impl Meta {
         self.txn(|txn| {
             let mut staged = Staged::default();
             let dir = staged.load_dir(txn, parent)?;
-            may(caller, dir, access::X)?;
+            may_in(txn, caller, parent, dir, access::X)?;
             let ino = match name {
                 b"." => parent,
                 b".." => dir.parent,
@@ -928,14 +980,25 @@ impl Meta {
     /// Checks `access(2)`-style permission of `caller` on `ino`.
     pub fn access(&self, caller: &Caller, ino: u64, mask: u32) -> Result<(), MetaError> {
         let rec = self.getattr(ino)?;
-        may(
-            &Caller {
-                check: true,
-                ..caller.clone()
-            },
-            &rec,
-            mask,
-        )
+        let caller = Caller {
+            check: true,
+            ..caller.clone()
+        };
+        self.may_now(&caller, ino, &rec, mask)
+    }
+
+    /// [`may`] for inode `ino` with record `rec`, its access ACL read now
+    /// where it decides.
+    fn may_now(&self, caller: &Caller, ino: u64, rec: &InodeRec, mask: u32) -> Result<(), MetaError> {
+        if !acl_decides(caller, rec, mask) {
+            return may(caller, rec, mask);
+        }
+        let acl = match self.getxattr(ino, acl::ACCESS_XATTR.as_bytes()) {
+            Ok(acl) => Some(acl),
+            Err(MetaError::Errno(libc::ENODATA)) => None,
+            Err(e) => return Err(e),
+        };
+        may_with_acl(caller, rec, acl.as_deref(), mask)
     }
 
     /// Changes attributes; returns the new record and, if the size changed,
@@ -970,7 +1033,7 @@ impl Meta {
             for t in [set.atime, set.mtime].into_iter().flatten() {
                 match t {
                     TimeSet::At(_) if !owner => return errno(libc::EPERM),
-                    TimeSet::Now if !owner => may(caller, rec, access::W)?,
+                    TimeSet::Now if !owner => may_in(txn, caller, ino, rec, access::W)?,
                     _ => {}
                 }
             }
@@ -986,7 +1049,7 @@ impl Meta {
                     None => false,
                 };
                 if !through_session {
-                    may(caller, rec, access::W)?;
+                    may_in(txn, caller, ino, rec, access::W)?;
                 }
                 if size > FILE_SIZE_MAX_BYTES {
                     return errno(libc::EFBIG);
@@ -996,6 +1059,22 @@ impl Meta {
                 }
             }
             let delta = old_size.map_or(0, |old| set.size.unwrap_or(old) as i64 - old as i64);
+            // A chmod rewrites the access ACL's owner, mask and other entries
+            // (`posix_acl_chmod`).
+            let acl_key = schema::xattr_key(ino, acl::ACCESS_XATTR.as_bytes());
+            let acl = match set.mode {
+                Some(mode) if staged.load(txn, ino)?.xattrs > 0 => txn
+                    .get(&acl_key)?
+                    .and_then(|v| Acl::parse(&v).ok().flatten())
+                    .map(|mut acl| {
+                        acl.chmod(mode);
+                        acl.to_xattr()
+                    }),
+                _ => None,
+            };
+            if let Some(acl) = acl {
+                txn.put(acl_key, acl);
+            }
             let rec = staged.dirty(ino);
             let mut changed = false;
             if let Some(mode) = set.mode {
@@ -1075,17 +1154,38 @@ impl Meta {
         self.txn(|txn| {
             let mut staged = Staged::default();
             let dir = staged.load_dir(txn, parent)?;
-            may(caller, dir, access::W | access::X)?;
+            may_in(txn, caller, parent, dir, access::W | access::X)?;
             if dir.nlink == 0 {
                 return errno(libc::ENOENT);
             }
             let (dir_gid, dir_setgid) = (dir.gid, dir.mode & libc::S_ISGID != 0);
+            let dir_has_xattrs = dir.xattrs > 0;
             if get_dentry(txn, parent, name)?.is_some() {
                 return errno(libc::EEXIST);
             }
             let mut perm = mode & 0o7777;
             if kind == libc::S_IFDIR && dir_setgid {
                 perm |= libc::S_ISGID;
+            }
+            // The parent's default ACL: the new entry's access ACL (bounded
+            // by the mode asked for), and a new directory's default ACL
+            // (`posix_acl_create`). Symlinks take none.
+            let default_acl = if dir_has_xattrs && kind != libc::S_IFLNK {
+                txn.get(&schema::xattr_key(parent, acl::DEFAULT_XATTR.as_bytes()))?
+                    .and_then(|v| Acl::parse(&v).ok().flatten())
+            } else {
+                None
+            };
+            let mut acls = Vec::new();
+            if let Some(default_acl) = &default_acl {
+                let (inherited, access_acl) = default_acl.inherit(kind | perm);
+                perm = inherited & 0o7777;
+                if let Some(access_acl) = access_acl {
+                    acls.push((acl::ACCESS_XATTR, access_acl.to_xattr()));
+                }
+                if kind == libc::S_IFDIR {
+                    acls.push((acl::DEFAULT_XATTR, default_acl.to_xattr()));
+                }
             }
             let rec = InodeRec {
                 mode: kind | perm,
@@ -1106,7 +1206,7 @@ impl Meta {
                 cookie_next: COOKIE_FIRST,
                 chunk_size: if kind == libc::S_IFREG { chunk_size } else { 0 },
                 layout_id: if kind == libc::S_IFREG { ino } else { 0 },
-                xattrs: 0,
+                xattrs: acls.len() as u32,
                 target: if kind == libc::S_IFLNK {
                     target.to_vec()
                 } else {
@@ -1117,6 +1217,9 @@ impl Meta {
             touch_dir(&mut staged, parent, now);
             if kind == libc::S_IFDIR {
                 staged.dirty(parent).nlink += 1;
+            }
+            for (name, value) in acls {
+                txn.put(schema::xattr_key(ino, name.as_bytes()), value);
             }
             staged.insert(ino, rec.clone());
             counter_add(txn, ino, 1, 0)?;
@@ -1194,7 +1297,7 @@ impl Meta {
             }
             let kind = rec.kind();
             let dir = staged.load_dir(txn, newparent)?;
-            may(caller, dir, access::W | access::X)?;
+            may_in(txn, caller, newparent, dir, access::W | access::X)?;
             if dir.nlink == 0 {
                 return errno(libc::ENOENT);
             }
@@ -1222,7 +1325,7 @@ impl Meta {
         self.txn(|txn| {
             let mut staged = Staged::default();
             let dir = staged.load_dir(txn, parent)?;
-            may(caller, dir, access::W | access::X)?;
+            may_in(txn, caller, parent, dir, access::W | access::X)?;
             let dir = dir.clone();
             let Some(dentry) = get_dentry(txn, parent, name)? else {
                 return errno(libc::ENOENT);
@@ -1254,7 +1357,7 @@ impl Meta {
         self.txn(|txn| {
             let mut staged = Staged::default();
             let dir = staged.load_dir(txn, parent)?;
-            may(caller, dir, access::W | access::X)?;
+            may_in(txn, caller, parent, dir, access::W | access::X)?;
             let dir = dir.clone();
             let Some(dentry) = get_dentry(txn, parent, name)? else {
                 return errno(libc::ENOENT);
@@ -1301,9 +1404,9 @@ impl Meta {
         self.txn(|txn| {
             let mut staged = Staged::default();
             let od_rec = staged.load_dir(txn, olddir)?.clone();
-            may(caller, &od_rec, access::W | access::X)?;
+            may_in(txn, caller, olddir, &od_rec, access::W | access::X)?;
             let nd_rec = staged.load_dir(txn, newdir)?.clone();
-            may(caller, &nd_rec, access::W | access::X)?;
+            may_in(txn, caller, newdir, &nd_rec, access::W | access::X)?;
             if nd_rec.nlink == 0 {
                 return errno(libc::ENOENT);
             }
@@ -1321,7 +1424,7 @@ impl Meta {
             if src_is_dir && olddir != newdir {
                 self.check_not_ancestor(txn, &mut staged, src.ino, newdir)?;
                 // Moving a directory rewrites its `..`.
-                may(caller, &src_rec, access::W)?;
+                may_in(txn, caller, src.ino, &src_rec, access::W)?;
             }
             if flags & EXCHANGE != 0 {
                 let Some(dst) = dst else {
@@ -1332,7 +1435,7 @@ impl Meta {
                 let dst_is_dir = dst.kind == libc::S_IFDIR;
                 if dst_is_dir && olddir != newdir {
                     self.check_not_ancestor(txn, &mut staged, dst.ino, olddir)?;
-                    may(caller, &dst_rec, access::W)?;
+                    may_in(txn, caller, dst.ino, &dst_rec, access::W)?;
                 }
                 for (dir, name, cookie, who) in [
                     (olddir, oldname, src.cookie, dst),
@@ -1469,7 +1572,7 @@ impl Meta {
                 return errno(libc::EISDIR);
             }
             let mask = if read { access::R } else { 0 } | if write { access::W } else { 0 };
-            may(caller, rec, mask)?;
+            may_in(txn, caller, ino, rec, mask)?;
             let rec = rec.clone();
             txn.put(schema::open_key(ino, client, handle), Vec::new());
             txn.put(schema::client_open_key(client, ino, handle), Vec::new());
@@ -1544,7 +1647,7 @@ impl Meta {
         if !rec.is_dir() {
             return errno(libc::ENOTDIR);
         }
-        may(caller, &rec, access::R)
+        self.may_now(caller, ino, &rec, access::R)
     }
 
     /// Up to `limit` entries of directory `ino` after cookie `after` (0:
@@ -1614,12 +1717,26 @@ impl Meta {
         if value.len() > schema::XATTR_VALUE_LEN_MAX {
             return errno(libc::E2BIG);
         }
+        let acl_kind = acl_kind(name);
+        // Validated before anything is read: EINVAL as Linux answers.
+        let acl = match acl_kind {
+            Some(_) => Acl::parse(value).map_err(|_| MetaError::Errno(libc::EINVAL))?,
+            None => None,
+        };
         let now = self.clock.now();
         self.txn(|txn| {
             let mut staged = Staged::default();
             let rec = staged.load(txn, ino)?;
-            if caller.check && caller.uid != 0 && caller.uid != rec.uid {
-                may(caller, rec, access::W)?;
+            let owner = !caller.check || caller.uid == 0 || caller.uid == rec.uid;
+            if let Some(kind) = acl_kind {
+                // Only the owner may set ACLs (`inode_owner_or_capable`).
+                if !owner {
+                    return errno(libc::EPERM);
+                }
+                return self.set_acl(txn, staged, ino, kind, acl.as_ref(), now);
+            }
+            if !owner {
+                may_in(txn, caller, ino, rec, access::W)?;
             }
             let key = schema::xattr_key(ino, name);
             let exists = txn.get(&key)?.is_some();
@@ -1687,6 +1804,66 @@ impl Meta {
         })
     }
 
+    /// Sets (`acl`) or removes (`None`) ACL `kind` of `ino` in `txn`, as
+    /// Linux's `posix_acl_update_mode` and `set_posix_acl` do: an access
+    /// ACL sets the mode's permission bits, and is not kept when the mode
+    /// says it all; a default ACL only goes on a directory (EACCES
+    /// elsewhere). Not done: clearing set-group-ID for a caller outside the
+    /// file's group, which the kernel asks only through
+    /// `FUSE_SETXATTR_EXT` (not negotiated).
+    fn set_acl(
+        &self,
+        txn: &mut Txn<'_>,
+        mut staged: Staged,
+        ino: u64,
+        kind: AclKind,
+        acl: Option<&Acl>,
+        now: Timestamp,
+    ) -> Result<(), MetaError> {
+        let name = match kind {
+            AclKind::Access => acl::ACCESS_XATTR,
+            AclKind::Default => acl::DEFAULT_XATTR,
+        };
+        let key = schema::xattr_key(ino, name.as_bytes());
+        let exists = txn.get(&key)?.is_some();
+        let rec = staged.load(txn, ino)?;
+        if kind == AclKind::Default && !rec.is_dir() {
+            return if acl.is_some() {
+                errno(libc::EACCES)
+            } else {
+                Ok(())
+            };
+        }
+        let keep = match (kind, acl) {
+            (_, None) => None,
+            (AclKind::Access, Some(acl)) if acl.is_mode_only() => None,
+            (_, Some(acl)) => Some(acl.to_xattr()),
+        };
+        if keep.is_some() && !exists && rec.xattrs as usize >= XATTRS_MAX {
+            return errno(libc::ENOSPC);
+        }
+        let rec = staged.dirty(ino);
+        if let (AclKind::Access, Some(acl)) = (kind, acl) {
+            rec.mode = (rec.mode & !0o777) | acl.mode_bits();
+        }
+        rec.ctime = now;
+        match keep {
+            Some(value) => {
+                txn.put(key, value);
+                if !exists {
+                    rec.xattrs += 1;
+                }
+            }
+            None if exists => {
+                txn.delete(key);
+                rec.xattrs = rec.xattrs.saturating_sub(1);
+            }
+            None => {}
+        }
+        staged.flush(txn);
+        Ok(())
+    }
+
     /// Removes xattr `name` of `ino`.
     pub fn removexattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> Result<(), MetaError> {
         if name.len() > schema::NAME_LEN_MAX {
@@ -1697,8 +1874,13 @@ impl Meta {
             let mut staged = Staged::default();
             let rec = staged.load(txn, ino)?;
             if caller.check && caller.uid != 0 && caller.uid != rec.uid {
-                may(caller, rec, access::W)?;
+                if acl_kind(name).is_some() {
+                    return errno(libc::EPERM);
+                }
+                may_in(txn, caller, ino, rec, access::W)?;
             }
+            // Removing the access ACL leaves the mode as it is: its bits are
+            // already the ACL's owner, mask and other entries.
             let key = schema::xattr_key(ino, name);
             if txn.get(&key)?.is_none() {
                 return errno(libc::ENODATA);

@@ -588,6 +588,135 @@ fn xattrs_and_statfs(meta: &Meta) {
     assert_sound(meta);
 }
 
+/// `u::rw-,u:1001:<bob>,g::r--,m::<mask>,o::r--` in the xattr form.
+fn acl_naming_bob(bob: u16, mask: u16) -> Vec<u8> {
+    use xfuse::acl::{tag, Acl, AclEntry};
+    let e = |tag, perm, id| AclEntry { tag, perm, id };
+    Acl::new(vec![
+        e(tag::USER_OBJ, 6, 0),
+        e(tag::USER, bob, BOB.uid),
+        e(tag::GROUP_OBJ, 4, 0),
+        e(tag::MASK, mask, 0),
+        e(tag::OTHER, 4, 0),
+    ])
+    .unwrap()
+    .to_xattr()
+}
+
+fn posix_acls(meta: &Meta) {
+    use xfuse::acl::{tag, Acl, AclEntry, ACCESS_XATTR, DEFAULT_XATTR};
+    const CAROL: Caller = Caller {
+        uid: 1002,
+        gid: 1002,
+        groups: Vec::new(),
+        check: true,
+    };
+    let (access, default) = (ACCESS_XATTR.as_bytes(), DEFAULT_XATTR.as_bytes());
+    let shared = meta.mkdir(&ROOT, ROOT_INO, b"shared", 0o777).unwrap().0;
+    let (f, rec, _) = meta
+        .mknod(&ALICE, shared, b"f", libc::S_IFREG | 0o644, 0, &[], false)
+        .unwrap();
+    assert_eq!(rec.mode & 0o777, 0o644);
+    let opens = |who: &Caller, write: bool| meta.open(who, f, !write, write).map(|(_, h)| meta.release(f, h));
+
+    // Only the owner sets an ACL; a malformed one is EINVAL.
+    assert_eq!(
+        err(meta.setxattr(&BOB, f, access, &acl_naming_bob(6, 6), 0)),
+        libc::EPERM
+    );
+    assert_eq!(
+        err(meta.setxattr(&ALICE, f, access, b"\x02\0\0\0\x01", 0)),
+        libc::EINVAL
+    );
+    // u:bob:--- refuses Bob what the mode gives everybody else.
+    meta.setxattr(&ALICE, f, access, &acl_naming_bob(0, 4), 0)
+        .unwrap();
+    assert_eq!(
+        meta.getattr(f).unwrap().mode & 0o777,
+        0o644,
+        "mask r-- is the group bits"
+    );
+    assert_eq!(err(opens(&BOB, false)), libc::EACCES);
+    opens(&CAROL, false).unwrap().unwrap();
+    assert_eq!(err(meta.access(&BOB, f, access::R)), libc::EACCES);
+    // u:bob:rw- with mask rw- lets him write, and shows as group rw-.
+    meta.setxattr(&ALICE, f, access, &acl_naming_bob(6, 6), 0)
+        .unwrap();
+    assert_eq!(meta.getattr(f).unwrap().mode & 0o777, 0o664);
+    opens(&BOB, true).unwrap().unwrap();
+    assert_eq!(err(opens(&CAROL, true)), libc::EACCES);
+    // chmod 0640 bounds him by the new mask (r--) and rewrites the ACL.
+    meta.setattr(
+        &ALICE,
+        f,
+        &SetAttr {
+            mode: Some(0o640),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(err(opens(&BOB, true)), libc::EACCES);
+    opens(&BOB, false).unwrap().unwrap();
+    let stored = Acl::parse(&meta.getxattr(f, access).unwrap()).unwrap().unwrap();
+    assert_eq!(stored.mode_bits(), 0o640);
+    // An ACL the mode says all of is not kept: the mode takes its bits.
+    let e = |tag, perm, id| AclEntry { tag, perm, id };
+    let minimal = Acl::new(vec![
+        e(tag::USER_OBJ, 7, 0),
+        e(tag::GROUP_OBJ, 5, 0),
+        e(tag::OTHER, 0, 0),
+    ])
+    .unwrap();
+    meta.setxattr(&ALICE, f, access, &minimal.to_xattr(), 0).unwrap();
+    assert_eq!(meta.getattr(f).unwrap().mode & 0o777, 0o750);
+    assert_eq!(err(meta.getxattr(f, access)), libc::ENODATA);
+    assert_eq!(meta.getattr(f).unwrap().xattrs, 0);
+    // A default ACL only goes on a directory.
+    assert_eq!(
+        err(meta.setxattr(&ALICE, f, default, &acl_naming_bob(6, 6), 0)),
+        libc::EACCES
+    );
+
+    // Entries created under a default ACL inherit it, bounded by their mode.
+    let (d, _) = meta.mkdir(&ALICE, shared, b"d", 0o755).unwrap();
+    let inheritable = Acl::new(vec![
+        e(tag::USER_OBJ, 7, 0),
+        e(tag::USER, 7, BOB.uid),
+        e(tag::GROUP_OBJ, 5, 0),
+        e(tag::MASK, 7, 0),
+        e(tag::OTHER, 0, 0),
+    ])
+    .unwrap();
+    meta.setxattr(&ALICE, d, default, &inheritable.to_xattr(), 0)
+        .unwrap();
+    let (g, rec, _) = meta
+        .mknod(&ALICE, d, b"g", libc::S_IFREG | 0o666, 0, &[], false)
+        .unwrap();
+    assert_eq!(rec.mode & 0o777, 0o660);
+    let inherited = Acl::parse(&meta.getxattr(g, access).unwrap()).unwrap().unwrap();
+    assert!(inherited.entries().contains(&e(tag::USER, 7, BOB.uid)));
+    assert_eq!(
+        err(meta.getxattr(g, default)),
+        libc::ENODATA,
+        "files take no default ACL"
+    );
+    meta.open(&BOB, g, true, true).unwrap();
+    let (sub, rec) = meta.mkdir(&ALICE, d, b"sub", 0o777).unwrap();
+    assert_eq!(rec.mode & 0o777, 0o770);
+    assert_eq!(rec.xattrs, 2, "a directory takes both");
+    assert_eq!(meta.getxattr(sub, default).unwrap(), inheritable.to_xattr());
+    let (link, rec) = meta.symlink(&ALICE, d, b"l", b"g").unwrap();
+    assert_eq!((rec.xattrs, err(meta.getxattr(link, access))), (0, libc::ENODATA));
+    // Bob may search and write the new directory by its inherited ACL.
+    meta.mknod(&BOB, sub, b"bobs", libc::S_IFREG | 0o600, 0, &[], false)
+        .unwrap();
+    assert_eq!(
+        err(meta.mknod(&CAROL, sub, b"carols", libc::S_IFREG | 0o600, 0, &[], false)),
+        libc::EACCES
+    );
+    assert_sound(meta);
+}
+
 fn concurrent_creates_and_renames(engine: Arc<dyn KvEngine>) {
     // Real contention: retries back off as in production.
     let config = MetaConfig::default();
@@ -682,6 +811,10 @@ macro_rules! suite {
             #[test]
             fn xattrs_and_statfs() {
                 super::xattrs_and_statfs(&meta().0);
+            }
+            #[test]
+            fn posix_acls() {
+                super::posix_acls(&meta().0);
             }
             #[test]
             fn concurrent_creates_and_renames() {
@@ -938,7 +1071,7 @@ fn etcd_engine(endpoints: &[String], prefix: &[u8]) -> Result<super::etcd::EtcdE
 fn etcd_suite_on_a_three_node_cluster() {
     let mut cluster = EtcdCluster::start();
     type Case = (&'static str, fn(&Meta));
-    let cases: [Case; 10] = [
+    let cases: [Case; 11] = [
         ("create_lookup_getattr", create_lookup_getattr),
         ("mkdir_rmdir_nlink", mkdir_rmdir_nlink),
         ("hard_links", hard_links),
@@ -952,6 +1085,7 @@ fn etcd_suite_on_a_three_node_cluster() {
         ("open_unlinked_keeps_data", open_unlinked_keeps_data),
         ("readdir_cookies_are_stable", readdir_cookies_are_stable),
         ("xattrs_and_statfs", xattrs_and_statfs),
+        ("posix_acls", posix_acls),
     ];
     for (name, case) in cases {
         let engine = etcd_engine(&cluster.clients, format!("{name}/").as_bytes()).unwrap();
