@@ -39,8 +39,9 @@ fi
 # ebpf/ (compiled at build time; CO-RE, so no kernel headers at run time),
 # protoc (the etcd client's build compiles etcd's .proto files), etcd
 # (the metadata tests run a 3-member cluster), and the tools the
-# integration tests drive (mount and umount for mount_helper.rs).
-packages=(gcc libc6-dev linux-libc-dev clang libbpf-dev protobuf-compiler etcd-server util-linux mount tar diffutils coreutils findutils passwd)
+# integration tests drive (mount and umount for mount_helper.rs; setfacl
+# and getfacl for the POSIX ACL cases of permissions.rs).
+packages=(gcc libc6-dev linux-libc-dev clang libbpf-dev protobuf-compiler etcd-server util-linux mount tar diffutils coreutils findutils passwd acl)
 # The VM tests (vm-tests/, daemon/tests/virtiofs_vm.rs) boot a guest under
 # QEMU: its kernel comes from Debian's linux-image-amd64 (fetched with
 # apt-get download on first use), its initramfs from busybox-static; xz

@@ -85,7 +85,18 @@ fn check(mount: &Mount, mode: &str, cases: &[Case]) {
 
 /// Like [`check`], where a refusal must say one of `denials`.
 fn check_denials(mount: &Mount, mode: &str, cases: &[Case], denials: &[&str]) {
-    let dir = &home(mount);
+    let failures = failures_in(&home(mount), cases, denials);
+    assert!(
+        failures.is_empty(),
+        "--permissions {mode} ({}):\n{}\ndaemon log:\n{}",
+        mount.describe(),
+        failures.join("\n"),
+        mount.daemon_log()
+    );
+}
+
+/// The cases that did not go as expected, run in `dir`.
+fn failures_in(dir: &std::path::Path, cases: &[Case], denials: &[&str]) -> Vec<String> {
     let mut failures = Vec::new();
     for c in cases {
         let (code, stderr) = as_user(c.uid, c.groups, dir, c.script);
@@ -104,13 +115,7 @@ fn check_denials(mount: &Mount, mode: &str, cases: &[Case], denials: &[&str]) {
             ));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "--permissions {mode} ({}):\n{}\ndaemon log:\n{}",
-        mount.describe(),
-        failures.join("\n"),
-        mount.daemon_log()
-    );
+    failures
 }
 
 /// Alice's directory on the mount, where every case runs.
@@ -705,4 +710,195 @@ fn daemon_checks_exec_by_class() {
 #[test]
 fn daemon_checks_exec_by_class_on_xfused_mount() {
     run_exec(Mount::start_meta(&["--permissions", "daemon"]), "daemon");
+}
+
+/// Alice's tree of files with POSIX ACLs (made with setfacl through the
+/// mount, so setting ACLs is exercised too). Bob is 4102, Carol 4103, CREW
+/// 4200.
+fn prepare_acl(mount: &Mount) {
+    let home = open_home(mount);
+    assert_eq!((BOB, CAROL, CREW), (4102, 4103, 4200), "the setup names them");
+    let setup = "set -e
+        mkdir acl; chmod 755 acl; cd acl
+        echo data > deny_bob; chmod 644 deny_bob; setfacl -m u:4102:--- deny_bob
+        echo data > grant_bob; chmod 600 grant_bob; setfacl -m u:4102:rw grant_bob
+        echo data > masked; chmod 600 masked; setfacl -m u:4102:rw masked; chmod 640 masked
+        echo data > crew; chmod 640 crew; setfacl -m g:4200:rw crew
+        echo data > crew_denied; chmod 644 crew_denied; setfacl -m g:4200:--- crew_denied
+        mkdir closed; echo data > closed/in; chmod 700 closed; setfacl -m u:4102:rx closed
+        mkdir not_bob; echo data > not_bob/in; chmod 755 not_bob; setfacl -m u:4102:--- not_bob
+        mkdir inherit; chmod 755 inherit; setfacl -d -m u:4102:rx,o::- inherit
+        echo data > inherit/made
+        cp /bin/true run_bob; chmod 700 run_bob; setfacl -m u:4102:rx run_bob";
+    let (code, err) = as_user(ALICE, &[], &home, setup);
+    assert_eq!(code, 0, "setting up as Alice: {err}\n{}", mount.daemon_log());
+}
+
+/// What the ACLs of [`prepare_acl`] allow, as Linux decides natively
+/// (`posix_acl_permission`): a named user entry before the mode's other
+/// bits, bounded by the mask; a matching group entry that refuses does
+/// not fall back to other; a chmod rewrites the mask; directories' ACLs
+/// decide search; created files inherit a default ACL. Every case can be
+/// run again with the same outcome.
+fn acl_cases() -> Vec<Case> {
+    let case = |what, uid, groups, script, ok| Case {
+        what,
+        uid,
+        groups,
+        script,
+        ok,
+    };
+    vec![
+        case(
+            "Bob reads a 0644 file whose ACL names him with ---",
+            BOB,
+            &[],
+            "cat acl/deny_bob",
+            false,
+        ),
+        case("Carol reads that file", CAROL, &[], "cat acl/deny_bob", true),
+        case(
+            "Carol reads its ACL",
+            CAROL,
+            &[],
+            "getfacl -n acl/deny_bob | grep -qx user:4102:---",
+            true,
+        ),
+        case(
+            "Bob sets an ACL on Alice's file",
+            BOB,
+            &[],
+            "setfacl -m u:4103:r acl/deny_bob",
+            false,
+        ),
+        case(
+            "Bob reads and writes a 0600 file whose ACL gives him rw",
+            BOB,
+            &[],
+            "cat acl/grant_bob >/dev/null && echo more >> acl/grant_bob",
+            true,
+        ),
+        case("Carol reads that file", CAROL, &[], "cat acl/grant_bob", false),
+        case(
+            "Bob reads a file whose mask a chmod 640 cut to r--",
+            BOB,
+            &[],
+            "cat acl/masked",
+            true,
+        ),
+        case("Bob writes that file", BOB, &[], "echo more >> acl/masked", false),
+        case(
+            "Bob in CREW writes a 0640 file whose ACL gives CREW rw",
+            BOB,
+            &[CREW],
+            "echo more >> acl/crew",
+            true,
+        ),
+        case(
+            "Bob outside CREW reads that file",
+            BOB,
+            &[],
+            "cat acl/crew",
+            false,
+        ),
+        case(
+            "Bob in CREW reads a 0644 file whose ACL gives CREW ---",
+            BOB,
+            &[CREW],
+            "cat acl/crew_denied",
+            false,
+        ),
+        case(
+            "Bob outside CREW reads that file",
+            BOB,
+            &[],
+            "cat acl/crew_denied",
+            true,
+        ),
+        case(
+            "Bob lists and reads in a 0700 directory whose ACL gives him r-x",
+            BOB,
+            &[],
+            "ls acl/closed >/dev/null && cat acl/closed/in",
+            true,
+        ),
+        case("Carol lists that directory", CAROL, &[], "ls acl/closed", false),
+        // Carol first: an entry cached for her must not let Bob through.
+        case(
+            "Carol reads in a 0755 directory whose ACL gives Bob ---",
+            CAROL,
+            &[],
+            "cat acl/not_bob/in",
+            true,
+        ),
+        case(
+            "Bob reads in that directory",
+            BOB,
+            &[],
+            "cat acl/not_bob/in",
+            false,
+        ),
+        case(
+            "Bob reads a file that inherited his default ACL entry",
+            BOB,
+            &[],
+            "cat acl/inherit/made",
+            true,
+        ),
+        case(
+            "Carol reads that file (the default ACL gives other ---)",
+            CAROL,
+            &[],
+            "cat acl/inherit/made",
+            false,
+        ),
+        case(
+            "Bob runs a 0700 program whose ACL gives him r-x",
+            BOB,
+            &[],
+            "./acl/run_bob",
+            true,
+        ),
+        case("Carol runs that program", CAROL, &[], "./acl/run_bob", false),
+    ]
+}
+
+/// The ACL cases through `mount`, and on a passthrough mount first on the
+/// source tree itself: what the host kernel decides there is what the
+/// mount must decide.
+fn run_acl(mount: Mount, mode: &str) {
+    prepare_acl(&mount);
+    let cases = acl_cases();
+    if mount.src().join("alice/acl").is_dir() {
+        let native = failures_in(&mount.src().join("alice"), &cases, ANY_DENIAL);
+        assert!(
+            native.is_empty(),
+            "natively, on the source tree:\n{}",
+            native.join("\n")
+        );
+    }
+    check(&mount, mode, &cases);
+}
+
+/// FUSE_POSIX_ACL: the kernel checks ACLs with default_permissions.
+#[test]
+fn kernel_checks_posix_acls() {
+    run_acl(Mount::start(&["--permissions", "kernel"]), "kernel");
+}
+
+/// xfuse::perm reads and applies ACLs itself.
+#[test]
+fn daemon_checks_posix_acls() {
+    run_acl(Mount::start(&["--permissions", "daemon"]), "daemon");
+}
+
+/// MetaFs keeps ACLs: the mode in step, chmod's mask, default ACLs.
+#[test]
+fn kernel_checks_posix_acls_on_xfused_mount() {
+    run_acl(Mount::start_meta(&["--permissions", "kernel"]), "kernel");
+}
+
+#[test]
+fn daemon_checks_posix_acls_on_xfused_mount() {
+    run_acl(Mount::start_meta(&["--permissions", "daemon"]), "daemon");
 }
