@@ -87,6 +87,7 @@ fn main() {
         gid: 1000,
         groups: vec![4, 24, 27, 100],
         check: true,
+        umask: 0o022,
     };
     println!("| message | postcard | bincode 2 | bincode/postcard time |");
     println!("|---|---|---|---|");

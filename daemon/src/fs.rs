@@ -169,6 +169,17 @@ impl MetaFs {
             gid: ctx.gid,
             groups,
             check: self.config.check_permissions,
+            umask: 0,
+        }
+    }
+
+    /// [`MetaFs::caller`] creating with `umask` (with FUSE_DONT_MASK the
+    /// kernel leaves it to us; without, it is applied already, and applying
+    /// it again changes nothing).
+    fn creator(&self, ctx: &Context, umask: u32) -> Caller {
+        Caller {
+            umask,
+            ..self.caller(ctx)
         }
     }
 
@@ -345,13 +356,12 @@ impl FileSystem for MetaFs {
         name: &CStr,
         mode: u32,
         rdev: u32,
-        _umask: u32,
+        umask: u32,
     ) -> io::Result<Entry> {
-        // The kernel has applied the umask (no FUSE_DONT_MASK).
         let (ino, rec, _) = self
             .meta
             .mknod(
-                &self.caller(ctx),
+                &self.creator(ctx, umask),
                 parent,
                 name_bytes(name),
                 mode,
@@ -363,10 +373,10 @@ impl FileSystem for MetaFs {
         Ok(self.entry(ino, &rec))
     }
 
-    fn mkdir(&self, ctx: &Context, parent: u64, name: &CStr, mode: u32, _umask: u32) -> io::Result<Entry> {
+    fn mkdir(&self, ctx: &Context, parent: u64, name: &CStr, mode: u32, umask: u32) -> io::Result<Entry> {
         let (ino, rec) = self
             .meta
-            .mkdir(&self.caller(ctx), parent, name_bytes(name), mode)
+            .mkdir(&self.creator(ctx, umask), parent, name_bytes(name), mode)
             .map_err(io_err)?;
         Ok(self.entry(ino, &rec))
     }
@@ -445,7 +455,15 @@ impl FileSystem for MetaFs {
         let mode = libc::S_IFREG | (args.mode & 0o7777);
         let (ino, rec, handle) = self
             .meta
-            .mknod(&self.caller(ctx), parent, name_bytes(name), mode, 0, &[], true)
+            .mknod(
+                &self.creator(ctx, args.umask),
+                parent,
+                name_bytes(name),
+                mode,
+                0,
+                &[],
+                true,
+            )
             .map_err(io_err)?;
         Ok((self.entry(ino, &rec), handle, OpenOptions::empty(), None))
     }

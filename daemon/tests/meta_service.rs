@@ -234,6 +234,7 @@ fn user(uid: u32) -> Caller {
         gid: uid,
         groups: Vec::new(),
         check: false,
+        umask: 0,
     }
 }
 

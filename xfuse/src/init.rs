@@ -89,6 +89,12 @@ pub struct InitConfig {
     /// in a directory with a default ACL inherit it. Without it the
     /// kernel passes ACL xattrs through but checks only the mode.
     pub posix_acl: bool,
+    /// Ask for `FUSE_DONT_MASK`: the kernel then sends creations' modes
+    /// without applying the caller's umask (it still sends the umask), and
+    /// the filesystem applies it: under `FUSE_POSIX_ACL` the only way a
+    /// directory's default ACL can replace the umask, as Linux has it.
+    /// Only for filesystems that apply the umask they are given.
+    pub dont_mask: bool,
 }
 
 impl Default for InitConfig {
@@ -106,6 +112,7 @@ impl Default for InitConfig {
             over_io_uring: false,
             kill_privileges: true,
             posix_acl: false,
+            dont_mask: false,
         }
     }
 }
@@ -244,6 +251,9 @@ pub fn negotiate(
     }
     if config.posix_acl {
         ours |= f::POSIX_ACL;
+    }
+    if config.dont_mask {
+        ours |= f::DONT_MASK;
     }
     let mut flags = (wanted | (ours & may)) & offered;
     if flags & f::PASSTHROUGH != 0 && flags & f::WRITEBACK_CACHE != 0 {

@@ -124,6 +124,11 @@ pub struct Caller {
     /// checked, with the caller's supplementary groups.
     #[serde(skip, default = "checked")]
     pub check: bool,
+    /// The calling process's umask, for the permission bits of what it
+    /// creates where no default ACL applies (0: the mode is already
+    /// masked, as the kernel does without `FUSE_DONT_MASK`).
+    #[serde(default)]
+    pub umask: u32,
 }
 
 /// Most supplementary groups a caller may state (Linux allows 65,536; a
@@ -152,6 +157,7 @@ impl Caller {
         gid: 0,
         groups: Vec::new(),
         check: false,
+        umask: 0,
     };
 
     /// Whether `gid` is the caller's primary or a supplementary group.
@@ -1177,6 +1183,9 @@ impl Meta {
                 None
             };
             let mut acls = Vec::new();
+            if default_acl.is_none() && kind != libc::S_IFLNK {
+                perm &= !(caller.umask & 0o777);
+            }
             if let Some(default_acl) = &default_acl {
                 let (inherited, access_acl) = default_acl.inherit(kind | perm);
                 perm = inherited & 0o7777;

@@ -18,12 +18,14 @@ const ALICE: Caller = Caller {
     gid: 1000,
     groups: Vec::new(),
     check: true,
+    umask: 0,
 };
 const BOB: Caller = Caller {
     uid: 1001,
     gid: 1001,
     groups: Vec::new(),
     check: true,
+    umask: 0,
 };
 
 fn quick_retry() -> RetryPolicy {
@@ -610,6 +612,7 @@ fn posix_acls(meta: &Meta) {
         gid: 1002,
         groups: Vec::new(),
         check: true,
+        umask: 0,
     };
     let (access, default) = (ACCESS_XATTR.as_bytes(), DEFAULT_XATTR.as_bytes());
     let shared = meta.mkdir(&ROOT, ROOT_INO, b"shared", 0o777).unwrap().0;
@@ -707,6 +710,19 @@ fn posix_acls(meta: &Meta) {
     assert_eq!(meta.getxattr(sub, default).unwrap(), inheritable.to_xattr());
     let (link, rec) = meta.symlink(&ALICE, d, b"l", b"g").unwrap();
     assert_eq!((rec.xattrs, err(meta.getxattr(link, access))), (0, libc::ENODATA));
+    // The creator's umask applies where no default ACL does, and only there.
+    let masked = Caller {
+        umask: 0o022,
+        ..ALICE
+    };
+    let (_, rec, _) = meta
+        .mknod(&masked, shared, b"plain", libc::S_IFREG | 0o666, 0, &[], false)
+        .unwrap();
+    assert_eq!(rec.mode & 0o777, 0o644);
+    let (_, rec, _) = meta
+        .mknod(&masked, d, b"shared_work", libc::S_IFREG | 0o666, 0, &[], false)
+        .unwrap();
+    assert_eq!(rec.mode & 0o777, 0o660, "the default ACL's, umask ignored");
     // Bob may search and write the new directory by its inherited ACL.
     meta.mknod(&BOB, sub, b"bobs", libc::S_IFREG | 0o600, 0, &[], false)
         .unwrap();

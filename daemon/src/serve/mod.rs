@@ -190,6 +190,11 @@ pub struct Mounting<'a> {
     pub writeback_cache: bool,
     /// Ask the kernel for FUSE passthrough.
     pub passthrough: bool,
+    /// The filesystem applies the umask it is given even where a default
+    /// ACL should replace it: the dispatcher then zeroes the umask there
+    /// ([`Policy::umask_yields_to_default_acl`]). False for a filesystem
+    /// that keeps the rule itself.
+    pub umask_yields_to_default_acl: bool,
     /// What the running kernel offers.
     pub kernel: kmod_shim::probe::KernelInfo,
     /// Installed before mounting, so that a signal from then on unmounts.
@@ -281,6 +286,9 @@ where
         // xfuse::perm reads ACLs itself (FUSE_POSIX_ACL would turn
         // default_permissions on).
         posix_acl: args.permissions == PermissionsArg::Kernel,
+        // With it, the umask is the filesystem's to apply (both kinds
+        // served here apply it), or a default ACL could not replace it.
+        dont_mask: args.permissions == PermissionsArg::Kernel,
         ..Default::default()
     };
     let threads = args.threads.map_or_else(xfuse::default_threads, usize::from);
@@ -331,6 +339,7 @@ where
         // xfuse::perm::Checked marks names in directories not everybody may
         // search with a zero entry timeout; adaptive timeouts must keep it.
         zero_entry_timeout_stands: args.permissions == PermissionsArg::Daemon,
+        umask_yields_to_default_acl: m.umask_yields_to_default_acl,
     });
     let adaptive = tracer.and_then(|t| adaptive::install(args, m.mountpoint, t, &mut session));
     let agreed = session

@@ -144,7 +144,8 @@ pub(super) fn mknod<F: FileSystem + Sync>(
     let m: MknodIn = a.fixed()?;
     let name = a.name()?;
     a.finish()?;
-    let entry = d.fs.mknod(ctx, ino.into(), name, m.mode, m.rdev, m.umask)?;
+    let umask = d.creation_umask(ctx, ino, m.umask);
+    let entry = d.fs.mknod(ctx, ino.into(), name, m.mode, m.rdev, umask)?;
     d.entry_reply(w, &entry)
 }
 
@@ -158,7 +159,8 @@ pub(super) fn mkdir<F: FileSystem + Sync>(
     let m: MkdirIn = a.fixed()?;
     let name = a.name()?;
     a.finish()?;
-    let entry = d.fs.mkdir(ctx, ino.into(), name, m.mode, m.umask)?;
+    let umask = d.creation_umask(ctx, ino, m.umask);
+    let entry = d.fs.mkdir(ctx, ino.into(), name, m.mode, umask)?;
     d.entry_reply(w, &entry)
 }
 

@@ -57,7 +57,7 @@ pub(super) fn create<F: FileSystem + Sync>(
     let args = FsCreateIn {
         flags: c.flags,
         mode: c.mode,
-        umask: c.umask,
+        umask: d.creation_umask(ctx, ino, c.umask),
         fuse_flags: if kill {
             c.open_flags & !req_flags::OPEN_KILL_SUIDGID
         } else {

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use fuse_backend_rs::api::filesystem::{Context, FileSystem, SetattrValid};
+use fuse_backend_rs::api::filesystem::{Context, FileSystem, GetxattrReply, SetattrValid};
 use kmod_shim::abi::{self, fattr, fopen, req_flags, OpenOut};
 
 use super::{Dispatcher, Failure};
@@ -34,6 +34,39 @@ pub struct Policy {
     /// say "never cache this name", like [`crate::perm::Checked`] in a
     /// directory not everybody may search.
     pub zero_entry_timeout_stands: bool,
+    /// With `FUSE_DONT_MASK` (the kernel leaves the umask to the
+    /// filesystem, as it must under `FUSE_POSIX_ACL` for default ACLs to
+    /// work): before a CREATE, MKNOD or MKDIR, ask the filesystem whether
+    /// the parent directory has a default ACL (`system.posix_acl_default`)
+    /// and, if it has, hand it a zero umask, since Linux ignores the umask
+    /// where a default ACL applies (`posix_acl_create`). For filesystems
+    /// that apply the umask they are given but leave default ACLs to
+    /// another kernel (fuse-backend-rs's PassthroughFs: the host applies
+    /// the parent's default ACL to the mode it gets). Costs a GETXATTR per
+    /// creation.
+    pub umask_yields_to_default_acl: bool,
+}
+
+impl<F: FileSystem + Sync> Dispatcher<F> {
+    /// The umask to hand the filesystem for a creation in `parent` (see
+    /// [`Policy::umask_yields_to_default_acl`]).
+    pub(super) fn creation_umask(&self, ctx: &Context, parent: u64, umask: u32) -> u32 {
+        if umask & 0o777 == 0
+            || !self.policy.umask_yields_to_default_acl
+            || !self.negotiated.has(abi::init_flags::DONT_MASK)
+        {
+            return umask;
+        }
+        match self
+            .fs
+            .getxattr(ctx, parent.into(), c"system.posix_acl_default", 0)
+        {
+            Ok(GetxattrReply::Count(n)) if n > 0 => 0,
+            Ok(GetxattrReply::Value(v)) if !v.is_empty() => 0,
+            // None (ENODATA), or xattrs not kept at all.
+            _ => umask,
+        }
+    }
 }
 
 impl<F: FileSystem + Sync> Dispatcher<F> {

@@ -117,6 +117,8 @@ pub fn run(args: MountArgs, detached: Option<&Detached>) -> anyhow::Result<()> {
             serve: &args.serve,
             writeback_cache: false,
             passthrough: false,
+            // MetaFs applies the umask itself, unless a default ACL applies.
+            umask_yields_to_default_acl: false,
             kernel,
             signals,
             on_serving: detached.map(|d| Box::new(move || d.ready()) as Box<dyn FnOnce()>),

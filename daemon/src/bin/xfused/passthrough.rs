@@ -104,6 +104,9 @@ pub fn run(args: PassthroughArgs) -> anyhow::Result<()> {
             serve: &args.serve,
             writeback_cache: args.writeback_cache,
             passthrough: want_passthrough,
+            // PassthroughFs masks with the umask it gets; the host kernel
+            // then applies the parent's default ACL.
+            umask_yields_to_default_acl: true,
             kernel,
             signals,
             on_serving: None,
