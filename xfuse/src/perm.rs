@@ -12,8 +12,13 @@
 //! mount can go without `default_permissions` and those round trips.
 //!
 //! What the kernel still does without `default_permissions`, and is not
-//! repeated here: `trusted.*` and ACL xattr rules, read-only mounts,
-//! immutable and append-only inodes. What it leaves to the filesystem,
+//! repeated here: `trusted.*` xattr rules, read-only mounts, immutable and
+//! append-only inodes. What it does only with `default_permissions`, and
+//! is done here: POSIX ACLs ([`crate::acl`]), read from
+//! `system.posix_acl_access` where they decide (always for a directory,
+//! whose ACL also decides whether its entries may be cached; for a file,
+//! when the caller is neither root nor its owner), and set only by the
+//! owner or root. What it leaves to the filesystem,
 //! though its generic code seems to do it:
 //! - the sticky-directory rule: the kernel drops S_ISVTX from the modes it
 //!   keeps for a mount without `default_permissions`
