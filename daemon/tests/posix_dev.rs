@@ -481,7 +481,15 @@ fn readdir_10000_entries() {
             )),
         }
     }
-    // "." and ".." have their own test; here they may be listed or not.
+    for dot in [&b"."[..], b".."] {
+        match seen.get(dot) {
+            Some((1, rustix::fs::FileType::Directory)) => {}
+            other => problems.push(format!(
+                "{:?}: {other:?}, expected once as a directory",
+                String::from_utf8_lossy(dot)
+            )),
+        }
+    }
     let created: std::collections::HashSet<&[u8]> = names.iter().map(|n| n.as_bytes()).collect();
     let extra: Vec<String> = seen
         .iter()
@@ -500,11 +508,10 @@ fn readdir_10000_entries() {
     );
 }
 
-/// A listing through the mount names what SOURCE holds. "." and ".." are
-/// compared apart: fuse-backend-rs 0.14's PassthroughFs leaves them out of
-/// READDIR on purpose (POSIX allows either; `ls -a` then shows them from the
-/// kernel's own dcache walk only if the filesystem lists them), so they may be
-/// absent, but if listed they must be directories.
+/// A listing through the mount names what SOURCE holds, "." and ".."
+/// included, as directories (fuse-backend-rs 0.14's PassthroughFs leaves
+/// them out; the dispatcher adds them, since Linux programs count on
+/// them: xfstests generic/401, 471).
 #[test]
 fn readdir_lists_what_source_holds() {
     let m = Mount::start(&[]);
@@ -528,16 +535,78 @@ fn readdir_lists_what_source_holds() {
         src_names.sort();
         assert_eq!(names, src_names, "names listed in {} vs in SOURCE", dir.display());
         for dot in [".", ".."] {
-            if let Some(found) = seen.get(dot.as_bytes()) {
-                assert_eq!(
-                    found.1,
-                    rustix::fs::FileType::Directory,
-                    "{dot:?} in {}",
-                    dir.display()
-                );
-            }
+            let found = seen.get(dot.as_bytes());
+            assert_eq!(
+                found.map(|f| (f.0, f.1)),
+                Some((1, rustix::fs::FileType::Directory)),
+                "{dot:?} in {}",
+                dir.display()
+            );
         }
     }
+}
+
+/// One listing read a few entries per getdents64 call: every name with
+/// the cookie (d_off) that resumes after it.
+fn cookies(dir: &Path) -> Vec<(Vec<u8>, u64)> {
+    let fd = File::open(dir).unwrap_or_else(|e| panic!("opendir {}: {e}", dir.display()));
+    read_from(&fd, 0)
+}
+
+/// The rest of a listing of `fd` from `cookie`.
+fn read_from(fd: &File, cookie: u64) -> Vec<(Vec<u8>, u64)> {
+    rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(cookie)).expect("seekdir");
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+    let mut raw = rustix::fs::RawDir::new(fd, &mut buf);
+    let mut out = Vec::new();
+    while let Some(entry) = raw.next() {
+        let entry = entry.expect("getdents64");
+        out.push((entry.file_name().to_bytes().to_vec(), entry.next_entry_cookie()));
+    }
+    out
+}
+
+/// telldir/seekdir: cookies are distinct, and resuming from any of them,
+/// on a new descriptor, gives the rest of the same listing (xfstests
+/// generic/257). "." and ".." come once each.
+fn listing_cookies_resume(m: &Mount) {
+    let dir = m.mnt().join("cookies");
+    fs::create_dir(&dir).expect("mkdir cookies");
+    for i in 0..300 {
+        File::create(dir.join(format!("entry-{i:03}-{}", "x".repeat(i % 40)))).expect("create");
+    }
+    let all = cookies(&dir);
+    let names: Vec<&[u8]> = all.iter().map(|(n, _)| n.as_slice()).collect();
+    assert_eq!(all.len(), 302, "300 files, \".\" and \"..\" ({})", m.describe());
+    for dot in [&b"."[..], b".."] {
+        assert_eq!(names.iter().filter(|n| **n == dot).count(), 1, "{dot:?} once");
+    }
+    let mut distinct: Vec<u64> = all.iter().map(|(_, c)| *c).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), all.len(), "every cookie distinct");
+    for i in (0..all.len()).step_by(23).chain([0, 1, all.len() - 1]) {
+        let fd = File::open(&dir).expect("opendir");
+        let rest = read_from(&fd, all[i].1);
+        let expected: Vec<&[u8]> = names[i + 1..].to_vec();
+        let got: Vec<&[u8]> = rest.iter().map(|(n, _)| n.as_slice()).collect();
+        assert_eq!(got, expected, "resumed after entry {i} ({})", m.describe());
+    }
+}
+
+#[test]
+fn listing_cookies_resume_on_passthrough() {
+    listing_cookies_resume(&Mount::start(&[]));
+}
+
+#[test]
+fn listing_cookies_resume_with_daemon_permissions() {
+    listing_cookies_resume(&Mount::start(&["--permissions", "daemon"]));
+}
+
+#[test]
+fn listing_cookies_resume_on_xfused_mount() {
+    listing_cookies_resume(&Mount::start_meta(&[]));
 }
 
 fn getxattr(path: &Path, name: &str) -> rustix::io::Result<Vec<u8>> {

@@ -195,6 +195,9 @@ pub struct Mounting<'a> {
     /// ([`Policy::umask_yields_to_default_acl`]). False for a filesystem
     /// that keeps the rule itself.
     pub umask_yields_to_default_acl: bool,
+    /// The filesystem lists no "." and "..": the dispatcher adds them
+    /// ([`Policy::add_dot_entries`]).
+    pub add_dot_entries: bool,
     /// What the running kernel offers.
     pub kernel: kmod_shim::probe::KernelInfo,
     /// Installed before mounting, so that a signal from then on unmounts.
@@ -340,6 +343,7 @@ where
         // search with a zero entry timeout; adaptive timeouts must keep it.
         zero_entry_timeout_stands: args.permissions == PermissionsArg::Daemon,
         umask_yields_to_default_acl: m.umask_yields_to_default_acl,
+        add_dot_entries: m.add_dot_entries,
     });
     let adaptive = tracer.and_then(|t| adaptive::install(args, m.mountpoint, t, &mut session));
     let agreed = session

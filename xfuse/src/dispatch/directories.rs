@@ -64,16 +64,112 @@ fn list<F: FileSystem + Sync>(
         return Err(ParseError::BadCount(u64::from(r.size)).into());
     }
     w.limit_to(size);
+    let dots = d.policy.add_dot_entries;
+    let mut offset = r.offset;
+    if dots {
+        if offset < DOTS_END && !push_dots(d, ctx, ino, offset, w, plus) {
+            return Ok(Done::Reply);
+        }
+        offset = inner_offset(offset);
+    }
+    let outer = |de: &mut DirEntry<'_>| {
+        if dots {
+            de.offset = outer_offset(de.offset);
+        }
+    };
     if plus {
-        d.fs.readdirplus(ctx, ino.into(), r.fh.into(), r.size, r.offset, &mut |de, e| {
+        d.fs.readdirplus(ctx, ino.into(), r.fh.into(), r.size, offset, &mut |mut de, e| {
+            outer(&mut de);
             Ok(push_dirent(w, &de, Some(&e)))
         })?;
     } else {
-        d.fs.readdir(ctx, ino.into(), r.fh.into(), r.size, r.offset, &mut |de| {
+        d.fs.readdir(ctx, ino.into(), r.fh.into(), r.size, offset, &mut |mut de| {
+            outer(&mut de);
             Ok(push_dirent(w, &de, None))
         })?;
     }
     Ok(Done::Reply)
+}
+
+/// With [`crate::Policy::add_dot_entries`]: offset 1 is the point after
+/// ".", 2 after ".."; the filesystem's offset N is N + 2 ([`outer_offset`]).
+const DOTS_END: u64 = 2;
+
+/// The largest directory offset the kernel lets `lseek` (and so
+/// `seekdir`) reach: `MAX_LFS_FILESIZE`. Filesystems put their end of
+/// listing there (ext4's `EXT4_HTREE_EOF_64BIT`).
+const OFFSET_MAX: u64 = i64::MAX as u64;
+
+/// A filesystem's offset as the kernel sees it, past the dot entries'.
+/// The top stays the top: offsets within 2 of [`OFFSET_MAX`] become it,
+/// so an end-of-listing offset stays seekable (a real entry's offset
+/// there, one hash value in 2^62 on ext4, would end a listing resumed
+/// from it).
+fn outer_offset(offset: u64) -> u64 {
+    if offset >= OFFSET_MAX - DOTS_END {
+        OFFSET_MAX
+    } else {
+        offset + DOTS_END
+    }
+}
+
+/// The filesystem's offset for the kernel's `offset` (at least
+/// [`DOTS_END`]; below it, the filesystem's start).
+fn inner_offset(offset: u64) -> u64 {
+    if offset >= OFFSET_MAX {
+        OFFSET_MAX
+    } else {
+        offset.saturating_sub(DOTS_END)
+    }
+}
+
+/// Writes the "." and ".." records a listing from `offset` (below
+/// [`DOTS_END`]) still owes; false if the reply is full. Their inode
+/// numbers are the directory's and its parent's (the directory's own at
+/// the root, as Linux has it); in READDIRPLUS they carry no entry (node
+/// id 0), which the kernel never links for these names anyway.
+fn push_dots<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    offset: u64,
+    w: &mut BodyWriter<'_>,
+    plus: bool,
+) -> bool {
+    let (st, _) = match d.fs.getattr(ctx, ino.into(), None) {
+        Ok(attr) => attr,
+        // The listing itself will say what is wrong.
+        Err(_) => return true,
+    };
+    let dir_ino = st.st_ino;
+    let parent_ino = if ino == abi::ROOT_ID {
+        dir_ino
+    } else {
+        match d.fs.lookup(ctx, ino.into(), c"..") {
+            Ok(e) => {
+                let parent = e.attr.st_ino;
+                if e.inode != 0 {
+                    d.fs.forget(ctx, e.inode.into(), 1);
+                }
+                parent
+            }
+            Err(_) => dir_ino,
+        }
+    };
+    let none = Entry::default();
+    let dots: [(&[u8], u64, u64); 2] = [(b".", dir_ino, 1), (b"..", parent_ino, 2)];
+    for (name, ino, next) in dots.into_iter().skip(offset as usize) {
+        let de = DirEntry {
+            ino,
+            offset: next,
+            type_: u32::from(libc::DT_DIR),
+            name,
+        };
+        if push_dirent(w, &de, plus.then_some(&none)) == 0 {
+            return false;
+        }
+    }
+    true
 }
 
 pub(super) fn releasedir<F: FileSystem + Sync>(

@@ -45,6 +45,12 @@ pub struct Policy {
     /// the parent's default ACL to the mode it gets). Costs a GETXATTR per
     /// creation.
     pub umask_yields_to_default_acl: bool,
+    /// List "." and ".." first in every directory, for filesystems that
+    /// leave them out (fuse-backend-rs's PassthroughFs): `readdir(3)` on
+    /// Linux returns them, and programs count on it. Their offsets are 1
+    /// and 2; the filesystem's own offsets are moved up by 2 (so they stay
+    /// stable, and seekable with `telldir`/`seekdir`).
+    pub add_dot_entries: bool,
 }
 
 impl<F: FileSystem + Sync> Dispatcher<F> {

@@ -348,6 +348,41 @@ fn readdir_fills_exactly_the_size_asked() {
 }
 
 #[test]
+fn dot_entries_come_first_and_offsets_stay_seekable() {
+    let mut b = DispatcherBuilder::new(TinyFs::default(), negotiated());
+    b.set_policy(Policy {
+        add_dot_entries: true,
+        ..Default::default()
+    });
+    let d = b.build();
+    let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
+    let mut list = |offset: u64| {
+        let read = ReadIn {
+            size: 100,
+            offset,
+            ..Default::default()
+        };
+        let r = run(&d, message(Opcode::Readdir as u32, 1, read.as_bytes()), &mut out).unwrap();
+        assert_eq!(r.error, 0);
+        let mut records = Vec::new();
+        let mut at = 0;
+        while at < r.body_len {
+            let dirent = Dirent::read_from_prefix(&out[at..]).unwrap().0;
+            let name = &out[at + 24..at + 24 + dirent.namelen as usize];
+            records.push((String::from_utf8(name.to_vec()).unwrap(), dirent.off));
+            at += kmod_shim::abi::dirent_align(24 + dirent.namelen as usize);
+        }
+        records
+    };
+    let named = |v: &[(&str, u64)]| v.iter().map(|(n, o)| (n.to_string(), *o)).collect::<Vec<_>>();
+    // The root's ".." is the root; the filesystem's offset N is N + 2.
+    assert_eq!(list(0), named(&[(".", 1), ("..", 2), ("entry-0", 3)]));
+    assert_eq!(list(1), named(&[("..", 2), ("entry-0", 3), ("entry-1", 4)]));
+    assert_eq!(list(2), named(&[("entry-0", 3), ("entry-1", 4), ("entry-2", 5)]));
+    assert_eq!(list(4), named(&[("entry-2", 5), ("entry-3", 6), ("entry-4", 7)]));
+}
+
+#[test]
 fn garbage_never_panics() {
     let d = Dispatcher::new(TinyFs::default(), negotiated());
     let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
