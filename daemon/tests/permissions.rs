@@ -182,6 +182,22 @@ const GHOST_ABSENT: &str =
 
 fn cases() -> Vec<Case> {
     vec![
+        // fs.protected_hardlinks (on by default): only a file's owner may
+        // hard-link one they may not read and write.
+        Case {
+            what: "Bob hard-links Alice's 0644 file, which he may not write",
+            uid: BOB,
+            groups: &[],
+            script: "ln open/readonly drop/readonly_link",
+            ok: !protected_hardlinks(),
+        },
+        Case {
+            what: "Bob hard-links a 0666 file",
+            uid: BOB,
+            groups: &[],
+            script: "ln open/shared drop/shared_link",
+            ok: true,
+        },
         Case {
             what: "Bob reads Alice's 0644 file",
             uid: BOB,
@@ -391,6 +407,11 @@ fn cases() -> Vec<Case> {
             ok: false,
         },
     ]
+}
+
+/// Whether this machine's `fs.protected_hardlinks` is on.
+fn protected_hardlinks() -> bool {
+    std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").is_ok_and(|v| v.trim() == "1")
 }
 
 /// A 1777 directory of Carol's, `tmp/`, holding Alice's files and

@@ -29,6 +29,14 @@
 //!   ([`FMODE_EXEC`]; seen on Linux 6.18: flags 0x8020 for an `execve`,
 //!   0x8000 for a `cat`), and that OPEN is where it is checked.
 //!
+//! `fs.protected_hardlinks`: the kernel's `may_linkat` asks the filesystem
+//! for read and write permission, which FUSE grants without
+//! `default_permissions`, so LINK applies Linux's `safe_hardlink_source`
+//! here. The other `protected_*` sysctls cannot be applied here (their
+//! checks need a sticky bit the kernel dropped, and facts the requests do
+//! not carry: which directory a READLINK follows through, whether an OPEN
+//! had O_CREAT).
+//!
 //! What this module checks: search permission on the parent for LOOKUP;
 //! write and search permission on the parent(s) for every change of a
 //! directory (CREATE, MKNOD, MKDIR, SYMLINK, LINK, UNLINK, RMDIR, RENAME,
@@ -782,6 +790,13 @@ where
     }
 
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+        let caller = self.caller(ctx);
+        if !caller.is_root() && protected_hardlinks() {
+            let source = self.node_for(ctx, &caller, inode)?;
+            if caller.uid != source.st.st_uid && !safe_hardlink_source(&caller, &source) {
+                return Err(err(libc::EPERM));
+            }
+        }
         let st = self.changing_dir(ctx, newparent)?;
         self.fs
             .link(ctx, inode, newparent, newname)
@@ -1135,6 +1150,25 @@ where
     }
 }
 
+/// Whether `fs.protected_hardlinks` is on (Linux's default; read at each
+/// LINK, so a change of the sysctl holds at once). Without
+/// `default_permissions` the kernel's own check (`may_linkat`) asks the
+/// filesystem for read and write permission and FUSE answers yes, so the
+/// rule is applied here.
+fn protected_hardlinks() -> bool {
+    std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").map_or(true, |v| v.trim() != "0")
+}
+
+/// Linux's `safe_hardlink_source`: a regular file, not set-user-ID, not
+/// set-group-ID with group execute, that `caller` may read and write.
+fn safe_hardlink_source(caller: &Caller<'_>, source: &Node) -> bool {
+    let mode = source.st.st_mode;
+    mode & libc::S_IFMT == libc::S_IFREG
+        && mode & libc::S_ISUID == 0
+        && mode & (libc::S_ISGID | libc::S_IXGRP) != (libc::S_ISGID | libc::S_IXGRP)
+        && may(caller, &source.st, source.acl(), mask::R | mask::W).is_ok()
+}
+
 /// Whether xattr `name` is an ACL.
 fn is_acl(name: &CStr) -> bool {
     let name = name.to_bytes();
@@ -1430,6 +1464,24 @@ mod tests {
             dirs.put(ino, node(st(DIR, 0, 0)), later);
         }
         assert!(dirs.map.lock().unwrap().len() <= DirAttrs::MAX, "bounded");
+    }
+
+    #[test]
+    fn hard_link_sources_are_safe_as_linux_says() {
+        let none = Fixed(Some(vec![]));
+        let bob = caller(1001, 1001, &none);
+        let node = |mode| Node {
+            st: st(mode, 1000, 100),
+            acl: None,
+        };
+        assert!(safe_hardlink_source(&bob, &node(FILE | 0o666)));
+        // Not both readable and writable by him; not a regular file.
+        assert!(!safe_hardlink_source(&bob, &node(FILE | 0o644)));
+        assert!(!safe_hardlink_source(&bob, &node(libc::S_IFIFO | 0o666)));
+        // Set-user-ID, or set-group-ID with group execute.
+        assert!(!safe_hardlink_source(&bob, &node(FILE | libc::S_ISUID | 0o666)));
+        assert!(!safe_hardlink_source(&bob, &node(FILE | libc::S_ISGID | 0o676)));
+        assert!(safe_hardlink_source(&bob, &node(FILE | libc::S_ISGID | 0o666)));
     }
 
     #[test]
