@@ -29,9 +29,11 @@
 //! (links and open-file sessions), not by this process's memory. Open file
 //! handles are the metadata layer's session handles.
 
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
@@ -80,6 +82,12 @@ pub struct MetaFs {
     meta: Arc<dyn Namespace>,
     data: Arc<dyn FileData>,
     config: MetaFsConfig,
+    /// Directories the kernel has open: handle -> inode and its record
+    /// at opendir (see [`MetaFs::getattr`]). One per open directory
+    /// description, dropped at RELEASEDIR.
+    open_dirs: Mutex<HashMap<u64, (u64, InodeRec)>>,
+    /// The next directory handle.
+    dir_handle_next: AtomicU64,
 }
 
 fn io_err(e: MetaError) -> io::Error {
@@ -127,7 +135,13 @@ fn timestamp(sec: i64, nsec: i64) -> Timestamp {
 impl MetaFs {
     /// A filesystem over `meta` with file data in `data`.
     pub fn new(meta: Arc<dyn Namespace>, data: Arc<dyn FileData>, config: MetaFsConfig) -> MetaFs {
-        MetaFs { meta, data, config }
+        MetaFs {
+            meta,
+            data,
+            config,
+            open_dirs: Mutex::new(HashMap::new()),
+            dir_handle_next: AtomicU64::new(1),
+        }
     }
 
     /// The metadata handle.
@@ -257,9 +271,27 @@ impl FileSystem for MetaFs {
 
     fn forget(&self, _ctx: &Context, _inode: u64, _count: u64) {}
 
+    /// A directory removed (rmdir, or replaced by a rename) while open
+    /// still answers `fstat` on its descriptors, as on Linux filesystems:
+    /// with its record from the last opendir and no links (xfstests
+    /// generic/035). The namespace deletes a directory's record with its
+    /// last entry; listing it is refused by the kernel itself (ENOENT).
     fn getattr(&self, _ctx: &Context, inode: u64, _handle: Option<u64>) -> io::Result<(stat64, Duration)> {
-        let rec = self.meta.getattr(inode).map_err(io_err)?;
-        Ok((stat(inode, &rec), self.config.attr_timeout))
+        match self.meta.getattr(inode) {
+            Ok(rec) => Ok((stat(inode, &rec), self.config.attr_timeout)),
+            Err(MetaError::Errno(libc::ENOENT)) => {
+                let dirs = self.open_dirs.lock().unwrap_or_else(|p| p.into_inner());
+                let Some((_, rec)) = dirs.values().find(|(ino, _)| *ino == inode) else {
+                    return Err(io::Error::from_raw_os_error(libc::ENOENT));
+                };
+                let gone = InodeRec {
+                    nlink: 0,
+                    ..rec.clone()
+                };
+                Ok((stat(inode, &gone), self.config.attr_timeout))
+            }
+            Err(e) => Err(io_err(e)),
+        }
     }
 
     fn setattr(
@@ -689,8 +721,13 @@ impl FileSystem for MetaFs {
     }
 
     fn opendir(&self, ctx: &Context, inode: u64, _flags: u32) -> io::Result<(Option<u64>, OpenOptions)> {
-        self.meta.opendir(&self.caller(ctx), inode).map_err(io_err)?;
-        Ok((None, OpenOptions::empty()))
+        let rec = self.meta.opendir(&self.caller(ctx), inode).map_err(io_err)?;
+        let handle = self.dir_handle_next.fetch_add(1, Ordering::Relaxed);
+        self.open_dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(handle, (inode, rec));
+        Ok((Some(handle), OpenOptions::empty()))
     }
 
     fn readdir(
@@ -728,7 +765,11 @@ impl FileSystem for MetaFs {
         }
     }
 
-    fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, _handle: u64) -> io::Result<()> {
+    fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
+        self.open_dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&handle);
         Ok(())
     }
 

@@ -962,3 +962,36 @@ fn fallocate_limits_and_unsupported_modes() {
         "the end is a hole"
     );
 }
+
+/// xfstests generic/035: a rename that replaces an open file or an open
+/// empty directory leaves the descriptors answering fstat, with no links
+/// left; the directory can no longer be listed.
+#[test]
+fn fstat_of_an_open_file_or_directory_replaced_by_rename() {
+    let m = Mount::start_meta(&[]);
+    let mnt = m.mnt();
+    fs::create_dir(mnt.join("a")).expect("mkdir a");
+    fs::create_dir(mnt.join("b")).expect("mkdir b");
+    fs::write(mnt.join("f1"), b"one").expect("create f1");
+    fs::write(mnt.join("f2"), b"two").expect("create f2");
+    let dir = fs::File::open(mnt.join("b")).expect("open b");
+    let file = fs::File::open(mnt.join("f2")).expect("open f2");
+    let (dir_ino, file_ino) = (dir.metadata().unwrap().ino(), file.metadata().unwrap().ino());
+    fs::rename(mnt.join("a"), mnt.join("b")).expect("rename a over b");
+    fs::rename(mnt.join("f1"), mnt.join("f2")).expect("rename f1 over f2");
+    let st = dir
+        .metadata()
+        .unwrap_or_else(|e| panic!("fstat of the replaced directory: {e} ({})", m.describe()));
+    assert!(st.is_dir());
+    assert_eq!((st.ino(), st.nlink()), (dir_ino, 0));
+    let st = file.metadata().expect("fstat of the replaced file");
+    assert_eq!((st.ino(), st.nlink(), st.len()), (file_ino, 0, 3));
+    assert_rustix_errno(
+        rustix::fs::Dir::read_from(&dir).and_then(|mut d| d.read().transpose().map(|_| ())),
+        libc::ENOENT,
+        "listing the replaced directory",
+    );
+    // The names now lead to what replaced them.
+    assert_eq!(fs::read(mnt.join("f2")).unwrap(), b"one");
+    assert!(fs::metadata(mnt.join("b")).unwrap().nlink() >= 2);
+}

@@ -205,8 +205,8 @@ namespace_api! {
     /// Data was written up to `end` through this client's session
     /// `handle`: grows the size, updates mtime.
     change NoteWrite = fn note_write(ino: u64, handle: u64, end: u64) -> InodeRec;
-    /// Whether `caller` may list the directory.
-    read Opendir = fn opendir(caller: &Caller => Caller, ino: u64) -> ();
+    /// Whether `caller` may list the directory; its record if so.
+    read Opendir = fn opendir(caller: &Caller => Caller, ino: u64) -> InodeRec;
     /// Up to `limit` entries after cookie `after` (a service may return
     /// fewer to fit its frames; an empty answer is the end).
     read Readdir = fn readdir(ino: u64, after: u64, limit: usize) -> Vec<DirItem>;

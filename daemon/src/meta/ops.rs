@@ -1650,13 +1650,14 @@ impl Meta {
         })
     }
 
-    /// Checks that `caller` may list directory `ino`.
-    pub fn opendir(&self, caller: &Caller, ino: u64) -> Result<(), MetaError> {
+    /// Checks that `caller` may list directory `ino`; returns its record.
+    pub fn opendir(&self, caller: &Caller, ino: u64) -> Result<InodeRec, MetaError> {
         let rec = self.getattr(ino)?;
         if !rec.is_dir() {
             return errno(libc::ENOTDIR);
         }
-        self.may_now(caller, ino, &rec, access::R)
+        self.may_now(caller, ino, &rec, access::R)?;
+        Ok(rec)
     }
 
     /// Up to `limit` entries of directory `ino` after cookie `after` (0:
