@@ -35,7 +35,11 @@ impl Stats {
                 ["ring", "queue", _, n] => stats.queues.push(n.parse().unwrap()),
                 ["passthrough", "opens", n] => stats.passthrough_opens = n.parse().unwrap(),
                 ["forgotten", "inodes", n] => stats.forgotten_inodes = n.parse().unwrap(),
-                [op, n, _errors] if op.chars().all(|c| c.is_ascii_uppercase() || c == '_') => {
+                [op, n, _errors]
+                    if op
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') =>
+                {
                     stats.opcodes.insert((*op).to_string(), n.parse().unwrap());
                 }
                 _ => {}
@@ -373,4 +377,69 @@ fn writes_need_no_getxattr() {
     let stats = stop_and_read_stats(mount);
     assert!(stats.count("WRITE") >= 200, "{stats:?}");
     assert!(stats.count("GETXATTR") <= 1, "a GETXATTR per write: {stats:?}");
+}
+
+/// copy_file_range(2) of `len` bytes from `from` to `to` (offsets 0), in
+/// as many calls as it takes.
+fn copy_range(from: &std::path::Path, to: &std::path::Path, len: usize) {
+    let src = std::fs::File::open(from).expect("open the source");
+    let dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(to)
+        .expect("create the copy");
+    let (mut off_in, mut off_out) = (0u64, 0u64);
+    while (off_in as usize) < len {
+        let n = rustix::fs::copy_file_range(&src, Some(&mut off_in), &dst, Some(&mut off_out), len)
+            .expect("copy_file_range");
+        assert!(n > 0, "copy_file_range copied nothing at {off_in} of {len}");
+    }
+}
+
+fn copies_served(stats: &Stats) -> u64 {
+    stats.count("COPY_FILE_RANGE") + stats.count("COPY_FILE_RANGE_64")
+}
+
+/// copy_file_range through a passthrough mount is one request per range
+/// (up to 64 MiB), the data moved inside xfused: no READ or WRITE crosses
+/// the kernel (the source was written in SOURCE, so none was needed
+/// before either).
+#[test]
+fn copy_file_range_is_served_by_the_daemon() {
+    if !pinned_flags_only() {
+        return;
+    }
+    let mount = Mount::start(&["--stats"]);
+    let data = common::pattern(3 * 1024 * 1024 + 5, 7);
+    std::fs::write(mount.src().join("from"), &data).unwrap();
+    copy_range(&mount.mnt().join("from"), &mount.mnt().join("to"), data.len());
+    assert_eq!(
+        std::fs::read(mount.src().join("to")).unwrap(),
+        data,
+        "the copy in SOURCE"
+    );
+    let stats = stop_and_read_stats(mount);
+    assert!(copies_served(&stats) >= 1, "{stats:?}");
+    assert_eq!((stats.count("READ"), stats.count("WRITE")), (0, 0), "{stats:?}");
+}
+
+/// The same on `xfused mount`: after the source is written (and its WRITEs
+/// counted), the copy adds no WRITE.
+#[test]
+fn copy_file_range_on_xfused_mount() {
+    if !pinned_flags_only() {
+        return;
+    }
+    let mount = Mount::start_meta(&["--stats"]);
+    let data = common::pattern(2 * 1024 * 1024 + 3, 8);
+    std::fs::write(mount.mnt().join("from"), &data).unwrap();
+    let reports = mount.daemon_log().matches("forgotten inodes").count();
+    mount.signal(Signal::USR1);
+    let before = Stats::parse(&wait_for_report(&mount, reports + 1));
+    copy_range(&mount.mnt().join("from"), &mount.mnt().join("to"), data.len());
+    assert_eq!(std::fs::read(mount.mnt().join("to")).unwrap(), data);
+    let stats = stop_and_read_stats(mount);
+    assert!(copies_served(&stats) >= 1, "{stats:?}");
+    assert_eq!(stats.count("WRITE"), before.count("WRITE"), "{stats:?}");
 }

@@ -392,9 +392,9 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
             Opcode::Interrupt => control::interrupt(self, ctx, ino, a, w),
             Opcode::NotifyReply => control::notify_reply(self, ctx, ino, a, w),
             Opcode::Statfs => control::statfs(self, ctx, ino, a, w),
-            Opcode::CopyFileRange
-            | Opcode::CopyFileRange64
-            | Opcode::Syncfs
+            Opcode::CopyFileRange => files::copy_file_range(self, ctx, ino, a, w, false),
+            Opcode::CopyFileRange64 => files::copy_file_range(self, ctx, ino, a, w, true),
+            Opcode::Syncfs
             | Opcode::Tmpfile
             | Opcode::Statx
             | Opcode::Setupmapping
