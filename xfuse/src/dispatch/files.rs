@@ -210,16 +210,16 @@ pub(super) fn copy_file_range<F: FileSystem + Sync>(
         let want = ((total - done) as usize).min(buf.len());
         let step = copy_piece(d, ctx, ino, &c, done, &mut buf[..want]);
         match step {
-            Ok(0) => break,
-            Ok(n) => done += n as u64,
+            Ok(n) if n == want => done += n as u64,
+            // A short read or write: the end of the source, or a full
+            // destination.
+            Ok(n) => {
+                done += n as u64;
+                break;
+            }
             Err(e) if done == 0 => return Err(e),
             // Some bytes were copied: report them, as a short write would.
             Err(_) => break,
-        }
-        if (done as usize) % buf.len() != 0 {
-            // A short read or write: the end of the source, or a full
-            // destination.
-            break;
         }
     }
     if wide {
