@@ -79,9 +79,11 @@ pub struct SandboxArgs {
     /// processes and network stay visible); `none` confines nothing. With
     /// --meta, `namespace` keeps the network and file tree (the metadata
     /// service, data directory and credentials are needed) and takes new
-    /// pid, mount, IPC and UTS namespaces. If the sandbox cannot be set up,
-    /// xfused exits naming the step: choose a weaker mode explicitly.
-    #[arg(long, value_enum, default_value = "namespace", verbatim_doc_comment)]
+    /// pid, mount, IPC and UTS namespaces. Confined, a shared directory's
+    /// inodes are O_PATH descriptors and xattrs are not served. If the
+    /// sandbox cannot be set up, xfused exits naming the step: choose a
+    /// weaker mode explicitly.
+    #[arg(long, value_enum, default_value = "namespace")]
     pub sandbox: SandboxArg,
     /// A seccomp allow-list of the system calls serving needs, on every
     /// thread: a call off the list `kill`s the server (default for a shared
