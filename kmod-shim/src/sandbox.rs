@@ -77,20 +77,23 @@ pub fn make_mounts_slave() -> Result<(), SyscallError> {
     Ok(())
 }
 
-/// Mounts a new procfs at `at` (nosuid, nodev, noexec), which shows the
-/// process's own pid namespace.
+/// Mounts a new procfs at `at` (nosuid, nodev, noexec, `subset=pid`: only
+/// the process directories of the caller's pid namespace and `self`, no
+/// /proc/sys, /proc/sysrq-trigger or other system-wide files; Linux 5.8+).
+/// A descriptor kept into it cannot climb to what is not there.
 pub fn mount_proc(at: &Path) -> Result<(), SyscallError> {
     let source = cstring("mount(2) proc", "source", b"proc")?;
     let target = cstring("mount(2) proc", "path", at.as_os_str().as_bytes())?;
-    // SAFETY: all three strings are valid, NUL-terminated and outlive the
-    // call; procfs takes no data (null).
+    let data = cstring("mount(2) proc", "options", b"subset=pid")?;
+    // SAFETY: all four strings are valid, NUL-terminated and outlive the
+    // call; the kernel copies them.
     cvt("mount(2) proc", unsafe {
         libc::mount(
             source.as_ptr(),
             target.as_ptr(),
             source.as_ptr(),
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            std::ptr::null(),
+            data.as_ptr().cast(),
         )
     })?;
     Ok(())
