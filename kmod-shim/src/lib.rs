@@ -13,7 +13,9 @@
 //! - [`probe`]: what the running kernel offers (version, io_uring switch,
 //!   passthrough);
 //! - [`process`]: going to the background (fork, setsid, the standard
-//!   descriptors) and waiting for a child.
+//!   descriptors), waiting for a child and signalling it;
+//! - [`sandbox`]: confining a server of an untrusted guest (namespaces,
+//!   pivot_root or chroot, capabilities, `no_new_privs`).
 //!
 //! Every `unsafe` syscall of the project lives in this crate, behind safe
 //! functions whose arguments make misuse impossible (owned or borrowed file
@@ -32,6 +34,7 @@ pub mod mount;
 pub mod mountinfo;
 pub mod probe;
 pub mod process;
+pub mod sandbox;
 pub mod sched;
 pub mod uring;
 

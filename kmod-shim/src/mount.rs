@@ -119,7 +119,7 @@ impl MountOptions {
     }
 }
 
-fn cstring(call: &'static str, what: &str, bytes: &[u8]) -> Result<CString, SyscallError> {
+pub(crate) fn cstring(call: &'static str, what: &str, bytes: &[u8]) -> Result<CString, SyscallError> {
     CString::new(bytes).map_err(|_| SyscallError::invalid(call, format!("{what} contains a NUL byte")))
 }
 

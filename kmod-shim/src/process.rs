@@ -1,7 +1,8 @@
 //! Going to the background: fork(2) while single-threaded, setsid(2),
-//! replacing the standard descriptors, and waiting for a child.
+//! replacing the standard descriptors, and waiting for a child (or a
+//! descriptor of it) and signalling it.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use crate::{cvt, SyscallError};
 
@@ -116,6 +117,46 @@ pub fn wait_child(pid: i32) -> Result<ChildExit, SyscallError> {
     } else {
         ChildExit::Signaled(libc::WTERMSIG(status))
     })
+}
+
+/// Asks the kernel to send SIGKILL to the calling process when its parent
+/// ends (prctl(2) `PR_SET_PDEATHSIG`), so a child that serves on behalf of
+/// a waiting parent does not outlive it when the parent is killed.
+pub fn die_with_parent() -> Result<(), SyscallError> {
+    // SAFETY: PR_SET_PDEATHSIG takes the signal number by value; no memory
+    // is passed.
+    cvt("prctl(PR_SET_PDEATHSIG)", unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0)
+    })?;
+    Ok(())
+}
+
+/// A descriptor that becomes readable when process `pid` (a child of the
+/// caller, or any process) ends (pidfd_open(2), Linux 5.3+). Opened
+/// before the child is reaped it refers to that child even if it has
+/// already exited.
+pub fn pidfd_open(pid: i32) -> Result<OwnedFd, SyscallError> {
+    // SAFETY: pidfd_open takes the pid and flags by value and returns a new
+    // descriptor (close-on-exec always), which nothing else owns.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    let fd = cvt("pidfd_open(2)", fd as libc::c_int)?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends signal `signal` to process `pid` (kill(2)).
+pub fn send_signal(pid: i32, signal: i32) -> Result<(), SyscallError> {
+    if pid <= 0 {
+        // kill(2) with 0 or a negative pid signals whole process groups.
+        return Err(SyscallError::invalid(
+            "kill(2)",
+            format!("pid {pid} names no single process"),
+        ));
+    }
+    // SAFETY: kill takes its arguments by value and touches no memory of
+    // the caller.
+    cvt("kill(2)", unsafe { libc::kill(pid, signal) })?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -14,6 +14,29 @@ pub fn loadavg_1m() -> Option<f64> {
         .ok()
 }
 
+/// The children of process `pid` (`/proc/PID/task/PID/children`, the
+/// main thread's: a process whose threads never fork, as a daemon's
+/// sandbox parent).
+pub fn children(pid: u32) -> io::Result<Vec<u32>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+    text.split_whitespace()
+        .map(|c| {
+            c.parse()
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("child pid {c:?}")))
+        })
+        .collect()
+}
+
+/// The process that serves for `pid`: its only child where it forked one
+/// (a backend in a pid-namespace sandbox: `xfused virtiofs`, virtiofsd),
+/// else `pid` itself.
+pub fn server_pid(pid: u32) -> u32 {
+    match children(pid).as_deref() {
+        Ok([child]) => *child,
+        _ => pid,
+    }
+}
+
 /// A daemon's resource use at one instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {

@@ -26,6 +26,7 @@
 //!   truncates and changes of owner (`FUSE_HANDLE_KILLPRIV_V2`);
 //! - [`perm`]: permission checks in the daemon, for mounts without
 //!   `default_permissions` (fewer round trips);
+//! - [`ratelimit`]: limits on the log messages a peer can trigger;
 //! - `testkit` (cargo feature `testkit`): a FUSE request builder and the
 //!   kernel's side of FUSE-over-io_uring, for tests without root.
 //!
@@ -42,6 +43,7 @@ pub mod killpriv;
 pub mod notify;
 pub mod passthrough;
 pub mod perm;
+pub mod ratelimit;
 pub mod reply;
 pub mod request;
 pub mod session;

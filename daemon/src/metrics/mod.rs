@@ -253,6 +253,31 @@ impl Endpoint {
     /// the process-wide [`counters`] are registered already. Without it,
     /// `None`.
     pub fn start(args: &MetricsArgs) -> anyhow::Result<Option<Endpoint>> {
+        match Bound::bind(args)? {
+            Some(bound) => bound.serve().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds a collector (see [`Registry::add`]).
+    pub fn add(&self, collector: Arc<dyn Collect>) {
+        self.registry.add(collector);
+    }
+}
+
+/// A metrics address bound but not served yet: [`Endpoint::start`] in two
+/// steps, for a process that must stay single-threaded in between (to fork
+/// into a sandbox) or whose network namespace changes (the socket stays in
+/// the one it was made in).
+#[derive(Debug)]
+pub struct Bound {
+    listener: TcpListener,
+}
+
+impl Bound {
+    /// With `--metrics`, binds its address (failing with a clear error if
+    /// it cannot); without it, `None`. Starts no thread.
+    pub fn bind(args: &MetricsArgs) -> anyhow::Result<Option<Bound>> {
         let Some(spec) = &args.metrics else {
             return Ok(None);
         };
@@ -263,6 +288,13 @@ impl Endpoint {
             .with_context(|| format!("--metrics {spec:?}: the name resolves to no address"))?;
         let listener =
             TcpListener::bind(addr).with_context(|| format!("--metrics {spec}: cannot listen on {addr}"))?;
+        Ok(Some(Bound { listener }))
+    }
+
+    /// Serves `/metrics` on a thread of its own and logs the address once;
+    /// the process-wide [`counters`] are registered already.
+    pub fn serve(self) -> anyhow::Result<Endpoint> {
+        let listener = self.listener;
         let addr = listener
             .local_addr()
             .context("--metrics: reading the bound address")?;
@@ -277,12 +309,7 @@ impl Endpoint {
             .spawn(move || http::serve(listener, render, http::Limits::default()))
             .context("--metrics: starting the server thread")?;
         tracing::info!("metrics at http://{addr}/metrics");
-        Ok(Some(Endpoint { addr, registry }))
-    }
-
-    /// Adds a collector (see [`Registry::add`]).
-    pub fn add(&self, collector: Arc<dyn Collect>) {
-        self.registry.add(collector);
+        Ok(Endpoint { addr, registry })
     }
 }
 

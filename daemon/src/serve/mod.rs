@@ -3,11 +3,12 @@
 //! flatten), the transport chosen (dev or uring, from the kernel's offer),
 //! the permission layer, adaptive timeouts, the session run until a signal
 //! or an unmount, and the request counters printed; [`vm`] serves virtual
-//! machines instead.
+//! machines instead, confined by [`sandbox`].
 
 mod adaptive;
 mod mount_flags;
 mod report;
+pub mod sandbox;
 pub mod vm;
 
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 //! vhost-user-fs backend (xfuse's `virtio` transport) on a socket, until
 //! the last VMM leaves or a signal, with its counters reported.
 
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -43,6 +44,26 @@ pub fn serve_vm<F>(fs: F, args: &VmServing<'_>, what: &str) -> anyhow::Result<()
 where
     F: fuse_backend_rs::api::filesystem::FileSystem + Send + Sync + 'static,
 {
+    let listener = xfuse::transport::virtio::listen(args.socket)?;
+    serve_vm_on(fs, listener, args, what, true)
+}
+
+/// Like [`serve_vm`] on a socket the caller made (with
+/// [`xfuse::transport::virtio::listen`]); removes `args.socket` at the end
+/// only if `remove_socket`. A server that confined itself in between
+/// (pivot_root, chroot) passes false: the path now names a file of the
+/// shared directory, or none, and the socket is its parent's to remove.
+pub fn serve_vm_on<F>(
+    fs: F,
+    listener: UnixListener,
+    args: &VmServing<'_>,
+    what: &str,
+    remove_socket: bool,
+) -> anyhow::Result<()>
+where
+    F: fuse_backend_rs::api::filesystem::FileSystem + Send + Sync + 'static,
+{
+    let socket = remove_socket.then_some(args.socket);
     let config = VirtioConfig {
         request_queues: usize::from(args.request_queues),
         max_queue_size: args.max_queue_size,
@@ -78,16 +99,21 @@ where
             );
         }
     };
-    stop_on_signals(args.socket.to_path_buf(), args.stats.then_some(report.clone()))?;
+    stop_on_signals(
+        socket.map(Path::to_path_buf),
+        args.stats.then_some(report.clone()),
+    )?;
     eprintln!(
         "xfused: serving {what} to a VM over vhost-user socket {}; Ctrl-C or SIGTERM stops",
         args.socket.display()
     );
-    let result = backend.serve(args.socket, args.keep_listening);
+    let result = backend.serve_listener(listener, args.keep_listening);
     if args.stats {
         report();
     }
-    let _ = std::fs::remove_file(args.socket);
+    if let Some(socket) = socket {
+        let _ = std::fs::remove_file(socket);
+    }
     result?;
     Ok(())
 }
@@ -96,7 +122,10 @@ where
 /// (PassthroughFs writes through; the metadata engines acknowledge only what
 /// survives a crash, and a --meta client's open-file sessions end with its
 /// lease), so stopping is removing the socket and exiting.
-fn stop_on_signals(socket: PathBuf, report: Option<impl Fn() + Send + 'static>) -> anyhow::Result<()> {
+fn stop_on_signals(
+    socket: Option<PathBuf>,
+    report: Option<impl Fn() + Send + 'static>,
+) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
@@ -108,7 +137,9 @@ fn stop_on_signals(socket: PathBuf, report: Option<impl Fn() + Send + 'static>) 
                 if let Some(report) = &report {
                     report();
                 }
-                let _ = std::fs::remove_file(&socket);
+                if let Some(socket) = &socket {
+                    let _ = std::fs::remove_file(socket);
+                }
                 std::process::exit(0);
             }
         })

@@ -78,14 +78,18 @@ impl Backend {
                     .arg(socket)
                     .arg("--source")
                     .arg(share);
-                c.args(["--cache", "auto"]).args(&opts.xfused_args);
+                // No sandbox, as virtiofsd below: the request path is
+                // measured, not confinement (which also changes inodes to
+                // O_PATH descriptors and drops xattrs).
+                c.args(["--cache", "auto", "--sandbox", "none", "--seccomp", "none"])
+                    .args(&opts.xfused_args);
                 c
             }
             Backend::Virtiofsd => {
                 let mut c = Command::new(&opts.virtiofsd);
                 c.arg("--socket-path").arg(socket).arg("--shared-dir").arg(share);
-                // No sandbox, like xfused: measure the request path, not
-                // namespace set-up.
+                // No sandbox, as xfused above: measure the request path,
+                // not namespace set-up.
                 c.args(["--cache", "auto", "--sandbox", "none", "--seccomp", "none"]);
                 c
             }

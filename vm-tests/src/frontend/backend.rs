@@ -147,11 +147,13 @@ impl Backend {
         let result = (|| {
             let ram = GuestRam::new(GUEST_MEMORY_BYTES)?;
             let mut device = Device::connect(&socket, ram, QUEUE_SIZE)?;
+            // The handshake was answered: a sandboxed backend has forked
+            // the server, whose CPU time is the one to measure.
             let config = ReplayConfig {
                 files,
                 depth,
                 reply_timeout_ms: 10_000,
-                backend_pid: Some(running.child.id()),
+                backend_pid: Some(crate::procfs::server_pid(running.child.id())),
             };
             replay::run(&mut device, &config)
             // Dropping the device closes the socket: the VMM has left.

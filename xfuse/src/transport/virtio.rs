@@ -49,7 +49,9 @@ use super::handshake::{self, Handshake};
 use super::out_header;
 use crate::dispatch::{Dispatcher, DispatcherBuilder, Policy, Reply};
 use crate::init::{self, InitConfig};
+use crate::ratelimit::LogLimit;
 use crate::request::{split_contiguous, Args, BadRequest};
+use crate::warn_limited;
 
 /// Index of the high-priority queue.
 pub const HIPRIO_QUEUE: usize = 0;
@@ -278,6 +280,66 @@ pub struct VirtioCounters {
 
 type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
 
+/// One [`LogLimit`] per kind of message a guest can make us log at will:
+/// a guest looping on a bad request logs a few lines per interval, and the
+/// count of the others, instead of flooding the host's log.
+#[derive(Debug)]
+struct GuestLogs {
+    /// Descriptor chains refused by [`ChainLayout::parse`].
+    bad_chain: LogLimit,
+    /// Requests whose bytes could not be read out of guest memory.
+    unreadable: LogLimit,
+    /// Requests answered with an error before dispatch (bad header).
+    malformed: LogLimit,
+    /// Requests too broken to answer (no unique to reply to).
+    unanswerable: LogLimit,
+    /// Requests before INIT.
+    before_init: LogLimit,
+    /// INITs refused.
+    refused_init: LogLimit,
+    /// Replies that did not fit the guest's buffers.
+    lost_reply: LogLimit,
+    /// Used-ring updates and notifications that failed (guest memory or
+    /// ring state the guest broke).
+    used_ring: LogLimit,
+}
+
+impl GuestLogs {
+    fn new() -> GuestLogs {
+        GuestLogs {
+            bad_chain: LogLimit::standard(),
+            unreadable: LogLimit::standard(),
+            malformed: LogLimit::standard(),
+            unanswerable: LogLimit::standard(),
+            before_init: LogLimit::standard(),
+            refused_init: LogLimit::standard(),
+            lost_reply: LogLimit::standard(),
+            used_ring: LogLimit::standard(),
+        }
+    }
+
+    /// Says how many messages of each kind were dropped since the last of
+    /// its kind logged (at the end of a connection, when no later message
+    /// may carry the count).
+    fn report_suppressed(&self) {
+        for (kind, limit) in [
+            ("refused descriptor chains", &self.bad_chain),
+            ("unreadable requests", &self.unreadable),
+            ("malformed requests", &self.malformed),
+            ("unanswerable requests", &self.unanswerable),
+            ("requests before INIT", &self.before_init),
+            ("refused INITs", &self.refused_init),
+            ("replies that did not reach the guest", &self.lost_reply),
+            ("used-ring failures", &self.used_ring),
+        ] {
+            let n = limit.take_suppressed();
+            if n > 0 {
+                tracing::warn!(suppressed = n, "{n} more messages about {kind} were not logged");
+            }
+        }
+    }
+}
+
 struct Job {
     vring: VringRwLock,
     layout: ChainLayout,
@@ -294,6 +356,7 @@ struct Shared<F> {
     buffers: Vec<Mutex<Buffers>>,
     pool: Mutex<Option<mpsc::Sender<Job>>>,
     counters: VirtioCounters,
+    logs: GuestLogs,
 }
 
 /// The vhost-user-fs backend: cheap to clone (the VMM side of the library
@@ -365,6 +428,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
             buffers: (0..queues).map(|_| Mutex::new(Buffers::default())).collect(),
             pool: Mutex::new(None),
             counters: VirtioCounters::default(),
+            logs: GuestLogs::new(),
             config,
         });
         Ok(VirtioFsBackend { shared })
@@ -397,23 +461,16 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
     /// one is there): one connection at a time, until one ends and
     /// `keep_listening` is false. Returns after the last connection.
     pub fn serve(&self, socket: &Path, keep_listening: bool) -> Result<(), VirtioError> {
-        let listen_err = |reason: String| VirtioError::Listen {
-            path: socket.to_owned(),
-            reason,
-        };
-        if socket.exists() {
-            // Only replace a socket: never delete a file someone mistyped.
-            use std::os::unix::fs::FileTypeExt;
-            let meta = std::fs::symlink_metadata(socket).map_err(|e| listen_err(e.to_string()))?;
-            if !meta.file_type().is_socket() {
-                return Err(listen_err("exists and is not a socket".into()));
-            }
-            std::fs::remove_file(socket)
-                .map_err(|e| listen_err(format!("removing the stale socket: {e}")))?;
-        }
-        let listener = UnixListener::bind(socket).map_err(|e| listen_err(e.to_string()))?;
-        let mut listener = Listener::from(listener);
+        let listener = listen(socket)?;
         tracing::info!(socket = %socket.display(), "waiting for a vhost-user frontend (VMM)");
+        self.serve_listener(listener, keep_listening)
+    }
+
+    /// Serves VMMs connecting to `listener` (from [`listen`]), as
+    /// [`VirtioFsBackend::serve`] does: for a caller that confines itself
+    /// between creating the socket and serving it.
+    pub fn serve_listener(&self, listener: UnixListener, keep_listening: bool) -> Result<(), VirtioError> {
+        let mut listener = Listener::from(listener);
         loop {
             let result = self.serve_one(&mut listener);
             self.end_connection("the frontend disconnected");
@@ -424,7 +481,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
             if !keep_listening {
                 return Ok(());
             }
-            tracing::info!(socket = %socket.display(), "waiting for the next frontend");
+            tracing::info!("waiting for the next frontend");
         }
     }
 
@@ -490,6 +547,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
 
     /// Ends the current connection: the filesystem forgets the guest.
     fn end_connection(&self, why: &str) {
+        self.shared.logs.report_suppressed();
         let old = self.shared.conn.write().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(dispatcher) = old {
             tracing::info!("{why}: ending the FUSE session");
@@ -516,18 +574,21 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
 
     fn complete(&self, vring: &VringRwLock, head: u16, used: u32) {
         if let Err(e) = vring.add_used(head, used) {
-            tracing::warn!("adding chain {head} to the used ring: {e}");
+            warn_limited!(
+                self.shared.logs.used_ring,
+                "adding chain {head} to the used ring: {e}"
+            );
             return;
         }
         self.shared.counters.chains.fetch_add(1, Ordering::Relaxed);
         match vring.needs_notification() {
             Ok(true) => {
                 if let Err(e) = vring.signal_used_queue() {
-                    tracing::warn!("signalling the guest: {e}");
+                    warn_limited!(self.shared.logs.used_ring, "signalling the guest: {e}");
                 }
             }
             Ok(false) => {}
-            Err(e) => tracing::warn!("used-ring notification check: {e}"),
+            Err(e) => warn_limited!(self.shared.logs.used_ring, "used-ring notification check: {e}"),
         }
     }
 
@@ -558,7 +619,12 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
                     Ok(layout) => layout,
                     Err(e) => {
                         self.shared.counters.bad_chains.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(queue, head, "refusing a descriptor chain: {e}");
+                        warn_limited!(
+                            self.shared.logs.bad_chain,
+                            queue,
+                            head,
+                            "refusing a descriptor chain: {e}"
+                        );
                         self.complete(vring, head, 0);
                         continue;
                     }
@@ -602,7 +668,11 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
             bufs.request.resize(n, 0);
         }
         if let Err(e) = layout.read_request(mem, &mut bufs.request[..n]) {
-            tracing::warn!(head = layout.head, "reading the request from guest memory: {e}");
+            warn_limited!(
+                self.shared.logs.unreadable,
+                head = layout.head,
+                "reading the request from guest memory: {e}"
+            );
             return 0;
         }
         let (header, args) = match split_contiguous(&mut bufs.request[..n]) {
@@ -611,12 +681,12 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
                 unique: Some(unique),
                 error,
             }) => {
-                tracing::warn!("malformed request {unique}: {error}");
+                warn_limited!(self.shared.logs.malformed, "malformed request {unique}: {error}");
                 let reply = Reply::malformed(unique, error);
                 return self.send(mem, layout, reply.unique, reply.error, &[]);
             }
             Err(BadRequest { unique: None, error }) => {
-                tracing::warn!("unanswerable request: {error}");
+                warn_limited!(self.shared.logs.unanswerable, "unanswerable request: {error}");
                 return 0;
             }
         };
@@ -625,7 +695,11 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
         }
         let dispatcher = self.shared.conn.read().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(dispatcher) = dispatcher else {
-            tracing::warn!(opcode = header.opcode, "request before INIT: EIO");
+            warn_limited!(
+                self.shared.logs.before_init,
+                opcode = header.opcode,
+                "request before INIT: EIO"
+            );
             return self.send(mem, layout, header.unique, -libc::EIO, &[]);
         };
         let room = layout
@@ -674,7 +748,9 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
                 );
             }
             Handshake::Retry => {}
-            Handshake::Refused(why) => tracing::error!("refusing the guest's INIT: {why}"),
+            Handshake::Refused(why) => {
+                warn_limited!(self.shared.logs.refused_init, "refusing the guest's INIT: {why}")
+            }
         }
         self.send(mem, layout, reply.unique, reply.error, reply.body())
     }
@@ -693,16 +769,43 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
             Ok(n) => n,
             Err(e) if !body.is_empty() => {
                 // The body does not fit what the guest offered: answer EIO.
-                tracing::warn!(unique, "reply does not reach the guest: {e}");
+                warn_limited!(
+                    self.shared.logs.lost_reply,
+                    unique,
+                    "reply does not reach the guest: {e}"
+                );
                 let header = out_header(unique, -libc::EIO, 0);
                 layout.write_reply(mem, &[header.as_bytes()]).unwrap_or(0)
             }
             Err(e) => {
-                tracing::warn!(unique, "reply does not reach the guest: {e}");
+                warn_limited!(
+                    self.shared.logs.lost_reply,
+                    unique,
+                    "reply does not reach the guest: {e}"
+                );
                 0
             }
         }
     }
+}
+
+/// Creates the vhost-user socket at `socket` (replacing a stale socket
+/// there; any other file is an error) and listens on it.
+pub fn listen(socket: &Path) -> Result<UnixListener, VirtioError> {
+    let listen_err = |reason: String| VirtioError::Listen {
+        path: socket.to_owned(),
+        reason,
+    };
+    if socket.exists() {
+        // Only replace a socket: never delete a file someone mistyped.
+        use std::os::unix::fs::FileTypeExt;
+        let meta = std::fs::symlink_metadata(socket).map_err(|e| listen_err(e.to_string()))?;
+        if !meta.file_type().is_socket() {
+            return Err(listen_err("exists and is not a socket".into()));
+        }
+        std::fs::remove_file(socket).map_err(|e| listen_err(format!("removing the stale socket: {e}")))?;
+    }
+    UnixListener::bind(socket).map_err(|e| listen_err(e.to_string()))
 }
 
 impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VirtioFsBackend<F> {

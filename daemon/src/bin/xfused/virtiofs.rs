@@ -1,7 +1,7 @@
 //! `xfused virtiofs`: serve a filesystem to a virtual machine as a
 //! vhost-user-fs backend (xfuse's `virtio` transport), in place of virtiofsd.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -11,8 +11,9 @@ use xfused::client::{
     open_namespace, AuthArgs, EngineArgs, NamespaceSpec, CHUNK_SIZE_KIB_DEFAULT, DATA_DIR_DEFAULT,
     LEASE_MS_DEFAULT,
 };
-use xfused::metrics::{Endpoint, MetricsArgs};
-use xfused::serve::vm::{serve_vm, VmServing};
+use xfused::metrics::{self, Endpoint, MetricsArgs};
+use xfused::serve::sandbox::{self, Isolated, SandboxArg, SandboxArgs, Served};
+use xfused::serve::vm::{serve_vm_on, VmServing};
 use xfused::serve::{CacheArg, MAX_WRITE_KIB_DEFAULT};
 
 #[derive(Debug, Args)]
@@ -76,10 +77,14 @@ pub struct VirtiofsArgs {
     /// does by default, instead of a file handle reopened per operation:
     /// saves an open and a close on each operation on a known inode, but
     /// caps the inodes a guest can hold at the open-file limit (EMFILE past
-    /// it).
+    /// it). Always so under --sandbox namespace or chroot, with the limit
+    /// raised to its maximum.
     #[arg(long)]
     inode_fds: bool,
-    /// Serve extended attributes (on by default; this turns them off).
+    /// Serve extended attributes (on by default with --sandbox none; this
+    /// turns them off). Under --sandbox namespace or chroot they are never
+    /// served (PassthroughFs reaches them through /proc, which the sandbox
+    /// removes).
     #[arg(long)]
     no_xattr: bool,
     /// Print request counters (per opcode) when each guest session ends, and
@@ -91,14 +96,32 @@ pub struct VirtiofsArgs {
     auth: AuthArgs,
     #[command(flatten)]
     metrics: MetricsArgs,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
 }
 
 pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
     if !args.queue_size.is_power_of_two() {
         bail!("--queue-size {} is not a power of two", args.queue_size);
     }
-    let metrics = Endpoint::start(&args.metrics)?;
-    let Some(source) = &args.source else {
+    // The sockets before the sandbox (xfused::serve::sandbox): the
+    // vhost-user socket in the host's file tree, metrics in its network.
+    let metrics_bound = metrics::Bound::bind(&args.metrics)?;
+    let source = match &args.source {
+        Some(source) => Some(shared_dir(source)?),
+        None => None,
+    };
+    let served = source.as_deref().map_or(Served::Distributed, Served::Directory);
+    let mode = args.sandbox.sandbox;
+    let listener = xfuse::transport::virtio::listen(&args.socket)?;
+    if let Isolated::Waited(exit) = sandbox::isolate(mode, served)? {
+        drop(listener);
+        let _ = std::fs::remove_file(&args.socket);
+        std::process::exit(sandbox::exit_code(exit));
+    }
+    let seccomp = args.sandbox.seccomp_action(served);
+    let remove_socket = mode == SandboxArg::None;
+    let Some(source) = &source else {
         // --meta: the distributed filesystem (clap requires one of the two).
         // `xfused mount`'s defaults: virtiofs has no flags for these.
         let ns = open_namespace(NamespaceSpec {
@@ -125,45 +148,94 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
             atime: kmod_shim::Atime::Relatime,
             local_data: args.data.is_some(),
         })?;
+        sandbox::confine(&sandbox::capabilities_for(served, false), false, seccomp, served)?;
+        let metrics = metrics_bound.map(metrics::Bound::serve).transpose()?;
         let what = format!("namespace {} with data in {}", ns.url, ns.data.display());
-        let result = serve_vm(ns.fs.clone(), &vm(&args, metrics.as_ref()), &what);
+        let result = serve_vm_on(
+            ns.fs.clone(),
+            listener,
+            &vm(&args, metrics.as_ref()),
+            &what,
+            remove_socket,
+        );
         ns.close();
         return result;
     };
-    let source =
-        std::fs::canonicalize(source).with_context(|| format!("source directory {}", source.display()))?;
-    if !source.is_dir() {
-        bail!("source {} is not a directory", source.display());
-    }
     let source_str = source
         .to_str()
         .with_context(|| format!("source path {} is not UTF-8", source.display()))?
         .to_string();
+    // Confined, the shared directory is the root by the time the guest's
+    // INIT opens it, and /proc is gone. What PassthroughFs (0.14) does
+    // through /proc paths cannot work there, so confined it runs as
+    // virtiofsd does by default: inodes as O_PATH descriptors (a file
+    // handle is reopened through the mount found by path in
+    // /proc/self/mountinfo, which is read relative to the root it was
+    // opened under) with the open-file limit raised, and no xattrs (read
+    // and written through "/proc/self/fd/N" paths).
+    let confined = mode != SandboxArg::None;
+    let file_handles = !args.inode_fds && !confined;
+    if confined {
+        let limit = kmod_shim::sandbox::raise_open_file_limit().context("raising the open-file limit")?;
+        tracing::info!("--sandbox: inodes held as O_PATH descriptors, at most {limit} (the open-file limit)");
+        if !args.no_xattr {
+            tracing::info!(
+                "--sandbox: extended attributes are not served (answered ENOSYS); --sandbox none serves them"
+            );
+        }
+    }
     let cfg = PassthroughConfig {
-        root_dir: source_str,
+        root_dir: if mode == SandboxArg::None {
+            source_str
+        } else {
+            "/".to_owned()
+        },
         attr_timeout: Duration::from_millis(args.attr_timeout_ms),
         entry_timeout: Duration::from_millis(args.entry_timeout_ms),
         cache_policy: args.cache.into(),
-        xattr: !args.no_xattr,
+        xattr: !args.no_xattr && !confined,
         do_import: true,
         // As for `passthrough`: inodes by file handle unless asked otherwise
         // (the open-file limit does not cap live inodes), set-user-ID bits
         // cleared by xfuse's dispatcher rather than PassthroughFs, and no
         // use_host_ino (fuse-backend-rs 0.14 loses inodes).
-        inode_file_handles: !args.inode_fds,
+        inode_file_handles: file_handles,
         killpriv_v2: false,
         ..Default::default()
     };
-    if kmod_shim::probe().cap_sys_admin {
-        // PassthroughFs switches to the guest caller's uid to create files and
-        // reopens the parent by file handle inside that window, which needs
-        // CAP_DAC_READ_SEARCH kept across the uid switch. The guest kernel
-        // checks permissions itself (virtio-fs mounts use default_permissions).
-        kmod_shim::creds::keep_capabilities_across_setuid()
-            .context("keeping capabilities across uid switches (prctl PR_SET_SECUREBITS)")?;
-    }
+    // Opens /proc/self/fd and /proc/self/mountinfo: the sandbox's /proc.
     let fs = PassthroughFs::<()>::new(cfg).context("setting up PassthroughFs")?;
-    serve_vm(fs, &vm(&args, metrics.as_ref()), &source.display().to_string())
+    sandbox::enter_share(mode, source)?;
+    // PassthroughFs switches to the guest caller's uid to create files and,
+    // with file handles, reopens the parent by handle inside that window,
+    // which needs CAP_DAC_READ_SEARCH kept across the uid switch: only then
+    // are capabilities kept across it, and only the reduced set. (The guest
+    // kernel checks permissions itself: virtio-fs mounts use
+    // default_permissions.)
+    sandbox::confine(
+        &sandbox::capabilities_for(served, file_handles),
+        file_handles,
+        seccomp,
+        served,
+    )?;
+    let metrics = metrics_bound.map(metrics::Bound::serve).transpose()?;
+    serve_vm_on(
+        fs,
+        listener,
+        &vm(&args, metrics.as_ref()),
+        &source.display().to_string(),
+        remove_socket,
+    )
+}
+
+/// The shared directory, absolute and checked.
+fn shared_dir(source: &Path) -> anyhow::Result<PathBuf> {
+    let dir =
+        std::fs::canonicalize(source).with_context(|| format!("source directory {}", source.display()))?;
+    if !dir.is_dir() {
+        bail!("source {} is not a directory", dir.display());
+    }
+    Ok(dir)
 }
 
 /// What serving to VMs takes from the flags.
