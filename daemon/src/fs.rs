@@ -256,12 +256,25 @@ impl FileSystem for MetaFs {
     type Handle = u64;
 
     fn init(&self, _capable: FsOptions) -> io::Result<FsOptions> {
-        Ok(FsOptions::ASYNC_READ | FsOptions::BIG_WRITES | FsOptions::PARALLEL_DIROPS | FsOptions::MAX_PAGES)
+        Ok(FsOptions::ASYNC_READ
+            | FsOptions::BIG_WRITES
+            | FsOptions::PARALLEL_DIROPS
+            | FsOptions::MAX_PAGES
+            | FsOptions::EXPORT_SUPPORT)
     }
 
     fn destroy(&self) {}
 
+    /// A LOOKUP of "." names the node itself, of any type: the kernel
+    /// sends one to turn a file handle (`open_by_handle_at`, an NFS
+    /// re-export) into an inode it no longer holds, and ".." for a
+    /// directory's parent. Inode numbers are never reused, so a handle
+    /// stays good until its file is gone, across remounts.
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        if name.to_bytes() == b"." {
+            let rec = self.meta.getattr(parent).map_err(io_err)?;
+            return Ok(self.entry(parent, &rec));
+        }
         let (ino, rec) = self
             .meta
             .lookup(&self.caller(ctx), parent, name_bytes(name))

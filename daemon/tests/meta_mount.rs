@@ -995,3 +995,43 @@ fn fstat_of_an_open_file_or_directory_replaced_by_rename() {
     assert_eq!(fs::read(mnt.join("f2")).unwrap(), b"one");
     assert!(fs::metadata(mnt.join("b")).unwrap().nlink() >= 2);
 }
+
+/// Export support: a file handle (name_to_handle_at) opens its file again
+/// (open_by_handle_at) after the mount that made it is gone and the
+/// namespace is mounted anew, which is what an NFS re-export and xfstests'
+/// handle tests (generic/426, 467, 477) need; a handle of a deleted file
+/// is ESTALE.
+#[test]
+fn file_handles_open_their_files_across_a_remount() {
+    use kmod_shim::handle::{name_to_handle_at, open_by_handle_at};
+    let data = tempfile::tempdir().unwrap();
+    let (file, dir, doomed) = {
+        let m = Mount::start_meta_on(data.path(), &[]);
+        fs::create_dir(m.mnt().join("d")).unwrap();
+        fs::write(m.mnt().join("d/kept"), b"kept by handle").unwrap();
+        fs::write(m.mnt().join("doomed"), b"soon gone").unwrap();
+        let handle = |p: &str| {
+            name_to_handle_at(&m.mnt().join(p))
+                .unwrap_or_else(|e| panic!("{p}: {e}"))
+                .0
+        };
+        let handles = (handle("d/kept"), handle("d"), handle("doomed"));
+        assert!(m.stop().success());
+        handles
+    };
+    let m = Mount::start_meta_on(data.path(), &[]);
+    let mount = fs::File::open(m.mnt()).unwrap();
+    let opened = open_by_handle_at(&mount, &file, libc::O_RDONLY)
+        .unwrap_or_else(|e| panic!("reopening d/kept by handle: {e}\n{}", m.daemon_log()));
+    let mut back = Vec::new();
+    fs::File::from(opened).read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"kept by handle");
+    let opened = open_by_handle_at(&mount, &dir, libc::O_RDONLY | libc::O_DIRECTORY).expect("d by handle");
+    assert!(fs::File::from(opened).metadata().unwrap().is_dir());
+    fs::remove_file(m.mnt().join("doomed")).unwrap();
+    assert_errno(
+        open_by_handle_at(&mount, &doomed, libc::O_RDONLY).map_err(io::Error::from),
+        libc::ESTALE,
+        "the handle of a deleted file",
+    );
+}

@@ -30,6 +30,7 @@ pub mod abi;
 pub mod buf;
 pub mod creds;
 pub mod dev;
+pub mod handle;
 pub mod mount;
 pub mod mountinfo;
 pub mod probe;

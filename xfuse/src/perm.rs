@@ -611,6 +611,12 @@ where
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        if name.to_bytes() == b"." {
+            // Path walks never send it: the kernel decodes a file handle
+            // with it (open_by_handle_at needs CAP_DAC_READ_SEARCH), and
+            // the node may be a file, which has no search permission.
+            return self.fs.lookup(ctx, parent, name);
+        }
         let dir = self.node(ctx, parent)?;
         may(&self.caller(ctx), &dir.st, dir.acl(), mask::X)?;
         match self.fs.lookup(ctx, parent, name) {
