@@ -610,7 +610,16 @@ fn prepare_exec(mount: &Mount) {
     assert_eq!(code, 0, "setting up as Alice: {err}\n{}", mount.daemon_log());
     for mode in EXEC_MODES {
         let path = home.join(format!("run/x{mode:04o}"));
-        std::fs::copy("/bin/true", &path).unwrap_or_else(|e| panic!("copying /bin/true: {e}"));
+        // Copied by a child process: a descriptor this process held open
+        // for writing would be inherited by the children the other tests
+        // fork meanwhile, and exec of the file fails with ETXTBSY while one
+        // of them still has it (before its own exec closes it).
+        let copied = Command::new("cp")
+            .arg("/bin/true")
+            .arg(&path)
+            .status()
+            .expect("running cp");
+        assert!(copied.success(), "cp /bin/true {}: {copied}", path.display());
         chown(&path, ALICE, CREW);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
