@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use xfuse::idmap::{IdMapped, IdMaps};
 use xfuse::transport::virtio::{VirtioConfig, VirtioFsBackend};
 use xfuse::{InitConfig, Policy};
 
@@ -33,6 +34,9 @@ pub struct VmServing<'a> {
     pub stats: bool,
     /// The `--metrics` endpoint, if any: the backend's counters are added.
     pub metrics: Option<&'a crate::metrics::Endpoint>,
+    /// User and group ids translated between the guest and the host
+    /// (`xfuse::idmap`); none given: ids pass unchanged.
+    pub ids: &'a IdMaps,
 }
 
 /// Serves `fs` to VMs on the socket, until the last VMM leaves or a signal.
@@ -40,6 +44,22 @@ pub struct VmServing<'a> {
 /// Takes SIGINT and SIGTERM for the process: either removes the socket and
 /// exits it with status 0.
 pub fn serve_vm<F>(fs: F, args: &VmServing<'_>, what: &str) -> anyhow::Result<()>
+where
+    F: fuse_backend_rs::api::filesystem::FileSystem + Send + Sync + 'static,
+{
+    if args.ids.is_identity() {
+        serve_vm_as_is(fs, args, what)
+    } else {
+        tracing::info!(
+            "guest ids translated: uids {}, gids {}",
+            args.ids.uid,
+            args.ids.gid
+        );
+        serve_vm_as_is(IdMapped::new(fs, args.ids.clone()), args, what)
+    }
+}
+
+fn serve_vm_as_is<F>(fs: F, args: &VmServing<'_>, what: &str) -> anyhow::Result<()>
 where
     F: fuse_backend_rs::api::filesystem::FileSystem + Send + Sync + 'static,
 {

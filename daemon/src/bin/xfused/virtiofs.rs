@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Args;
 use fuse_backend_rs::passthrough::{Config as PassthroughConfig, PassthroughFs};
+use xfuse::idmap::{IdMap, IdMaps, IdRule};
 use xfused::client::{
     open_namespace, AuthArgs, EngineArgs, NamespaceSpec, CHUNK_SIZE_KIB_DEFAULT, DATA_DIR_DEFAULT,
     LEASE_MS_DEFAULT,
@@ -86,6 +87,29 @@ pub struct VirtiofsArgs {
     /// chain counters at exit.
     #[arg(long)]
     stats: bool,
+    /// Translate the guest's user ids (repeatable; without it uids pass
+    /// unchanged and guest root is host root). RULE is
+    /// `map:GUEST:HOST:COUNT` (guest uids GUEST.. are host uids HOST..,
+    /// COUNT of them, both ways) or `squash-guest:GUEST:COUNT:HOST` (COUNT
+    /// guest uids from GUEST all act as host uid HOST); no two rules may
+    /// claim the same guest uid, nor two maps the same host uid. Once
+    /// given: a guest caller no rule names acts as uid 65534 (nobody, as
+    /// NFS's root_squash; refusing it would also refuse the guest kernel's
+    /// own requests, which carry uid 0); host uids no map names show as
+    /// 65534 in the guest; a chown to a uid no rule names is refused
+    /// (EINVAL); device nodes can be made only by a caller that is host
+    /// root; POSIX ACLs and file capabilities are translated too. Example,
+    /// guest root as host uid 1000 and nobody else: --translate-uid
+    /// map:0:1000:1
+    #[arg(long, value_name = "RULE")]
+    translate_uid: Vec<IdRule>,
+    /// Translate the guest's group ids (repeatable), as --translate-uid
+    /// does user ids: `map:GUEST:HOST:COUNT` or
+    /// `squash-guest:GUEST:COUNT:HOST`; unmapped callers act as gid 65534,
+    /// unmapped host gids show as 65534, a chgrp to an unmapped gid is
+    /// refused (EINVAL).
+    #[arg(long, value_name = "RULE")]
+    translate_gid: Vec<IdRule>,
     /// With --meta tcp://.
     #[command(flatten)]
     auth: AuthArgs,
@@ -97,6 +121,10 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
     if !args.queue_size.is_power_of_two() {
         bail!("--queue-size {} is not a power of two", args.queue_size);
     }
+    let ids = IdMaps {
+        uid: IdMap::new(args.translate_uid.clone()).context("--translate-uid")?,
+        gid: IdMap::new(args.translate_gid.clone()).context("--translate-gid")?,
+    };
     let metrics = Endpoint::start(&args.metrics)?;
     let Some(source) = &args.source else {
         // --meta: the distributed filesystem (clap requires one of the two).
@@ -126,7 +154,7 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
             local_data: args.data.is_some(),
         })?;
         let what = format!("namespace {} with data in {}", ns.url, ns.data.display());
-        let result = serve_vm(ns.fs.clone(), &vm(&args, metrics.as_ref()), &what);
+        let result = serve_vm(ns.fs.clone(), &vm(&args, metrics.as_ref(), &ids), &what);
         ns.close();
         return result;
     };
@@ -163,11 +191,15 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
             .context("keeping capabilities across uid switches (prctl PR_SET_SECUREBITS)")?;
     }
     let fs = PassthroughFs::<()>::new(cfg).context("setting up PassthroughFs")?;
-    serve_vm(fs, &vm(&args, metrics.as_ref()), &source.display().to_string())
+    serve_vm(
+        fs,
+        &vm(&args, metrics.as_ref(), &ids),
+        &source.display().to_string(),
+    )
 }
 
 /// What serving to VMs takes from the flags.
-fn vm<'a>(args: &'a VirtiofsArgs, metrics: Option<&'a Endpoint>) -> VmServing<'a> {
+fn vm<'a>(args: &'a VirtiofsArgs, metrics: Option<&'a Endpoint>, ids: &'a IdMaps) -> VmServing<'a> {
     VmServing {
         socket: &args.socket,
         request_queues: args.queues,
@@ -178,5 +210,6 @@ fn vm<'a>(args: &'a VirtiofsArgs, metrics: Option<&'a Endpoint>) -> VmServing<'a
         keep_listening: args.keep_listening,
         stats: args.stats,
         metrics,
+        ids,
     }
 }
