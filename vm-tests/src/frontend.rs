@@ -9,6 +9,7 @@
 //! - [`fuse`]: FUSE requests as the guest builds them, replies parsed and checked;
 //! - [`replay`]: the workload, its model of the tree, latencies per operation;
 //! - [`backend`]: starting and stopping a backend process on a fresh directory;
+//! - [`data`]: a file written and read back in large WRITEs and READs;
 //! - [`session`]: one request at a time, as any caller, for tests that
 //!   check what a backend makes of a particular request.
 //!
@@ -17,6 +18,7 @@
 //! writes and reads, not interrupts and VM exits).
 
 pub mod backend;
+pub mod data;
 pub mod device;
 pub mod fuse;
 pub mod guest;

@@ -47,6 +47,16 @@ impl Session {
         &self.init
     }
 
+    /// The device, for chains built by hand ([`super::data`]).
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    /// The device, mutably.
+    pub fn device_mut(&mut self) -> &mut Device {
+        &mut self.dev
+    }
+
     fn send(&mut self, queue: usize, req: &Request, caller: Caller) -> Result<Option<Reply>, ReplayError> {
         let mut engine = Engine::new(&mut self.dev, 1, self.reply_timeout_ms)?;
         engine.next_unique = self.next_unique;
