@@ -136,7 +136,14 @@ fn file_data_written_and_read_through_the_virtio_transport_arrives_intact() {
         let mut guest = Session::connect(serving.socket(), 10_000).expect("connecting");
         let report = data::run(&mut guest, &name, &config, 10_000)
             .unwrap_or_else(|e| panic!("{chunk_kib} KiB chunks: {e}\n{}", serving.log_tail()));
-        assert_eq!((report.write.requests, report.read.requests), (9, 9));
+        assert_eq!(
+            (
+                report.write.requests,
+                report.rewrite.requests,
+                report.read.requests
+            ),
+            (9, 9, 9)
+        );
         guest.destroy().expect("DESTROY");
         serving.finish().expect("xfused exits 0");
         let host = std::fs::read(share.join(&name)).expect("the host file");

@@ -16,7 +16,8 @@ File data through virtio-fs backends, replayed without a guest.
 Plays the VMM and the guest's FUSE client (as virtiofs-replay does), creates
 one file and writes it front to back in WRITEs of --chunk-kib, one request in
 flight, laid out as a Linux guest lays them out (headers, then one
-descriptor per 4 KiB page, in an indirect table); then reads it back in
+descriptor per 4 KiB page, in an indirect table); writes it again over the
+same blocks (no allocation: data movement alone); then reads it back in
 READs of the same size and checks every byte. Each round starts every
 backend on a fresh directory, in an order that rotates per round.
 
@@ -134,38 +135,33 @@ fn main() -> anyhow::Result<()> {
         work_dir.display(),
         benches::procfs::loadavg_1m().map_or("?".into(), |l| format!("{l:.2}"))
     );
-    // results[backend][round] = (write MiB/s, write CPU, read MiB/s, read CPU)
-    let mut results: Vec<Vec<[f64; 4]>> = vec![Vec::new(); backends.len()];
+    // results[backend][round] = MiB/s and CPU ms/MiB of write, rewrite, read.
+    let mut results: Vec<Vec<[f64; 6]>> = vec![Vec::new(); backends.len()];
     for round in 0..args.rounds as usize {
         for k in 0..backends.len() {
             let i = (k + round) % backends.len();
             let r = one_round(&backends[i], &work_dir, &config)?;
             let (wm, wc) = rates(&r.write, mib);
+            let (om, oc) = rates(&r.rewrite, mib);
             let (rm, rc) = rates(&r.read, mib);
             eprintln!(
-                "round {round} {:>12}: write {wm:8.1} MiB/s {wc:6.2} ms CPU/MiB, read {rm:8.1} MiB/s {rc:6.2} ms CPU/MiB",
+                "round {round} {:>12}: write {wm:8.1} MiB/s {wc:6.2} ms CPU/MiB, rewrite {om:8.1} MiB/s {oc:6.2}, \
+                 read {rm:8.1} MiB/s {rc:6.2}",
                 backends[i].name
             );
-            results[i].push([wm, wc, rm, rc]);
+            results[i].push([wm, wc, om, oc, rm, rc]);
         }
     }
-    println!(
-        "| backend | write MiB/s | write CPU ms/MiB | read MiB/s | read CPU ms/MiB |\n|---|---:|---:|---:|---:|"
-    );
     let med = |i: usize, col: usize| median(results[i].iter().map(|r| r[col]).collect());
+    let columns = "| write MiB/s | write CPU ms/MiB | rewrite MiB/s | rewrite CPU ms/MiB | read MiB/s | read CPU ms/MiB |";
+    println!("| backend {columns}\n|---|---:|---:|---:|---:|---:|---:|");
     for (i, b) in backends.iter().enumerate() {
-        println!(
-            "| {} | {:.1} | {:.2} | {:.1} | {:.2} |",
-            b.name,
-            med(i, 0),
-            med(i, 1),
-            med(i, 2),
-            med(i, 3)
-        );
+        let cells: Vec<String> = (0..6).map(|c| format!("{:.2}", med(i, c))).collect();
+        println!("| {} | {} |", b.name, cells.join(" | "));
     }
     if backends.len() > 1 {
         println!(
-            "\n| against {} | write MiB/s (ratio of medians / paired) | write CPU/MiB | read MiB/s | read CPU/MiB |\n|---|---:|---:|---:|---:|",
+            "\nRatios against {} (ratio of medians / median of paired ratios):\n\n| backend {columns}\n|---|---:|---:|---:|---:|---:|---:|",
             backends[0].name
         );
         for i in 1..backends.len() {
@@ -177,14 +173,8 @@ fn main() -> anyhow::Result<()> {
                 );
                 format!("{:.2} / {:.2}", med(i, col) / med(0, col), paired)
             };
-            println!(
-                "| {} | {} | {} | {} | {} |",
-                backends[i].name,
-                cell(0),
-                cell(1),
-                cell(2),
-                cell(3)
-            );
+            let cells: Vec<String> = (0..6).map(cell).collect();
+            println!("| {} | {} |", backends[i].name, cells.join(" | "));
         }
     }
     Ok(())

@@ -56,8 +56,10 @@ pub struct Phase {
 /// What a data run measured.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DataReport {
-    /// Writing the file.
+    /// Writing the file (its blocks allocated as they are written).
     pub write: Phase,
+    /// Writing it again, over the same blocks.
+    pub rewrite: Phase,
     /// Reading it back.
     pub read: Phase,
 }
@@ -242,61 +244,70 @@ pub fn run(
         mem.write_slice(&expected, layout.slot(slot))
             .map_err(|e| ReplayError::Setup(format!("writing the data: {e}")))?;
     }
-    let (cpu_before, started) = (cpu(config.backend_pid), Instant::now());
-    for i in 0..chunks {
-        unique += 1;
-        let wi = WriteIn {
-            fh,
-            offset: i * u64::from(chunk),
-            size: chunk,
-            flags: flags & !(libc::O_CREAT | libc::O_EXCL) as u32,
-            ..Default::default()
-        };
-        let h = header(
-            Opcode::Write,
-            unique,
-            nodeid,
-            size_of::<InHeader>() + size_of::<WriteIn>() + chunk as usize,
-        );
-        mem.write_slice(h.as_bytes(), layout.headers)
-            .and_then(|()| mem.write_slice(wi.as_bytes(), GuestAddress(layout.headers.0 + 64)))
-            .map_err(|e| ReplayError::Setup(format!("writing a request: {e}")))?;
-        let write = VRING_DESC_F_WRITE as u16;
-        let mut descs = vec![
-            (layout.headers, size_of::<InHeader>() as u32, 0),
-            (
-                GuestAddress(layout.headers.0 + 64),
-                size_of::<WriteIn>() as u32,
-                0,
-            ),
-        ];
-        descs.extend(layout.pages(i, 0));
-        descs.push((layout.reply, size_of::<OutHeader>() as u32, write));
-        descs.push((
-            GuestAddress(layout.reply.0 + 64),
-            size_of::<WriteOut>() as u32,
-            write,
-        ));
-        let used = exchange(session, &layout, &descs, timeout_ms)?;
-        out_header(session, &layout, "WRITE", unique, used)?;
-        let mut out = WriteOut::default();
-        mem.read_slice(out.as_mut_bytes(), GuestAddress(layout.reply.0 + 64))
-            .map_err(|e| ReplayError::Protocol(format!("reading a reply: {e}")))?;
-        if used as usize != size_of::<OutHeader>() + size_of::<WriteOut>() || out.size != chunk {
-            return Err(bad(
-                "WRITE",
+    // The file is written twice: the first pass allocates its blocks, the
+    // second overwrites them in place (data movement alone).
+    for pass in 0..2 {
+        let (cpu_before, started) = (cpu(config.backend_pid), Instant::now());
+        for i in 0..chunks {
+            unique += 1;
+            let wi = WriteIn {
+                fh,
+                offset: i * u64::from(chunk),
+                size: chunk,
+                flags: flags & !(libc::O_CREAT | libc::O_EXCL) as u32,
+                ..Default::default()
+            };
+            let h = header(
+                Opcode::Write,
                 unique,
-                format!("wrote {} of {chunk} bytes ({used} used)", out.size),
+                nodeid,
+                size_of::<InHeader>() + size_of::<WriteIn>() + chunk as usize,
+            );
+            mem.write_slice(h.as_bytes(), layout.headers)
+                .and_then(|()| mem.write_slice(wi.as_bytes(), GuestAddress(layout.headers.0 + 64)))
+                .map_err(|e| ReplayError::Setup(format!("writing a request: {e}")))?;
+            let write = VRING_DESC_F_WRITE as u16;
+            let mut descs = vec![
+                (layout.headers, size_of::<InHeader>() as u32, 0),
+                (
+                    GuestAddress(layout.headers.0 + 64),
+                    size_of::<WriteIn>() as u32,
+                    0,
+                ),
+            ];
+            descs.extend(layout.pages(i, 0));
+            descs.push((layout.reply, size_of::<OutHeader>() as u32, write));
+            descs.push((
+                GuestAddress(layout.reply.0 + 64),
+                size_of::<WriteOut>() as u32,
+                write,
             ));
+            let used = exchange(session, &layout, &descs, timeout_ms)?;
+            out_header(session, &layout, "WRITE", unique, used)?;
+            let mut out = WriteOut::default();
+            mem.read_slice(out.as_mut_bytes(), GuestAddress(layout.reply.0 + 64))
+                .map_err(|e| ReplayError::Protocol(format!("reading a reply: {e}")))?;
+            if used as usize != size_of::<OutHeader>() + size_of::<WriteOut>() || out.size != chunk {
+                return Err(bad(
+                    "WRITE",
+                    unique,
+                    format!("wrote {} of {chunk} bytes ({used} used)", out.size),
+                ));
+            }
+        }
+        let phase = Phase {
+            requests: chunks,
+            elapsed: started.elapsed(),
+            backend_cpu_ns: cpu_before
+                .zip(cpu(config.backend_pid))
+                .map(|(b, a)| a.saturating_sub(b)),
+        };
+        if pass == 0 {
+            report.write = phase;
+        } else {
+            report.rewrite = phase;
         }
     }
-    report.write = Phase {
-        requests: chunks,
-        elapsed: started.elapsed(),
-        backend_cpu_ns: cpu_before
-            .zip(cpu(config.backend_pid))
-            .map(|(b, a)| a.saturating_sub(b)),
-    };
 
     // READ: header, fuse_read_in; reply: out header, data pages.
     let mut got = vec![0u8; chunk as usize];
