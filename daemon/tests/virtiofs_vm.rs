@@ -13,6 +13,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -238,6 +239,55 @@ fn vm_guest_workload_through_xfused_virtiofs() {
         log.contains("0 refused"),
         "a well-behaved guest had chains refused:\n{log}"
     );
+}
+
+#[test]
+fn vm_guest_root_mapped_to_an_ordinary_host_user() {
+    // The whole workload from a real guest kernel (its RELEASEs and
+    // FORGETs, its own SETATTRs) with guest root translated to host uid
+    // and gid 1000: it must run as before, and leave nothing owned by
+    // anybody but 1000 on the host.
+    let Some(Scene {
+        dir,
+        share,
+        assets,
+        initrd,
+    }) = Scene::set_up()
+    else {
+        return;
+    };
+    let mut backend = Backend::start(
+        dir.path(),
+        share.path(),
+        &[
+            "--translate-uid",
+            "map:0:1000:1",
+            "--translate-gid",
+            "map:0:1000:1",
+        ],
+    );
+    let config = VmConfig::new(&backend.socket);
+    let out = vm_tests::boot(&assets, &initrd, &config).unwrap();
+    assert_workload_passed(&out, share.path(), &config, &backend);
+    backend.wait_exit();
+    let mut stack = vec![share.path().join("from-guest")];
+    let mut seen = 0;
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (1000, 1000),
+            "{} on the host",
+            path.display()
+        );
+        seen += 1;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                stack.push(entry.unwrap().path());
+            }
+        }
+    }
+    assert!(seen > config.files as usize, "only {seen} entries checked");
 }
 
 #[test]

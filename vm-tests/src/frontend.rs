@@ -8,22 +8,28 @@
 //! - [`device`]: the vhost-user handshake, kicks and calls over eventfds;
 //! - [`fuse`]: FUSE requests as the guest builds them, replies parsed and checked;
 //! - [`replay`]: the workload, its model of the tree, latencies per operation;
-//! - [`backend`]: starting and stopping a backend process on a fresh directory.
+//! - [`backend`]: starting and stopping a backend process on a fresh directory;
+//! - [`data`]: a file written and read back in large WRITEs and READs;
+//! - [`session`]: one request at a time, as any caller, for tests that
+//!   check what a backend makes of a particular request.
 //!
 //! What it does not model: a guest kernel (no VFS, no dentry cache: every
 //! operation reaches the backend) and QEMU (notifications are eventfd
 //! writes and reads, not interrupts and VM exits).
 
 pub mod backend;
+pub mod data;
 pub mod device;
 pub mod fuse;
 pub mod guest;
 pub mod replay;
+pub mod session;
 
-pub use backend::{Backend, BackendKind, RoundResult};
+pub use backend::{Backend, BackendKind, RoundResult, Serving};
 pub use device::Device;
 pub use guest::GuestRam;
 pub use replay::{ReplayConfig, ReplayReport};
+pub use session::Session;
 
 /// Why a replay failed.
 #[derive(Debug, thiserror::Error)]

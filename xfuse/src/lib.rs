@@ -22,6 +22,8 @@
 //! - [`cache`]: adaptive entry/attribute timeouts per inode, kept coherent
 //!   by those invalidations;
 //! - [`passthrough`]: FUSE passthrough to backing files;
+//! - [`idmap`]: user and group ids translated between an untrusted guest
+//!   and the host (`IdMapped`, a `FileSystem` layer);
 //! - [`killpriv`]: set-user-ID and set-group-ID bits cleared on writes,
 //!   truncates and changes of owner (`FUSE_HANDLE_KILLPRIV_V2`);
 //! - [`perm`]: permission checks in the daemon, for mounts without
@@ -38,6 +40,7 @@
 pub mod acl;
 pub mod cache;
 pub mod dispatch;
+pub mod idmap;
 pub mod init;
 pub mod killpriv;
 pub mod notify;

@@ -282,16 +282,19 @@ pub fn capabilities_for(served: Served<'_>, file_handles: bool) -> Vec<Capabilit
 /// inheritable, ambient and bounding sets, sets `no_new_privs`, and
 /// installs the seccomp filter with `action` on every thread.
 ///
-/// `file_handles`: inodes are file handles (only with `--sandbox none`).
-/// The filter then allows opening them, and the effective capabilities
-/// are kept while a thread runs with a guest caller's uid (see
-/// `kmod_shim::creds`): PassthroughFs opens the parent directory by handle
-/// inside that window, which needs CAP_DAC_READ_SEARCH there, and the
-/// kernel would otherwise clear every effective capability on the switch.
-/// Set before the cut (it needs CAP_SETPCAP), it keeps only what `keep`
-/// leaves, not the full set it kept before. With O_PATH descriptors
-/// nothing inside the window needs a capability, so the kernel's rule
-/// stands: a thread acting for a non-root caller has none.
+/// `file_handles`: inodes are file handles (only with `--sandbox none`):
+/// the filter then allows opening them.
+///
+/// Serving a directory, the effective capabilities are kept while a
+/// thread runs with a guest caller's uid (see `kmod_shim::creds`; set
+/// before the cut, since it needs CAP_SETPCAP, it keeps only what `keep`
+/// leaves). PassthroughFs switches to the caller's uid and primary gid to
+/// create, but not to its supplementary groups, which the guest kernel
+/// has already checked against (virtio-fs mounts use
+/// `default_permissions`): without CAP_DAC_OVERRIDE in that window the
+/// host would refuse a guest user's create in a directory the guest let
+/// it write through a supplementary group. With file handles the window
+/// also opens the parent by handle, which needs CAP_DAC_READ_SEARCH.
 pub fn confine(
     keep: &[Capability],
     file_handles: bool,
@@ -305,7 +308,7 @@ pub fn confine(
         .filter(|c| held & shim::capability_mask(&[*c]) != 0)
         .collect();
     if held & shim::capability_mask(&[Capability::Setpcap]) != 0 {
-        if file_handles {
+        if matches!(served, Served::Directory(_)) {
             kmod_shim::creds::keep_capabilities_across_setuid()
                 .context("keeping capabilities across uid switches (prctl PR_SET_SECUREBITS)")?;
         }
@@ -431,6 +434,9 @@ pub fn allowed_syscalls(served: Served<'_>, file_handles: bool) -> Vec<i64> {
         libc::SYS_getsockname,
         libc::SYS_getpeername,
         libc::SYS_shutdown,
+        // Removing the vhost-user socket at exit (std's remove_file), with
+        // --sandbox none; confined, the waiting parent removes it.
+        libc::SYS_unlink,
     ];
     if let Served::Directory(_) = served {
         calls.extend([

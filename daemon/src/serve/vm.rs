@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use xfuse::idmap::{IdMapped, IdMaps};
 use xfuse::transport::virtio::{VirtioConfig, VirtioFsBackend};
 use xfuse::{InitConfig, Policy};
 
@@ -34,6 +35,12 @@ pub struct VmServing<'a> {
     pub stats: bool,
     /// The `--metrics` endpoint, if any: the backend's counters are added.
     pub metrics: Option<&'a crate::metrics::Endpoint>,
+    /// User and group ids translated between the guest and the host
+    /// (`xfuse::idmap`); none given: ids pass unchanged.
+    pub ids: &'a IdMaps,
+    /// The filesystem lists no "." and "..": the dispatcher adds them
+    /// (`Policy::add_dot_entries`).
+    pub add_dot_entries: bool,
 }
 
 /// Serves `fs` to VMs on the socket, until the last VMM leaves or a signal.
@@ -63,6 +70,34 @@ pub fn serve_vm_on<F>(
 where
     F: fuse_backend_rs::api::filesystem::FileSystem + Send + Sync + 'static,
 {
+    if args.ids.is_identity() {
+        serve_vm_as_is(fs, listener, args, what, remove_socket)
+    } else {
+        tracing::info!(
+            "guest ids translated: uids {}, gids {}",
+            args.ids.uid,
+            args.ids.gid
+        );
+        serve_vm_as_is(
+            IdMapped::new(fs, args.ids.clone()),
+            listener,
+            args,
+            what,
+            remove_socket,
+        )
+    }
+}
+
+fn serve_vm_as_is<F>(
+    fs: F,
+    listener: UnixListener,
+    args: &VmServing<'_>,
+    what: &str,
+    remove_socket: bool,
+) -> anyhow::Result<()>
+where
+    F: fuse_backend_rs::api::filesystem::FileSystem + Send + Sync + 'static,
+{
     let socket = remove_socket.then_some(args.socket);
     let config = VirtioConfig {
         request_queues: usize::from(args.request_queues),
@@ -75,6 +110,7 @@ where
         policy: Policy {
             negative_timeout: Duration::from_millis(args.negative_timeout_ms),
             open_noflush: true,
+            add_dot_entries: args.add_dot_entries,
             ..Default::default()
         },
         report_stats: args.stats,

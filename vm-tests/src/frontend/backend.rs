@@ -32,6 +32,10 @@ pub enum BackendKind {
     Xfused,
     /// `virtiofsd --socket-path S --shared-dir DIR`.
     Virtiofsd,
+    /// `xfused virtiofs --socket S --meta embedded:DIR/meta --data
+    /// DIR/data`: the distributed filesystem, its embedded store and chunk
+    /// store kept in DIR (which a later backend on DIR finds again).
+    XfusedMeta,
 }
 
 /// A backend configuration: a program, its kind and extra flags.
@@ -70,6 +74,16 @@ impl Backend {
         }
     }
 
+    /// `xfused virtiofs --meta` on an embedded store (see
+    /// [`BackendKind::XfusedMeta`]) with `args` added.
+    pub fn xfused_meta(program: &Path, args: &[&str]) -> Backend {
+        Backend {
+            kind: BackendKind::XfusedMeta,
+            name: format!("xfused --meta {}", args.join(" ")),
+            ..Backend::xfused(program, args)
+        }
+    }
+
     /// virtiofsd without sandbox or seccomp filter (like xfused: the
     /// request path is measured, not isolation), `--cache auto`.
     pub fn virtiofsd(program: &Path) -> Backend {
@@ -95,6 +109,17 @@ impl Backend {
             }
             BackendKind::Virtiofsd => {
                 cmd.arg("--socket-path").arg(socket).arg("--shared-dir").arg(dir);
+            }
+            BackendKind::XfusedMeta => {
+                let mut meta = std::ffi::OsString::from("embedded:");
+                meta.push(dir.join("meta"));
+                cmd.arg("virtiofs")
+                    .arg("--socket")
+                    .arg(socket)
+                    .arg("--meta")
+                    .arg(meta)
+                    .arg("--data")
+                    .arg(dir.join("data"));
             }
         }
         cmd.args(&self.args);
@@ -183,7 +208,68 @@ impl Backend {
     }
 }
 
+/// A backend serving a directory, for a caller that drives its own
+/// requests ([`super::Session`]); killed on drop unless it exited.
+#[derive(Debug)]
+pub struct Serving {
+    backend: Backend,
+    running: Running,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Backend {
+    /// Starts this backend on `share` with its socket and log in
+    /// `scratch`; returns once it listens.
+    pub fn start(&self, share: &Path, scratch: &Path) -> Result<Serving, ReplayError> {
+        let socket = scratch.join("vfs.sock");
+        let log = scratch.join("backend.log");
+        let running = Running::start(self, &socket, share, &log)?;
+        Ok(Serving {
+            backend: self.clone(),
+            running,
+            socket,
+            log,
+        })
+    }
+}
+
+impl Serving {
+    /// The vhost-user socket it listens on.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The backend's process id.
+    pub fn pid(&self) -> u32 {
+        self.running.child.id()
+    }
+
+    /// The end of its log, for error messages.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log)
+    }
+
+    /// Waits for the backend to exit after the frontend left; an error
+    /// (with its log) unless it exited 0.
+    pub fn finish(mut self) -> Result<(), ReplayError> {
+        match self.running.wait_exit(EXIT_TIMEOUT) {
+            Some(s) if s.success() => Ok(()),
+            Some(s) => Err(self.backend.fail(format!("exited with {s}\n{}", self.log_tail()))),
+            None => {
+                self.running.kill();
+                Err(self.backend.fail(format!(
+                    "still running {} s after the frontend left\n{}",
+                    EXIT_TIMEOUT.as_secs(),
+                    self.log_tail()
+                )))
+            }
+        }
+    }
+}
+
 /// A started backend; killed on drop unless it exited.
+#[derive(Debug)]
 struct Running {
     child: Child,
     exited: bool,

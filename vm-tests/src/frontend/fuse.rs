@@ -3,8 +3,9 @@
 //! ABI types: a reply is bytes from another process, validated before use.
 
 use kmod_shim::abi::{
-    AttrOut, CreateIn, DirentPlus, EntryOut, FlushIn, ForgetIn, GetattrIn, InHeader, InitIn, InitOut, LinkIn,
-    MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, ReleaseIn, RenameIn,
+    AttrOut, CreateIn, DirentPlus, EntryOut, FlushIn, ForgetIn, GetattrIn, GetxattrIn, GetxattrOut, InHeader,
+    InitIn, InitOut, LinkIn, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, ReleaseIn,
+    RenameIn, SetattrIn,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -49,16 +50,22 @@ impl Request {
     }
 
     /// The header and arguments as the guest writes them: `fuse_in_header`
-    /// first, then each argument; `unique` identifies the request.
+    /// first, then each argument; `unique` identifies the request, which
+    /// guest root sends.
     pub fn encode(&self, unique: u64) -> Vec<Vec<u8>> {
+        self.encode_as(unique, Caller::ROOT)
+    }
+
+    /// [`Request::encode`] for a request made by `caller`.
+    pub fn encode_as(&self, unique: u64, caller: Caller) -> Vec<Vec<u8>> {
         let args_len: usize = self.args.iter().map(Vec::len).sum();
         let header = InHeader {
             len: (IN_HEADER_BYTES + args_len) as u32,
             opcode: self.opcode as u32,
             unique,
             nodeid: self.nodeid,
-            uid: 0,
-            gid: 0,
+            uid: caller.uid,
+            gid: caller.gid,
             pid: 1,
             total_extlen: 0,
             padding: 0,
@@ -236,6 +243,45 @@ impl Request {
         }
     }
 
+    /// SETATTR of the attributes `arg.valid` names (`fattr` bits).
+    pub fn setattr(nodeid: u64, arg: &SetattrIn) -> Request {
+        Request {
+            opcode: Opcode::Setattr,
+            nodeid,
+            args: vec![arg.as_bytes().to_vec()],
+            out_bytes: vec![size_of::<AttrOut>() as u32],
+        }
+    }
+
+    /// SETXATTR (the 8-byte argument of a kernel without
+    /// FUSE_SETXATTR_EXT: size and flags).
+    pub fn setxattr(nodeid: u64, name: &str, value: &[u8], flags: u32) -> Request {
+        let mut fixed = (value.len() as u32).to_ne_bytes().to_vec();
+        fixed.extend_from_slice(&flags.to_ne_bytes());
+        Request {
+            opcode: Opcode::Setxattr,
+            nodeid,
+            args: vec![fixed, name_arg(name), value.to_vec()],
+            out_bytes: vec![],
+        }
+    }
+
+    /// GETXATTR of at most `size` bytes (0: the value's size only).
+    pub fn getxattr(nodeid: u64, name: &str, size: u32) -> Request {
+        let arg = GetxattrIn { size, padding: 0 };
+        let out = if size == 0 {
+            size_of::<GetxattrOut>() as u32
+        } else {
+            size
+        };
+        Request {
+            opcode: Opcode::Getxattr,
+            nodeid,
+            args: vec![arg.as_bytes().to_vec(), name_arg(name)],
+            out_bytes: vec![out],
+        }
+    }
+
     /// FORGET (high-priority queue, no reply).
     pub fn forget(nodeid: u64, nlookup: u64) -> Request {
         Request {
@@ -255,6 +301,20 @@ impl Request {
             out_bytes: vec![],
         }
     }
+}
+
+/// Who makes a request: the ids in its `fuse_in_header`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+impl Caller {
+    /// Guest root, and the guest kernel's own requests.
+    pub const ROOT: Caller = Caller { uid: 0, gid: 0 };
 }
 
 /// A reply that passed the header checks.

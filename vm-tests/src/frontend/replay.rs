@@ -28,7 +28,7 @@ use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F
 use vm_memory::{Bytes, GuestAddress};
 
 use super::device::{Device, HIPRIO, REQUEST};
-use super::fuse::{self, DirEntry, Reply, Request, KERNEL_O_LARGEFILE, OUT_HEADER_BYTES};
+use super::fuse::{self, Caller, DirEntry, Reply, Request, KERNEL_O_LARGEFILE, OUT_HEADER_BYTES};
 use super::ReplayError;
 
 /// Largest `depth` (workers, requests in flight).
@@ -128,16 +128,17 @@ struct Pending {
 }
 
 /// Puts requests into guest memory and the rings, and takes replies out.
-struct Engine<'d> {
+pub(super) struct Engine<'d> {
     dev: &'d mut Device,
     slots_base: u64,
     pending: Vec<Option<Pending>>,
-    next_unique: u64,
+    /// The unique of the next request.
+    pub(super) next_unique: u64,
     timeout_ms: i32,
 }
 
 impl<'d> Engine<'d> {
-    fn new(dev: &'d mut Device, slots: usize, timeout_ms: i32) -> Result<Engine<'d>, ReplayError> {
+    pub(super) fn new(dev: &'d mut Device, slots: usize, timeout_ms: i32) -> Result<Engine<'d>, ReplayError> {
         let slots_base = dev.free_memory_start();
         let end = slots_base + SLOT_BYTES * slots as u64;
         if end > dev.ram().size_bytes() {
@@ -168,10 +169,21 @@ impl<'d> Engine<'d> {
 
     /// Writes `req` into `slot`'s buffers and offers it on `queue`.
     fn submit(&mut self, slot: usize, queue: usize, req: &Request) -> Result<(), ReplayError> {
+        self.submit_as(slot, queue, req, Caller::ROOT)
+    }
+
+    /// [`Engine::submit`] of a request made by `caller`.
+    fn submit_as(
+        &mut self,
+        slot: usize,
+        queue: usize,
+        req: &Request,
+        caller: Caller,
+    ) -> Result<(), ReplayError> {
         let setup = |what: String| ReplayError::Setup(what);
         let unique = self.next_unique;
         self.next_unique += 1;
-        let parts = req.encode(unique);
+        let parts = req.encode_as(unique, caller);
         let total: usize = parts.iter().map(Vec::len).sum();
         if total > REQUEST_BYTES_MAX {
             return Err(setup(format!("{:?} request of {total} bytes", req.opcode)));
@@ -326,7 +338,18 @@ impl<'d> Engine<'d> {
         queue: usize,
         req: &Request,
     ) -> Result<(Option<Reply>, u64), ReplayError> {
-        self.submit(slot, queue, req)?;
+        self.call_as(slot, queue, req, Caller::ROOT)
+    }
+
+    /// [`Engine::call`] of a request made by `caller`.
+    pub(super) fn call_as(
+        &mut self,
+        slot: usize,
+        queue: usize,
+        req: &Request,
+        caller: Caller,
+    ) -> Result<(Option<Reply>, u64), ReplayError> {
+        self.submit_as(slot, queue, req, caller)?;
         let (done, reply, unique, _) = self.complete()?;
         if done != slot {
             return Err(ReplayError::Protocol(format!(

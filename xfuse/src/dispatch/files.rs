@@ -3,14 +3,19 @@
 //! FLUSH, FSYNC, RELEASE, POSIX locks, IOCTL, POLL and BMAP.
 
 use fuse_backend_rs::abi::fuse_abi::CreateIn as FsCreateIn;
-use fuse_backend_rs::api::filesystem::{Context, Entry, FileLock as FsFileLock, FileSystem, IoctlData};
+use std::io;
+
+use fuse_backend_rs::api::filesystem::{
+    Context, Entry, FileLock as FsFileLock, FileSystem, IoctlData, ZeroCopyReader, ZeroCopyWriter,
+};
+use fuse_backend_rs::file_traits::FileReadWriteVolatile;
 use kmod_shim::abi::{
     self, fopen, req_flags, BmapIn, BmapOut, CopyFileRangeIn, CopyFileRangeOut, CreateIn, FallocateIn,
     FlushIn, FsyncIn, IoctlIn, IoctlOut, LkIn, LkOut, LseekIn, LseekOut, OpenIn, OpenOut, PollIn, PollOut,
     ReadIn, ReleaseIn, WriteIn, WriteOut,
 };
 
-use super::{Dispatcher, Done, Failure, Handled};
+use super::{Data, Dispatcher, Done, Failure, Handled};
 use crate::killpriv::{self, Cause};
 use crate::reply::{entry_out, BodyWriter, DataReader};
 use crate::request::{Args, ParseError};
@@ -111,17 +116,73 @@ pub(super) fn read<F: FileSystem + Sync>(
     ino: u64,
     mut a: Args<'_>,
     w: &mut BodyWriter<'_>,
+    data: Data<'_>,
 ) -> Handled {
     let r: ReadIn = a.fixed()?;
     a.finish()?;
     let size = r.size as usize;
+    let owner = (r.read_flags & req_flags::READ_LOCKOWNER != 0).then_some(r.lock_owner);
+    if let Data::Read(out) = data {
+        if size > d.negotiated.max_reply_bytes() || size > out.available_bytes() {
+            return Err(ParseError::BadCount(u64::from(r.size)).into());
+        }
+        let mut out = Capped {
+            inner: out,
+            left: size,
+        };
+        d.fs.read(
+            ctx,
+            ino.into(),
+            r.fh.into(),
+            &mut out,
+            r.size,
+            r.offset,
+            owner,
+            r.flags,
+        )?;
+        return Ok(Done::Reply);
+    }
     if size > d.negotiated.max_reply_bytes() || size > w.room() {
         return Err(ParseError::BadCount(u64::from(r.size)).into());
     }
     w.limit_to(size);
-    let owner = (r.read_flags & req_flags::READ_LOCKOWNER != 0).then_some(r.lock_owner);
     d.fs.read(ctx, ino.into(), r.fh.into(), w, r.size, r.offset, owner, r.flags)?;
     Ok(Done::Reply)
+}
+
+/// A transport's READ writer held to the `size` the request asked for (as
+/// [`BodyWriter::limit_to`] holds the reply buffer).
+struct Capped<'a> {
+    inner: &'a mut dyn ZeroCopyWriter,
+    left: usize,
+}
+
+impl io::Write for Capped<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(self.left);
+        let n = self.inner.write(&data[..n])?.min(n);
+        self.left -= n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl ZeroCopyWriter for Capped<'_> {
+    fn write_from(&mut self, f: &mut dyn FileReadWriteVolatile, count: usize, off: u64) -> io::Result<usize> {
+        let n = self
+            .inner
+            .write_from(f, count.min(self.left), off)?
+            .min(self.left);
+        self.left -= n;
+        Ok(n)
+    }
+
+    fn available_bytes(&self) -> usize {
+        self.inner.available_bytes().min(self.left)
+    }
 }
 
 pub(super) fn write<F: FileSystem + Sync>(
@@ -130,15 +191,29 @@ pub(super) fn write<F: FileSystem + Sync>(
     ino: u64,
     mut a: Args<'_>,
     w: &mut BodyWriter<'_>,
+    data: Data<'_>,
 ) -> Handled {
     let wi: WriteIn = a.fixed()?;
     let size = wi.size as usize;
     if size > d.negotiated.max_write as usize {
         return Err(ParseError::BadCount(u64::from(wi.size)).into());
     }
-    let data = a.bytes(size)?;
-    a.finish()?;
-    let mut reader = DataReader::new(data);
+    let mut inline;
+    let reader: &mut dyn ZeroCopyReader = match data {
+        Data::Write { reader, len } => {
+            a.finish()?;
+            if len != size {
+                return Err(ParseError::BadCount(u64::from(wi.size)).into());
+            }
+            reader
+        }
+        _ => {
+            let bytes = a.bytes(size)?;
+            a.finish()?;
+            inline = DataReader::new(bytes);
+            &mut inline
+        }
+    };
     let owner = (wi.write_flags & req_flags::WRITE_LOCKOWNER != 0).then_some(wi.lock_owner);
     let delayed = wi.write_flags & req_flags::WRITE_CACHE != 0;
     let mut write_flags = wi.write_flags;
@@ -152,7 +227,7 @@ pub(super) fn write<F: FileSystem + Sync>(
         ctx,
         ino.into(),
         wi.fh.into(),
-        &mut reader,
+        reader,
         wi.size,
         wi.offset,
         owner,

@@ -40,7 +40,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem};
+use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, ZeroCopyReader, ZeroCopyWriter};
 use kmod_shim::abi::{InHeader, Opcode};
 
 use crate::cache::{AdaptiveFs, AdaptiveTtl};
@@ -50,6 +50,40 @@ use crate::passthrough::Passthrough;
 use crate::perm::GroupSource;
 use crate::reply::{entry_out, BodyWriter, Overflow};
 use crate::request::{Args, ParseError};
+
+/// Where the file data of a READ or a WRITE is, for a transport that keeps
+/// it out of the buffers it lends the dispatcher: virtio leaves it in the
+/// guest's own buffers, which the filesystem then reads and writes directly
+/// (`preadv`/`pwritev` on guest memory for a file-backed filesystem)
+/// instead of through a copy.
+pub enum Data<'a> {
+    /// In the request's arguments and the reply buffer, as `dispatch` has it.
+    Inline,
+    /// A WRITE whose arguments end with `fuse_write_in`: its data, exactly
+    /// `len` bytes, comes from `reader`. A `len` other than the request's
+    /// `size` is a malformed request.
+    Write {
+        /// The data, read at most once.
+        reader: &'a mut dyn ZeroCopyReader,
+        /// Bytes `reader` holds.
+        len: usize,
+    },
+    /// A READ whose data goes to `writer`, never into the reply buffer;
+    /// the reply body is what `writer` took (the dispatcher caps it at the
+    /// request's `size`), and the transport frames it. `writer` must not
+    /// offer more than the guest's reply room.
+    Read(&'a mut dyn ZeroCopyWriter),
+}
+
+impl std::fmt::Debug for Data<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Data::Inline => f.write_str("Inline"),
+            Data::Write { len, .. } => write!(f, "Write {{ len: {len} }}"),
+            Data::Read(w) => write!(f, "Read {{ room: {} }}", w.available_bytes()),
+        }
+    }
+}
 
 mod control;
 mod directories;
@@ -286,6 +320,20 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
     /// [`Negotiated::max_reply_bytes`]). Returns the reply to send, or `None`
     /// for requests that take none.
     pub fn dispatch(&self, header: &InHeader, args: Args<'_>, out: &mut [u8]) -> Option<Reply> {
+        self.dispatch_with(header, args, out, Data::Inline)
+    }
+
+    /// [`Dispatcher::dispatch`] of a READ or WRITE whose file data the
+    /// transport keeps where it is ([`Data`]). `data` must match the
+    /// header's opcode: [`Data::Read`] for a READ, [`Data::Write`] for a
+    /// WRITE; for any other request it is ignored.
+    pub fn dispatch_with(
+        &self,
+        header: &InHeader,
+        args: Args<'_>,
+        out: &mut [u8],
+        data: Data<'_>,
+    ) -> Option<Reply> {
         let mut w = BodyWriter::new(out);
         let Some(op) = Opcode::from_raw(header.opcode) else {
             self.stats.unknown.fetch_add(1, Ordering::Relaxed);
@@ -294,7 +342,7 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
         };
         self.stats.requests[Stats::slot(op)].fetch_add(1, Ordering::Relaxed);
         let started = self.stats.timed.then(std::time::Instant::now);
-        let outcome = self.handle(op, header, args, &mut w);
+        let outcome = self.handle(op, header, args, &mut w, data);
         if let Some(started) = started {
             self.stats.end(op, started.elapsed());
         }
@@ -339,7 +387,14 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
 
     /// Routes a request to its opcode's function, as the caller the
     /// filesystem sees (after its `id_remap`).
-    fn handle(&self, op: Opcode, h: &InHeader, a: Args<'_>, w: &mut BodyWriter<'_>) -> Handled {
+    fn handle(
+        &self,
+        op: Opcode,
+        h: &InHeader,
+        a: Args<'_>,
+        w: &mut BodyWriter<'_>,
+        data: Data<'_>,
+    ) -> Handled {
         let mut ctx = Context {
             uid: h.uid,
             gid: h.gid,
@@ -365,8 +420,8 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
             Opcode::Access => entries::access(self, ctx, ino, a, w),
             Opcode::Open => files::open(self, ctx, ino, a, w),
             Opcode::Create => files::create(self, ctx, ino, a, w),
-            Opcode::Read => files::read(self, ctx, ino, a, w),
-            Opcode::Write => files::write(self, ctx, ino, a, w),
+            Opcode::Read => files::read(self, ctx, ino, a, w, data),
+            Opcode::Write => files::write(self, ctx, ino, a, w, data),
             Opcode::Release => files::release(self, ctx, ino, a, w),
             Opcode::Fsync => files::fsync(self, ctx, ino, a, w),
             Opcode::Flush => files::flush(self, ctx, ino, a, w),

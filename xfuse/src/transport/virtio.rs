@@ -17,7 +17,11 @@
 //! that it fits our buffers, before a byte is copied. Request bytes are
 //! copied once out of guest memory into the worker's buffer, where the
 //! dispatcher parses them in place; the reply body is written once into the
-//! guest's buffers.
+//! guest's buffers. File data is not copied by us at all: a WRITE's data
+//! stays in the guest's buffers and a READ's goes straight into them
+//! ([`Data`], the `guest_io` reader and writer), so a file-backed
+//! filesystem moves it with one `pwritev`/`preadv` on guest memory, as
+//! virtiofsd does.
 //!
 //! There is no INIT before the queues run: the guest sends it as its first
 //! request, so this transport answers it (with [`super::handshake`], as a
@@ -33,7 +37,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 
 use fuse_backend_rs::api::filesystem::FileSystem;
-use kmod_shim::abi::{InHeader, Opcode, OutHeader};
+use kmod_shim::abi::{InHeader, Opcode, OutHeader, WriteIn, WriteOut};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
@@ -43,15 +47,19 @@ use virtio_queue::{DescriptorChain, QueueOwnedT};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use super::handshake::{self, Handshake};
 use super::out_header;
-use crate::dispatch::{Dispatcher, DispatcherBuilder, Policy, Reply};
+use crate::dispatch::{Data, Dispatcher, DispatcherBuilder, Policy, Reply};
 use crate::init::{self, InitConfig};
 use crate::ratelimit::LogLimit;
 use crate::request::{split_contiguous, Args, BadRequest};
 use crate::warn_limited;
+
+mod guest_io;
+
+use guest_io::{GuestReader, GuestWriter};
 
 /// Index of the high-priority queue.
 pub const HIPRIO_QUEUE: usize = 0;
@@ -256,6 +264,23 @@ impl ChainLayout {
         }
         Ok(total as u32)
     }
+}
+
+/// Bytes before a WRITE's data: `fuse_in_header` and `fuse_write_in`.
+const WRITE_HEADERS: usize = IN_HEADER + std::mem::size_of::<WriteIn>();
+
+/// The header of a WRITE whose data can be left in guest memory, given the
+/// request's first bytes (`head`, at most [`WRITE_HEADERS`]) and its length
+/// in the chain. Anything else (another opcode, extension headers after the
+/// data, a header whose length disagrees with the chain) takes the path
+/// that copies the request, which answers or refuses it as before.
+fn zero_copy_write(head: &[u8], read_len: usize) -> Option<InHeader> {
+    let (header, _) = InHeader::read_from_prefix(head).ok()?;
+    let plain = header.opcode == Opcode::Write as u32
+        && header.total_extlen == 0
+        && header.len as usize == read_len
+        && head.len() == WRITE_HEADERS;
+    plain.then_some(header)
 }
 
 /// Per-worker buffers: the request as copied out of the guest, and the reply body.
@@ -664,10 +689,28 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
     /// Runs one request; returns the bytes written into the guest's buffers.
     fn handle<M: GuestMemory>(&self, mem: &M, layout: &ChainLayout, bufs: &mut Buffers) -> u32 {
         let n = layout.read_len();
+        // The headers first: a WRITE's data is left in guest memory, for
+        // the filesystem to write from there.
+        let head = n.min(WRITE_HEADERS);
+        if bufs.request.len() < head {
+            bufs.request.resize(head, 0);
+        }
+        let mut reader = GuestReader::new(mem, layout.readable(), 0);
+        if let Err(e) = io::Read::read_exact(&mut reader, &mut bufs.request[..head]) {
+            warn_limited!(
+                self.shared.logs.unreadable,
+                head = layout.head,
+                "reading the request from guest memory: {e}"
+            );
+            return 0;
+        }
+        if let Some(header) = zero_copy_write(&bufs.request[..head], n) {
+            return self.write(mem, layout, header, &mut bufs.request[IN_HEADER..head], reader);
+        }
         if bufs.request.len() < n {
             bufs.request.resize(n, 0);
         }
-        if let Err(e) = layout.read_request(mem, &mut bufs.request[..n]) {
+        if let Err(e) = io::Read::read_exact(&mut reader, &mut bufs.request[head..n]) {
             warn_limited!(
                 self.shared.logs.unreadable,
                 head = layout.head,
@@ -706,6 +749,27 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
             .write_len()
             .saturating_sub(OUT_HEADER)
             .min(dispatcher.negotiated().max_reply_bytes());
+        if header.opcode == Opcode::Read as u32 {
+            // The data goes straight into the guest's buffers after the
+            // out header; only the header is written here.
+            let mut data = GuestWriter::new(mem, layout.writable(), OUT_HEADER, room);
+            let reply =
+                dispatcher.dispatch_with(&header, Args::contiguous(args), &mut [], Data::Read(&mut data));
+            let Some(reply) = reply else { return 0 };
+            let body_len = if reply.error == 0 { data.written() } else { 0 };
+            let header = out_header(reply.unique, reply.error, body_len);
+            return match layout.write_reply(mem, &[header.as_bytes()]) {
+                Ok(n) => n + body_len as u32,
+                Err(e) => {
+                    warn_limited!(
+                        self.shared.logs.lost_reply,
+                        unique = reply.unique,
+                        "reply does not reach the guest: {e}"
+                    );
+                    0
+                }
+            };
+        }
         if bufs.reply.len() < room {
             bufs.reply.resize(room, 0);
         }
@@ -725,6 +789,40 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFsBackend<F> {
             dispatcher.reply_lost(&reply);
         }
         used
+    }
+
+    /// A WRITE whose data stays in guest memory: `args` is its
+    /// `fuse_write_in`, `data` the rest of the readable buffers.
+    fn write<M: GuestMemory>(
+        &self,
+        mem: &M,
+        layout: &ChainLayout,
+        header: InHeader,
+        args: &mut [u8],
+        mut data: GuestReader<'_, M>,
+    ) -> u32 {
+        let dispatcher = self.shared.conn.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(dispatcher) = dispatcher else {
+            warn_limited!(
+                self.shared.logs.before_init,
+                opcode = header.opcode,
+                "request before INIT: EIO"
+            );
+            return self.send(mem, layout, header.unique, -libc::EIO, &[]);
+        };
+        let mut body = [0u8; std::mem::size_of::<WriteOut>()];
+        let len = data.len();
+        let reply = dispatcher.dispatch_with(
+            &header,
+            Args::contiguous(args),
+            &mut body,
+            Data::Write {
+                reader: &mut data,
+                len,
+            },
+        );
+        let Some(reply) = reply else { return 0 };
+        self.send(mem, layout, reply.unique, reply.error, &body[..reply.body_len])
     }
 
     fn init<M: GuestMemory>(&self, mem: &M, layout: &ChainLayout, header: &InHeader, args: &mut [u8]) -> u32 {
@@ -1105,21 +1203,87 @@ mod tests {
 
     use std::time::Duration;
 
-    struct Guest {
+    struct Guest<F = OneName> {
         mem: GuestMemoryMmap,
-        backend: VirtioFsBackend<OneName>,
+        backend: VirtioFsBackend<F>,
         bufs: Buffers,
         next: u64,
     }
 
     impl Guest {
         fn new() -> Guest {
+            Guest::with_fs(OneName)
+        }
+    }
+
+    impl<F: FileSystem + Send + Sync + 'static> Guest<F> {
+        fn with_fs(fs: F) -> Guest<F> {
             Guest {
                 mem: memory(),
-                backend: VirtioFsBackend::new(OneName, VirtioConfig::default()).unwrap(),
+                backend: VirtioFsBackend::new(fs, VirtioConfig::default()).unwrap(),
                 bufs: Buffers::default(),
                 next: 1,
             }
+        }
+
+        /// Sends `request` as one chain: its bytes cut into readable
+        /// descriptors of `read_cuts` bytes (the last takes the rest), then
+        /// writable descriptors of `write_lens` bytes, scattered over guest
+        /// memory. Returns the reply's header and body.
+        fn call_scattered(
+            &mut self,
+            request: &Request,
+            read_cuts: &[usize],
+            write_lens: &[u32],
+        ) -> Option<(OutHeader, Vec<u8>)> {
+            let unique = request.header().unique;
+            let bytes = request.to_bytes();
+            let mut descs = Vec::new();
+            let mut at = 0;
+            // Every buffer on its own 64 KiB slot, at an odd offset.
+            let mut slot = DATA;
+            for (i, &cut) in read_cuts.iter().chain([&usize::MAX]).enumerate() {
+                let end = if i == read_cuts.len() {
+                    bytes.len()
+                } else {
+                    (at + cut).min(bytes.len())
+                };
+                if end > at {
+                    self.mem
+                        .write_slice(&bytes[at..end], GuestAddress(slot + 8))
+                        .unwrap();
+                    descs.push(desc(slot + 8, (end - at) as u32, false));
+                    slot += 0x1_0000;
+                }
+                at = end;
+            }
+            let mut reply_bufs = Vec::new();
+            for &len in write_lens {
+                self.mem
+                    .write_slice(&vec![0xee; len as usize], GuestAddress(slot + 8))
+                    .unwrap();
+                descs.push(desc(slot + 8, len, true));
+                reply_bufs.push((slot + 8, len));
+                slot += 0x1_0000;
+            }
+            let queue = MockSplitQueue::new(&self.mem, 64);
+            let chain = queue.build_desc_chain(&descs).unwrap();
+            let layout = ChainLayout::parse(chain, 1 << 20).unwrap();
+            let used = self.backend.handle(&self.mem, &layout, &mut self.bufs);
+            if used == 0 {
+                return None;
+            }
+            let mut out = Vec::new();
+            for (addr, len) in reply_bufs {
+                let mut b = vec![0u8; len as usize];
+                self.mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
+                out.extend(b);
+            }
+            out.truncate(used as usize);
+            let (h, body) = OutHeader::read_from_prefix(&out).unwrap();
+            assert_eq!(h.unique, unique);
+            assert_eq!(h.len, used);
+            Some((h, body.to_vec()))
         }
 
         /// Sends `opcode` with `args` (a correct header unless `len` is
@@ -1284,5 +1448,181 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// One file, read and written through the transport's zero-copy
+    /// reader and writer (PassthroughFs's way), or through `io::Read` and
+    /// `io::Write` with a buffer of its own (MetaFs's way).
+    struct OneFile {
+        file: Mutex<std::fs::File>,
+        buffered: bool,
+    }
+
+    impl FileSystem for OneFile {
+        type Inode = u64;
+        type Handle = u64;
+
+        #[allow(clippy::too_many_arguments)]
+        fn read(
+            &self,
+            _: &Context,
+            _: u64,
+            _: u64,
+            w: &mut dyn fuse_backend_rs::api::filesystem::ZeroCopyWriter,
+            size: u32,
+            offset: u64,
+            _: Option<u64>,
+            _: u32,
+        ) -> io::Result<usize> {
+            let mut f = self.file.lock().unwrap();
+            if self.buffered {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; size as usize];
+                let n = f.read_at(&mut buf, offset)?;
+                w.write_all(&buf[..n])?;
+                return Ok(n);
+            }
+            w.write_from(&mut *f, size as usize, offset)
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        fn write(
+            &self,
+            _: &Context,
+            _: u64,
+            _: u64,
+            r: &mut dyn fuse_backend_rs::api::filesystem::ZeroCopyReader,
+            size: u32,
+            offset: u64,
+            _: Option<u64>,
+            _: bool,
+            _: u32,
+            _: u32,
+        ) -> io::Result<usize> {
+            let mut f = self.file.lock().unwrap();
+            if self.buffered {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; size as usize];
+                r.read_exact(&mut buf)?;
+                f.write_all_at(&buf, offset)?;
+                return Ok(buf.len());
+            }
+            r.read_to(&mut *f, size as usize, offset)
+        }
+    }
+
+    fn write_request(unique: u64, offset: u64, data: &[u8]) -> Request {
+        let wi = WriteIn {
+            fh: 1,
+            offset,
+            size: data.len() as u32,
+            ..Default::default()
+        };
+        Request::new(Opcode::Write)
+            .unique(unique)
+            .nodeid(2)
+            .fixed(&wi)
+            .bytes(data)
+    }
+
+    fn read_request(unique: u64, offset: u64, size: u32) -> Request {
+        let ri = kmod_shim::abi::ReadIn {
+            fh: 1,
+            offset,
+            size,
+            ..Default::default()
+        };
+        Request::new(Opcode::Read).unique(unique).nodeid(2).fixed(&ri)
+    }
+
+    #[test]
+    fn reads_and_writes_move_data_between_the_file_and_scattered_guest_buffers() {
+        let data: Vec<u8> = (0..3 * 4096 + 123)
+            .map(|i: usize| (i * 31 + i / 4096) as u8)
+            .collect();
+        for buffered in [false, true] {
+            let file = tempfile::tempfile().unwrap();
+            let mut guest = Guest::with_fs(OneFile {
+                file: Mutex::new(file.try_clone().unwrap()),
+                buffered,
+            });
+            guest.init();
+            // As Linux lays a WRITE out: header, fuse_write_in, then the
+            // data a page per descriptor; and once all in one descriptor,
+            // and cut in odd places (the split is by bytes, not buffers).
+            for (k, cuts) in [vec![40, 40, 4096, 4096, 4096], vec![], vec![7, 100, 1, 5000]]
+                .into_iter()
+                .enumerate()
+            {
+                let offset = 1000 * k as u64;
+                let (h, body) = guest
+                    .call_scattered(&write_request(10 + k as u64, offset, &data), &cuts, &[16, 8])
+                    .unwrap();
+                assert_eq!(h.error, 0, "buffered {buffered}, cuts {cuts:?}");
+                let out = WriteOut::read_from_bytes(&body).unwrap();
+                assert_eq!(out.size as usize, data.len());
+                let mut back = vec![0u8; data.len()];
+                use std::os::unix::fs::FileExt;
+                file.read_exact_at(&mut back, offset).unwrap();
+                assert_eq!(back, data, "buffered {buffered}, cuts {cuts:?}");
+            }
+            // READ: the header in its own buffer, the data over pages; the
+            // file ends before the request does (a short read).
+            let end = 2000 + data.len() as u64;
+            let (h, body) = guest
+                .call_scattered(&read_request(20, end - 5000, 8192), &[], &[16, 4096, 4096, 4096])
+                .unwrap();
+            assert_eq!(h.error, 0);
+            assert_eq!(body.len(), 5000);
+            assert_eq!(body[..], data[data.len() - 5000..], "buffered {buffered}");
+            // Header and data in one buffer.
+            let (h, body) = guest
+                .call_scattered(&read_request(21, 2000, 100), &[], &[4096])
+                .unwrap();
+            assert_eq!((h.error, &body[..]), (0, &data[..100]));
+            // More asked than the guest has room for: refused, nothing read.
+            let (h, body) = guest
+                .call_scattered(&read_request(22, 0, 8192), &[], &[16, 4096])
+                .unwrap();
+            assert_eq!((h.error, body.len()), (-libc::EINVAL, 0));
+            // No file data went through the transport's own buffers.
+            let (request, reply) = (guest.bufs.request.len(), guest.bufs.reply.len());
+            assert!(
+                request < 4096 && reply < 4096,
+                "buffers of {request} and {reply} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn a_write_whose_lengths_disagree_is_refused_without_touching_the_file() {
+        let file = tempfile::tempfile().unwrap();
+        let mut guest = Guest::with_fs(OneFile {
+            file: Mutex::new(file.try_clone().unwrap()),
+            buffered: false,
+        });
+        guest.init();
+        // fuse_write_in says 100 bytes, the chain carries 50.
+        let wi = WriteIn {
+            fh: 1,
+            size: 100,
+            ..Default::default()
+        };
+        let req = Request::new(Opcode::Write)
+            .unique(5)
+            .nodeid(2)
+            .fixed(&wi)
+            .bytes(&[1; 50]);
+        let (h, _) = guest.call_scattered(&req, &[80], &[16, 8]).unwrap();
+        assert_eq!(h.error, -libc::EINVAL);
+        // The header says more bytes than the chain holds.
+        let req = write_request(6, 0, &[2; 50]).claim_len(4000);
+        let (h, _) = guest.call_scattered(&req, &[80], &[16, 8]).unwrap();
+        assert_eq!(h.error, -libc::EINVAL);
+        // Headers cut short: the request is shorter than fuse_write_in.
+        let req = Request::new(Opcode::Write).unique(7).nodeid(2).bytes(&[0; 20]);
+        let (h, _) = guest.call_scattered(&req, &[], &[16, 8]).unwrap();
+        assert_eq!(h.error, -libc::EINVAL);
+        assert_eq!(file.metadata().unwrap().len(), 0, "nothing was written");
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Args;
 use fuse_backend_rs::passthrough::{Config as PassthroughConfig, PassthroughFs};
+use xfuse::idmap::{IdMap, IdMaps, IdRule};
 use xfused::client::{
     open_namespace, AuthArgs, EngineArgs, NamespaceSpec, CHUNK_SIZE_KIB_DEFAULT, DATA_DIR_DEFAULT,
     LEASE_MS_DEFAULT,
@@ -91,6 +92,29 @@ pub struct VirtiofsArgs {
     /// chain counters at exit.
     #[arg(long)]
     stats: bool,
+    /// Translate the guest's user ids (repeatable; without it uids pass
+    /// unchanged and guest root is host root). RULE is
+    /// `map:GUEST:HOST:COUNT` (guest uids GUEST.. are host uids HOST..,
+    /// COUNT of them, both ways) or `squash-guest:GUEST:COUNT:HOST` (COUNT
+    /// guest uids from GUEST all act as host uid HOST); no two rules may
+    /// claim the same guest uid, nor two maps the same host uid. Once
+    /// given: a guest caller no rule names acts as uid 65534 (nobody, as
+    /// NFS's root_squash; refusing it would also refuse the guest kernel's
+    /// own requests, which carry uid 0); host uids no map names show as
+    /// 65534 in the guest; a chown to a uid no rule names is refused
+    /// (EINVAL); device nodes can be made only by a caller that is host
+    /// root; POSIX ACLs and file capabilities are translated too. Example,
+    /// guest root as host uid 1000 and nobody else: --translate-uid
+    /// map:0:1000:1
+    #[arg(long, value_name = "RULE")]
+    translate_uid: Vec<IdRule>,
+    /// Translate the guest's group ids (repeatable), as --translate-uid
+    /// does user ids: `map:GUEST:HOST:COUNT` or
+    /// `squash-guest:GUEST:COUNT:HOST`; unmapped callers act as gid 65534,
+    /// unmapped host gids show as 65534, a chgrp to an unmapped gid is
+    /// refused (EINVAL).
+    #[arg(long, value_name = "RULE")]
+    translate_gid: Vec<IdRule>,
     /// With --meta tcp://.
     #[command(flatten)]
     auth: AuthArgs,
@@ -104,6 +128,10 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
     if !args.queue_size.is_power_of_two() {
         bail!("--queue-size {} is not a power of two", args.queue_size);
     }
+    let ids = IdMaps {
+        uid: IdMap::new(args.translate_uid.clone()).context("--translate-uid")?,
+        gid: IdMap::new(args.translate_gid.clone()).context("--translate-gid")?,
+    };
     // The sockets before the sandbox (xfused::serve::sandbox): the
     // vhost-user socket in the host's file tree, metrics in its network.
     let metrics_bound = metrics::Bound::bind(&args.metrics)?;
@@ -154,7 +182,7 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
         let result = serve_vm_on(
             ns.fs.clone(),
             listener,
-            &vm(&args, metrics.as_ref()),
+            &vm(&args, metrics.as_ref(), &ids, false),
             &what,
             remove_socket,
         );
@@ -206,12 +234,10 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
     // Opens /proc/self/fd and /proc/self/mountinfo: the sandbox's /proc.
     let fs = PassthroughFs::<()>::new(cfg).context("setting up PassthroughFs")?;
     sandbox::enter_share(mode, source)?;
-    // PassthroughFs switches to the guest caller's uid to create files and,
-    // with file handles, reopens the parent by handle inside that window,
-    // which needs CAP_DAC_READ_SEARCH kept across the uid switch: only then
-    // are capabilities kept across it, and only the reduced set. (The guest
-    // kernel checks permissions itself: virtio-fs mounts use
-    // default_permissions.)
+    // PassthroughFs switches to the guest caller's uid to create files; the
+    // reduced capability set is kept across that switch (see
+    // sandbox::confine: the guest kernel has checked permissions with
+    // groups PassthroughFs does not switch to).
     sandbox::confine(
         &sandbox::capabilities_for(served, file_handles),
         file_handles,
@@ -222,7 +248,8 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
     serve_vm_on(
         fs,
         listener,
-        &vm(&args, metrics.as_ref()),
+        // PassthroughFs lists no "." and "..".
+        &vm(&args, metrics.as_ref(), &ids, true),
         &source.display().to_string(),
         remove_socket,
     )
@@ -239,7 +266,12 @@ fn shared_dir(source: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// What serving to VMs takes from the flags.
-fn vm<'a>(args: &'a VirtiofsArgs, metrics: Option<&'a Endpoint>) -> VmServing<'a> {
+fn vm<'a>(
+    args: &'a VirtiofsArgs,
+    metrics: Option<&'a Endpoint>,
+    ids: &'a IdMaps,
+    add_dot_entries: bool,
+) -> VmServing<'a> {
     VmServing {
         socket: &args.socket,
         request_queues: args.queues,
@@ -250,5 +282,7 @@ fn vm<'a>(args: &'a VirtiofsArgs, metrics: Option<&'a Endpoint>) -> VmServing<'a
         keep_listening: args.keep_listening,
         stats: args.stats,
         metrics,
+        ids,
+        add_dot_entries,
     }
 }
