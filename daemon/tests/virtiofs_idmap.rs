@@ -142,6 +142,13 @@ fn mapped_guest(extra: &[&str], xattrs: bool) {
                 GUEST_ROOT,
             )
             .unwrap();
+        // A hard link of it (LINK is linkat(AT_EMPTY_PATH) on a descriptor
+        // opened under the mapped user's credentials).
+        let linked = guest
+            .entry(&Request::link(entry.nodeid, ROOT, "f-link"), GUEST_ROOT)
+            .unwrap_or_else(|e| panic!("LINK of guest root's file: {e:?}"));
+        assert_eq!(linked.nodeid, entry.nodeid);
+        assert_eq!(std::fs::metadata(share.join("f-link")).unwrap().nlink(), 2);
 
         // The set-user-ID case: chmod 04755 by guest root gives a program
         // that runs as host uid 1000, not root.

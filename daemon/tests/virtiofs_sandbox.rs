@@ -25,11 +25,13 @@ use vm_tests::procfs;
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID, CAP_SETGID,
-/// CAP_SETUID, CAP_MKNOD, CAP_SETFCAP (<linux/capability.h>: bits 0, 1, 3,
-/// 4, 6, 7, 27, 31): virtiofsd's set. Confined, inodes are O_PATH
-/// descriptors, so CAP_DAC_READ_SEARCH (bit 2) is not kept.
-const FILE_SERVER_CAPS: u64 = 0x8800_00db;
+/// CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER,
+/// CAP_FSETID, CAP_SETGID, CAP_SETUID, CAP_MKNOD, CAP_SETFCAP
+/// (<linux/capability.h>: bits 0 to 4, 6, 7, 27, 31): virtiofsd's set and
+/// CAP_DAC_READ_SEARCH, which LINK's `linkat(AT_EMPTY_PATH)` needs for a
+/// file a guest user created (the seccomp filter still refuses
+/// open_by_handle_at when inodes are O_PATH descriptors).
+const FILE_SERVER_CAPS: u64 = 0x8800_00df;
 
 fn able() -> bool {
     if !rustix::process::geteuid().is_root() {

@@ -249,30 +249,29 @@ pub fn enter_share(mode: SandboxArg, dir: &Path) -> anyhow::Result<()> {
 
 /// The capabilities serving needs after setup.
 ///
-/// A shared directory (virtiofsd's set, plus CAP_DAC_READ_SEARCH for
-/// open_by_handle_at when inodes are file handles): files are created,
+/// A shared directory (virtiofsd's set, plus CAP_DAC_READ_SEARCH: LINK is
+/// `linkat(fd, "", AT_EMPTY_PATH)`, which needs it unless the descriptor
+/// was opened under the same credentials, and PassthroughFs opens a new
+/// file's under the guest caller's; with file handles, open_by_handle_at
+/// needs it too, and only then does the seccomp filter allow that call):
+/// files are created,
 /// chowned, chmodded and given device numbers and file capabilities on the
 /// guest's behalf, and threads switch to the guest caller's uid and gid
 /// around creates. The distributed filesystem needs none: its files (chunk
 /// store, engine) are the server's own, and it never switches uids.
-pub fn capabilities_for(served: Served<'_>, file_handles: bool) -> Vec<Capability> {
+pub fn capabilities_for(served: Served<'_>) -> Vec<Capability> {
     match served {
-        Served::Directory(_) => {
-            let mut caps = vec![
-                Capability::Chown,
-                Capability::DacOverride,
-                Capability::Fowner,
-                Capability::Fsetid,
-                Capability::Setgid,
-                Capability::Setuid,
-                Capability::Mknod,
-                Capability::Setfcap,
-            ];
-            if file_handles {
-                caps.push(Capability::DacReadSearch);
-            }
-            caps
-        }
+        Served::Directory(_) => vec![
+            Capability::Chown,
+            Capability::DacOverride,
+            Capability::DacReadSearch,
+            Capability::Fowner,
+            Capability::Fsetid,
+            Capability::Setgid,
+            Capability::Setuid,
+            Capability::Mknod,
+            Capability::Setfcap,
+        ],
         Served::Distributed => Vec::new(),
     }
 }
@@ -576,14 +575,11 @@ mod tests {
 
     #[test]
     fn the_distributed_filesystem_keeps_no_capability_and_a_directory_the_file_servers_set() {
-        assert!(capabilities_for(Served::Distributed, true).is_empty());
-        let dir = Served::Directory(Path::new("/srv"));
-        let with_handles = capabilities_for(dir, true);
-        assert!(with_handles.contains(&Capability::DacReadSearch));
-        assert!(!capabilities_for(dir, false).contains(&Capability::DacReadSearch));
-        assert!(!with_handles.contains(&Capability::Setpcap));
+        assert!(capabilities_for(Served::Distributed).is_empty());
+        let caps = capabilities_for(Served::Directory(Path::new("/srv")));
+        assert!(!caps.contains(&Capability::Setpcap));
         assert_eq!(
-            shim::capability_mask(&with_handles),
+            shim::capability_mask(&caps),
             0x8800_00df,
             "chown dac_override dac_read_search fowner fsetid setgid setuid mknod setfcap"
         );

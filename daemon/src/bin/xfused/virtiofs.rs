@@ -176,7 +176,7 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
             atime: kmod_shim::Atime::Relatime,
             local_data: args.data.is_some(),
         })?;
-        sandbox::confine(&sandbox::capabilities_for(served, false), false, seccomp, served)?;
+        sandbox::confine(&sandbox::capabilities_for(served), false, seccomp, served)?;
         let metrics = metrics_bound.map(metrics::Bound::serve).transpose()?;
         let what = format!("namespace {} with data in {}", ns.url, ns.data.display());
         let result = serve_vm_on(
@@ -238,12 +238,7 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
     // reduced capability set is kept across that switch (see
     // sandbox::confine: the guest kernel has checked permissions with
     // groups PassthroughFs does not switch to).
-    sandbox::confine(
-        &sandbox::capabilities_for(served, file_handles),
-        file_handles,
-        seccomp,
-        served,
-    )?;
+    sandbox::confine(&sandbox::capabilities_for(served), file_handles, seccomp, served)?;
     let metrics = metrics_bound.map(metrics::Bound::serve).transpose()?;
     serve_vm_on(
         fs,
