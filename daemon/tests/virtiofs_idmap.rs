@@ -32,6 +32,15 @@ const MAPPED: [&str; 6] = [
     "map:0:1000:1",
 ];
 
+/// A temporary directory named with `prefix`, and a new directory `name`
+/// in it (the share, or the store).
+fn scratch(prefix: &str, name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let root = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let dir = root.path().join(name);
+    std::fs::create_dir(&dir).unwrap();
+    (root, dir)
+}
+
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
@@ -107,12 +116,7 @@ fn mapped_guest(extra: &[&str], xattrs: bool) {
         common::missing("root (xfused switches to the callers' ids to create files)");
         return;
     }
-    let root = tempfile::Builder::new()
-        .prefix("xfuse-it-idmap.")
-        .tempdir()
-        .unwrap();
-    let share = root.path().join("share");
-    std::fs::create_dir(&share).unwrap();
+    let (root, share) = scratch("xfuse-it-idmap.", "share");
     // Everybody may create in the share: the guest's callers are ordinary
     // host users now.
     std::fs::set_permissions(&share, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -268,12 +272,7 @@ fn without_translation_guest_root_is_host_root() {
         common::missing("root (xfused switches to the callers' ids to create files)");
         return;
     }
-    let root = tempfile::Builder::new()
-        .prefix("xfuse-it-idmap.")
-        .tempdir()
-        .unwrap();
-    let share = root.path().join("share");
-    std::fs::create_dir(&share).unwrap();
+    let (root, share) = scratch("xfuse-it-idmap.", "share");
     let backend = Backend::xfused(Path::new(XFUSED), &[]);
     with_guest(&backend, &share, root.path(), |guest| {
         guest
@@ -292,12 +291,7 @@ fn the_distributed_filesystem_is_translated_too() {
         common::missing("root (xfused virtiofs --meta keeps its store under root's umask rules)");
         return;
     }
-    let root = tempfile::Builder::new()
-        .prefix("xfuse-it-idmap-meta.")
-        .tempdir()
-        .unwrap();
-    let store = root.path().join("store");
-    std::fs::create_dir(&store).unwrap();
+    let (root, store) = scratch("xfuse-it-idmap-meta.", "store");
     let mapped = Backend::xfused_meta(Path::new(XFUSED), &MAPPED);
     with_guest(&mapped, &store, root.path(), |guest| {
         let e = guest
