@@ -592,6 +592,40 @@ fn listing_cookies_resume(m: &Mount) {
         let got: Vec<&[u8]> = rest.iter().map(|(n, _)| n.as_slice()).collect();
         assert_eq!(got, expected, "resumed after entry {i} ({})", m.describe());
     }
+    // As xfstests' t_dir_offset2 (generic/257, 637): on one descriptor,
+    // seek back to each entry's start (the cookie before it), last to
+    // first, and read it again, in 200-byte getdents calls.
+    let fd = File::open(&dir).expect("opendir");
+    let first_pass = first_entries(&fd, 0, all.len());
+    for i in (0..all.len()).rev() {
+        let start = if i == 0 { 0 } else { all[i - 1].1 };
+        let again = first_entries(&fd, start, 1);
+        assert_eq!(
+            again.first(),
+            first_pass.get(i),
+            "entry {i} after seeking to its start ({})",
+            m.describe()
+        );
+    }
+}
+
+/// Up to `count` (name, inode) entries of `fd` from `cookie`, read in
+/// 200-byte getdents64 calls.
+fn first_entries(fd: &File, cookie: u64, count: usize) -> Vec<(Vec<u8>, u64)> {
+    rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(cookie)).expect("seekdir");
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 200];
+    let mut raw = rustix::fs::RawDir::new(fd, &mut buf);
+    let mut out = Vec::new();
+    while out.len() < count {
+        match raw.next() {
+            Some(entry) => {
+                let entry = entry.expect("getdents64");
+                out.push((entry.file_name().to_bytes().to_vec(), entry.ino()));
+            }
+            None => break,
+        }
+    }
+    out
 }
 
 #[test]
@@ -1122,4 +1156,75 @@ fn unprivileged_write_clears_setuid() {
         .mode()
         & 0o7777;
     assert_eq!(src_mode, 0o777, "source file still set-user-ID: {src_mode:o}");
+}
+
+/// xfstests generic/637: a directory changed while one descriptor of it is
+/// half read is seen changed by a new descriptor: no removed name, every
+/// new one, each name with its inode number.
+fn changes_seen_by_a_new_descriptor(m: &Mount) {
+    let dir = m.mnt().join("changing");
+    fs::create_dir(&dir).expect("mkdir changing");
+    for n in 1..=100 {
+        File::create(dir.join(n.to_string())).expect("create");
+    }
+    let mut removed = Vec::new();
+    for n in (10..=100).step_by(10) {
+        // Half read: one small getdents on an open descriptor.
+        let open = File::open(&dir).expect("opendir");
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 200];
+        let mut raw = rustix::fs::RawDir::new(&open, &mut buf);
+        assert!(raw.next().is_some(), "a first entry");
+        fs::remove_file(dir.join(n.to_string())).expect("unlink");
+        removed.push(n.to_string());
+        File::create(dir.join(format!("new{n}"))).expect("create new");
+        let fresh = File::open(&dir).expect("opendir again");
+        let listed = read_from(&fresh, 0);
+        let names: std::collections::HashSet<String> = listed
+            .iter()
+            .map(|(name, _)| String::from_utf8_lossy(name).into_owned())
+            .collect();
+        for gone in &removed {
+            assert!(
+                !names.contains(gone),
+                "{gone} listed after its unlink ({})",
+                m.describe()
+            );
+        }
+        assert!(
+            names.contains(&format!("new{n}")),
+            "new{n} not listed ({})",
+            m.describe()
+        );
+        let fresh = File::open(&dir).expect("opendir again");
+        let stream = rustix::fs::Dir::read_from(&fresh).expect("fdopendir");
+        for entry in stream {
+            let entry = entry.expect("readdir");
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let st = fs::symlink_metadata(dir.join(&name)).expect("stat a listed name");
+            assert_eq!(
+                entry.ino(),
+                st.ino(),
+                "{name}: d_ino against st_ino ({})",
+                m.describe()
+            );
+        }
+    }
+}
+
+#[test]
+fn changes_seen_by_a_new_descriptor_on_passthrough() {
+    changes_seen_by_a_new_descriptor(&Mount::start(&[]));
+}
+
+#[test]
+fn changes_seen_by_a_new_descriptor_with_adaptive_caching() {
+    changes_seen_by_a_new_descriptor(&Mount::start(&["--cache-policy", "adaptive"]));
+}
+
+#[test]
+fn changes_seen_by_a_new_descriptor_on_xfused_mount() {
+    changes_seen_by_a_new_descriptor(&Mount::start_meta(&[]));
 }

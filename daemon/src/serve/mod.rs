@@ -196,9 +196,11 @@ pub struct Mounting<'a> {
     /// ([`Policy::umask_yields_to_default_acl`]). False for a filesystem
     /// that keeps the rule itself.
     pub umask_yields_to_default_acl: bool,
-    /// The filesystem lists no "." and "..": the dispatcher adds them
-    /// ([`Policy::add_dot_entries`]).
-    pub add_dot_entries: bool,
+    /// The filesystem is fuse-backend-rs's PassthroughFs, whose listings
+    /// the dispatcher corrects: it adds "." and ".."
+    /// ([`Policy::add_dot_entries`]) and serves READDIR through
+    /// READDIRPLUS, for the inode numbers ([`Policy::readdir_through_readdirplus`]).
+    pub passthrough_fs_listings: bool,
     /// What the running kernel offers.
     pub kernel: kmod_shim::probe::KernelInfo,
     /// Installed before mounting, so that a signal from then on unmounts.
@@ -344,7 +346,8 @@ where
         // search with a zero entry timeout; adaptive timeouts must keep it.
         zero_entry_timeout_stands: args.permissions == PermissionsArg::Daemon,
         umask_yields_to_default_acl: m.umask_yields_to_default_acl,
-        add_dot_entries: m.add_dot_entries,
+        add_dot_entries: m.passthrough_fs_listings,
+        readdir_through_readdirplus: m.passthrough_fs_listings,
     });
     let adaptive = tracer.and_then(|t| adaptive::install(args, m.mountpoint, t, &mut session));
     let agreed = session

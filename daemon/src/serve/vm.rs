@@ -38,9 +38,10 @@ pub struct VmServing<'a> {
     /// User and group ids translated between the guest and the host
     /// (`xfuse::idmap`); none given: ids pass unchanged.
     pub ids: &'a IdMaps,
-    /// The filesystem lists no "." and "..": the dispatcher adds them
-    /// (`Policy::add_dot_entries`).
-    pub add_dot_entries: bool,
+    /// The filesystem is fuse-backend-rs's PassthroughFs, whose listings
+    /// the dispatcher corrects (`Policy::add_dot_entries`,
+    /// `Policy::readdir_through_readdirplus`).
+    pub passthrough_fs_listings: bool,
 }
 
 /// Serves `fs` to VMs on the socket, until the last VMM leaves or a signal.
@@ -110,7 +111,8 @@ where
         policy: Policy {
             negative_timeout: Duration::from_millis(args.negative_timeout_ms),
             open_noflush: true,
-            add_dot_entries: args.add_dot_entries,
+            add_dot_entries: args.passthrough_fs_listings,
+            readdir_through_readdirplus: args.passthrough_fs_listings,
             ..Default::default()
         },
         report_stats: args.stats,

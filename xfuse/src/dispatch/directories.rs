@@ -82,6 +82,18 @@ fn list<F: FileSystem + Sync>(
             outer(&mut de);
             Ok(push_dirent(w, &de, Some(&e)))
         })?;
+    } else if d.policy.readdir_through_readdirplus {
+        d.fs.readdirplus(ctx, ino.into(), r.fh.into(), r.size, offset, &mut |mut de, e| {
+            outer(&mut de);
+            let pushed = push_dirent(w, &de, None);
+            // Listed without its entry: the lookup the filesystem took for
+            // it goes back now (a record that did not fit is the
+            // filesystem's to give back, as for READDIRPLUS).
+            if pushed != 0 && e.inode != 0 {
+                d.fs.forget(ctx, e.inode.into(), 1);
+            }
+            Ok(pushed)
+        })?;
     } else {
         d.fs.readdir(ctx, ino.into(), r.fh.into(), r.size, offset, &mut |mut de| {
             outer(&mut de);

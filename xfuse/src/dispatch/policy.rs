@@ -51,6 +51,14 @@ pub struct Policy {
     /// and 2; the filesystem's own offsets are moved up by 2 (so they stay
     /// stable, and seekable with `telldir`/`seekdir`).
     pub add_dot_entries: bool,
+    /// Serve READDIR through the filesystem's READDIRPLUS, dropping the
+    /// entries (and the lookup each took): for filesystems whose READDIR
+    /// reports other inode numbers than their READDIRPLUS, GETATTR and
+    /// LOOKUP do (fuse-backend-rs 0.14's PassthroughFs gives its node ids
+    /// there, the host's inode numbers everywhere else, so `d_ino` changed
+    /// with the kernel's choice of request: xfstests generic/257, 637). It
+    /// costs what that READDIR cost: a lookup per entry.
+    pub readdir_through_readdirplus: bool,
 }
 
 impl<F: FileSystem + Sync> Dispatcher<F> {

@@ -112,6 +112,43 @@ impl FileSystem for TinyFs {
         }
         Ok(())
     }
+
+    /// As `readdir`, with inode numbers 1000 higher (as PassthroughFs's
+    /// two listings disagree), and a lookup counted for every entry,
+    /// given back here for one that did not fit.
+    fn readdirplus(
+        &self,
+        _: &Context,
+        _: u64,
+        _: u64,
+        _: u32,
+        offset: u64,
+        add: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        for i in offset..100 {
+            let name = format!("entry-{i}");
+            self.lookups.fetch_add(1, Ordering::Relaxed);
+            let entry = Entry {
+                inode: 10 + i,
+                attr: stat(1010 + i),
+                ..Default::default()
+            };
+            let n = add(
+                DirEntry {
+                    ino: 1010 + i,
+                    offset: i + 1,
+                    type_: 8,
+                    name: name.as_bytes(),
+                },
+                entry,
+            )?;
+            if n == 0 {
+                self.forgets.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn negotiated() -> Negotiated {
@@ -380,6 +417,37 @@ fn dot_entries_come_first_and_offsets_stay_seekable() {
     assert_eq!(list(1), named(&[("..", 2), ("entry-0", 3), ("entry-1", 4)]));
     assert_eq!(list(2), named(&[("entry-0", 3), ("entry-1", 4), ("entry-2", 5)]));
     assert_eq!(list(4), named(&[("entry-2", 5), ("entry-3", 6), ("entry-4", 7)]));
+}
+
+#[test]
+fn readdir_through_readdirplus_takes_its_inode_numbers_and_keeps_no_lookup() {
+    let mut b = DispatcherBuilder::new(TinyFs::default(), negotiated());
+    b.set_policy(Policy {
+        readdir_through_readdirplus: true,
+        ..Default::default()
+    });
+    let d = b.build();
+    let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
+    let read = ReadIn {
+        size: 100,
+        ..Default::default()
+    };
+    let r = run(&d, message(Opcode::Readdir as u32, 1, read.as_bytes()), &mut out).unwrap();
+    // Three 32-byte records fit; READDIRPLUS's inode numbers.
+    assert_eq!((r.error, r.body_len), (0, 96));
+    let first = Dirent::read_from_prefix(&out).unwrap().0;
+    assert_eq!((first.ino, first.off), (1010, 1));
+    let fs = d.fs();
+    assert_eq!(
+        fs.lookups.load(Ordering::Relaxed),
+        fs.forgets.load(Ordering::Relaxed),
+        "every lookup taken for the listing given back"
+    );
+    assert_eq!(
+        fs.lookups.load(Ordering::Relaxed),
+        4,
+        "three listed, one that did not fit"
+    );
 }
 
 #[test]

@@ -119,7 +119,7 @@ pub fn run(args: MountArgs, detached: Option<&Detached>) -> anyhow::Result<()> {
             passthrough: false,
             // MetaFs applies the umask itself, unless a default ACL applies.
             umask_yields_to_default_acl: false,
-            add_dot_entries: false,
+            passthrough_fs_listings: false,
             kernel,
             signals,
             on_serving: detached.map(|d| Box::new(move || d.ready()) as Box<dyn FnOnce()>),

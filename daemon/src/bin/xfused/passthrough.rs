@@ -107,8 +107,9 @@ pub fn run(args: PassthroughArgs) -> anyhow::Result<()> {
             // PassthroughFs masks with the umask it gets; the host kernel
             // then applies the parent's default ACL.
             umask_yields_to_default_acl: true,
-            // PassthroughFs skips them in every listing.
-            add_dot_entries: true,
+            // PassthroughFs skips "." and ".." and gives its node ids as
+            // READDIR's d_ino.
+            passthrough_fs_listings: true,
             kernel,
             signals,
             on_serving: None,

@@ -243,7 +243,7 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
     serve_vm_on(
         fs,
         listener,
-        // PassthroughFs lists no "." and "..".
+        // PassthroughFs: its listings need the dispatcher's corrections.
         &vm(&args, metrics.as_ref(), &ids, true),
         &source.display().to_string(),
         remove_socket,
@@ -265,7 +265,7 @@ fn vm<'a>(
     args: &'a VirtiofsArgs,
     metrics: Option<&'a Endpoint>,
     ids: &'a IdMaps,
-    add_dot_entries: bool,
+    passthrough_fs_listings: bool,
 ) -> VmServing<'a> {
     VmServing {
         socket: &args.socket,
@@ -278,6 +278,6 @@ fn vm<'a>(
         stats: args.stats,
         metrics,
         ids,
-        add_dot_entries,
+        passthrough_fs_listings,
     }
 }
