@@ -158,6 +158,28 @@ impl Acl {
         out
     }
 
+    /// The xattr form with the id of every named user entry rewritten by
+    /// `user` and of every named group entry by `group` (a translation
+    /// between a guest's ids and the host's, say). The result is not
+    /// checked again: ids mapped to one (several unmapped ids shown as the
+    /// overflow id) may repeat, as Linux shows them in a user namespace;
+    /// whoever stores it validates it then.
+    pub fn to_xattr_with_ids(
+        &self,
+        mut user: impl FnMut(u32) -> io::Result<u32>,
+        mut group: impl FnMut(u32) -> io::Result<u32>,
+    ) -> io::Result<Vec<u8>> {
+        let mut mapped = self.clone();
+        for e in &mut mapped.entries {
+            match e.tag {
+                tag::USER => e.id = user(e.id)?,
+                tag::GROUP => e.id = group(e.id)?,
+                _ => {}
+            }
+        }
+        Ok(mapped.to_xattr())
+    }
+
     /// The entries, in order.
     pub fn entries(&self) -> &[AclEntry] {
         &self.entries

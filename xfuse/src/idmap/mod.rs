@@ -784,13 +784,23 @@ mod tests {
     #[test]
     fn acl_and_capability_values_are_translated_on_their_way_through() {
         let fs = IdMapped::new(Recorder::owned_by(1000, 1000), ids(&ROOT_TO_1000, &[]));
-        // An ACL granting guest uid 1001 (host 2001) read access.
+        // An ACL granting guest uid 1001 (host 2001) read access:
+        // u::rw-,u:1001:r--,g::r--,m::r--,o::---.
         let mut acl = 2u32.to_le_bytes().to_vec();
-        acl.extend_from_slice(&[2, 0, 4, 0]);
-        acl.extend_from_slice(&1001u32.to_le_bytes());
+        for (tag, perm, id) in [
+            (1u16, 6u16, u32::MAX),
+            (2, 4, 1001),
+            (4, 4, u32::MAX),
+            (0x10, 4, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ] {
+            acl.extend_from_slice(&tag.to_le_bytes());
+            acl.extend_from_slice(&perm.to_le_bytes());
+            acl.extend_from_slice(&id.to_le_bytes());
+        }
         fs.setxattr(&guest(0, 0), 2, c"system.posix_acl_access", &acl, 0)
             .unwrap();
-        assert_eq!(fs.inner().xattr.lock().unwrap()[8..12], 2001u32.to_le_bytes());
+        assert_eq!(fs.inner().xattr.lock().unwrap()[16..20], 2001u32.to_le_bytes());
         match fs
             .getxattr(&guest(0, 0), 2, c"system.posix_acl_access", 64)
             .unwrap()
@@ -819,7 +829,7 @@ mod tests {
             }
         }
         let mut unmapped = acl.clone();
-        unmapped[8..12].copy_from_slice(&7u32.to_le_bytes());
+        unmapped[16..20].copy_from_slice(&7u32.to_le_bytes());
         assert_eq!(
             code(fs.setxattr(&guest(0, 0), 2, c"system.posix_acl_default", &unmapped, 0)),
             libc::EINVAL

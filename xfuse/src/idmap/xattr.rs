@@ -14,6 +14,7 @@
 use std::io;
 
 use super::rules::IdMap;
+use crate::acl::Acl;
 
 fn einval() -> io::Error {
     io::Error::from_raw_os_error(libc::EINVAL)
@@ -54,38 +55,15 @@ fn translate(map: &IdMap, id: u32, way: Way) -> io::Result<u32> {
     }
 }
 
-/// `POSIX_ACL_XATTR_VERSION` and the tags with an id
-/// (include/uapi/linux/posix_acl.h, posix_acl_xattr.h).
-const ACL_VERSION: u32 = 2;
-const ACL_HEADER_BYTES: usize = 4;
-const ACL_ENTRY_BYTES: usize = 8;
-const ACL_USER_OBJ: u16 = 0x01;
-const ACL_USER: u16 = 0x02;
-const ACL_GROUP_OBJ: u16 = 0x04;
-const ACL_GROUP: u16 = 0x08;
-const ACL_MASK: u16 = 0x10;
-const ACL_OTHER: u16 = 0x20;
-
-/// Translates the user and group ids of an ACL value in place
-/// (`posix_acl_xattr_header` then `posix_acl_xattr_entry`s, little-endian).
+/// Translates the user and group ids of an ACL value in place (parsed and
+/// validated as Linux does, [`Acl::parse`]; the form keeps its length).
 pub(super) fn translate_acl(value: &mut [u8], uid: &IdMap, gid: &IdMap, way: Way) -> io::Result<()> {
-    if value.len() < ACL_HEADER_BYTES
-        || le32(value, 0) != ACL_VERSION
-        || !(value.len() - ACL_HEADER_BYTES).is_multiple_of(ACL_ENTRY_BYTES)
-    {
-        return Err(einval());
-    }
-    for entry in value[ACL_HEADER_BYTES..].chunks_exact_mut(ACL_ENTRY_BYTES) {
-        let tag = u16::from_le_bytes([entry[0], entry[1]]);
-        let map = match tag {
-            ACL_USER => uid,
-            ACL_GROUP => gid,
-            ACL_USER_OBJ | ACL_GROUP_OBJ | ACL_MASK | ACL_OTHER => continue,
-            _ => return Err(einval()),
-        };
-        let id = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
-        entry[4..8].copy_from_slice(&translate(map, id, way)?.to_le_bytes());
-    }
+    let Some(acl) = Acl::parse(value)? else {
+        // The header alone: no ACL, no ids.
+        return Ok(());
+    };
+    let mapped = acl.to_xattr_with_ids(|id| translate(uid, id, way), |id| translate(gid, id, way))?;
+    value.copy_from_slice(&mapped);
     Ok(())
 }
 
@@ -183,8 +161,10 @@ mod tests {
         IdMap::new(rules.iter().map(|s| s.parse::<IdRule>().unwrap()).collect()).unwrap()
     }
 
+    use crate::acl::tag::{GROUP, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ};
+
     fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
-        let mut v = ACL_VERSION.to_le_bytes().to_vec();
+        let mut v = 2u32.to_le_bytes().to_vec();
         for &(tag, perm, id) in entries {
             v.extend_from_slice(&tag.to_le_bytes());
             v.extend_from_slice(&perm.to_le_bytes());
@@ -195,38 +175,49 @@ mod tests {
 
     const UNDEF: u32 = u32::MAX;
 
+    /// A valid ACL naming user `id` (rw-) and no group.
+    fn naming_user(id: u32) -> Vec<u8> {
+        acl(&[
+            (USER_OBJ, 7, UNDEF),
+            (USER, 6, id),
+            (GROUP_OBJ, 5, UNDEF),
+            (MASK, 7, UNDEF),
+            (OTHER, 0, UNDEF),
+        ])
+    }
+
     #[test]
     fn acl_user_and_group_entries_are_translated_and_unmapped_ones_refused_from_the_guest() {
         let uid = map(&["map:0:1000:1", "map:1000:2000:10"]);
         let gid = map(&["map:0:3000:1"]);
         let mut v = acl(&[
-            (ACL_USER_OBJ, 7, UNDEF),
-            (ACL_USER, 6, 1005),
-            (ACL_GROUP_OBJ, 5, UNDEF),
-            (ACL_GROUP, 4, 0),
-            (ACL_MASK, 7, UNDEF),
-            (ACL_OTHER, 0, UNDEF),
+            (USER_OBJ, 7, UNDEF),
+            (USER, 6, 1005),
+            (GROUP_OBJ, 5, UNDEF),
+            (GROUP, 4, 0),
+            (MASK, 7, UNDEF),
+            (OTHER, 0, UNDEF),
         ]);
         translate_acl(&mut v, &uid, &gid, Way::ToHost).unwrap();
         assert_eq!(
             v,
             acl(&[
-                (ACL_USER_OBJ, 7, UNDEF),
-                (ACL_USER, 6, 2005),
-                (ACL_GROUP_OBJ, 5, UNDEF),
-                (ACL_GROUP, 4, 3000),
-                (ACL_MASK, 7, UNDEF),
-                (ACL_OTHER, 0, UNDEF),
+                (USER_OBJ, 7, UNDEF),
+                (USER, 6, 2005),
+                (GROUP_OBJ, 5, UNDEF),
+                (GROUP, 4, 3000),
+                (MASK, 7, UNDEF),
+                (OTHER, 0, UNDEF),
             ])
         );
         translate_acl(&mut v, &uid, &gid, Way::ToGuest).unwrap();
         assert_eq!(le32(&v, 4 + 8 + 4), 1005);
         // A host user the guest has no id for: shown as the overflow id.
-        let mut host = acl(&[(ACL_USER, 6, 0)]);
+        let mut host = naming_user(0);
         translate_acl(&mut host, &uid, &gid, Way::ToGuest).unwrap();
-        assert_eq!(le32(&host, 8), OVERFLOW_ID);
+        assert_eq!(le32(&host, 4 + 8 + 4), OVERFLOW_ID);
         // From the guest, an ACL naming a user it has no mapping for.
-        let mut unmapped = acl(&[(ACL_USER, 6, 5)]);
+        let mut unmapped = naming_user(5);
         let e = translate_acl(&mut unmapped, &uid, &gid, Way::ToHost).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
     }
@@ -239,16 +230,18 @@ mod tests {
             vec![2, 0, 0],
             acl(&[])[..3].to_vec(),
             {
-                let mut v = acl(&[(ACL_USER, 6, 5)]);
+                let mut v = naming_user(5);
                 v.pop();
                 v
             },
             {
-                let mut v = acl(&[(ACL_USER, 6, 5)]);
+                let mut v = naming_user(5);
                 v[0] = 1;
                 v
             },
             acl(&[(0x40, 6, 5)]),
+            // A named user without the entries Linux requires.
+            acl(&[(USER, 6, 5)]),
         ] {
             let mut v = bad.clone();
             assert!(
