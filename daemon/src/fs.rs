@@ -498,6 +498,15 @@ impl FileSystem for MetaFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         let mode = libc::S_IFREG | (args.mode & 0o7777);
+        if args.flags as i32 & libc::O_TMPFILE == libc::O_TMPFILE {
+            // xfuse hands TMPFILE over this way (Policy::tmpfile_through_create),
+            // with an empty name.
+            let (ino, rec, handle) = self
+                .meta
+                .tmpfile(&self.creator(ctx, args.umask), parent, mode)
+                .map_err(io_err)?;
+            return Ok((self.entry(ino, &rec), Some(handle), OpenOptions::empty(), None));
+        }
         let (ino, rec, handle) = self
             .meta
             .mknod(

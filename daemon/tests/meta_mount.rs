@@ -239,6 +239,103 @@ fn unlinked_open_file_keeps_its_data_until_the_last_close() {
     assert_eq!(chunk_files(m.src()), 0, "the last close deletes the data");
 }
 
+/// `open(DIR, O_TMPFILE | extra | O_RDWR, 0o640)` on the mount.
+fn open_tmpfile(dir: &Path, extra: i32) -> io::Result<fs::File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o640)
+        .custom_flags(libc::O_TMPFILE | extra)
+        .open(dir)
+}
+
+/// `linkat(AT_FDCWD, "/proc/self/fd/N", AT_FDCWD, to, AT_SYMLINK_FOLLOW)`:
+/// how a program names an `O_TMPFILE` file without CAP_DAC_READ_SEARCH.
+fn link_open_file(file: &fs::File, to: &Path) -> rustix::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    rustix::fs::linkat(
+        CWD,
+        proc_path.as_str(),
+        CWD,
+        to,
+        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+    )
+}
+
+#[test]
+fn o_tmpfile_files_have_no_name_until_linked_and_vanish_unless_linked() {
+    for permissions in ["kernel", "daemon"] {
+        tmpfiles_under(&["--chunk-size-kib", "4", "--permissions", permissions]);
+    }
+}
+
+fn tmpfiles_under(args: &[&str]) {
+    let m = Mount::start_meta(args);
+    let dir = m.mnt().join("d");
+    fs::create_dir(&dir).expect("mkdir d");
+    let data = pattern(20_000, 7);
+
+    let mut file = open_tmpfile(&dir, 0).expect("open O_TMPFILE");
+    file.write_all(&data).expect("write the tmpfile");
+    let meta = file.metadata().expect("fstat the tmpfile");
+    assert_eq!(meta.nlink(), 0, "no name yet");
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+    assert!(meta.is_file());
+    assert_eq!(list(&dir).unwrap(), 0, "nothing in the directory");
+    // Opened a second time through /proc, as Linux allows.
+    let again = fs::read(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&file)
+    ))
+    .expect("reopen through /proc/self/fd");
+    assert_eq!(again, data);
+
+    let named = dir.join("named");
+    link_open_file(&file, &named).expect("linkat the tmpfile");
+    assert_eq!(fs::metadata(&named).unwrap().nlink(), 1);
+    assert_eq!(fs::read(&named).unwrap(), data, "the name reads what was written");
+    drop(file);
+    assert_eq!(fs::read(&named).unwrap(), data, "and keeps it after the close");
+
+    // O_EXCL: never linkable (the kernel refuses), gone at close.
+    let excl = open_tmpfile(&dir, libc::O_EXCL).expect("open O_TMPFILE|O_EXCL");
+    assert_rustix_errno(
+        link_open_file(&excl, &dir.join("excl")),
+        libc::ENOENT,
+        "linkat O_EXCL",
+    );
+    drop(excl);
+
+    // Never named: its data goes with the last close.
+    let chunks_before = chunk_files(m.src());
+    let mut lost = open_tmpfile(&dir, 0).expect("open another O_TMPFILE");
+    lost.write_all(&data).expect("write");
+    lost.sync_all().expect("fsync");
+    assert!(
+        chunk_files(m.src()) > chunks_before,
+        "its data reached the chunk store"
+    );
+    drop(lost);
+    common::wait_for(
+        "the unnamed file's chunks to go",
+        Duration::from_secs(30),
+        || match chunk_files(m.src()) {
+            n if n == chunks_before => Ok(()),
+            n => Err(format!("{n} chunk files, {chunks_before} before")),
+        },
+    );
+    let mut names: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["named"]);
+
+    // The kernel checks the directory like any creation.
+    assert_errno(open_tmpfile(&named, 0), libc::ENOTDIR, "O_TMPFILE on a file");
+}
+
 #[test]
 fn readdir_lists_every_entry_once_and_statfs_counts_inodes() {
     let m = Mount::start_meta(&[]);

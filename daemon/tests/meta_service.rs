@@ -790,6 +790,78 @@ fn two_mounts_four_threads_each_leave_a_consistent_namespace() {
     );
 }
 
+/// O_TMPFILE through the service: a file made with no name on one mount,
+/// named by linkat, is seen (name and size) by another mount; one never
+/// named leaves nothing in the store.
+#[test]
+fn o_tmpfile_through_the_service() {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let service = Service::start();
+    let args = service.mount_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = Mount::start_meta(&args);
+    let second = Mount::start_meta(&args);
+    let tmpfile = |dir: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir)
+            .expect("open O_TMPFILE")
+    };
+    let mut named = tmpfile(first.mnt());
+    named.write_all(&[7u8; 5000]).unwrap();
+    assert_eq!(named.metadata().unwrap().nlink(), 0);
+    let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&named));
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        proc_path.as_str(),
+        rustix::fs::CWD,
+        &first.mnt().join("named"),
+        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+    )
+    .expect("linkat");
+    drop(named);
+    let unnamed = tmpfile(first.mnt());
+    drop(unnamed);
+    common::wait_for(
+        "the other mount to see the name",
+        Duration::from_secs(30),
+        || match std::fs::metadata(second.mnt().join("named")) {
+            Ok(m) if m.len() == 5000 && m.nlink() == 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let names: Vec<_> = std::fs::read_dir(second.mnt())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["named"]);
+    assert!(first.stop().success());
+    assert!(second.stop().success());
+    let store = service.stop();
+    let engine = EmbeddedEngine::open(&store, Durability::default()).expect("reopening the store");
+    let problems = check_namespace(&engine).unwrap();
+    assert!(
+        problems.is_empty(),
+        "namespace inconsistent:\n{}",
+        problems.join("\n")
+    );
+    // One inode counted ("named"; the counters leave the root out): the
+    // unnamed file went at its close.
+    let usage = xfused::meta::Meta::connect(
+        std::sync::Arc::new(engine),
+        xfused::meta::MetaConfig::default(),
+        std::sync::Arc::new(xfused::meta::SystemClock),
+    )
+    .unwrap()
+    .usage()
+    .unwrap();
+    assert_eq!(usage.inodes, 1);
+}
+
 #[test]
 fn pjdfstest_passes_through_the_service() {
     let service = Service::start();

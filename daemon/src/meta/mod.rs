@@ -62,7 +62,7 @@
 //! | `X shard ino name` | value | extended attributes |
 //! | `O shard ino client handle` | empty | open-file sessions of an inode |
 //! | `P client ino handle` | empty | the same sessions by client, to reap a dead client's |
-//! | `G ino` | empty | orphans: unlinked inodes kept for open files |
+//! | `G ino` | empty, or `tmpfile` | orphans: inodes without links kept for open files; `tmpfile` marks an `O_TMPFILE` file never named, which LINK may name |
 //! | `K shard` | [`schema::CounterRec`] | statfs counters, 16 shards |
 //!
 //! Invariants every transaction keeps (checked by the tests and the

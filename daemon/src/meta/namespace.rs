@@ -226,6 +226,9 @@ namespace_api! {
     /// Makes every change acknowledged so far durable, wherever the
     /// engine runs (fsync, fsyncdir). Safe to send again.
     read Sync = fn sync() -> ();
+    /// Creates an opened regular file with no name (`O_TMPFILE`), which
+    /// Link may name once; returns it and its session handle.
+    change Tmpfile = fn tmpfile(caller: &Caller => Caller, parent: u64, mode: u32) -> (u64, InodeRec, u64);
 }
 
 #[cfg(test)]

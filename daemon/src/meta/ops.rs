@@ -1135,7 +1135,42 @@ impl Meta {
         open: bool,
     ) -> Result<(u64, InodeRec, Option<u64>), MetaError> {
         check_name(name)?;
+        self.make_node(caller, parent, Some(name), mode, rdev, target, open)
+    }
+
+    /// Creates an opened regular file with no name in `parent` (Linux's
+    /// `O_TMPFILE`): it has no links, lives while a session holds it, like a
+    /// file unlinked while open, and unlike one it may be given a name by
+    /// [`Meta::link`], once. Returns its inode, record and session handle.
+    pub fn tmpfile(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        mode: u32,
+    ) -> Result<(u64, InodeRec, u64), MetaError> {
+        let mode = libc::S_IFREG | (mode & 0o7777);
+        match self.make_node(caller, parent, None, mode, 0, &[], true)? {
+            (ino, rec, Some(handle)) => Ok((ino, rec, handle)),
+            (_, _, None) => errno(libc::EIO),
+        }
+    }
+
+    /// [`Meta::mknod`], or with no `name` [`Meta::tmpfile`].
+    #[allow(clippy::too_many_arguments)]
+    fn make_node(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: Option<&[u8]>,
+        mode: u32,
+        rdev: u32,
+        target: &[u8],
+        open: bool,
+    ) -> Result<(u64, InodeRec, Option<u64>), MetaError> {
         let kind = mode & libc::S_IFMT;
+        if name.is_none() && (kind != libc::S_IFREG || !open) {
+            return errno(libc::EINVAL);
+        }
         match kind {
             libc::S_IFREG
             | libc::S_IFDIR
@@ -1166,8 +1201,10 @@ impl Meta {
             }
             let (dir_gid, dir_setgid) = (dir.gid, dir.mode & libc::S_ISGID != 0);
             let dir_has_xattrs = dir.xattrs > 0;
-            if get_dentry(txn, parent, name)?.is_some() {
-                return errno(libc::EEXIST);
+            if let Some(name) = name {
+                if get_dentry(txn, parent, name)?.is_some() {
+                    return errno(libc::EEXIST);
+                }
             }
             let mut perm = mode & 0o7777;
             if kind == libc::S_IFDIR && dir_setgid {
@@ -1200,7 +1237,11 @@ impl Meta {
                 mode: kind | perm,
                 uid: caller.uid,
                 gid: if dir_setgid { dir_gid } else { caller.gid },
-                nlink: if kind == libc::S_IFDIR { 2 } else { 1 },
+                nlink: match (name, kind) {
+                    (None, _) => 0,
+                    (Some(_), libc::S_IFDIR) => 2,
+                    (Some(_), _) => 1,
+                },
                 size: if kind == libc::S_IFLNK {
                     target.len() as u64
                 } else {
@@ -1222,10 +1263,16 @@ impl Meta {
                     Vec::new()
                 },
             };
-            add_entry(txn, &mut staged, parent, name, ino, kind);
-            touch_dir(&mut staged, parent, now);
-            if kind == libc::S_IFDIR {
-                staged.dirty(parent).nlink += 1;
+            match name {
+                Some(name) => {
+                    add_entry(txn, &mut staged, parent, name, ino, kind);
+                    touch_dir(&mut staged, parent, now);
+                    if kind == libc::S_IFDIR {
+                        staged.dirty(parent).nlink += 1;
+                    }
+                }
+                // Kept for its session, and marked as one link may name.
+                None => txn.put(schema::orphan_key(ino), schema::ORPHAN_TMPFILE.to_vec()),
             }
             for (name, value) in acls {
                 txn.put(schema::xattr_key(ino, name.as_bytes()), value);
@@ -1298,7 +1345,10 @@ impl Meta {
             if rec.is_dir() {
                 return errno(libc::EPERM);
             }
-            if rec.nlink == 0 {
+            let named_tmpfile = rec.nlink == 0;
+            if named_tmpfile && txn.get(&schema::orphan_key(ino))?.as_deref() != Some(schema::ORPHAN_TMPFILE)
+            {
+                // Gone, or unlinked while open: no name brings it back.
                 return errno(libc::ENOENT);
             }
             if rec.nlink >= LINK_MAX {
@@ -1315,6 +1365,9 @@ impl Meta {
             }
             add_entry(txn, &mut staged, newparent, newname, ino, kind);
             touch_dir(&mut staged, newparent, now);
+            if named_tmpfile {
+                txn.delete(schema::orphan_key(ino));
+            }
             let rec = staged.dirty(ino);
             rec.nlink += 1;
             rec.ctime = now;
@@ -1574,7 +1627,9 @@ impl Meta {
         self.txn(|txn| {
             let mut staged = Staged::default();
             let rec = staged.load(txn, ino)?;
-            if rec.nlink == 0 {
+            // A file without links is open somewhere (an orphan): Linux
+            // opens it again through /proc/PID/fd, and so does this.
+            if rec.nlink == 0 && txn.get(&schema::orphan_key(ino))?.is_none() {
                 return errno(libc::ENOENT);
             }
             if rec.is_dir() && write {

@@ -184,6 +184,11 @@ pub fn done_prefix(client: u64) -> Vec<u8> {
     key
 }
 
+/// The value of an orphan mark on a file made by `O_TMPFILE` that has never
+/// had a name: LINK may give it one (an orphan unlinked while open has an
+/// empty value, and no name brings it back).
+pub const ORPHAN_TMPFILE: &[u8] = b"tmpfile";
+
 /// `G ino`.
 pub fn orphan_key(ino: u64) -> Vec<u8> {
     let mut key = vec![tag::ORPHAN];

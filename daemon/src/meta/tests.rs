@@ -463,13 +463,70 @@ fn open_unlinked_keeps_data(meta: &Meta) {
         "open: data stays"
     );
     assert_eq!(meta.getattr(f).unwrap().nlink, 0);
-    assert_eq!(err(meta.open(&ROOT, f, true, false)), libc::ENOENT);
+    // Opened again (Linux does, through /proc/PID/fd), never named again.
+    let (_, h3) = meta.open(&ROOT, f, true, false).unwrap();
+    assert_eq!(err(meta.link(&ROOT, f, ROOT_INO, b"back")), libc::ENOENT);
     assert_sound(meta);
-    assert!(meta.release(f, h).unwrap().is_none(), "still open once");
+    assert!(meta.release(f, h).unwrap().is_none(), "still open twice");
+    assert!(meta.release(f, h3).unwrap().is_none(), "still open once");
     let reclaim = meta.release(f, h2).unwrap().expect("last close deletes");
     assert_eq!(reclaim.ino, f);
     assert_eq!(err(meta.getattr(f)), libc::ENOENT);
     assert_sound(meta);
+}
+
+fn tmpfiles(meta: &Meta) {
+    let d = dir(meta, ROOT_INO, "d");
+    let listed = names(meta, d);
+    let before = meta.usage().unwrap();
+    assert_eq!(
+        err(meta.tmpfile(&ALICE, d, 0o666)),
+        libc::EACCES,
+        "d is root's 0755"
+    );
+    let caller = Caller {
+        umask: 0o022,
+        ..Caller::ROOT
+    };
+    let (t, rec, h) = meta.tmpfile(&caller, d, 0o666).unwrap();
+    assert_eq!(rec.kind(), libc::S_IFREG);
+    assert_eq!(rec.mode & 0o7777, 0o644, "the umask applies");
+    assert_eq!(rec.nlink, 0);
+    assert_eq!(names(meta, d), listed, "no name appears");
+    assert_sound(meta);
+
+    // Named once: an ordinary file from then on.
+    let linked = meta.link(&ROOT, t, d, b"named").unwrap();
+    assert_eq!(linked.nlink, 1);
+    assert_eq!(meta.lookup(&ROOT, d, b"named").unwrap().0, t);
+    assert_sound(meta);
+    assert!(meta.release(t, h).unwrap().is_none(), "named: it stays");
+    assert_eq!(meta.getattr(t).unwrap().nlink, 1);
+
+    // Unlinked while open again, it cannot be named a second time.
+    let (_, h2) = meta.open(&ROOT, t, true, true).unwrap();
+    assert!(meta.unlink(&ROOT, d, b"named").unwrap().is_none());
+    assert_eq!(err(meta.link(&ROOT, t, d, b"again")), libc::ENOENT);
+    assert!(
+        meta.release(t, h2).unwrap().is_some(),
+        "its last close deletes it"
+    );
+
+    // Never named: gone at its close, with nothing left behind.
+    let (u, _, hu) = meta.tmpfile(&ROOT, d, 0o600).unwrap();
+    let reclaim = meta.release(u, hu).unwrap().expect("the last close deletes it");
+    assert_eq!(reclaim.ino, u);
+    assert_eq!(err(meta.getattr(u)), libc::ENOENT);
+    assert_eq!(err(meta.link(&ROOT, u, d, b"late")), libc::ENOENT);
+    assert_eq!(meta.usage().unwrap().inodes, before.inodes);
+    assert_sound(meta);
+
+    // Only regular files, and only in a live directory.
+    assert_eq!(err(meta.tmpfile(&ROOT, t, 0o600)), libc::ENOENT);
+    assert_eq!(
+        err(meta.tmpfile(&ROOT, file(meta, d, "plain"), 0o600)),
+        libc::ENOTDIR
+    );
 }
 
 fn readdir_cookies_are_stable(meta: &Meta) {
@@ -825,6 +882,10 @@ macro_rules! suite {
                 super::readdir_cookies_are_stable(&meta().0);
             }
             #[test]
+            fn tmpfiles() {
+                super::tmpfiles(&meta().0);
+            }
+            #[test]
             fn xattrs_and_statfs() {
                 super::xattrs_and_statfs(&meta().0);
             }
@@ -1087,7 +1148,7 @@ fn etcd_engine(endpoints: &[String], prefix: &[u8]) -> Result<super::etcd::EtcdE
 fn etcd_suite_on_a_three_node_cluster() {
     let mut cluster = EtcdCluster::start();
     type Case = (&'static str, fn(&Meta));
-    let cases: [Case; 11] = [
+    let cases: [Case; 12] = [
         ("create_lookup_getattr", create_lookup_getattr),
         ("mkdir_rmdir_nlink", mkdir_rmdir_nlink),
         ("hard_links", hard_links),
@@ -1099,6 +1160,7 @@ fn etcd_suite_on_a_three_node_cluster() {
         ("symlinks_and_setattr", symlinks_and_setattr),
         ("permissions", permissions),
         ("open_unlinked_keeps_data", open_unlinked_keeps_data),
+        ("tmpfiles", tmpfiles),
         ("readdir_cookies_are_stable", readdir_cookies_are_stable),
         ("xattrs_and_statfs", xattrs_and_statfs),
         ("posix_acls", posix_acls),

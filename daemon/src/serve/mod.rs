@@ -201,6 +201,9 @@ pub struct Mounting<'a> {
     /// ([`Policy::add_dot_entries`]) and serves READDIR through
     /// READDIRPLUS, for the inode numbers ([`Policy::readdir_through_readdirplus`]).
     pub passthrough_fs_listings: bool,
+    /// The filesystem's `create` makes `O_TMPFILE` files
+    /// ([`Policy::tmpfile_through_create`]): MetaFs.
+    pub tmpfile_through_create: bool,
     /// What the running kernel offers.
     pub kernel: kmod_shim::probe::KernelInfo,
     /// Installed before mounting, so that a signal from then on unmounts.
@@ -348,6 +351,7 @@ where
         umask_yields_to_default_acl: m.umask_yields_to_default_acl,
         add_dot_entries: m.passthrough_fs_listings,
         readdir_through_readdirplus: m.passthrough_fs_listings,
+        tmpfile_through_create: m.tmpfile_through_create,
     });
     let adaptive = tracer.and_then(|t| adaptive::install(args, m.mountpoint, t, &mut session));
     let agreed = session

@@ -42,6 +42,9 @@ pub struct VmServing<'a> {
     /// the dispatcher corrects (`Policy::add_dot_entries`,
     /// `Policy::readdir_through_readdirplus`).
     pub passthrough_fs_listings: bool,
+    /// The filesystem's `create` makes `O_TMPFILE` files
+    /// (`Policy::tmpfile_through_create`): MetaFs.
+    pub tmpfile_through_create: bool,
 }
 
 /// Serves `fs` to VMs on the socket, until the last VMM leaves or a signal.
@@ -113,6 +116,7 @@ where
             open_noflush: true,
             add_dot_entries: args.passthrough_fs_listings,
             readdir_through_readdirplus: args.passthrough_fs_listings,
+            tmpfile_through_create: args.tmpfile_through_create,
             ..Default::default()
         },
         report_stats: args.stats,

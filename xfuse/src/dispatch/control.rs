@@ -75,8 +75,8 @@ pub(super) fn statfs<F: FileSystem + Sync>(
 }
 
 /// The FileSystem trait has no method for these: ENOSYS tells the kernel
-/// to stop asking and use its generic fallback (a read/write copy, no
-/// syncfs, no O_TMPFILE, GETATTR instead of STATX). SETUPMAPPING and
+/// to stop asking and use its generic fallback (no syncfs, GETATTR
+/// instead of STATX). SETUPMAPPING and
 /// REMOVEMAPPING are virtio-fs DAX only; CUSE_INIT is CUSE's.
 pub(super) fn unsupported<F: FileSystem + Sync>(
     _: &Dispatcher<F>,

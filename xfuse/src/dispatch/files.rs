@@ -94,6 +94,59 @@ pub(super) fn create<F: FileSystem + Sync>(
     Ok(Done::ReplyLookup(entry.inode))
 }
 
+/// TMPFILE (`open(2)` with `O_TMPFILE`): a regular file with no name,
+/// opened, which the caller may name later with `linkat(2)` (a LINK of its
+/// node id) unless it asked for `O_EXCL`, which the kernel enforces itself.
+///
+/// fuse-backend-rs's trait has no such call, so where the filesystem says
+/// it understands one ([`crate::Policy::tmpfile_through_create`]) it is
+/// handed as a CREATE with `O_TMPFILE` in the flags and an empty name (the
+/// kernel's name, "/", means nothing); elsewhere it is `ENOSYS`, and the
+/// kernel answers `EOPNOTSUPP` from then on without asking. The reply is a
+/// CREATE's, attributes with no links.
+pub(super) fn tmpfile<F: FileSystem + Sync>(
+    d: &Dispatcher<F>,
+    ctx: &Context,
+    ino: u64,
+    mut a: Args<'_>,
+    w: &mut BodyWriter<'_>,
+) -> Handled {
+    if !d.policy.tmpfile_through_create {
+        return Err(Failure::Errno(libc::ENOSYS));
+    }
+    let c: CreateIn = a.fixed()?;
+    a.name()?;
+    a.finish()?;
+    if c.mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(Failure::Errno(libc::EINVAL));
+    }
+    let flags = (c.flags as i32 | libc::O_TMPFILE) & !(libc::O_CREAT | libc::O_TRUNC);
+    let args = FsCreateIn {
+        flags: flags as u32,
+        mode: c.mode,
+        umask: d.creation_umask(ctx, ino, c.umask),
+        fuse_flags: c.open_flags & !req_flags::OPEN_KILL_SUIDGID,
+    };
+    let (entry, fh, opts, _passthrough) = d.fs.create(ctx, ino.into(), c"", args)?;
+    let fh: Option<u64> = fh.map(Into::into);
+    if entry.attr.st_mode & libc::S_IFMT != libc::S_IFREG || entry.attr.st_nlink != 0 {
+        // Not a file without a name: the filesystem did not make one.
+        tracing::error!(
+            parent = ino,
+            inode = entry.inode,
+            "TMPFILE answered with a named or non-regular inode; refused"
+        );
+        undo_create(d, ctx, &entry, fh, c.flags);
+        return Err(Failure::Errno(libc::EIO));
+    }
+    let out = open_out(fh, opts.bits() | d.file_open_flags());
+    if let Err(e) = w.push(&entry_out(&entry)).and_then(|_| w.push(&out)) {
+        undo_create(d, ctx, &entry, fh, c.flags);
+        return Err(e.into());
+    }
+    Ok(Done::ReplyLookup(entry.inode))
+}
+
 /// Undoes a CREATE whose reply cannot be built: the kernel will never
 /// know the handle or the reference.
 fn undo_create<F: FileSystem + Sync>(

@@ -14,7 +14,7 @@
 //!
 //! - `entries`: names and inodes (LOOKUP, FORGET, GETATTR, SETATTR,
 //!   MKNOD, MKDIR, SYMLINK, LINK, UNLINK, RMDIR, RENAME, ACCESS, …);
-//! - `files`: open files (OPEN, CREATE, READ, WRITE, RELEASE, FSYNC,
+//! - `files`: open files (OPEN, CREATE, TMPFILE, READ, WRITE, RELEASE, FSYNC,
 //!   FLUSH, locks, FALLOCATE, LSEEK, IOCTL, POLL, BMAP);
 //! - `directories`: open directories (OPENDIR, READDIR, READDIRPLUS, …);
 //! - `xattrs`: extended attributes;
@@ -449,8 +449,8 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
             Opcode::Statfs => control::statfs(self, ctx, ino, a, w),
             Opcode::CopyFileRange => files::copy_file_range(self, ctx, ino, a, w, false),
             Opcode::CopyFileRange64 => files::copy_file_range(self, ctx, ino, a, w, true),
+            Opcode::Tmpfile => files::tmpfile(self, ctx, ino, a, w),
             Opcode::Syncfs
-            | Opcode::Tmpfile
             | Opcode::Statx
             | Opcode::Setupmapping
             | Opcode::Removemapping

@@ -59,6 +59,12 @@ pub struct Policy {
     /// with the kernel's choice of request: xfstests generic/257, 637). It
     /// costs what that READDIR cost: a lookup per entry.
     pub readdir_through_readdirplus: bool,
+    /// Serve TMPFILE (`O_TMPFILE`) as a CREATE with `O_TMPFILE` in its
+    /// flags and an empty name, for filesystems whose `create` makes, for
+    /// such flags, an opened regular file with no links that a later LINK
+    /// may name (the first time only). Off: TMPFILE is `ENOSYS`. Never for
+    /// a filesystem that would take the flags for an ordinary create.
+    pub tmpfile_through_create: bool,
 }
 
 impl<F: FileSystem + Sync> Dispatcher<F> {

@@ -780,3 +780,131 @@ fn without_the_feature_the_kernel_clears_and_flags_pass_through() {
         vec![req_flags::WRITE_KILL_SUIDGID]
     );
 }
+
+/// A filesystem double whose `create` records what it was asked and
+/// answers an inode with `nlink` links.
+#[derive(Default)]
+struct CreatingFs {
+    nlink: u64,
+    asked: std::sync::Mutex<Vec<(u32, Vec<u8>)>>,
+    released: AtomicU64,
+    forgets: AtomicU64,
+}
+
+impl FileSystem for CreatingFs {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn create(
+        &self,
+        _: &Context,
+        _: u64,
+        name: &CStr,
+        args: fuse_backend_rs::abi::fuse_abi::CreateIn,
+    ) -> io::Result<(
+        Entry,
+        Option<u64>,
+        fuse_backend_rs::abi::fuse_abi::OpenOptions,
+        Option<u32>,
+    )> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push((args.flags, name.to_bytes().to_vec()));
+        let mut attr = stat(5);
+        attr.st_nlink = self.nlink;
+        let entry = Entry {
+            inode: 5,
+            attr,
+            ..Default::default()
+        };
+        Ok((
+            entry,
+            Some(9),
+            fuse_backend_rs::abi::fuse_abi::OpenOptions::empty(),
+            None,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn release(
+        &self,
+        _: &Context,
+        _: u64,
+        _: u32,
+        _: u64,
+        _: bool,
+        _: bool,
+        _: Option<u64>,
+    ) -> io::Result<()> {
+        self.released.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn forget(&self, _: &Context, _: u64, count: u64) {
+        self.forgets.fetch_add(count, Ordering::Relaxed);
+    }
+}
+
+fn tmpfile_request() -> Vec<u8> {
+    let create = kmod_shim::abi::CreateIn {
+        flags: (libc::O_RDWR | libc::O_TMPFILE) as u32,
+        mode: libc::S_IFREG | 0o600,
+        umask: 0o022,
+        open_flags: 0,
+    };
+    let mut body = create.as_bytes().to_vec();
+    body.extend_from_slice(b"/\0");
+    message(Opcode::Tmpfile as u32, 1, &body)
+}
+
+#[test]
+fn tmpfile_is_a_create_with_o_tmpfile_only_where_the_policy_says() {
+    let d = Dispatcher::new(CreatingFs::default(), negotiated());
+    let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
+    let r = testkit::dispatch(&d, tmpfile_request(), &mut out).unwrap();
+    assert_eq!(r.error, -libc::ENOSYS, "not asked for: the kernel stops asking");
+    assert!(d.fs().asked.lock().unwrap().is_empty());
+
+    let mut b = DispatcherBuilder::new(CreatingFs::default(), negotiated());
+    b.set_policy(Policy {
+        tmpfile_through_create: true,
+        ..Default::default()
+    });
+    let d = b.build();
+    let r = testkit::dispatch(&d, tmpfile_request(), &mut out).unwrap();
+    assert_eq!((r.error, r.body_len, r.lookup), (0, 128 + 16, Some(5)));
+    let e = EntryOut::read_from_bytes(&out[..128]).unwrap();
+    assert_eq!((e.nodeid, e.attr.nlink), (5, 0));
+    assert_eq!(OpenOut::read_from_bytes(&out[128..144]).unwrap().fh, 9);
+    let asked = d.fs().asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1);
+    let (flags, name) = &asked[0];
+    assert_eq!(*flags as i32 & libc::O_TMPFILE, libc::O_TMPFILE);
+    assert!(name.is_empty(), "the kernel's \"/\" is not passed on");
+}
+
+#[test]
+fn a_tmpfile_answered_with_a_named_inode_is_refused_and_given_back() {
+    let mut b = DispatcherBuilder::new(
+        CreatingFs {
+            nlink: 1,
+            ..Default::default()
+        },
+        negotiated(),
+    );
+    b.set_policy(Policy {
+        tmpfile_through_create: true,
+        ..Default::default()
+    });
+    let d = b.build();
+    let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
+    let r = testkit::dispatch(&d, tmpfile_request(), &mut out).unwrap();
+    assert_eq!((r.error, r.lookup), (-libc::EIO, None));
+    assert_eq!(d.fs().released.load(Ordering::Relaxed), 1, "its handle closed");
+    assert_eq!(
+        d.fs().forgets.load(Ordering::Relaxed),
+        1,
+        "its reference given back"
+    );
+}

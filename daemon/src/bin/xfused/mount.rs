@@ -120,6 +120,7 @@ pub fn run(args: MountArgs, detached: Option<&Detached>) -> anyhow::Result<()> {
             // MetaFs applies the umask itself, unless a default ACL applies.
             umask_yields_to_default_acl: false,
             passthrough_fs_listings: false,
+            tmpfile_through_create: true,
             kernel,
             signals,
             on_serving: detached.map(|d| Box::new(move || d.ready()) as Box<dyn FnOnce()>),

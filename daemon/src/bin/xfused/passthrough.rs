@@ -110,6 +110,9 @@ pub fn run(args: PassthroughArgs) -> anyhow::Result<()> {
             // PassthroughFs skips "." and ".." and gives its node ids as
             // READDIR's d_ino.
             passthrough_fs_listings: true,
+            // fuse-backend-rs 0.14's PassthroughFs cannot make a file with
+            // no name (no such call in its trait): O_TMPFILE is refused.
+            tmpfile_through_create: false,
             kernel,
             signals,
             on_serving: None,

@@ -279,5 +279,8 @@ fn vm<'a>(
         metrics,
         ids,
         passthrough_fs_listings,
+        // The filesystem is PassthroughFs (see `passthrough`) or MetaFs,
+        // which makes O_TMPFILE files.
+        tmpfile_through_create: !passthrough_fs_listings,
     }
 }
