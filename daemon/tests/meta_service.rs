@@ -819,7 +819,7 @@ fn o_tmpfile_through_the_service() {
         rustix::fs::CWD,
         proc_path.as_str(),
         rustix::fs::CWD,
-        &first.mnt().join("named"),
+        first.mnt().join("named"),
         rustix::fs::AtFlags::SYMLINK_FOLLOW,
     )
     .expect("linkat");

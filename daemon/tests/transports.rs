@@ -424,25 +424,6 @@ fn copy_file_range_is_served_by_the_daemon() {
     assert_eq!((stats.count("READ"), stats.count("WRITE")), (0, 0), "{stats:?}");
 }
 
-/// O_TMPFILE on passthrough: fuse-backend-rs's PassthroughFs cannot make a
-/// file without a name, so TMPFILE is refused (ENOSYS, which the kernel
-/// turns into EOPNOTSUPP for good) and nothing appears in the source.
-#[test]
-fn o_tmpfile_on_passthrough_is_unsupported_and_creates_nothing() {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mount = Mount::start(&[]);
-    for _ in 0..2 {
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_TMPFILE)
-            .open(mount.mnt());
-        common::assert_errno(opened, libc::EOPNOTSUPP, "O_TMPFILE on passthrough");
-    }
-    assert_eq!(std::fs::read_dir(mount.src()).unwrap().count(), 0);
-}
-
 /// The same on `xfused mount`: after the source is written (and its WRITEs
 /// counted), the copy adds no WRITE.
 #[test]

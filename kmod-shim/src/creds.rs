@@ -41,3 +41,38 @@ pub fn effective_uid() -> u32 {
     // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
     unsafe { libc::geteuid() }
 }
+
+/// Runs `f` on the calling thread with filesystem user and group ids `uid`
+/// and `gid` (setfsuid(2)/setfsgid(2), which change only the calling
+/// thread's: the kernel checks and owns files by them, and FUSE reports
+/// them as the caller), then restores the thread's previous ones, also if
+/// `f` panics. For tests and tools that act as another user from one
+/// thread of a root process; the thread's capabilities follow the Linux
+/// rules for a filesystem id change.
+pub fn with_fs_ids<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
+    /// The ids to put back, on the thread that changed them.
+    struct Restore {
+        uid: libc::uid_t,
+        gid: libc::gid_t,
+    }
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: setfsuid/setfsgid take ids by value, touch no memory
+            // and change only the calling thread's ids: these are the ones
+            // saved on this thread before the change.
+            unsafe {
+                libc::setfsuid(self.uid);
+                libc::setfsgid(self.gid);
+            }
+        }
+    }
+    // SAFETY: as in `Restore::drop`; each call returns the previous id.
+    let gid_before = unsafe { libc::setfsgid(gid) } as libc::gid_t;
+    // SAFETY: as above.
+    let uid_before = unsafe { libc::setfsuid(uid) } as libc::uid_t;
+    let _restore = Restore {
+        uid: uid_before,
+        gid: gid_before,
+    };
+    f()
+}

@@ -9,6 +9,7 @@ mod adaptive;
 mod mount_flags;
 mod report;
 pub mod sandbox;
+pub mod tmpfiles;
 pub mod vm;
 
 use std::sync::Arc;

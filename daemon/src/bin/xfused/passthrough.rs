@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use fuse_backend_rs::passthrough::{Config as PassthroughConfig, PassthroughFs};
 use xfuse::ShutdownSignals;
+use xfused::serve::tmpfiles::Tmpfiles;
 use xfused::serve::{serve, CacheArg, Mounting, ServeArgs};
 
 use crate::backing;
@@ -96,7 +97,11 @@ pub fn run(args: PassthroughArgs) -> anyhow::Result<()> {
     let want_passthrough = args.passthrough;
     let backing_fs = fs.clone();
     serve(
-        fs,
+        // O_TMPFILE files, which PassthroughFs cannot hold, held beside it.
+        Arc::new(Tmpfiles::new(
+            fs,
+            Duration::from_millis(args.serve.attr_timeout_ms),
+        )),
         Mounting {
             fsname: source_str,
             what: source.display().to_string(),
@@ -110,9 +115,8 @@ pub fn run(args: PassthroughArgs) -> anyhow::Result<()> {
             // PassthroughFs skips "." and ".." and gives its node ids as
             // READDIR's d_ino.
             passthrough_fs_listings: true,
-            // fuse-backend-rs 0.14's PassthroughFs cannot make a file with
-            // no name (no such call in its trait): O_TMPFILE is refused.
-            tmpfile_through_create: false,
+            // Tmpfiles makes them.
+            tmpfile_through_create: true,
             kernel,
             signals,
             on_serving: None,
