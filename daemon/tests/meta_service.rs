@@ -778,6 +778,12 @@ fn two_mounts_four_threads_each_leave_a_consistent_namespace() {
             },
         );
     }
+    stop_and_check(first, second, service, "");
+}
+
+/// Stops both mounts (each must exit 0) and the service, then checks the
+/// store's namespace (`check_namespace`); returns the reopened store.
+fn stop_and_check(first: Mount, second: Mount, service: Service, what: &str) -> EmbeddedEngine {
     assert!(first.stop().success());
     assert!(second.stop().success());
     let store = service.stop();
@@ -785,9 +791,10 @@ fn two_mounts_four_threads_each_leave_a_consistent_namespace() {
     let problems = check_namespace(&engine).unwrap();
     assert!(
         problems.is_empty(),
-        "namespace inconsistent:\n{}",
+        "{what}namespace inconsistent:\n{}",
         problems.join("\n")
     );
+    engine
 }
 
 /// O_TMPFILE through the service: a file made with no name on one mount,
@@ -839,16 +846,7 @@ fn o_tmpfile_through_the_service() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, ["named"]);
-    assert!(first.stop().success());
-    assert!(second.stop().success());
-    let store = service.stop();
-    let engine = EmbeddedEngine::open(&store, Durability::default()).expect("reopening the store");
-    let problems = check_namespace(&engine).unwrap();
-    assert!(
-        problems.is_empty(),
-        "namespace inconsistent:\n{}",
-        problems.join("\n")
-    );
+    let engine = stop_and_check(first, second, service, "");
     // One inode counted ("named"; the counters leave the root out): the
     // unnamed file went at its close.
     let usage = xfused::meta::Meta::connect(
@@ -1117,14 +1115,5 @@ fn changes_through_a_faulty_network_apply_exactly_once() {
         .collect();
     expected.sort();
     assert_eq!(names, expected, "seed {seed}");
-    assert!(first.stop().success());
-    assert!(second.stop().success());
-    let store = service.stop();
-    let engine = EmbeddedEngine::open(&store, Durability::default()).expect("reopening the store");
-    let problems = check_namespace(&engine).unwrap();
-    assert!(
-        problems.is_empty(),
-        "seed {seed}: namespace inconsistent:\n{}",
-        problems.join("\n")
-    );
+    stop_and_check(first, second, service, &format!("seed {seed}: "));
 }
