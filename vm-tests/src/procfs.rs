@@ -92,10 +92,20 @@ fn sched_runtime_ns(pid: u32) -> io::Result<u64> {
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let sched = match std::fs::read_to_string(task?.path().join("sched")) {
             Ok(text) => text,
-            // A thread that ended between the listing and the read.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            // A thread that ended between the listing and the read: the
+            // file is gone (ENOENT), or its task is (ESRCH), or the read
+            // finds it half torn down (empty).
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error()) =>
+            {
+                continue
+            }
             Err(e) => return Err(e),
         };
+        if sched.is_empty() {
+            continue;
+        }
         let ns = parse_sched_runtime_ns(&sched)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no se.sum_exec_runtime"))?;
         total = total.saturating_add(ns);
@@ -171,7 +181,19 @@ mod tests {
             Some(3_000_000)
         );
         assert_eq!(parse_sched_runtime_ns("nothing\n"), None);
-        assert!(cpu_time_ns(std::process::id()).unwrap() > 0);
+        // The stat fallback counts in clock ticks (10 ms): spin until this
+        // process has used some, so the check holds on a fresh process too.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut spins = 0u64;
+        while cpu_time_ns(std::process::id()).unwrap() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no CPU time after 10 s of spinning"
+            );
+            for i in 0..1_000_000u64 {
+                spins = std::hint::black_box(spins.wrapping_add(i));
+            }
+        }
     }
 
     #[test]
