@@ -38,6 +38,7 @@ fn rec() -> InodeRec {
         layout_id: 123_456,
         xattrs: 0,
         target: Vec::new(),
+        replicas: 0,
     }
 }
 

@@ -11,6 +11,8 @@
 //!   target comes back, copies what it missed, serves again, and then
 //!   alone serves every file correctly;
 //! - unlinking a file removes its chunks from every target;
+//! - a directory's replication factor (`xfused.replicas`) is what the
+//!   files made below it get;
 //! - fallocate (allocate, punch-hole, zero-range) and `SEEK_DATA`/
 //!   `SEEK_HOLE` do on cluster data what they do on tmpfs, every replica
 //!   agrees afterwards, and a punch over a huge sparse file is quick;
@@ -513,6 +515,71 @@ fn an_unlinked_file_leaves_no_chunk_on_any_target() {
     cluster.wait_chunks_gone(&layout, "the file's chunks removed", Duration::from_secs(30));
     // The table itself is untouched by it.
     assert_eq!(cluster.table().targets.len(), 3);
+}
+
+#[test]
+fn a_directorys_replication_factor_is_what_the_files_made_below_it_get() {
+    use rustix::fs::{getxattr, setxattr, XattrFlags};
+    let cluster = Cluster::start(3);
+    let a = cluster.mount();
+    let name = "xfused.replicas";
+    let one = a.mnt().join("one");
+    std::fs::create_dir(&one).unwrap();
+    let get = |path: &Path| -> Result<String, rustix::io::Errno> {
+        let mut buf = [0u8; 16];
+        let n = getxattr(path, name, &mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    assert_eq!(get(&one), Err(rustix::io::Errno::NODATA));
+    for bad in ["0", "17", "two", ""] {
+        assert_eq!(
+            setxattr(&one, name, bad.as_bytes(), XattrFlags::empty()),
+            Err(rustix::io::Errno::INVAL),
+            "{bad:?}"
+        );
+    }
+    setxattr(&one, name, b"1", XattrFlags::empty()).unwrap();
+    assert_eq!(get(&one).unwrap(), "1");
+    let sub = one.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    assert_eq!(get(&sub).unwrap(), "1", "a new directory inherits it");
+    // Three chunks each: in `one` and below it on one target, elsewhere
+    // on all three.
+    let write = |path: &Path, seed: u64| {
+        std::fs::write(path, common::pattern(3 << 20, seed)).unwrap();
+        std::fs::File::open(path).unwrap().sync_all().unwrap();
+        layout_name(std::fs::metadata(path).unwrap().ino())
+    };
+    let single = [write(&one.join("f"), 1), write(&sub.join("g"), 2)];
+    let triple = write(&a.mnt().join("h"), 3);
+    assert_eq!(get(&one.join("f")).unwrap(), "1", "a file shows what it got");
+    assert_eq!(
+        setxattr(one.join("f"), name, b"2", XattrFlags::empty()),
+        Err(rustix::io::Errno::INVAL),
+        "a file's factor is fixed when it is made"
+    );
+    let held = |layout: &str| -> Vec<usize> {
+        (0..3)
+            .map(|i| cluster.chunks(i).iter().filter(|(l, _)| l == layout).count())
+            .collect()
+    };
+    for layout in &single {
+        let counts = held(layout);
+        assert_eq!(
+            counts.iter().sum::<usize>(),
+            3,
+            "one copy of each chunk: {counts:?}"
+        );
+    }
+    assert_eq!(held(&triple), vec![3, 3, 3], "three copies of each chunk");
+    // Read back whole on another mount.
+    let b = cluster.mount();
+    for (path, seed) in [("one/f", 1), ("one/sub/g", 2), ("h", 3)] {
+        assert!(
+            std::fs::read(b.mnt().join(path)).unwrap() == common::pattern(3 << 20, seed),
+            "{path} differs on the other mount"
+        );
+    }
 }
 
 #[test]

@@ -12,7 +12,8 @@
 //! # Chains
 //!
 //! A layout is made when a file's data is first touched: with the `n`
-//! registered targets and `R = min(3, n)` replicas, its stripe is the
+//! registered targets and `R = min(3, n)` replicas (or `min(r, n)` for a
+//! file made in a directory whose `xfused.replicas` is `r`), its stripe is the
 //! chains of `R` consecutive targets (in id order) starting at each target
 //! in turn (at most [`STRIPE_MAX`], skipping any with no target up),
 //! rotated by the layout id, so every target heads some chains and data

@@ -480,6 +480,28 @@ fn may_in(txn: &mut Txn<'_>, caller: &Caller, ino: u64, rec: &InodeRec, mask: u3
 }
 
 /// Which ACL xattr `name` is, if one.
+/// The xattr naming a directory's replication factor: how many replicas
+/// the storage cluster keeps of the data of files made below it from now
+/// on (`setfattr -n xfused.replicas -v 2 DIR`). Directories made in it
+/// inherit it; files keep the value they were made with. It is not
+/// listed by `listxattr`, so copies of a tree do not carry it.
+pub const REPLICAS_XATTR: &str = "xfused.replicas";
+
+/// Most replicas a directory may ask for (the cluster gives at most as
+/// many as it has targets).
+pub const REPLICAS_MAX: u8 = 16;
+
+/// A replication factor as `setfattr` writes it: decimal, 1 to
+/// [`REPLICAS_MAX`], an optional trailing newline.
+fn parse_replicas(value: &[u8]) -> Option<u8> {
+    let digits = value.strip_suffix(b"\n").unwrap_or(value);
+    if digits.is_empty() || digits.len() > 3 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u16 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    u8::try_from(n).ok().filter(|n| (1..=REPLICAS_MAX).contains(n))
+}
+
 fn acl_kind(name: &[u8]) -> Option<AclKind> {
     if name == acl::ACCESS_XATTR.as_bytes() {
         Some(AclKind::Access)
@@ -693,6 +715,7 @@ impl Meta {
                 layout_id: 0,
                 xattrs: 0,
                 target: Vec::new(),
+                replicas: 0,
             };
             txn.put(schema::inode_key(ROOT_INO), root.encode());
             txn.put(vec![tag::ALLOC], schema::encode_u64(ROOT_INO + 1));
@@ -1200,6 +1223,7 @@ impl Meta {
                 return errno(libc::ENOENT);
             }
             let (dir_gid, dir_setgid) = (dir.gid, dir.mode & libc::S_ISGID != 0);
+            let dir_replicas = dir.replicas;
             let dir_has_xattrs = dir.xattrs > 0;
             if let Some(name) = name {
                 if get_dentry(txn, parent, name)?.is_some() {
@@ -1261,6 +1285,11 @@ impl Meta {
                     target.to_vec()
                 } else {
                     Vec::new()
+                },
+                replicas: if matches!(kind, libc::S_IFREG | libc::S_IFDIR) {
+                    dir_replicas
+                } else {
+                    0
                 },
             };
             match name {
@@ -1782,6 +1811,10 @@ impl Meta {
         if value.len() > schema::XATTR_VALUE_LEN_MAX {
             return errno(libc::E2BIG);
         }
+        if name == REPLICAS_XATTR.as_bytes() {
+            let replicas = parse_replicas(value).ok_or(MetaError::Errno(libc::EINVAL))?;
+            return self.set_replicas(caller, ino, replicas, flags);
+        }
         let acl_kind = acl_kind(name);
         // Validated before anything is read: EINVAL as Linux answers.
         let acl = match acl_kind {
@@ -1830,6 +1863,12 @@ impl Meta {
         if name.len() > schema::NAME_LEN_MAX {
             return errno(libc::ERANGE);
         }
+        if name == REPLICAS_XATTR.as_bytes() {
+            return match self.getattr(ino)?.replicas {
+                0 => errno(libc::ENODATA),
+                n => Ok(n.to_string().into_bytes()),
+            };
+        }
         self.txn(|txn| {
             if txn.get(&schema::inode_key(ino))?.is_none() {
                 return errno(libc::ENOENT);
@@ -1866,6 +1905,35 @@ impl Meta {
                     _ => return Ok(names),
                 }
             }
+        })
+    }
+
+    /// Sets (1 and up) or clears (0) directory `ino`'s replication factor,
+    /// the [`REPLICAS_XATTR`]: by its owner or root only, as Linux lets
+    /// only them change a file's flags; `flags` as for other xattrs.
+    fn set_replicas(&self, caller: &Caller, ino: u64, replicas: u8, flags: u32) -> Result<(), MetaError> {
+        let now = self.clock.now();
+        self.txn(|txn| {
+            let mut staged = Staged::default();
+            let rec = staged.load(txn, ino)?;
+            if !rec.is_dir() {
+                return errno(libc::EINVAL);
+            }
+            if caller.check && caller.uid != 0 && caller.uid != rec.uid {
+                return errno(libc::EPERM);
+            }
+            let exists = rec.replicas != 0;
+            if flags & xattr_flags::CREATE != 0 && exists {
+                return errno(libc::EEXIST);
+            }
+            if flags & xattr_flags::REPLACE != 0 && !exists {
+                return errno(libc::ENODATA);
+            }
+            let rec = staged.dirty(ino);
+            rec.replicas = replicas;
+            rec.ctime = now;
+            staged.flush(txn);
+            Ok(())
         })
     }
 
@@ -1933,6 +2001,9 @@ impl Meta {
     pub fn removexattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> Result<(), MetaError> {
         if name.len() > schema::NAME_LEN_MAX {
             return errno(libc::ERANGE);
+        }
+        if name == REPLICAS_XATTR.as_bytes() {
+            return self.set_replicas(caller, ino, 0, xattr_flags::REPLACE);
         }
         let now = self.clock.now();
         self.txn(|txn| {

@@ -277,8 +277,12 @@ pub struct Timestamp {
     pub nsec: u32,
 }
 
-/// Record format byte of [`InodeRec`].
-const INODE_FORMAT: u8 = 1;
+/// Record format byte of [`InodeRec`] as written: 2 adds
+/// [`InodeRec::replicas`] after the target. Format 1 records (no replicas
+/// byte) still read, as replicas 0.
+const INODE_FORMAT: u8 = 2;
+/// The format before [`InodeRec::replicas`].
+const INODE_FORMAT_1: u8 = 1;
 
 /// An inode: attributes, and per type its directory bookkeeping, symlink
 /// target or chunk layout.
@@ -319,6 +323,12 @@ pub struct InodeRec {
     pub xattrs: u32,
     /// Symlinks: the target.
     pub target: Vec<u8>,
+    /// Directories: the replicas the file data made below it gets on the
+    /// storage cluster (the `xfused.replicas` xattr; inherited by the
+    /// directories made in it). Regular files: the replicas their data
+    /// gets, copied from the directory they were made in. 0: the
+    /// cluster's default.
+    pub replicas: u8,
 }
 
 impl InodeRec {
@@ -352,13 +362,15 @@ impl InodeRec {
         out.extend_from_slice(&self.xattrs.to_le_bytes());
         out.extend_from_slice(&(self.target.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.target);
+        out.push(self.replicas);
         out
     }
 
     /// Parses a record written by [`InodeRec::encode`].
     pub fn decode(bytes: &[u8]) -> Result<InodeRec, SchemaError> {
         let mut r = Reader::new(bytes, "inode");
-        if r.u8()? != INODE_FORMAT {
+        let format = r.u8()?;
+        if format != INODE_FORMAT && format != INODE_FORMAT_1 {
             return Err(SchemaError::new("inode", bytes.len()));
         }
         let (mode, uid, gid, nlink) = (r.u32()?, r.u32()?, r.u32()?, r.u32()?);
@@ -378,6 +390,7 @@ impl InodeRec {
             return Err(SchemaError::new("inode", bytes.len()));
         }
         let target = r.take(target_len)?.to_vec();
+        let replicas = if format == INODE_FORMAT { r.u8()? } else { 0 };
         r.end()?;
         Ok(InodeRec {
             mode,
@@ -396,6 +409,7 @@ impl InodeRec {
             layout_id,
             xattrs,
             target,
+            replicas,
         })
     }
 }
@@ -538,9 +552,21 @@ mod tests {
             layout_id: 0,
             xattrs: 4,
             target: b"abc".to_vec(),
+            replicas: 2,
         };
         let bytes = rec.encode();
         assert_eq!(InodeRec::decode(&bytes).unwrap(), rec);
+        // A record of format 1, written before replicas were kept: the
+        // same bytes without the last, read as the cluster's default.
+        let mut old = bytes[..bytes.len() - 1].to_vec();
+        old[0] = INODE_FORMAT_1;
+        assert_eq!(
+            InodeRec::decode(&old).unwrap(),
+            InodeRec {
+                replicas: 0,
+                ..rec.clone()
+            }
+        );
         for len in 0..bytes.len() {
             assert!(InodeRec::decode(&bytes[..len]).is_err(), "truncated to {len}");
         }

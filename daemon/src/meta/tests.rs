@@ -647,6 +647,75 @@ fn xattrs_and_statfs(meta: &Meta) {
     assert_sound(meta);
 }
 
+fn replication_factor_per_directory(meta: &Meta) {
+    let name = REPLICAS_XATTR.as_bytes();
+    let (top, _) = meta.mkdir(&ROOT, ROOT_INO, b"top", 0o777).unwrap();
+    let (d, _) = meta.mkdir(&ALICE, top, b"d", 0o777).unwrap();
+    let before = file(meta, d, "before");
+    // Unset: the cluster's default.
+    assert_eq!(err(meta.getxattr(d, name)), libc::ENODATA);
+    assert_eq!(err(meta.removexattr(&ALICE, d, name)), libc::ENODATA);
+    // Only the owner (or root) sets it, only on a directory, only 1..=16.
+    assert_eq!(err(meta.setxattr(&BOB, d, name, b"2", 0)), libc::EPERM);
+    assert_eq!(err(meta.setxattr(&ALICE, top, name, b"2", 0)), libc::EPERM);
+    for bad in [
+        &b""[..],
+        b"0",
+        b"17",
+        b"256",
+        b"-1",
+        b" 2",
+        b"2x",
+        b"0x2",
+        b"1000",
+    ] {
+        assert_eq!(
+            err(meta.setxattr(&ALICE, d, name, bad, 0)),
+            libc::EINVAL,
+            "{bad:?}"
+        );
+    }
+    assert_eq!(err(meta.setxattr(&ROOT, before, name, b"2", 0)), libc::EINVAL);
+    assert_eq!(
+        err(meta.setxattr(&ALICE, d, name, b"2", xattr_flags::REPLACE)),
+        libc::ENODATA
+    );
+    meta.setxattr(&ALICE, d, name, b"2\n", xattr_flags::CREATE)
+        .unwrap();
+    assert_eq!(meta.getxattr(d, name).unwrap(), b"2");
+    assert_eq!(
+        err(meta.setxattr(&ALICE, d, name, b"1", xattr_flags::CREATE)),
+        libc::EEXIST
+    );
+    // Not an xattr kept in the store: not listed, not counted.
+    assert!(meta.listxattr(d).unwrap().is_empty());
+    assert_eq!(meta.getattr(d).unwrap().xattrs, 0);
+    // What is made in it takes it; what was made before keeps the default;
+    // symlinks and the like have none.
+    let after = file(meta, d, "after");
+    let (sub, _) = meta.mkdir(&ALICE, d, b"sub", 0o755).unwrap();
+    let deeper = file(meta, sub, "deeper");
+    let (link, _) = meta.symlink(&ALICE, d, b"l", b"after").unwrap();
+    assert_eq!(meta.getattr(after).unwrap().replicas, 2);
+    assert_eq!(meta.getattr(sub).unwrap().replicas, 2);
+    assert_eq!(meta.getattr(deeper).unwrap().replicas, 2);
+    assert_eq!(meta.getattr(link).unwrap().replicas, 0);
+    assert_eq!(meta.getattr(before).unwrap().replicas, 0);
+    assert_eq!(meta.getxattr(after, name).unwrap(), b"2");
+    // A file keeps its factor when renamed out; changing the directory's
+    // changes what is made from then on.
+    meta.rename(&ALICE, d, b"after", top, b"moved", 0).unwrap();
+    assert_eq!(meta.getattr(after).unwrap().replicas, 2);
+    meta.setxattr(&ROOT, d, name, b"16", 0).unwrap();
+    assert_eq!(meta.getattr(file(meta, d, "later")).unwrap().replicas, 16);
+    assert_eq!(meta.getattr(sub).unwrap().replicas, 2);
+    assert_eq!(err(meta.removexattr(&BOB, d, name)), libc::EPERM);
+    meta.removexattr(&ALICE, d, name).unwrap();
+    assert_eq!(err(meta.getxattr(d, name)), libc::ENODATA);
+    assert_eq!(meta.getattr(file(meta, d, "last")).unwrap().replicas, 0);
+    assert_sound(meta);
+}
+
 /// `u::rw-,u:1001:<bob>,g::r--,m::<mask>,o::r--` in the xattr form.
 fn acl_naming_bob(bob: u16, mask: u16) -> Vec<u8> {
     use xfuse::acl::{tag, Acl, AclEntry};
@@ -892,6 +961,10 @@ macro_rules! suite {
             #[test]
             fn posix_acls() {
                 super::posix_acls(&meta().0);
+            }
+            #[test]
+            fn replication_factor_per_directory() {
+                super::replication_factor_per_directory(&meta().0);
             }
             #[test]
             fn concurrent_creates_and_renames() {
@@ -1148,7 +1221,7 @@ fn etcd_engine(endpoints: &[String], prefix: &[u8]) -> Result<super::etcd::EtcdE
 fn etcd_suite_on_a_three_node_cluster() {
     let mut cluster = EtcdCluster::start();
     type Case = (&'static str, fn(&Meta));
-    let cases: [Case; 12] = [
+    let cases: [Case; 13] = [
         ("create_lookup_getattr", create_lookup_getattr),
         ("mkdir_rmdir_nlink", mkdir_rmdir_nlink),
         ("hard_links", hard_links),
@@ -1164,6 +1237,10 @@ fn etcd_suite_on_a_three_node_cluster() {
         ("readdir_cookies_are_stable", readdir_cookies_are_stable),
         ("xattrs_and_statfs", xattrs_and_statfs),
         ("posix_acls", posix_acls),
+        (
+            "replication_factor_per_directory",
+            replication_factor_per_directory,
+        ),
     ];
     for (name, case) in cases {
         let engine = etcd_engine(&cluster.clients, format!("{name}/").as_bytes()).unwrap();

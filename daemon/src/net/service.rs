@@ -321,9 +321,12 @@ impl MetaService {
                 if rec.kind() != libc::S_IFREG {
                     return Err(MetaError::Errno(libc::EINVAL));
                 }
+                // The replicas of the directory the file was made in, or
+                // the cluster's default.
+                let replicas = (rec.replicas > 0).then_some(usize::from(rec.replicas));
                 Ok(ClusterAnswer::Layout(
                     rec.layout_id,
-                    cluster::layout(engine, rec.layout_id, None)?,
+                    cluster::layout(engine, rec.layout_id, replicas)?,
                 ))
             }
             ClusterCall::GetLayout { layout } => {
