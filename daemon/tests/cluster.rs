@@ -13,6 +13,8 @@
 //! - unlinking a file removes its chunks from every target;
 //! - a directory's replication factor (`xfused.replicas`) is what the
 //!   files made below it get;
+//! - writers past a service's bound on bytes held (`--held-max-mib`)
+//!   wait, and all finish;
 //! - fallocate (allocate, punch-hole, zero-range) and `SEEK_DATA`/
 //!   `SEEK_HOLE` do on cluster data what they do on tmpfs, every replica
 //!   agrees afterwards, and a punch over a huge sparse file is quick;
@@ -104,6 +106,8 @@ struct Cluster {
     addr: String,
     credential: PathBuf,
     dir: tempfile::TempDir,
+    /// Added to every `xfused storage`'s arguments.
+    storage_args: Vec<String>,
 }
 
 impl Cluster {
@@ -113,6 +117,12 @@ impl Cluster {
 
     /// With `meta_args` added to `xfused meta`'s.
     fn start_with(targets: usize, meta_args: &[&str]) -> Cluster {
+        Cluster::start_full(targets, meta_args, &[])
+    }
+
+    /// With `meta_args` added to `xfused meta`'s, `storage_args` to every
+    /// `xfused storage`'s.
+    fn start_full(targets: usize, meta_args: &[&str], storage_args: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("xfuse-cluster.")
             .tempdir()
@@ -136,6 +146,7 @@ impl Cluster {
             addr,
             credential,
             dir,
+            storage_args: storage_args.iter().map(|a| a.to_string()).collect(),
         };
         for i in 0..targets {
             let target = cluster.dir.path().join(format!("target{i}"));
@@ -158,20 +169,19 @@ impl Cluster {
         let s = &mut self.storages[i];
         let log = s.log.with_extension(format!("{}.log", s.restarts));
         s.restarts += 1;
-        let mut proc = Proc::spawn(
-            &[
-                "storage".into(),
-                "--meta".into(),
-                format!("tcp://{}", self.addr),
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--target".into(),
-                s.target.display().to_string(),
-                "--credential".into(),
-                self.credential.display().to_string(),
-            ],
-            &log,
-        );
+        let mut args = vec![
+            "storage".into(),
+            "--meta".into(),
+            format!("tcp://{}", self.addr),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--target".into(),
+            s.target.display().to_string(),
+            "--credential".into(),
+            self.credential.display().to_string(),
+        ];
+        args.extend(self.storage_args.iter().cloned());
+        let mut proc = Proc::spawn(&args, &log);
         proc.wait_listening("storage service on ");
         s.proc = Some(proc);
     }
@@ -579,6 +589,62 @@ fn a_directorys_replication_factor_is_what_the_files_made_below_it_get() {
             std::fs::read(b.mnt().join(path)).unwrap() == common::pattern(3 << 20, seed),
             "{path} differs on the other mount"
         );
+    }
+}
+
+#[test]
+fn writers_past_the_services_held_bound_wait_and_all_finish() {
+    // 5 MiB: one whole write at a time per service. Sixteen writers of
+    // 1 MiB writes, through four mounts (each serves at least two requests
+    // at once, four on `dev`), on three-member chains, each write held at every member
+    // until the tail has it: past five at once, the heads' admitted writes
+    // wait at their successors (forwards are counted but never wait, or
+    // chains that run round the ring would wait on each other for ever).
+    const WRITERS: u64 = 16;
+    let cluster = Cluster::start_full(3, &[], &["--held-max-mib", "5"]);
+    let mounts: Vec<Mount> = (0..4).map(|_| cluster.mount_with(&["--threads", "4"])).collect();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let path = mounts[i as usize % mounts.len()].mnt().join(format!("w{i}"));
+            std::thread::spawn(move || {
+                let mut f = std::fs::File::create(&path).unwrap();
+                use std::io::Write;
+                for j in 0..6u64 {
+                    f.write_all(&common::pattern(1 << 20, i * 100 + j)).unwrap();
+                }
+                f.sync_all().unwrap();
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let waited = (0..3).any(|i| {
+        std::fs::read_dir(cluster.dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("storage{i}"))
+            })
+            .any(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .contains("not read until")
+            })
+    });
+    assert!(waited, "no service reached its bound:\n{}", cluster.logs());
+    for i in 0..WRITERS {
+        let got = std::fs::read(mounts[0].mnt().join(format!("w{i}"))).unwrap();
+        assert_eq!(got.len(), 6 << 20);
+        for j in 0..6u64 {
+            let part = &got[(j as usize) << 20..((j as usize) + 1) << 20];
+            assert!(
+                part == common::pattern(1 << 20, i * 100 + j),
+                "w{i}, MiB {j}, differs"
+            );
+        }
     }
 }
 

@@ -571,6 +571,11 @@ fn meta_and_storage_services_count_what_a_cluster_mount_makes_them_do() {
         "the service answered at least the creates: {served_before} -> {served}"
     );
     assert!(sample(&meta_text, "xfuse_rpc_server_connections", &[("service", "meta")]).unwrap() >= 1.0);
+    // Metadata frames are small: nothing is held between requests.
+    assert_eq!(
+        sample(&meta_text, "xfuse_rpc_server_held_bytes", &[("service", "meta")]),
+        Some(0.0)
+    );
     assert!(
         sample(
             &meta_text,

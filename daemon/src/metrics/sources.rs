@@ -266,6 +266,18 @@ impl<H: Handler> Collect for RpcServer<H> {
             &labels,
             s.open.load(Ordering::Relaxed) as f64,
         );
+        out.gauge(
+            "xfuse_rpc_server_held_bytes",
+            "Bytes of large frames and read replies held now (bounded by --held-max-mib where the service has it).",
+            &labels,
+            self.server.held_bytes() as f64,
+        );
+        out.counter(
+            "xfuse_rpc_server_held_waits_total",
+            "Times a connection waited unread because the service held its most bytes.",
+            &labels,
+            s.held_waits.load(Ordering::Relaxed),
+        );
     }
 }
 

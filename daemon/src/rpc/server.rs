@@ -22,9 +22,30 @@
 //! | idle between frames | [`Limits::idle_timeout`] | the connection is closed |
 //! | writing one reply | [`Limits::write_timeout`] | the connection is dropped |
 //! | frame size | [`super::frame`]; bulk payloads [`Limits::bulk_max`] | the connection is dropped |
+//! | bytes of large frames held, all connections together | [`Limits::held_max`] | the connection is not read until bytes are freed |
 //! | threads of all connections | [`Limits::workers`] | a connection reads again when one of its requests ends |
 //!
 //! Each is logged with the peer's address.
+//!
+//! # Bytes held
+//!
+//! A frame of more than [`UNCOUNTED_FRAME`] bytes (a write's data, a large
+//! message) takes its length from the server's [`Limits::held_max`]
+//! before the rest of it is read, and gives it back once its reply is
+//! written; a request whose reply will carry bulk (a read, as
+//! [`Handler::reply_bulk`] says) takes that much before it runs. When the
+//! budget is spent the connection waits unread (TCP pushes back on its
+//! peer), and the time spent waiting does not count against the peer's
+//! frame deadline. What is left uncounted is bounded by the connection and
+//! thread bounds: per connection, one frame of at most [`UNCOUNTED_FRAME`]
+//! being read and 16 KiB past it; per running request, a message-sized
+//! reply.
+//!
+//! Frames from storage services (role [`Role::Service`]: a chain's
+//! forwards and copies) are counted but never wait: a forward waiting at
+//! its successor while that successor's own forwards wait elsewhere could
+//! wait around a ring of chains for ever. Their bytes are bounded by what
+//! the heads that sent them admitted, each under its own budget.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -69,7 +90,14 @@ pub struct Limits {
     /// at most); 0 for services whose requests carry none, so a peer can
     /// make a connection hold at most one message-sized frame.
     pub bulk_max: usize,
+    /// Bytes of large frames (and of the replies [`Handler::reply_bulk`]
+    /// announces) held at once by all connections; see the module docs.
+    pub held_max: usize,
 }
+
+/// Frames up to this many bytes are read without taking from
+/// [`Limits::held_max`].
+pub const UNCOUNTED_FRAME: usize = 64 << 10;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -85,6 +113,7 @@ impl Default for Limits {
             workers: 256,
             stall: Duration::from_millis(2),
             bulk_max: 0,
+            held_max: 256 << 20,
         }
     }
 }
@@ -110,6 +139,12 @@ pub trait Handler: Send + Sync + 'static {
 
     /// A new authenticated connection: its state, or why it is refused.
     fn open(&self, peer: &Peer) -> Result<Self::Conn, String>;
+    /// Most bulk bytes the reply to `req` will carry: taken from
+    /// [`Limits::held_max`] before `req` runs (see the module docs).
+    fn reply_bulk(&self, _req: &Self::Request) -> usize {
+        0
+    }
+
     /// Answers one request; `bulk` is the payload after the message.
     fn handle(
         &self,
@@ -139,6 +174,67 @@ pub struct ServerStats {
     pub duration: crate::metrics::DurationHistogram,
     /// Connections open now.
     pub open: AtomicUsize,
+    /// Times a connection waited for [`Limits::held_max`] bytes.
+    pub held_waits: AtomicU64,
+}
+
+/// A request's reply message and bulk, or its errno.
+type Answered = Result<(Vec<u8>, Vec<u8>), i32>;
+
+/// Bytes held against [`Limits::held_max`] (see the module docs).
+#[derive(Debug)]
+struct Budget {
+    most: usize,
+    used: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// Bytes taken from a [`Budget`], given back on drop.
+#[derive(Debug)]
+struct Held {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        *lock(&self.budget.used) -= self.bytes;
+        self.budget.freed.notify_all();
+    }
+}
+
+impl Budget {
+    /// Takes `bytes` (the whole budget at most: a frame larger than it
+    /// waits until nothing else is held). Waits while they are not there,
+    /// unless `wait` is false; `None` if `closed` is set meanwhile.
+    fn take(
+        self: &Arc<Self>,
+        bytes: usize,
+        wait: bool,
+        closed: &std::sync::atomic::AtomicBool,
+    ) -> Option<Held> {
+        let bytes = bytes.min(self.most);
+        let mut used = lock(&self.used);
+        while wait && *used > 0 && *used + bytes > self.most {
+            if closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            used = self
+                .freed
+                .wait_timeout(used, Duration::from_millis(500))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *used += bytes;
+        Some(Held {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+
+    fn used(&self) -> usize {
+        *lock(&self.used)
+    }
 }
 
 /// A server of `H`'s requests.
@@ -155,6 +251,10 @@ pub struct Server<H: Handler> {
     live: Mutex<Vec<std::sync::Weak<Connection<H>>>>,
     /// When the server started (inline runs are timed from it).
     epoch: Instant,
+    /// Bytes of large frames and replies held.
+    held: Arc<Budget>,
+    /// Messages about connections waiting for [`Server::held`].
+    held_log: xfuse::ratelimit::LogLimit,
     /// What happened so far.
     pub stats: ServerStats,
 }
@@ -194,6 +294,8 @@ struct Reading {
     buf: Vec<u8>,
     /// When the first byte of the frame being read arrived.
     frame_started: Option<Instant>,
+    /// What the frame being read holds of [`Limits::held_max`].
+    held: Option<Held>,
 }
 
 impl<H: Handler> Server<H> {
@@ -203,15 +305,26 @@ impl<H: Handler> Server<H> {
         Arc::new(Server {
             handler,
             tls,
-            limits,
             pending: Mutex::new(VecDeque::new()),
             next_pending: AtomicU64::new(0),
             per_peer: Mutex::new(HashMap::new()),
             threads: AtomicUsize::new(0),
             live: Mutex::new(Vec::new()),
             epoch: Instant::now(),
+            held: Arc::new(Budget {
+                most: limits.held_max.max(1),
+                used: Mutex::new(0),
+                freed: std::sync::Condvar::new(),
+            }),
+            held_log: xfuse::ratelimit::LogLimit::standard(),
+            limits,
             stats: ServerStats::default(),
         })
+    }
+
+    /// Bytes of large frames and replies held now (see the module docs).
+    pub fn held_bytes(&self) -> usize {
+        self.held.used()
     }
 
     /// Accepts connections on `listener` until it fails.
@@ -394,7 +507,7 @@ impl<H: Handler> Server<H> {
             if conn.closed.load(Ordering::SeqCst) {
                 return;
             }
-            let (frame, queued) = {
+            let ((frame, frame_held), queued) = {
                 let mut reading = match conn.reading.try_lock() {
                     Ok(r) => r,
                     Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
@@ -407,9 +520,9 @@ impl<H: Handler> Server<H> {
                 let read = self.read_request(conn, &mut reading);
                 conn.reader_active.store(false, Ordering::SeqCst);
                 match read {
-                    Ok(Some(frame)) => {
+                    Ok(Some((frame, held))) => {
                         let queued = matches!(frame::frame_len(&reading.buf), Ok(Some(len)) if reading.buf.len() >= 4 + len);
-                        (frame, queued)
+                        ((frame, held), queued)
                     }
                     Ok(None) | Err(_) => {
                         conn.closed.store(true, Ordering::SeqCst);
@@ -428,13 +541,13 @@ impl<H: Handler> Server<H> {
                 // Others run or wait: someone reads on while this runs.
                 self.wake_reader(conn);
             }
-            let result = if running >= self.limits.in_flight {
+            let (result, reply_held) = if running >= self.limits.in_flight {
                 tracing::warn!(
                     "{}: more than {} requests in flight; answering EAGAIN",
                     conn.peer.addr,
                     self.limits.in_flight
                 );
-                Err(libc::EAGAIN)
+                (Err(libc::EAGAIN), None)
             } else {
                 self.run(conn, frame.message, frame.bulk)
             };
@@ -442,7 +555,9 @@ impl<H: Handler> Server<H> {
                 conn.inline_since.store(0, Ordering::SeqCst);
             }
             conn.in_flight.fetch_sub(1, Ordering::SeqCst);
-            if self.reply(conn, frame.id, result).is_err() {
+            let replied = self.reply(conn, frame.id, result);
+            drop((frame_held, reply_held));
+            if replied.is_err() {
                 conn.closed.store(true, Ordering::SeqCst);
                 conn.wake.notify_all();
                 return;
@@ -518,10 +633,15 @@ impl<H: Handler> Server<H> {
 
     /// Reads until a whole request frame is there; `None` when the
     /// connection ends (closed, idle, too slow, or broken framing).
-    fn read_request(&self, conn: &Connection<H>, reading: &mut Reading) -> io::Result<Option<Frame>> {
+    fn read_request(
+        &self,
+        conn: &Connection<H>,
+        reading: &mut Reading,
+    ) -> io::Result<Option<(Frame, Option<Held>)>> {
         loop {
             match frame::take_frame(&mut reading.buf) {
                 Ok(Some(frame)) => {
+                    let held = reading.held.take();
                     reading.frame_started = (!reading.buf.is_empty()).then(Instant::now);
                     if frame.bulk.len() > self.limits.bulk_max {
                         tracing::warn!(
@@ -536,7 +656,7 @@ impl<H: Handler> Server<H> {
                         tracing::warn!("{}: sent a reply frame; closing the connection", conn.peer.addr);
                         return Ok(None);
                     }
-                    return Ok(Some(frame));
+                    return Ok(Some((frame, held)));
                 }
                 Ok(None) => {
                     // A frame longer than this service takes is not read.
@@ -548,6 +668,14 @@ impl<H: Handler> Server<H> {
                                 conn.peer.addr
                             );
                             return Ok(None);
+                        }
+                        if 4 + len > UNCOUNTED_FRAME && reading.held.is_none() {
+                            match self.hold(conn, 4 + len) {
+                                Some(held) => reading.held = Some(held),
+                                None => return Ok(None),
+                            }
+                            // The wait was the server's, not the peer's.
+                            reading.frame_started = Some(Instant::now());
                         }
                     }
                 }
@@ -587,15 +715,39 @@ impl<H: Handler> Server<H> {
         }
     }
 
-    fn run(&self, conn: &Connection<H>, message: Vec<u8>, bulk: Vec<u8>) -> Result<(Vec<u8>, Vec<u8>), i32> {
+    /// Takes `bytes` of [`Limits::held_max`] for `conn` (waiting unless
+    /// it is a storage service's); `None` if the connection closed
+    /// meanwhile.
+    fn hold(&self, conn: &Connection<H>, bytes: usize) -> Option<Held> {
+        let wait = conn.peer.role != Some(Role::Service);
+        let most = self.held.most;
+        if wait && self.held.used() + bytes.min(most) > most {
+            self.stats.held_waits.fetch_add(1, Ordering::Relaxed);
+            // Peers can make this happen at will: rate-limited.
+            if let Some(suppressed) = self.held_log.admit() {
+                tracing::info!(
+                    suppressed,
+                    "{}: not read until {bytes} bytes are free: the service holds {} of the {most} it may",
+                    conn.peer.addr,
+                    self.held.used()
+                );
+            }
+        }
+        self.held.take(bytes, wait, &conn.closed)
+    }
+
+    /// Runs a request; what it holds of [`Limits::held_max`] for its reply
+    /// comes back with the answer, to be dropped once the reply is written.
+    fn run(&self, conn: &Connection<H>, message: Vec<u8>, bulk: Vec<u8>) -> (Answered, Option<Held>) {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let result = self.answer(conn, message, bulk);
+        let mut held = None;
+        let result = self.answer(conn, message, bulk, &mut held);
         self.stats.duration.observe(started.elapsed());
         if result.is_err() {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
         }
-        result
+        (result, held)
     }
 
     fn answer(
@@ -603,11 +755,17 @@ impl<H: Handler> Server<H> {
         conn: &Connection<H>,
         message: Vec<u8>,
         bulk: Vec<u8>,
+        held: &mut Option<Held>,
     ) -> Result<(Vec<u8>, Vec<u8>), i32> {
         let req = codec::decode::<H::Request>(&message).map_err(|e| {
             tracing::warn!("{}: refused a request: {e}", conn.peer.addr);
             libc::EPROTO
         })?;
+        drop(message);
+        let reply_bulk = self.handler.reply_bulk(&req).min(self.limits.bulk_max);
+        if reply_bulk > UNCOUNTED_FRAME {
+            *held = Some(self.hold(conn, reply_bulk).ok_or(libc::ECONNABORTED)?);
+        }
         let (reply, bulk) = self.handler.handle(&conn.state, &conn.peer, req, bulk)?;
         let message = codec::encode(&reply);
         if message.len() > frame::MESSAGE_LEN_MAX {
@@ -657,6 +815,8 @@ mod tests {
         release: Mutex<bool>,
         released: std::sync::Condvar,
         blocked: AtomicUsize,
+        /// What [`Handler::reply_bulk`] says of every request.
+        reply_bulk: AtomicUsize,
     }
 
     impl Echo {
@@ -672,6 +832,9 @@ mod tests {
         type Conn = ();
         fn open(&self, _peer: &Peer) -> Result<(), String> {
             Ok(())
+        }
+        fn reply_bulk(&self, _req: &u64) -> usize {
+            self.reply_bulk.load(Ordering::SeqCst)
         }
         fn handle(&self, _: &(), _: &Peer, req: u64, bulk: Vec<u8>) -> Result<(u64, Vec<u8>), i32> {
             if req == 0 {
@@ -690,7 +853,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         // The echo's requests carry a few bytes of bulk.
         let limits = Limits {
-            bulk_max: 1024,
+            bulk_max: limits.bulk_max.max(1024),
             ..limits
         };
         let server = Server::new(
@@ -868,6 +1031,86 @@ mod tests {
         let big = conn.call(&codec::encode(&2u64), &[0; 2048], Duration::from_secs(10));
         assert!(matches!(big, Err(CallError::Lost(_))), "{big:?}");
         assert!(conn.is_dead());
+    }
+
+    /// Calls echo 0 (which blocks until released) with `bulk` bytes on
+    /// `n` connections of their own, each on a thread.
+    fn blocked_calls(addr: SocketAddr, n: usize, bulk: usize) -> Vec<std::thread::JoinHandle<u64>> {
+        (0..n)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let conn = connect(addr, None);
+                    let (m, back) = conn
+                        .call(&codec::encode(&0u64), &vec![7u8; bulk], Duration::from_secs(120))
+                        .unwrap();
+                    assert_eq!(back.len(), bulk);
+                    codec::decode(&m).unwrap()
+                })
+            })
+            .collect()
+    }
+
+    /// Waits until `running` requests block in the handler and at least
+    /// `waiting` connections waited for bytes; then checks no more run.
+    fn only_some_run(server: &Server<Echo>, running: usize, waiting: u64) {
+        let settled = crate::rpc::client::tests_support::wait_until(Duration::from_secs(60), || {
+            server.handler.blocked.load(Ordering::SeqCst) >= running
+                && server.stats.held_waits.load(Ordering::SeqCst) >= waiting
+        });
+        assert!(
+            settled,
+            "{} running, {} waits",
+            server.handler.blocked.load(Ordering::SeqCst),
+            server.stats.held_waits.load(Ordering::SeqCst)
+        );
+        assert_eq!(server.handler.blocked.load(Ordering::SeqCst), running);
+        assert!(
+            server.held_bytes() <= server.limits.held_max,
+            "{}",
+            server.held_bytes()
+        );
+    }
+
+    #[test]
+    fn large_frames_past_the_held_bound_wait_unread_until_bytes_are_freed() {
+        let limits = Limits {
+            bulk_max: 512 << 10,
+            held_max: 1 << 20,
+            ..Limits::default()
+        };
+        let (server, addr) = start(limits, None);
+        // Three frames of 300 KiB fit in 1 MiB, the fourth does not: three
+        // run (and block), three wait unread.
+        let calls = blocked_calls(addr, 6, 300 << 10);
+        only_some_run(&server, 3, 3);
+        server.handler.release();
+        for c in calls {
+            assert_eq!(c.join().unwrap(), 0);
+        }
+        assert_eq!(server.held_bytes(), 0, "every frame gave its bytes back");
+        // Small frames never count.
+        let conn = connect(addr, None);
+        assert_eq!(echo(&conn, 4).unwrap(), 4);
+        assert_eq!(server.held_bytes(), 0);
+    }
+
+    #[test]
+    fn announced_reply_bytes_are_held_before_the_request_runs() {
+        let limits = Limits {
+            bulk_max: 512 << 10,
+            held_max: 1 << 20,
+            ..Limits::default()
+        };
+        let (server, addr) = start(limits, None);
+        server.handler.reply_bulk.store(400 << 10, Ordering::SeqCst);
+        // Small requests, each announcing a 400 KiB reply: two run.
+        let calls = blocked_calls(addr, 4, 16);
+        only_some_run(&server, 2, 2);
+        server.handler.release();
+        for c in calls {
+            assert_eq!(c.join().unwrap(), 0);
+        }
+        assert_eq!(server.held_bytes(), 0);
     }
 
     #[test]

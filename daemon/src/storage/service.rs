@@ -246,6 +246,13 @@ impl Handler for StorageService {
     type Reply = StorageReply;
     type Conn = ();
 
+    fn reply_bulk(&self, req: &StorageRequest) -> usize {
+        match req {
+            StorageRequest::Read { len, .. } => *len as usize,
+            _ => 0,
+        }
+    }
+
     fn open(&self, peer: &Peer) -> Result<(), String> {
         match peer.role {
             None | Some(Role::Mount) | Some(Role::Service) => Ok(()),

@@ -25,6 +25,13 @@ pub struct StorageArgs {
     /// more.
     #[arg(long = "target", value_name = "DIR", required = true)]
     targets: Vec<PathBuf>,
+    /// Most MiB of file data the service holds in memory at once, over all
+    /// connections: writes being received and run, and read replies.
+    /// Mounts past it wait (their connections are not read until data is
+    /// freed). At least 5, for one whole write.
+    #[arg(long, value_name = "MIB", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(5..=1 << 20))]
+    held_max_mib: u64,
     #[command(flatten)]
     auth: AuthArgs,
     #[command(flatten)]
@@ -92,6 +99,7 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
     );
     let limits = Limits {
         bulk_max: BULK_LEN_MAX,
+        held_max: usize::try_from(args.held_max_mib << 20).context("--held-max-mib")?,
         ..Limits::default()
     };
     let server = Server::new(service.clone(), server_tls, limits);
