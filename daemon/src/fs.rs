@@ -901,6 +901,153 @@ mod tests {
         }
     }
 
+    /// A store whose process "dies" at one kind of change, before making
+    /// it or right after: an error stands for the crash, so nothing after
+    /// it (the size commit) happens. What is left is what a SIGKILL at that
+    /// point leaves.
+    #[derive(Debug)]
+    struct DiesAfter {
+        inner: LocalData,
+        /// Dies at a cut: `Some(true)` once it is made, `Some(false)`
+        /// before.
+        cut: Option<bool>,
+        /// Dies once a write is made.
+        write: bool,
+    }
+
+    impl FileData for DiesAfter {
+        fn read(&self, ino: u64, rec: &InodeRec, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+            self.inner.read(ino, rec, offset, buf)
+        }
+        fn write(&self, ino: u64, rec: &InodeRec, offset: u64, data: &[u8]) -> io::Result<()> {
+            self.inner.write(ino, rec, offset, data)?;
+            if self.write {
+                return Err(io::Error::other("killed after the write"));
+            }
+            Ok(())
+        }
+        fn cut(&self, ino: u64, rec: &InodeRec, at: u64) -> io::Result<()> {
+            if self.cut == Some(false) {
+                return Err(io::Error::other("killed before the cut"));
+            }
+            self.inner.cut(ino, rec, at)?;
+            if self.cut == Some(true) {
+                return Err(io::Error::other("killed after the cut"));
+            }
+            Ok(())
+        }
+        fn remove(&self, reclaim: &Reclaim) -> io::Result<()> {
+            self.inner.remove(reclaim)
+        }
+        fn sync(&self, ino: u64, rec: &InodeRec) -> io::Result<()> {
+            self.inner.sync(ino, rec)
+        }
+        fn zero(&self, ino: u64, rec: &InodeRec, range: std::ops::Range<u64>) -> io::Result<()> {
+            self.inner.zero(ino, rec, range)
+        }
+        fn data_chunks(
+            &self,
+            ino: u64,
+            rec: &InodeRec,
+            indexes: std::ops::Range<u64>,
+        ) -> io::Result<Vec<u64>> {
+            self.inner.data_chunks(ino, rec, indexes)
+        }
+    }
+
+    /// `fs`'s namespace with file data in `dir`'s chunk store through
+    /// `data`: the same files, as a restarted mount sees them.
+    fn remount(
+        fs: &MetaFs,
+        dir: &tempfile::TempDir,
+        data: impl FnOnce(LocalData) -> Arc<dyn FileData>,
+    ) -> MetaFs {
+        let store = LocalData(ChunkStore::open(&dir.path().join("data")).unwrap());
+        MetaFs::new(fs.meta.clone(), data(store), fs.config.clone())
+    }
+
+    fn set_size(fs: &MetaFs, ino: u64, size: u64) -> io::Result<()> {
+        let mut attr = Entry::default().attr;
+        attr.st_size = size as i64;
+        fs.setattr(&Context::default(), ino, attr, None, SetattrValid::SIZE)
+            .map(|_| ())
+    }
+
+    /// The file's bytes as a reader sees them.
+    fn contents(fs: &MetaFs, ino: u64) -> Vec<u8> {
+        let rec = fs.meta.getattr(ino).unwrap();
+        let mut buf = vec![0xeeu8; rec.size as usize];
+        assert_eq!(fs.data.read(ino, &rec, 0, &mut buf).unwrap(), buf.len());
+        buf
+    }
+
+    /// A truncate killed at its cut, before or after making it, leaves
+    /// the old size over the old bytes or over zeros, and no later size
+    /// brings the old bytes back. (With the size committed first, as
+    /// before, a kill before the cut left the new size over old bytes,
+    /// and the extension showed them.)
+    #[test]
+    fn a_truncate_killed_at_its_cut_never_brings_old_bytes_back() {
+        for cut_made in [false, true] {
+            let (fs, _engine, dir) = fs();
+            let (ino, _) = create(&fs, c"a");
+            let old: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8 + 1).collect();
+            set_size(&fs, ino, old.len() as u64).unwrap();
+            let rec = fs.meta.getattr(ino).unwrap();
+            fs.data.write(ino, &rec, 0, &old).unwrap();
+            let dying = remount(&fs, &dir, |store| {
+                Arc::new(DiesAfter {
+                    inner: store,
+                    cut: Some(cut_made),
+                    write: false,
+                })
+            });
+            assert!(set_size(&dying, ino, 1000).is_err(), "the truncate was killed");
+            let after = remount(&fs, &dir, |store| Arc::new(store));
+            let committed = after.meta.getattr(ino).unwrap().size as usize;
+            assert_eq!(committed, old.len(), "the size committed before the cut");
+            set_size(&after, ino, 5_000_000).unwrap();
+            let got = contents(&after, ino);
+            assert_eq!(got[..1000], old[..1000]);
+            // Below the old size: the old bytes, or zeros where the cut
+            // was made; past it, zeros.
+            assert!(
+                got[1000..committed] == old[1000..] && !cut_made
+                    || got[1000..committed].iter().all(|b| *b == 0),
+                "cut made: {cut_made}: part of the cut bytes read back"
+            );
+            assert!(got[committed..].iter().all(|b| *b == 0));
+        }
+    }
+
+    /// A write killed before its size commits leaves bytes past the end;
+    /// a truncate growing the file over them drops them first.
+    #[test]
+    fn bytes_a_killed_write_left_past_the_end_never_show() {
+        let (fs, _engine, dir) = fs();
+        let (ino, _) = create(&fs, c"a");
+        let dying = remount(&fs, &dir, |store| {
+            Arc::new(DiesAfter {
+                inner: store,
+                cut: None,
+                write: true,
+            })
+        });
+        let rec = fs.meta.getattr(ino).unwrap();
+        assert!(dying.data.write(ino, &rec, 100, &[7u8; 70_000]).is_err());
+        let after = remount(&fs, &dir, |store| Arc::new(store));
+        assert_eq!(
+            after.meta.getattr(ino).unwrap().size,
+            0,
+            "the size never committed"
+        );
+        set_size(&after, ino, 200_000).unwrap();
+        assert!(
+            contents(&after, ino).iter().all(|b| *b == 0),
+            "bytes of the killed write showed"
+        );
+    }
+
     /// Bytes a crash left past the end (written, the size never
     /// committed) must not show when fallocate grows the file over them.
     #[test]
