@@ -11,6 +11,8 @@
 //!   target comes back, copies what it missed, serves again, and then
 //!   alone serves every file correctly;
 //! - unlinking a file removes its chunks from every target;
+//! - a replica whose block fails its checksum is read around, then
+//!   replaced by a good copy;
 //! - a directory's replication factor (`xfused.replicas`) is what the
 //!   files made below it get;
 //! - writers past a service's bound on bytes held (`--held-max-mib`)
@@ -646,6 +648,66 @@ fn writers_past_the_services_held_bound_wait_and_all_finish() {
             );
         }
     }
+}
+
+#[test]
+fn a_replica_whose_block_fails_its_checksum_is_healed_from_another() {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let cluster = Cluster::start(3);
+    let a = cluster.mount();
+    let path = a.mnt().join("f");
+    let data = common::pattern(1 << 20, 7);
+    std::fs::write(&path, &data).unwrap();
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    let chunk_file = |i: usize| {
+        cluster.storages[i]
+            .target
+            .join("chunks")
+            .join(format!("{:02x}", ino & 0xff))
+            .join(layout_name(ino))
+            .join("0")
+    };
+    // Damage block 1 of the chunk on target 0, as a torn write or a bad
+    // sector would.
+    {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(chunk_file(0))
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, 5000).unwrap();
+        f.write_all_at(&[b[0] ^ 0xff], 5000).unwrap();
+    }
+    assert_ne!(
+        std::fs::read(chunk_file(0)).unwrap(),
+        std::fs::read(chunk_file(1)).unwrap()
+    );
+    // Direct reads reach the members in turn: target 0 is asked for the
+    // damaged block within three. Every read returns the right bytes.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .unwrap();
+    for _ in 0..6 {
+        let mut buf = vec![0u8; 8192];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert!(buf == data[..8192], "a read returned wrong bytes");
+    }
+    // Target 0's copy was replaced by a good one.
+    assert_eq!(
+        std::fs::read(chunk_file(0)).unwrap(),
+        std::fs::read(chunk_file(1)).unwrap(),
+        "target 0 still holds the damaged block:\n{}",
+        cluster.logs()
+    );
+    assert!(
+        cluster.logs().contains("replaced by target"),
+        "{}",
+        cluster.logs()
+    );
+    assert!(std::fs::read(&path).unwrap() == data);
 }
 
 #[test]

@@ -318,6 +318,12 @@ impl Collect for Storage {
                     n.load(Ordering::Relaxed),
                 );
             }
+            out.counter(
+                "xfuse_storage_repaired_chunks_total",
+                "Chunks of a local target that failed a checksum and were replaced by another member's copy.",
+                &[("target", &id)],
+                moved.repaired_chunks.load(Ordering::Relaxed),
+            );
             table.get_or_insert_with(|| target.table());
         }
         // Every local target routes by the same table.

@@ -28,8 +28,10 @@
 //! # What a read checks
 //!
 //! Every block a read touches is read whole and checked against its
-//! checksum; a mismatch is `EIO` (logged with the chunk and block), and the
-//! client reads another replica.
+//! checksum; a mismatch is `EIO` (logged with the chunk and block). The
+//! target then copies the chunk from another member at the same version
+//! (`Target::repair`), or failing that answers `EIO` and the client reads
+//! another replica.
 //!
 //! # Crashes
 //!

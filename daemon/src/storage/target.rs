@@ -114,6 +114,9 @@ pub struct Moved {
     pub read_bytes: AtomicU64,
     /// Bytes copied here from a chain's tail while syncing.
     pub synced_bytes: AtomicU64,
+    /// Chunks whose copy here failed a check and was replaced by another
+    /// member's.
+    pub repaired_chunks: AtomicU64,
 }
 
 impl std::fmt::Debug for Target {
@@ -454,6 +457,58 @@ impl Target {
         }
     }
 
+    /// Replaces this member's copy of `chunk`, which failed a check
+    /// (`why`: a torn or damaged block), with another serving member's at
+    /// the same version; `EIO` when none has one (the client then reads
+    /// another member). A copy at another version is left to the chain's
+    /// own catching up (updates, [`Target::verify`], syncing). The fetch
+    /// runs without holding the chunk (the member asked may ask this one
+    /// which version is committed); the replacement holds it and checks
+    /// the version did not move meanwhile.
+    fn repair(&self, chunk: ChunkId, rec: &ChainRec, table: &Table, why: &io::Error) -> Result<(), i32> {
+        let mine = self.engine.meta(chunk).map_err(|e| {
+            tracing::error!("target {}: chunk {chunk}: {why}, and its header: {e}", self.id);
+            libc::EIO
+        })?;
+        for member in rec.readers().filter(|m| *m != self.id) {
+            let Some(addr) = table.addr(member) else { continue };
+            let (bytes, version, recent) = match self.fetch(addr, member, rec.reference(), chunk) {
+                Ok(copy) => copy,
+                Err(e) => {
+                    tracing::warn!(
+                        "target {}: chunk {chunk}: copying it from target {member}: {}",
+                        self.id,
+                        io::Error::from_raw_os_error(e)
+                    );
+                    continue;
+                }
+            };
+            if version != mine.version {
+                continue;
+            }
+            let _held = self.hold(chunk)?;
+            if self.engine.meta(chunk).map_err(|e| errno(&e))?.version != version {
+                // Updated meanwhile: the next read tries again.
+                return Err(libc::EIO);
+            }
+            self.engine
+                .replace(chunk, rec.id, version, &bytes, false, &recent)
+                .map_err(|e| errno(&e))?;
+            tracing::warn!(
+                "target {}: chunk {chunk}: {why}; replaced by target {member}'s copy (version {version})",
+                self.id
+            );
+            self.moved.repaired_chunks.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        tracing::error!(
+            "target {}: chunk {chunk}: {why}; no other serving member has version {}",
+            self.id,
+            mine.version
+        );
+        Err(libc::EIO)
+    }
+
     /// The whole of `chunk` at `target`, its version and the updates it
     /// remembers (read in pieces; again from the start if the version
     /// moves meanwhile).
@@ -714,7 +769,15 @@ impl Target {
         let pending = lock(&self.pending).get(&chunk).cloned();
         let Some(p) = pending.filter(|_| tail != self.id) else {
             let mut buf = vec![0u8; len as usize];
-            let (n, meta) = self.engine.read(chunk, offset, &mut buf).map_err(|e| errno(&e))?;
+            let (n, meta) = match self.engine.read(chunk, offset, &mut buf) {
+                // A block that fails its checksum: the chunk is copied from
+                // a member whose copy is good, then read again.
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    self.repair(chunk, &rec, &table, &e)?;
+                    self.engine.read(chunk, offset, &mut buf).map_err(|e| errno(&e))?
+                }
+                read => read.map_err(|e| errno(&e))?,
+            };
             buf.truncate(n);
             let recent = meta.recent.iter().copied().filter(|k| *k != (0, 0)).collect();
             return Ok((
