@@ -8,6 +8,8 @@
 //! unlinks and renames. Who may change them is Linux's rule, checked the
 //! same way on a native directory next to the mount.
 //!
+//! `xfused mount` keeps no flags: ENOTTY.
+//!
 //! The source directory's filesystem decides which flags exist; a test
 //! whose flag it refuses records a skip with the reason. Every test clears
 //! immutable and append-only on the source before it ends (pass or fail),
@@ -346,4 +348,24 @@ fn only_the_owner_changes_flags_and_protected_ones_as_natively() {
         // Something must have been refused, or the comparison proved nothing.
         assert_eq!(set_as(BOB, &file, base | flags::NODUMP), libc::EPERM);
     }
+}
+
+#[test]
+fn the_distributed_filesystem_keeps_no_flags() {
+    // MetaFs has no flags to keep: the ioctls answer ENOTTY, as lsattr on
+    // any filesystem without them, and nothing is pretended.
+    let m = Mount::start_meta(&[]);
+    let file = m.mnt().join("f");
+    fs::write(&file, b"x").unwrap();
+    let f = open_for_flags(&file).unwrap();
+    assert_errno(
+        fileattr::get_flags(f.as_fd()).map_err(io::Error::from),
+        libc::ENOTTY,
+        "FS_IOC_GETFLAGS on xfused mount",
+    );
+    assert_errno(
+        fileattr::set_flags(f.as_fd(), flags::NODUMP).map_err(io::Error::from),
+        libc::ENOTTY,
+        "FS_IOC_SETFLAGS on xfused mount",
+    );
 }
