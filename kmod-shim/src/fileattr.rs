@@ -149,10 +149,14 @@ mod tests {
 
     #[test]
     fn ioctl_numbers_match_the_header() {
-        assert_eq!(u64::from(FS_IOC_GETFLAGS), libc::FS_IOC_GETFLAGS as u64);
-        assert_eq!(u64::from(FS_IOC_SETFLAGS), libc::FS_IOC_SETFLAGS as u64);
-        assert_eq!(u64::from(FS_IOC32_GETFLAGS), libc::FS_IOC32_GETFLAGS as u64);
-        assert_eq!(u64::from(FS_IOC32_SETFLAGS), libc::FS_IOC32_SETFLAGS as u64);
+        // libc's ioctl number type differs between C libraries.
+        fn wide<T: TryInto<u64>>(number: T) -> Option<u64> {
+            number.try_into().ok()
+        }
+        assert_eq!(wide(FS_IOC_GETFLAGS), wide(libc::FS_IOC_GETFLAGS));
+        assert_eq!(wide(FS_IOC_SETFLAGS), wide(libc::FS_IOC_SETFLAGS));
+        assert_eq!(wide(FS_IOC32_GETFLAGS), wide(libc::FS_IOC32_GETFLAGS));
+        assert_eq!(wide(FS_IOC32_SETFLAGS), wide(libc::FS_IOC32_SETFLAGS));
         // Values printed by a C program including <linux/fs.h> on x86_64.
         assert_eq!(FS_IOC_GETFLAGS, 0x8008_6601);
         assert_eq!(FS_IOC_FSGETXATTR, 0x801c_581f);
