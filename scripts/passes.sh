@@ -29,7 +29,7 @@ integration_other_passes() {
     "$1" XFUSE_TEST_TRANSPORT=uring cargo test --locked -p xfused --test '*' -- --skip vm_
     "$1" XFUSE_TEST_TRANSPORT=uring XFUSE_TEST_ARGS=--passthrough cargo test --locked -p xfused \
         --test posix_dev --test round_trip --test fault --test scale --test pjdfstest --test adaptive \
-        --test permissions --test suid
+        --test permissions --test suid --test file_flags
     "$1" XFUSE_TEST_ARGS="--cache-policy adaptive --cache-refresh-ms 50" cargo test --locked -p xfused \
         --test posix_dev --test round_trip --test pjdfstest --test permissions --test suid
 }

@@ -41,8 +41,9 @@ fi
 # (the metadata tests run a 3-member cluster), and the tools the
 # integration tests drive (mount and umount for mount_helper.rs; setfacl
 # and getfacl for the POSIX ACL cases of permissions.rs; setfattr and
-# getfattr, which set a directory's replication factor as the README shows).
-packages=(gcc libc6-dev linux-libc-dev clang libbpf-dev protobuf-compiler etcd-server util-linux mount tar diffutils coreutils findutils passwd acl attr)
+# getfattr, which set a directory's replication factor as the README shows;
+# chattr and lsattr for file_flags.rs).
+packages=(gcc libc6-dev linux-libc-dev clang libbpf-dev protobuf-compiler etcd-server util-linux mount tar diffutils coreutils findutils passwd acl attr e2fsprogs)
 # The VM tests (vm-tests/, daemon/tests/virtiofs_vm.rs) boot a guest under
 # QEMU: its kernel comes from Debian's linux-image-amd64 (fetched with
 # apt-get download on first use), its initramfs from busybox-static; xz

@@ -5,17 +5,10 @@ use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::abi::BackingMap;
-use crate::{cvt, cvt_size, SyscallError};
+use crate::{cvt, cvt_size, ioc, SyscallError, IOC_READ, IOC_WRITE};
 
 const FUSE_DEV_PATH: &CStr = c"/dev/fuse";
 
-/// `_IOC(dir, type, nr, size)` of `<asm-generic/ioctl.h>`, as the x86/arm
-/// layout defines it (dir in bits 30-31, size in 16-29, type in 8-15, nr in 0-7).
-const fn ioc(dir: u32, ty: u32, nr: u32, size: usize) -> u32 {
-    (dir << 30) | ((size as u32) << 16) | (ty << 8) | nr
-}
-const IOC_WRITE: u32 = 1;
-const IOC_READ: u32 = 2;
 const FUSE_DEV_IOC_MAGIC: u32 = 229;
 /// `FUSE_DEV_IOC_CLONE`: `_IOR(229, 0, uint32_t)`.
 pub const FUSE_DEV_IOC_CLONE: u32 = ioc(IOC_READ, FUSE_DEV_IOC_MAGIC, 0, 4);

@@ -7,6 +7,8 @@
 //! - [`mount`]: mount(2) and umount2(2) for FUSE, with typed options;
 //! - [`mountinfo`]: what is mounted where (`/proc/self/mountinfo`), and a
 //!   FUSE mount's connection id;
+//! - [`fileattr`]: the file attribute flags of `chattr`/`lsattr`
+//!   (`FS_IOC_GETFLAGS`/`SETFLAGS`, `FS_IOC_FSGETXATTR`/`FSSETXATTR`);
 //! - [`creds`]: process credentials (capabilities across uid switches) and
 //!   the umask;
 //! - [`uring`]: FUSE-over-io_uring ring entries and the io_uring carrying them;
@@ -30,6 +32,7 @@ pub mod abi;
 pub mod buf;
 pub mod creds;
 pub mod dev;
+pub mod fileattr;
 pub mod handle;
 pub mod mount;
 pub mod mountinfo;
@@ -118,6 +121,17 @@ impl From<SyscallError> for std::io::Error {
         e.io_error
     }
 }
+
+/// `_IOC(dir, type, nr, size)` of `<asm-generic/ioctl.h>`, as the x86/arm
+/// layout defines it (dir in bits 30-31, size in 16-29, type in 8-15, nr in
+/// 0-7): the number of an ioctl, for every module that issues one.
+pub(crate) const fn ioc(dir: u32, ty: u32, nr: u32, size: usize) -> u32 {
+    (dir << 30) | ((size as u32) << 16) | (ty << 8) | nr
+}
+/// `_IOC_WRITE`: the ioctl reads its argument from the caller.
+pub(crate) const IOC_WRITE: u32 = 1;
+/// `_IOC_READ`: the ioctl writes its argument for the caller.
+pub(crate) const IOC_READ: u32 = 2;
 
 /// Converts a -1 return of `call` into the thread's `errno`.
 fn cvt(call: &'static str, ret: libc::c_int) -> Result<libc::c_int, SyscallError> {

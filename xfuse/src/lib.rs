@@ -22,6 +22,8 @@
 //! - [`cache`]: adaptive entry/attribute timeouts per inode, kept coherent
 //!   by those invalidations;
 //! - [`passthrough`]: FUSE passthrough to backing files;
+//! - [`fileattr`]: the `chattr`/`lsattr` ioctls decoded for a
+//!   [`fileattr::FileAttrs`] hook beside the filesystem;
 //! - [`idmap`]: user and group ids translated between an untrusted guest
 //!   and the host (`IdMapped`, a `FileSystem` layer);
 //! - [`killpriv`]: set-user-ID and set-group-ID bits cleared on writes,
@@ -40,6 +42,7 @@
 pub mod acl;
 pub mod cache;
 pub mod dispatch;
+pub mod fileattr;
 pub mod idmap;
 pub mod init;
 pub mod killpriv;

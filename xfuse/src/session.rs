@@ -7,6 +7,7 @@
 //!        │
 //!        ├── .notifier()                    cache invalidations
 //!        ├── .set_policy() .set_adaptive_ttl() .enable_passthrough()
+//!        │   .set_file_attrs()
 //!        │                                  the dispatcher being built
 //!        ▼
 //! Session::serve(Transport::Dev{..})        dispatcher built, workers started
@@ -32,6 +33,7 @@ use kmod_shim::{FuseDev, KernelInfo, MountOptions, UnmountMode};
 
 use crate::cache::AdaptiveTtl;
 use crate::dispatch::{Dispatcher, DispatcherBuilder, Policy, Stats};
+use crate::fileattr::FileAttrs;
 use crate::init::{self, InitConfig, Negotiated};
 use crate::notify::Notifier;
 use crate::passthrough::{BackingOpener, Passthrough};
@@ -257,6 +259,12 @@ impl<F: FileSystem + Send + Sync + 'static> Session<F> {
     pub fn set_adaptive_ttl(&mut self, ttl: Arc<AdaptiveTtl>) {
         ttl.set_notifier(self.notifier());
         self.dispatcher.set_adaptive_ttl(ttl);
+    }
+
+    /// Serves the file attribute ioctls (`chattr`, `lsattr`) with `hook`
+    /// (see [`crate::DispatcherBuilder::set_file_attrs`]).
+    pub fn set_file_attrs(&mut self, hook: Box<dyn FileAttrs>) {
+        self.dispatcher.set_file_attrs(hook);
     }
 
     /// Serves regular files through FUSE passthrough, with backing files

@@ -6,9 +6,11 @@
 //! machines instead, confined by [`sandbox`].
 
 mod adaptive;
+pub mod fileattrs;
 mod mount_flags;
 mod report;
 pub mod sandbox;
+pub mod source;
 pub mod tmpfiles;
 pub mod vm;
 
@@ -262,6 +264,8 @@ where
 pub trait MountHooks {
     /// See [`Session::enable_passthrough`].
     fn enable_passthrough(&mut self, opener: Box<dyn xfuse::passthrough::BackingOpener>) -> bool;
+    /// See [`Session::set_file_attrs`].
+    fn set_file_attrs(&mut self, hook: Box<dyn xfuse::fileattr::FileAttrs>);
 }
 
 impl<F> MountHooks for Session<F>
@@ -270,6 +274,10 @@ where
 {
     fn enable_passthrough(&mut self, opener: Box<dyn xfuse::passthrough::BackingOpener>) -> bool {
         Session::enable_passthrough(self, opener)
+    }
+
+    fn set_file_attrs(&mut self, hook: Box<dyn xfuse::fileattr::FileAttrs>) {
+        Session::set_file_attrs(self, hook)
     }
 }
 

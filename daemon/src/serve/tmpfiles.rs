@@ -43,6 +43,8 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::passthrough::PassthroughFs;
 use libc::{stat64, statvfs64};
 
+use super::source::SourceFiles;
+
 /// Node ids and handles of the files this layer holds start here.
 /// PassthroughFs's node ids stay below 2^56 (its `VFS_MAX_INO`) and its
 /// handles count up from 1.
@@ -75,17 +77,26 @@ impl SourceDirs for PassthroughFs<()> {
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
-        let path = self.readlinkat_proc_file(inode)?;
-        let dir: OwnedFd = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
-            .open(&path)?
-            .into();
-        let now = File::from(dir.try_clone()?).metadata()?;
-        if now.dev() != st.st_dev || now.ino() != st.st_ino {
-            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        let dir =
+            super::source::reopen(self, inode, &st, libc::O_PATH | libc::O_DIRECTORY).map_err(|e| match e
+                .raw_os_error()
+            {
+                // Renamed away meanwhile: gone, as far as this parent goes.
+                Some(libc::ESTALE) => errno(libc::ENOENT),
+                _ => e,
+            })?;
+        Ok(dir.into())
+    }
+}
+
+impl<F: SourceFiles> SourceFiles for Tmpfiles<F> {
+    /// The held file itself (a duplicate of its descriptor) for a nameless
+    /// file; the inner filesystem's otherwise.
+    fn source_file(&self, inode: u64) -> io::Result<File> {
+        if is_tmp(inode) {
+            return self.file(inode)?.try_clone();
         }
-        Ok(dir)
+        self.inner.source_file(inode)
     }
 }
 

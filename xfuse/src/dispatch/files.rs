@@ -16,6 +16,7 @@ use kmod_shim::abi::{
 };
 
 use super::{Data, Dispatcher, Done, Failure, Handled};
+use crate::fileattr;
 use crate::killpriv::{self, Cause};
 use crate::reply::{entry_out, BodyWriter, DataReader};
 use crate::request::{Args, ParseError};
@@ -562,6 +563,19 @@ pub(super) fn ioctl<F: FileSystem + Sync>(
     a.finish()?;
     if io.out_size as usize > d.negotiated.max_reply_bytes() {
         return Err(ParseError::BadCount(u64::from(io.out_size)).into());
+    }
+    if let Some(hook) = &d.file_attrs {
+        if let Some(request) = fileattr::Request::decode(io.cmd, input, io.out_size) {
+            let answer = request.map_err(Failure::Errno)?.serve(&**hook, ctx, ino, io.fh)?;
+            w.push(&IoctlOut {
+                result: 0,
+                flags: 0,
+                in_iovs: 0,
+                out_iovs: 0,
+            })?;
+            w.push_bytes(answer.as_bytes())?;
+            return Ok(Done::Reply);
+        }
     }
     let data = IoctlData {
         result: 0,

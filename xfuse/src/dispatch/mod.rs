@@ -15,7 +15,8 @@
 //! - `entries`: names and inodes (LOOKUP, FORGET, GETATTR, SETATTR,
 //!   MKNOD, MKDIR, SYMLINK, LINK, UNLINK, RMDIR, RENAME, ACCESS, …);
 //! - `files`: open files (OPEN, CREATE, TMPFILE, READ, WRITE, RELEASE, FSYNC,
-//!   FLUSH, locks, FALLOCATE, LSEEK, IOCTL, POLL, BMAP);
+//!   FLUSH, locks, FALLOCATE, LSEEK, IOCTL — the file attribute commands
+//!   through a [`FileAttrs`] hook where one is set —, POLL, BMAP);
 //! - `directories`: open directories (OPENDIR, READDIR, READDIRPLUS, …);
 //! - `xattrs`: extended attributes;
 //! - `control`: the connection itself (INIT, DESTROY, INTERRUPT,
@@ -44,6 +45,7 @@ use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, ZeroCopyReade
 use kmod_shim::abi::{InHeader, Opcode};
 
 use crate::cache::{AdaptiveFs, AdaptiveTtl};
+use crate::fileattr::FileAttrs;
 use crate::init::Negotiated;
 use crate::killpriv::UnknownGroups;
 use crate::passthrough::Passthrough;
@@ -195,6 +197,7 @@ pub struct DispatcherBuilder<F> {
     passthrough: Option<Passthrough>,
     ttl: Option<Arc<AdaptiveTtl>>,
     groups: Box<dyn GroupSource>,
+    file_attrs: Option<Box<dyn FileAttrs>>,
     time_requests: bool,
 }
 
@@ -210,6 +213,7 @@ impl<F: FileSystem + Sync> DispatcherBuilder<F> {
             passthrough: None,
             ttl: None,
             groups: Box::new(UnknownGroups),
+            file_attrs: None,
             time_requests: false,
         }
     }
@@ -248,6 +252,14 @@ impl<F: FileSystem + Sync> DispatcherBuilder<F> {
         self
     }
 
+    /// Serves the file attribute ioctls (`chattr`, `lsattr`) with `hook`
+    /// instead of the filesystem's `ioctl` ([`crate::fileattr`]); by
+    /// default they go to the filesystem like every other command.
+    pub fn set_file_attrs(&mut self, hook: Box<dyn FileAttrs>) -> &mut Self {
+        self.file_attrs = Some(hook);
+        self
+    }
+
     /// Serves regular files through backing files (FUSE passthrough). The
     /// session must have negotiated `FUSE_PASSTHROUGH`.
     pub(crate) fn set_passthrough(&mut self, passthrough: Passthrough) -> &mut Self {
@@ -263,6 +275,7 @@ impl<F: FileSystem + Sync> DispatcherBuilder<F> {
             policy: self.policy,
             passthrough: self.passthrough,
             groups: self.groups,
+            file_attrs: self.file_attrs,
             stats: Stats::new(self.time_requests),
             destroyed: AtomicBool::new(false),
         }
@@ -281,6 +294,8 @@ pub struct Dispatcher<F> {
     policy: Policy,
     passthrough: Option<Passthrough>,
     groups: Box<dyn GroupSource>,
+    /// Serves the file attribute ioctls, if set.
+    file_attrs: Option<Box<dyn FileAttrs>>,
     stats: Stats,
     destroyed: AtomicBool,
 }

@@ -908,3 +908,160 @@ fn a_tmpfile_answered_with_a_named_inode_is_refused_and_given_back() {
         "its reference given back"
     );
 }
+
+/// A [`FileAttrs`] double: one flags word and one fsxattr for every inode,
+/// and the calls it saw (`(what, inode, handle)`).
+#[derive(Debug, Default)]
+struct FlagsDouble {
+    flags: std::sync::Mutex<u32>,
+    xattr: std::sync::Mutex<kmod_shim::fileattr::FsXattr>,
+    calls: std::sync::Mutex<Vec<(&'static str, u64, u64)>>,
+}
+
+impl FlagsDouble {
+    fn saw(&self, what: &'static str, inode: u64, handle: u64) {
+        self.calls.lock().unwrap().push((what, inode, handle));
+    }
+}
+
+impl FileAttrs for Arc<FlagsDouble> {
+    fn get_flags(&self, _: &Context, inode: u64, handle: u64) -> io::Result<u32> {
+        self.saw("get_flags", inode, handle);
+        Ok(*self.flags.lock().unwrap())
+    }
+    fn set_flags(&self, _: &Context, inode: u64, handle: u64, flags: u32) -> io::Result<()> {
+        self.saw("set_flags", inode, handle);
+        if flags & kmod_shim::fileattr::flags::IMMUTABLE != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        *self.flags.lock().unwrap() = flags;
+        Ok(())
+    }
+    fn get_fsxattr(&self, _: &Context, inode: u64, handle: u64) -> io::Result<kmod_shim::fileattr::FsXattr> {
+        self.saw("get_fsxattr", inode, handle);
+        Ok(*self.xattr.lock().unwrap())
+    }
+    fn set_fsxattr(
+        &self,
+        _: &Context,
+        inode: u64,
+        handle: u64,
+        attr: &kmod_shim::fileattr::FsXattr,
+    ) -> io::Result<()> {
+        self.saw("set_fsxattr", inode, handle);
+        *self.xattr.lock().unwrap() = *attr;
+        Ok(())
+    }
+}
+
+/// An IOCTL of `cmd` on inode 2, handle 9, as `fuse_priv_ioctl` sends it.
+fn ioctl_request(cmd: u32, input: &[u8], out_size: u32) -> Vec<u8> {
+    let mut body = kmod_shim::abi::IoctlIn {
+        fh: 9,
+        flags: 0,
+        cmd,
+        arg: 0,
+        in_size: input.len() as u32,
+        out_size,
+    }
+    .as_bytes()
+    .to_vec();
+    body.extend_from_slice(input);
+    message(Opcode::Ioctl as u32, 2, &body)
+}
+
+#[test]
+fn file_attribute_ioctls_reach_the_hook_with_exact_sizes() {
+    use kmod_shim::abi::IoctlOut;
+    use kmod_shim::fileattr::{self as fa, FsXattr};
+    let double = Arc::new(FlagsDouble::default());
+    let mut b = DispatcherBuilder::new(TinyFs::default(), negotiated());
+    b.set_file_attrs(Box::new(double.clone()));
+    let d = b.build();
+    let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
+
+    let set = fa::flags::NODUMP.to_ne_bytes();
+    let r = run(&d, ioctl_request(fa::FS_IOC_SETFLAGS, &set, 0), &mut out).unwrap();
+    assert_eq!((r.error, r.body_len), (0, 16));
+    assert_eq!(IoctlOut::read_from_bytes(&out[..16]).unwrap().result, 0);
+    let r = run(&d, ioctl_request(fa::FS_IOC_GETFLAGS, &[], 4), &mut out).unwrap();
+    assert_eq!((r.error, r.body_len), (0, 20));
+    assert_eq!(&out[16..20], &fa::flags::NODUMP.to_ne_bytes());
+    // The 32-bit number is the same request.
+    let r = run(&d, ioctl_request(fa::FS_IOC32_GETFLAGS, &[], 4), &mut out).unwrap();
+    assert_eq!((r.error, r.body_len), (0, 20));
+
+    let x = FsXattr {
+        xflags: fa::xflags::NOATIME,
+        projid: 5,
+        ..Default::default()
+    };
+    let r = run(
+        &d,
+        ioctl_request(fa::FS_IOC_FSSETXATTR, x.as_bytes(), 0),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!((r.error, r.body_len), (0, 16));
+    let r = run(&d, ioctl_request(fa::FS_IOC_FSGETXATTR, &[], 28), &mut out).unwrap();
+    assert_eq!((r.error, r.body_len), (0, 16 + 28));
+    assert_eq!(FsXattr::read_from_bytes(&out[16..44]).unwrap(), x);
+
+    // The hook's errno is the caller's.
+    let immutable = fa::flags::IMMUTABLE.to_ne_bytes();
+    let r = run(&d, ioctl_request(fa::FS_IOC_SETFLAGS, &immutable, 0), &mut out).unwrap();
+    assert_eq!(r.error, -libc::EPERM);
+
+    let seen: Vec<_> = double.calls.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            ("set_flags", 2, 9),
+            ("get_flags", 2, 9),
+            ("get_flags", 2, 9),
+            ("set_fsxattr", 2, 9),
+            ("get_fsxattr", 2, 9),
+            ("set_flags", 2, 9),
+        ]
+    );
+
+    // Sizes other than the kernel's never reach the hook.
+    for (cmd, input, out_size) in [
+        (fa::FS_IOC_GETFLAGS, &[][..], 8),
+        (fa::FS_IOC_SETFLAGS, &[0u8; 8][..], 0),
+        (fa::FS_IOC_FSGETXATTR, &[][..], 4),
+        (fa::FS_IOC_FSSETXATTR, &[0u8; 4][..], 0),
+    ] {
+        let r = run(&d, ioctl_request(cmd, input, out_size), &mut out).unwrap();
+        assert_eq!(r.error, -libc::EINVAL, "{cmd:#x}");
+    }
+    assert_eq!(double.calls.lock().unwrap().len(), seen.len());
+    // Other commands still go to the filesystem (TinyFs: ENOTTY), and an
+    // unrestricted ioctl is refused before anything.
+    let r = run(&d, ioctl_request(0x5401, &[], 0), &mut out).unwrap();
+    assert_eq!(r.error, -libc::ENOTTY);
+    let mut unrestricted = kmod_shim::abi::IoctlIn {
+        flags: req_flags::IOCTL_UNRESTRICTED,
+        cmd: fa::FS_IOC_GETFLAGS,
+        out_size: 4,
+        ..Default::default()
+    }
+    .as_bytes()
+    .to_vec();
+    unrestricted.truncate(32);
+    let r = run(&d, message(Opcode::Ioctl as u32, 2, &unrestricted), &mut out).unwrap();
+    assert_eq!(r.error, -libc::ENOSYS);
+    assert_eq!(double.calls.lock().unwrap().len(), seen.len());
+}
+
+#[test]
+fn without_a_hook_file_attribute_ioctls_go_to_the_filesystem() {
+    use kmod_shim::fileattr as fa;
+    let d = Dispatcher::new(TinyFs::default(), negotiated());
+    let mut out = vec![0u8; d.negotiated().max_reply_bytes()];
+    // TinyFs keeps fuse-backend-rs's default ioctl: ENOTTY, as before.
+    let r = run(&d, ioctl_request(fa::FS_IOC_GETFLAGS, &[], 4), &mut out).unwrap();
+    assert_eq!(r.error, -libc::ENOTTY);
+    let r = run(&d, ioctl_request(fa::FS_IOC_SETFLAGS, &[0; 4], 0), &mut out).unwrap();
+    assert_eq!(r.error, -libc::ENOTTY);
+}

@@ -9,8 +9,9 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use fuse_backend_rs::passthrough::{Config as PassthroughConfig, PassthroughFs};
 use xfuse::ShutdownSignals;
+use xfused::serve::fileattrs::SourceFileAttrs;
 use xfused::serve::tmpfiles::Tmpfiles;
-use xfused::serve::{serve, CacheArg, Mounting, ServeArgs};
+use xfused::serve::{serve, CacheArg, Mounting, PermissionsArg, ServeArgs};
 
 use crate::backing;
 
@@ -96,12 +97,16 @@ pub fn run(args: PassthroughArgs) -> anyhow::Result<()> {
     let fs = Arc::new(PassthroughFs::<()>::new(cfg).context("setting up PassthroughFs")?);
     let want_passthrough = args.passthrough;
     let backing_fs = fs.clone();
+    // O_TMPFILE files, which PassthroughFs cannot hold, held beside it.
+    let tmpfiles = Arc::new(Tmpfiles::new(
+        fs,
+        Duration::from_millis(args.serve.attr_timeout_ms),
+    ));
+    // chattr/lsattr flags: the source file's own, through the same layer
+    // (its nameless files have flags too).
+    let file_attrs = SourceFileAttrs::new(tmpfiles.clone(), args.serve.permissions == PermissionsArg::Daemon);
     serve(
-        // O_TMPFILE files, which PassthroughFs cannot hold, held beside it.
-        Arc::new(Tmpfiles::new(
-            fs,
-            Duration::from_millis(args.serve.attr_timeout_ms),
-        )),
+        tmpfiles,
         Mounting {
             fsname: source_str,
             what: source.display().to_string(),
@@ -122,6 +127,7 @@ pub fn run(args: PassthroughArgs) -> anyhow::Result<()> {
             on_serving: None,
         },
         |session| {
+            session.set_file_attrs(Box::new(file_attrs));
             if want_passthrough {
                 if session.enable_passthrough(Box::new(backing::PassthroughBacking::new(backing_fs))) {
                     tracing::info!(
