@@ -178,7 +178,10 @@ impl IdmappedMount {
     /// recursive; needs `CAP_SYS_ADMIN`) and maps its ids by `userns`
     /// (mount_setattr(2) `MOUNT_ATTR_IDMAP`). The kernel refuses the
     /// mapping (`EINVAL`) for a filesystem that does not allow it: a FUSE
-    /// mount allows it when its daemon asked `FUSE_ALLOW_IDMAP` in INIT.
+    /// mount allows it once its daemon's INIT reply, agreeing to
+    /// `FUSE_ALLOW_IDMAP`, has been taken. A FUSE mount is visible before
+    /// that: make one request through it first (a `stat` or a listing,
+    /// which waits for INIT).
     pub fn new(path: &Path, userns: &UserNamespace) -> Result<IdmappedMount, SyscallError> {
         let c_path = cstring("open_tree(2)", "path", path.as_os_str().as_bytes())?;
         // SAFETY: `c_path` is a NUL-terminated string that outlives the
