@@ -309,12 +309,12 @@ fn allow_idmap_with_daemon_permission_checks_is_refused_at_startup() {
 }
 
 /// The cost of `--allow-idmap`: the kernel names no caller in a WRITE or a
-/// SETATTR, so xfused cannot tell a member of the file's group, and clears
-/// a set-group-ID bit without group-execute that Linux (and xfused without
-/// the flag) keeps for members. Seen on the plain mount: the flag changes
+/// SETATTR, so xfused cannot tell a member of the file's group or root,
+/// and clears a set-group-ID bit without group-execute that Linux (and
+/// xfused without the flag) keeps for them. Seen on the plain mount: the flag changes
 /// what every request carries, idmapped or not.
 #[test]
-fn allow_idmap_clears_setgid_without_group_execute_for_group_members_too() {
+fn allow_idmap_clears_setgid_without_group_execute_for_group_members_and_root_too() {
     if !is_root() {
         common::skip("needs root: files of other users");
         return;
@@ -337,6 +337,17 @@ fn allow_idmap_clears_setgid_without_group_execute_for_group_members_too() {
         assert_eq!(
             mode, kept,
             "{flags:?}: mode {mode:o} after a group member's write to a 06666 file, {kept:o} expected"
+        );
+        // A chown by root (CAP_FSETID) keeps such a bit in Linux.
+        let g = m.src().join("g");
+        fs::write(&g, b"x").unwrap();
+        fs::set_permissions(&g, fs::Permissions::from_mode(0o2666)).unwrap();
+        chown(m.mnt().join("g"), Some(4000), None).expect("chown by root");
+        let mode = fs::metadata(&g).unwrap().mode() & 0o7777;
+        let kept = kept & 0o2777;
+        assert_eq!(
+            mode, kept,
+            "{flags:?}: mode {mode:o} after root's chown of a 02666 file"
         );
         m.stop();
     }

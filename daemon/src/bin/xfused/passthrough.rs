@@ -48,9 +48,9 @@ pub struct PassthroughArgs {
     /// maps. Needs `--permissions kernel` (the default); xfused exits if
     /// the kernel does not offer it. Cost: the kernel then names no caller
     /// in requests other than creations, so a set-group-ID bit without
-    /// group-execute is cleared on every write, truncate or chown that
-    /// clears bits, also for members of the file's group and for root,
-    /// where Linux would keep it.
+    /// group-execute is cleared on every chown, and on a write or truncate
+    /// that clears set-user-ID, also for members of the file's group and
+    /// for root, where Linux would keep it.
     #[arg(long)]
     allow_idmap: bool,
 }
