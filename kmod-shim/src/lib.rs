@@ -4,6 +4,8 @@
 //! - [`buf`]: page-aligned buffers for the file data the kernel copies;
 //! - [`dev`]: `/dev/fuse` file descriptors, their reads and writes, and the
 //!   `FUSE_DEV_IOC_*` ioctls (clone, passthrough backing files);
+//! - [`idmap`]: idmapped mounts (a user namespace with given maps,
+//!   open_tree(2), mount_setattr(2) `MOUNT_ATTR_IDMAP`, move_mount(2));
 //! - [`mount`]: mount(2) and umount2(2) for FUSE, with typed options;
 //! - [`mountinfo`]: what is mounted where (`/proc/self/mountinfo`), and a
 //!   FUSE mount's connection id;
@@ -34,6 +36,7 @@ pub mod creds;
 pub mod dev;
 pub mod fileattr;
 pub mod handle;
+pub mod idmap;
 pub mod mount;
 pub mod mountinfo;
 pub mod probe;

@@ -49,6 +49,7 @@ const UNDERSTOOD: u64 = f::ASYNC_READ
     | f::INIT_EXT
     | f::NO_EXPORT_SUPPORT
     | f::PASSTHROUGH
+    | f::ALLOW_IDMAP
     | f::OVER_IO_URING;
 
 /// Session settings that shape the INIT reply.
@@ -95,6 +96,19 @@ pub struct InitConfig {
     /// directory's default ACL can replace the umask, as Linux has it.
     /// Only for filesystems that apply the umask they are given.
     pub dont_mask: bool,
+    /// Ask for `FUSE_ALLOW_IDMAP` (Linux 6.12+): the mount may then be
+    /// cloned into idmapped mounts (mount_setattr(2) `MOUNT_ATTR_IDMAP`).
+    /// The kernel accepts it only on a mount with `default_permissions`
+    /// (it fails the connection otherwise; [`crate::Session::mount`]
+    /// refuses the combination first), and from then on sends the
+    /// caller's ids only with requests that create an inode (MKNOD, MKDIR,
+    /// SYMLINK, CREATE, TMPFILE, and RENAME2 with `RENAME_WHITEOUT`),
+    /// mapped through the idmap of the mount used; every other request,
+    /// on any mount of the filesystem, carries
+    /// [`kmod_shim::abi::INVALID_UIDGID`] as uid and gid. A filesystem
+    /// that needs its caller for anything but owning new inodes must not
+    /// ask for it.
+    pub allow_idmap: bool,
 }
 
 impl Default for InitConfig {
@@ -113,6 +127,7 @@ impl Default for InitConfig {
             kill_privileges: true,
             posix_acl: false,
             dont_mask: false,
+            allow_idmap: false,
         }
     }
 }
@@ -221,6 +236,10 @@ pub fn negotiate(
         // It would turn default_permissions on behind the session's back.
         may &= !f::POSIX_ACL;
     }
+    if !config.allow_idmap {
+        // It takes the callers' ids away from most requests.
+        may &= !f::ALLOW_IDMAP;
+    }
     // fuse-backend-rs's FsOptions mirrors the kernel's bits, except that it
     // keeps its own bit 63 for a passthrough of its own; never offer that.
     let capable = FsOptions::from_bits_truncate(may & !(1 << 63));
@@ -254,6 +273,9 @@ pub fn negotiate(
     }
     if config.dont_mask {
         ours |= f::DONT_MASK;
+    }
+    if config.allow_idmap {
+        ours |= f::ALLOW_IDMAP;
     }
     let mut flags = (wanted | (ours & may)) & offered;
     if flags & f::PASSTHROUGH != 0 && flags & f::WRITEBACK_CACHE != 0 {
@@ -545,5 +567,25 @@ mod tests {
         assert!(n.has(f::POSIX_ACL));
         let (_, n) = agreed(negotiate(&init_in(45, KERNEL_6_18), &cfg, Ok));
         assert!(!n.has(f::POSIX_ACL), "not offered");
+    }
+
+    #[test]
+    fn allow_idmap_only_when_the_session_asks_and_the_kernel_offers() {
+        let offer = KERNEL_6_18 | f::ALLOW_IDMAP;
+        // A filesystem cannot ask for it by itself: it changes what every
+        // request's header says.
+        let wants = |cap: FsOptions| Ok(cap | FsOptions::from_bits_truncate(f::ALLOW_IDMAP));
+        let (_, n) = agreed(negotiate(&init_in(45, offer), &InitConfig::default(), wants));
+        assert!(!n.has(f::ALLOW_IDMAP), "off unless the session asks");
+        let cfg = InitConfig {
+            allow_idmap: true,
+            ..Default::default()
+        };
+        let nothing = |_| Ok(FsOptions::empty());
+        let (out, n) = agreed(negotiate(&init_in(45, offer), &cfg, nothing));
+        assert!(n.has(f::ALLOW_IDMAP));
+        assert_eq!(out.flags2 & (1 << 8), 1 << 8, "bit 40 travels as flags2 bit 8");
+        let (_, n) = agreed(negotiate(&init_in(45, KERNEL_6_18), &cfg, nothing));
+        assert!(!n.has(f::ALLOW_IDMAP), "not offered (Linux before 6.12)");
     }
 }

@@ -51,11 +51,21 @@
 //! groups) must not clear them a second time by another rule.
 //! File capabilities (`security.capability`), which the feature also hands
 //! over, are the filesystem's: they are xattrs it stores.
+//!
+//! Under `FUSE_ALLOW_IDMAP` ([`crate::InitConfig::allow_idmap`]) the
+//! kernel sends these requests without a caller (uid and gid
+//! [`INVALID_UIDGID`]): such a caller is in no group and not privileged,
+//! so a set-group-ID bit without group-execute goes on every flagged
+//! write, truncate and chown, also those by members of the file's group or
+//! by root, where Linux would keep it. Dropping a bit grants nothing;
+//! keeping it for a caller we cannot name would.
 
 use std::io;
 use std::time::Duration;
 
 use fuse_backend_rs::api::filesystem::{Context, FileSystem, SetattrValid};
+
+use kmod_shim::abi::INVALID_UIDGID;
 
 use crate::perm::GroupSource;
 
@@ -108,12 +118,7 @@ pub(crate) fn drop_privileges<F: FileSystem>(
     // every filesystem lets change a mode.
     let root = Context::default();
     let (st, _) = fs.getattr(&root, ino.into(), None)?;
-    let drop = bits_to_drop(st.st_mode, cause, || {
-        ctx.gid == st.st_gid
-            || groups
-                .groups(ctx.pid as u32)
-                .is_some_and(|g| g.contains(&st.st_gid))
-    });
+    let drop = bits_to_drop(st.st_mode, cause, || in_group(ctx, st.st_gid, groups));
     if drop == 0 {
         return Ok(None);
     }
@@ -128,6 +133,18 @@ pub(crate) fn drop_privileges<F: FileSystem>(
     );
     fs.setattr(&root, ino.into(), attr, None, SetattrValid::MODE)
         .map(Some)
+}
+
+/// Whether the caller of `ctx` is in group `gid`: by its primary group,
+/// else its supplementary groups from `groups`. A caller the kernel did not
+/// name (uid or gid [`INVALID_UIDGID`], as under `FUSE_ALLOW_IDMAP`) is in
+/// no group: its pid's groups are those of the host, which an idmapped
+/// mount does not use.
+fn in_group(ctx: &Context, gid: u32, groups: &dyn GroupSource) -> bool {
+    if ctx.uid == INVALID_UIDGID || ctx.gid == INVALID_UIDGID {
+        return false;
+    }
+    ctx.gid == gid || groups.groups(ctx.pid as u32).is_some_and(|g| g.contains(&gid))
 }
 
 /// A [`GroupSource`] that knows nobody's groups: for callers whose pid
@@ -189,6 +206,41 @@ mod tests {
             bits_to_drop(libc::S_IFIFO | 0o6777, chown, || false),
             libc::S_ISUID | libc::S_ISGID
         );
+    }
+
+    /// Everybody is in every group.
+    #[derive(Debug)]
+    struct AllGroups;
+
+    impl GroupSource for AllGroups {
+        fn groups(&self, _pid: u32) -> Option<Vec<u32>> {
+            Some((0..10).chain([INVALID_UIDGID]).collect())
+        }
+    }
+
+    #[test]
+    fn a_caller_the_kernel_did_not_name_is_in_no_group() {
+        let named = Context {
+            uid: 1000,
+            gid: 5,
+            pid: 42,
+        };
+        assert!(in_group(&named, 5, &AllGroups));
+        assert!(in_group(&named, 7, &AllGroups));
+        let anonymous = Context {
+            uid: INVALID_UIDGID,
+            gid: INVALID_UIDGID,
+            pid: 42,
+        };
+        for gid in [0, 5, INVALID_UIDGID] {
+            assert!(!in_group(&anonymous, gid, &AllGroups), "gid {gid}");
+        }
+        let half = Context {
+            uid: INVALID_UIDGID,
+            gid: 5,
+            pid: 42,
+        };
+        assert!(!in_group(&half, 5, &AllGroups));
     }
 
     #[test]

@@ -66,6 +66,13 @@
 //! and `CAP_FOWNER` does (exec still needs an exec bit, and is checked for
 //! root too); a root process that dropped those capabilities is not told
 //! apart.
+//!
+//! A caller the kernel did not name (uid or gid
+//! [`kmod_shim::abi::INVALID_UIDGID`], which a session with
+//! `FUSE_ALLOW_IDMAP` receives; xfused never puts this layer on such a
+//! session, since the kernel allows idmapped mounts only with its own
+//! checks) is nobody: it owns nothing (not even a file whose owner is
+//! 4294967295), is in no group, and gets the "other" bits.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
@@ -80,6 +87,8 @@ use fuse_backend_rs::api::filesystem::{
     ZeroCopyWriter,
 };
 use libc::{stat64, statvfs64};
+
+use kmod_shim::abi::INVALID_UIDGID;
 
 use crate::acl::{self, Acl};
 
@@ -142,6 +151,8 @@ impl EntryFlusher for crate::Notifier {
 struct Caller<'a> {
     uid: u32,
     gid: u32,
+    /// The kernel named the caller (neither id is `INVALID_UIDGID`).
+    named: bool,
     pid: u32,
     source: &'a dyn GroupSource,
     groups: OnceLock<Option<Vec<u32>>>,
@@ -152,6 +163,7 @@ impl<'a> Caller<'a> {
         Caller {
             uid: ctx.uid,
             gid: ctx.gid,
+            named: ctx.uid != INVALID_UIDGID && ctx.gid != INVALID_UIDGID,
             pid: ctx.pid as u32,
             source,
             groups: OnceLock::new(),
@@ -159,11 +171,19 @@ impl<'a> Caller<'a> {
     }
 
     fn is_root(&self) -> bool {
-        self.uid == 0
+        self.named && self.uid == 0
+    }
+
+    /// Whether the caller is user `uid` (an owner).
+    fn is(&self, uid: u32) -> bool {
+        self.named && self.uid == uid
     }
 
     /// Whether the caller is in group `gid`; `None` if unknown.
     fn in_group(&self, gid: u32) -> Option<bool> {
+        if !self.named {
+            return Some(false);
+        }
         if gid == self.gid {
             return Some(true);
         }
@@ -191,6 +211,15 @@ fn may(caller: &Caller<'_>, st: &stat64, acl: Option<&Acl>, want: u32) -> io::Re
         }
         return Ok(());
     }
+    if !caller.named {
+        // Nobody: the other class, which an ACL's ACL_OTHER entry and the
+        // mode's bits agree on.
+        return if mode & want == want {
+            Ok(())
+        } else {
+            Err(err(libc::EACCES))
+        };
+    }
     if let Some(acl) = acl {
         return match acl.permits(st.st_uid, caller.uid, |g| caller.in_group(g), want, st.st_gid) {
             Some(true) => Ok(()),
@@ -198,7 +227,7 @@ fn may(caller: &Caller<'_>, st: &stat64, acl: Option<&Acl>, want: u32) -> io::Re
             _ => Err(err(libc::EACCES)),
         };
     }
-    let allowed = if caller.uid == st.st_uid {
+    let allowed = if caller.is(st.st_uid) {
         (mode >> 6) & want == want
     } else {
         let group = (mode >> 3) & want == want;
@@ -228,7 +257,7 @@ fn may(caller: &Caller<'_>, st: &stat64, acl: Option<&Acl>, want: u32) -> io::Re
 /// process with `CAP_FOWNER` (root, here) may; anybody else gets EPERM,
 /// whatever the directory's write permission.
 fn sticky_binds(caller: &Caller<'_>, dir: &stat64) -> bool {
-    dir.st_mode & libc::S_ISVTX != 0 && !caller.is_root() && caller.uid != dir.st_uid
+    dir.st_mode & libc::S_ISVTX != 0 && !caller.is_root() && !caller.is(dir.st_uid)
 }
 
 /// Checks a SETATTR of an inode with attributes `st` as Linux's
@@ -243,20 +272,19 @@ fn check_setattr(
     valid: SetattrValid,
     writable_handle: bool,
 ) -> io::Result<stat64> {
-    let owner = caller.is_root() || caller.uid == st.st_uid;
+    let owner = caller.is_root() || caller.is(st.st_uid);
     if valid.contains(SetattrValid::SIZE) && !writable_handle {
         may(caller, st, acl, mask::W)?;
     }
     if valid.contains(SetattrValid::UID)
         && !caller.is_root()
-        && !(caller.uid == st.st_uid && attr.st_uid == st.st_uid)
+        && !(caller.is(st.st_uid) && attr.st_uid == st.st_uid)
     {
         return Err(err(libc::EPERM));
     }
     if valid.contains(SetattrValid::GID)
         && !caller.is_root()
-        && !(caller.uid == st.st_uid
-            && (attr.st_gid == st.st_gid || caller.in_group(attr.st_gid) == Some(true)))
+        && !(caller.is(st.st_uid) && (attr.st_gid == st.st_gid || caller.in_group(attr.st_gid) == Some(true)))
     {
         return Err(err(libc::EPERM));
     }
@@ -486,7 +514,7 @@ where
     /// `node` of `ino`, with its ACL read if `caller`'s access depends on
     /// it (see [`Checked::node_for`]).
     fn with_acl(&self, ctx: &Context, caller: &Caller<'_>, ino: u64, mut node: Node) -> io::Result<Node> {
-        if !node.is_dir() && !caller.is_root() && caller.uid != node.st.st_uid {
+        if !node.is_dir() && !caller.is_root() && !caller.is(node.st.st_uid) {
             node.acl = self.read_acl(ctx, ino)?;
         }
         Ok(node)
@@ -574,7 +602,7 @@ where
         };
         let owner = entry.attr.st_uid;
         self.fs.forget(ctx, entry.inode, 1);
-        if owner == caller.uid {
+        if caller.is(owner) {
             Ok(())
         } else {
             Err(err(libc::EPERM))
@@ -799,7 +827,7 @@ where
         let caller = self.caller(ctx);
         if !caller.is_root() && protected_hardlinks() {
             let source = self.node_for(ctx, &caller, inode)?;
-            if caller.uid != source.st.st_uid && !safe_hardlink_source(&caller, &source) {
+            if !caller.is(source.st.st_uid) && !safe_hardlink_source(&caller, &source) {
                 return Err(err(libc::EPERM));
             }
         }
@@ -1127,7 +1155,7 @@ where
                 return Ok(());
             }
             let node = self.node(ctx, inode)?;
-            return if node.st.st_uid == caller.uid {
+            return if caller.is(node.st.st_uid) {
                 Ok(())
             } else {
                 Err(err(libc::EPERM))
@@ -1218,6 +1246,32 @@ mod tests {
 
     const FILE: u32 = libc::S_IFREG;
     const DIR: u32 = libc::S_IFDIR;
+
+    #[test]
+    fn a_caller_the_kernel_did_not_name_is_nobody() {
+        const NONE: u32 = INVALID_UIDGID;
+        let all = Fixed(Some(vec![0, 100, NONE]));
+        let nobody = caller(NONE, NONE, &all);
+        assert!(!nobody.is_root());
+        assert!(!nobody.is(NONE), "owns nothing, not even files of 4294967295");
+        assert_eq!(nobody.in_group(NONE), Some(false));
+        assert_eq!(nobody.in_group(100), Some(false), "its pid's groups do not count");
+        // A file 'owned' by 4294967295:4294967295, closed to others.
+        let f = st(FILE | 0o660, NONE, NONE);
+        assert_eq!(code(may(&nobody, &f, None, mask::R)), libc::EACCES);
+        let f = st(FILE | 0o664, 1000, 100);
+        assert_eq!(code(may(&nobody, &f, None, mask::R)), 0, "the other bits");
+        assert_eq!(code(may(&nobody, &f, None, mask::W)), libc::EACCES);
+        // Half-named callers are nobody too.
+        assert!(!caller(0, NONE, &all).is_root());
+        assert!(!caller(NONE, 0, &all).is(NONE));
+        // Not the owner: no chmod, no chown, no utimes.
+        let mut attr = f;
+        attr.st_mode = FILE | 0o777;
+        let f = st(FILE | 0o666, NONE, NONE);
+        let r = check_setattr(&nobody, &f, None, attr, SetattrValid::MODE, false);
+        assert_eq!(code(r), libc::EPERM);
+    }
 
     #[test]
     fn owner_group_and_other_bits_each_decide_alone() {

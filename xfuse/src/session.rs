@@ -69,6 +69,14 @@ pub enum Error {
     /// INIT or the transport failed.
     #[error(transparent)]
     Transport(#[from] transport::Error),
+    /// [`InitConfig::allow_idmap`] on a mount without
+    /// `default_permissions`: the kernel would fail the connection at
+    /// INIT, since idmapped mounts need its permission checks.
+    #[error(
+        "idmapped mounts (FUSE_ALLOW_IDMAP) need the kernel's permission checks: \
+         mount with default_permissions"
+    )]
+    IdmapNeedsDefaultPermissions,
     /// Installing SIGINT/SIGTERM handling failed.
     #[error("installing signal handlers failed: {0}")]
     Signals(#[source] io::Error),
@@ -162,12 +170,15 @@ pub struct Session<F: FileSystem + Send + Sync + 'static> {
 
 impl<F: FileSystem + Send + Sync + 'static> Session<F> {
     /// Mounts `fs` at `mountpoint` and negotiates INIT with the kernel.
+    /// Refuses [`InitConfig::allow_idmap`] without
+    /// [`MountOptions::default_permissions`], before mounting.
     pub fn mount(
         fs: F,
         mountpoint: &Path,
         options: &MountOptions,
         config: &InitConfig,
     ) -> Result<Session<F>, Error> {
+        check_idmap(options, config)?;
         let meta = std::fs::metadata(mountpoint).map_err(|e| Error::Mountpoint {
             path: mountpoint.to_path_buf(),
             reason: e.to_string(),
@@ -295,6 +306,15 @@ impl<F: FileSystem + Send + Sync + 'static> Session<F> {
             queues,
         })
     }
+}
+
+/// [`Session::mount`]'s refusal of an idmapped-mount config the kernel
+/// would fail at INIT.
+fn check_idmap(options: &MountOptions, config: &InitConfig) -> Result<(), Error> {
+    if config.allow_idmap && !options.default_permissions {
+        return Err(Error::IdmapNeedsDefaultPermissions);
+    }
+    Ok(())
 }
 
 /// Why serving ended.
@@ -459,5 +479,52 @@ impl<F: FileSystem + Send + Sync + 'static> Drop for Running<F> {
             }
         }
         self.dispatcher.destroy();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A filesystem with the trait's defaults only.
+    #[derive(Debug)]
+    struct NoFs;
+
+    impl FileSystem for NoFs {
+        type Inode = u64;
+        type Handle = u64;
+    }
+
+    #[test]
+    fn allow_idmap_needs_default_permissions() {
+        let mut options = MountOptions::new("src", "test");
+        let idmap = InitConfig {
+            allow_idmap: true,
+            ..Default::default()
+        };
+        options.default_permissions = false;
+        assert!(matches!(
+            check_idmap(&options, &idmap),
+            Err(Error::IdmapNeedsDefaultPermissions)
+        ));
+        assert!(check_idmap(&options, &InitConfig::default()).is_ok());
+        options.default_permissions = true;
+        assert!(check_idmap(&options, &idmap).is_ok());
+    }
+
+    #[test]
+    fn mount_refuses_allow_idmap_without_default_permissions_before_mounting() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = MountOptions::new("src", "test");
+        options.default_permissions = false;
+        let idmap = InitConfig {
+            allow_idmap: true,
+            ..Default::default()
+        };
+        // Refused before /dev/fuse is opened or anything mounted: no root needed.
+        let fs = NoFs;
+        let err = Session::mount(fs, dir.path(), &options, &idmap).unwrap_err();
+        assert!(matches!(err, Error::IdmapNeedsDefaultPermissions), "{err}");
+        assert!(err.to_string().contains("default_permissions"), "{err}");
     }
 }

@@ -194,6 +194,12 @@ pub struct Mounting<'a> {
     pub writeback_cache: bool,
     /// Ask the kernel for FUSE passthrough.
     pub passthrough: bool,
+    /// Ask the kernel for `FUSE_ALLOW_IDMAP` (idmapped mounts of this
+    /// mount), and fail if it does not agree. Only with
+    /// `--permissions kernel`, and only for a filesystem that needs its
+    /// callers for nothing but the owners of new inodes
+    /// ([`InitConfig::allow_idmap`]).
+    pub allow_idmap: bool,
     /// The filesystem applies the umask it is given even where a default
     /// ACL should replace it: the dispatcher then zeroes the umask there
     /// ([`Policy::umask_yields_to_default_acl`]). False for a filesystem
@@ -236,6 +242,13 @@ pub fn serve<F>(
 where
     F: fuse_backend_rs::api::filesystem::FileSystem<Inode = u64, Handle = u64> + Send + Sync + 'static,
 {
+    if m.allow_idmap && m.serve.permissions != PermissionsArg::Kernel {
+        bail!(
+            "--allow-idmap needs --permissions kernel: the kernel allows idmapped mounts only \
+             where it checks permissions itself (default_permissions), and sends xfused no \
+             caller to check against"
+        );
+    }
     match m.serve.permissions {
         PermissionsArg::Kernel => serve_checked_by(fs, m, after_mount, |_| Ok(())),
         PermissionsArg::Daemon => {
@@ -307,6 +320,7 @@ where
         // With it, the umask is the filesystem's to apply (both kinds
         // served here apply it), or a default ACL could not replace it.
         dont_mask: args.permissions == PermissionsArg::Kernel,
+        allow_idmap: m.allow_idmap,
         ..Default::default()
     };
     let threads = args.threads.map_or_else(xfuse::default_threads, usize::from);
@@ -348,6 +362,19 @@ where
         CachePolicyArg::Adaptive => adaptive::load(args),
     };
     let mut session = Session::mount(fs, m.mountpoint, &options, &init)?;
+    if m.allow_idmap {
+        if !session.negotiated().has(kmod_shim::abi::init_flags::ALLOW_IDMAP) {
+            // Dropping the session unmounts.
+            bail!(
+                "--allow-idmap: the kernel did not offer FUSE_ALLOW_IDMAP in INIT (needs Linux 6.12+; \
+                 kernel {})",
+                kernel.release
+            );
+        }
+        tracing::info!(
+            "idmapped mounts allowed (FUSE_ALLOW_IDMAP): requests other than creations carry no caller"
+        );
+    }
     arm_checks(session.notifier())?;
     session.time_requests(metrics.is_some());
     after_mount(&mut session);

@@ -211,6 +211,10 @@ pub(super) fn rename2<F: FileSystem + Sync>(
     _: &mut BodyWriter<'_>,
 ) -> Handled {
     let r: Rename2In = a.fixed()?;
+    if r.flags & libc::RENAME_WHITEOUT != 0 {
+        // Leaves a new inode (the whiteout) owned by the caller.
+        super::owner_named(ctx.uid, ctx.gid)?;
+    }
     rename_names(d, ctx, ino, r.newdir, r.flags, a)
 }
 

@@ -410,6 +410,9 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
         w: &mut BodyWriter<'_>,
         data: Data<'_>,
     ) -> Handled {
+        if creates_inode(op) {
+            owner_named(h.uid, h.gid)?;
+        }
         let mut ctx = Context {
             uid: h.uid,
             gid: h.gid,
@@ -487,6 +490,34 @@ impl<F: FileSystem + Sync> Dispatcher<F> {
         }
         Ok(Done::ReplyLookup(entry.inode))
     }
+}
+
+/// Requests whose caller owns the inode they create: the ones the kernel
+/// sends with the caller's ids, mapped through the mount's idmap, under
+/// `FUSE_ALLOW_IDMAP` (RENAME2 with `RENAME_WHITEOUT` too, checked where
+/// its flags are read). LINK is not one: it makes no inode, and the
+/// kernel sends it without a caller.
+fn creates_inode(op: Opcode) -> bool {
+    matches!(
+        op,
+        Opcode::Mknod | Opcode::Mkdir | Opcode::Symlink | Opcode::Create | Opcode::Tmpfile
+    )
+}
+
+/// Refuses to create an inode for a caller the kernel could not name: uid
+/// or gid [`kmod_shim::abi::INVALID_UIDGID`], sent under
+/// `FUSE_ALLOW_IDMAP` for a caller with no mapping in the mount's idmap
+/// (the kernel's own checks normally stop such a caller first). It would
+/// otherwise own the inode as id 4294967295, or, with a filesystem that
+/// switches to the caller's ids (PassthroughFs: setresuid with -1 leaves
+/// the id alone), as the daemon. `EOVERFLOW`, as the kernel answers for
+/// an unmapped caller.
+fn owner_named(uid: u32, gid: u32) -> Result<(), Failure> {
+    use kmod_shim::abi::INVALID_UIDGID;
+    if uid == INVALID_UIDGID || gid == INVALID_UIDGID {
+        return Err(Failure::Errno(libc::EOVERFLOW));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

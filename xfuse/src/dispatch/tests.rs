@@ -1065,3 +1065,111 @@ fn without_a_hook_file_attribute_ioctls_go_to_the_filesystem() {
     let r = run(&d, ioctl_request(fa::FS_IOC_SETFLAGS, &[0; 4], 0), &mut out).unwrap();
     assert_eq!(r.error, -libc::ENOTTY);
 }
+
+/// The bodies of the requests that create an inode, and of LINK and
+/// RENAME2, as the kernel sends them (names after the fixed part).
+fn creation_requests() -> Vec<(Opcode, Vec<u8>)> {
+    use kmod_shim::abi::{CreateIn, MkdirIn, MknodIn};
+    let with = |fixed: &[u8], names: &[u8]| [fixed, names].concat();
+    let mkdir = MkdirIn {
+        mode: 0o755,
+        umask: 0,
+    };
+    let mknod = MknodIn {
+        mode: libc::S_IFIFO | 0o644,
+        ..Default::default()
+    };
+    let create = CreateIn {
+        flags: libc::O_RDWR as u32,
+        mode: 0o644,
+        ..Default::default()
+    };
+    vec![
+        (Opcode::Mkdir, with(mkdir.as_bytes(), b"d\0")),
+        (Opcode::Mknod, with(mknod.as_bytes(), b"p\0")),
+        (Opcode::Symlink, b"s\0target\0".to_vec()),
+        (Opcode::Create, with(create.as_bytes(), b"c\0")),
+        (Opcode::Tmpfile, with(create.as_bytes(), b"\0")),
+    ]
+}
+
+#[test]
+fn creations_by_a_caller_without_ids_are_refused_eoverflow() {
+    use kmod_shim::abi::{LinkIn, Rename2In, INVALID_UIDGID as NONE};
+    let d = Dispatcher::new(TinyFs::default(), negotiated());
+    let on_dir = |uid: u32, gid: u32, op: Opcode, body: &[u8]| {
+        Request::new(op)
+            .unique(42)
+            .nodeid(1)
+            .caller(uid, gid, 4242)
+            .bytes(body)
+            .to_bytes()
+    };
+    for (op, body) in creation_requests() {
+        // TinyFs makes nothing: ENOSYS is the filesystem's answer, so the
+        // request reached it.
+        for (uid, gid) in [(1000, 1000), (0, 0)] {
+            let r = send(&d, on_dir(uid, gid, op, &body));
+            assert_eq!(
+                r.error,
+                -libc::ENOSYS,
+                "{op:?} as {uid}:{gid} reaches the filesystem"
+            );
+        }
+        for (uid, gid) in [(NONE, NONE), (NONE, 1000), (1000, NONE)] {
+            let r = send(&d, on_dir(uid, gid, op, &body));
+            assert_eq!(r.error, -libc::EOVERFLOW, "{op:?} as {uid}:{gid}");
+        }
+    }
+    // RENAME2 leaves a new inode only with RENAME_WHITEOUT.
+    let rename = |flags: u32| {
+        let fixed = Rename2In {
+            newdir: 1,
+            flags,
+            padding: 0,
+        };
+        [fixed.as_bytes(), b"f\0g\0"].concat()
+    };
+    let r = send(
+        &d,
+        on_dir(NONE, NONE, Opcode::Rename2, &rename(libc::RENAME_WHITEOUT)),
+    );
+    assert_eq!(r.error, -libc::EOVERFLOW, "a whiteout needs an owner");
+    let r = send(&d, on_dir(NONE, NONE, Opcode::Rename2, &rename(0)));
+    assert_eq!(r.error, -libc::ENOSYS, "a plain rename creates nothing");
+    // The kernel sends LINK, and everything that creates no inode, without
+    // a caller under FUSE_ALLOW_IDMAP: served as usual.
+    let link = [LinkIn { oldnodeid: 2 }.as_bytes(), b"l\0"].concat();
+    let r = send(&d, on_dir(NONE, NONE, Opcode::Link, &link));
+    assert_eq!(r.error, -libc::ENOSYS);
+    let r = send(&d, on_dir(NONE, NONE, Opcode::Lookup, b"f\0"));
+    assert_eq!(r.error, 0);
+    d.reply_lost(&r);
+    let getattr = GetattrIn::default();
+    let r = send(&d, on_dir(NONE, NONE, Opcode::Getattr, getattr.as_bytes()));
+    assert_eq!(r.error, 0);
+}
+
+#[test]
+fn a_caller_without_ids_keeps_no_setgid_bit_and_no_chown_privilege() {
+    use kmod_shim::abi::INVALID_UIDGID as NONE;
+    let truncate = fattr::SIZE | fattr::KILL_SUIDGID;
+    // Everybody is in group 0 by the group source, but a caller the kernel
+    // did not name is in no group.
+    let mut b = killing_builder(0o2666);
+    b.set_group_source(Box::new(GroupsZero));
+    let d = b.build();
+    send(
+        &d,
+        request_as(NONE, NONE, Opcode::Setattr, &setattr_body(truncate)),
+    );
+    assert_eq!(d.fs().mode(), 0o0666);
+    let chown = fattr::UID | fattr::KILL_SUIDGID;
+    let d = killing(0o6666);
+    send(&d, request_as(NONE, NONE, Opcode::Setattr, &setattr_body(chown)));
+    assert_eq!(
+        d.fs().mode(),
+        0o0666,
+        "not root: setgid without group-execute goes too"
+    );
+}

@@ -117,6 +117,11 @@ pub fn run(args: MountArgs, detached: Option<&Detached>) -> anyhow::Result<()> {
             serve: &args.serve,
             writeback_cache: false,
             passthrough: false,
+            // Not offered here: the metadata service checks calls against
+            // their caller (a shared service checks every call), and under
+            // FUSE_ALLOW_IDMAP the kernel names the caller only in
+            // creations.
+            allow_idmap: false,
             // MetaFs applies the umask itself, unless a default ACL applies.
             umask_yields_to_default_acl: false,
             passthrough_fs_listings: false,

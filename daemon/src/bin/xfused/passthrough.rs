@@ -42,6 +42,17 @@ pub struct PassthroughArgs {
     /// Serve extended attributes (on by default; this turns them off).
     #[arg(long)]
     no_xattr: bool,
+    /// Allow idmapped mounts of this mount (Linux 6.12+, FUSE_ALLOW_IDMAP):
+    /// `mount_setattr(2)` with `MOUNT_ATTR_IDMAP` on a clone of it then
+    /// shows owners, and owns new files, through a user namespace's id
+    /// maps. Needs `--permissions kernel` (the default); xfused exits if
+    /// the kernel does not offer it. Cost: the kernel then names no caller
+    /// in requests other than creations, so a set-group-ID bit without
+    /// group-execute is cleared on every chown, and on a write or truncate
+    /// that clears set-user-ID, also for members of the file's group and
+    /// for root, where Linux would keep it.
+    #[arg(long)]
+    allow_idmap: bool,
 }
 
 pub fn run(args: PassthroughArgs) -> anyhow::Result<()> {
@@ -114,6 +125,7 @@ pub fn run(args: PassthroughArgs) -> anyhow::Result<()> {
             serve: &args.serve,
             writeback_cache: args.writeback_cache,
             passthrough: want_passthrough,
+            allow_idmap: args.allow_idmap,
             // PassthroughFs masks with the umask it gets; the host kernel
             // then applies the parent's default ACL.
             umask_yields_to_default_acl: true,
