@@ -22,7 +22,9 @@ pub trait FileData: Send + Sync + std::fmt::Debug {
     /// Reads up to `buf.len()` bytes at `offset`, within the file's size
     /// (holes read as zeros); how many.
     fn read(&self, ino: u64, rec: &InodeRec, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
-    /// Writes `data` at `offset`; durable as the store promises.
+    /// Writes `data` at `offset`; durable as the store promises. Uses
+    /// only what of `rec` never changes (the layout id and chunk size):
+    /// the caller may pass a record read at an earlier write.
     fn write(&self, ino: u64, rec: &InodeRec, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Drops every byte at `at` and past it: done before a size change
     /// commits, so no size can ever bring old bytes back.

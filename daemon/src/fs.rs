@@ -88,7 +88,16 @@ pub struct MetaFs {
     open_dirs: Mutex<HashMap<u64, (u64, InodeRec)>>,
     /// The next directory handle.
     dir_handle_next: AtomicU64,
+    /// Regular files' records as a write first read them, for later
+    /// writes: a write uses only a file's type, chunk size and layout id,
+    /// which never change while the inode lives (and inode numbers are
+    /// never reused), so those writes ask the metadata layer only to
+    /// commit their size. At most [`WRITE_RECS_MAX`]; cleared past it.
+    write_recs: Mutex<HashMap<u64, Arc<InodeRec>>>,
 }
+
+/// Most records [`MetaFs`] keeps for writes.
+const WRITE_RECS_MAX: usize = 1 << 16;
 
 fn io_err(e: MetaError) -> io::Error {
     if let MetaError::Kv(_) | MetaError::Schema(_) | MetaError::Corrupt(_) = e {
@@ -141,7 +150,31 @@ impl MetaFs {
             config,
             open_dirs: Mutex::new(HashMap::new()),
             dir_handle_next: AtomicU64::new(1),
+            write_recs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The record a write of `ino` passes to [`FileData::write`]: kept
+    /// from an earlier write, or read now and kept (see
+    /// [`MetaFs::write_recs`](MetaFs)).
+    fn write_rec(&self, ino: u64) -> io::Result<Arc<InodeRec>> {
+        if let Some(rec) = self
+            .write_recs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+        {
+            return Ok(rec.clone());
+        }
+        let rec = Arc::new(self.meta.getattr(ino).map_err(io_err)?);
+        if rec.kind() == libc::S_IFREG {
+            let mut recs = self.write_recs.lock().unwrap_or_else(|p| p.into_inner());
+            if recs.len() >= WRITE_RECS_MAX {
+                recs.clear();
+            }
+            recs.insert(ino, rec.clone());
+        }
+        Ok(rec)
     }
 
     /// The metadata handle.
@@ -569,7 +602,7 @@ impl FileSystem for MetaFs {
             .checked_add(u64::from(size))
             .filter(|end| *end <= FILE_SIZE_MAX_BYTES)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
-        let rec = self.meta.getattr(inode).map_err(io_err)?;
+        let rec = self.write_rec(inode)?;
         let mut buf = vec![0u8; size as usize];
         r.read_exact(&mut buf)?;
         if rec.kind() != libc::S_IFREG {

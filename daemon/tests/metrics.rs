@@ -558,6 +558,29 @@ fn meta_and_storage_services_count_what_a_cluster_mount_makes_them_do() {
         storage_calls >= CREATES as f64,
         "each file's data went to the target: {storage_calls}"
     );
+    // A write asks the metadata service only to commit its size: the
+    // file's record is read once, at its first write (it was one more
+    // call per write).
+    const WRITES: u64 = 64;
+    let meta_calls = || {
+        sample(
+            &scrape(&mount_metrics),
+            "xfuse_rpc_client_calls_total",
+            &[("service", "meta")],
+        )
+        .unwrap()
+    };
+    let f = std::fs::File::create(work.join("written")).unwrap();
+    let before = meta_calls();
+    for i in 0..WRITES {
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&[i as u8; 4096], i * 4096).unwrap();
+    }
+    let calls = meta_calls() - before;
+    assert!(
+        (WRITES as f64..=WRITES as f64 + 3.0).contains(&calls),
+        "{WRITES} writes made {calls} calls to the metadata service"
+    );
 
     let meta_text = scrape(&meta_metrics);
     let served = sample(
