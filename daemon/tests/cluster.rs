@@ -12,7 +12,8 @@
 //!   alone serves every file correctly;
 //! - unlinking a file removes its chunks from every target;
 //! - a replica whose block fails its checksum is read around, then
-//!   replaced by a good copy;
+//!   replaced by a good copy; scrubbing finds and replaces one nobody
+//!   reads;
 //! - a directory's replication factor (`xfused.replicas`) is what the
 //!   files made below it get;
 //! - writers past a service's bound on bytes held (`--held-max-mib`)
@@ -708,6 +709,48 @@ fn a_replica_whose_block_fails_its_checksum_is_healed_from_another() {
         cluster.logs()
     );
     assert!(std::fs::read(&path).unwrap() == data);
+}
+
+#[test]
+fn scrubbing_repairs_a_damaged_block_nobody_reads() {
+    use std::os::unix::fs::FileExt;
+    let cluster = Cluster::start_full(3, &[], &["--scrub-mib-per-sec", "64"]);
+    let a = cluster.mount();
+    let path = a.mnt().join("f");
+    std::fs::write(&path, common::pattern(1 << 20, 9)).unwrap();
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    let chunk_file = |i: usize| {
+        cluster.storages[i]
+            .target
+            .join("chunks")
+            .join(format!("{:02x}", ino & 0xff))
+            .join(layout_name(ino))
+            .join("0")
+    };
+    // Damage a block of target 1's copy; nothing reads the file again.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(chunk_file(1))
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, 600_000).unwrap();
+    f.write_all_at(&[b[0] ^ 0x55], 600_000).unwrap();
+    drop(f);
+    // A pass starts every 10 s after the last: within a minute on a
+    // loaded machine, target 1's copy is the others' again.
+    common::wait_for(
+        "the damaged copy replaced by scrubbing",
+        Duration::from_secs(90),
+        || {
+            if std::fs::read(chunk_file(1)).unwrap() == std::fs::read(chunk_file(0)).unwrap() {
+                Ok(())
+            } else {
+                Err(cluster.logs())
+            }
+        },
+    );
+    assert!(cluster.logs().contains("1 repaired"), "{}", cluster.logs());
 }
 
 #[test]

@@ -310,10 +310,11 @@ impl Collect for Storage {
                 ("update", &moved.updated_bytes),
                 ("read", &moved.read_bytes),
                 ("sync", &moved.synced_bytes),
+                ("scrub", &moved.scrubbed_bytes),
             ] {
                 out.counter(
                     "xfuse_storage_moved_bytes_total",
-                    "Bytes a local target moved: updates applied, reads answered, copied while syncing.",
+                    "Bytes a local target moved: updates applied, reads answered, copied while syncing, read by scrubbing.",
                     &[("target", &id), ("op", why)],
                     n.load(Ordering::Relaxed),
                 );

@@ -10,6 +10,8 @@
 //!   it fetches the table, and copies what a target lacks of each chain it
 //!   is syncing in, reporting the chains it finished in its next
 //!   heartbeat.
+//! - With scrubbing on ([`StorageService::start_scrubbing`]), every chunk
+//!   is read whole now and then and repaired if a block fails its check.
 //! - Peers: mounts send updates and reads; forwards and chain listings are
 //!   for storage services only (a mount could otherwise write a member
 //!   behind its head's back).
@@ -240,6 +242,42 @@ impl StorageService {
         Ok(())
     }
 }
+
+impl StorageService {
+    /// Scrubs the targets in the background, one after the other, at most
+    /// `bytes_per_sec` in all, a pass over all of them every
+    /// [`SCRUB_PAUSE`] after the last ended; each pass is logged.
+    pub fn start_scrubbing(self: &Arc<Self>, bytes_per_sec: u64) -> std::io::Result<()> {
+        let service = self.clone();
+        std::thread::Builder::new()
+            .name("scrub".into())
+            .spawn(move || loop {
+                std::thread::sleep(SCRUB_PAUSE);
+                let mut ids: Vec<u32> = service.targets.keys().copied().collect();
+                ids.sort_unstable();
+                for id in ids {
+                    let target = &service.targets[&id];
+                    let done = target.scrub(bytes_per_sec, &|| false);
+                    let line = format!(
+                        "target {id}: scrubbed {} chunks ({} MiB): {} repaired, {} not repairable",
+                        done.chunks,
+                        done.bytes >> 20,
+                        done.repaired,
+                        done.unrepaired
+                    );
+                    if done.unrepaired > 0 {
+                        tracing::warn!("{line}");
+                    } else {
+                        tracing::info!("{line}");
+                    }
+                }
+            })?;
+        Ok(())
+    }
+}
+
+/// Time between scrubbing passes (and before the first).
+pub const SCRUB_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Handler for StorageService {
     type Request = StorageRequest;

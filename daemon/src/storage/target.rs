@@ -117,6 +117,22 @@ pub struct Moved {
     /// Chunks whose copy here failed a check and was replaced by another
     /// member's.
     pub repaired_chunks: AtomicU64,
+    /// Bytes checked by scrubbing ([`Target::scrub`]).
+    pub scrubbed_bytes: AtomicU64,
+}
+
+/// What one [`Target::scrub`] pass found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Scrubbed {
+    /// Chunks read whole and checked.
+    pub chunks: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Chunks that failed a check and were replaced by a good copy.
+    pub repaired: u64,
+    /// Chunks that failed a check and could not be replaced (no other
+    /// serving member at their version): reads of them go elsewhere.
+    pub unrepaired: u64,
 }
 
 impl std::fmt::Debug for Target {
@@ -455,6 +471,69 @@ impl Target {
                 Err(libc::EIO)
             }
         }
+    }
+
+    /// One scrubbing pass: reads whole every chunk this target holds for
+    /// the chains it serves in, checking every block against its checksum
+    /// (as reads do, but also the blocks nobody reads), and repairs what
+    /// fails ([`Target::repair`]). At most `bytes_per_sec`; stops early
+    /// when `stop` says so.
+    pub fn scrub(&self, bytes_per_sec: u64, stop: &dyn Fn() -> bool) -> Scrubbed {
+        let mut done = Scrubbed::default();
+        let started = Instant::now();
+        let table = self.table();
+        for rec in &table.chains.chains {
+            if rec.state_of(self.id) != Some(MemberState::Serving) {
+                continue;
+            }
+            let mut after = None;
+            loop {
+                let page = match self.engine.chain_chunks(rec.id, after, LIST_PAGE) {
+                    Ok(page) => page,
+                    Err(e) => {
+                        tracing::warn!("target {}: scrubbing chain {}: {e}", self.id, rec.id);
+                        break;
+                    }
+                };
+                let Some(&(last, _)) = page.last() else { break };
+                for (chunk, _) in page {
+                    if stop() {
+                        return done;
+                    }
+                    match self.engine.read_all(chunk) {
+                        Ok((bytes, _)) => {
+                            done.bytes += bytes.len() as u64;
+                            self.moved
+                                .scrubbed_bytes
+                                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                            match self.repair(chunk, rec, &table, &e) {
+                                Ok(()) => done.repaired += 1,
+                                Err(_) => done.unrepaired += 1,
+                            }
+                        }
+                        // Removed meanwhile, or unreadable for a reason the
+                        // next pass may not have.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => {
+                            tracing::warn!("target {}: scrubbing chunk {chunk}: {e}", self.id);
+                            continue;
+                        }
+                    }
+                    done.chunks += 1;
+                    // Paced: never ahead of the rate.
+                    if bytes_per_sec > 0 {
+                        let due = Duration::from_secs_f64(done.bytes as f64 / bytes_per_sec as f64);
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                }
+                after = Some(last);
+            }
+        }
+        done
     }
 
     /// Replaces this member's copy of `chunk`, which failed a check

@@ -32,6 +32,14 @@ pub struct StorageArgs {
     #[arg(long, value_name = "MIB", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(5..=1 << 20))]
     held_max_mib: u64,
+    /// Scrub the targets: read every chunk whole, at most this many MiB/s
+    /// in all, a pass every 10 s after the last ended, checking every
+    /// block against its checksum (reads check only the blocks they
+    /// touch) and replacing a chunk that fails with another member's good
+    /// copy. Each pass is logged. 0 (the default): no scrubbing.
+    #[arg(long, value_name = "MIB", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
+    scrub_mib_per_sec: u64,
     #[command(flatten)]
     auth: AuthArgs,
     #[command(flatten)]
@@ -87,6 +95,11 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
     let transport = Arc::new(TcpTransport::new(client_tls));
     let service = StorageService::start(&args.targets, bound, cluster, transport)?;
     service.start_heartbeats().context("starting heartbeats")?;
+    if args.scrub_mib_per_sec > 0 {
+        service
+            .start_scrubbing(args.scrub_mib_per_sec << 20)
+            .context("starting the scrubber")?;
+    }
     let mut ids: Vec<u32> = service.targets().keys().copied().collect();
     ids.sort_unstable();
     eprintln!(
