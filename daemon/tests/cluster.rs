@@ -296,6 +296,33 @@ fn layout_name(ino: u64) -> String {
     format!("{ino:016x}")
 }
 
+impl Cluster {
+    /// The data file of chunk `index` of file `ino` on target `i` (see
+    /// `storage::engine`: `chunks/LL/LLLLLLLLLLLLLLLL/INDEX`).
+    fn chunk_file(&self, i: usize, ino: u64, index: u64) -> PathBuf {
+        self.storages[i]
+            .target
+            .join("chunks")
+            .join(format!("{:02x}", ino & 0xff))
+            .join(layout_name(ino))
+            .join(index.to_string())
+    }
+}
+
+/// Inverts the byte at `offset` of `path`, as a torn write or a bad
+/// sector would damage it.
+fn flip_byte(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    f.write_all_at(&[!b[0]], offset).unwrap();
+}
+
 #[test]
 fn files_written_on_one_mount_read_back_on_another_with_three_replicas() {
     let cluster = Cluster::start(3);
@@ -660,26 +687,10 @@ fn a_replica_whose_block_fails_its_checksum_is_healed_from_another() {
     let data = common::pattern(1 << 20, 7);
     std::fs::write(&path, &data).unwrap();
     let ino = std::fs::metadata(&path).unwrap().ino();
-    let chunk_file = |i: usize| {
-        cluster.storages[i]
-            .target
-            .join("chunks")
-            .join(format!("{:02x}", ino & 0xff))
-            .join(layout_name(ino))
-            .join("0")
-    };
+    let chunk_file = |i: usize| cluster.chunk_file(i, ino, 0);
     // Damage block 1 of the chunk on target 0, as a torn write or a bad
     // sector would.
-    {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(chunk_file(0))
-            .unwrap();
-        let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, 5000).unwrap();
-        f.write_all_at(&[b[0] ^ 0xff], 5000).unwrap();
-    }
+    flip_byte(&chunk_file(0), 5000);
     assert_ne!(
         std::fs::read(chunk_file(0)).unwrap(),
         std::fs::read(chunk_file(1)).unwrap()
@@ -713,31 +724,15 @@ fn a_replica_whose_block_fails_its_checksum_is_healed_from_another() {
 
 #[test]
 fn scrubbing_repairs_a_damaged_block_nobody_reads() {
-    use std::os::unix::fs::FileExt;
     let cluster = Cluster::start_full(3, &[], &["--scrub-mib-per-sec", "64"]);
     let a = cluster.mount();
     let path = a.mnt().join("f");
     std::fs::write(&path, common::pattern(1 << 20, 9)).unwrap();
     let ino = std::fs::metadata(&path).unwrap().ino();
-    let chunk_file = |i: usize| {
-        cluster.storages[i]
-            .target
-            .join("chunks")
-            .join(format!("{:02x}", ino & 0xff))
-            .join(layout_name(ino))
-            .join("0")
-    };
+    let chunk_file = |i: usize| cluster.chunk_file(i, ino, 0);
     // Damage a block of the second target's copy; nothing reads the file
     // again.
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(chunk_file(1))
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, 600_000).unwrap();
-    f.write_all_at(&[b[0] ^ 0x55], 600_000).unwrap();
-    drop(f);
+    flip_byte(&chunk_file(1), 600_000);
     // A pass starts every 10 s after the last: within a minute on a
     // loaded machine, that copy is the others' again, and the pass
     // that replaced it has said so (once it ended).
