@@ -429,8 +429,13 @@ pub fn layout(engine: &dyn KvEngine, layout: u64, replicas: Option<usize>) -> Re
         let mut all: Vec<u32> = targets.iter().map(|t| t.id).collect();
         all.sort_unstable();
         let n = all.len();
-        if !targets.iter().any(|t| t.up) {
+        if targets.is_empty() {
             return Err(MetaError::Errno(libc::ENOSPC));
+        }
+        if !targets.iter().any(|t| t.up) {
+            // Every target is offline now (restarting, or its heartbeats
+            // late): a client tries again, as for a chain with no member.
+            return Err(MetaError::Errno(libc::EAGAIN));
         }
         let r = replicas.unwrap_or(REPLICAS_DEFAULT).clamp(1, n);
         let mut chains = read_chains(txn)?;
@@ -646,6 +651,34 @@ mod tests {
         forget_layout(&e, 11).unwrap();
         assert_eq!(get_layout(&e, 11).unwrap(), None);
         assert_eq!(layouts(&e, 0, 100).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_layout_waits_while_every_target_is_offline_and_fails_without_targets() {
+        let e = MemEngine::new();
+        let errno = |r: Result<LayoutRec, MetaError>| match r {
+            Err(MetaError::Errno(n)) => n,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(errno(layout(&e, 5, None)), libc::ENOSPC, "no target at all");
+        register(&e, [1; 16], addr(1001)).unwrap();
+        assert!(manage(&e, 1).unwrap().holder);
+        retry(&e, &RetryPolicy::default(), |txn| {
+            let mut t: TargetRec = decode("target", &txn.get(&key::target(1))?.unwrap())?;
+            t.lease_until_ms = 1;
+            txn.put(key::target(1), encode(&t));
+            Ok::<_, MetaError>(())
+        })
+        .unwrap();
+        assert_eq!(manage(&e, 1).unwrap().offline, vec![1]);
+        assert_eq!(
+            errno(layout(&e, 5, None)),
+            libc::EAGAIN,
+            "its only target is offline"
+        );
+        heartbeat(&e, &[1], &[]).unwrap();
+        manage(&e, 1).unwrap();
+        assert_eq!(layout(&e, 5, None).unwrap().replicas, 1);
     }
 
     #[test]

@@ -128,13 +128,30 @@ impl ClusterData {
         }
     }
 
-    /// The file's layout, made now if it has none (for writes).
+    /// The file's layout, made now if it has none (for writes). While
+    /// every target is offline (`EAGAIN`) it is asked again, backing off,
+    /// for up to [`RETRY_FOR`], as an update waits for a chain's members.
     fn layout(&self, ino: u64) -> io::Result<Arc<LayoutRec>> {
         if let Some(l) = lock(&self.layouts).get(&ino) {
             return Ok(l.clone());
         }
-        let (_, layout) = self.meta.layout(ino).map_err(meta_err)?;
-        Ok(self.keep(ino, layout))
+        let deadline = Instant::now() + RETRY_FOR;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.meta.layout(ino) {
+                Ok((_, layout)) => return Ok(self.keep(ino, layout)),
+                Err(MetaError::Errno(libc::EAGAIN)) if Instant::now() < deadline => {
+                    tracing::debug!("the layout of inode {ino}: no target is up; again");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(MetaError::Errno(libc::EAGAIN)) => {
+                    tracing::error!("the layout of inode {ino}: no target came up in {RETRY_FOR:?}");
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+                Err(e) => return Err(meta_err(e)),
+            }
+        }
     }
 
     /// The file's layout if its data was ever written; reads, cuts and
