@@ -49,6 +49,9 @@ struct Calls {
     in_flight: usize,
     /// Why the connection is unusable, once it is.
     dead: Option<String>,
+    /// Threads waiting on `Conn::changed`: with none, nobody is woken (a
+    /// wake-up is a system call even with no waiter).
+    sleepers: usize,
 }
 
 /// See the module docs.
@@ -81,8 +84,11 @@ impl Drop for Slot<'_> {
         calls.waiting.remove(&self.id);
         calls.done.remove(&self.id);
         calls.in_flight -= 1;
+        let sleepers = calls.sleepers;
         drop(calls);
-        self.conn.changed.notify_all();
+        if sleepers > 0 {
+            self.conn.changed.notify_all();
+        }
     }
 }
 
@@ -125,7 +131,14 @@ impl Conn {
         }
         drop(calls);
         self.stream.shutdown();
-        self.changed.notify_all();
+        self.wake_sleepers();
+    }
+
+    /// Wakes the threads waiting on `changed`, if any.
+    fn wake_sleepers(&self) {
+        if lock(&self.calls).sleepers > 0 {
+            self.changed.notify_all();
+        }
     }
 
     /// Sends a request and waits up to `timeout` for its reply: the reply's
@@ -158,11 +171,13 @@ impl Conn {
                         "waiting for a free request slot",
                     )));
                 }
+                calls.sleepers += 1;
                 calls = self
                     .changed
                     .wait_timeout(calls, left)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
+                calls.sleepers -= 1;
             }
             calls.in_flight += 1;
             calls.waiting.insert(id);
@@ -214,11 +229,17 @@ impl Conn {
                 Ok(mut buf) => {
                     self.read_turn(&mut buf, deadline);
                     drop(buf);
-                    self.changed.notify_all();
+                    self.wake_sleepers();
                 }
                 Err(_) => {
-                    let calls = lock(&self.calls);
+                    let mut calls = lock(&self.calls);
                     if calls.done.contains_key(&id) || calls.dead.is_some() {
+                        continue;
+                    }
+                    // The reader may have left since: take the turn. (It
+                    // takes `calls` after `reading`, so trying `reading`
+                    // here cannot deadlock.)
+                    if self.reading.try_lock().is_ok() {
                         continue;
                     }
                     // Woken when a reader delivers or leaves; the timeout
@@ -226,7 +247,13 @@ impl Conn {
                     let left = deadline
                         .saturating_duration_since(Instant::now())
                         .min(Duration::from_millis(20));
-                    let _ = self.changed.wait_timeout(calls, left);
+                    calls.sleepers += 1;
+                    let mut calls = self
+                        .changed
+                        .wait_timeout(calls, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    calls.sleepers -= 1;
                 }
             }
         }

@@ -10,7 +10,9 @@
 //! on, so concurrent callers do not wait for each other. Should a request
 //! arrive while a lone one runs, a watchdog notices within
 //! [`Limits::stall`] and wakes a reader for it: a slow request (an etcd
-//! transaction) holds up another by at most that long.
+//! transaction) holds up another by at most that long. The watchdog looks
+//! every half of that while requests run, and sleeps when none has run
+//! alone for [`WATCHDOG_QUIET_ROUNDS`] looks, until one does.
 //!
 //! | bound | value | when exceeded |
 //! |---|---|---|
@@ -50,7 +52,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -98,6 +100,10 @@ pub struct Limits {
 /// Frames up to this many bytes are read without taking from
 /// [`Limits::held_max`].
 pub const UNCOUNTED_FRAME: usize = 64 << 10;
+
+/// Rounds (of half [`Limits::stall`]) in which no request ran alone after
+/// which the watchdog sleeps until one does.
+const WATCHDOG_QUIET_ROUNDS: u32 = 100;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -249,6 +255,11 @@ pub struct Server<H: Handler> {
     threads: AtomicUsize,
     /// Live connections, for the watchdog.
     live: Mutex<Vec<std::sync::Weak<Connection<H>>>>,
+    /// The watchdog sleeps until woken (no request ran for a while):
+    /// `parked` says so without a lock, `parked_at` holds it.
+    parked: AtomicBool,
+    parked_at: Mutex<bool>,
+    unpark: std::sync::Condvar,
     /// When the server started (inline runs are timed from it).
     epoch: Instant,
     /// Bytes of large frames and replies held.
@@ -310,6 +321,9 @@ impl<H: Handler> Server<H> {
             per_peer: Mutex::new(HashMap::new()),
             threads: AtomicUsize::new(0),
             live: Mutex::new(Vec::new()),
+            parked: AtomicBool::new(false),
+            parked_at: Mutex::new(false),
+            unpark: std::sync::Condvar::new(),
             epoch: Instant::now(),
             held: Arc::new(Budget {
                 most: limits.held_max.max(1),
@@ -332,12 +346,23 @@ impl<H: Handler> Server<H> {
         let server = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("rpc-watchdog".into())
-            .spawn(move || loop {
-                let Some(server) = server.upgrade() else { return };
-                let stall = server.limits.stall;
-                server.watch();
-                drop(server);
-                std::thread::sleep(stall / 2);
+            .spawn(move || {
+                let mut quiet_rounds = 0u32;
+                loop {
+                    let Some(server) = server.upgrade() else { return };
+                    let stall = server.limits.stall;
+                    if server.watch() {
+                        quiet_rounds = 0;
+                    } else {
+                        quiet_rounds += 1;
+                    }
+                    if quiet_rounds >= WATCHDOG_QUIET_ROUNDS {
+                        quiet_rounds = 0;
+                        server.park_watchdog();
+                    }
+                    drop(server);
+                    std::thread::sleep(stall / 2);
+                }
             })?;
         for sock in listener.incoming() {
             let sock = match sock {
@@ -537,6 +562,7 @@ impl<H: Handler> Server<H> {
             if lone {
                 let now = self.epoch.elapsed().as_micros() as u64 + 1;
                 conn.inline_since.store(now, Ordering::SeqCst);
+                self.unpark_watchdog();
             } else {
                 // Others run or wait: someone reads on while this runs.
                 self.wake_reader(conn);
@@ -585,15 +611,53 @@ impl<H: Handler> Server<H> {
         }
     }
 
+    /// Puts the watchdog to sleep until a request runs alone (it has
+    /// nothing to watch until then): an idle service does not wake every
+    /// millisecond. A request that starts alone after `parked` is set sees
+    /// it and wakes the watchdog; one that started before is seen by the
+    /// second look here.
+    fn park_watchdog(&self) {
+        let mut parked = lock(&self.parked_at);
+        *parked = true;
+        self.parked.store(true, Ordering::SeqCst);
+        let running = lock(&self.live)
+            .iter()
+            .filter_map(|c| c.upgrade())
+            .any(|c| c.inline_since.load(Ordering::SeqCst) != 0);
+        if !running {
+            // The timeout only bounds what a missed wake-up could cost.
+            parked = self
+                .unpark
+                .wait_timeout_while(parked, Duration::from_secs(60), |p| *p)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *parked = false;
+        self.parked.store(false, Ordering::SeqCst);
+    }
+
+    /// Wakes a parked watchdog: a request is about to run alone.
+    fn unpark_watchdog(&self) {
+        if self.parked.load(Ordering::SeqCst) {
+            let mut parked = lock(&self.parked_at);
+            if *parked {
+                *parked = false;
+                self.unpark.notify_one();
+            }
+        }
+    }
+
     /// The watchdog's round: a connection whose lone request has run
     /// longer than the stall bound while nobody reads and bytes wait gets
-    /// a reader.
-    fn watch(self: &Arc<Self>) {
+    /// a reader. Returns whether any request ran alone.
+    fn watch(self: &Arc<Self>) -> bool {
         let now = self.epoch.elapsed().as_micros() as u64 + 1;
         let stall = self.limits.stall.as_micros() as u64;
         let live: Vec<_> = lock(&self.live).iter().filter_map(|c| c.upgrade()).collect();
+        let mut busy = false;
         for conn in live {
             let since = conn.inline_since.load(Ordering::SeqCst);
+            busy |= since != 0;
             if since == 0 || now.saturating_sub(since) < stall {
                 continue;
             }
@@ -608,6 +672,7 @@ impl<H: Handler> Server<H> {
                 self.wake_reader(&conn);
             }
         }
+        busy
     }
 
     /// Starts another thread for `conn`, if the bound allows; else the
@@ -976,6 +1041,36 @@ mod tests {
             assert_eq!(b.join().unwrap().unwrap(), 0);
         }
         assert_eq!(echo(&conn, 5).unwrap(), 5);
+    }
+
+    /// An idle server's watchdog sleeps; a request that then runs alone
+    /// wakes it, so one sent behind it on the same connection is still
+    /// read and answered while the first runs.
+    #[test]
+    fn a_sleeping_watchdog_wakes_for_a_request_running_alone() {
+        let (server, addr) = start(Limits::default(), None);
+        let conn = Arc::new(connect(addr, None));
+        assert_eq!(echo(&conn, 1).unwrap(), 1);
+        let asleep = crate::rpc::client::tests_support::wait_until(Duration::from_secs(30), || {
+            server.parked.load(Ordering::SeqCst)
+        });
+        assert!(asleep, "an idle server's watchdog never slept");
+        let slow = {
+            let conn = conn.clone();
+            std::thread::spawn(move || echo(&conn, 0))
+        };
+        let running = crate::rpc::client::tests_support::wait_until(Duration::from_secs(30), || {
+            server.handler.blocked.load(Ordering::SeqCst) == 1
+        });
+        assert!(running);
+        assert_eq!(echo(&conn, 7).unwrap(), 7, "answered beside the slow one");
+        assert_eq!(
+            server.handler.blocked.load(Ordering::SeqCst),
+            1,
+            "which still runs"
+        );
+        server.handler.release();
+        assert_eq!(slow.join().unwrap().unwrap(), 0);
     }
 
     #[test]
