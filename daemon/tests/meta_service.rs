@@ -193,7 +193,7 @@ impl Client {
             MetaRequest::Call(call)
         };
         match self.request(&req)? {
-            MetaReply::Answer(a) => Ok(a),
+            MetaReply::Answer(a) | MetaReply::Changed { answer: a, .. } => Ok(a),
             other => panic!("a call answered {other:?}"),
         }
     }
@@ -449,9 +449,16 @@ fn a_change_sent_again_is_answered_not_run_again() {
     };
     // The same change twice (a retry after a lost reply): on 8b55fc9 the
     // client sent it again unnumbered and the second run said EEXIST.
-    let first = client.request(&create(7)).unwrap();
+    let answer = |reply: MetaReply| match reply {
+        MetaReply::Answer(a) | MetaReply::Changed { answer: a, .. } => a,
+        other => panic!("a change answered {other:?}"),
+    };
+    let first = answer(client.request(&create(7)).unwrap());
+    // (Without the directories it wrote: what they are now is not what
+    // the first run left.)
     let again = client.request(&create(7)).unwrap();
-    assert_eq!(first, again, "the retry got the first run's outcome");
+    assert!(matches!(again, MetaReply::Answer(_)), "{again:?}");
+    assert_eq!(first, answer(again), "the retry got the first run's outcome");
     // A new change of the same name is a new create: EEXIST.
     assert_eq!(client.request(&create(8)), Err(libc::EEXIST));
     // What a change may forget is bounded and below it.
@@ -1116,4 +1123,191 @@ fn changes_through_a_faulty_network_apply_exactly_once() {
     expected.sort();
     assert_eq!(names, expected, "seed {seed}");
     stop_and_check(first, second, service, &format!("seed {seed}: "));
+}
+
+impl Service {
+    /// A mount's client of the service, as `xfused mount` makes it.
+    fn remote(&self) -> xfused::net::RemoteMeta {
+        let tls = self
+            .cluster()
+            .client_config(Role::Mount)
+            .expect("a client configuration");
+        xfused::net::RemoteMeta::connect(&self.addr, Some(tls)).expect("connecting")
+    }
+}
+
+/// A change answers with the directories it wrote, as committed; a client
+/// that keeps them answers the next getattr of such a directory from that
+/// record, once, without a call (another client's later chmod shows only
+/// on the getattr after), and one that keeps none asks every time.
+#[test]
+fn a_changes_directories_answer_the_next_getattr_once() {
+    use xfused::meta::{Namespace, SetAttr};
+    let service = Service::start();
+    let (raw, _) = service.session();
+    let (dir, _) = raw
+        .create(&Caller::ROOT, 1, "d", libc::S_IFDIR | 0o755, false)
+        .unwrap();
+    // The raw reply: the directory's record as the change left it.
+    let reply = raw
+        .request(&MetaRequest::Change {
+            seq: 100,
+            forget: (100, 100),
+            resent: false,
+            call: Call::Mknod {
+                caller: Caller::ROOT,
+                parent: dir,
+                name: b"f".to_vec(),
+                mode: libc::S_IFREG | 0o644,
+                rdev: 0,
+                target: Vec::new(),
+                open: false,
+            },
+        })
+        .unwrap();
+    let MetaReply::Changed { dirs, .. } = reply else {
+        panic!("a create answered {reply:?}")
+    };
+    assert_eq!(dirs, vec![(dir, raw.getattr(dir).unwrap())]);
+
+    let chmod = |mode: u32| {
+        raw.call(Call::Setattr {
+            caller: Caller::ROOT,
+            ino: dir,
+            set: SetAttr {
+                mode: Some(mode),
+                ..SetAttr::default()
+            },
+        })
+        .unwrap();
+    };
+    let mut keeping = service.remote();
+    keeping.remember_dirs(Duration::from_secs(60));
+    let (_, after_create, _) = keeping
+        .mknod(&Caller::ROOT, dir, b"g", libc::S_IFREG | 0o644, 0, &[], false)
+        .unwrap();
+    assert_eq!(after_create.kind(), libc::S_IFREG);
+    let created = raw.getattr(dir).unwrap();
+    chmod(0o700);
+    assert_eq!(
+        keeping.getattr(dir).unwrap(),
+        created,
+        "the create's record answers"
+    );
+    assert_eq!(keeping.getattr(dir).unwrap().mode & 0o7777, 0o700, "once");
+
+    let asking = service.remote();
+    asking
+        .mknod(&Caller::ROOT, dir, b"h", libc::S_IFREG | 0o644, 0, &[], false)
+        .unwrap();
+    chmod(0o750);
+    assert_eq!(asking.getattr(dir).unwrap().mode & 0o7777, 0o750);
+}
+
+/// Deferred closes: a release returns at once and the session stays open
+/// until the client's next call carries it (a file unlinked meanwhile by
+/// another client is an orphan until then, and is freed, to the sink, by
+/// that call); with no call to carry it, it goes alone.
+#[test]
+fn deferred_closes_go_with_the_next_call_or_alone() {
+    use std::sync::Mutex;
+    use xfused::meta::{Namespace, Reclaim};
+    let service = Service::start();
+    let (raw, _) = service.session();
+    let unlink = |name: &str| match raw.call(Call::Unlink {
+        caller: Caller::ROOT,
+        parent: 1,
+        name: name.as_bytes().to_vec(),
+    }) {
+        Ok(Answer::Unlink(r)) => r,
+        other => panic!("unlink answered {other:?}"),
+    };
+    let freed = |sink: &Arc<Mutex<Vec<Reclaim>>>, ino: u64| {
+        let sink = sink.clone();
+        common::wait_for("the freed file at the sink", Duration::from_secs(20), move || {
+            if sink.lock().unwrap().iter().any(|r| r.ino == ino) {
+                Ok(())
+            } else {
+                Err(format!("{:?}", sink.lock().unwrap()))
+            }
+        });
+    };
+
+    // Carried by the next call (nothing goes alone within an hour).
+    let sink = Arc::new(Mutex::new(Vec::new()));
+    let remote = Arc::new(service.remote());
+    let to = sink.clone();
+    remote
+        .defer_releases(Duration::from_secs(3600), move |r| to.lock().unwrap().push(r))
+        .unwrap();
+    let (ino, _, handle) = remote
+        .mknod(&Caller::ROOT, 1, b"f", libc::S_IFREG | 0o644, 0, &[], true)
+        .unwrap();
+    assert_eq!(remote.release(ino, handle.unwrap()).unwrap(), None);
+    assert_eq!(unlink("f"), None, "the close was deferred: f is still open");
+    assert_eq!(raw.getattr(ino).unwrap().nlink, 0);
+    remote.getattr(1).unwrap();
+    freed(&sink, ino);
+    assert_eq!(raw.getattr(ino), Err(libc::ENOENT));
+
+    // Alone, soon.
+    let sink = Arc::new(Mutex::new(Vec::new()));
+    let remote = Arc::new(service.remote());
+    let to = sink.clone();
+    remote
+        .defer_releases(Duration::from_millis(2), move |r| to.lock().unwrap().push(r))
+        .unwrap();
+    let (ino, _, handle) = remote
+        .mknod(&Caller::ROOT, 1, b"g", libc::S_IFREG | 0o644, 0, &[], true)
+        .unwrap();
+    // Unlinked while open (this call carries nothing: no close waits).
+    remote.unlink(&Caller::ROOT, 1, b"g").unwrap();
+    remote.release(ino, handle.unwrap()).unwrap();
+    freed(&sink, ino);
+    assert_eq!(raw.getattr(ino), Err(libc::ENOENT));
+    assert!(remote.settle_deferred().is_empty(), "the sink took it");
+}
+
+/// Batches are bounded and hold no batch.
+#[test]
+fn batches_are_bounded() {
+    use xfused::net::{Release, RELEASES_MAX};
+    let service = Service::start();
+    let (raw, _) = service.session();
+    let release = |seq| Release {
+        seq,
+        resent: false,
+        ino: 1,
+        handle: 0,
+    };
+    let too_many = MetaRequest::Batch {
+        releases: (1..=RELEASES_MAX as u64 + 1).map(release).collect(),
+        then: None,
+    };
+    assert_eq!(raw.request(&too_many), Err(libc::EINVAL));
+    let nested = MetaRequest::Batch {
+        releases: vec![release(1)],
+        then: Some(Box::new(MetaRequest::Batch {
+            releases: Vec::new(),
+            then: None,
+        })),
+    };
+    assert_eq!(raw.request(&nested), Err(libc::EINVAL));
+    // A close of a session that is not there closes nothing, harmlessly.
+    match raw.request(&MetaRequest::Batch {
+        releases: vec![release(2)],
+        then: None,
+    }) {
+        Ok(MetaReply::Batch { released, then: None }) => assert_eq!(released, vec![(2, Ok(None))]),
+        other => panic!("a batch answered {other:?}"),
+    }
+    // Without a session, nothing.
+    let unbound = service.connect(Role::Mount);
+    assert_eq!(
+        unbound.request(&MetaRequest::Batch {
+            releases: vec![release(3)],
+            then: None,
+        }),
+        Err(libc::ENOTCONN)
+    );
 }

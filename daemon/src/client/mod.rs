@@ -52,6 +52,9 @@ pub struct OpenNamespace {
     /// The data directory, canonical.
     pub data: PathBuf,
     lease: Option<Lease>,
+    /// The service client, when the namespace is a tcp:// one (its
+    /// deferred closes are settled at `close`).
+    remote: Option<Arc<crate::net::RemoteMeta>>,
 }
 
 /// Where a namespace comes from and how this client holds it.
@@ -109,6 +112,7 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
     let mut caller_groups = false;
     let cluster_wanted = !spec.local_data;
     let mut cluster = None;
+    let mut remote_meta = None;
     let meta: Arc<dyn Namespace> = match parse_meta_url(&url)? {
         MetaUrl::Embedded(store) => {
             let engine = open_embedded(&store, spec.engine)?;
@@ -135,8 +139,9 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
                 ),
                 None => None,
             };
-            let remote = crate::net::RemoteMeta::connect(&addr, tls.clone())
+            let mut remote = crate::net::RemoteMeta::connect(&addr, tls.clone())
                 .with_context(|| format!("connecting to the metadata service at {addr}"))?;
+            remote.remember_dirs(Duration::from_millis(spec.attr_timeout_ms));
             tracing::info!("metadata: service at {addr}");
             if cluster_wanted {
                 let meta =
@@ -150,7 +155,9 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
             }
             // The service checks every caller: it needs their groups.
             caller_groups = spec.host_callers;
-            Arc::new(remote)
+            let remote = Arc::new(remote);
+            remote_meta = Some(remote.clone());
+            remote
         }
     };
     tracing::info!("registered as metadata client {}", meta.client_id());
@@ -196,6 +203,18 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
         }
         Err(e) => tracing::warn!("reaping dead clients' sessions: {e}"),
     }
+    if let Some(remote) = &remote_meta {
+        // Closes go with the next call; the files they free are deleted
+        // by the client's own thread.
+        let freed = Arc::downgrade(&fs);
+        remote
+            .defer_releases(crate::net::client::FLUSH_AFTER, move |r| {
+                if let Some(fs) = freed.upgrade() {
+                    fs.reclaim(Some(r));
+                }
+            })
+            .context("starting the thread that sends closes")?;
+    }
     let lease = Lease::start(meta.clone(), lease / 3).context("starting the lease thread")?;
     Ok(OpenNamespace {
         fs,
@@ -203,6 +222,7 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
         url,
         data,
         lease: Some(lease),
+        remote: remote_meta,
     })
 }
 
@@ -222,6 +242,11 @@ impl OpenNamespace {
     pub fn close(mut self) {
         // No renewal after the client is gone.
         self.lease = None;
+        if let Some(remote) = &self.remote {
+            for r in remote.settle_deferred() {
+                self.fs.reclaim(Some(r));
+            }
+        }
         match self.meta.close_client() {
             Ok(reclaimed) => {
                 for r in reclaimed {

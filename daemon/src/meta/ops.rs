@@ -180,6 +180,21 @@ struct Change {
 
 thread_local! {
     static CHANGE: std::cell::Cell<Option<Change>> = const { std::cell::Cell::new(None) };
+    /// The directories the recorded transaction of this thread's numbered
+    /// change wrote, as written ([`take_changed_dirs`]); `None` when no
+    /// change is being recorded.
+    static CHANGED_DIRS: std::cell::RefCell<Option<Vec<(u64, InodeRec)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The directories the last numbered change run on this thread
+/// ([`Meta::exactly_once`]) wrote, with their records as committed: a
+/// service sends them with its answer, so the client can answer the
+/// kernel's next `GETATTR` of the directory (which every change of a
+/// directory provokes) without another call. Empty for a change that was
+/// done before, or that wrote no directory.
+pub fn take_changed_dirs() -> Vec<(u64, InodeRec)> {
+    CHANGED_DIRS.with(|d| d.borrow_mut().take()).unwrap_or_default()
 }
 
 /// Most extended attributes one inode may have; one more is `ENOSPC`.
@@ -399,6 +414,16 @@ impl Staged {
         self.deleted.push(ino);
     }
     fn flush(self, txn: &mut Txn<'_>) {
+        CHANGED_DIRS.with(|d| {
+            if let Some(dirs) = d.borrow_mut().as_mut() {
+                dirs.extend(
+                    self.inodes
+                        .iter()
+                        .filter(|(_, (rec, dirty))| *dirty && rec.is_dir())
+                        .map(|(ino, (rec, _))| (*ino, rec.clone())),
+                );
+            }
+        });
         for (ino, (rec, dirty)) in self.inodes {
             if dirty {
                 txn.put(schema::inode_key(ino), rec.encode());
@@ -802,6 +827,8 @@ impl Meta {
         let key = schema::done_key(self.client, change.seq);
         let mut wrote = false;
         let result = retry(self.engine.as_ref(), &self.config.retry, |txn| {
+            // What an attempt that did not commit wrote does not count.
+            CHANGED_DIRS.with(|d| *d.borrow_mut() = Some(Vec::new()));
             if !change.resent {
                 // Nothing to look for.
             } else if let Some(bytes) = txn.get(&key)? {
@@ -854,6 +881,7 @@ impl Meta {
         record: Recorder,
         change: impl FnOnce(&Self) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
+        CHANGED_DIRS.with(|d| *d.borrow_mut() = None);
         CHANGE.with(|c| {
             c.set(Some(Change {
                 seq,

@@ -15,16 +15,36 @@
 //! with the first run's outcome, so a create whose reply was lost answers
 //! success, not EEXIST. Only ending the client (`close_client`), which is
 //! not one transaction, fails with EIO when its reply is lost.
+//!
+//! Directories a change wrote: the service returns their records as the
+//! change committed them, and the client keeps each for one `getattr`
+//! within [`RemoteMeta::remember_dirs`]'s time. Every change of a
+//! directory makes the kernel drop its attributes and ask again before the
+//! next permission check in it, so a create or unlink would otherwise cost
+//! a second call. What that answer may miss (another client's change made
+//! after this one) is what the kernel's attribute cache may miss for as
+//! long.
+//!
+//! Closes, once [`RemoteMeta::defer_releases`] is on (a mount turns it on):
+//! a `release` returns at once, and the close goes with this client's next
+//! request ([`MetaRequest::Batch`]), or alone within about twice
+//! [`FLUSH_AFTER`] if none comes. The kernel does not wait for a close either, so nothing
+//! waits longer; an open followed by a close costs one round trip, not
+//! two. The service runs each close exactly once, numbered like any
+//! change, before the request it came with, so this client's later calls
+//! see it done. A file it was the last holder of is deleted a little
+//! later, on the thread that sends deferred closes: the sink given.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use super::{MetaReply, MetaRequest, FORGET_MAX, TOKEN_LEN};
+use super::{MetaReply, MetaRequest, Release, FORGET_MAX, RELEASES_MAX, TOKEN_LEN};
 use crate::meta::kv::KvError;
-use crate::meta::{Answer, Call, MetaError};
+use crate::meta::schema::InodeRec;
+use crate::meta::{Answer, Call, MetaError, Reclaim};
 use crate::rpc::client::{CallError, Conn};
 use crate::rpc::codec;
 
@@ -34,6 +54,29 @@ pub const LANES: usize = 4;
 pub const ATTEMPTS_MAX: u32 = 5;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// A deferred close with no request to go with goes alone after this.
+pub const FLUSH_AFTER: Duration = Duration::from_millis(5);
+/// Deferred closes held at most; past this a close is sent at once.
+const DEFERRED_MAX: usize = 4096;
+
+/// What deletes a file's data (the mount's chunks).
+type ReclaimSink = Box<dyn Fn(Reclaim) + Send + Sync>;
+
+/// Closes not sent yet, and files they freed not deleted yet.
+#[derive(Default)]
+struct Deferred {
+    releases: VecDeque<(Release, Instant)>,
+    reclaims: Vec<Reclaim>,
+    /// The closer thread sleeps until woken (no close for a while); while
+    /// closes come, it wakes on its own every `flush_after` instead, so a
+    /// close costs no wake-up.
+    idle: bool,
+    /// When the last close was deferred.
+    last: Option<Instant>,
+}
+
+/// The closer thread sleeps until woken after this long without a close.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// See the module docs.
 pub struct RemoteMeta {
@@ -50,6 +93,31 @@ pub struct RemoteMeta {
     /// Outcomes of changes below this number were forgotten (deleted by a
     /// later change).
     forgotten_to: Mutex<u64>,
+    /// Directories changes wrote, kept for one `getattr` (module docs).
+    fresh_dirs: Mutex<HashMap<u64, (InodeRec, Instant)>>,
+    /// How long they are kept; zero: not at all.
+    fresh_for: Duration,
+    /// Deferred closes (module docs); deferred only once the sink is set.
+    deferred: Mutex<Deferred>,
+    /// Wakes the thread that sends closes alone and deletes files.
+    deferred_changed: Condvar,
+    sink: OnceLock<ReclaimSink>,
+}
+
+/// Directories kept at most ([`RemoteMeta::remember_dirs`]); past this,
+/// the expired ones go, and if none has, all.
+const FRESH_DIRS_MAX: usize = 4096;
+
+/// Which of two records of one directory a change wrote is the later: the
+/// one changed later, and of two changed in one clock tick, the one with
+/// more names ever made in it. `None`: no telling, keep neither.
+fn later<'a>(a: &'a InodeRec, b: &'a InodeRec) -> Option<&'a InodeRec> {
+    let key = |r: &InodeRec| (r.ctime.sec, r.ctime.nsec, r.cookie_next);
+    match key(a).cmp(&key(b)) {
+        std::cmp::Ordering::Greater => Some(a),
+        std::cmp::Ordering::Less => Some(b),
+        std::cmp::Ordering::Equal => (a == b).then_some(a),
+    }
 }
 
 impl std::fmt::Debug for RemoteMeta {
@@ -98,6 +166,11 @@ impl RemoteMeta {
             next_seq: AtomicU64::new(1),
             unanswered: Mutex::new(BTreeSet::new()),
             forgotten_to: Mutex::new(1),
+            fresh_dirs: Mutex::new(HashMap::new()),
+            fresh_for: Duration::ZERO,
+            deferred: Mutex::new(Deferred::default()),
+            deferred_changed: Condvar::new(),
+            sink: OnceLock::new(),
         };
         // A Hello whose reply was lost registered a client nobody will
         // use: its lease runs out and it is reaped. Sending it again is
@@ -115,6 +188,214 @@ impl RemoteMeta {
     /// This client's id.
     pub fn session_client(&self) -> u64 {
         self.client
+    }
+
+    /// Keeps the directory records changes return for `ttl` (the mount's
+    /// attribute timeout; zero, the default, keeps none), each answering
+    /// one `getattr` (module docs).
+    pub fn remember_dirs(&mut self, ttl: Duration) {
+        self.fresh_for = ttl;
+    }
+
+    /// Defers closes from now on (module docs): `sink` deletes the data of
+    /// files they freed, called on a thread of this client's own, which
+    /// ends when the client is dropped.
+    /// A close no request took along goes alone after `flush_after`
+    /// ([`FLUSH_AFTER`] for a mount).
+    pub fn defer_releases(
+        self: &Arc<Self>,
+        flush_after: Duration,
+        sink: impl Fn(Reclaim) + Send + Sync + 'static,
+    ) -> std::io::Result<()> {
+        if self.sink.set(Box::new(sink)).is_err() {
+            return Ok(());
+        }
+        let me = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("xfused-closes".into())
+            .spawn(move || closer(me, flush_after))?;
+        Ok(())
+    }
+
+    /// Queues a close; `false` if closes are not deferred or too many wait.
+    fn defer(&self, ino: u64, handle: u64) -> bool {
+        if self.sink.get().is_none() {
+            return false;
+        }
+        let mut deferred = lock(&self.deferred);
+        if deferred.releases.len() >= DEFERRED_MAX {
+            return false;
+        }
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        lock(&self.unanswered).insert(seq);
+        let now = Instant::now();
+        deferred.last = Some(now);
+        let wake = deferred.idle;
+        deferred.releases.push_back((
+            Release {
+                seq,
+                resent: false,
+                ino,
+                handle,
+            },
+            now,
+        ));
+        drop(deferred);
+        if wake {
+            self.deferred_changed.notify_one();
+        }
+        true
+    }
+
+    /// Sends `req` with the deferred closes (if any) and settles them.
+    fn send(&self, req: MetaRequest, idempotent: bool) -> Result<MetaReply, MetaError> {
+        let releases = self.take_releases();
+        if releases.is_empty() {
+            return self.request(&req, idempotent);
+        }
+        let batch = MetaRequest::Batch {
+            releases: releases.clone(),
+            then: Some(Box::new(req)),
+        };
+        match self.request(&batch, idempotent) {
+            Ok(MetaReply::Batch {
+                released,
+                then: Some(reply),
+            }) => {
+                self.settle(released);
+                Ok(*reply)
+            }
+            Ok(other) => {
+                self.requeue(releases);
+                Err(MetaError::Corrupt(format!("a batch answered with {other:?}")))
+            }
+            Err(e) => {
+                self.requeue(releases);
+                Err(e)
+            }
+        }
+    }
+
+    fn take_releases(&self) -> Vec<Release> {
+        let mut deferred = lock(&self.deferred);
+        let n = deferred.releases.len().min(RELEASES_MAX);
+        deferred.releases.drain(..n).map(|(r, _)| r).collect()
+    }
+
+    /// Puts closes whose fate is unknown back, first in line, to be sent
+    /// again (and answered from their record if they ran).
+    fn requeue(&self, releases: Vec<Release>) {
+        let mut deferred = lock(&self.deferred);
+        let now = Instant::now();
+        for r in releases.into_iter().rev() {
+            deferred.releases.push_front((Release { resent: true, ..r }, now));
+        }
+    }
+
+    /// Takes the outcomes of closes sent.
+    fn settle(&self, released: Vec<(u64, Result<Option<Reclaim>, i32>)>) {
+        let mut freed = Vec::new();
+        {
+            let mut unanswered = lock(&self.unanswered);
+            for (seq, outcome) in released {
+                unanswered.remove(&seq);
+                match outcome {
+                    Ok(Some(r)) => freed.push(r),
+                    Ok(None) => {}
+                    Err(errno) => tracing::warn!(
+                        "the metadata service failed a close: {}; the session stays until this mount ends",
+                        std::io::Error::from_raw_os_error(errno)
+                    ),
+                }
+            }
+        }
+        if !freed.is_empty() {
+            lock(&self.deferred).reclaims.extend(freed);
+            self.deferred_changed.notify_one();
+        }
+    }
+
+    /// Sends every deferred close now and returns the files they (and
+    /// earlier ones) freed that are not deleted yet: for a client about to
+    /// end, which deletes them itself.
+    pub fn settle_deferred(&self) -> Vec<Reclaim> {
+        loop {
+            let left = lock(&self.deferred).releases.len();
+            if left == 0 {
+                break;
+            }
+            if let Err(e) = self.flush_releases() {
+                tracing::warn!("sending {left} closes to the metadata service: {e}");
+                break;
+            }
+        }
+        std::mem::take(&mut lock(&self.deferred).reclaims)
+    }
+
+    /// Sends the deferred closes alone.
+    fn flush_releases(&self) -> Result<(), MetaError> {
+        let releases = self.take_releases();
+        if releases.is_empty() {
+            return Ok(());
+        }
+        let batch = MetaRequest::Batch {
+            releases: releases.clone(),
+            then: None,
+        };
+        match self.request(&batch, true) {
+            Ok(MetaReply::Batch { released, then: None }) => {
+                self.settle(released);
+                Ok(())
+            }
+            Ok(other) => {
+                self.requeue(releases);
+                Err(MetaError::Corrupt(format!("a batch answered with {other:?}")))
+            }
+            Err(e) => {
+                self.requeue(releases);
+                Err(e)
+            }
+        }
+    }
+
+    fn keep_dirs(&self, dirs: Vec<(u64, InodeRec)>) {
+        if self.fresh_for.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut fresh = lock(&self.fresh_dirs);
+        if fresh.len() >= FRESH_DIRS_MAX {
+            fresh.retain(|_, (_, at)| now.duration_since(*at) < self.fresh_for);
+            if fresh.len() >= FRESH_DIRS_MAX {
+                fresh.clear();
+            }
+        }
+        for (ino, rec) in dirs {
+            match fresh.get(&ino) {
+                Some((old, _)) => match later(old, &rec) {
+                    Some(kept) if std::ptr::eq(kept, old) => {}
+                    Some(_) => {
+                        fresh.insert(ino, (rec, now));
+                    }
+                    None => {
+                        fresh.remove(&ino);
+                    }
+                },
+                None => {
+                    fresh.insert(ino, (rec, now));
+                }
+            }
+        }
+    }
+
+    /// A directory record a change returned within the time it is kept,
+    /// taken.
+    fn fresh_dir(&self, ino: u64) -> Option<InodeRec> {
+        if self.fresh_for.is_zero() {
+            return None;
+        }
+        let (rec, at) = lock(&self.fresh_dirs).remove(&ino)?;
+        (at.elapsed() < self.fresh_for).then_some(rec)
     }
 
     /// A live connection with this client's session bound: an idle one,
@@ -202,16 +483,8 @@ impl RemoteMeta {
         loop {
             if attempt == 2 {
                 // From now on a change may have been done: say so.
-                if let MetaRequest::Change {
-                    seq, forget, call, ..
-                } = req
-                {
-                    message = codec::encode(&MetaRequest::Change {
-                        seq: *seq,
-                        forget: *forget,
-                        resent: true,
-                        call: call.clone(),
-                    });
+                if let Some(again) = resent(req) {
+                    message = codec::encode(&again);
                 }
             }
             let result = self
@@ -244,6 +517,15 @@ impl RemoteMeta {
 
     /// Sends one namespace call in this client's session.
     pub fn invoke(&self, call: Call) -> Result<Answer, MetaError> {
+        match call {
+            Call::Getattr { ino } => {
+                if let Some(rec) = self.fresh_dir(ino) {
+                    return Ok(Answer::Getattr(rec));
+                }
+            }
+            Call::Release { ino, handle } if self.defer(ino, handle) => return Ok(Answer::Release(None)),
+            _ => {}
+        }
         let name = call.name();
         let reply = if call.is_change() {
             let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -262,7 +544,7 @@ impl RemoteMeta {
                 resent: false,
                 call,
             };
-            let reply = self.request(&change, true);
+            let reply = self.send(change, true);
             lock(&self.unanswered).remove(&seq);
             if reply.is_ok() {
                 let mut forgotten_to = lock(&self.forgotten_to);
@@ -271,11 +553,166 @@ impl RemoteMeta {
             reply?
         } else {
             let idempotent = call.idempotent();
-            self.request(&MetaRequest::Call(call), idempotent)?
+            self.send(MetaRequest::Call(call), idempotent)?
         };
         match reply {
             MetaReply::Answer(answer) => Ok(answer),
+            MetaReply::Changed { answer, dirs } => {
+                self.keep_dirs(dirs);
+                Ok(answer)
+            }
             other => Err(MetaError::Corrupt(format!("{name} answered with {other:?}"))),
         }
+    }
+}
+
+/// `req` as sent again after a lost reply: its changes marked as possibly
+/// done. `None`: the same bytes do.
+fn resent(req: &MetaRequest) -> Option<MetaRequest> {
+    match req {
+        MetaRequest::Change {
+            seq, forget, call, ..
+        } => Some(MetaRequest::Change {
+            seq: *seq,
+            forget: *forget,
+            resent: true,
+            call: call.clone(),
+        }),
+        MetaRequest::Batch { releases, then } => Some(MetaRequest::Batch {
+            releases: releases.iter().map(|r| Release { resent: true, ..*r }).collect(),
+            then: then
+                .as_deref()
+                .map(|t| Box::new(resent(t).unwrap_or_else(|| t.clone()))),
+        }),
+        _ => None,
+    }
+}
+
+/// The thread of [`RemoteMeta::defer_releases`]: deletes freed files and
+/// sends closes no request took along within `flush_after`.
+fn closer(me: Weak<RemoteMeta>, flush_after: Duration) {
+    let mut backoff = flush_after;
+    loop {
+        let Some(remote) = me.upgrade() else { return };
+        let (reclaims, due) = {
+            let mut deferred = lock(&remote.deferred);
+            if deferred.reclaims.is_empty()
+                && deferred
+                    .releases
+                    .front()
+                    .is_none_or(|(_, at)| at.elapsed() < backoff)
+            {
+                let quiet =
+                    deferred.releases.is_empty() && deferred.last.is_none_or(|at| at.elapsed() >= IDLE_AFTER);
+                deferred.idle = quiet;
+                let wait = if quiet { IDLE_AFTER } else { backoff };
+                deferred = remote
+                    .deferred_changed
+                    .wait_timeout(deferred, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                deferred.idle = false;
+            }
+            let due = deferred
+                .releases
+                .front()
+                .is_some_and(|(_, at)| at.elapsed() >= backoff);
+            (std::mem::take(&mut deferred.reclaims), due)
+        };
+        if let Some(sink) = remote.sink.get() {
+            for r in reclaims {
+                sink(r);
+            }
+        }
+        if due {
+            match remote.flush_releases() {
+                Ok(()) => backoff = flush_after,
+                Err(e) => {
+                    tracing::warn!("sending closes to the metadata service: {e}");
+                    backoff = (backoff * 2).min(flush_after.max(Duration::from_secs(1)));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::schema::Timestamp;
+
+    fn dir(sec: i64, cookie_next: u64, entries: u64) -> InodeRec {
+        let t = Timestamp { sec, nsec: 0 };
+        InodeRec {
+            mode: libc::S_IFDIR | 0o755,
+            uid: 0,
+            gid: 0,
+            nlink: 2,
+            size: 0,
+            rdev: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            parent: 1,
+            entries,
+            cookie_next,
+            chunk_size: 0,
+            layout_id: 0,
+            xattrs: 0,
+            target: Vec::new(),
+            replicas: 0,
+        }
+    }
+
+    #[test]
+    fn the_later_record_of_a_directory_wins_and_a_tie_keeps_neither() {
+        let (old, new) = (dir(1, 5, 3), dir(2, 5, 2));
+        assert_eq!(later(&old, &new), Some(&new));
+        assert_eq!(later(&new, &old), Some(&new));
+        // One clock tick: more names made is later.
+        let (a, b) = (dir(1, 5, 3), dir(1, 6, 4));
+        assert_eq!(later(&a, &b), Some(&b));
+        // No telling (two unlinks in one tick).
+        assert_eq!(later(&dir(1, 5, 3), &dir(1, 5, 2)), None);
+        assert_eq!(later(&a, &a.clone()), Some(&a));
+    }
+
+    #[test]
+    fn a_batch_sent_again_marks_every_change_in_it() {
+        let release = |seq| Release {
+            seq,
+            resent: false,
+            ino: 7,
+            handle: seq,
+        };
+        let batch = MetaRequest::Batch {
+            releases: vec![release(1), release(2)],
+            then: Some(Box::new(MetaRequest::Change {
+                seq: 3,
+                forget: (0, 0),
+                resent: false,
+                call: Call::Release { ino: 7, handle: 9 },
+            })),
+        };
+        let Some(MetaRequest::Batch { releases, then }) = resent(&batch) else {
+            panic!("not a batch")
+        };
+        assert!(releases.iter().all(|r| r.resent));
+        assert!(matches!(
+            then.as_deref(),
+            Some(MetaRequest::Change { resent: true, .. })
+        ));
+        let read = MetaRequest::Batch {
+            releases: vec![release(4)],
+            then: Some(Box::new(MetaRequest::Call(Call::Getattr { ino: 1 }))),
+        };
+        let Some(MetaRequest::Batch { then, .. }) = resent(&read) else {
+            panic!("not a batch")
+        };
+        assert_eq!(
+            then.as_deref(),
+            Some(&MetaRequest::Call(Call::Getattr { ino: 1 }))
+        );
+        assert_eq!(resent(&MetaRequest::Hello), None);
     }
 }

@@ -22,6 +22,24 @@ use crate::meta::{Answer, Call};
 /// Most outcomes one change may forget.
 pub const FORGET_MAX: u64 = 64;
 
+/// Most deferred releases one request carries ([`MetaRequest::Batch`]).
+pub const RELEASES_MAX: usize = 64;
+
+/// A close the client deferred, to send with its next request
+/// ([`MetaRequest::Batch`]): the change `Call::Release`, numbered like
+/// any other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Release {
+    /// The client's number for this change.
+    pub seq: u64,
+    /// Sent before (its outcome may be recorded).
+    pub resent: bool,
+    /// The inode.
+    pub ino: u64,
+    /// The session handle.
+    pub handle: u64,
+}
+
 /// Bytes of a session token.
 pub const TOKEN_LEN: usize = 32;
 
@@ -59,6 +77,15 @@ pub enum MetaRequest {
     /// About the storage cluster; needs no session
     /// ([`crate::cluster::ClusterCall`]).
     Cluster(crate::cluster::ClusterCall),
+    /// Deferred closes (at most [`RELEASES_MAX`]), each run exactly once in
+    /// its own transaction, then a request (not another batch), if any.
+    /// A close costs no round trip of its own this way.
+    Batch {
+        /// The closes, in the order they happened.
+        releases: Vec<Release>,
+        /// The request they came with.
+        then: Option<Box<MetaRequest>>,
+    },
 }
 
 /// A reply of the metadata service.
@@ -75,6 +102,24 @@ pub enum MetaReply {
     Resumed,
     /// What a call returned.
     Answer(Answer),
+    /// What a change returned, and the records of the directories it
+    /// wrote, as committed ([`crate::meta::take_changed_dirs`]).
+    Changed {
+        /// What it returned.
+        answer: Answer,
+        /// Directory inode numbers and their records.
+        dirs: Vec<(u64, crate::meta::schema::InodeRec)>,
+    },
     /// What a cluster call returned.
     Cluster(crate::cluster::ClusterAnswer),
+    /// What a [`MetaRequest::Batch`]'s closes and request returned.
+    Batch {
+        /// Each close's number and outcome: the file to delete, or an
+        /// errno.
+        released: Vec<(u64, Result<Option<crate::meta::Reclaim>, i32>)>,
+        /// The request's reply (a request that failed fails the batch's
+        /// reply; its closes are done, and answer again from their
+        /// record when sent again).
+        then: Option<Box<MetaReply>>,
+    },
 }

@@ -22,10 +22,10 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{MetaReply, MetaRequest, FORGET_MAX, TOKEN_LEN};
+use super::{MetaReply, MetaRequest, Release, FORGET_MAX, RELEASES_MAX, TOKEN_LEN};
 use crate::cluster::{self, ClusterAnswer, ClusterCall};
 use crate::meta::kv::KvEngine;
-use crate::meta::{Answer, Call, Clock, Meta, MetaConfig, MetaError};
+use crate::meta::{Answer, Call, Clock, Meta, MetaConfig, MetaError, Reclaim};
 use crate::rpc::auth::{Credential, Role};
 use crate::rpc::frame::MESSAGE_LEN_MAX;
 use crate::rpc::server::{Handler, Peer};
@@ -346,6 +346,36 @@ impl MetaService {
         }
     }
 
+    /// Runs one deferred close exactly once: the file to delete, or an
+    /// errno.
+    fn release_once(&self, bound: &Bound, peer: &Peer, r: Release) -> Result<Option<Reclaim>, i32> {
+        let call = Call::Release {
+            ino: r.ino,
+            handle: r.handle,
+        };
+        let answer = match bound
+            .meta
+            .exactly_once(r.seq, r.resent, 0..0, call.recorder(), |m| call.clone().run(m))
+        {
+            Ok(answer) => Ok(answer),
+            Err(MetaError::Done(outcome)) => call.done_answer(&outcome),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(Answer::Release(reclaim)) => Ok(reclaim),
+            Ok(other) => {
+                tracing::error!("{}: a release answered {other:?}", peer.addr);
+                Err(libc::EIO)
+            }
+            Err(e) => {
+                if let MetaError::Kv(_) | MetaError::Schema(_) | MetaError::Corrupt(_) = e {
+                    tracing::error!("{}: closing inode {} handle {}: {e}", peer.addr, r.ino, r.handle);
+                }
+                Err(e.errno())
+            }
+        }
+    }
+
     fn answer(&self, session: &Session, peer: &Peer, req: MetaRequest) -> Result<MetaReply, MetaError> {
         if let MetaRequest::Cluster(call) = req {
             return self.cluster(peer, call).map(MetaReply::Cluster);
@@ -360,6 +390,25 @@ impl MetaService {
         }
         match req {
             MetaRequest::Cluster(_) => unreachable!("answered above"),
+            MetaRequest::Batch { releases, then } => {
+                if releases.len() > RELEASES_MAX
+                    || then
+                        .as_deref()
+                        .is_some_and(|r| matches!(r, MetaRequest::Batch { .. }))
+                {
+                    return Err(MetaError::Errno(libc::EINVAL));
+                }
+                let bound = self.session(session)?;
+                let released = releases
+                    .into_iter()
+                    .map(|r| (r.seq, self.release_once(&bound, peer, r)))
+                    .collect();
+                let then = match then {
+                    Some(req) => Some(Box::new(self.answer(session, peer, *req)?)),
+                    None => None,
+                };
+                Ok(MetaReply::Batch { released, then })
+            }
             MetaRequest::Hello => {
                 let mut bound = lock(&session.bound);
                 if bound.is_some() {
@@ -401,18 +450,24 @@ impl MetaService {
                     return Err(MetaError::Errno(libc::EINVAL));
                 }
                 let bound = self.session(session)?;
-                let answer = match bound
+                match bound
                     .meta
                     .exactly_once(seq, resent, from..to, call.recorder(), |m| call.clone().run(m))
                 {
-                    Ok(answer) => answer,
+                    Ok(answer) => {
+                        let dirs = crate::meta::take_changed_dirs();
+                        if dirs.is_empty() {
+                            Ok(MetaReply::Answer(answer))
+                        } else {
+                            Ok(MetaReply::Changed { answer, dirs })
+                        }
+                    }
                     Err(MetaError::Done(outcome)) => {
                         tracing::debug!("{}: change {seq} ({}) was done before", peer.addr, call.name());
-                        call.done_answer(&outcome)?
+                        Ok(MetaReply::Answer(call.done_answer(&outcome)?))
                     }
-                    Err(e) => return Err(e),
-                };
-                Ok(MetaReply::Answer(answer))
+                    Err(e) => Err(e),
+                }
             }
             MetaRequest::Call(call) => {
                 if call.is_change() {
