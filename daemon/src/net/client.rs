@@ -263,7 +263,7 @@ impl RemoteMeta {
                 then: Some(reply),
             }) => {
                 self.settle(released);
-                Ok(*reply)
+                reply.map(|r| *r).map_err(MetaError::Errno)
             }
             Ok(other) => {
                 self.requeue(releases);

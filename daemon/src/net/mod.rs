@@ -117,9 +117,7 @@ pub enum MetaReply {
         /// Each close's number and outcome: the file to delete, or an
         /// errno.
         released: Vec<(u64, Result<Option<crate::meta::Reclaim>, i32>)>,
-        /// The request's reply (a request that failed fails the batch's
-        /// reply; its closes are done, and answer again from their
-        /// record when sent again).
-        then: Option<Box<MetaReply>>,
+        /// The request's reply, or its errno.
+        then: Option<Result<Box<MetaReply>, i32>>,
     },
 }

@@ -403,10 +403,13 @@ impl MetaService {
                     .into_iter()
                     .map(|r| (r.seq, self.release_once(&bound, peer, r)))
                     .collect();
-                let then = match then {
-                    Some(req) => Some(Box::new(self.answer(session, peer, *req)?)),
-                    None => None,
-                };
+                // The request's failure is its own: the closes' outcomes
+                // still go back.
+                let then = then.map(|req| {
+                    self.answer(session, peer, *req)
+                        .map(Box::new)
+                        .map_err(|e| errno_of(peer, e))
+                });
                 Ok(MetaReply::Batch { released, then })
             }
             MetaRequest::Hello => {
@@ -501,6 +504,14 @@ impl MetaService {
     }
 }
 
+/// The errno a failure answers, logging the service's own failures.
+fn errno_of(peer: &Peer, e: MetaError) -> i32 {
+    if let MetaError::Kv(_) | MetaError::Schema(_) | MetaError::Corrupt(_) = e {
+        tracing::error!("{}: {e}", peer.addr);
+    }
+    e.errno()
+}
+
 /// Cuts a readdir answer to what fits a frame (at least one entry: one
 /// always fits).
 fn fit_readdir(items: &mut Vec<crate::meta::DirItem>) {
@@ -538,12 +549,7 @@ impl Handler for MetaService {
     ) -> Result<(MetaReply, Vec<u8>), i32> {
         self.answer(session, peer, req)
             .map(|r| (r, Vec::new()))
-            .map_err(|e| {
-                if let MetaError::Kv(_) | MetaError::Schema(_) | MetaError::Corrupt(_) = e {
-                    tracing::error!("{}: {e}", peer.addr);
-                }
-                e.errno()
-            })
+            .map_err(|e| errno_of(peer, e))
     }
 }
 
