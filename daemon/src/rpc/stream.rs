@@ -16,6 +16,15 @@ use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags};
 
+/// Bytes read at most per system call.
+const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// Where a thread's reads land before they join the caller's buffer:
+    /// zeroed once per thread, not once per read.
+    static CHUNK: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_CHUNK]);
+}
+
 /// See the module docs.
 pub struct Stream {
     sock: TcpStream,
@@ -178,7 +187,10 @@ impl Stream {
     /// Appends at least one byte that arrived to `buf`, waiting until the
     /// deadline. `Ok(0)` at the end of the stream.
     pub fn read_into(&self, buf: &mut Vec<u8>, deadline: Option<Instant>) -> io::Result<usize> {
-        let mut chunk = [0u8; 16 * 1024];
+        CHUNK.with(|chunk| self.read_via(&mut chunk.borrow_mut(), buf, deadline))
+    }
+
+    fn read_via(&self, chunk: &mut [u8], buf: &mut Vec<u8>, deadline: Option<Instant>) -> io::Result<usize> {
         // Whoever reads here has just sent or answered, so bytes are rarely
         // there yet: wait first rather than try a read that fails (one
         // syscall less per message). Decrypted bytes already held go first.
@@ -191,7 +203,7 @@ impl Stream {
         }
         loop {
             match &self.tls {
-                None => match (&self.sock).read(&mut chunk) {
+                None => match (&self.sock).read(chunk) {
                     Ok(n) => {
                         buf.extend_from_slice(&chunk[..n]);
                         return Ok(n);
@@ -202,7 +214,7 @@ impl Stream {
                 },
                 Some(tls) => {
                     let mut tls = lock(tls);
-                    match tls.reader().read(&mut chunk) {
+                    match tls.reader().read(chunk) {
                         Ok(n) => {
                             buf.extend_from_slice(&chunk[..n]);
                             return Ok(n);
