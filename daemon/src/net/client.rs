@@ -253,17 +253,29 @@ impl RemoteMeta {
         if releases.is_empty() {
             return self.request(&req, idempotent);
         }
+        match self.batch(releases, Some(req), idempotent)? {
+            Some(reply) => Ok(reply),
+            None => Err(MetaError::Corrupt("a batch's request was not answered".into())),
+        }
+    }
+
+    /// Sends `releases` with `then` (if any), settles the closes and
+    /// returns `then`'s reply; closes whose fate is unknown go back in line.
+    fn batch(
+        &self,
+        releases: Vec<Release>,
+        then: Option<MetaRequest>,
+        idempotent: bool,
+    ) -> Result<Option<MetaReply>, MetaError> {
+        let asked = then.is_some();
         let batch = MetaRequest::Batch {
             releases: releases.clone(),
-            then: Some(Box::new(req)),
+            then: then.map(Box::new),
         };
         match self.request(&batch, idempotent) {
-            Ok(MetaReply::Batch {
-                released,
-                then: Some(reply),
-            }) => {
+            Ok(MetaReply::Batch { released, then }) if then.is_some() == asked => {
                 self.settle(released);
-                reply.map(|r| *r).map_err(MetaError::Errno)
+                then.map(|r| r.map(|r| *r).map_err(MetaError::Errno)).transpose()
             }
             Ok(other) => {
                 self.requeue(releases);
@@ -338,24 +350,7 @@ impl RemoteMeta {
         if releases.is_empty() {
             return Ok(());
         }
-        let batch = MetaRequest::Batch {
-            releases: releases.clone(),
-            then: None,
-        };
-        match self.request(&batch, true) {
-            Ok(MetaReply::Batch { released, then: None }) => {
-                self.settle(released);
-                Ok(())
-            }
-            Ok(other) => {
-                self.requeue(releases);
-                Err(MetaError::Corrupt(format!("a batch answered with {other:?}")))
-            }
-            Err(e) => {
-                self.requeue(releases);
-                Err(e)
-            }
-        }
+        self.batch(releases, None, true).map(drop)
     }
 
     fn keep_dirs(&self, dirs: Vec<(u64, InodeRec)>) {
@@ -641,27 +636,16 @@ mod tests {
     use super::*;
     use crate::meta::schema::Timestamp;
 
+    /// The root directory's record with these fields.
     fn dir(sec: i64, cookie_next: u64, entries: u64) -> InodeRec {
-        let t = Timestamp { sec, nsec: 0 };
-        InodeRec {
-            mode: libc::S_IFDIR | 0o755,
-            uid: 0,
-            gid: 0,
-            nlink: 2,
-            size: 0,
-            rdev: 0,
-            atime: t,
-            mtime: t,
-            ctime: t,
-            parent: 1,
-            entries,
-            cookie_next,
-            chunk_size: 0,
-            layout_id: 0,
-            xattrs: 0,
-            target: Vec::new(),
-            replicas: 0,
-        }
+        let engine = Arc::new(crate::meta::mem::MemEngine::new());
+        let meta = crate::meta::Meta::connect(engine, Default::default(), Arc::new(crate::meta::SystemClock))
+            .unwrap();
+        let mut rec = meta.getattr(1).unwrap();
+        rec.ctime = Timestamp { sec, nsec: 0 };
+        rec.cookie_next = cookie_next;
+        rec.entries = entries;
+        rec
     }
 
     #[test]
