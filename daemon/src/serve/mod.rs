@@ -112,7 +112,10 @@ pub struct ServeArgs {
     /// printed on demand too, without this flag: kill -USR1 <pid>.
     #[arg(long)]
     pub stats: bool,
-    /// How long the kernel may cache attributes, in milliseconds.
+    /// How long the kernel may cache attributes, in milliseconds. With
+    /// `mount --meta tcp://`, also how long the directory records this
+    /// mount's own changes return stay good for the kernel's next request
+    /// for those directories' attributes (0: never used).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub attr_timeout_ms: u64,
     /// How long the kernel may cache directory entries (and negative
