@@ -367,12 +367,7 @@ impl MetaService {
                 tracing::error!("{}: a release answered {other:?}", peer.addr);
                 Err(libc::EIO)
             }
-            Err(e) => {
-                if let MetaError::Kv(_) | MetaError::Schema(_) | MetaError::Corrupt(_) = e {
-                    tracing::error!("{}: closing inode {} handle {}: {e}", peer.addr, r.ino, r.handle);
-                }
-                Err(e.errno())
-            }
+            Err(e) => Err(errno_of(peer, e)),
         }
     }
 
