@@ -92,6 +92,8 @@ pub struct StorageService {
     /// (target, chain, chain version) copies finished, for the next
     /// heartbeat.
     synced: Mutex<Vec<(u32, u32, u64)>>,
+    /// The table version whose copies a heartbeat last looked for (0:
+    /// none yet, or look again).
     table_version: Mutex<u64>,
     /// A copy is running.
     copying: AtomicBool,
@@ -144,12 +146,14 @@ impl StorageService {
         &self.targets
     }
 
+    /// Fetches the table and routes by it. It does not count as looked
+    /// at for copies: the table `start` fetches may already name a target
+    /// that came back as syncing, and only a heartbeat starts the copy.
     fn refresh(&self) -> Result<Arc<Table>, crate::meta::MetaError> {
         let table = Arc::new(self.meta.table()?);
         for t in self.targets.values() {
             t.set_table(table.clone());
         }
-        *lock(&self.table_version) = table.chains.version;
         Ok(table)
     }
 
@@ -170,6 +174,7 @@ impl StorageService {
             return Ok(());
         }
         let table = self.refresh()?;
+        *lock(&self.table_version) = table.chains.version;
         tracing::info!("chain table version {}", table.chains.version);
         // Copies still to report: those of chains unchanged since.
         let done = {
