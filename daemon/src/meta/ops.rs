@@ -414,8 +414,11 @@ impl Staged {
         self.deleted.push(ino);
     }
     fn flush(self, txn: &mut Txn<'_>) {
+        // Only the numbered change's own transaction (CHANGE is cleared
+        // once it commits) is captured.
+        let recording = CHANGE.with(|c| c.get().is_some());
         CHANGED_DIRS.with(|d| {
-            if let Some(dirs) = d.borrow_mut().as_mut() {
+            if let Some(dirs) = d.borrow_mut().as_mut().filter(|_| recording) {
                 dirs.extend(
                     self.inodes
                         .iter()

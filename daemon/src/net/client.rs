@@ -199,9 +199,9 @@ impl RemoteMeta {
 
     /// Defers closes from now on (module docs): `sink` deletes the data of
     /// files they freed, called on a thread of this client's own, which
-    /// ends when the client is dropped.
-    /// A close no request took along goes alone after `flush_after`
-    /// ([`FLUSH_AFTER`] for a mount).
+    /// ends when the client is dropped. A close no request took along
+    /// goes alone within about twice `flush_after` ([`FLUSH_AFTER`] for a
+    /// mount).
     pub fn defer_releases(
         self: &Arc<Self>,
         flush_after: Duration,
