@@ -6,6 +6,7 @@
 //!   `FUSE_DEV_IOC_*` ioctls (clone, passthrough backing files);
 //! - [`idmap`]: idmapped mounts (a user namespace with given maps,
 //!   open_tree(2), mount_setattr(2) `MOUNT_ATTR_IDMAP`, move_mount(2));
+//! - [`malloc`]: how the C allocator keeps large buffers (mallopt(3));
 //! - [`mount`]: mount(2) and umount2(2) for FUSE, with typed options;
 //! - [`mountinfo`]: what is mounted where (`/proc/self/mountinfo`), and a
 //!   FUSE mount's connection id;
@@ -37,6 +38,7 @@ pub mod dev;
 pub mod fileattr;
 pub mod handle;
 pub mod idmap;
+pub mod malloc;
 pub mod mount;
 pub mod mountinfo;
 pub mod probe;

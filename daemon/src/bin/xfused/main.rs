@@ -180,6 +180,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Data paths allocate a buffer of up to a frame (5 MiB) per request:
+    // kept in the heap rather than mapped and faulted in each time (see
+    // kmod_shim::malloc). Only speed depends on it.
+    if let Err(e) = kmod_shim::malloc::keep_large_buffers(8 << 20, 32 << 20) {
+        tracing::warn!("cannot tune the allocator ({e}): large buffers are mapped per request");
+    }
     let result = match cli.command {
         Command::Passthrough(args) => passthrough::run(args),
         Command::Virtiofs(args) => virtiofs::run(args),
