@@ -520,10 +520,9 @@ fn bad_messages_and_oversized_names_are_refused_and_others_keep_being_served() {
     )
     .unwrap();
     let huge = (xfused::rpc::frame::MESSAGE_LEN_MAX + xfused::rpc::frame::BULK_LEN_MAX + 100) as u32;
-    raw.write_all(&huge.to_le_bytes(), Instant::now() + Duration::from_secs(10))
+    raw.write_parts(&[&huge.to_le_bytes()], Instant::now() + Duration::from_secs(10))
         .unwrap();
-    let mut rest = Vec::new();
-    let n = raw.read_into(&mut rest, Some(Instant::now() + Duration::from_secs(20)));
+    let n = raw.read_to(&mut |_| Ok(true), Some(Instant::now() + Duration::from_secs(20)));
     assert!(matches!(n, Ok(0) | Err(_)), "the connection stayed open: {n:?}");
     // A peer that sends half a frame and vanishes.
     let half = xfused::rpc::stream::Stream::client(
@@ -532,8 +531,11 @@ fn bad_messages_and_oversized_names_are_refused_and_others_keep_being_served() {
         Instant::now() + Duration::from_secs(10),
     )
     .unwrap();
-    half.write_all(&[100, 0, 0, 0, 1, 2, 3], Instant::now() + Duration::from_secs(10))
-        .unwrap();
+    half.write_parts(
+        &[&[100, 0, 0, 0, 1, 2, 3]],
+        Instant::now() + Duration::from_secs(10),
+    )
+    .unwrap();
     drop(half);
     // The well-behaved client was never disturbed.
     let (ino, _) = good

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::frame::{self, Frame};
+use super::frame::{self, Assembler, Frame};
 use super::stream::Stream;
 
 /// Calls in flight on one connection; more wait for a slot.
@@ -60,8 +60,8 @@ pub struct Conn {
     next_id: AtomicU64,
     calls: Mutex<Calls>,
     changed: Condvar,
-    /// The reading turn, and the bytes of a frame read in part.
-    reading: Mutex<Vec<u8>>,
+    /// The reading turn, and the bytes of frames read in part.
+    reading: Mutex<Assembler>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -109,7 +109,7 @@ impl Conn {
             next_id: AtomicU64::new(1),
             calls: Mutex::new(Calls::default()),
             changed: Condvar::new(),
-            reading: Mutex::new(Vec::new()),
+            reading: Mutex::new(Assembler::default()),
         })
     }
 
@@ -151,7 +151,8 @@ impl Conn {
     ) -> Result<(Vec<u8>, Vec<u8>), CallError> {
         let deadline = Instant::now() + timeout;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let bytes = Frame::to_bytes(id, frame::KIND_REQUEST, message, bulk).map_err(CallError::NotSent)?;
+        let head =
+            frame::header(id, frame::KIND_REQUEST, message.len(), bulk.len()).map_err(CallError::NotSent)?;
         {
             let mut calls = lock(&self.calls);
             loop {
@@ -183,7 +184,10 @@ impl Conn {
             calls.waiting.insert(id);
         }
         let slot = Slot { conn: self, id };
-        if let Err(e) = self.stream.write_all(&bytes, Instant::now() + WRITE_TIMEOUT) {
+        if let Err(e) = self
+            .stream
+            .write_parts(&[&head, message, bulk], Instant::now() + WRITE_TIMEOUT)
+        {
             // A frame cut short is not a request: the service drops the
             // connection without running it.
             self.kill(format!("writing: {e}"));
@@ -259,12 +263,18 @@ impl Conn {
         }
     }
 
-    /// One reading turn: reads what arrives by the deadline and delivers
-    /// every whole frame in it.
-    fn read_turn(&self, buf: &mut Vec<u8>, deadline: Instant) {
-        // A frame already whole in the buffer needs no read.
-        if !matches!(frame::frame_len(buf), Ok(Some(len)) if buf.len() >= 4 + len) {
-            match self.stream.read_into(buf, Some(deadline)) {
+    /// One reading turn: reads until a frame is whole (or the deadline)
+    /// and delivers every whole frame.
+    fn read_turn(&self, frames: &mut Assembler, deadline: Instant) {
+        // A frame already whole needs no read.
+        if !frames.has_frame() {
+            let mut feed = |bytes: &[u8]| -> io::Result<bool> {
+                frames
+                    .feed(bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                Ok(!frames.has_frame())
+            };
+            match self.stream.read_to(&mut feed, Some(deadline)) {
                 Ok(0) => return self.kill("closed by the service".into()),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => return,
@@ -272,7 +282,7 @@ impl Conn {
             }
         }
         loop {
-            match frame::take_frame(buf) {
+            match frames.take() {
                 Ok(Some(frame)) => {
                     if frame.kind == frame::KIND_REQUEST {
                         return self.kill("the service sent a request".into());

@@ -10,9 +10,14 @@
 //! ```
 //!
 //! A frame is read whole before it is used, so a peer that sends a length
-//! and then nothing is held to the reader's frame deadline, and memory for
-//! a frame grows with the bytes that arrived, never with what a length
-//! claims.
+//! and then nothing is held to the reader's frame deadline. An
+//! [`Assembler`] puts the bytes of a stream together into frames: a bulk
+//! payload of [`DIRECT_BULK_MIN`] bytes or more goes straight into a
+//! buffer of its own, reserved when the frame's header and message are in
+//! (address space only: memory is touched as bytes arrive), so file data
+//! is copied once on its way in rather than gathered and copied out.
+//! Senders pass the parts of a frame as they are ([`header`]), for a
+//! vectored write.
 
 use std::io;
 
@@ -43,25 +48,35 @@ pub struct Frame {
     pub bulk: Vec<u8>,
 }
 
+/// The bytes before a frame's message: the length field and the header.
+pub type Header = [u8; 4 + HEADER_LEN];
+
+/// The header of a frame carrying `message_len` bytes of message and
+/// `bulk_len` of bulk; on the stream, the message and the bulk follow it.
+pub fn header(id: u64, kind: u8, message_len: usize, bulk_len: usize) -> io::Result<Header> {
+    if message_len > MESSAGE_LEN_MAX || bulk_len > BULK_LEN_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "message of {message_len} bytes and bulk of {bulk_len} bytes exceed the frame limits ({MESSAGE_LEN_MAX}, {BULK_LEN_MAX})"
+            ),
+        ));
+    }
+    let len = HEADER_LEN + message_len + bulk_len;
+    let mut out = [0; 4 + HEADER_LEN];
+    out[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+    out[4..12].copy_from_slice(&id.to_le_bytes());
+    out[12] = kind;
+    out[13..17].copy_from_slice(&(bulk_len as u32).to_le_bytes());
+    Ok(out)
+}
+
 impl Frame {
-    /// The frame as bytes on the stream.
+    /// The frame as bytes on the stream, in one buffer.
     pub fn to_bytes(id: u64, kind: u8, message: &[u8], bulk: &[u8]) -> io::Result<Vec<u8>> {
-        if message.len() > MESSAGE_LEN_MAX || bulk.len() > BULK_LEN_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "message of {} bytes and bulk of {} bytes exceed the frame limits ({MESSAGE_LEN_MAX}, {BULK_LEN_MAX})",
-                    message.len(),
-                    bulk.len()
-                ),
-            ));
-        }
-        let len = HEADER_LEN + message.len() + bulk.len();
-        let mut out = Vec::with_capacity(4 + len);
-        out.extend_from_slice(&(len as u32).to_le_bytes());
-        out.extend_from_slice(&id.to_le_bytes());
-        out.push(kind);
-        out.extend_from_slice(&(bulk.len() as u32).to_le_bytes());
+        let head = header(id, kind, message.len(), bulk.len())?;
+        let mut out = Vec::with_capacity(head.len() + message.len() + bulk.len());
+        out.extend_from_slice(&head);
         out.extend_from_slice(message);
         out.extend_from_slice(bulk);
         Ok(out)
@@ -77,34 +92,207 @@ pub struct FrameError(pub String);
 /// Takes one whole frame off the front of `buf`, if one is there.
 /// `Err` if what is there cannot become a frame.
 pub fn take_frame(buf: &mut Vec<u8>) -> Result<Option<Frame>, FrameError> {
+    let Some(h) = head(buf)? else {
+        return Ok(None);
+    };
+    if buf.len() < 4 + h.len {
+        return Ok(None);
+    }
+    let message = buf[4 + HEADER_LEN..h.message_end()].to_vec();
+    let bulk = buf[h.message_end()..4 + h.len].to_vec();
+    buf.drain(..4 + h.len);
+    Ok(Some(Frame {
+        id: h.id,
+        kind: h.kind,
+        message,
+        bulk,
+    }))
+}
+
+/// A bulk payload at least this long is read into a buffer of its own.
+pub const DIRECT_BULK_MIN: usize = 64 * 1024;
+
+/// A frame's header fields, checked.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    len: usize,
+    id: u64,
+    kind: u8,
+    bulk_len: usize,
+}
+
+impl Head {
+    /// Where the message ends (and the bulk starts), from the frame's start.
+    fn message_end(&self) -> usize {
+        4 + self.len - self.bulk_len
+    }
+}
+
+/// The header of the frame at the front of `buf`, checked, once its bytes
+/// are there.
+fn head(buf: &[u8]) -> Result<Option<Head>, FrameError> {
     let Some(len) = frame_len(buf)? else {
         return Ok(None);
     };
-    if buf.len() < 4 + len {
+    if buf.len() < 4 + HEADER_LEN {
         return Ok(None);
     }
-    let body = &buf[4..4 + len];
-    let id = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
-    let kind = body[8];
+    let id = u64::from_le_bytes(buf[4..12].try_into().expect("8 bytes"));
+    let kind = buf[12];
     if kind > KIND_ERROR {
         return Err(FrameError(format!("kind {kind}")));
     }
-    let bulk_len = u32::from_le_bytes(body[9..13].try_into().expect("4 bytes")) as usize;
+    let bulk_len = u32::from_le_bytes(buf[13..17].try_into().expect("4 bytes")) as usize;
     let rest = len - HEADER_LEN;
     if bulk_len > BULK_LEN_MAX || bulk_len > rest || rest - bulk_len > MESSAGE_LEN_MAX {
         return Err(FrameError(format!(
             "{bulk_len} bytes of bulk in a frame of {len}"
         )));
     }
-    let message = body[HEADER_LEN..HEADER_LEN + rest - bulk_len].to_vec();
-    let bulk = body[HEADER_LEN + rest - bulk_len..].to_vec();
-    buf.drain(..4 + len);
-    Ok(Some(Frame {
+    Ok(Some(Head {
+        len,
         id,
         kind,
-        message,
-        bulk,
+        bulk_len,
     }))
+}
+
+/// A frame whose header and message are in, its bulk arriving.
+#[derive(Debug)]
+struct Partial {
+    head: Head,
+    message: Vec<u8>,
+    bulk: Vec<u8>,
+}
+
+/// Puts frames together from the bytes of a stream (see the module docs).
+///
+/// Bytes go in with [`Assembler::feed`]; whole frames come out of
+/// [`Assembler::take`], in order.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    /// Bytes of frames: whole ones not yet taken, then the one being read
+    /// (unless its bulk goes to `partial`).
+    buf: Vec<u8>,
+    /// The front frame, when its bulk is read into a buffer of its own.
+    partial: Option<Partial>,
+}
+
+impl Assembler {
+    /// Whether no byte of any frame is held.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.partial.is_none()
+    }
+
+    /// The length field of the front frame, once known.
+    pub fn front_len(&self) -> Result<Option<usize>, FrameError> {
+        match &self.partial {
+            Some(p) => Ok(Some(p.head.len)),
+            None => frame_len(&self.buf),
+        }
+    }
+
+    /// Whether a whole frame waits to be taken.
+    pub fn has_frame(&self) -> bool {
+        match &self.partial {
+            Some(p) => p.bulk.len() == p.head.bulk_len,
+            None => matches!(frame_len(&self.buf), Ok(Some(len)) if self.buf.len() >= 4 + len),
+        }
+    }
+
+    /// Adds bytes that arrived. `Err` if they cannot be frames: the
+    /// stream cannot be resynchronized, the connection closes.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), FrameError> {
+        while !bytes.is_empty() {
+            if let Some(p) = &mut self.partial {
+                let want = p.head.bulk_len - p.bulk.len();
+                if want == 0 {
+                    // Later frames queue behind it.
+                    self.buf.extend_from_slice(bytes);
+                    return Ok(());
+                }
+                let n = want.min(bytes.len());
+                p.bulk.extend_from_slice(&bytes[..n]);
+                bytes = &bytes[n..];
+                continue;
+            }
+            let Some(h) = head(&self.buf)? else {
+                // The front frame's header, first.
+                let n = (4 + HEADER_LEN - self.buf.len()).min(bytes.len());
+                self.buf.extend_from_slice(&bytes[..n]);
+                bytes = &bytes[n..];
+                continue;
+            };
+            if self.buf.len() >= 4 + h.len || h.bulk_len < DIRECT_BULK_MIN {
+                // A whole frame waits, or a small one is read: gathered here.
+                self.buf.extend_from_slice(bytes);
+                return Ok(());
+            }
+            let n = (h.message_end().saturating_sub(self.buf.len())).min(bytes.len());
+            self.buf.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.buf.len() == h.message_end() {
+                self.start_bulk(h);
+            }
+        }
+        if self.partial.is_none() {
+            // A header that cannot be is refused as soon as it is in.
+            head(&self.buf)?;
+        }
+        Ok(())
+    }
+
+    /// The front frame's message is all of `buf`: its bulk goes to a
+    /// buffer of its own from here.
+    fn start_bulk(&mut self, h: Head) {
+        let message = self.buf[4 + HEADER_LEN..h.message_end()].to_vec();
+        let mut bulk = Vec::with_capacity(h.bulk_len);
+        bulk.extend_from_slice(&self.buf[h.message_end()..]);
+        self.buf.clear();
+        self.partial = Some(Partial {
+            head: h,
+            message,
+            bulk,
+        });
+    }
+
+    /// Takes the front frame, if it is whole. `Err` if what is there
+    /// cannot become a frame.
+    pub fn take(&mut self) -> Result<Option<Frame>, FrameError> {
+        if let Some(p) = &self.partial {
+            if p.bulk.len() < p.head.bulk_len {
+                return Ok(None);
+            }
+            let p = self.partial.take().expect("checked");
+            let frame = Frame {
+                id: p.head.id,
+                kind: p.head.kind,
+                message: p.message,
+                bulk: p.bulk,
+            };
+            self.advance()?;
+            return Ok(Some(frame));
+        }
+        let frame = take_frame(&mut self.buf)?;
+        if frame.is_some() {
+            self.advance()?;
+        }
+        Ok(frame)
+    }
+
+    /// After a frame is taken: the next one's bulk goes to its own buffer
+    /// if its message is in and its bulk is long and not all there yet.
+    fn advance(&mut self) -> Result<(), FrameError> {
+        if let Some(h) = head(&self.buf)? {
+            if h.bulk_len >= DIRECT_BULK_MIN
+                && self.buf.len() >= h.message_end()
+                && self.buf.len() < 4 + h.len
+            {
+                self.start_bulk(h);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The length field of the frame at the front of `buf`, checked, if its 4
@@ -145,6 +333,85 @@ mod tests {
         );
         assert_eq!(take_frame(&mut buf).unwrap().unwrap().id, 8);
         assert!(buf.is_empty());
+    }
+
+    /// Small frames and frames with long bulk, fed in pieces of every
+    /// size pattern: the same frames come out, in order, and long bulk
+    /// lands in a buffer of its own.
+    #[test]
+    fn an_assembler_gives_back_the_frames_fed_in_any_pieces() {
+        let big: Vec<u8> = (0..DIRECT_BULK_MIN * 3 + 7)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let frames = vec![
+            Frame {
+                id: 1,
+                kind: KIND_REQUEST,
+                message: b"small".to_vec(),
+                bulk: b"b".to_vec(),
+            },
+            Frame {
+                id: 2,
+                kind: KIND_REPLY,
+                message: b"big".to_vec(),
+                bulk: big.clone(),
+            },
+            Frame {
+                id: 3,
+                kind: KIND_REPLY,
+                message: Vec::new(),
+                bulk: big[..DIRECT_BULK_MIN].to_vec(),
+            },
+            Frame {
+                id: 4,
+                kind: KIND_ERROR,
+                message: 5i32.to_le_bytes().to_vec(),
+                bulk: Vec::new(),
+            },
+            Frame {
+                id: 5,
+                kind: KIND_REPLY,
+                message: b"x".repeat(1000),
+                bulk: big[7..].to_vec(),
+            },
+        ];
+        let mut stream = Vec::new();
+        for f in &frames {
+            stream.extend(Frame::to_bytes(f.id, f.kind, &f.message, &f.bulk).unwrap());
+        }
+        for piece in [1, 5, 17, 18, 4096, 16 * 1024 + 3, 100_000, stream.len()] {
+            let mut asm = Assembler::default();
+            let mut out = Vec::new();
+            let mut direct = 0;
+            for bytes in stream.chunks(piece) {
+                assert!(!asm.has_frame(), "fed only when no whole frame waits");
+                asm.feed(bytes).unwrap();
+                direct += usize::from(asm.partial.is_some());
+                while let Some(f) = asm.take().unwrap() {
+                    out.push(f);
+                }
+            }
+            assert_eq!(out, frames, "pieces of {piece}");
+            assert!(asm.is_empty());
+            if piece < DIRECT_BULK_MIN {
+                assert!(direct > 0, "pieces of {piece}: long bulk went to its own buffer");
+            }
+        }
+    }
+
+    #[test]
+    fn an_assembler_refuses_a_bad_header_before_its_frame_is_in() {
+        let mut asm = Assembler::default();
+        let mut bytes = Frame::to_bytes(1, KIND_REQUEST, b"x", &[0; 10]).unwrap();
+        bytes[12] = 9;
+        assert!(asm.feed(&bytes[..4 + HEADER_LEN]).is_err());
+        let mut asm = Assembler::default();
+        assert!(asm.feed(&u32::MAX.to_le_bytes()).is_err());
+        // A bulk longer than the frame.
+        let mut asm = Assembler::default();
+        let mut bytes = Frame::to_bytes(1, KIND_REQUEST, b"x", &[0; 10]).unwrap();
+        bytes[13..17].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(asm.feed(&bytes[..4 + HEADER_LEN]).is_err());
     }
 
     #[test]

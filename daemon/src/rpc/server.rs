@@ -61,7 +61,7 @@ use serde::Serialize;
 
 use super::auth::{self, Role};
 use super::codec;
-use super::frame::{self, Frame};
+use super::frame::{self, Assembler, Frame};
 use super::stream::Stream;
 
 /// The bounds of a server (see the module docs).
@@ -302,7 +302,7 @@ struct Connection<H: Handler> {
 
 #[derive(Default)]
 struct Reading {
-    buf: Vec<u8>,
+    frames: Assembler,
     /// When the first byte of the frame being read arrived.
     frame_started: Option<Instant>,
     /// What the frame being read holds of [`Limits::held_max`].
@@ -546,7 +546,7 @@ impl<H: Handler> Server<H> {
                 conn.reader_active.store(false, Ordering::SeqCst);
                 match read {
                     Ok(Some((frame, held))) => {
-                        let queued = matches!(frame::frame_len(&reading.buf), Ok(Some(len)) if reading.buf.len() >= 4 + len);
+                        let queued = reading.frames.has_frame();
                         ((frame, held), queued)
                     }
                     Ok(None) | Err(_) => {
@@ -704,10 +704,10 @@ impl<H: Handler> Server<H> {
         reading: &mut Reading,
     ) -> io::Result<Option<(Frame, Option<Held>)>> {
         loop {
-            match frame::take_frame(&mut reading.buf) {
+            match reading.frames.take() {
                 Ok(Some(frame)) => {
                     let held = reading.held.take();
-                    reading.frame_started = (!reading.buf.is_empty()).then(Instant::now);
+                    reading.frame_started = (!reading.frames.is_empty()).then(Instant::now);
                     if frame.bulk.len() > self.limits.bulk_max {
                         tracing::warn!(
                             "{}: a request with {} bytes of bulk, more than {}; closing the connection",
@@ -726,7 +726,7 @@ impl<H: Handler> Server<H> {
                 Ok(None) => {
                     // A frame longer than this service takes is not read.
                     let most = frame::HEADER_LEN + frame::MESSAGE_LEN_MAX + self.limits.bulk_max;
-                    if let Ok(Some(len)) = frame::frame_len(&reading.buf) {
+                    if let Ok(Some(len)) = reading.frames.front_len() {
                         if len > most {
                             tracing::warn!(
                                 "{}: a frame of {len} bytes, more than {most}; closing the connection",
@@ -749,14 +749,32 @@ impl<H: Handler> Server<H> {
                     return Ok(None);
                 }
             }
-            if !reading.buf.is_empty() && reading.frame_started.is_none() {
+            if !reading.frames.is_empty() && reading.frame_started.is_none() {
                 reading.frame_started = Some(Instant::now());
             }
             let deadline = match reading.frame_started {
                 Some(start) => start + self.limits.frame_timeout,
                 None => Instant::now() + self.limits.idle_timeout,
             };
-            match conn.stream.read_into(&mut reading.buf, Some(deadline)) {
+            let Reading {
+                frames,
+                held,
+                frame_started,
+            } = &mut *reading;
+            // Reads on until a frame is whole, but stops after the first
+            // bytes of a frame (its deadline is the frame's from then,
+            // above), and where a long one's length is known until its
+            // bytes are held (above).
+            let started = frame_started.is_some();
+            let mut feed = |bytes: &[u8]| -> io::Result<bool> {
+                frames
+                    .feed(bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                let unheld = held.is_none()
+                    && matches!(frames.front_len(), Ok(Some(len)) if 4 + len > UNCOUNTED_FRAME);
+                Ok(started && !frames.has_frame() && !unheld)
+            };
+            match conn.stream.read_to(&mut feed, Some(deadline)) {
                 Ok(0) => return Ok(None),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -773,6 +791,10 @@ impl<H: Handler> Server<H> {
                             self.limits.idle_timeout
                         );
                     }
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    tracing::warn!("{}: {e}; closing the connection", conn.peer.addr);
                     return Ok(None);
                 }
                 Err(e) => return Err(e),
@@ -850,12 +872,20 @@ impl<H: Handler> Server<H> {
         id: u64,
         result: Result<(Vec<u8>, Vec<u8>), i32>,
     ) -> io::Result<()> {
-        let bytes = match result {
-            Ok((message, bulk)) => Frame::to_bytes(id, frame::KIND_REPLY, &message, &bulk)?,
-            Err(errno) => Frame::to_bytes(id, frame::KIND_ERROR, &errno.to_le_bytes(), &[])?,
+        let errno_bytes;
+        let (kind, message, bulk) = match &result {
+            Ok((message, bulk)) => (frame::KIND_REPLY, &message[..], &bulk[..]),
+            Err(errno) => {
+                errno_bytes = errno.to_le_bytes();
+                (frame::KIND_ERROR, &errno_bytes[..], &[][..])
+            }
         };
+        let head = frame::header(id, kind, message.len(), bulk.len())?;
         conn.stream
-            .write_all(&bytes, Instant::now() + self.limits.write_timeout)
+            .write_parts(
+                &[&head, message, bulk],
+                Instant::now() + self.limits.write_timeout,
+            )
             .inspect_err(|e| {
                 tracing::warn!(
                     "{}: writing a reply: {e}; dropping the connection",
@@ -992,8 +1022,10 @@ mod tests {
         let (_server, addr) = start(limits, None);
         let good = connect(addr, None);
         let mut slow = TcpStream::connect(addr).unwrap();
-        // A length, then one byte now and then: never a whole frame.
-        slow.write_all(&100u32.to_le_bytes()).unwrap();
+        // A good header of a 100-byte request, then one byte of its
+        // message now and then: never a whole frame.
+        slow.write_all(&frame::header(1, frame::KIND_REQUEST, 100 - frame::HEADER_LEN, 0).unwrap())
+            .unwrap();
         let started = Instant::now();
         let mut dropped = false;
         for _ in 0..20 {

@@ -9,7 +9,7 @@
 //! the multiplexed connections of [`super::client`] and [`super::server`]
 //! need. Every wait has a deadline.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -184,80 +184,130 @@ impl Stream {
         matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
     }
 
-    /// Appends at least one byte that arrived to `buf`, waiting until the
-    /// deadline. `Ok(0)` at the end of the stream.
-    pub fn read_into(&self, buf: &mut Vec<u8>, deadline: Option<Instant>) -> io::Result<usize> {
-        CHUNK.with(|chunk| self.read_via(&mut chunk.borrow_mut(), buf, deadline))
+    /// Hands bytes that arrived to `feed`, waiting until the deadline for
+    /// at least one: all that are there, and more as they come while
+    /// `feed` answers that it wants more (`Ok(true)`: the message it
+    /// gathers is not whole yet). `Ok(0)` at the end of the stream.
+    pub fn read_to(
+        &self,
+        feed: &mut dyn FnMut(&[u8]) -> io::Result<bool>,
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        match &self.tls {
+            None => CHUNK.with(|chunk| self.read_plain(&mut chunk.borrow_mut(), feed, deadline)),
+            Some(tls) => self.read_tls(tls, feed, deadline),
+        }
     }
 
-    fn read_via(&self, chunk: &mut [u8], buf: &mut Vec<u8>, deadline: Option<Instant>) -> io::Result<usize> {
+    fn read_plain(
+        &self,
+        chunk: &mut [u8],
+        feed: &mut dyn FnMut(&[u8]) -> io::Result<bool>,
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
         // Whoever reads here has just sent or answered, so bytes are rarely
         // there yet: wait first rather than try a read that fails (one
-        // syscall less per message). Decrypted bytes already held go first.
-        let held = match &self.tls {
-            Some(tls) => lock(tls).wants_read_plaintext_available(),
-            None => false,
-        };
-        if !held {
+        // syscall less per message).
+        self.wait(PollFlags::IN, deadline, "reading")?;
+        let mut total = 0;
+        loop {
+            match (&self.sock).read(chunk) {
+                Ok(0) => return Ok(total),
+                Ok(n) => {
+                    total += n;
+                    if !feed(&chunk[..n])? {
+                        return Ok(total);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait(PollFlags::IN, deadline, "reading")?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn read_tls(
+        &self,
+        tls: &Mutex<rustls::Connection>,
+        feed: &mut dyn FnMut(&[u8]) -> io::Result<bool>,
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        // As for plain reads: wait first, unless decrypted bytes are held.
+        if !lock(tls).wants_read_plaintext_available() {
             self.wait(PollFlags::IN, deadline, "reading")?;
         }
+        let mut total = 0;
         loop {
-            match &self.tls {
-                None => match (&self.sock).read(chunk) {
-                    Ok(n) => {
-                        buf.extend_from_slice(&chunk[..n]);
-                        return Ok(n);
+            {
+                let mut tls = lock(tls);
+                // Decrypted bytes go to `feed` as they lie in the TLS
+                // state, not through a buffer of ours.
+                loop {
+                    let mut reader = tls.reader();
+                    match reader.fill_buf() {
+                        Ok([]) => return Ok(total),
+                        Ok(bytes) => {
+                            let n = bytes.len();
+                            let more = feed(bytes)?;
+                            reader.consume(n);
+                            total += n;
+                            if !more {
+                                return Ok(total);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                match tls.read_tls(&mut &self.sock) {
+                    Ok(0) => {
+                        // The end: what is decrypted is read first.
+                        tls.process_new_packets()
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                        continue;
+                    }
+                    Ok(_) => {
+                        tls.process_new_packets()
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                        // Alerts or key updates to answer go out now,
+                        // as far as the socket takes them.
+                        while tls.wants_write() {
+                            match tls.write_tls(&mut &self.sock) {
+                                Ok(_) => {}
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
-                },
-                Some(tls) => {
-                    let mut tls = lock(tls);
-                    match tls.reader().read(chunk) {
-                        Ok(n) => {
-                            buf.extend_from_slice(&chunk[..n]);
-                            return Ok(n);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
-                    }
-                    match tls.read_tls(&mut &self.sock) {
-                        Ok(0) => return Ok(0),
-                        Ok(_) => {
-                            tls.process_new_packets()
-                                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                            // Alerts or key updates to answer go out now,
-                            // as far as the socket takes them.
-                            while tls.wants_write() {
-                                match tls.write_tls(&mut &self.sock) {
-                                    Ok(_) => {}
-                                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                                    Err(e) => return Err(e),
-                                }
-                            }
-                            continue;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
-                    }
                 }
             }
             self.wait(PollFlags::IN, deadline, "reading")?;
         }
     }
 
-    /// Writes all of `bytes` by the deadline.
-    pub fn write_all(&self, bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    /// Writes `parts`, one after another, by the deadline: a frame's
+    /// header, message and bulk go as they are, gathered by the TLS layer
+    /// (or by writev(2)), not first copied into one buffer.
+    pub fn write_parts(&self, parts: &[&[u8]], deadline: Instant) -> io::Result<()> {
+        let mut slices: Vec<io::IoSlice<'_>> = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| io::IoSlice::new(p))
+            .collect();
+        let mut rest = &mut slices[..];
         match &self.tls {
             None => {
                 let _writer = lock(&self.plain_writer);
-                let mut rest = bytes;
                 while !rest.is_empty() {
-                    match (&self.sock).write(rest) {
+                    match (&self.sock).write_vectored(rest) {
                         Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => rest = &rest[n..],
+                        Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             self.wait(PollFlags::OUT, Some(deadline), "writing")?
                         }
@@ -269,20 +319,31 @@ impl Stream {
             }
             Some(tls) => {
                 let mut tls = lock(tls);
-                tls.writer().write_all(bytes)?;
-                while tls.wants_write() {
-                    match tls.write_tls(&mut &self.sock) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            self.wait(PollFlags::OUT, Some(deadline), "writing")?
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
+                while !rest.is_empty() {
+                    // Unlimited buffering (see `client`): takes all.
+                    match tls.writer().write_vectored(rest)? {
+                        0 => return Err(io::ErrorKind::WriteZero.into()),
+                        n => io::IoSlice::advance_slices(&mut rest, n),
                     }
                 }
-                Ok(())
+                self.flush_tls(&mut tls, deadline)
             }
         }
+    }
+
+    /// Sends what the TLS state holds encrypted, by the deadline.
+    fn flush_tls(&self, tls: &mut rustls::Connection, deadline: Instant) -> io::Result<()> {
+        while tls.wants_write() {
+            match tls.write_tls(&mut &self.sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait(PollFlags::OUT, Some(deadline), "writing")?
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Ends the connection both ways: a thread waiting on it wakes.
