@@ -22,6 +22,23 @@ pub trait FileData: Send + Sync + std::fmt::Debug {
     /// Reads up to `buf.len()` bytes at `offset`, within the file's size
     /// (holes read as zeros); how many.
     fn read(&self, ino: u64, rec: &InodeRec, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Reads as [`FileData::read`] does up to `len` bytes, but writes them
+    /// to `out` (a FUSE reply): a store whose bytes arrive in buffers of
+    /// their own writes those, without a copy into a buffer of the
+    /// caller's. The default goes through `read`.
+    fn read_to(
+        &self,
+        ino: u64,
+        rec: &InodeRec,
+        offset: u64,
+        len: usize,
+        out: &mut dyn io::Write,
+    ) -> io::Result<usize> {
+        let mut buf = vec![0u8; len];
+        let n = self.read(ino, rec, offset, &mut buf)?;
+        out.write_all(&buf[..n])?;
+        Ok(n)
+    }
     /// Writes `data` at `offset`; durable as the store promises. Uses
     /// only what of `rec` never changes (the layout id and chunk size):
     /// the caller may pass a record read at an earlier write.

@@ -572,9 +572,7 @@ impl FileSystem for MetaFs {
         }
         let want = size.min(IO_LEN_MAX) as u64;
         let len = want.min(rec.size.saturating_sub(offset)) as usize;
-        let mut buf = vec![0u8; len];
-        let n = self.data.read(inode, &rec, offset, &mut buf)?;
-        w.write_all(&buf[..n])?;
+        let n = self.data.read_to(inode, &rec, offset, len, w)?;
         self.note_access(inode, &rec);
         Ok(n)
     }

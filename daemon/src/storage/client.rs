@@ -47,6 +47,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Writes `n` zero bytes to `out`.
+fn write_zeros(out: &mut dyn io::Write, mut n: usize) -> io::Result<()> {
+    const ZEROS: [u8; 16 * 1024] = [0; 16 * 1024];
+    while n > 0 {
+        let k = n.min(ZEROS.len());
+        out.write_all(&ZEROS[..k])?;
+        n -= k;
+    }
+    Ok(())
+}
+
 fn meta_err(e: MetaError) -> io::Error {
     io::Error::from_raw_os_error(e.errno())
 }
@@ -254,6 +265,15 @@ impl ClusterData {
 
     /// Reads a piece of one chunk from a serving member.
     fn read_piece(&self, chain: u32, chunk: ChunkId, offset: u32, buf: &mut [u8]) -> io::Result<usize> {
+        let data = self.fetch_piece(chain, chunk, offset, buf.len())?;
+        let n = data.len().min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    /// Up to `len` bytes of `chunk` at `offset`, as the member sent them
+    /// (fewer past the chunk's end).
+    fn fetch_piece(&self, chain: u32, chunk: ChunkId, offset: u32, len: usize) -> io::Result<Vec<u8>> {
         let start = self.turn.fetch_add(1, Ordering::Relaxed);
         let data = self.with_retries("a read", chain, |table, rec, tries| {
             let readers: Vec<u32> = rec.readers().collect();
@@ -267,7 +287,7 @@ impl ClusterData {
                 chain: rec.reference(),
                 chunk,
                 offset,
-                len: buf.len() as u32,
+                len: len as u32,
             };
             match transport::call(self.transport.as_ref(), addr, &request, &[], CALL_TIMEOUT) {
                 Ok((StorageReply::Data { .. }, data)) => Ok(data),
@@ -281,9 +301,9 @@ impl ClusterData {
                 Err(e) => Err(e),
             }
         })?;
-        let n = data.len().min(buf.len());
-        buf[..n].copy_from_slice(&data[..n]);
-        Ok(n)
+        let mut data = data;
+        data.truncate(len);
+        Ok(data)
     }
 
     /// The chunks of `layout` on `chain` (index, length).
@@ -402,6 +422,36 @@ impl FileData for ClusterData {
             let got = self.read_piece(layout.chain_of(index), chunk, within, out)?;
             // Past a chunk's end inside the file's size: a hole.
             out[got..].fill(0);
+        }
+        Ok(len)
+    }
+
+    fn read_to(
+        &self,
+        ino: u64,
+        rec: &InodeRec,
+        offset: u64,
+        len: usize,
+        out: &mut dyn io::Write,
+    ) -> io::Result<usize> {
+        if offset >= rec.size {
+            return Ok(0);
+        }
+        let len = len.min((rec.size - offset).min(usize::MAX as u64) as usize);
+        let Some(layout) = self.existing_layout(ino, rec.layout_id)? else {
+            // Never written: a hole.
+            write_zeros(out, len)?;
+            return Ok(len);
+        };
+        for (index, within, n, _) in pieces(rec.chunk_size, offset, len, READ_MAX as usize) {
+            let chunk = ChunkId {
+                layout: rec.layout_id,
+                index,
+            };
+            let data = self.fetch_piece(layout.chain_of(index), chunk, within, n)?;
+            out.write_all(&data)?;
+            // Past a chunk's end inside the file's size: a hole.
+            write_zeros(out, n - data.len())?;
         }
         Ok(len)
     }

@@ -326,31 +326,45 @@ impl ChunkEngine {
     }
 
     fn read_unlocked(&self, id: ChunkId, offset: u32, buf: &mut [u8]) -> io::Result<(usize, ChunkMeta)> {
+        let (bytes, meta) = self.read_vec_unlocked(id, offset, buf.len())?;
+        buf[..bytes.len()].copy_from_slice(&bytes);
+        Ok((bytes.len(), meta))
+    }
+
+    /// Up to `len` bytes at `offset` (fewer past the chunk's end), every
+    /// block they touch checked, in a buffer of their own: for a read
+    /// that starts on a block, the very buffer the blocks were read into.
+    pub fn read_vec(&self, id: ChunkId, offset: u32, len: usize) -> io::Result<(Vec<u8>, ChunkMeta)> {
+        let _r = self.reading(id);
+        self.read_vec_unlocked(id, offset, len)
+    }
+
+    fn read_vec_unlocked(&self, id: ChunkId, offset: u32, len: usize) -> io::Result<(Vec<u8>, ChunkMeta)> {
         let Some(open) = self.open_chunk(id, false)? else {
-            return Ok((0, ChunkMeta::default()));
+            return Ok((Vec::new(), ChunkMeta::default()));
         };
-        let len = open.header.len;
-        if offset >= len || buf.is_empty() {
-            return Ok((0, open.header));
+        let size = open.header.len;
+        if offset >= size || len == 0 {
+            return Ok((Vec::new(), open.header));
         }
-        let end = (u64::from(offset) + buf.len() as u64).min(u64::from(len)) as u32;
+        let end = (u64::from(offset) + len as u64).min(u64::from(size)) as u32;
         let first = offset / BLOCK_SIZE;
         let last = (end - 1) / BLOCK_SIZE;
         let crcs = Self::crcs(&open.meta, first, last - first + 1)?;
         let start = first * BLOCK_SIZE;
-        let stop = ((last + 1) * BLOCK_SIZE).min(len);
-        let mut blocks = vec![0u8; (stop - start) as usize];
-        let mut got = 0;
-        while got < blocks.len() {
-            let n = open
-                .data
-                .read_at(&mut blocks[got..], u64::from(start) + got as u64)?;
+        let stop = ((last + 1) * BLOCK_SIZE).min(size);
+        let want = (stop - start) as usize;
+        // Read into spare capacity: no zeroing of what the read fills.
+        let mut blocks = Vec::with_capacity(want);
+        while blocks.len() < want {
+            let at = u64::from(start) + blocks.len() as u64;
+            let n = rustix::io::pread(&open.data, rustix::buffer::spare_capacity(&mut blocks), at)?;
             if n == 0 {
                 // Past the data file's end but inside the length: a hole
                 // at the end (zeros), as written by an extending truncate.
+                blocks.resize(want, 0);
                 break;
             }
-            got += n;
         }
         for (i, crc) in crcs.iter().enumerate() {
             let b = i * BLOCK_SIZE as usize;
@@ -369,18 +383,18 @@ impl ChunkEngine {
         }
         let from = (offset - start) as usize;
         let n = (end - offset) as usize;
-        buf[..n].copy_from_slice(&blocks[from..from + n]);
-        Ok((n, open.header))
+        blocks.truncate(from + n);
+        if from > 0 {
+            blocks.drain(..from);
+        }
+        Ok((blocks, open.header))
     }
 
     /// Reads the whole chunk (for syncing a replica).
     pub fn read_all(&self, id: ChunkId) -> io::Result<(Vec<u8>, ChunkMeta)> {
         let _r = self.reading(id);
         let header = self.meta_unlocked(id)?;
-        let mut buf = vec![0u8; header.len as usize];
-        let (n, header) = self.read_unlocked(id, 0, &mut buf)?;
-        buf.truncate(n);
-        Ok((buf, header))
+        self.read_vec_unlocked(id, 0, header.len as usize)
     }
 
     fn put_header_and_crcs(

@@ -847,17 +847,17 @@ impl Target {
         }
         let pending = lock(&self.pending).get(&chunk).cloned();
         let Some(p) = pending.filter(|_| tail != self.id) else {
-            let mut buf = vec![0u8; len as usize];
-            let (n, meta) = match self.engine.read(chunk, offset, &mut buf) {
+            let (buf, meta) = match self.engine.read_vec(chunk, offset, len as usize) {
                 // A block that fails its checksum: the chunk is copied from
                 // a member whose copy is good, then read again.
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     self.repair(chunk, &rec, &table, &e)?;
-                    self.engine.read(chunk, offset, &mut buf).map_err(|e| errno(&e))?
+                    self.engine
+                        .read_vec(chunk, offset, len as usize)
+                        .map_err(|e| errno(&e))?
                 }
                 read => read.map_err(|e| errno(&e))?,
             };
-            buf.truncate(n);
             let recent = meta.recent.iter().copied().filter(|k| *k != (0, 0)).collect();
             return Ok((
                 StorageReply::Data {
