@@ -126,6 +126,12 @@ impl Cluster {
     /// With `meta_args` added to `xfused meta`'s, `storage_args` to every
     /// `xfused storage`'s.
     fn start_full(targets: usize, meta_args: &[&str], storage_args: &[&str]) -> Cluster {
+        Cluster::start_on(None, targets, meta_args, storage_args)
+    }
+
+    /// As [`Cluster::start_full`], the metadata service on `engine` (a
+    /// URL; `None`: an embedded engine of its own).
+    fn start_on(engine: Option<&str>, targets: usize, meta_args: &[&str], storage_args: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("xfuse-cluster.")
             .tempdir()
@@ -134,7 +140,10 @@ impl Cluster {
         let mut args = vec![
             "meta".into(),
             "--engine".into(),
-            format!("embedded:{}", dir.path().join("meta").display()),
+            engine.map_or_else(
+                || format!("embedded:{}", dir.path().join("meta").display()),
+                str::to_owned,
+            ),
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--credential".into(),
@@ -868,6 +877,105 @@ fn pjdfstest_passes_on_a_cluster_mount() {
         mount.daemon_log(),
         cluster.logs()
     );
+}
+
+/// One etcd member on 127.0.0.1, on free ports, for one test; killed on
+/// drop.
+struct Etcd {
+    proc: Proc,
+    client: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// `None` (recorded as missing) without an etcd binary.
+    fn start() -> Option<Etcd> {
+        let Some(etcd) = which("etcd") else {
+            common::missing("etcd (scripts/setup.sh --tests installs etcd-server)");
+            return None;
+        };
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let (client, peer) = (free(), free());
+        let dir = tempfile::Builder::new().prefix("xfuse-etcd.").tempdir().unwrap();
+        let log = dir.path().join("etcd.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(etcd)
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                format!("--listen-client-urls=http://{client}"),
+                format!("--advertise-client-urls=http://{client}"),
+                format!("--listen-peer-urls=http://{peer}"),
+                format!("--initial-advertise-peer-urls=http://{peer}"),
+                format!("--initial-cluster=t=http://{peer}"),
+            ])
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawning etcd");
+        let proc = Proc {
+            child: Some(child),
+            log,
+        };
+        common::wait_for("etcd to serve", Duration::from_secs(30), || {
+            let text = proc.log_text();
+            if text.contains("ready to serve client requests") {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        });
+        Some(Etcd {
+            proc,
+            client: client.to_string(),
+            _dir: dir,
+        })
+    }
+}
+
+/// A mount that runs the metadata layer itself on etcd (the namespace a
+/// metadata service on the same etcd serves) keeps its file data on the
+/// cluster's targets: what it writes, a `tcp://` mount reads, and the
+/// other way round; its unlink removes the chunks. (Before, it kept file
+/// data in a local chunk store: the other mount saw the size and zeros.)
+#[test]
+fn an_etcd_mount_keeps_its_file_data_on_the_clusters_targets() {
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let url = format!("etcd://{}", etcd.client);
+    let cluster = Cluster::start_on(Some(&url), 1, &[], &[]);
+    let cred = cluster.credential.to_str().unwrap().to_owned();
+    let on_etcd = Mount::start_cluster(&["--meta", &url, "--credential", &cred]);
+    let on_tcp = cluster.mount();
+    let a = common::pattern(3 << 20, 11);
+    std::fs::write(on_etcd.mnt().join("a"), &a).unwrap();
+    assert!(
+        std::fs::read(on_tcp.mnt().join("a")).unwrap() == a,
+        "the tcp:// mount read other bytes than the etcd:// mount wrote\n{}\n{}",
+        on_etcd.daemon_log(),
+        cluster.logs()
+    );
+    let b = common::pattern(1 << 20, 12);
+    std::fs::write(on_tcp.mnt().join("b"), &b).unwrap();
+    assert!(std::fs::read(on_etcd.mnt().join("b")).unwrap() == b);
+    let ino = std::fs::metadata(on_etcd.mnt().join("a")).unwrap().ino();
+    let layout = layout_name(ino);
+    assert!(
+        cluster.chunks(0).iter().any(|(l, _)| *l == layout),
+        "no chunk of a on the target: {:?}",
+        cluster.chunks(0)
+    );
+    assert!(on_etcd.daemon_log().contains("file data: in the storage cluster"));
+    std::fs::remove_file(on_etcd.mnt().join("a")).unwrap();
+    cluster.wait_chunks_gone(&layout, "a's chunks removed", RECONFIGURE_TIMEOUT);
+    drop((on_etcd, on_tcp, cluster));
+    drop(etcd.proc);
 }
 
 #[test]

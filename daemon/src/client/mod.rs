@@ -26,6 +26,7 @@ use crate::chunk::ChunkStore;
 use crate::cluster::client::ClusterClient;
 use crate::data::{FileData, LocalData};
 use crate::fs::{MetaFs, MetaFsConfig};
+use crate::meta::kv::KvEngine;
 use crate::meta::{Meta, MetaConfig, Namespace, SystemClock};
 use crate::storage::client::ClusterData;
 use crate::storage::transport::TcpTransport;
@@ -51,6 +52,9 @@ pub struct OpenNamespace {
     pub url: String,
     /// The data directory, canonical.
     pub data: PathBuf,
+    /// Where file data goes, for people: the storage cluster, or the
+    /// local chunk store's directory.
+    pub file_data: String,
     lease: Option<Lease>,
     /// The service client, when the namespace is a tcp:// one (its
     /// deferred closes are settled at `close`).
@@ -87,8 +91,40 @@ pub struct NamespaceSpec<'a> {
     /// read-only mount).
     pub atime: kmod_shim::Atime,
     /// Keep file data in the local chunk store even when the namespace's
-    /// cluster has storage targets (`--data` given, or not a tcp:// URL).
+    /// cluster has storage targets (`--data` given).
     pub local_data: bool,
+}
+
+/// The storage cluster of a namespace this process runs itself (on etcd,
+/// shared with `xfused meta` services and their storage targets): its
+/// table and layouts read from the engine, file data sent to the targets
+/// with the cluster credential. `None` while the cluster has no targets.
+fn cluster_on_engine(
+    engine: Arc<dyn KvEngine>,
+    own: Arc<Meta>,
+    spec: &NamespaceSpec<'_>,
+) -> anyhow::Result<Option<ClusterData>> {
+    let meta = ClusterClient::on_engine(engine, own.clone());
+    let table = meta
+        .table()
+        .context("reading the storage cluster's chain table")?;
+    if table.targets.is_empty() {
+        return Ok(None);
+    }
+    let tls = match spec.auth.load().context(
+        "the namespace's cluster has storage targets, which its mounts reach with the cluster \
+         credential (or give --data DIR to keep this mount's file data local)",
+    )? {
+        Some(cred) => Some(
+            cred.client_config(crate::rpc::auth::Role::Mount)
+                .context("the cluster credential")?,
+        ),
+        None => None,
+    };
+    let sync = spec.engine.durability == DurabilityArg::Sync;
+    let data = ClusterData::new(meta, Arc::new(TcpTransport::new(tls)), own.client_id(), sync)
+        .context("fetching the storage cluster's chain table")?;
+    Ok(Some(data))
 }
 
 /// Opens the namespace of `xfused mount` (and of `xfused virtiofs --meta`):
@@ -122,11 +158,15 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
             )
         }
         MetaUrl::Etcd { endpoints, tls } => {
-            let engine = open_etcd(&endpoints, tls, spec.engine)?;
-            Arc::new(
-                Meta::connect(Arc::new(engine), config, Arc::new(SystemClock))
+            let engine: Arc<dyn KvEngine> = Arc::new(open_etcd(&endpoints, tls, spec.engine)?);
+            let own = Arc::new(
+                Meta::connect(engine.clone(), config, Arc::new(SystemClock))
                     .context("opening the namespace")?,
-            )
+            );
+            if cluster_wanted {
+                cluster = cluster_on_engine(engine, own.clone(), &spec)?;
+            }
+            own
         }
         MetaUrl::Tcp(addr) => {
             if spec.chunk_size_kib != CHUNK_SIZE_KIB_DEFAULT {
@@ -161,6 +201,7 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
         }
     };
     tracing::info!("registered as metadata client {}", meta.client_id());
+    let mut file_data_place = "the storage cluster".to_owned();
     let file_data: Arc<dyn FileData> = match cluster {
         Some(cluster) if cluster.has_targets() => {
             tracing::info!("file data: in the storage cluster");
@@ -176,6 +217,7 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
             let chunks = ChunkStore::open(&data)
                 .with_context(|| format!("opening the chunk store in {}", data.display()))?;
             tracing::info!("file data: local chunk store in {}", data.display());
+            file_data_place = data.display().to_string();
             Arc::new(LocalData(chunks))
         }
     };
@@ -221,6 +263,7 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
         meta,
         url,
         data,
+        file_data: file_data_place,
         lease: Some(lease),
         remote: remote_meta,
     })

@@ -2,14 +2,17 @@
 //! services, mounts and `xfused cluster status`. Every cluster call may be
 //! sent again (registering is by the target's identity, the rest read or
 //! are idempotent), so a call that failed on one service is sent to the
-//! next.
+//! next. A mount that runs the metadata layer itself (`etcd://`) answers
+//! its calls from the engine instead ([`ClusterClient::on_engine`]), as a
+//! service would.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::{ClusterAnswer, ClusterCall, LayoutRec, Table};
-use crate::meta::MetaError;
+use crate::meta::kv::KvEngine;
+use crate::meta::{Meta, MetaError};
 use crate::net::{MetaReply, MetaRequest};
 use crate::rpc::client::{CallError, Conn};
 use crate::rpc::codec;
@@ -28,12 +31,15 @@ pub struct ClusterClient {
     addrs: Vec<SocketAddr>,
     tls: Option<Arc<rustls::ClientConfig>>,
     conn: Mutex<Option<(usize, Arc<Conn>)>>,
+    /// Answers from this engine and namespace, not from services.
+    engine: Option<(Arc<dyn KvEngine>, Arc<Meta>)>,
 }
 
 impl std::fmt::Debug for ClusterClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterClient")
             .field("addrs", &self.addrs)
+            .field("engine", &self.engine.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -57,7 +63,20 @@ impl ClusterClient {
             addrs,
             tls,
             conn: Mutex::new(None),
+            engine: None,
         })
+    }
+
+    /// A client that answers from `engine`, where the namespace `ns` lives
+    /// (a mount running the metadata layer itself): the table and layouts
+    /// as a metadata service on that engine would give them.
+    pub fn on_engine(engine: Arc<dyn KvEngine>, ns: Arc<Meta>) -> ClusterClient {
+        ClusterClient {
+            addrs: Vec::new(),
+            tls: None,
+            conn: Mutex::new(None),
+            engine: Some((engine, ns)),
+        }
     }
 
     fn conn(&self, skip: Option<usize>) -> Result<(usize, Arc<Conn>), CallError> {
@@ -88,6 +107,9 @@ impl ClusterClient {
     pub fn call(&self, call: &ClusterCall) -> Result<ClusterAnswer, MetaError> {
         use crate::metrics::counters::{self, Service};
         counters::call(Service::Cluster);
+        if let Some((engine, ns)) = &self.engine {
+            return super::answer_read(engine.as_ref(), ns, call.clone());
+        }
         let message = codec::encode(&MetaRequest::Cluster(call.clone()));
         let mut skip = None;
         let mut last = String::new();

@@ -329,6 +329,46 @@ pub enum ClusterAnswer {
     Done,
 }
 
+/// Answers the calls that read the table or a file's layout, or forget a
+/// gone file's layout, from `engine` and the namespace `ns` on it: the
+/// metadata service's answer to them, and an `etcd://` mount's own.
+/// Registering and heartbeats are a service's alone: `EINVAL` here.
+pub fn answer_read(
+    engine: &dyn KvEngine,
+    ns: &crate::meta::Meta,
+    call: ClusterCall,
+) -> Result<ClusterAnswer, MetaError> {
+    match call {
+        ClusterCall::Register { .. } | ClusterCall::Heartbeat { .. } => Err(MetaError::Errno(libc::EINVAL)),
+        ClusterCall::Table => Ok(ClusterAnswer::Table(table(engine)?)),
+        ClusterCall::Layout { ino } => {
+            let rec = ns.getattr(ino)?;
+            if rec.kind() != libc::S_IFREG {
+                return Err(MetaError::Errno(libc::EINVAL));
+            }
+            // The replicas of the directory the file was made in, or the
+            // cluster's default.
+            let replicas = (rec.replicas > 0).then_some(usize::from(rec.replicas));
+            Ok(ClusterAnswer::Layout(
+                rec.layout_id,
+                layout(engine, rec.layout_id, replicas)?,
+            ))
+        }
+        ClusterCall::GetLayout { layout } => Ok(ClusterAnswer::MaybeLayout(get_layout(engine, layout)?)),
+        ClusterCall::ForgetLayout { layout } => {
+            // A layout's id is its file's inode number: only a file that
+            // is gone may lose its layout.
+            match ns.getattr(layout) {
+                Err(MetaError::Errno(libc::ENOENT)) => {}
+                Ok(_) => return Err(MetaError::Errno(libc::EBUSY)),
+                Err(e) => return Err(e),
+            }
+            forget_layout(engine, layout)?;
+            Ok(ClusterAnswer::Done)
+        }
+    }
+}
+
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

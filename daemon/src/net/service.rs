@@ -315,34 +315,7 @@ impl MetaService {
                     engine, &targets, &synced,
                 )?))
             }
-            ClusterCall::Table => Ok(ClusterAnswer::Table(cluster::table(engine)?)),
-            ClusterCall::Layout { ino } => {
-                let rec = self.own.getattr(ino)?;
-                if rec.kind() != libc::S_IFREG {
-                    return Err(MetaError::Errno(libc::EINVAL));
-                }
-                // The replicas of the directory the file was made in, or
-                // the cluster's default.
-                let replicas = (rec.replicas > 0).then_some(usize::from(rec.replicas));
-                Ok(ClusterAnswer::Layout(
-                    rec.layout_id,
-                    cluster::layout(engine, rec.layout_id, replicas)?,
-                ))
-            }
-            ClusterCall::GetLayout { layout } => {
-                Ok(ClusterAnswer::MaybeLayout(cluster::get_layout(engine, layout)?))
-            }
-            ClusterCall::ForgetLayout { layout } => {
-                // A layout's id is its file's inode number: only a file
-                // that is gone may lose its layout.
-                match self.own.getattr(layout) {
-                    Err(MetaError::Errno(libc::ENOENT)) => {}
-                    Ok(_) => return Err(MetaError::Errno(libc::EBUSY)),
-                    Err(e) => return Err(e),
-                }
-                cluster::forget_layout(engine, layout)?;
-                Ok(ClusterAnswer::Done)
-            }
+            read => cluster::answer_read(engine, &self.own, read),
         }
     }
 

@@ -31,9 +31,10 @@ pub struct MountArgs {
     meta: Option<String>,
     /// Directory for this client's file data (the local chunk store, in
     /// DATA/chunks) and the default embedded metadata store (default
-    /// /var/lib/xfused). With --meta tcp://, file data goes to the cluster's
-    /// storage targets when it has some, unless --data is given. Created if
-    /// missing; made private (0700, files 0600) to this user.
+    /// /var/lib/xfused). With --meta tcp:// or etcd://, file data goes to the
+    /// cluster's storage targets when it has some at mount time, unless
+    /// --data is given. Created if missing; made private (0700, files 0600)
+    /// to this user.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     #[command(flatten)]
@@ -50,7 +51,8 @@ pub struct MountArgs {
     lease_ms: u64,
     #[command(flatten)]
     serve: ServeArgs,
-    /// With --meta tcp://.
+    /// With --meta tcp://, and with etcd:// when the cluster has storage
+    /// targets (the mount reaches them with the cluster credential).
     #[command(flatten)]
     auth: AuthArgs,
     /// Return once the mount is serving, leaving xfused in the background
@@ -112,7 +114,7 @@ pub fn run(args: MountArgs, detached: Option<&Detached>) -> anyhow::Result<()> {
             // What mount(8) and mountinfo show as the source: the URL an
             // fstab line names.
             fsname: ns.url.clone(),
-            what: format!("namespace {} with data in {}", ns.url, ns.data.display()),
+            what: format!("namespace {} with file data in {}", ns.url, ns.file_data),
             mountpoint: &args.mountpoint,
             serve: &args.serve,
             writeback_cache: false,

@@ -178,7 +178,7 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
         })?;
         sandbox::confine(&sandbox::capabilities_for(served), false, seccomp, served)?;
         let metrics = metrics_bound.map(metrics::Bound::serve).transpose()?;
-        let what = format!("namespace {} with data in {}", ns.url, ns.data.display());
+        let what = format!("namespace {} with file data in {}", ns.url, ns.file_data);
         let result = serve_vm_on(
             ns.fs.clone(),
             listener,
