@@ -264,13 +264,6 @@ impl ClusterData {
     }
 
     /// Reads a piece of one chunk from a serving member.
-    fn read_piece(&self, chain: u32, chunk: ChunkId, offset: u32, buf: &mut [u8]) -> io::Result<usize> {
-        let data = self.fetch_piece(chain, chunk, offset, buf.len())?;
-        let n = data.len().min(buf.len());
-        buf[..n].copy_from_slice(&data[..n]);
-        Ok(n)
-    }
-
     /// Up to `len` bytes of `chunk` at `offset`, as the member sent them
     /// (fewer past the chunk's end).
     fn fetch_piece(&self, chain: u32, chunk: ChunkId, offset: u32, len: usize) -> io::Result<Vec<u8>> {
@@ -404,26 +397,8 @@ fn pieces(chunk_size: u32, offset: u64, len: usize, max: usize) -> Vec<(u64, u32
 
 impl FileData for ClusterData {
     fn read(&self, ino: u64, rec: &InodeRec, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        if offset >= rec.size {
-            return Ok(0);
-        }
-        let len = buf.len().min((rec.size - offset).min(usize::MAX as u64) as usize);
-        let Some(layout) = self.existing_layout(ino, rec.layout_id)? else {
-            // Never written: a hole.
-            buf[..len].fill(0);
-            return Ok(len);
-        };
-        for (index, within, n, at) in pieces(rec.chunk_size, offset, len, READ_MAX as usize) {
-            let chunk = ChunkId {
-                layout: rec.layout_id,
-                index,
-            };
-            let out = &mut buf[at..at + n];
-            let got = self.read_piece(layout.chain_of(index), chunk, within, out)?;
-            // Past a chunk's end inside the file's size: a hole.
-            out[got..].fill(0);
-        }
-        Ok(len)
+        let len = buf.len();
+        self.read_to(ino, rec, offset, len, &mut &mut buf[..])
     }
 
     fn read_to(
