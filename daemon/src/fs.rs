@@ -34,7 +34,7 @@ use std::ffi::CStr;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
 use fuse_backend_rs::api::filesystem::{
@@ -94,9 +94,21 @@ pub struct MetaFs {
     /// never reused), so those writes ask the metadata layer only to
     /// commit their size. At most [`WRITE_RECS_MAX`]; cleared past it.
     write_recs: Mutex<HashMap<u64, Arc<InodeRec>>>,
+    /// Regular files' records as an open, a getattr or a read last had
+    /// them, and when: a read within the attribute timeout uses the record
+    /// kept (its size, layout and times) instead of asking the metadata
+    /// layer again, as the kernel uses its cached attributes. A change
+    /// this mount makes to the file drops it, so the mount reads its own
+    /// writes at once; another client's change shows within the timeout
+    /// (at once after an open). At most [`WRITE_RECS_MAX`]; cleared past
+    /// it.
+    read_recs: Mutex<HashMap<u64, (Arc<InodeRec>, Instant)>>,
+    /// Bumped, under `read_recs`, by every change this mount makes: a
+    /// record fetched before a change is not kept.
+    read_epoch: AtomicU64,
 }
 
-/// Most records [`MetaFs`] keeps for writes.
+/// Most records [`MetaFs`] keeps for writes, and for reads.
 const WRITE_RECS_MAX: usize = 1 << 16;
 
 fn io_err(e: MetaError) -> io::Error {
@@ -151,7 +163,47 @@ impl MetaFs {
             open_dirs: Mutex::new(HashMap::new()),
             dir_handle_next: AtomicU64::new(1),
             write_recs: Mutex::new(HashMap::new()),
+            read_recs: Mutex::new(HashMap::new()),
+            read_epoch: AtomicU64::new(0),
         }
+    }
+
+    /// The record a read of `ino` uses: kept within the attribute timeout,
+    /// or read now (see [`MetaFs::read_recs`](MetaFs)).
+    fn read_rec(&self, ino: u64) -> io::Result<Arc<InodeRec>> {
+        if let Some((rec, at)) = self.read_recs.lock().unwrap_or_else(|p| p.into_inner()).get(&ino) {
+            if at.elapsed() < self.config.attr_timeout {
+                return Ok(rec.clone());
+            }
+        }
+        let epoch = self.read_epoch.load(Ordering::SeqCst);
+        let rec = Arc::new(self.meta.getattr(ino).map_err(io_err)?);
+        self.keep_read_rec(ino, &rec, epoch);
+        Ok(rec)
+    }
+
+    /// Keeps `rec`, read after `epoch` was current, for reads of `ino`;
+    /// not if this mount changed something since.
+    fn keep_read_rec(&self, ino: u64, rec: &Arc<InodeRec>, epoch: u64) {
+        if self.config.attr_timeout.is_zero() || rec.kind() != libc::S_IFREG {
+            return;
+        }
+        let mut recs = self.read_recs.lock().unwrap_or_else(|p| p.into_inner());
+        if self.read_epoch.load(Ordering::SeqCst) != epoch {
+            return;
+        }
+        if recs.len() >= WRITE_RECS_MAX {
+            recs.clear();
+        }
+        recs.insert(ino, (rec.clone(), Instant::now()));
+    }
+
+    /// This mount changed `ino` (committed): reads ask for its record
+    /// again.
+    fn changed(&self, ino: u64) {
+        let mut recs = self.read_recs.lock().unwrap_or_else(|p| p.into_inner());
+        self.read_epoch.fetch_add(1, Ordering::SeqCst);
+        recs.remove(&ino);
     }
 
     /// The record a write of `ino` passes to [`FileData::write`]: kept
@@ -199,6 +251,7 @@ impl MetaFs {
         if let Err(e) = self.meta.touch_atime(ino, strict) {
             tracing::debug!("updating the atime of inode {ino}: {e}");
         }
+        self.changed(ino);
     }
 
     fn caller(&self, ctx: &Context) -> Caller {
@@ -323,8 +376,13 @@ impl FileSystem for MetaFs {
     /// generic/035). The namespace deletes a directory's record with its
     /// last entry; listing it is refused by the kernel itself (ENOENT).
     fn getattr(&self, _ctx: &Context, inode: u64, _handle: Option<u64>) -> io::Result<(stat64, Duration)> {
+        let epoch = self.read_epoch.load(Ordering::SeqCst);
         match self.meta.getattr(inode) {
-            Ok(rec) => Ok((stat(inode, &rec), self.config.attr_timeout)),
+            Ok(rec) => {
+                let attr = stat(inode, &rec);
+                self.keep_read_rec(inode, &Arc::new(rec), epoch);
+                Ok((attr, self.config.attr_timeout))
+            }
             Err(MetaError::Errno(libc::ENOENT)) => {
                 let dirs = self.open_dirs.lock().unwrap_or_else(|p| p.into_inner());
                 let Some((_, rec)) = dirs.values().find(|(ino, _)| *ino == inode) else {
@@ -402,10 +460,9 @@ impl FileSystem for MetaFs {
             }
             None => None,
         };
-        let (rec, old_size) = self
-            .meta
-            .setattr(&self.caller(ctx), inode, &set)
-            .map_err(io_err)?;
+        let set_result = self.meta.setattr(&self.caller(ctx), inode, &set).map_err(io_err);
+        self.changed(inode);
+        let (rec, old_size) = set_result?;
         if let (Some(old), Some(seen)) = (old_size, before) {
             // Another client changed the size in between: cut again.
             if old.min(rec.size) < seen.min(rec.size) {
@@ -516,10 +573,14 @@ impl FileSystem for MetaFs {
         let accmode = flags as i32 & libc::O_ACCMODE;
         let read = accmode != libc::O_WRONLY;
         let write = accmode != libc::O_RDONLY;
-        let (_, handle) = self
+        let epoch = self.read_epoch.load(Ordering::SeqCst);
+        let (rec, handle) = self
             .meta
             .open(&self.caller(ctx), inode, read, write)
             .map_err(io_err)?;
+        // Close-to-open: reads through this open start from the record
+        // as the open found it.
+        self.keep_read_rec(inode, &Arc::new(rec), epoch);
         Ok((Some(handle), OpenOptions::empty(), None))
     }
 
@@ -566,7 +627,7 @@ impl FileSystem for MetaFs {
         _lock_owner: Option<u64>,
         _flags: u32,
     ) -> io::Result<usize> {
-        let rec = self.meta.getattr(inode).map_err(io_err)?;
+        let rec = self.read_rec(inode)?;
         if rec.kind() != libc::S_IFREG {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
@@ -607,7 +668,9 @@ impl FileSystem for MetaFs {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         self.data.write(inode, &rec, offset, &buf)?;
-        self.meta.note_write(inode, handle, end).map_err(io_err)?;
+        let noted = self.meta.note_write(inode, handle, end).map_err(io_err);
+        self.changed(inode);
+        noted?;
         Ok(buf.len())
     }
 
@@ -660,9 +723,12 @@ impl FileSystem for MetaFs {
                 self.data.zero(inode, &rec, offset..zero_end)?;
             }
         }
-        self.meta
+        let noted = self
+            .meta
             .note_write(inode, handle, grows_to.unwrap_or(0))
-            .map_err(io_err)?;
+            .map_err(io_err);
+        self.changed(inode);
+        noted?;
         Ok(())
     }
 
@@ -995,6 +1061,120 @@ mod tests {
     ) -> MetaFs {
         let store = LocalData(ChunkStore::open(&dir.path().join("data")).unwrap());
         MetaFs::new(fs.meta.clone(), data(store), fs.config.clone())
+    }
+
+    /// A WRITE's bytes, as the kernel hands them to `MetaFs::write`.
+    struct Bytes<'a>(&'a [u8]);
+
+    impl io::Read for Bytes<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+
+    impl ZeroCopyReader for Bytes<'_> {
+        fn read_to(
+            &mut self,
+            _f: &mut dyn fuse_backend_rs::common::file_traits::FileReadWriteVolatile,
+            _count: usize,
+            _off: u64,
+        ) -> io::Result<usize> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+    }
+
+    /// A READ's reply.
+    struct Reply(Vec<u8>);
+
+    impl io::Write for Reply {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl ZeroCopyWriter for Reply {
+        fn write_from(
+            &mut self,
+            _f: &mut dyn fuse_backend_rs::common::file_traits::FileReadWriteVolatile,
+            _count: usize,
+            _off: u64,
+        ) -> io::Result<usize> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        fn available_bytes(&self) -> usize {
+            usize::MAX
+        }
+    }
+
+    fn read_at(fs: &MetaFs, ino: u64, handle: u64, offset: u64, size: u32) -> Vec<u8> {
+        let mut reply = Reply(Vec::new());
+        let ctx = Context::default();
+        fs.read(&ctx, ino, handle, &mut reply, size, offset, None, 0)
+            .unwrap();
+        reply.0
+    }
+
+    fn write_at(fs: &MetaFs, ino: u64, handle: u64, offset: u64, data: &[u8]) {
+        let ctx = Context::default();
+        let n = fs
+            .write(
+                &ctx,
+                ino,
+                handle,
+                &mut Bytes(data),
+                data.len() as u32,
+                offset,
+                None,
+                false,
+                0,
+                0,
+            )
+            .unwrap();
+        assert_eq!(n, data.len());
+    }
+
+    /// A read uses the record kept from the last read within the
+    /// attribute timeout: another client's append does not show, this
+    /// mount's own writes and truncates show at once, and a record read
+    /// before a change of this mount is not kept.
+    #[test]
+    fn reads_keep_a_files_record_until_this_mount_changes_the_file() {
+        let (mut fs, _engine, _dir) = fs();
+        fs.config.attr_timeout = Duration::from_secs(600);
+        let (ino, h) = create(&fs, c"f");
+        write_at(&fs, ino, h, 0, &[1; 4096]);
+        // The first read after a write updates the atime (relatime), which
+        // drops the record; the second keeps it.
+        for _ in 0..2 {
+            assert_eq!(read_at(&fs, ino, h, 0, 8192), vec![1; 4096]);
+        }
+        // Another client's append, around this MetaFs.
+        let rec = fs.meta.getattr(ino).unwrap();
+        fs.data.write(ino, &rec, 4096, &[2; 4096]).unwrap();
+        fs.meta.note_write(ino, h, 8192).unwrap();
+        assert_eq!(read_at(&fs, ino, h, 4096, 4096), Vec::<u8>::new());
+        // This mount's own append shows at once, and the other's with it.
+        write_at(&fs, ino, h, 8192, &[3; 4096]);
+        assert_eq!(read_at(&fs, ino, h, 4096, 8192), [[2; 4096], [3; 4096]].concat());
+        // So does its truncate.
+        set_size(&fs, ino, 100).unwrap();
+        assert_eq!(read_at(&fs, ino, h, 0, 8192).len(), 100);
+        // A record read before a change of this mount is not kept.
+        let epoch = fs.read_epoch.load(Ordering::SeqCst);
+        let old = Arc::new(fs.meta.getattr(ino).unwrap());
+        set_size(&fs, ino, 200).unwrap();
+        fs.keep_read_rec(ino, &old, epoch);
+        assert_eq!(read_at(&fs, ino, h, 0, 8192).len(), 200);
+        // With no attribute timeout, every read asks.
+        fs.config.attr_timeout = Duration::ZERO;
+        let rec = fs.meta.getattr(ino).unwrap();
+        fs.data.write(ino, &rec, 200, &[4; 100]).unwrap();
+        fs.meta.note_write(ino, h, 300).unwrap();
+        assert_eq!(read_at(&fs, ino, h, 0, 8192).len(), 300);
     }
 
     fn set_size(fs: &MetaFs, ino: u64, size: u64) -> io::Result<()> {

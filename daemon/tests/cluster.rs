@@ -978,6 +978,66 @@ fn an_etcd_mount_keeps_its_file_data_on_the_clusters_targets() {
     drop(etcd.proc);
 }
 
+/// A 4 KiB buffer for `O_DIRECT`.
+#[repr(align(4096))]
+struct Block([u8; 4096]);
+
+/// `pread` of one 4 KiB block with `O_DIRECT` (past the kernel's page
+/// cache, so the daemon answers): the bytes it returned.
+fn direct_read(file: &std::fs::File, offset: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut block = Block([0; 4096]);
+    let n = file.read_at(&mut block.0, offset).expect("O_DIRECT pread");
+    block.0[..n].to_vec()
+}
+
+fn open_direct(path: &Path, write: bool) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {} O_DIRECT: {e}", path.display()))
+}
+
+/// A read uses the file's record from the open (or the last read) within
+/// the attribute timeout instead of asking the metadata service each
+/// time. A mount reads its own appends at once; another mount's append
+/// shows within that mount's attribute timeout, with the file still open.
+#[test]
+fn reads_see_their_own_mounts_appends_at_once_and_others_within_the_timeout() {
+    let cluster = Cluster::start(1);
+    let writer = cluster.mount_with(&["--attr-timeout-ms", "60000"]);
+    let reader = cluster.mount_with(&["--attr-timeout-ms", "300"]);
+    let (a, b) = (common::pattern(4096, 21), common::pattern(4096, 22));
+    std::fs::write(writer.mnt().join("f"), &a).unwrap();
+    let w = open_direct(&writer.mnt().join("f"), true);
+    let r = open_direct(&reader.mnt().join("f"), false);
+    assert_eq!(direct_read(&w, 0), a);
+    assert_eq!(direct_read(&r, 0), a);
+    // The writer kept the 4 KiB record for a minute; its own append drops it.
+    {
+        use std::os::unix::fs::FileExt;
+        let block = Block(b.clone().try_into().unwrap());
+        w.write_at(&block.0, 4096).unwrap();
+    }
+    assert_eq!(direct_read(&w, 4096), b, "the writer's own append, read at once");
+    // The other mount, its file still open, within its 300 ms.
+    common::wait_for(
+        "the append to show on the other mount",
+        Duration::from_secs(10),
+        || {
+            let got = direct_read(&r, 4096);
+            if got == b {
+                Ok(())
+            } else {
+                Err(format!("{} bytes", got.len()))
+            }
+        },
+    );
+}
+
 #[test]
 fn fsx_passes_on_a_cluster_mount() {
     let fsx = which("fsx");

@@ -113,9 +113,13 @@ pub struct ServeArgs {
     #[arg(long)]
     pub stats: bool,
     /// How long the kernel may cache attributes, in milliseconds. With
-    /// `mount --meta tcp://`, also how long the directory records this
-    /// mount's own changes return stay good for the kernel's next request
-    /// for those directories' attributes (0: never used).
+    /// `xfused mount`, also how long a file's record (its size) serves
+    /// reads without asking the metadata layer again: another client's
+    /// change shows within this time, or at the next open; this mount's
+    /// own at once. With `mount --meta tcp://`, also how long the
+    /// directory records this mount's own changes return stay good for the
+    /// kernel's next request for those directories' attributes (0: never
+    /// used).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub attr_timeout_ms: u64,
     /// How long the kernel may cache directory entries (and negative
