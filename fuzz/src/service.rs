@@ -7,7 +7,8 @@
 //! the size of the pieces the stream arrives in, 1 to 128 bytes), then
 //! the stream.
 //!
-//! Checked: a frame is taken only when all of it arrived, consumes exactly
+//! Checked: the `Assembler` the services read with gives the same frames
+//! as `take_frame` and refuses a stream no later; a frame is taken only when all of it arrived, consumes exactly
 //! its bytes and encodes back to them; an incomplete frame leaves the
 //! buffer as it was; a message that decodes encodes to a value that
 //! decodes to itself, in no more bytes; decoding allocates in proportion
@@ -17,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use xfused::net::{MetaReply, MetaRequest};
 use xfused::rpc::codec::{decode, encode};
-use xfused::rpc::frame::{frame_len, take_frame, Frame, KIND_ERROR, KIND_REPLY, KIND_REQUEST};
+use xfused::rpc::frame::{frame_len, take_frame, Assembler, Frame, KIND_ERROR, KIND_REPLY, KIND_REQUEST};
 use xfused::storage::{StorageReply, StorageRequest};
 
 use crate::alloc;
@@ -40,12 +41,28 @@ pub fn service(data: &[u8]) {
     let storage = mode & 1 != 0;
     let piece = usize::from(mode >> 1) + 1;
     let mut buf = Vec::new();
+    // What the services read with: fed the same pieces, it gives the same
+    // frames, and refuses a stream no later than `take_frame` does.
+    let mut frames = Assembler::default();
+    let mut refused = false;
     for chunk in stream.chunks(piece) {
         buf.extend_from_slice(chunk);
+        refused = refused || frames.feed(chunk).is_err();
         loop {
             let before = buf.clone();
+            let assembled = if refused {
+                None
+            } else {
+                frames.take().map_err(|_| refused = true).ok()
+            };
             match take_frame(&mut buf) {
                 Ok(Some(frame)) => {
+                    assert!(!refused, "the assembler refused a stream take_frame reads");
+                    assert_eq!(
+                        assembled,
+                        Some(Some(frame.clone())),
+                        "the assembler gave another frame than take_frame"
+                    );
                     let used = before.len() - buf.len();
                     assert_eq!(&before[used..], &buf[..], "take_frame took from the middle");
                     let bytes = Frame::to_bytes(frame.id, frame.kind, &frame.message, &frame.bulk)
@@ -58,6 +75,10 @@ pub fn service(data: &[u8]) {
                     message(storage, &frame);
                 }
                 Ok(None) => {
+                    assert!(
+                        matches!(assembled, None | Some(None)),
+                        "the assembler gave a frame take_frame does not have yet"
+                    );
                     assert_eq!(buf, before, "an incomplete frame changed the buffer");
                     if let Ok(Some(len)) = frame_len(&buf) {
                         assert!(buf.len() < 4 + len, "a whole frame was left waiting");
@@ -65,7 +86,13 @@ pub fn service(data: &[u8]) {
                     break;
                 }
                 // The connection closes: nothing after this is read.
-                Err(_) => return,
+                Err(_) => {
+                    assert!(
+                        refused || frames.take().is_err(),
+                        "take_frame refused a stream the assembler reads"
+                    );
+                    return;
+                }
             }
         }
     }

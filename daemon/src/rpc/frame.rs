@@ -270,20 +270,22 @@ impl Assembler {
                 message: p.message,
                 bulk: p.bulk,
             };
-            self.advance()?;
+            self.advance();
             return Ok(Some(frame));
         }
         let frame = take_frame(&mut self.buf)?;
         if frame.is_some() {
-            self.advance()?;
+            self.advance();
         }
         Ok(frame)
     }
 
     /// After a frame is taken: the next one's bulk goes to its own buffer
     /// if its message is in and its bulk is long and not all there yet.
-    fn advance(&mut self) -> Result<(), FrameError> {
-        if let Some(h) = head(&self.buf)? {
+    /// A next header that cannot be is refused by the next `take`, not
+    /// here: the frame just taken is good and is answered.
+    fn advance(&mut self) {
+        if let Ok(Some(h)) = head(&self.buf) {
             if h.bulk_len >= DIRECT_BULK_MIN
                 && self.buf.len() >= h.message_end()
                 && self.buf.len() < 4 + h.len
@@ -291,7 +293,6 @@ impl Assembler {
                 self.start_bulk(h);
             }
         }
-        Ok(())
     }
 }
 
@@ -396,6 +397,22 @@ mod tests {
             if piece < DIRECT_BULK_MIN {
                 assert!(direct > 0, "pieces of {piece}: long bulk went to its own buffer");
             }
+        }
+    }
+
+    /// A good frame followed, in the same bytes, by a header that cannot
+    /// be: the good one is taken (and answered), then the stream refused.
+    #[test]
+    fn a_good_frame_before_a_bad_header_is_taken_first() {
+        for bulk in [vec![1; 10], vec![2; DIRECT_BULK_MIN]] {
+            let mut bytes = Frame::to_bytes(1, KIND_REQUEST, b"x", &bulk).unwrap();
+            let mut bad = Frame::to_bytes(2, KIND_REQUEST, b"y", b"").unwrap();
+            bad[12] = 9;
+            bytes.extend_from_slice(&bad);
+            let mut asm = Assembler::default();
+            asm.feed(&bytes).unwrap();
+            assert_eq!(asm.take().unwrap().unwrap().bulk, bulk);
+            assert!(asm.take().is_err());
         }
     }
 
