@@ -106,10 +106,11 @@ impl ClusterClient {
     /// Makes a cluster call, on another service if one fails.
     pub fn call(&self, call: &ClusterCall) -> Result<ClusterAnswer, MetaError> {
         use crate::metrics::counters::{self, Service};
-        counters::call(Service::Cluster);
         if let Some((engine, ns)) = &self.engine {
+            // No service is called: nothing to count.
             return super::answer_read(engine.as_ref(), ns, call.clone());
         }
+        counters::call(Service::Cluster);
         let message = codec::encode(&MetaRequest::Cluster(call.clone()));
         let mut skip = None;
         let mut last = String::new();

@@ -366,6 +366,9 @@ impl ChunkEngine {
                 break;
             }
         }
+        // The spare capacity may be larger than asked for: a read may have
+        // run past the blocks, which the checksums below do not cover.
+        blocks.truncate(want);
         for (i, crc) in crcs.iter().enumerate() {
             let b = i * BLOCK_SIZE as usize;
             let e = (b + BLOCK_SIZE as usize).min(blocks.len());
