@@ -40,11 +40,12 @@
 //! blocks that fail their check: they read as `EIO` on this replica, never
 //! as wrong bytes.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::private_state::{self, FILE_MODE};
 
@@ -195,28 +196,122 @@ pub struct ChunkEngine {
     /// Reads of a chunk exclude changes of it (a read must not see a
     /// block whose checksum is not yet written): striped by chunk.
     stripes: Vec<RwLock<()>>,
+    files: Mutex<FileCache>,
 }
 
 /// Lock stripes of an engine.
 const STRIPES: usize = 64;
 
-struct Open {
+/// A chunk's two files.
+#[derive(Debug)]
+struct ChunkFiles {
     data: File,
     meta: File,
+}
+
+struct Open {
+    files: Arc<ChunkFiles>,
     header: ChunkMeta,
+}
+
+/// The files of recently used chunks, kept open so a call on a chunk
+/// costs no path walk, `open` or `close`: at most `cap` chunks, the one
+/// to close chosen by the clock algorithm: a chunk used again since it
+/// was opened or the hand last passed it is passed over once.
+///
+/// Every change of a chunk's files happens in place through these very
+/// descriptors, except [`ChunkEngine::remove`], which forgets the chunk
+/// under its stripe's write lock before unlinking, so a kept descriptor
+/// never outlives its file's name.
+#[derive(Debug)]
+struct FileCache {
+    cap: usize,
+    slots: Vec<(ChunkId, Arc<ChunkFiles>, bool)>,
+    index: HashMap<ChunkId, usize>,
+    hand: usize,
+}
+
+impl FileCache {
+    fn new(cap: usize) -> FileCache {
+        FileCache {
+            cap,
+            slots: Vec::new(),
+            index: HashMap::new(),
+            hand: 0,
+        }
+    }
+
+    fn get(&mut self, id: ChunkId) -> Option<Arc<ChunkFiles>> {
+        let &i = self.index.get(&id)?;
+        let slot = &mut self.slots[i];
+        slot.2 = true;
+        Some(slot.1.clone())
+    }
+
+    fn put(&mut self, id: ChunkId, files: Arc<ChunkFiles>) {
+        if self.cap == 0 {
+            return;
+        }
+        if let Some(&i) = self.index.get(&id) {
+            self.slots[i] = (id, files, false);
+            return;
+        }
+        if self.slots.len() < self.cap {
+            self.index.insert(id, self.slots.len());
+            self.slots.push((id, files, false));
+            return;
+        }
+        while self.slots[self.hand].2 {
+            self.slots[self.hand].2 = false;
+            self.hand = (self.hand + 1) % self.slots.len();
+        }
+        let old = self.slots[self.hand].0;
+        self.index.remove(&old);
+        self.slots[self.hand] = (id, files, false);
+        self.index.insert(id, self.hand);
+        self.hand = (self.hand + 1) % self.slots.len();
+    }
+
+    fn forget(&mut self, id: ChunkId) {
+        let Some(i) = self.index.remove(&id) else {
+            return;
+        };
+        self.slots.swap_remove(i);
+        if let Some(moved) = self.slots.get(i) {
+            self.index.insert(moved.0, i);
+        }
+        if self.hand >= self.slots.len() {
+            self.hand = 0;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
 }
 
 impl ChunkEngine {
     /// The engine of the target in directory `dir` (its chunks in
-    /// `dir/chunks`, created private if missing).
-    pub fn open(dir: &Path) -> io::Result<ChunkEngine> {
+    /// `dir/chunks`, created private if missing), keeping the files of up
+    /// to `open_chunks` chunks open (two descriptors each).
+    pub fn open(dir: &Path, open_chunks: usize) -> io::Result<ChunkEngine> {
         let root = dir.join("chunks");
         private_state::ensure_dir(&root)?;
         Ok(ChunkEngine {
             root,
             written: Written::default(),
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+            files: Mutex::new(FileCache::new(open_chunks)),
         })
+    }
+
+    /// Chunks whose files are kept open now.
+    pub fn open_chunks(&self) -> usize {
+        self.file_cache().len()
+    }
+
+    fn file_cache(&self) -> MutexGuard<'_, FileCache> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// What the engine has written so far.
@@ -256,7 +351,34 @@ impl ChunkEngine {
         )
     }
 
+    /// The chunk's files and header (with `create`, made if missing; else
+    /// `None` if missing). Call with its stripe locked.
     fn open_chunk(&self, id: ChunkId, create: bool) -> io::Result<Option<Open>> {
+        let kept = self.file_cache().get(id);
+        let files = match kept {
+            Some(files) => files,
+            None => {
+                let Some(files) = self.open_files(id, create)? else {
+                    return Ok(None);
+                };
+                let files = Arc::new(files);
+                self.file_cache().put(id, files.clone());
+                files
+            }
+        };
+        let mut h = [0u8; HEADER_LEN];
+        let n = files.meta.read_at(&mut h, 0)?;
+        let header = if n == 0 {
+            ChunkMeta::default()
+        } else if n < HEADER_LEN {
+            return Err(corrupt("a chunk header is cut short"));
+        } else {
+            ChunkMeta::decode(&h)?
+        };
+        Ok(Some(Open { files, header }))
+    }
+
+    fn open_files(&self, id: ChunkId, create: bool) -> io::Result<Option<ChunkFiles>> {
         let (data_path, meta_path) = self.paths(id);
         let opts = |create: bool| {
             let mut o = OpenOptions::new();
@@ -283,16 +405,7 @@ impl ChunkEngine {
             }
         };
         let data = opts(true).open(&data_path)?;
-        let mut h = [0u8; HEADER_LEN];
-        let n = meta.read_at(&mut h, 0)?;
-        let header = if n == 0 {
-            ChunkMeta::default()
-        } else if n < HEADER_LEN {
-            return Err(corrupt("a chunk header is cut short"));
-        } else {
-            ChunkMeta::decode(&h)?
-        };
-        Ok(Some(Open { data, meta, header }))
+        Ok(Some(ChunkFiles { data, meta }))
     }
 
     /// A chunk's header (version 0 and length 0 if it does not exist).
@@ -350,7 +463,7 @@ impl ChunkEngine {
         let end = (u64::from(offset) + len as u64).min(u64::from(size)) as u32;
         let first = offset / BLOCK_SIZE;
         let last = (end - 1) / BLOCK_SIZE;
-        let crcs = Self::crcs(&open.meta, first, last - first + 1)?;
+        let crcs = Self::crcs(&open.files.meta, first, last - first + 1)?;
         let start = first * BLOCK_SIZE;
         let stop = ((last + 1) * BLOCK_SIZE).min(size);
         let want = (stop - start) as usize;
@@ -358,7 +471,7 @@ impl ChunkEngine {
         let mut blocks = Vec::with_capacity(want);
         while blocks.len() < want {
             let at = u64::from(start) + blocks.len() as u64;
-            let n = rustix::io::pread(&open.data, rustix::buffer::spare_capacity(&mut blocks), at)?;
+            let n = rustix::io::pread(&open.files.data, rustix::buffer::spare_capacity(&mut blocks), at)?;
             if n == 0 {
                 // Past the data file's end but inside the length: a hole
                 // at the end (zeros), as written by an extending truncate.
@@ -414,10 +527,11 @@ impl ChunkEngine {
         // The checksums, then the header that makes them count: two small
         // writes, usually into one page.
         if !tail.is_empty() {
-            open.meta
+            open.files
+                .meta
                 .write_all_at(&tail, HEADER_LEN as u64 + u64::from(first) * 4)?;
         }
-        open.meta.write_all_at(&header.encode(), 0)?;
+        open.files.meta.write_all_at(&header.encode(), 0)?;
         self.count_meta(tail.len() + HEADER_LEN);
         Ok(())
     }
@@ -468,6 +582,7 @@ impl ChunkEngine {
             let mut got = 0;
             while got < n {
                 let r = open
+                    .files
                     .data
                     .read_at(&mut block[got..n], u64::from(start) + got as u64)?;
                 if r == 0 {
@@ -516,7 +631,7 @@ impl ChunkEngine {
         let end = end as u32;
         let open = self.open_chunk(id, true)?.expect("created");
         let old = open.header;
-        open.data.write_all_at(data, u64::from(offset))?;
+        open.files.data.write_all_at(data, u64::from(offset))?;
         self.written
             .data
             .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -544,8 +659,8 @@ impl ChunkEngine {
         };
         self.put_header_and_crcs(&open, header, first, &crcs)?;
         if sync {
-            open.data.sync_data()?;
-            open.meta.sync_data()?;
+            open.files.data.sync_data()?;
+            open.files.meta.sync_data()?;
         }
         Ok(header)
     }
@@ -573,8 +688,8 @@ impl ChunkEngine {
             .ok_or_else(|| io::Error::other("chunk vanished"))?;
         self.put_header_and_crcs(&open, header, 0, &[])?;
         if sync {
-            open.data.sync_data()?;
-            open.meta.sync_data()?;
+            open.files.data.sync_data()?;
+            open.files.meta.sync_data()?;
         }
         Ok(header)
     }
@@ -607,7 +722,7 @@ impl ChunkEngine {
         }
         let open = self.open_chunk(id, true)?.expect("created");
         let old = open.header;
-        open.data.set_len(u64::from(len))?;
+        open.files.data.set_len(u64::from(len))?;
         let header = ChunkMeta {
             version,
             len,
@@ -626,12 +741,13 @@ impl ChunkEngine {
         self.put_header_and_crcs(&open, header, first, &crcs)?;
         if len < old.len {
             // Checksums past the end are dead; keep the .m file short.
-            open.meta
+            open.files
+                .meta
                 .set_len(HEADER_LEN as u64 + u64::from(len.div_ceil(BLOCK_SIZE)) * 4)?;
         }
         if sync {
-            open.data.sync_data()?;
-            open.meta.sync_data()?;
+            open.files.data.sync_data()?;
+            open.files.meta.sync_data()?;
         }
         Ok(header)
     }
@@ -639,6 +755,7 @@ impl ChunkEngine {
     /// Removes a chunk.
     pub fn remove(&self, id: ChunkId) -> io::Result<()> {
         let _w = self.changing(id);
+        self.file_cache().forget(id);
         let (data, meta) = self.paths(id);
         // The header goes first: a chunk is there while its `.m` is.
         not_found_ok(fs::remove_file(meta))?;
@@ -738,8 +855,8 @@ impl ChunkEngine {
             let id = ChunkId { layout, index };
             let _r = self.reading(id);
             if let Some(open) = self.open_chunk(id, false)? {
-                open.data.sync_data()?;
-                open.meta.sync_data()?;
+                open.files.data.sync_data()?;
+                open.files.meta.sync_data()?;
             }
         }
         let dir = self.layout_dir(layout);
@@ -761,7 +878,7 @@ mod tests {
         // On a disk, not tmpfs: the amplification test needs a filesystem
         // whose dirtied pages the kernel counts.
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let e = ChunkEngine::open(dir.path()).unwrap();
+        let e = ChunkEngine::open(dir.path(), 2).unwrap();
         (dir, e)
     }
 
@@ -770,6 +887,81 @@ mod tests {
         let (n, _) = e.read(ID, offset, &mut buf).unwrap();
         buf.truncate(n);
         buf
+    }
+
+    fn files_of(dir: &Path) -> ChunkFiles {
+        let open = |n: &str| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(dir.join(n))
+                .unwrap()
+        };
+        ChunkFiles {
+            data: open("d"),
+            meta: open("m"),
+        }
+    }
+
+    #[test]
+    fn the_file_cache_closes_a_chunk_not_used_again_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Arc::new(files_of(dir.path()));
+        let id = |index| ChunkId { layout: 1, index };
+        let mut c = FileCache::new(3);
+        for i in 0..3 {
+            c.put(id(i), files.clone());
+        }
+        assert!(c.get(id(0)).is_some());
+        // 0 was used again: the hand passes it over and closes 1.
+        c.put(id(3), files.clone());
+        assert_eq!(c.len(), 3);
+        assert!(c.get(id(1)).is_none());
+        for i in [0, 2, 3] {
+            assert!(c.get(id(i)).is_some(), "chunk {i}");
+        }
+        // Forgetting one keeps the others found.
+        c.forget(id(0));
+        c.forget(id(7));
+        assert!(c.get(id(0)).is_none());
+        assert!(c.get(id(2)).is_some() && c.get(id(3)).is_some());
+        c.put(id(4), files.clone());
+        c.put(id(5), files.clone());
+        assert_eq!(c.len(), 3);
+        assert_eq!(Arc::strong_count(&files), 4);
+        let mut none = FileCache::new(0);
+        none.put(id(0), files);
+        assert!(none.get(id(0)).is_none());
+    }
+
+    #[test]
+    fn a_removed_chunk_is_not_read_through_files_kept_open() {
+        let (d, e) = engine();
+        e.write(ID, 1, 1, 0, b"old bytes", false, None).unwrap();
+        assert_eq!(read(&e, 0, 9), b"old bytes");
+        assert_eq!(e.open_chunks(), 1);
+        e.remove(ID).unwrap();
+        assert_eq!(e.open_chunks(), 0);
+        assert_eq!(e.meta(ID).unwrap(), ChunkMeta::default());
+        assert_eq!(read(&e, 0, 9), b"");
+        // Written again: into new files, found under the chunk's name.
+        e.write(ID, 1, 1, 0, b"new", false, None).unwrap();
+        let (data, _) = e.paths(ID);
+        assert_eq!(std::fs::read(data).unwrap(), b"new");
+        // More chunks than kept: the others still read and write right.
+        for index in 0..5 {
+            let id = ChunkId { layout: 8, index };
+            e.write(id, 1, 1, 0, &[index as u8; 100], false, None).unwrap();
+        }
+        for index in 0..5 {
+            let id = ChunkId { layout: 8, index };
+            let (bytes, meta) = e.read_vec(id, 0, 100).unwrap();
+            assert_eq!((bytes, meta.version), (vec![index as u8; 100], 1));
+        }
+        assert_eq!(e.open_chunks(), 2);
+        drop(d);
     }
 
     #[test]

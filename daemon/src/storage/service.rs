@@ -104,10 +104,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl StorageService {
-    /// Opens the targets in `dirs`, registers them with the metadata
+    /// Opens the targets in `dirs` (each keeping the files of up to
+    /// `open_chunks` chunks open), registers them with the metadata
     /// services as reachable at `addr`, and fetches the table.
     pub fn start(
         dirs: &[PathBuf],
+        open_chunks: usize,
         addr: SocketAddr,
         meta: ClusterClient,
         transport: Arc<dyn DataTransport>,
@@ -116,7 +118,8 @@ impl StorageService {
         let mut targets = HashMap::new();
         for dir in dirs {
             let uuid = target_uuid(dir).with_context(|| format!("target {}", dir.display()))?;
-            let engine = ChunkEngine::open(dir).with_context(|| format!("target {}", dir.display()))?;
+            let engine =
+                ChunkEngine::open(dir, open_chunks).with_context(|| format!("target {}", dir.display()))?;
             let id = match meta
                 .call(&ClusterCall::Register { uuid, addr })
                 .with_context(|| format!("registering target {}", dir.display()))?

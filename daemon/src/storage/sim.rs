@@ -227,7 +227,7 @@ impl Sim {
 
     /// A target (re)starts: nothing of what it held in memory survives.
     fn boot(&self, t: u32) {
-        let engine = ChunkEngine::open(&self.engines[&t]).unwrap();
+        let engine = ChunkEngine::open(&self.engines[&t], 3).unwrap();
         let target = Arc::new(Target::new(t, engine, Arc::new(Net(self.me.clone()))).without_pauses());
         target.set_table(lock(&self.truth).clone());
         lock(&self.targets).insert(t, target);

@@ -46,6 +46,27 @@ pub struct StorageArgs {
     metrics: xfused::metrics::MetricsArgs,
 }
 
+/// Chunks whose files a target keeps open at most.
+const OPEN_CHUNKS_MAX: usize = 1024;
+
+/// How many chunks each of `targets` targets keeps open: a quarter of the
+/// open-file limit (raised to its hard limit first) shared among them,
+/// two descriptors a chunk, at most [`OPEN_CHUNKS_MAX`]; the rest of the
+/// limit is for connections and the files a call opens for a moment.
+fn open_chunks_per_target(targets: usize) -> usize {
+    let limit = match kmod_shim::sandbox::raise_open_file_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!("keeping the open-file limit as it is: {e}");
+            1024
+        }
+    };
+    let per_target = usize::try_from(limit / 4).unwrap_or(usize::MAX) / targets.max(1) / 2;
+    let n = per_target.min(OPEN_CHUNKS_MAX);
+    tracing::info!("open-file limit {limit}: each target keeps the files of up to {n} chunks open");
+    n
+}
+
 pub fn run(args: StorageArgs) -> anyhow::Result<()> {
     use xfused::cluster::client::ClusterClient;
     use xfused::rpc::auth::Role;
@@ -93,7 +114,8 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
     let bound = listener.local_addr().context("reading the listening address")?;
     let cluster = ClusterClient::new(&meta, client_tls.clone()).context("--meta")?;
     let transport = Arc::new(TcpTransport::new(client_tls));
-    let service = StorageService::start(&args.targets, bound, cluster, transport)?;
+    let open_chunks = open_chunks_per_target(args.targets.len());
+    let service = StorageService::start(&args.targets, open_chunks, bound, cluster, transport)?;
     service.start_heartbeats().context("starting heartbeats")?;
     if args.scrub_mib_per_sec > 0 {
         service
