@@ -4,8 +4,9 @@
 //! and kept; the chain table is fetched at start and again whenever a
 //! target answers `ESTALE` or cannot be reached. Each chunk's piece of a
 //! read or write goes to its chain: writes to the head, numbered (client
-//! id, sequence) so a retry is recognized; reads to a serving member, in
-//! turn over the members (a failing member is skipped for the next).
+//! id, sequence) so a retry is recognized; reads to a serving member
+//! chosen for load (see [`ClusterData::readers_in_order`]; a failing
+//! member is skipped for the next).
 //! Retries back off and end at [`RETRY_FOR`] with `EIO`.
 //!
 //! Zeroing a range (fallocate's punch-hole and zero-range) lists the
@@ -20,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,59 @@ fn meta_err(e: MetaError) -> io::Error {
     io::Error::from_raw_os_error(e.errno())
 }
 
+/// Reads a mount keeps in flight at one member before it reads from
+/// another (see [`ClusterData::readers_in_order`]).
+const SPILL_AT: usize = 4;
+
+/// A score of target `target` for client `client`: each client ranks the
+/// targets in an order of its own (splitmix64's finalizer over both).
+fn rendezvous(client: u64, target: u32) -> u64 {
+    let mut z = client ^ u64::from(target).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// `readers` in the order client `client` reads from them, `load` giving
+/// its reads in flight at each (see [`ClusterData::readers_in_order`]).
+fn order_readers(client: u64, readers: impl Iterator<Item = u32>, load: impl Fn(u32) -> usize) -> Vec<u32> {
+    let mut order: Vec<u32> = readers.collect();
+    order.sort_by_key(|t| std::cmp::Reverse(rendezvous(client, *t)));
+    let first = order
+        .iter()
+        .position(|t| load(*t) < SPILL_AT)
+        .or_else(|| (0..order.len()).min_by_key(|&i| load(order[i])));
+    if let Some(i) = first {
+        order[..=i].rotate_right(1);
+    }
+    order
+}
+
+/// A read in flight at a target, counted while it lives.
+struct Reading<'a> {
+    counts: &'a Mutex<HashMap<u32, usize>>,
+    target: u32,
+}
+
+impl<'a> Reading<'a> {
+    fn start(counts: &'a Mutex<HashMap<u32, usize>>, target: u32) -> Reading<'a> {
+        *lock(counts).entry(target).or_default() += 1;
+        Reading { counts, target }
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        let mut counts = lock(self.counts);
+        if let Some(n) = counts.get_mut(&self.target) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.target);
+            }
+        }
+    }
+}
+
 /// See the module docs.
 pub struct ClusterData {
     meta: ClusterClient,
@@ -71,7 +125,8 @@ pub struct ClusterData {
     client: u64,
     seq: AtomicU64,
     sync_writes: bool,
-    turn: AtomicUsize,
+    /// Reads in flight, by target.
+    reading: Mutex<HashMap<u32, usize>>,
 }
 
 impl std::fmt::Debug for ClusterData {
@@ -119,7 +174,7 @@ impl ClusterData {
             client,
             seq: AtomicU64::new(1),
             sync_writes,
-            turn: AtomicUsize::new(0),
+            reading: Mutex::new(HashMap::new()),
         })
     }
 
@@ -263,17 +318,33 @@ impl ClusterData {
         })
     }
 
+    /// The serving members of a chain in the order this mount reads from
+    /// them: the first has fewer than [`SPILL_AT`] of its reads in flight.
+    ///
+    /// Each mount prefers the same members in every chain (rendezvous
+    /// hashing of its client id with the target's: the highest score
+    /// first), so its reads keep to a few warm connections and page
+    /// caches while different mounts spread over the replicas. A member
+    /// with [`SPILL_AT`] or more of this mount's reads in flight yields to
+    /// the next; with every member that busy, the least busy goes first.
+    /// On one 2-CPU machine, reads spread over three storage processes
+    /// in turn ran 0.8x as fast as reads kept to one (docs/BENCHMARKS.md).
+    fn readers_in_order(&self, readers: impl Iterator<Item = u32>) -> Vec<u32> {
+        let reading = lock(&self.reading);
+        order_readers(self.client, readers, |t| reading.get(&t).copied().unwrap_or(0))
+    }
+
     /// Reads a piece of one chunk from a serving member.
     /// Up to `len` bytes of `chunk` at `offset`, as the member sent them
     /// (fewer past the chunk's end).
     fn fetch_piece(&self, chain: u32, chunk: ChunkId, offset: u32, len: usize) -> io::Result<Vec<u8>> {
-        let start = self.turn.fetch_add(1, Ordering::Relaxed);
         let data = self.with_retries("a read", chain, |table, rec, tries| {
-            let readers: Vec<u32> = rec.readers().collect();
+            let readers = self.readers_in_order(rec.readers());
             if readers.is_empty() {
                 return Err(CallError::Remote(libc::EAGAIN));
             }
-            let member = readers[(start + tries) % readers.len()];
+            let member = readers[tries % readers.len()];
+            let _reading = Reading::start(&self.reading, member);
             let addr = table.addr(member).ok_or(CallError::Remote(libc::ESTALE))?;
             let request = StorageRequest::Read {
                 target: member,
@@ -572,5 +643,44 @@ impl FileData for ClusterData {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mount_reads_from_the_member_it_prefers_until_that_one_is_busy() {
+        let idle = |_| 0;
+        // The same preference in every chain holding the same members.
+        let a = order_readers(7, [1, 2, 3].into_iter(), idle);
+        let b = order_readers(7, [3, 1, 2].into_iter(), idle);
+        assert_eq!(a, b);
+        // A chain without the first choice starts with the next one.
+        let without: Vec<u32> = a.iter().copied().filter(|t| *t != a[0]).collect();
+        assert_eq!(order_readers(7, without.iter().copied(), idle), without);
+        // Mounts spread over the members.
+        let mut firsts = HashMap::<u32, usize>::new();
+        for client in 0..300 {
+            *firsts
+                .entry(order_readers(client, [1, 2, 3].into_iter(), idle)[0])
+                .or_default() += 1;
+        }
+        assert_eq!(firsts.len(), 3, "{firsts:?}");
+        assert!(firsts.values().all(|&n| n > 50), "{firsts:?}");
+        // A busy first choice yields to the next one not busy; the rest
+        // keep their order for retries.
+        let busy = |t| if t == a[0] { SPILL_AT } else { 0 };
+        assert_eq!(order_readers(7, a.iter().copied(), busy), vec![a[1], a[0], a[2]]);
+        let two_busy = |t| if t == a[2] { 1 } else { SPILL_AT };
+        assert_eq!(
+            order_readers(7, a.iter().copied(), two_busy),
+            vec![a[2], a[0], a[1]]
+        );
+        // All busy: the least busy.
+        let all = |t| if t == a[1] { SPILL_AT } else { SPILL_AT + 3 };
+        assert_eq!(order_readers(7, a.iter().copied(), all), vec![a[1], a[0], a[2]]);
+        assert!(order_readers(7, std::iter::empty(), idle).is_empty());
     }
 }
