@@ -366,12 +366,16 @@ impl Credential {
         .build()
         .map_err(|e| invalid(format!("client verifier: {e}")))?;
         let (cert, key) = self.leaf(Role::Service)?;
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| invalid(format!("TLS: {e}")))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(vec![cert], private_key(key))
             .map_err(|e| invalid(format!("TLS: {e}")))?;
+        records_after_handshake(&mut config.alpn_protocols, &mut config.enable_secret_extraction);
+        // Nothing may follow the handshake but the record layer's first
+        // record: no session tickets (nothing resumes anyway).
+        config.send_tls13_tickets = 0;
         Ok(Arc::new(config))
     }
 
@@ -380,14 +384,23 @@ impl Credential {
     pub fn client_config(&self, role: Role) -> Result<Arc<rustls::ClientConfig>, AuthError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let (cert, key) = self.leaf(role)?;
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| invalid(format!("TLS: {e}")))?
             .with_root_certificates(self.roots()?)
             .with_client_auth_cert(vec![cert], private_key(key))
             .map_err(|e| invalid(format!("TLS: {e}")))?;
+        records_after_handshake(&mut config.alpn_protocols, &mut config.enable_secret_extraction);
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
+}
+
+/// Both ends name the record layer that follows the handshake and let
+/// its keys be taken for it (see [`super::record`]).
+fn records_after_handshake(alpn: &mut Vec<Vec<u8>>, extraction: &mut bool) {
+    *alpn = vec![super::record::ALPN.to_vec()];
+    *extraction = true;
 }
 
 /// The name a client checks in the service's certificate.

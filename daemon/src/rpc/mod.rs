@@ -20,5 +20,6 @@ pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod frame;
+pub mod record;
 pub mod server;
 pub mod stream;

@@ -1014,6 +1014,47 @@ mod tests {
     }
 
     #[test]
+    fn large_frames_cross_the_record_layer_both_ways_intact() {
+        let cred = Credential::generate().unwrap();
+        let (_server, addr) = start(
+            Limits {
+                bulk_max: 4 << 20,
+                ..Limits::default()
+            },
+            Some(&cred),
+        );
+        let conn = connect(addr, Some(&cred));
+        for len in [1, 16 * 1024 - 1, 16 * 1024, 64 * 1024 + 3, 3 << 20] {
+            let bulk: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+            let (m, back) = conn
+                .call(&codec::encode(&7u64), &bulk, Duration::from_secs(10))
+                .unwrap();
+            assert_eq!(codec::decode::<u64>(&m).unwrap(), 7);
+            assert!(back == bulk, "{len} bytes came back altered");
+        }
+    }
+
+    #[test]
+    fn a_peer_that_does_not_name_the_record_layer_is_refused() {
+        let cred = Credential::generate().unwrap();
+        let (server, addr) = start(Limits::default(), Some(&cred));
+        let base = cred.client_config(Role::Mount).unwrap();
+        for alpn in [vec![], vec![b"http/1.1".to_vec()]] {
+            let mut config = (*base).clone();
+            config.alpn_protocols = alpn.clone();
+            let r = Conn::connect(
+                &addr,
+                Some(Arc::new(config)),
+                Instant::now() + Duration::from_secs(10),
+            );
+            assert!(r.is_err(), "ALPN {alpn:?} was served");
+        }
+        assert_eq!(server.stats.requests.load(Ordering::SeqCst), 0);
+        // The same client naming it is served.
+        assert_eq!(echo(&connect(addr, Some(&cred)), 5).unwrap(), 5);
+    }
+
+    #[test]
     fn a_frame_that_arrives_too_slowly_closes_only_its_connection() {
         let limits = Limits {
             frame_timeout: Duration::from_millis(300),

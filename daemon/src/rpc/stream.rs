@@ -2,21 +2,24 @@
 //! operator said so, plain TCP), usable by a reading thread and writing
 //! threads at once.
 //!
-//! The socket is non-blocking after the handshake. A reader waits in
-//! `poll(2)` without holding the TLS state, then takes it for the moment
-//! it needs to decrypt; a writer takes it to encrypt and send. So a reply
-//! can be written while another thread waits for the next request, which
-//! the multiplexed connections of [`super::client`] and [`super::server`]
-//! need. Every wait has a deadline.
+//! rustls does the handshake; the bytes then travel in the records of
+//! [`super::record`], sealed with the keys the handshake agreed. The
+//! socket is non-blocking after the handshake. The receiving and sending
+//! directions have their own state and lock, so a reply can be written
+//! while another thread waits for the next request, which the multiplexed
+//! connections of [`super::client`] and [`super::server`] need. Every wait
+//! has a deadline.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
+
+use super::record::{self, Opener, Sealer};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags};
 
-/// Bytes read at most per system call.
+/// Bytes read at most per system call (plain streams).
 const READ_CHUNK: usize = 16 * 1024;
 
 thread_local! {
@@ -29,16 +32,22 @@ thread_local! {
 pub struct Stream {
     sock: TcpStream,
     peer: SocketAddr,
-    tls: Option<Mutex<rustls::Connection>>,
-    /// Serializes writers of a plain stream (TLS ones hold `tls`).
+    records: Option<Records>,
+    /// Serializes writers of a plain stream (others hold their `tx`).
     plain_writer: Mutex<()>,
+}
+
+/// The two directions of a connection's records.
+struct Records {
+    rx: Mutex<Opener>,
+    tx: Mutex<Sealer>,
 }
 
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stream")
             .field("peer", &self.peer)
-            .field("tls", &self.tls.is_some())
+            .field("tls", &self.records.is_some())
             .finish()
     }
 }
@@ -52,20 +61,6 @@ fn timed_out(what: &str) -> io::Error {
 }
 
 /// Whether decrypted bytes wait in the TLS state.
-trait Plaintext {
-    fn wants_read_plaintext_available(&mut self) -> bool;
-}
-
-impl Plaintext for rustls::Connection {
-    fn wants_read_plaintext_available(&mut self) -> bool {
-        // `process_new_packets` reports decrypted bytes not yet read.
-        self.process_new_packets()
-            .map(|state| state.plaintext_bytes_to_read() > 0)
-            .unwrap_or(true)
-    }
-}
-
-/// Blocking socket timeouts for the handshake, from a deadline.
 fn handshake_timeouts(sock: &TcpStream, deadline: Instant) -> io::Result<()> {
     let left = deadline
         .checked_duration_since(Instant::now())
@@ -88,8 +83,35 @@ fn handshake(sock: &mut TcpStream, conn: &mut rustls::Connection, deadline: Inst
     Ok(())
 }
 
+/// After the handshake: the record layer's keys (see [`super::record`]).
+fn into_records(conn: rustls::Connection) -> io::Result<(Opener, Sealer)> {
+    if conn.alpn_protocol() != Some(record::ALPN) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the peer does not speak this version's record layer (an older xfused?)",
+        ));
+    }
+    let secrets = conn
+        .dangerous_extract_secrets()
+        .map_err(|e| io::Error::other(format!("taking the handshake's keys: {e}")))?;
+    Ok((
+        Opener::new(secrets.rx.0, secrets.rx.1)?,
+        Sealer::new(secrets.tx.0, secrets.tx.1)?,
+    ))
+}
+
+/// Reads from `sock` into the spare capacity of `buf`.
+fn read_some(sock: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        match rustix::io::read(sock, rustix::buffer::spare_capacity(buf)) {
+            Err(rustix::io::Errno::INTR) => {}
+            r => return r.map_err(io::Error::from),
+        }
+    }
+}
+
 impl Stream {
-    fn new(sock: TcpStream, tls: Option<rustls::Connection>) -> io::Result<Stream> {
+    fn new(sock: TcpStream, records: Option<(Opener, Sealer)>) -> io::Result<Stream> {
         let peer = sock.peer_addr()?;
         sock.set_read_timeout(None)?;
         sock.set_write_timeout(None)?;
@@ -97,7 +119,10 @@ impl Stream {
         Ok(Stream {
             sock,
             peer,
-            tls: tls.map(Mutex::new),
+            records: records.map(|(rx, tx)| Records {
+                rx: Mutex::new(rx),
+                tx: Mutex::new(tx),
+            }),
             plain_writer: Mutex::new(()),
         })
     }
@@ -116,9 +141,35 @@ impl Stream {
         let mut conn = rustls::ClientConnection::new(config, super::auth::service_name())
             .map(rustls::Connection::Client)
             .map_err(io::Error::other)?;
-        conn.set_buffer_limit(None);
         handshake(&mut sock, &mut conn, deadline)?;
-        Stream::new(sock, Some(conn))
+        let (mut rx, tx) = into_records(conn)?;
+        // The service speaks first (see `super::record`).
+        loop {
+            if let Some(plain) = rx.open_next()? {
+                if plain != record::READY {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the service's first record is not the expected one",
+                    ));
+                }
+                break;
+            }
+            handshake_timeouts(&sock, deadline)?;
+            let n = rx.read_from(&mut |buf| read_some(&sock, buf)).map_err(|e| {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    timed_out("TLS handshake")
+                } else {
+                    e
+                }
+            })?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the service closed the connection after the handshake",
+                ));
+            }
+        }
+        Stream::new(sock, Some((rx, tx)))
     }
 
     /// The server side: TLS with `config` (requiring a client certificate
@@ -136,13 +187,15 @@ impl Stream {
         let mut conn = rustls::ServerConnection::new(config)
             .map(rustls::Connection::Server)
             .map_err(io::Error::other)?;
-        conn.set_buffer_limit(None);
         handshake(&mut sock, &mut conn, deadline)?;
         let cert = conn
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| c.clone().into_owned());
-        Ok((Stream::new(sock, Some(conn))?, cert))
+        let (rx, mut tx) = into_records(conn)?;
+        handshake_timeouts(&sock, deadline)?;
+        tx.seal(&[record::READY], &mut |bytes| (&sock).write_all(bytes))?;
+        Ok((Stream::new(sock, Some((rx, tx)))?, cert))
     }
 
     /// The peer's address.
@@ -176,6 +229,14 @@ impl Stream {
 
     /// Whether bytes wait to be read (without waiting for them).
     pub fn readable_now(&self) -> bool {
+        if let Some(records) = &self.records {
+            // A reader holds the lock: it reads what is there.
+            if let Ok(rx) = records.rx.try_lock() {
+                if rx.has_record().unwrap_or(true) {
+                    return true;
+                }
+            }
+        }
         let mut fds = [PollFd::new(&self.sock, PollFlags::IN)];
         let zero = rustix::event::Timespec {
             tv_sec: 0,
@@ -193,9 +254,9 @@ impl Stream {
         feed: &mut dyn FnMut(&[u8]) -> io::Result<bool>,
         deadline: Option<Instant>,
     ) -> io::Result<usize> {
-        match &self.tls {
+        match &self.records {
             None => CHUNK.with(|chunk| self.read_plain(&mut chunk.borrow_mut(), feed, deadline)),
-            Some(tls) => self.read_tls(tls, feed, deadline),
+            Some(records) => self.read_records(&mut lock(&records.rx), feed, deadline),
         }
     }
 
@@ -228,72 +289,34 @@ impl Stream {
         }
     }
 
-    fn read_tls(
+    fn read_records(
         &self,
-        tls: &Mutex<rustls::Connection>,
+        rx: &mut Opener,
         feed: &mut dyn FnMut(&[u8]) -> io::Result<bool>,
         deadline: Option<Instant>,
     ) -> io::Result<usize> {
-        // As for plain reads: wait first, unless decrypted bytes are held.
-        if !lock(tls).wants_read_plaintext_available() {
-            self.wait(PollFlags::IN, deadline, "reading")?;
-        }
         let mut total = 0;
         loop {
-            {
-                let mut tls = lock(tls);
-                // Decrypted bytes go to `feed` as they lie in the TLS
-                // state, not through a buffer of ours.
-                loop {
-                    let mut reader = tls.reader();
-                    match reader.fill_buf() {
-                        Ok([]) => return Ok(total),
-                        Ok(bytes) => {
-                            let n = bytes.len();
-                            let more = feed(bytes)?;
-                            reader.consume(n);
-                            total += n;
-                            if !more {
-                                return Ok(total);
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Err(e),
-                    }
-                }
-                match tls.read_tls(&mut &self.sock) {
-                    Ok(0) => {
-                        // The end: what is decrypted is read first.
-                        tls.process_new_packets()
-                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                        continue;
-                    }
-                    Ok(_) => {
-                        tls.process_new_packets()
-                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                        // Alerts or key updates to answer go out now,
-                        // as far as the socket takes them.
-                        while tls.wants_write() {
-                            match tls.write_tls(&mut &self.sock) {
-                                Ok(_) => {}
-                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                                Err(e) => return Err(e),
-                            }
-                        }
-                        continue;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
+            while let Some(plain) = rx.open_next()? {
+                total += plain.len();
+                if !plain.is_empty() && !feed(plain)? {
+                    return Ok(total);
                 }
             }
-            self.wait(PollFlags::IN, deadline, "reading")?;
+            match rx.read_from(&mut |buf| read_some(&self.sock, buf)) {
+                Ok(0) => return Ok(total),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait(PollFlags::IN, deadline, "reading")?
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
     /// Writes `parts`, one after another, by the deadline: a frame's
-    /// header, message and bulk go as they are, gathered by the TLS layer
-    /// (or by writev(2)), not first copied into one buffer.
+    /// header, message and bulk go as they are, sealed as records (or
+    /// gathered by writev(2)), not first copied into one buffer.
     pub fn write_parts(&self, parts: &[&[u8]], deadline: Instant) -> io::Result<()> {
         let mut slices: Vec<io::IoSlice<'_>> = parts
             .iter()
@@ -301,7 +324,7 @@ impl Stream {
             .map(|p| io::IoSlice::new(p))
             .collect();
         let mut rest = &mut slices[..];
-        match &self.tls {
+        match &self.records {
             None => {
                 let _writer = lock(&self.plain_writer);
                 while !rest.is_empty() {
@@ -317,25 +340,16 @@ impl Stream {
                 }
                 Ok(())
             }
-            Some(tls) => {
-                let mut tls = lock(tls);
-                while !rest.is_empty() {
-                    // Unlimited buffering (see `client`): takes all.
-                    match tls.writer().write_vectored(rest)? {
-                        0 => return Err(io::ErrorKind::WriteZero.into()),
-                        n => io::IoSlice::advance_slices(&mut rest, n),
-                    }
-                }
-                self.flush_tls(&mut tls, deadline)
-            }
+            Some(records) => lock(&records.tx).seal(parts, &mut |bytes| self.send(bytes, deadline)),
         }
     }
 
-    /// Sends what the TLS state holds encrypted, by the deadline.
-    fn flush_tls(&self, tls: &mut rustls::Connection, deadline: Instant) -> io::Result<()> {
-        while tls.wants_write() {
-            match tls.write_tls(&mut &self.sock) {
-                Ok(_) => {}
+    /// Writes all of `bytes` by the deadline.
+    fn send(&self, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+        while !bytes.is_empty() {
+            match (&self.sock).write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.wait(PollFlags::OUT, Some(deadline), "writing")?
                 }
