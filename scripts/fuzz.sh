@@ -2,7 +2,7 @@
 # Coverage-guided fuzzing of one target with AFL++ (through cargo-afl, on
 # the stable toolchain):
 #
-#   scripts/fuzz.sh TARGET SECONDS      TARGET: request, ring, virtio, service
+#   scripts/fuzz.sh TARGET SECONDS      TARGET: request, ring, virtio, service, records
 #
 # Installs cargo-afl and builds AFL++ if missing, builds the target's
 # harness (fuzz/afl), fuzzes for SECONDS starting from the committed corpus
@@ -19,7 +19,7 @@
 # last run). Two targets may run at once (each takes one core).
 set -euo pipefail
 
-targets=(request ring virtio service)
+targets=(request ring virtio service records)
 CORPUS_FILES_MAX=${CORPUS_FILES_MAX:-2000}
 CORPUS_BYTES_MAX=${CORPUS_BYTES_MAX:-524288}
 CORPUS_FILE_BYTES_MAX=${CORPUS_FILE_BYTES_MAX:-16384}
@@ -60,7 +60,7 @@ fi
 
 echo "== build the $target harness"
 features=()
-[[ $target == service ]] && features=(--features service)
+[[ $target == service || $target == records ]] && features=(--features service)
 (cd "$repo/fuzz/afl" && CARGO_TARGET_DIR=$afl_dir cargo afl build --release --locked --bin "$target" "${features[@]}")
 harness=$afl_dir/release/$target
 

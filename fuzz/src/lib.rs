@@ -9,7 +9,8 @@
 //!   dispatcher on a filesystem double, and `request::Args` against a model;
 //! - [`ring`]: FUSE-over-io_uring ring entries through a ring worker;
 //! - [`virtio`]: virtqueue descriptor chains through `ChainLayout`;
-//! - [`service`]: the service protocol's frames and messages.
+//! - [`service`]: the service protocol's frames and messages;
+//! - [`records`]: the record layer under them.
 //!
 //! Two halves, so the workspace builds and tests without a fuzzer: this
 //! crate (a workspace member) holds the targets, the seed inputs and a
@@ -24,6 +25,8 @@
 
 pub mod alloc;
 pub mod fs;
+#[cfg(feature = "service")]
+pub mod records;
 pub mod request;
 pub mod ring;
 pub mod seeds;
@@ -47,6 +50,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("virtio", virtio::virtio),
     #[cfg(feature = "service")]
     ("service", service::service),
+    #[cfg(feature = "service")]
+    ("records", records::records),
 ];
 
 /// The target called `name`.

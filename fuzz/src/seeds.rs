@@ -20,6 +20,8 @@ pub fn seeds(name: &str) -> Vec<(String, Vec<u8>)> {
         "virtio" => virtio(),
         #[cfg(feature = "service")]
         "service" => service(),
+        #[cfg(feature = "service")]
+        "records" => records(),
         _ => Vec::new(),
     }
 }
@@ -434,4 +436,50 @@ fn service() -> Vec<(String, Vec<u8>)> {
     .concat();
     out.push(("two-frames".into(), [&[0x06][..], &two].concat()));
     out
+}
+
+/// Frames to seal (bit 0 of the mode set) and streams as received: sealed
+/// ones, one cut short, one altered, one with a length past the bound.
+#[cfg(feature = "service")]
+fn records() -> Vec<(String, Vec<u8>)> {
+    use xfused::rpc::record::{test_secrets, Sealer, RECORD_MAX};
+    let sealed = |parts: &[&[u8]]| {
+        let mut s = Sealer::new(0, test_secrets([0x5a; 32], [0xa5; 12])).expect("a valid key");
+        let mut wire = Vec::new();
+        s.seal(parts, &mut |b| {
+            wire.extend_from_slice(b);
+            Ok(())
+        })
+        .expect("sealing into memory");
+        wire
+    };
+    let with_mode = |mode: u8, rest: &[u8]| [&[mode][..], rest].concat();
+    let header = b"header of 24 bytes......";
+    let bulk = vec![0x33u8; 20_000];
+    let two = sealed(&[header, b"message", &bulk]);
+    let mut altered = two.clone();
+    altered[10] ^= 1;
+    let too_long = u32::try_from(RECORD_MAX + 1).expect("small").to_le_bytes();
+    vec![
+        (
+            "frames-small".into(),
+            with_mode(1, b"header\xffmessage\xfdsecond"),
+        ),
+        (
+            "frames-long-part".into(),
+            with_mode(1 | (7 << 1), b"head\xff\xfebulk-bytes\xffafter"),
+        ),
+        (
+            "frames-empty-parts".into(),
+            with_mode(1 | (1 << 1), b"\xff\xff\xfdx"),
+        ),
+        ("stream-sealed".into(), with_mode(0, &two)),
+        (
+            "stream-sealed-bytewise".into(),
+            with_mode(0, &sealed(&[header, b"m"])),
+        ),
+        ("stream-cut".into(), with_mode(2 << 1, &two[..two.len() - 5])),
+        ("stream-altered".into(), with_mode(0, &altered)),
+        ("stream-too-long".into(), with_mode(0, &too_long)),
+    ]
 }

@@ -52,6 +52,9 @@ const TAG: usize = 16;
 const SEND_BATCH: usize = 256 * 1024;
 /// Bytes read at least per system call.
 const READ_MIN: usize = 16 * 1024;
+/// Bytes an [`Opener`] holds at most: one record begun and one read past
+/// it (the buffer's spare capacity, which reads fill, may double).
+pub const OPENER_HELD_MAX: usize = 2 * (PREFIX + RECORD_MAX + TAG + READ_MIN);
 
 /// One direction's key, IV and next sequence number.
 struct Keys {
@@ -130,6 +133,15 @@ pub struct Sealer {
     buf: Vec<u8>,
     /// Where the record being filled starts in `buf`.
     open: Option<usize>,
+}
+
+/// AES-256-GCM secrets made of `key` and `iv` (for tests and fuzzing;
+/// connections take theirs from the handshake).
+pub fn test_secrets(key: [u8; 32], iv: [u8; NONCE_LEN]) -> rustls::ConnectionTrafficSecrets {
+    rustls::ConnectionTrafficSecrets::Aes256Gcm {
+        key: rustls::crypto::cipher::AeadKey::from(key),
+        iv: rustls::crypto::cipher::Iv::from(iv),
+    }
 }
 
 impl Sealer {
@@ -234,12 +246,22 @@ impl Opener {
         self.start < self.buf.len()
     }
 
+    /// How many bytes wait here unopened.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
     /// The whole length of the next record, once its prefix is in.
     fn next_len(&self) -> io::Result<Option<usize>> {
         let Some(prefix) = self.buf.get(self.start..self.start + PREFIX) else {
             return Ok(None);
         };
         let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        if len == 0 {
+            // Never sealed (a record is closed only with bytes in it): a
+            // stream of them would keep a reader busy without a byte.
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "an empty record"));
+        }
         if len > RECORD_MAX {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -308,10 +330,7 @@ mod tests {
     use super::*;
 
     fn secrets(byte: u8) -> rustls::ConnectionTrafficSecrets {
-        rustls::ConnectionTrafficSecrets::Aes256Gcm {
-            key: rustls::crypto::cipher::AeadKey::from([byte; 32]),
-            iv: rustls::crypto::cipher::Iv::from([byte; 12]),
-        }
+        test_secrets([byte; 32], [byte; 12])
     }
 
     fn pair() -> (Sealer, Opener) {
@@ -429,15 +448,20 @@ mod tests {
     }
 
     #[test]
-    fn a_record_longer_than_the_bound_is_refused_before_it_is_read() {
-        let mut o = Opener::new(0, secrets(1)).unwrap();
-        let prefix = u32::try_from(RECORD_MAX + 1).unwrap().to_le_bytes();
-        o.read_from(&mut |buf| {
-            buf.extend_from_slice(&prefix);
-            Ok(4)
-        })
-        .unwrap();
-        assert!(o.open_next().is_err());
-        assert!(o.read_from(&mut |_| Ok(0)).is_err());
+    fn records_longer_than_the_bound_or_empty_are_refused_before_they_are_read() {
+        for len in [RECORD_MAX + 1, 0] {
+            let mut o = Opener::new(0, secrets(1)).unwrap();
+            let prefix = u32::try_from(len).unwrap().to_le_bytes();
+            o.read_from(&mut |buf| {
+                buf.extend_from_slice(&prefix);
+                Ok(4)
+            })
+            .unwrap();
+            assert!(o.open_next().is_err(), "a record of {len} bytes");
+            assert!(o.read_from(&mut |_| Ok(0)).is_err());
+        }
+        // A sealer makes none.
+        let (mut s, _) = pair();
+        assert!(sealed(&mut s, &[&[], &[]]).is_empty());
     }
 }
