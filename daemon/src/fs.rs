@@ -56,6 +56,12 @@ const READDIR_BATCH: usize = 128;
 /// Largest read or write served at once (the kernel's max_write is lower).
 const IO_LEN_MAX: u32 = 16 << 20;
 
+thread_local! {
+    /// Where a FUSE thread takes a write's data from the kernel's request:
+    /// zeroed once, up to the largest write, not once per write.
+    static WRITE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Settings of a [`MetaFs`].
 #[derive(Debug, Clone)]
 pub struct MetaFsConfig {
@@ -662,16 +668,23 @@ impl FileSystem for MetaFs {
             .filter(|end| *end <= FILE_SIZE_MAX_BYTES)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
         let rec = self.write_rec(inode)?;
-        let mut buf = vec![0u8; size as usize];
-        r.read_exact(&mut buf)?;
-        if rec.kind() != libc::S_IFREG {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        self.data.write(inode, &rec, offset, &buf)?;
-        let noted = self.meta.note_write(inode, handle, end).map_err(io_err);
-        self.changed(inode);
-        noted?;
-        Ok(buf.len())
+        WRITE_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let size = size as usize;
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            let data = &mut buf[..size];
+            r.read_exact(data)?;
+            if rec.kind() != libc::S_IFREG {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            self.data.write(inode, &rec, offset, data)?;
+            let noted = self.meta.note_write(inode, handle, end).map_err(io_err);
+            self.changed(inode);
+            noted?;
+            Ok(size)
+        })
     }
 
     /// See the module docs. Like a write, it needs a session opened for
