@@ -58,7 +58,8 @@ const IO_LEN_MAX: u32 = 16 << 20;
 
 thread_local! {
     /// Where a FUSE thread takes a write's data from the kernel's request:
-    /// zeroed once, up to the largest write, not once per write.
+    /// zeroed once, up to the largest write it has served (at most
+    /// [`IO_LEN_MAX`]), not once per write.
     static WRITE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 

@@ -11,13 +11,13 @@
 //! has a deadline.
 
 use std::io::{self, Read, Write};
-
-use super::record::{self, Opener, Sealer};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags};
+
+use super::record::{self, Opener, Sealer};
 
 /// Bytes read at most per system call (plain streams).
 const READ_CHUNK: usize = 16 * 1024;
@@ -60,7 +60,7 @@ fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("{what}: deadline passed"))
 }
 
-/// Whether decrypted bytes wait in the TLS state.
+/// Blocking socket timeouts for the handshake, from a deadline.
 fn handshake_timeouts(sock: &TcpStream, deadline: Instant) -> io::Result<()> {
     let left = deadline
         .checked_duration_since(Instant::now())
@@ -318,14 +318,14 @@ impl Stream {
     /// header, message and bulk go as they are, sealed as records (or
     /// gathered by writev(2)), not first copied into one buffer.
     pub fn write_parts(&self, parts: &[&[u8]], deadline: Instant) -> io::Result<()> {
-        let mut slices: Vec<io::IoSlice<'_>> = parts
-            .iter()
-            .filter(|p| !p.is_empty())
-            .map(|p| io::IoSlice::new(p))
-            .collect();
-        let mut rest = &mut slices[..];
         match &self.records {
             None => {
+                let mut slices: Vec<io::IoSlice<'_>> = parts
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .map(|p| io::IoSlice::new(p))
+                    .collect();
+                let mut rest = &mut slices[..];
                 let _writer = lock(&self.plain_writer);
                 while !rest.is_empty() {
                     match (&self.sock).write_vectored(rest) {
