@@ -99,6 +99,6 @@ pub use namespace::{Answer, Call, Namespace};
 pub use ops::take_changed_dirs;
 pub use ops::{
     access, relatime_due, rename_flags, xattr_flags, Caller, Clock, DirItem, Meta, MetaConfig, MetaError,
-    Outcome, Reclaim, Recorder, SetAttr, SystemClock, TimeSet, Usage, FILE_SIZE_MAX_BYTES, GROUPS_MAX,
-    LINK_MAX, REPLICAS_MAX, REPLICAS_XATTR, XATTRS_MAX,
+    Outcome, Reclaim, Record, Recorder, SetAttr, SystemClock, TimeSet, Usage, FILE_SIZE_MAX_BYTES,
+    GROUPS_MAX, LINK_MAX, REPLICAS_MAX, REPLICAS_XATTR, XATTRS_MAX,
 };

@@ -102,11 +102,19 @@ macro_rules! namespace_api {
             }
 
             /// How to record this call's value as its outcome: the
-            /// `Answer` it makes, encoded.
+            /// `Answer` it makes, encoded, unless [`Answer::needs_record`]
+            /// says a resend finds what it needs without.
             pub fn recorder(&self) -> super::Recorder {
                 match self {
                     $( Call::$Variant { .. } => |value| {
-                        value.downcast_ref::<$ret>().map(|v| postcard::to_allocvec(&Answer::$Variant(v.clone())).expect("answers encode"))
+                        let Some(v) = value.downcast_ref::<$ret>() else {
+                            return super::Record::Mistyped;
+                        };
+                        let answer = Answer::$Variant(v.clone());
+                        if !answer.needs_record() {
+                            return super::Record::Unneeded;
+                        }
+                        super::Record::Outcome(postcard::to_allocvec(&answer).expect("answers encode"))
                     }, )*
                 }
             }
@@ -135,6 +143,23 @@ macro_rules! namespace_api {
                 match self {
                     $( Call::$Variant { $($arg),* } => Ok(Answer::$Variant(ns.$name($(namespace_api!(@lend $arg $(, $wty)?)),*)?)), )*
                 }
+            }
+        }
+
+        impl Answer {
+            /// Whether a change that answered this must record it for a
+            /// resend (after a lost reply) to answer the same. Two need
+            /// not, and skip the record's write and its later deletion on
+            /// the two calls every open file makes:
+            /// - an open: its session, under a handle made from the
+            ///   change's number, shows it was done ([`Meta::open`]);
+            /// - a close that deleted no file: run again, it finds its
+            ///   session gone and answers `None` again, and can delete
+            ///   nothing, as a file without links exists only while a
+            ///   session holds it. A close that deleted a file is recorded,
+            ///   so its data is still handed back.
+            fn needs_record(&self) -> bool {
+                !matches!(self, Answer::Open(_) | Answer::Release(None))
             }
         }
 
@@ -240,8 +265,8 @@ mod tests {
     use crate::meta::{SetAttr, SystemClock};
 
     /// A recorder for tests that never replay.
-    fn any(_: &dyn std::any::Any) -> Option<Vec<u8>> {
-        Some(Vec::new())
+    fn any(_: &dyn std::any::Any) -> crate::meta::Record {
+        crate::meta::Record::Outcome(Vec::new())
     }
 
     /// A sync sent to a service runs the service's engine's sync: an
@@ -280,6 +305,9 @@ mod tests {
                 .unwrap();
             let again = match meta.exactly_once(seq, true, 0..0, call.recorder(), |m| call.clone().run(m)) {
                 Err(MetaError::Done(outcome)) => call.done_answer(&outcome).unwrap(),
+                // Not recorded: found done by its own writes (checked
+                // below: nothing ran twice).
+                Ok(answer) if !answer.needs_record() => answer,
                 other => panic!("{} ran twice: {other:?}", call.name()),
             };
             assert_eq!(first, again, "{}", call.name());
@@ -372,6 +400,104 @@ mod tests {
             .scan(&prefix, &crate::meta::schema::prefix_end(&prefix), 10)
             .unwrap();
         assert!(left.is_empty(), "{} outcomes left", left.len());
+    }
+
+    /// An open and a close that deletes nothing record no outcome, yet a
+    /// resend of either (its reply lost) answers what the first run did
+    /// and changes nothing: the open finds its session under the handle
+    /// its number made; the close finds its session gone. A resend of a
+    /// change that never arrived runs it.
+    #[test]
+    fn an_open_and_a_close_sent_again_run_once_without_a_record() {
+        let engine: Arc<dyn crate::meta::kv::KvEngine> = Arc::new(MemEngine::new());
+        let meta = Meta::connect(engine.clone(), Default::default(), Arc::new(SystemClock)).unwrap();
+        let (f, _) = meta
+            .mknod(&Caller::ROOT, 1, b"f", libc::S_IFREG | 0o644, 0, &[], false)
+            .map(|(ino, rec, _)| (ino, rec))
+            .unwrap();
+        let run = |seq: u64, resent: bool, call: &Call| {
+            meta.exactly_once(seq, resent, 0..0, call.recorder(), |m| call.clone().run(m))
+        };
+        let sessions = || {
+            let prefix = crate::meta::schema::open_prefix(f);
+            let end = crate::meta::schema::prefix_end(&prefix);
+            engine.scan(&prefix, &end, 100).unwrap().len()
+        };
+        let recorded = |seq: u64| {
+            engine
+                .get(&crate::meta::schema::done_key(meta.client_id(), seq))
+                .unwrap()
+                .is_some()
+        };
+        let open = Call::Open {
+            caller: Caller::ROOT,
+            ino: f,
+            read: true,
+            write: true,
+        };
+        // Sent for the first time as a resend (the first sending was lost
+        // on the way): it runs.
+        let Ok(Answer::Open((_, h))) = run(7, true, &open) else {
+            panic!("open")
+        };
+        assert_eq!(h, crate::meta::ops::SEQ_HANDLE | 7);
+        let Ok(Answer::Open((_, again))) = run(7, true, &open) else {
+            panic!("open again")
+        };
+        assert_eq!((again, sessions(), recorded(7)), (h, 1, false));
+        // A resend answers from the session even if the open would now
+        // be refused: the caller was allowed when it ran.
+        let alice = Caller {
+            uid: 1000,
+            gid: 1000,
+            groups: Vec::new(),
+            check: true,
+            umask: 0,
+        };
+        let by_alice = Call::Open {
+            caller: alice,
+            ino: f,
+            read: true,
+            write: false,
+        };
+        let Ok(Answer::Open((_, ha))) = run(6, false, &by_alice) else {
+            panic!("open by alice")
+        };
+        let none = SetAttr {
+            mode: Some(0),
+            ..SetAttr::default()
+        };
+        meta.setattr(&Caller::ROOT, f, &none).unwrap();
+        assert!(matches!(run(6, true, &by_alice), Ok(Answer::Open((_, again))) if again == ha));
+        meta.release(f, ha).unwrap();
+        // Its session works: a write through it.
+        meta.note_write(f, h, 3).unwrap();
+        let release = Call::Release { ino: f, handle: h };
+        assert_eq!(run(8, false, &release), Ok(Answer::Release(None)));
+        assert_eq!(run(8, true, &release), Ok(Answer::Release(None)));
+        assert_eq!((sessions(), recorded(8)), (0, false));
+        assert_eq!(meta.getattr(f).unwrap().nlink, 1, "the file stays");
+
+        // A close that deletes the file records what it freed, and a
+        // resend hands that back rather than nothing.
+        let Ok(Answer::Open((_, h))) = run(9, false, &open) else {
+            panic!("open")
+        };
+        meta.unlink(&Caller::ROOT, 1, b"f").unwrap();
+        let release = Call::Release { ino: f, handle: h };
+        let Ok(Answer::Release(Some(freed))) = run(10, false, &release) else {
+            panic!("the last close frees the file")
+        };
+        assert!(recorded(10));
+        match run(10, true, &release) {
+            Err(MetaError::Done(outcome)) => {
+                assert_eq!(release.done_answer(&outcome), Ok(Answer::Release(Some(freed))))
+            }
+            other => panic!("the close ran twice: {other:?}"),
+        }
+        assert!(crate::meta::check::check_namespace(engine.as_ref())
+            .unwrap()
+            .is_empty());
     }
 
     /// A change deletes the outcomes it is told the client will not need.

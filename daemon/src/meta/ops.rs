@@ -68,9 +68,25 @@ pub enum MetaError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome(pub Vec<u8>);
 
-/// Encodes a change's value for its record; `None` if the value is not of
-/// the type the recorder expects.
-pub type Recorder = fn(&dyn std::any::Any) -> Option<Vec<u8>>;
+/// What a change's value leaves for a resend to find ([`Meta::exactly_once`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// Record this encoding of it as the change's outcome.
+    Outcome(Vec<u8>),
+    /// Nothing: the change's own writes show it was done, and a resend
+    /// that finds them answers as the first run did (an open's session,
+    /// [`Meta::open`]; a close that deleted nothing, [`Meta::release`]).
+    Unneeded,
+    /// The value is not of the type the recorder expects: a bug.
+    Mistyped,
+}
+
+/// The bit of an open handle that makes it a numbered change's
+/// ([`Meta::open`]); handles from the allocator stay below it.
+pub const SEQ_HANDLE: u64 = 1 << 63;
+
+/// Says what to record of a change's value.
+pub type Recorder = fn(&dyn std::any::Any) -> Record;
 
 impl MetaError {
     /// The errno to hand the kernel.
@@ -790,7 +806,8 @@ impl Meta {
 
     /// Open handles are `epoch << 32 | n` with an epoch from the store, so
     /// several handles on one client (services restarted or side by side)
-    /// never hand out the same handle.
+    /// never hand out the same handle. Handles with [`SEQ_HANDLE`] set are
+    /// numbered changes' ([`Meta::open`]), unique per client too.
     fn new_handle_epoch(&self) -> Result<(), MetaError> {
         let epoch = self.txn(|txn| {
             let key = vec![tag::HANDLE_ALLOC];
@@ -801,6 +818,11 @@ impl Meta {
             txn.put(key, schema::encode_u64(next + 1));
             Ok(next)
         })?;
+        if epoch << 32 >= SEQ_HANDLE {
+            return Err(MetaError::Corrupt(format!(
+                "open-handle epoch {epoch} is past the last one; the store's handle allocator is exhausted"
+            )));
+        }
         self.handle_next.store(epoch << 32 | 1, Ordering::Relaxed);
         Ok(())
     }
@@ -841,10 +863,11 @@ impl Meta {
             wrote = txn.has_writes();
             if wrote {
                 match (change.record)(&value) {
-                    Some(bytes) => txn.put(key.clone(), bytes),
+                    Record::Outcome(bytes) => txn.put(key.clone(), bytes),
+                    Record::Unneeded => {}
                     // A recorder for another type: a bug the namespace
                     // tests catch. The change still happens, unrecorded.
-                    None => tracing::error!(
+                    Record::Mistyped => tracing::error!(
                         "change {}: an outcome of type {} was not recorded",
                         change.seq,
                         std::any::type_name::<T>()
@@ -1675,6 +1698,12 @@ impl Meta {
 
     /// Opens `ino`: records an open-file session (so its data outlives an
     /// unlink until [`Meta::release`]). `write` asks for write access.
+    ///
+    /// Inside a numbered change ([`Meta::exactly_once`]) the handle is the
+    /// change's number (with [`SEQ_HANDLE`] set), so the session itself
+    /// shows the open was done: a resend that finds it answers with it,
+    /// and no outcome is recorded. An open costs its two session keys
+    /// and nothing more.
     pub fn open(
         &self,
         caller: &Caller,
@@ -1682,10 +1711,18 @@ impl Meta {
         read: bool,
         write: bool,
     ) -> Result<(InodeRec, u64), MetaError> {
-        let handle = self.handle_next.fetch_add(1, Ordering::Relaxed);
+        let (handle, resent) = match CHANGE.with(|c| c.get()) {
+            Some(change) if change.seq < SEQ_HANDLE => (SEQ_HANDLE | change.seq, change.resent),
+            Some(_) => return errno(libc::EINVAL),
+            None => (self.handle_next.fetch_add(1, Ordering::Relaxed), false),
+        };
         let client = self.client;
         self.txn(|txn| {
             let mut staged = Staged::default();
+            if resent && txn.get(&schema::open_key(ino, client, handle))?.is_some() {
+                // Done before, and its answer lost: the same session.
+                return Ok((staged.load(txn, ino)?.clone(), handle));
+            }
             let rec = staged.load(txn, ino)?;
             // A file without links is open somewhere (an orphan): Linux
             // opens it again through /proc/PID/fd, and so does this.
