@@ -152,6 +152,13 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
     let meta: Arc<dyn Namespace> = match parse_meta_url(&url)? {
         MetaUrl::Embedded(store) => {
             let engine = open_embedded(&store, spec.engine)?;
+            // The store is this process's alone (the engine locks it), so
+            // this client's open files need not be recorded in it until
+            // one is unlinked while open.
+            let config = MetaConfig {
+                local_sessions: true,
+                ..config
+            };
             Arc::new(
                 Meta::connect(Arc::new(engine), config, Arc::new(SystemClock))
                     .context("opening the namespace")?,

@@ -66,6 +66,10 @@ pub struct EmbeddedEngine {
     written: AtomicU64,
     synced: Mutex<u64>,
     gate: AttemptGate,
+    /// `xfused.lock` in the store, locked while this engine lives: one
+    /// process, one engine per store (two would corrupt it, and a mount's
+    /// sessions kept in the process rely on being the only client).
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for EmbeddedEngine {
@@ -94,9 +98,37 @@ fn split_version(stored: &[u8]) -> Result<(Vec<u8>, Version), KvError> {
     Ok((value.to_vec(), u64::from_le_bytes(v)))
 }
 
+/// Locks the store in `path` (created if missing) for this engine alone.
+fn lock_store(path: &Path) -> Result<std::fs::File, KvError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(path)
+        .map_err(|e| failed(&format!("creating the metadata store {}", path.display()), e))?;
+    let at = path.join("xfused.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&at)
+        .map_err(|e| failed(&format!("opening {}", at.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(KvError::Failed(format!(
+            "the metadata store in {} is in use by another xfused (mount or meta service); \
+             an embedded store serves one process at a time: stop the other, or share the \
+             namespace through `xfused meta` and `--meta tcp://`",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(failed(&format!("locking {}", at.display()), e)),
+    }
+}
+
 impl EmbeddedEngine {
     /// Opens (or creates) the store in directory `path`.
+    /// Fails if another engine, in this process or another, has it open.
     pub fn open(path: &Path, durability: Durability) -> Result<EmbeddedEngine, KvError> {
+        let lock = lock_store(path)?;
         let mut config = Config::new(path);
         if let Durability::Buffered { fsync_ms } = durability {
             config = config.fsync_ms(Some(fsync_ms.max(1)));
@@ -140,6 +172,7 @@ impl EmbeddedEngine {
             written: AtomicU64::new(0),
             synced: Mutex::new(0),
             gate: AttemptGate::default(),
+            _lock: lock,
         })
     }
 
@@ -252,5 +285,25 @@ impl KvEngine for EmbeddedEngine {
             self.sync_up_to(sequence)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store open in one engine cannot be opened by another (here or in
+    /// another process: the lock is the same), and can once it is closed.
+    #[test]
+    fn a_store_serves_one_engine_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = EmbeddedEngine::open(dir.path(), Durability::default()).unwrap();
+        match EmbeddedEngine::open(dir.path(), Durability::default()) {
+            Err(KvError::Failed(msg)) => assert!(msg.contains("in use by another xfused"), "{msg}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("opened twice"),
+        }
+        drop(first);
+        EmbeddedEngine::open(dir.path(), Durability::default()).unwrap();
     }
 }

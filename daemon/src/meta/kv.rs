@@ -343,6 +343,9 @@ pub fn retry<T, E: TxnError>(
             },
             Err(e) => Err(e),
         };
+        // What the attempt held of local sessions goes with it, before any
+        // backoff (meta::local).
+        super::local::end_attempt(result.is_ok());
         drop(attempt_guard);
         if matches!(&result, Err(e) if e.is_conflict()) {
             crate::metrics::counters::kv_conflict();

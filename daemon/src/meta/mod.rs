@@ -60,7 +60,7 @@
 //! | `D shard parent name` | [`schema::DentryRec`] (ino, type, cookie) | entries by name: lookup |
 //! | `L shard parent cookie` | [`schema::ListingRec`] (ino, type, name) | entries by cookie: readdir is one range scan from a cookie |
 //! | `X shard ino name` | value | extended attributes |
-//! | `O shard ino client handle` | empty | open-file sessions of an inode |
+//! | `O shard ino client handle` | empty | open-file sessions of an inode (a client with [`MetaConfig::local_sessions`], an embedded mount, writes its own only when the file is unlinked while open: see [`local`]) |
 //! | `P client ino handle` | empty | the same sessions by client, to reap a dead client's |
 //! | `G ino` | empty, or `tmpfile` | orphans: inodes without links kept for open files; `tmpfile` marks an `O_TMPFILE` file never named, which LINK may name |
 //! | `K shard` | [`schema::CounterRec`] | statfs counters, 16 shards |
@@ -85,6 +85,7 @@ pub mod check;
 pub mod embedded;
 pub mod etcd;
 pub mod kv;
+pub mod local;
 pub mod mem;
 pub mod namespace;
 mod ops;

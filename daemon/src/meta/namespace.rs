@@ -102,7 +102,7 @@ macro_rules! namespace_api {
             }
 
             /// How to record this call's value as its outcome: the
-            /// `Answer` it makes, encoded, unless [`Answer::needs_record`]
+            /// `Answer` it makes, encoded, unless `Answer::needs_record`
             /// says a resend finds what it needs without.
             pub fn recorder(&self) -> super::Recorder {
                 match self {

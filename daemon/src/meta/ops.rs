@@ -15,6 +15,7 @@ use std::time::Duration;
 use xfuse::acl::{self, Acl};
 
 use super::kv::{retry, KvEngine, KvError, RetryPolicy, Txn, TxnError};
+use super::local::{self, LocalSessions};
 use super::schema::{
     self, tag, CounterRec, DentryRec, InodeRec, ListingRec, SchemaError, Timestamp, ROOT_INO,
 };
@@ -357,6 +358,11 @@ pub struct MetaConfig {
     /// A client whose lease is older than this is considered dead and its
     /// open-file sessions are reaped.
     pub lease: Duration,
+    /// Keep this client's open-file sessions in the process until a file
+    /// is unlinked while open ([`super::local`]): an open and a close then
+    /// write nothing. Only for the store's one client (an embedded mount):
+    /// another client's unlink would not see them.
+    pub local_sessions: bool,
 }
 
 impl Default for MetaConfig {
@@ -365,6 +371,7 @@ impl Default for MetaConfig {
             chunk_size_bytes: 1 << 20,
             retry: RetryPolicy::default(),
             lease: Duration::from_secs(30),
+            local_sessions: false,
         }
     }
 }
@@ -377,6 +384,9 @@ pub struct Meta {
     client: u64,
     ino_pool: Mutex<(u64, u64)>,
     handle_next: AtomicU64,
+    /// This client's sessions kept in the process, if
+    /// [`MetaConfig::local_sessions`].
+    local: Option<Arc<LocalSessions>>,
 }
 
 impl fmt::Debug for Meta {
@@ -699,7 +709,8 @@ fn drop_link(
     if nlink > 0 {
         return Ok(None);
     }
-    if has_sessions(txn, ino, None)? {
+    // This client's sessions kept in the process go to the store now.
+    if local::write_sessions_of(txn, ino)? || has_sessions(txn, ino, None)? {
         txn.put(schema::orphan_key(ino), Vec::new());
         return Ok(None);
     }
@@ -736,6 +747,7 @@ impl Meta {
             client: 0,
             ino_pool: Mutex::new((0, 0)),
             handle_next: AtomicU64::new(1),
+            local: None,
         };
         let now = meta.clock.now();
         meta.txn(|txn| {
@@ -777,6 +789,9 @@ impl Meta {
         })?;
         meta.heartbeat()?;
         meta.new_handle_epoch()?;
+        if meta.config.local_sessions {
+            meta.local = Some(Arc::new(LocalSessions::new(meta.client)));
+        }
         Ok(meta)
     }
 
@@ -789,6 +804,9 @@ impl Meta {
         clock: Arc<dyn Clock>,
         client: u64,
     ) -> Result<Meta, MetaError> {
+        let local = config
+            .local_sessions
+            .then(|| Arc::new(LocalSessions::new(client)));
         let meta = Meta {
             engine,
             config,
@@ -796,6 +814,7 @@ impl Meta {
             client,
             ino_pool: Mutex::new((0, 0)),
             handle_next: AtomicU64::new(1),
+            local,
         };
         if meta.engine.get(&schema::client_key(client))?.is_none() {
             return errno(libc::ESTALE);
@@ -827,6 +846,12 @@ impl Meta {
         Ok(())
     }
 
+    /// Open handles kept in the process ([`MetaConfig::local_sessions`]),
+    /// if it keeps them.
+    pub fn local_sessions_held(&self) -> Option<usize> {
+        self.local.as_ref().map(|l| l.count())
+    }
+
     /// This client's id.
     pub fn client_id(&self) -> u64 {
         self.client
@@ -846,12 +871,17 @@ impl Meta {
         &self,
         mut body: impl FnMut(&mut Txn<'_>) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
+        let local = self.local.as_ref();
         let Some(change) = CHANGE.with(|c| c.get()) else {
-            return retry(self.engine.as_ref(), &self.config.retry, body);
+            return retry(self.engine.as_ref(), &self.config.retry, |txn| {
+                local::begin_attempt(local);
+                body(txn)
+            });
         };
         let key = schema::done_key(self.client, change.seq);
         let mut wrote = false;
         let result = retry(self.engine.as_ref(), &self.config.retry, |txn| {
+            local::begin_attempt(local);
             // What an attempt that did not commit wrote does not count.
             CHANGED_DIRS.with(|d| *d.borrow_mut() = Some(Vec::new()));
             if !change.resent {
@@ -942,6 +972,10 @@ impl Meta {
     /// Ends this client cleanly: its remaining sessions are closed (as a
     /// reaper would) and its lease removed. Returns data to delete.
     pub fn close_client(&self) -> Result<Vec<Reclaim>, MetaError> {
+        if let Some(local) = &self.local {
+            // Those the store has are closed there, with the rest.
+            local.clear();
+        }
         self.reap_client(self.client)
     }
 
@@ -1094,7 +1128,6 @@ impl Meta {
         set: &SetAttr,
     ) -> Result<(InodeRec, Option<u64>), MetaError> {
         let now = self.clock.now();
-        let client = self.client;
         self.txn(|txn| {
             let mut staged = Staged::default();
             let rec = staged.load(txn, ino)?;
@@ -1128,7 +1161,7 @@ impl Meta {
                     _ => return errno(libc::EINVAL),
                 }
                 let through_session = match set.handle {
-                    Some(h) => txn.get(&schema::open_key(ino, client, h))?.is_some(),
+                    Some(h) => self.has_session(txn, ino, h)?,
                     None => false,
                 };
                 if !through_session {
@@ -1266,10 +1299,20 @@ impl Meta {
         }
         let ino = self.alloc_ino()?;
         let handle = open.then(|| self.handle_next.fetch_add(1, Ordering::Relaxed));
+        // A named file's session can be kept in the process (registered
+        // before the name exists, so an unlink sees it); a tmpfile, an
+        // orphan from birth, needs its session in the store.
+        let local = match (&self.local, handle, name, CHANGE.with(|c| c.get())) {
+            (Some(local), Some(handle), Some(_), None) => {
+                local.register(ino, handle);
+                Some((local, handle))
+            }
+            _ => None,
+        };
         let now = self.clock.now();
         let chunk_size = self.config.chunk_size_bytes;
         let client = self.client;
-        self.txn(|txn| {
+        let made = self.txn(|txn| {
             let mut staged = Staged::default();
             let dir = staged.load_dir(txn, parent)?;
             may_in(txn, caller, parent, dir, access::W | access::X)?;
@@ -1362,13 +1405,17 @@ impl Meta {
             }
             staged.insert(ino, rec.clone());
             counter_add(txn, ino, 1, 0)?;
-            if let Some(handle) = handle {
+            if let (Some(handle), None) = (handle, local) {
                 txn.put(schema::open_key(ino, client, handle), Vec::new());
                 txn.put(schema::client_open_key(client, ino, handle), Vec::new());
             }
             staged.flush(txn);
             Ok((ino, rec, handle))
-        })
+        });
+        if let (Err(_), Some((local, handle))) = (&made, local) {
+            local.unregister(ino, handle);
+        }
+        made
     }
 
     /// Creates directory `name` in `parent`.
@@ -1716,6 +1763,9 @@ impl Meta {
             Some(_) => return errno(libc::EINVAL),
             None => (self.handle_next.fetch_add(1, Ordering::Relaxed), false),
         };
+        if let (Some(local), false) = (&self.local, CHANGE.with(|c| c.get()).is_some()) {
+            return self.open_locally(local, caller, ino, read, write, handle);
+        }
         let client = self.client;
         self.txn(|txn| {
             let mut staged = Staged::default();
@@ -1741,10 +1791,74 @@ impl Meta {
         })
     }
 
+    /// [`Meta::open`] with the session kept in the process
+    /// ([`super::local`]): registered before the inode is read, so an
+    /// unlink either sees it or comes first. Only an open of an orphan
+    /// (opened again through /proc) writes its session to the store.
+    fn open_locally(
+        &self,
+        local: &LocalSessions,
+        caller: &Caller,
+        ino: u64,
+        read: bool,
+        write: bool,
+        handle: u64,
+    ) -> Result<(InodeRec, u64), MetaError> {
+        let client = self.client;
+        local.register(ino, handle);
+        let opened = self.txn(|txn| {
+            let mut staged = Staged::default();
+            let rec = staged.load(txn, ino)?;
+            let orphan = rec.nlink == 0;
+            if orphan && txn.get(&schema::orphan_key(ino))?.is_none() {
+                return errno(libc::ENOENT);
+            }
+            if rec.is_dir() && write {
+                return errno(libc::EISDIR);
+            }
+            let mask = if read { access::R } else { 0 } | if write { access::W } else { 0 };
+            may_in(txn, caller, ino, rec, mask)?;
+            let rec = rec.clone();
+            if orphan {
+                // Held by sessions in the store, and closed there: so is
+                // this one.
+                txn.put(schema::open_key(ino, client, handle), Vec::new());
+                txn.put(schema::client_open_key(client, ino, handle), Vec::new());
+            }
+            Ok((rec, orphan))
+        });
+        match opened {
+            Ok((rec, in_store)) => {
+                if in_store {
+                    local.mark_in_store(ino, handle);
+                }
+                Ok((rec, handle))
+            }
+            Err(e) => {
+                local.unregister(ino, handle);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether `handle` is an open session of `ino` by this client.
+    fn has_session(&self, txn: &mut Txn<'_>, ino: u64, handle: u64) -> Result<bool, MetaError> {
+        if self.local.as_ref().is_some_and(|l| l.has(ino, handle)) {
+            return Ok(true);
+        }
+        Ok(txn.get(&schema::open_key(ino, self.client, handle))?.is_some())
+    }
+
     /// Closes a session [`Meta::open`] or an opening [`Meta::mknod`] made.
     /// Returns the data to delete if the file had no links left and this was
-    /// its last session.
+    /// its last session. A session kept in the process only is forgotten
+    /// there, with no transaction.
     pub fn release(&self, ino: u64, handle: u64) -> Result<Option<Reclaim>, MetaError> {
+        if let Some(local) = &self.local {
+            if local.unregister(ino, handle) == Some(false) {
+                return Ok(None);
+            }
+        }
         self.close_session(self.client, ino, handle)
     }
 
@@ -1775,7 +1889,6 @@ impl Meta {
     /// [`FILE_SIZE_MAX_BYTES`].
     pub fn note_write(&self, ino: u64, handle: u64, end: u64) -> Result<InodeRec, MetaError> {
         let now = self.clock.now();
-        let client = self.client;
         self.txn(|txn| {
             let mut staged = Staged::default();
             let rec = staged.load(txn, ino)?;
@@ -1784,7 +1897,7 @@ impl Meta {
                 libc::S_IFDIR => return errno(libc::EISDIR),
                 _ => return errno(libc::EINVAL),
             }
-            if txn.get(&schema::open_key(ino, client, handle))?.is_none() {
+            if !self.has_session(txn, ino, handle)? {
                 return errno(libc::EBADF);
             }
             if end > FILE_SIZE_MAX_BYTES {

@@ -70,6 +70,8 @@ fn config() -> MetaConfig {
             ..RetryPolicy::default()
         },
         lease: LEASE,
+        // Several clients share the store: sessions must be in it.
+        local_sessions: false,
     }
 }
 

@@ -36,8 +36,14 @@ fn quick_retry() -> RetryPolicy {
 }
 
 fn meta_on(engine: Arc<dyn KvEngine>) -> Meta {
+    meta_with(engine, false)
+}
+
+/// A client, keeping its sessions in the process if `local_sessions`.
+fn meta_with(engine: Arc<dyn KvEngine>, local_sessions: bool) -> Meta {
     let config = MetaConfig {
         retry: quick_retry(),
+        local_sessions,
         ..MetaConfig::default()
     };
     Meta::connect(engine, config, Arc::new(SystemClock)).unwrap()
@@ -907,12 +913,12 @@ fn concurrent_creates_and_renames(engine: Arc<dyn KvEngine>) {
 }
 
 macro_rules! suite {
-    ($module:ident, $make:expr) => {
+    ($module:ident, $make:expr, $local_sessions:expr) => {
         mod $module {
             use super::*;
             fn meta() -> (Meta, Option<tempfile::TempDir>) {
                 let (engine, dir): (Arc<dyn KvEngine>, Option<tempfile::TempDir>) = $make;
-                (meta_on(engine), dir)
+                (meta_with(engine, $local_sessions), dir)
             }
             #[test]
             fn create_lookup_getattr() {
@@ -975,12 +981,18 @@ macro_rules! suite {
     };
 }
 
-suite!(on_mem, (Arc::new(MemEngine::new()), None));
-suite!(on_embedded, {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = EmbeddedEngine::open(dir.path(), Durability::default()).unwrap();
-    (Arc::new(engine), Some(dir))
-});
+suite!(on_mem, (Arc::new(MemEngine::new()), None), false);
+suite!(
+    on_embedded,
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = EmbeddedEngine::open(dir.path(), Durability::default()).unwrap();
+        (Arc::new(engine), Some(dir))
+    },
+    false
+);
+// The same rules with sessions kept in the process (an embedded mount's).
+suite!(on_mem_local_sessions, (Arc::new(MemEngine::new()), None), true);
 
 #[test]
 fn embedded_store_survives_reopen_and_sync_mode_commits() {
@@ -1501,4 +1513,147 @@ fn etcd_over_tls_with_client_certificates_and_a_user() {
     .expect("the right password");
     let meta = meta_on(Arc::new(engine));
     assert!(meta.lookup(&ROOT, ROOT_INO, b"over-tls").is_ok());
+}
+
+/// Session keys of every inode in the store.
+fn stored_sessions(meta: &Meta) -> usize {
+    let start = vec![crate::meta::schema::tag::OPEN];
+    let end = crate::meta::schema::prefix_end(&start);
+    meta.engine().scan(&start, &end, usize::MAX).unwrap().len()
+}
+
+/// With sessions kept in the process, an open and a close write nothing to
+/// the store, and the sessions still work: writes and truncation through
+/// them, and a file unlinked while open lives until its last close (its
+/// sessions reach the store with the unlink).
+#[test]
+fn local_sessions_reach_the_store_only_when_a_file_is_unlinked_while_open() {
+    let meta = meta_with(Arc::new(MemEngine::new()), true);
+    let f = file(&meta, ROOT_INO, "f");
+    let (g, _, hg) = meta
+        .mknod(&ROOT, ROOT_INO, b"g", libc::S_IFREG | 0o644, 0, &[], true)
+        .unwrap();
+    let hg = hg.unwrap();
+    let (_, h1) = meta.open(&ALICE, f, true, false).unwrap();
+    let (_, h2) = meta.open(&ROOT, f, true, true).unwrap();
+    assert_eq!(stored_sessions(&meta), 0, "opens wrote sessions");
+    // Writes through a session; ftruncate through one needs no write
+    // permission (Alice opened read-only, but it is the session that
+    // counts, as in `truncating_through_an_open_session...`).
+    meta.note_write(f, h2, 10).unwrap();
+    let truncate = SetAttr {
+        size: Some(4),
+        handle: Some(h1),
+        ..SetAttr::default()
+    };
+    meta.setattr(&ALICE, f, &truncate).unwrap();
+    assert_eq!(meta.getattr(f).unwrap().size, 4);
+    assert_eq!(err(meta.note_write(f, 999, 1)), libc::EBADF);
+    // Closing one that was never unlinked: nothing to do.
+    assert_eq!(meta.release(g, hg).unwrap(), None);
+    assert_eq!(meta.getattr(g).unwrap().nlink, 1);
+
+    // Unlinked while open: both sessions go to the store, the file stays.
+    assert_eq!(meta.unlink(&ROOT, ROOT_INO, b"f").unwrap(), None);
+    assert_eq!(stored_sessions(&meta), 2);
+    assert_sound(&meta);
+    assert_eq!(meta.getattr(f).unwrap().nlink, 0);
+    // Opened again (through /proc): that session is in the store at once.
+    let (_, h3) = meta.open(&ROOT, f, true, false).unwrap();
+    assert_eq!(stored_sessions(&meta), 3);
+    assert_eq!(meta.release(f, h1).unwrap(), None);
+    assert_eq!(meta.release(f, h2).unwrap(), None);
+    let freed = meta.release(f, h3).unwrap().expect("the last close frees it");
+    assert_eq!((freed.ino, freed.size), (f, 4));
+    assert_eq!(err(meta.getattr(f)), libc::ENOENT);
+    assert_eq!(stored_sessions(&meta), 0);
+    assert_sound(&meta);
+
+    // Replaced by a rename while open: the same.
+    let a = file(&meta, ROOT_INO, "a");
+    file(&meta, ROOT_INO, "b");
+    let (_, ha) = meta.open(&ROOT, a, true, false).unwrap();
+    meta.rename(&ROOT, ROOT_INO, b"b", ROOT_INO, b"a", 0).unwrap();
+    assert_eq!(meta.getattr(a).unwrap().nlink, 0);
+    assert_sound(&meta);
+    assert!(meta.release(a, ha).unwrap().is_some());
+    // A client that ends forgets what it held.
+    let (_, _) = meta.open(&ROOT, g, true, false).unwrap();
+    meta.close_client().unwrap();
+    assert_eq!(meta.local_sessions_held(), Some(0));
+    assert_sound(&meta);
+}
+
+/// Opens race unlinks of the same names: an open that succeeds keeps its
+/// file alive until it is closed, whichever commits first (a write
+/// through it never finds the file gone), and at the end nothing is left
+/// open or orphaned.
+#[test]
+fn local_sessions_hold_files_against_concurrent_unlinks() {
+    const NAMES: u64 = 4;
+    const ROUNDS: usize = 300;
+    let meta = Arc::new(meta_with(Arc::new(MemEngine::new()), true));
+    for i in 0..NAMES {
+        file(&meta, ROOT_INO, &format!("f{i}"));
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let unlinker = {
+        let (meta, stop) = (meta.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("f{}", i % NAMES);
+                match meta.unlink(&ROOT, ROOT_INO, name.as_bytes()) {
+                    Ok(_) | Err(MetaError::Errno(libc::ENOENT)) => {}
+                    Err(e) => panic!("unlink: {e}"),
+                }
+                match meta.mknod(
+                    &ROOT,
+                    ROOT_INO,
+                    name.as_bytes(),
+                    libc::S_IFREG | 0o644,
+                    0,
+                    &[],
+                    false,
+                ) {
+                    Ok(_) | Err(MetaError::Errno(libc::EEXIST)) => {}
+                    Err(e) => panic!("mknod: {e}"),
+                }
+                i += 1;
+            }
+        })
+    };
+    let openers: Vec<_> = (0..2)
+        .map(|t| {
+            let meta = meta.clone();
+            std::thread::spawn(move || {
+                let mut opened = 0;
+                for r in 0..ROUNDS {
+                    let name = format!("f{}", (r as u64 + t) % NAMES);
+                    let Ok((ino, _)) = meta.lookup(&ROOT, ROOT_INO, name.as_bytes()) else {
+                        continue;
+                    };
+                    let h = match meta.open(&ROOT, ino, true, true) {
+                        Ok((_, h)) => h,
+                        // Unlinked between the lookup and the open.
+                        Err(MetaError::Errno(libc::ENOENT)) => continue,
+                        Err(e) => panic!("open: {e}"),
+                    };
+                    opened += 1;
+                    // However the unlinks went meanwhile, the file is there.
+                    meta.note_write(ino, h, 1 + r as u64)
+                        .unwrap_or_else(|e| panic!("a write through an open file: {e}"));
+                    meta.release(ino, h).unwrap();
+                }
+                opened
+            })
+        })
+        .collect();
+    let opened: usize = openers.into_iter().map(|t| t.join().unwrap()).sum();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    unlinker.join().unwrap();
+    assert!(opened > 0, "no open succeeded");
+    assert_eq!(meta.local_sessions_held(), Some(0));
+    assert_eq!(stored_sessions(&meta), 0);
+    assert_sound(&meta);
 }
