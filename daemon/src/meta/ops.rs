@@ -1747,7 +1747,7 @@ impl Meta {
     /// unlink until [`Meta::release`]). `write` asks for write access.
     ///
     /// Inside a numbered change ([`Meta::exactly_once`]) the handle is the
-    /// change's number (with [`SEQ_HANDLE`] set), so the session itself
+    /// change's number (with `SEQ_HANDLE` set), so the session itself
     /// shows the open was done: a resend that finds it answers with it,
     /// and no outcome is recorded. An open costs its two session keys
     /// and nothing more.
