@@ -1207,11 +1207,12 @@ fn a_changes_directories_answer_the_next_getattr_once() {
 }
 
 /// Deferred closes: a release returns at once and the session stays open
-/// until the client's next call carries it (a file unlinked meanwhile by
-/// another client is an orphan until then, and is freed, to the sink, by
-/// that call); with no call to carry it, it goes alone.
+/// until the closes go, together: once the oldest has waited long enough,
+/// or with the client's next call once a full batch waits (a file
+/// unlinked meanwhile by another client is an orphan until then, and is
+/// freed, to the sink, when its close goes).
 #[test]
-fn deferred_closes_go_with_the_next_call_or_alone() {
+fn deferred_closes_go_together_or_with_the_next_call() {
     use std::sync::Mutex;
     use xfused::meta::{Namespace, Reclaim};
     let service = Service::start();
@@ -1235,20 +1236,42 @@ fn deferred_closes_go_with_the_next_call_or_alone() {
         });
     };
 
-    // Carried by the next call (nothing goes alone within an hour).
+    // A full batch goes with the next call (nothing goes alone within an
+    // hour); fewer wait.
+    use xfused::net::RELEASES_MAX;
     let sink = Arc::new(Mutex::new(Vec::new()));
     let remote = Arc::new(service.remote());
     let to = sink.clone();
     remote
         .defer_releases(Duration::from_secs(3600), move |r| to.lock().unwrap().push(r))
         .unwrap();
-    let (ino, _, handle) = remote
-        .mknod(&Caller::ROOT, 1, b"f", libc::S_IFREG | 0o644, 0, &[], true)
-        .unwrap();
-    assert_eq!(remote.release(ino, handle.unwrap()).unwrap(), None);
-    assert_eq!(unlink("f"), None, "the close was deferred: f is still open");
+    let opened: Vec<(u64, u64)> = (0..RELEASES_MAX)
+        .map(|i| {
+            let (ino, _, handle) = remote
+                .mknod(
+                    &Caller::ROOT,
+                    1,
+                    format!("f{i}").as_bytes(),
+                    libc::S_IFREG | 0o644,
+                    0,
+                    &[],
+                    true,
+                )
+                .unwrap();
+            (ino, handle.unwrap())
+        })
+        .collect();
+    let (ino, _) = opened[0];
+    for &(i, h) in &opened[..RELEASES_MAX - 1] {
+        assert_eq!(remote.release(i, h).unwrap(), None);
+    }
+    // This call carries nothing: fewer than a batch wait.
+    assert!(remote.lookup(&Caller::ROOT, 1, b"f1").is_ok());
+    assert_eq!(unlink("f0"), None, "the close was deferred: f0 is still open");
     assert_eq!(raw.getattr(ino).unwrap().nlink, 0);
-    // A call that fails carries it as well as one that succeeds.
+    let (i, h) = opened[RELEASES_MAX - 1];
+    assert_eq!(remote.release(i, h).unwrap(), None);
+    // A call that fails carries them as well as one that succeeds.
     assert!(matches!(
         remote.lookup(&Caller::ROOT, 1, b"nothing"),
         Err(xfused::meta::MetaError::Errno(libc::ENOENT))
