@@ -239,6 +239,43 @@ fn unlinked_open_file_keeps_its_data_until_the_last_close() {
     assert_eq!(chunk_files(m.src()), 0, "the last close deletes the data");
 }
 
+/// A mount killed while it holds a file unlinked while open: the next
+/// mount of the store deletes that file's data as it starts (its store is
+/// its alone, so the dead mount's sessions need not wait for their lease),
+/// and a second mount of a store in use is refused.
+#[test]
+fn a_killed_mounts_unlinked_open_file_is_deleted_by_the_next_mount() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let mut m = Mount::start_meta_on(data.path(), &[]);
+        let path = m.mnt().join("held");
+        let mut file = common::create_rw(&path);
+        file.write_all(&pattern(300_000, 5)).expect("write");
+        file.sync_all().expect("fsync");
+        fs::remove_file(&path).expect("unlink while open");
+        assert!(chunk_files(data.path()) >= 1, "the data stays while open");
+        // Another mount of the same store, while this one runs.
+        let second = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_xfused"))
+            .args(["mount", "--data"])
+            .arg(data.path())
+            .arg(second.path())
+            .output()
+            .expect("running xfused");
+        assert!(!out.status.success(), "a second mount of a store in use started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("in use by another xfused"), "{err}");
+        m.kill();
+        rustix::mount::unmount(m.mnt(), rustix::mount::UnmountFlags::DETACH).expect("umount -l");
+        drop(file);
+    }
+    assert!(chunk_files(data.path()) >= 1, "nothing deleted the data yet");
+    let m = Mount::start_meta_on(data.path(), &[]);
+    // Deleted before the mount serves, well within the 30 s lease.
+    assert_eq!(chunk_files(data.path()), 0, "the dead mount's file is deleted");
+    assert!(m.daemon_log().contains("reaping client"), "{}", m.daemon_log());
+}
+
 #[test]
 fn readdir_lists_every_entry_once_and_statfs_counts_inodes() {
     let m = Mount::start_meta(&[]);

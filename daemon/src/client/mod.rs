@@ -146,6 +146,9 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
     };
     let lease = config.lease;
     let mut caller_groups = false;
+    // On a store of this process's alone (embedded), this client: every
+    // other one is dead.
+    let mut sole_client: Option<Arc<Meta>> = None;
     let cluster_wanted = !spec.local_data;
     let mut cluster = None;
     let mut remote_meta = None;
@@ -159,10 +162,12 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
                 local_sessions: true,
                 ..config
             };
-            Arc::new(
+            let own = Arc::new(
                 Meta::connect(Arc::new(engine), config, Arc::new(SystemClock))
                     .context("opening the namespace")?,
-            )
+            );
+            sole_client = Some(own.clone());
+            own
         }
         MetaUrl::Etcd { endpoints, tls } => {
             let engine: Arc<dyn KvEngine> = Arc::new(open_etcd(&endpoints, tls, spec.engine)?);
@@ -240,8 +245,13 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
         },
     ));
     // Sessions of clients that died without closing (a crash, kill -9):
-    // their unlinked-but-open files are deleted now.
-    match meta.reap_expired() {
+    // their unlinked-but-open files are deleted now. On a store of this
+    // process's alone every other client is dead, lease or not.
+    let reaped = match &sole_client {
+        Some(own) => own.reap_others(),
+        None => meta.reap_expired(),
+    };
+    match reaped {
         Ok(reclaimed) => {
             if !reclaimed.is_empty() {
                 tracing::info!("reaped {} files left open by dead clients", reclaimed.len());
@@ -253,8 +263,8 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
         Err(e) => tracing::warn!("reaping dead clients' sessions: {e}"),
     }
     if let Some(remote) = &remote_meta {
-        // Closes go with the next call; the files they free are deleted
-        // by the client's own thread.
+        // Closes go in batches; the files they free are deleted by the
+        // client's own thread.
         let freed = Arc::downgrade(&fs);
         remote
             .defer_releases(crate::net::client::FLUSH_AFTER, move |r| {

@@ -979,6 +979,26 @@ impl Meta {
         self.reap_client(self.client)
     }
 
+    /// Reaps every other client, live lease or not: for a store only this
+    /// process can open (the embedded engine locks it), where any other
+    /// client is one that died (a crash, kill -9) and will not come back.
+    /// Its files unlinked while open are deleted now, not once its lease
+    /// runs out. Returns data to delete.
+    pub fn reap_others(&self) -> Result<Vec<Reclaim>, MetaError> {
+        let start = vec![tag::CLIENT];
+        let end = schema::prefix_end(&start);
+        let clients = self.engine.scan(&start, &end, usize::MAX)?;
+        let mut reclaimed = Vec::new();
+        for p in clients {
+            let client = schema::parse_client_key(&p.key)?;
+            if client != self.client {
+                tracing::info!("reaping client {client}: it ended without closing, and this store is this process's alone");
+                reclaimed.extend(self.reap_client(client)?);
+            }
+        }
+        Ok(reclaimed)
+    }
+
     /// Reaps every other client whose lease has expired: closes their
     /// open-file sessions (deleting orphans nobody else holds) and removes
     /// their lease. Returns data to delete.
