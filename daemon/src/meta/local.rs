@@ -110,10 +110,21 @@ impl LocalSessions {
 
     /// Records an open handle of `ino`, not in the store.
     pub fn register(&self, ino: u64, handle: u64) {
-        self.settled(ino).open.entry(ino).or_default().push(Handle {
-            handle,
-            in_store: false,
-        });
+        self.register_as(ino, handle, false);
+    }
+
+    /// Records an open handle of `ino` that the store has (or is about to
+    /// have) as a session: a tmpfile's.
+    pub fn register_in_store(&self, ino: u64, handle: u64) {
+        self.register_as(ino, handle, true);
+    }
+
+    fn register_as(&self, ino: u64, handle: u64, in_store: bool) {
+        self.settled(ino)
+            .open
+            .entry(ino)
+            .or_default()
+            .push(Handle { handle, in_store });
     }
 
     /// Forgets a handle: `Some(true)` if the store has it as a session
@@ -214,12 +225,17 @@ pub fn end_attempt(committed: bool) {
 /// For a transaction about to leave `ino` without links: holds its stripe
 /// until the attempt ends and writes this client's open handles of it that
 /// the store lacks as sessions, so the store sees them. Returns whether
-/// there were any. Without local sessions, does nothing.
-pub fn write_sessions_of(txn: &mut Txn<'_>, ino: u64) -> Result<bool, MetaError> {
+/// `ino` is open, or `None` without local sessions (then only the store
+/// can tell). With them the table here knows every session of the store:
+/// this client's are all in it (those it wrote, and its tmpfiles'), and
+/// the store has no other client's (the one-client rule, and
+/// [`super::Meta::reap_others`] at start), so no scan of the store is
+/// needed.
+pub fn write_sessions_of(txn: &mut Txn<'_>, ino: u64) -> Result<Option<bool>, MetaError> {
     ATTEMPT.with(|a| {
         let mut slot = a.borrow_mut();
         let Some(attempt) = slot.as_mut() else {
-            return Ok(false);
+            return Ok(None);
         };
         let index = LocalSessions::stripe_of(ino);
         let stripe = &attempt.sessions.stripes[index];
@@ -254,7 +270,7 @@ pub fn write_sessions_of(txn: &mut Txn<'_>, ino: u64) -> Result<bool, MetaError>
                 attempt.written.push((ino, h.handle));
             }
         }
-        Ok(any)
+        Ok(Some(any))
     })
 }
 
@@ -285,7 +301,7 @@ mod tests {
         s.register(5, 1);
         begin_attempt(Some(&s));
         let mut txn = Txn::new(&engine);
-        assert!(write_sessions_of(&mut txn, 5).unwrap());
+        assert_eq!(write_sessions_of(&mut txn, 5).unwrap(), Some(true));
         let done = Arc::new(AtomicBool::new(false));
         let opener = {
             let (s, done) = (s.clone(), done.clone());

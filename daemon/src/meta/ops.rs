@@ -360,8 +360,11 @@ pub struct MetaConfig {
     pub lease: Duration,
     /// Keep this client's open-file sessions in the process until a file
     /// is unlinked while open ([`super::local`]): an open and a close then
-    /// write nothing. Only for the store's one client (an embedded mount):
-    /// another client's unlink would not see them.
+    /// write nothing, and an unlink looks for sessions there, not in the
+    /// store. Only for the store's one client (an embedded mount, which
+    /// also reaps every other client at start, [`Meta::reap_others`]):
+    /// another client's unlink would not see these sessions, nor this
+    /// client's unlink its.
     pub local_sessions: bool,
 }
 
@@ -709,8 +712,13 @@ fn drop_link(
     if nlink > 0 {
         return Ok(None);
     }
-    // This client's sessions kept in the process go to the store now.
-    if local::write_sessions_of(txn, ino)? || has_sessions(txn, ino, None)? {
+    // This client's sessions kept in the process go to the store now;
+    // with them, they are all the sessions there are.
+    let open = match local::write_sessions_of(txn, ino)? {
+        Some(open) => open,
+        None => has_sessions(txn, ino, None)?,
+    };
+    if open {
         txn.put(schema::orphan_key(ino), Vec::new());
         return Ok(None);
     }
@@ -1327,6 +1335,12 @@ impl Meta {
                 local.register(ino, handle);
                 Some((local, handle))
             }
+            // Known here too, as in the store: the table knows every
+            // session (`local::write_sessions_of`).
+            (Some(local), Some(handle), None, None) => {
+                local.register_in_store(ino, handle);
+                None
+            }
             _ => None,
         };
         let now = self.clock.now();
@@ -1432,7 +1446,7 @@ impl Meta {
             staged.flush(txn);
             Ok((ino, rec, handle))
         });
-        if let (Err(_), Some((local, handle))) = (&made, local) {
+        if let (Err(_), Some(local), Some(handle)) = (&made, &self.local, handle) {
             local.unregister(ino, handle);
         }
         made

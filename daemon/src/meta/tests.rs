@@ -1577,6 +1577,16 @@ fn local_sessions_reach_the_store_only_when_a_file_is_unlinked_while_open() {
     assert_eq!(meta.getattr(a).unwrap().nlink, 0);
     assert_sound(&meta);
     assert!(meta.release(a, ha).unwrap().is_some());
+    // A tmpfile given a name, then unlinked while its first handle is
+    // still open: that handle holds it (the unlink looks for sessions in
+    // the process, which knows the tmpfile's too).
+    let (t, _, ht) = meta.tmpfile(&ROOT, ROOT_INO, 0o644).unwrap();
+    meta.link(&ROOT, t, ROOT_INO, b"t").unwrap();
+    assert_eq!(meta.unlink(&ROOT, ROOT_INO, b"t").unwrap(), None, "t is open");
+    meta.note_write(t, ht, 7).unwrap();
+    assert_sound(&meta);
+    assert!(meta.release(t, ht).unwrap().is_some());
+    assert_eq!(err(meta.getattr(t)), libc::ENOENT);
     // A client that ends forgets what it held.
     let (_, _) = meta.open(&ROOT, g, true, false).unwrap();
     meta.close_client().unwrap();
