@@ -33,7 +33,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::ThreadId;
 
 use super::kv::{KvError, Txn};
-use super::{schema, MetaError};
+use super::MetaError;
 
 /// Stripes inodes are spread over.
 const STRIPES: usize = 64;
@@ -265,8 +265,7 @@ pub fn write_sessions_of(txn: &mut Txn<'_>, ino: u64) -> Result<Option<bool>, Me
         for h in state.open.get(&ino).into_iter().flatten() {
             any = true;
             if !h.in_store {
-                txn.put(schema::open_key(ino, client, h.handle), Vec::new());
-                txn.put(schema::client_open_key(client, ino, h.handle), Vec::new());
+                super::ops::put_session(txn, ino, client, h.handle);
                 attempt.written.push((ino, h.handle));
             }
         }

@@ -661,6 +661,36 @@ fn touch_dir(staged: &mut Staged, dir: u64, now: Timestamp) {
     rec.ctime = now;
 }
 
+/// Checks that `caller` may open `ino` (for reading, writing or both) and
+/// returns its record. A file without links is open somewhere (an orphan):
+/// Linux opens it again through /proc/PID/fd, and so does this.
+fn may_open(
+    txn: &mut Txn<'_>,
+    staged: &mut Staged,
+    caller: &Caller,
+    ino: u64,
+    read: bool,
+    write: bool,
+) -> Result<InodeRec, MetaError> {
+    let rec = staged.load(txn, ino)?;
+    if rec.nlink == 0 && txn.get(&schema::orphan_key(ino))?.is_none() {
+        return errno(libc::ENOENT);
+    }
+    if rec.is_dir() && write {
+        return errno(libc::EISDIR);
+    }
+    let mask = if read { access::R } else { 0 } | if write { access::W } else { 0 };
+    may_in(txn, caller, ino, rec, mask)?;
+    Ok(rec.clone())
+}
+
+/// Records session `handle` of `client` on `ino` in the store (by inode,
+/// and by client for reaping).
+pub(super) fn put_session(txn: &mut Txn<'_>, ino: u64, client: u64, handle: u64) {
+    txn.put(schema::open_key(ino, client, handle), Vec::new());
+    txn.put(schema::client_open_key(client, ino, handle), Vec::new());
+}
+
 /// Whether an inode has open-file sessions other than `except`.
 fn has_sessions(txn: &mut Txn<'_>, ino: u64, except: Option<&[u8]>) -> Result<bool, MetaError> {
     let prefix = schema::open_prefix(ino);
@@ -993,18 +1023,7 @@ impl Meta {
     /// Its files unlinked while open are deleted now, not once its lease
     /// runs out. Returns data to delete.
     pub fn reap_others(&self) -> Result<Vec<Reclaim>, MetaError> {
-        let start = vec![tag::CLIENT];
-        let end = schema::prefix_end(&start);
-        let clients = self.engine.scan(&start, &end, usize::MAX)?;
-        let mut reclaimed = Vec::new();
-        for p in clients {
-            let client = schema::parse_client_key(&p.key)?;
-            if client != self.client {
-                tracing::info!("reaping client {client}: it ended without closing, and this store is this process's alone");
-                reclaimed.extend(self.reap_client(client)?);
-            }
-        }
-        Ok(reclaimed)
+        self.reap_clients(|_| Some("it ended without closing, and this store is this process's alone".into()))
     }
 
     /// Reaps every other client whose lease has expired: closes their
@@ -1012,18 +1031,26 @@ impl Meta {
     /// their lease. Returns data to delete.
     pub fn reap_expired(&self) -> Result<Vec<Reclaim>, MetaError> {
         let now_ms = self.lease_deadline_ms() - self.config.lease.as_millis() as u64;
+        self.reap_clients(|deadline| {
+            (deadline < now_ms).then(|| format!("its lease expired {} ms ago", now_ms - deadline))
+        })
+    }
+
+    /// Reaps every other client for which `why`, given its lease deadline,
+    /// gives a reason (logged).
+    fn reap_clients(&self, why: impl Fn(u64) -> Option<String>) -> Result<Vec<Reclaim>, MetaError> {
         let start = vec![tag::CLIENT];
         let end = schema::prefix_end(&start);
         let clients = self.engine.scan(&start, &end, usize::MAX)?;
         let mut reclaimed = Vec::new();
         for p in clients {
             let client = schema::parse_client_key(&p.key)?;
+            if client == self.client {
+                continue;
+            }
             let deadline = schema::decode_u64(&p.value, "client lease")?;
-            if client != self.client && deadline < now_ms {
-                tracing::info!(
-                    "reaping client {client}: its lease expired {} ms ago",
-                    now_ms - deadline
-                );
+            if let Some(reason) = why(deadline) {
+                tracing::info!("reaping client {client}: {reason}");
                 reclaimed.extend(self.reap_client(client)?);
             }
         }
@@ -1440,8 +1467,7 @@ impl Meta {
             staged.insert(ino, rec.clone());
             counter_add(txn, ino, 1, 0)?;
             if let (Some(handle), None) = (handle, local) {
-                txn.put(schema::open_key(ino, client, handle), Vec::new());
-                txn.put(schema::client_open_key(client, ino, handle), Vec::new());
+                put_session(txn, ino, client, handle);
             }
             staged.flush(txn);
             Ok((ino, rec, handle))
@@ -1807,20 +1833,8 @@ impl Meta {
                 // Done before, and its answer lost: the same session.
                 return Ok((staged.load(txn, ino)?.clone(), handle));
             }
-            let rec = staged.load(txn, ino)?;
-            // A file without links is open somewhere (an orphan): Linux
-            // opens it again through /proc/PID/fd, and so does this.
-            if rec.nlink == 0 && txn.get(&schema::orphan_key(ino))?.is_none() {
-                return errno(libc::ENOENT);
-            }
-            if rec.is_dir() && write {
-                return errno(libc::EISDIR);
-            }
-            let mask = if read { access::R } else { 0 } | if write { access::W } else { 0 };
-            may_in(txn, caller, ino, rec, mask)?;
-            let rec = rec.clone();
-            txn.put(schema::open_key(ino, client, handle), Vec::new());
-            txn.put(schema::client_open_key(client, ino, handle), Vec::new());
+            let rec = may_open(txn, &mut staged, caller, ino, read, write)?;
+            put_session(txn, ino, client, handle);
             Ok((rec, handle))
         })
     }
@@ -1842,22 +1856,12 @@ impl Meta {
         local.register(ino, handle);
         let opened = self.txn(|txn| {
             let mut staged = Staged::default();
-            let rec = staged.load(txn, ino)?;
+            let rec = may_open(txn, &mut staged, caller, ino, read, write)?;
             let orphan = rec.nlink == 0;
-            if orphan && txn.get(&schema::orphan_key(ino))?.is_none() {
-                return errno(libc::ENOENT);
-            }
-            if rec.is_dir() && write {
-                return errno(libc::EISDIR);
-            }
-            let mask = if read { access::R } else { 0 } | if write { access::W } else { 0 };
-            may_in(txn, caller, ino, rec, mask)?;
-            let rec = rec.clone();
             if orphan {
                 // Held by sessions in the store, and closed there: so is
                 // this one.
-                txn.put(schema::open_key(ino, client, handle), Vec::new());
-                txn.put(schema::client_open_key(client, ino, handle), Vec::new());
+                put_session(txn, ino, client, handle);
             }
             Ok((rec, orphan))
         });
