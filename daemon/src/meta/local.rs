@@ -53,11 +53,30 @@ struct StripeState {
     open: HashMap<u64, Vec<Handle>>,
 }
 
+impl StripeState {
+    /// Handle `handle` of `ino`, if open.
+    fn find(&mut self, ino: u64, handle: u64) -> Option<&mut Handle> {
+        self.open.get_mut(&ino)?.iter_mut().find(|h| h.handle == handle)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Stripe {
     state: Mutex<StripeState>,
     /// Signalled when the holder lets go.
     released: Condvar,
+}
+
+impl Stripe {
+    /// The state, locked, once no thread but this one holds the stripe.
+    fn settled(&self) -> MutexGuard<'_, StripeState> {
+        let me = std::thread::current().id();
+        let mut state = lock(&self.state);
+        while state.holder.is_some_and(|h| h != me) {
+            state = self.released.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state
+    }
 }
 
 /// This client's open handles (module docs).
@@ -99,13 +118,7 @@ impl LocalSessions {
 
     /// The stripe of `ino`, locked, once no other thread holds it.
     fn settled(&self, ino: u64) -> MutexGuard<'_, StripeState> {
-        let stripe = &self.stripes[Self::stripe_of(ino)];
-        let me = std::thread::current().id();
-        let mut state = lock(&stripe.state);
-        while state.holder.is_some_and(|h| h != me) {
-            state = stripe.released.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-        state
+        self.stripes[Self::stripe_of(ino)].settled()
     }
 
     /// Records an open handle of `ino`, not in the store.
@@ -143,12 +156,7 @@ impl LocalSessions {
 
     /// Notes that the store has `handle` of `ino` as a session.
     pub fn mark_in_store(&self, ino: u64, handle: u64) {
-        let mut state = self.settled(ino);
-        if let Some(h) = state
-            .open
-            .get_mut(&ino)
-            .and_then(|hs| hs.iter_mut().find(|h| h.handle == handle))
-        {
+        if let Some(h) = self.settled(ino).find(ino, handle) {
             h.in_store = true;
         }
     }
@@ -207,12 +215,8 @@ pub fn end_attempt(committed: bool) {
     let stripe = &attempt.sessions.stripes[held];
     let mut state = lock(&stripe.state);
     if committed {
-        for (ino, handle) in &attempt.written {
-            if let Some(h) = state
-                .open
-                .get_mut(ino)
-                .and_then(|hs| hs.iter_mut().find(|h| h.handle == *handle))
-            {
+        for &(ino, handle) in &attempt.written {
+            if let Some(h) = state.find(ino, handle) {
                 h.in_store = true;
             }
         }
@@ -240,11 +244,10 @@ pub fn write_sessions_of(txn: &mut Txn<'_>, ino: u64) -> Result<Option<bool>, Me
         let index = LocalSessions::stripe_of(ino);
         let stripe = &attempt.sessions.stripes[index];
         let me = std::thread::current().id();
-        let mut state = lock(&stripe.state);
-        match attempt.held {
-            Some(h) if h == index => {}
+        let state = match attempt.held {
+            Some(h) if h == index => lock(&stripe.state),
             // Never wait holding a stripe: start over instead.
-            Some(_) if state.holder.is_some_and(|h| h != me) => {
+            Some(_) if lock(&stripe.state).holder.is_some_and(|h| h != me) => {
                 return Err(MetaError::Kv(KvError::Conflict));
             }
             Some(_) => {
@@ -253,13 +256,12 @@ pub fn write_sessions_of(txn: &mut Txn<'_>, ino: u64) -> Result<Option<bool>, Me
                 ))
             }
             None => {
-                while state.holder.is_some_and(|h| h != me) {
-                    state = stripe.released.wait(state).unwrap_or_else(|e| e.into_inner());
-                }
+                let mut state = stripe.settled();
                 state.holder = Some(me);
                 attempt.held = Some(index);
+                state
             }
-        }
+        };
         let client = attempt.sessions.client;
         let mut any = false;
         for h in state.open.get(&ino).into_iter().flatten() {

@@ -1818,14 +1818,15 @@ impl Meta {
         read: bool,
         write: bool,
     ) -> Result<(InodeRec, u64), MetaError> {
-        let (handle, resent) = match CHANGE.with(|c| c.get()) {
-            Some(change) if change.seq < SEQ_HANDLE => (SEQ_HANDLE | change.seq, change.resent),
-            Some(_) => return errno(libc::EINVAL),
-            None => (self.handle_next.fetch_add(1, Ordering::Relaxed), false),
+        let (handle, resent) = match (CHANGE.with(|c| c.get()), &self.local) {
+            (Some(change), _) if change.seq < SEQ_HANDLE => (SEQ_HANDLE | change.seq, change.resent),
+            (Some(_), _) => return errno(libc::EINVAL),
+            (None, Some(local)) => {
+                let handle = self.handle_next.fetch_add(1, Ordering::Relaxed);
+                return self.open_locally(local, caller, ino, read, write, handle);
+            }
+            (None, None) => (self.handle_next.fetch_add(1, Ordering::Relaxed), false),
         };
-        if let (Some(local), false) = (&self.local, CHANGE.with(|c| c.get()).is_some()) {
-            return self.open_locally(local, caller, ino, read, write, handle);
-        }
         let client = self.client;
         self.txn(|txn| {
             let mut staged = Staged::default();
