@@ -113,6 +113,27 @@ struct Cluster {
     storage_args: Vec<String>,
 }
 
+/// The table in a few lines, for failure messages: each chain's members
+/// and states, each target's liveness and reported copies.
+fn describe(table: &Table) -> String {
+    let mut out = format!("table version {}\n", table.chains.version);
+    for c in &table.chains.chains {
+        let members: Vec<String> = c
+            .members
+            .iter()
+            .map(|m| format!("{} {:?}", m.target, m.state))
+            .collect();
+        out += &format!("  chain {} version {}: {}\n", c.id, c.version, members.join(", "));
+    }
+    for t in &table.targets {
+        out += &format!(
+            "  target {} at {}: up {}, lease until {} ms, synced {:?}\n",
+            t.id, t.addr, t.up, t.lease_until_ms, t.synced
+        );
+    }
+    out
+}
+
 impl Cluster {
     fn start(targets: usize) -> Cluster {
         Cluster::start_with(targets, &[])
@@ -220,7 +241,7 @@ impl Cluster {
             if ok(&table) {
                 Ok(table)
             } else {
-                Err(format!("{table:#?}\n{}", self.logs()))
+                Err(format!("{}\n{}", describe(&table), self.logs()))
             }
         })
     }

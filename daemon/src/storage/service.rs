@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::engine::ChunkEngine;
@@ -92,11 +91,45 @@ pub struct StorageService {
     /// (target, chain, chain version) copies finished, for the next
     /// heartbeat.
     synced: Mutex<Vec<(u32, u32, u64)>>,
+    /// Which table the copies were last looked for in, and whether a copy
+    /// runs: one lock, so a copy's end and a heartbeat's look cannot
+    /// interleave and lose the next look.
+    copies: Mutex<Copies>,
+}
+
+#[derive(Debug, Default)]
+struct Copies {
     /// The table version whose copies a heartbeat last looked for (0:
     /// none yet, or look again).
-    table_version: Mutex<u64>,
-    /// A copy is running.
-    copying: AtomicBool,
+    looked_at: u64,
+    /// A copy thread runs; [`Copies::end`] makes the next heartbeat look
+    /// again.
+    running: bool,
+}
+
+impl Copies {
+    /// Whether a heartbeat that saw table `version` fetches the table.
+    fn stale(&self, version: u64) -> bool {
+        version != self.looked_at
+    }
+
+    /// A heartbeat looked at table `version` and found copies to make
+    /// (`work`): whether it starts them. With a copy running it does
+    /// not; that copy's end has the next heartbeat look again.
+    fn start(&mut self, version: u64, work: bool) -> bool {
+        self.looked_at = version;
+        if !work || self.running {
+            return false;
+        }
+        self.running = true;
+        true
+    }
+
+    /// A copy ended, done or not: the next heartbeat fetches the table,
+    /// which says what is left.
+    fn end(&mut self) {
+        *self = Copies::default();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -137,8 +170,7 @@ impl StorageService {
             targets,
             meta,
             synced: Mutex::new(Vec::new()),
-            table_version: Mutex::new(0),
-            copying: AtomicBool::new(false),
+            copies: Mutex::new(Copies::default()),
         });
         service.refresh().context("fetching the chain table")?;
         Ok(service)
@@ -173,11 +205,10 @@ impl StorageService {
                 )))
             }
         };
-        if version == *lock(&self.table_version) {
+        if !lock(&self.copies).stale(version) {
             return Ok(());
         }
         let table = self.refresh()?;
-        *lock(&self.table_version) = table.chains.version;
         tracing::info!("chain table version {}", table.chains.version);
         // Copies still to report: those of chains unchanged since.
         let done = {
@@ -203,12 +234,19 @@ impl StorageService {
                     .collect::<Vec<_>>()
             })
             .collect();
-        if work.is_empty() || self.copying.swap(true, Ordering::SeqCst) {
+        if !lock(&self.copies).start(table.chains.version, !work.is_empty()) {
             return Ok(());
         }
+        tracing::info!(
+            "copying {} chain(s) into syncing targets: {:?}",
+            work.len(),
+            work.iter()
+                .map(|(t, c)| (t.id(), c.id, c.version))
+                .collect::<Vec<_>>()
+        );
         // Copies run beside the heartbeats, which must go on meanwhile.
         let service = self.clone();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("sync".into())
             .spawn(move || {
                 for (target, chain) in work {
@@ -227,12 +265,14 @@ impl StorageService {
                         }
                     }
                 }
-                // Fetch the table again at the next heartbeat: it says what
-                // is left.
-                *lock(&service.table_version) = 0;
-                service.copying.store(false, Ordering::SeqCst);
-            })
-            .map_err(|e| crate::meta::MetaError::Corrupt(format!("starting a sync thread: {e}")))?;
+                lock(&service.copies).end();
+            });
+        if let Err(e) = spawned {
+            lock(&self.copies).end();
+            return Err(crate::meta::MetaError::Corrupt(format!(
+                "starting a sync thread: {e}"
+            )));
+        }
         Ok(())
     }
 
@@ -325,5 +365,32 @@ impl Handler for StorageService {
             return Err(libc::ESTALE);
         };
         target.handle(req, bulk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Copies;
+
+    #[test]
+    fn a_copy_that_ends_while_a_heartbeat_looks_is_looked_for_again() {
+        let mut copies = Copies::default();
+        assert!(copies.stale(7), "a new table is looked at");
+        assert!(copies.start(7, true), "the first look starts the copy");
+        // A heartbeat sees the same table while the copy runs: nothing
+        // to fetch; one that saw a newer table fetches it but starts no
+        // second copy.
+        assert!(!copies.stale(7));
+        assert!(copies.stale(8));
+        assert!(!copies.start(8, true));
+        // However the copy's end falls against that look, the next
+        // heartbeat looks again and starts what is left.
+        copies.end();
+        assert!(copies.stale(8));
+        assert!(copies.start(8, true));
+        copies.end();
+        // With nothing to copy, a table is looked at once.
+        assert!(!copies.start(8, false));
+        assert!(!copies.stale(8));
     }
 }
