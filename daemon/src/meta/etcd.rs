@@ -28,13 +28,34 @@
 //! Reads that fail on the network are retried (with backoff) on the other
 //! members; a commit that fails on the network is not (it may have been
 //! applied): the operation fails with EIO and the caller decides.
+//!
+//! A transaction's reads are serializable reads at one revision: the
+//! first is answered by the member at its latest applied revision, which
+//! the others then name (`Range` with `revision`), so they all see one
+//! snapshot and need no ReadIndex round to the leader. Two rules keep that
+//! sound:
+//! - This handle's own commits are always seen: it keeps the highest
+//!   revision any answer showed it (every commit's among them), and a
+//!   first read from a member behind that is made again as a linearizable
+//!   read.
+//! - A transaction that writes is validated at commit as above, so a read
+//!   that was stale makes it conflict and run again; one that writes
+//!   nothing read one snapshot and needs no validation (no compare-only
+//!   `Txn` through Raft for a lookup).
+//!
+//! Other clients' commits reach a read once the member serving it has
+//! applied them; requests go to the leader when it is known at connect,
+//! where that is at once, and a follower lags by at most a heartbeat.
+//! A revision the member has not reached yet (after a failover) or has
+//! compacted makes the transaction run again at a new one.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, Identity,
+    ResponseHeader, TlsOptions, Txn, TxnOp,
 };
 
 use super::kv::{AttemptGate, CommitRequest, KvEngine, KvError, KvPair, Version};
@@ -89,6 +110,9 @@ pub struct EtcdEngine {
     prefix: Vec<u8>,
     security: EtcdSecurity,
     gate: AttemptGate,
+    /// The highest revision an answer has shown this handle: at or above
+    /// every commit it made (see the module docs).
+    seen: AtomicI64,
 }
 
 impl std::fmt::Debug for EtcdEngine {
@@ -134,9 +158,11 @@ impl EtcdEngine {
             prefix: prefix.to_vec(),
             security,
             gate: AttemptGate::default(),
+            seen: AtomicI64::new(0),
         };
         // Fail early, with a clear message, if no member answers.
         engine.get(b"")?;
+        engine.prefer_leader();
         Ok(engine)
     }
 
@@ -219,6 +245,100 @@ impl EtcdEngine {
         ))
     }
 
+    /// Sends requests to the leader, if the current member says which
+    /// one it is and it is among the endpoints: serializable reads there
+    /// see every commit once applied. Best effort: on any failure the
+    /// current member stays.
+    fn prefer_leader(&self) {
+        let i = self.current.load(Ordering::Relaxed);
+        let Ok(client) = self.client(i) else { return };
+        let found = self.runtime.block_on(async move {
+            let mut c = client;
+            let leader = c.status().await?.leader();
+            let members = c.member_list().await?;
+            Ok::<_, etcd_client::Error>(
+                members
+                    .members()
+                    .iter()
+                    .find(|m| m.id() == leader)
+                    .map(|m| m.client_urls().to_vec()),
+            )
+        });
+        let Ok(Some(urls)) = found else { return };
+        if let Some(at) = self.endpoints.iter().position(|e| {
+            urls.iter()
+                .any(|u| u.trim_end_matches('/').ends_with(&format!("//{e}")))
+        }) {
+            tracing::debug!("etcd: requests go to the leader, {}", self.endpoints[at]);
+            self.current.store(at, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends requests to member `i` from now on (tests: a read on a
+    /// member other than the one that took a commit).
+    #[cfg(test)]
+    pub(crate) fn use_member(&self, i: usize) {
+        self.current.store(i, Ordering::Relaxed);
+    }
+
+    /// Notes the revision an answer showed; returns it.
+    fn note(&self, header: Option<&ResponseHeader>) -> i64 {
+        let revision = header.map_or(0, |h| h.revision());
+        self.seen.fetch_max(revision, Ordering::SeqCst);
+        revision
+    }
+
+    /// A range read for a transaction at its read point `at` (see the
+    /// module docs); a revision the member cannot serve is a conflict.
+    fn range_at(
+        &self,
+        what: &str,
+        key: Vec<u8>,
+        options: GetOptions,
+        at: &mut Option<u64>,
+    ) -> Result<GetResponse, KvError> {
+        let read = |options: GetOptions| {
+            self.request(what, true, |mut c| {
+                let (key, options) = (key.clone(), options.clone());
+                async move {
+                    match c.get(key, Some(options)).await {
+                        Ok(resp) => Ok(Ok(resp)),
+                        Err(e) if revision_unavailable(&e) => Ok(Err(KvError::Conflict)),
+                        Err(e) => Err(e),
+                    }
+                }
+            })?
+        };
+        if let Some(revision) = *at {
+            return read(options.with_serializable().with_revision(revision as i64));
+        }
+        let floor = self.seen.load(Ordering::SeqCst);
+        let mut resp = read(options.clone().with_serializable())?;
+        if resp.header().map_or(0, |h| h.revision()) < floor {
+            // The member has not applied this handle's last commit yet.
+            resp = read(options)?;
+        }
+        let revision = self.note(resp.header());
+        if revision <= 0 {
+            // Revision 0 would mean "the latest" to later reads.
+            return Err(KvError::Failed("etcd answered a read without a revision".into()));
+        }
+        *at = Some(revision as u64);
+        Ok(resp)
+    }
+
+    fn pairs(&self, resp: &GetResponse) -> Result<Vec<KvPair>, KvError> {
+        let mut out = Vec::with_capacity(resp.kvs().len());
+        for kv in resp.kvs() {
+            out.push(KvPair {
+                key: self.strip(kv.key())?.to_vec(),
+                value: kv.value().to_vec(),
+                version: kv.mod_revision() as Version,
+            });
+        }
+        Ok(out)
+    }
+
     fn key(&self, key: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.prefix.len() + key.len());
         k.extend_from_slice(&self.prefix);
@@ -239,6 +359,7 @@ impl KvEngine for EtcdEngine {
             let k = k.clone();
             async move { c.get(k, None).await }
         })?;
+        self.note(resp.header());
         Ok(resp
             .kvs()
             .first()
@@ -258,15 +379,37 @@ impl KvEngine for EtcdEngine {
                     .await
             }
         })?;
-        let mut out = Vec::with_capacity(resp.kvs().len());
-        for kv in resp.kvs() {
-            out.push(KvPair {
-                key: self.strip(kv.key())?.to_vec(),
-                value: kv.value().to_vec(),
-                version: kv.mod_revision() as Version,
-            });
+        self.note(resp.header());
+        self.pairs(&resp)
+    }
+
+    fn get_at(&self, key: &[u8], at: &mut Option<u64>) -> Result<Option<(Vec<u8>, Version)>, KvError> {
+        let resp = self.range_at("get", self.key(key), GetOptions::new(), at)?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision() as Version)))
+    }
+
+    fn scan_at(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        at: &mut Option<u64>,
+    ) -> Result<Vec<KvPair>, KvError> {
+        if start >= end || limit == 0 {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let options = GetOptions::new()
+            .with_range(self.key(end))
+            .with_limit(i64::try_from(limit).unwrap_or(0));
+        let resp = self.range_at("range", self.key(start), options, at)?;
+        self.pairs(&resp)
+    }
+
+    fn reads_at_snapshot(&self) -> bool {
+        true
     }
 
     fn gate(&self) -> &AttemptGate {
@@ -314,10 +457,19 @@ impl KvEngine for EtcdEngine {
             let txn = txn.clone();
             async move { c.txn(txn).await }
         })?;
+        self.note(resp.header());
         if resp.succeeded() {
             Ok(())
         } else {
             Err(KvError::Conflict)
         }
     }
+}
+
+/// Whether `e` says a read at a revision cannot be served: compacted away,
+/// or not yet reached by the member that got it.
+fn revision_unavailable(e: &etcd_client::Error) -> bool {
+    let text = e.to_string();
+    text.contains("required revision has been compacted")
+        || text.contains("required revision is a future revision")
 }

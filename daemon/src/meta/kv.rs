@@ -102,6 +102,31 @@ pub trait KvEngine: Send + Sync + fmt::Debug {
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>, KvError>;
     /// Validates and applies a transaction (see the trait's contract).
     fn commit(&self, request: CommitRequest) -> Result<(), KvError>;
+    /// [`KvEngine::get`] for a transaction whose reads share the read
+    /// point `at`: `None` before its first read, which may set it; later
+    /// reads see the store as of that point. Engines that have no read
+    /// points read the latest state and leave `at` alone.
+    fn get_at(&self, key: &[u8], _at: &mut Option<u64>) -> Result<Option<(Vec<u8>, Version)>, KvError> {
+        self.get(key)
+    }
+    /// [`KvEngine::scan`] at a transaction's read point (see
+    /// [`KvEngine::get_at`]).
+    fn scan_at(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        _at: &mut Option<u64>,
+    ) -> Result<Vec<KvPair>, KvError> {
+        self.scan(start, end, limit)
+    }
+    /// Whether the reads of one transaction through
+    /// [`KvEngine::get_at`] and [`KvEngine::scan_at`] see one consistent
+    /// state (a snapshot) and include every commit of this handle: a
+    /// transaction that writes nothing then needs no validation.
+    fn reads_at_snapshot(&self) -> bool {
+        false
+    }
     /// The gate that orders [`retry`]'s attempts on this engine handle.
     fn gate(&self) -> &AttemptGate;
     /// Makes every commit acknowledged so far durable (on disk, not only
@@ -120,6 +145,8 @@ pub struct Txn<'a> {
     reads: HashMap<Vec<u8>, Option<Version>>,
     scans: Vec<ScanRead>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The read point its reads share, on engines that have them.
+    at: Option<u64>,
 }
 
 impl fmt::Debug for Txn<'_> {
@@ -140,6 +167,7 @@ impl<'a> Txn<'a> {
             reads: HashMap::new(),
             scans: Vec::new(),
             writes: BTreeMap::new(),
+            at: None,
         }
     }
 
@@ -149,7 +177,7 @@ impl<'a> Txn<'a> {
         if let Some(written) = self.writes.get(key) {
             return Ok(written.clone());
         }
-        let found = self.engine.get(key)?;
+        let found = self.engine.get_at(key, &mut self.at)?;
         let version = found.as_ref().map(|(_, v)| *v);
         match self.reads.get(key) {
             // A second read that sees another version: this transaction
@@ -167,7 +195,7 @@ impl<'a> Txn<'a> {
     /// validation. Does not see this transaction's own writes: callers scan
     /// before they write in a range.
     pub fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>, KvError> {
-        let pairs = self.engine.scan(start, end, limit)?;
+        let pairs = self.engine.scan_at(start, end, limit, &mut self.at)?;
         self.scans.push(ScanRead {
             start: start.to_vec(),
             end: end.to_vec(),
@@ -193,15 +221,17 @@ impl<'a> Txn<'a> {
     }
 
     /// Whether what this transaction read is one consistent state by
-    /// itself, with nothing to validate: it wrote nothing and read at most
-    /// one key (no scan). One get is atomic and current on every engine
-    /// here (fjall applies a commit's batch at once; etcd's reads are
-    /// linearizable), so it saw the store as of one instant. A getattr, or
-    /// an open of a file without extended attributes, then skips the
-    /// engine's commit path (its lock, on the embedded engine; a round trip
-    /// through Raft, on etcd).
+    /// itself, with nothing to validate: it wrote nothing, and either the
+    /// engine reads each transaction at one snapshot (etcd: one revision,
+    /// [`KvEngine::reads_at_snapshot`]) or it read at most one key (no
+    /// scan). One get is atomic on every engine here (fjall applies a
+    /// commit's batch at once), so it saw the store as of one instant. A
+    /// getattr, or an open of a file without extended attributes, then
+    /// skips the engine's commit path (its lock, on the embedded engine; a
+    /// round trip through Raft, on etcd).
     fn self_consistent(&self) -> bool {
-        self.writes.is_empty() && self.scans.is_empty() && self.reads.len() <= 1
+        self.writes.is_empty()
+            && (self.engine.reads_at_snapshot() || (self.scans.is_empty() && self.reads.len() <= 1))
     }
 
     /// Checks that everything read is still current, and writes nothing.

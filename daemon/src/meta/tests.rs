@@ -1260,6 +1260,7 @@ fn etcd_suite_on_a_three_node_cluster() {
     }
     let engine = etcd_engine(&cluster.clients, b"concurrent/").unwrap();
     concurrent_creates_and_renames(Arc::new(engine));
+    etcd_reads_see_one_revision_and_this_handles_commits(&cluster);
 
     // Failover: creates before, during and after a member's death.
     let engine: Arc<dyn KvEngine> = Arc::new(etcd_engine(&cluster.clients, b"failover/").unwrap());
@@ -1298,6 +1299,74 @@ fn etcd_suite_on_a_three_node_cluster() {
         "namespace inconsistent:\n{}",
         problems.join("\n")
     );
+}
+
+/// The index of the member of `clients` that leads the cluster.
+fn etcd_leader(clients: &[String]) -> usize {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for (i, endpoint) in clients.iter().enumerate() {
+            let mut c = etcd_client::Client::connect([format!("http://{endpoint}")], None)
+                .await
+                .unwrap();
+            let status = c.status().await.unwrap();
+            if status.header().unwrap().member_id() == status.leader() {
+                return i;
+            }
+        }
+        panic!("no member of {clients:?} leads")
+    })
+}
+
+/// Reads at one revision: a transaction that read a key before another
+/// client changed two sees the second as it was too, and commits without
+/// validation (which would fail: the first key changed). And a handle's
+/// own commit is seen by its next transaction even on a member that has
+/// not applied it yet (the read is made again, linearizable).
+fn etcd_reads_see_one_revision_and_this_handles_commits(cluster: &EtcdCluster) {
+    let reader = etcd_engine(&cluster.clients, b"snapshot/").unwrap();
+    let writer = etcd_engine(&cluster.clients, b"snapshot/").unwrap();
+    let write = |a: &[u8], b: &[u8]| {
+        let mut txn = Txn::new(&writer);
+        txn.put(b"a".to_vec(), a.to_vec());
+        txn.put(b"b".to_vec(), b.to_vec());
+        txn.commit().unwrap();
+    };
+    write(b"a1", b"b1");
+    let mut txn = Txn::new(&reader);
+    assert_eq!(txn.get(b"a").unwrap().as_deref(), Some(&b"a1"[..]));
+    write(b"a2", b"b2");
+    assert_eq!(
+        txn.get(b"b").unwrap().as_deref(),
+        Some(&b"b1"[..]),
+        "the second read of a transaction sees the first one's revision"
+    );
+    assert_eq!(txn.scan(b"a", b"c", 10).unwrap().len(), 2);
+    txn.commit()
+        .expect("a transaction that wrote nothing commits without validation");
+    let mut txn = Txn::new(&reader);
+    assert_eq!(txn.get(b"b").unwrap().as_deref(), Some(&b"b2"[..]));
+
+    // Commits through the leader, reads on a follower at once after.
+    let leader = etcd_leader(&cluster.clients);
+    let follower = (leader + 1) % cluster.clients.len();
+    let engine = etcd_engine(&cluster.clients, b"own-writes/").unwrap();
+    for i in 0..200u32 {
+        engine.use_member(leader);
+        let mut txn = Txn::new(&engine);
+        txn.put(b"k".to_vec(), i.to_be_bytes().to_vec());
+        txn.commit().unwrap();
+        engine.use_member(follower);
+        let mut txn = Txn::new(&engine);
+        assert_eq!(
+            txn.get(b"k").unwrap(),
+            Some(i.to_be_bytes().to_vec()),
+            "commit {i}, read on another member"
+        );
+    }
 }
 
 #[test]
