@@ -43,15 +43,22 @@
 //!   nothing read one snapshot and needs no validation (no compare-only
 //!   `Txn` through Raft for a lookup).
 //!
+//! - A serializable read is taken only within [`FRESHNESS`] of the last
+//!   answer that went through the cluster's quorum (a linearizable read,
+//!   a commit); past it the first read is linearizable. A member cut off
+//!   from the others therefore answers no more than that stale: after it,
+//!   its reads fail as its commits do.
+//!
 //! Other clients' commits reach a read once the member serving it has
 //! applied them; requests go to the leader when it is known at connect,
-//! where that is at once, and a follower lags by at most a heartbeat.
+//! where that is at once, and a follower in touch with the leader lags by
+//! at most a heartbeat.
 //! A revision the member has not reached yet (after a failover) or has
 //! compacted makes the transaction run again at a new one.
 
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, Identity,
@@ -59,6 +66,10 @@ use etcd_client::{
 };
 
 use super::kv::{AttemptGate, CommitRequest, KvEngine, KvError, KvPair, Version};
+
+/// How long after the last answer through the quorum a transaction may
+/// start with a serializable read (see the module docs).
+pub const FRESHNESS: Duration = Duration::from_millis(500);
 
 /// Rounds over all members before a request fails.
 const ROUNDS_MAX: u32 = 4;
@@ -113,6 +124,9 @@ pub struct EtcdEngine {
     /// The highest revision an answer has shown this handle: at or above
     /// every commit it made (see the module docs).
     seen: AtomicI64,
+    /// When an answer last went through the quorum, in µs since `epoch`.
+    confirmed_us: AtomicU64,
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for EtcdEngine {
@@ -159,6 +173,8 @@ impl EtcdEngine {
             security,
             gate: AttemptGate::default(),
             seen: AtomicI64::new(0),
+            confirmed_us: AtomicU64::new(0),
+            epoch: Instant::now(),
         };
         // Fail early, with a clear message, if no member answers.
         engine.get(b"")?;
@@ -281,6 +297,19 @@ impl EtcdEngine {
         self.current.store(i, Ordering::Relaxed);
     }
 
+    /// Notes that an answer to a request sent at `sent` went through the
+    /// quorum: the member was in touch with it then.
+    fn confirm(&self, sent: Instant) {
+        let at = sent.saturating_duration_since(self.epoch).as_micros() as u64;
+        self.confirmed_us.fetch_max(at.max(1), Ordering::SeqCst);
+    }
+
+    /// Whether a serializable read may start a transaction now.
+    fn fresh(&self) -> bool {
+        let confirmed = self.confirmed_us.load(Ordering::SeqCst);
+        confirmed != 0 && self.epoch.elapsed().as_micros() as u64 <= confirmed + FRESHNESS.as_micros() as u64
+    }
+
     /// Notes the revision an answer showed; returns it.
     fn note(&self, header: Option<&ResponseHeader>) -> i64 {
         let revision = header.map_or(0, |h| h.revision());
@@ -313,11 +342,21 @@ impl EtcdEngine {
             return read(options.with_serializable().with_revision(revision as i64));
         }
         let floor = self.seen.load(Ordering::SeqCst);
-        let mut resp = read(options.clone().with_serializable())?;
-        if resp.header().map_or(0, |h| h.revision()) < floor {
-            // The member has not applied this handle's last commit yet.
-            resp = read(options)?;
-        }
+        let serializable = if self.fresh() {
+            Some(read(options.clone().with_serializable())?)
+        } else {
+            None
+        };
+        let resp = match serializable {
+            // Unless the member has not applied this handle's last commit.
+            Some(resp) if resp.header().map_or(0, |h| h.revision()) >= floor => resp,
+            _ => {
+                let sent = Instant::now();
+                let resp = read(options)?;
+                self.confirm(sent);
+                resp
+            }
+        };
         let revision = self.note(resp.header());
         if revision <= 0 {
             // Revision 0 would mean "the latest" to later reads.
@@ -355,11 +394,13 @@ impl EtcdEngine {
 impl KvEngine for EtcdEngine {
     fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, Version)>, KvError> {
         let k = self.key(key);
+        let sent = Instant::now();
         let resp = self.request("get", true, |mut c| {
             let k = k.clone();
             async move { c.get(k, None).await }
         })?;
         self.note(resp.header());
+        self.confirm(sent);
         Ok(resp
             .kvs()
             .first()
@@ -372,6 +413,7 @@ impl KvEngine for EtcdEngine {
         }
         let (s, e) = (self.key(start), self.key(end));
         let etcd_limit = i64::try_from(limit).unwrap_or(0);
+        let sent = Instant::now();
         let resp = self.request("range", true, |mut c| {
             let (s, e) = (s.clone(), e.clone());
             async move {
@@ -380,6 +422,7 @@ impl KvEngine for EtcdEngine {
             }
         })?;
         self.note(resp.header());
+        self.confirm(sent);
         self.pairs(&resp)
     }
 
@@ -453,11 +496,13 @@ impl KvEngine for EtcdEngine {
             })
             .collect();
         let txn = Txn::new().when(compares).and_then(ops);
+        let sent = Instant::now();
         let resp = self.request("txn", false, |mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
         })?;
         self.note(resp.header());
+        self.confirm(sent);
         if resp.succeeded() {
             Ok(())
         } else {

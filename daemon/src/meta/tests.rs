@@ -1299,6 +1299,24 @@ fn etcd_suite_on_a_three_node_cluster() {
         "namespace inconsistent:\n{}",
         problems.join("\n")
     );
+
+    // A member left without a quorum: reads from what it has only within
+    // the freshness bound of its last answer through the quorum, then
+    // they fail as its commits do.
+    let alone = etcd_engine(&cluster.clients[1..2], b"cut-off/").unwrap();
+    Txn::new(&alone)
+        .get(b"k")
+        .expect("a read within the bound of connecting");
+    cluster.kill(2);
+    // The bound is a time: wait it out.
+    std::thread::sleep(super::etcd::FRESHNESS + std::time::Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let read = Txn::new(&alone).get(b"k");
+    assert!(
+        read.is_err(),
+        "a member without a quorum answered a read past the bound: {read:?}"
+    );
+    eprintln!("the cut-off read failed after {:?}: {read:?}", started.elapsed());
 }
 
 /// The index of the member of `clients` that leads the cluster.
