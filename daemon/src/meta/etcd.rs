@@ -32,22 +32,21 @@
 //! A transaction's reads are serializable reads at one revision: the
 //! first is answered by the member at its latest applied revision, which
 //! the others then name (`Range` with `revision`), so they all see one
-//! snapshot and need no ReadIndex round to the leader. Two rules keep that
-//! sound:
+//! snapshot and need no ReadIndex round to the leader. Three rules keep
+//! that sound:
 //! - This handle's own commits are always seen: it keeps the highest
 //!   revision any answer showed it (every commit's among them), and a
 //!   first read from a member behind that is made again as a linearizable
 //!   read.
-//! - A transaction that writes is validated at commit as above, so a read
-//!   that was stale makes it conflict and run again; one that writes
-//!   nothing read one snapshot and needs no validation (no compare-only
-//!   `Txn` through Raft for a lookup).
-//!
 //! - A serializable read is taken only within [`FRESHNESS`] of the last
 //!   answer that went through the cluster's quorum (a linearizable read,
 //!   a commit); past it the first read is linearizable. A member cut off
 //!   from the others therefore answers no more than that stale: after it,
 //!   its reads fail as its commits do.
+//! - A transaction that writes is validated at commit as above, so a read
+//!   that was stale makes it conflict and run again; one that writes
+//!   nothing read one snapshot and needs no validation (no compare-only
+//!   `Txn` through Raft for a lookup).
 //!
 //! Other clients' commits reach a read once the member serving it has
 //! applied them; requests go to the leader when it is known at connect,
@@ -366,6 +365,21 @@ impl EtcdEngine {
         Ok(resp)
     }
 
+    /// The options of a scan up to `end` of at most `limit` keys (etcd's
+    /// 0: no limit, for a limit past i64).
+    fn range_options(&self, end: &[u8], limit: usize) -> GetOptions {
+        GetOptions::new()
+            .with_range(self.key(end))
+            .with_limit(i64::try_from(limit).unwrap_or(0))
+    }
+
+    /// The first key's value and version in `resp`.
+    fn first(resp: &GetResponse) -> Option<(Vec<u8>, Version)> {
+        resp.kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision() as Version))
+    }
+
     fn pairs(&self, resp: &GetResponse) -> Result<Vec<KvPair>, KvError> {
         let mut out = Vec::with_capacity(resp.kvs().len());
         for kv in resp.kvs() {
@@ -401,25 +415,18 @@ impl KvEngine for EtcdEngine {
         })?;
         self.note(resp.header());
         self.confirm(sent);
-        Ok(resp
-            .kvs()
-            .first()
-            .map(|kv| (kv.value().to_vec(), kv.mod_revision() as Version)))
+        Ok(Self::first(&resp))
     }
 
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>, KvError> {
         if start >= end || limit == 0 {
             return Ok(Vec::new());
         }
-        let (s, e) = (self.key(start), self.key(end));
-        let etcd_limit = i64::try_from(limit).unwrap_or(0);
+        let (s, options) = (self.key(start), self.range_options(end, limit));
         let sent = Instant::now();
         let resp = self.request("range", true, |mut c| {
-            let (s, e) = (s.clone(), e.clone());
-            async move {
-                c.get(s, Some(GetOptions::new().with_range(e).with_limit(etcd_limit)))
-                    .await
-            }
+            let (s, options) = (s.clone(), options.clone());
+            async move { c.get(s, Some(options)).await }
         })?;
         self.note(resp.header());
         self.confirm(sent);
@@ -428,10 +435,7 @@ impl KvEngine for EtcdEngine {
 
     fn get_at(&self, key: &[u8], at: &mut Option<u64>) -> Result<Option<(Vec<u8>, Version)>, KvError> {
         let resp = self.range_at("get", self.key(key), GetOptions::new(), at)?;
-        Ok(resp
-            .kvs()
-            .first()
-            .map(|kv| (kv.value().to_vec(), kv.mod_revision() as Version)))
+        Ok(Self::first(&resp))
     }
 
     fn scan_at(
@@ -444,9 +448,7 @@ impl KvEngine for EtcdEngine {
         if start >= end || limit == 0 {
             return Ok(Vec::new());
         }
-        let options = GetOptions::new()
-            .with_range(self.key(end))
-            .with_limit(i64::try_from(limit).unwrap_or(0));
+        let options = self.range_options(end, limit);
         let resp = self.range_at("range", self.key(start), options, at)?;
         self.pairs(&resp)
     }
