@@ -29,7 +29,7 @@ use crate::fs::{MetaFs, MetaFsConfig};
 use crate::meta::kv::KvEngine;
 use crate::meta::{Meta, MetaConfig, Namespace, SystemClock};
 use crate::storage::client::ClusterData;
-use crate::storage::transport::TcpTransport;
+use crate::storage::transport::{DataTransportArgs, ServiceTransport};
 
 /// Chunk size of new files unless told, in KiB.
 pub const CHUNK_SIZE_KIB_DEFAULT: u32 = 1024;
@@ -84,6 +84,8 @@ pub struct NamespaceSpec<'a> {
     pub check_permissions: bool,
     /// How to authenticate to a tcp:// service.
     pub auth: &'a AuthArgs,
+    /// How file data reaches storage services.
+    pub data_transport: &'a DataTransportArgs,
     /// Callers are this machine's processes (their pids name their
     /// groups); not so for a guest's.
     pub host_callers: bool,
@@ -122,7 +124,9 @@ fn cluster_on_engine(
         None => None,
     };
     let sync = spec.engine.durability == DurabilityArg::Sync;
-    let data = ClusterData::new(meta, Arc::new(TcpTransport::new(tls)), own.client_id(), sync)
+    let rdma = spec.data_transport.choose("mount")?;
+    let transport = Arc::new(ServiceTransport::new(tls, spec.data_transport.path(&rdma)));
+    let data = ClusterData::new(meta, transport, own.client_id(), sync)
         .context("fetching the storage cluster's chain table")?;
     Ok(Some(data))
 }
@@ -198,7 +202,8 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
             if cluster_wanted {
                 let meta =
                     ClusterClient::new(&addr, tls.clone()).context("the metadata service's address")?;
-                let transport = Arc::new(TcpTransport::new(tls));
+                let rdma = spec.data_transport.choose("mount")?;
+                let transport = Arc::new(ServiceTransport::new(tls, spec.data_transport.path(&rdma)));
                 let sync = spec.engine.durability == DurabilityArg::Sync;
                 cluster = Some(
                     ClusterData::new(meta, transport, remote.session_client(), sync)

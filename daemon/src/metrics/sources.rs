@@ -278,6 +278,24 @@ impl<H: Handler> Collect for RpcServer<H> {
             &labels,
             s.held_waits.load(Ordering::Relaxed),
         );
+        out.counter(
+            "xfuse_rpc_server_rdma_connections_total",
+            "Queue pairs connected with peers for RDMA payloads.",
+            &labels,
+            s.rdma_connected.load(Ordering::Relaxed),
+        );
+        out.counter(
+            "xfuse_rpc_server_rdma_read_bytes_total",
+            "Request payload bytes pulled from peers by RDMA READ.",
+            &labels,
+            s.rdma_read.load(Ordering::Relaxed),
+        );
+        out.counter(
+            "xfuse_rpc_server_rdma_written_bytes_total",
+            "Reply payload bytes pushed to peers by RDMA WRITE.",
+            &labels,
+            s.rdma_written.load(Ordering::Relaxed),
+        );
     }
 }
 

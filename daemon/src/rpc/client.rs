@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::codec;
 use super::frame::{self, Assembler, Frame};
+use super::rdma::pool::Pool;
+use super::rdma::{Endpoint, QueuePair, RdmaCall, DEFAULT_WINDOW};
 use super::stream::Stream;
 
 /// Calls in flight on one connection; more wait for a slot.
@@ -62,6 +65,18 @@ pub struct Conn {
     changed: Condvar,
     /// The reading turn, and the bytes of frames read in part.
     reading: Mutex<Assembler>,
+    /// RDMA with the service, once connected ([`Conn::connect_rdma`]).
+    rdma: std::sync::OnceLock<ConnRdma>,
+}
+
+/// This end of a connection's RDMA: the queue pair the service reaches
+/// this process's buffers through, and the buffers.
+#[derive(Debug)]
+struct ConnRdma {
+    /// Kept for as long as the connection: the service's reads and writes
+    /// arrive through it.
+    _qp: Box<dyn QueuePair>,
+    pool: Arc<Pool>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -110,7 +125,36 @@ impl Conn {
             calls: Mutex::new(Calls::default()),
             changed: Condvar::new(),
             reading: Mutex::new(Assembler::default()),
+            rdma: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Connects a queue pair on `pool`'s device with the service's
+    /// ([`frame::KIND_RDMA_HELLO`]), so that [`Conn::call_rdma`] moves
+    /// payloads through `pool`'s buffers (registered for the service's
+    /// RDMA READ and WRITE). `Err(Remote(EOPNOTSUPP))` when the service
+    /// serves no RDMA.
+    pub fn connect_rdma(&self, pool: Arc<Pool>, timeout: Duration) -> Result<(), CallError> {
+        let qp = pool
+            .fabric()
+            .queue_pair(DEFAULT_WINDOW)
+            .map_err(CallError::NotSent)?;
+        let hello = codec::encode(&qp.endpoint());
+        let frame = self.exchange(frame::KIND_RDMA_HELLO, &[&hello], &[], Instant::now() + timeout)?;
+        let theirs: Endpoint = codec::decode(&Conn::replied(frame)?.0)
+            .map_err(|e| CallError::Lost(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+        qp.connect(&theirs).map_err(CallError::Lost)?;
+        self.rdma.set(ConnRdma { _qp: qp, pool }).map_err(|_| {
+            CallError::NotSent(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "RDMA already connected",
+            ))
+        })
+    }
+
+    /// Whether payloads go by RDMA ([`Conn::connect_rdma`] succeeded).
+    pub fn has_rdma(&self) -> bool {
+        self.rdma.get().is_some()
     }
 
     /// Calls in flight now.
@@ -149,10 +193,93 @@ impl Conn {
         bulk: &[u8],
         timeout: Duration,
     ) -> Result<(Vec<u8>, Vec<u8>), CallError> {
+        let frame = self.exchange(frame::KIND_REQUEST, &[message], bulk, Instant::now() + timeout)?;
+        Conn::replied(frame)
+    }
+
+    /// Like [`Conn::call`], the payloads moved by RDMA when the connection
+    /// has it ([`Conn::connect_rdma`]; else as [`Conn::call`]): the
+    /// service pulls `bulk` from a registered buffer and pushes a reply
+    /// payload of up to `reply_max` bytes into one (a larger one comes
+    /// in the reply frame).
+    pub fn call_rdma(
+        &self,
+        message: &[u8],
+        bulk: &[u8],
+        reply_max: usize,
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, Vec<u8>), CallError> {
+        let Some(rdma) = self.rdma.get() else {
+            return self.call(message, bulk, timeout);
+        };
         let deadline = Instant::now() + timeout;
+        let reply_max = reply_max.min(rdma.pool.max_len());
+        // One buffer serves both ways: the service reads the payload
+        // before the request runs and writes the reply's after.
+        let buf = rdma
+            .pool
+            .take(bulk.len().max(reply_max), deadline)
+            .map_err(CallError::NotSent)?;
+        buf.fill(bulk);
+        let call = RdmaCall {
+            payload: (!bulk.is_empty()).then(|| buf.remote(bulk.len())).flatten(),
+            reply: (reply_max > 0).then(|| buf.remote(reply_max)).flatten(),
+        };
+        let head = call.to_bytes();
+        let frame = match self.exchange(frame::KIND_REQUEST_RDMA, &[&head, message], &[], deadline) {
+            Ok(frame) => frame,
+            Err(e) => {
+                if matches!(e, CallError::Lost(_)) {
+                    // The service may still reach the buffer: never reuse
+                    // it.
+                    buf.discard();
+                }
+                return Err(e);
+            }
+        };
+        if frame.kind != frame::KIND_REPLY_RDMA {
+            return Conn::replied(frame);
+        }
+        let lost = |why: &str| CallError::Lost(io::Error::new(io::ErrorKind::InvalidData, why.to_string()));
+        let (count, message) = frame
+            .message
+            .split_first_chunk::<4>()
+            .ok_or_else(|| lost("an RDMA reply too short for its count"))?;
+        let count = u32::from_le_bytes(*count) as usize;
+        if count > reply_max {
+            return Err(lost("an RDMA reply larger than the room given for it"));
+        }
+        Ok((message.to_vec(), buf.to_vec(count)))
+    }
+
+    /// A reply frame's message and bulk, or its errno.
+    fn replied(frame: Frame) -> Result<(Vec<u8>, Vec<u8>), CallError> {
+        match frame.kind {
+            frame::KIND_REPLY => Ok((frame.message, frame.bulk)),
+            _ => {
+                let errno = frame
+                    .message
+                    .get(..4)
+                    .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
+                    .filter(|e| *e > 0)
+                    .unwrap_or(libc::EPROTO);
+                Err(CallError::Remote(errno))
+            }
+        }
+    }
+
+    /// Sends a request frame of `kind` (its message in `parts`) and waits
+    /// until `deadline` for the reply frame.
+    pub(crate) fn exchange(
+        &self,
+        kind: u8,
+        parts: &[&[u8]],
+        bulk: &[u8],
+        deadline: Instant,
+    ) -> Result<Frame, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let head =
-            frame::header(id, frame::KIND_REQUEST, message.len(), bulk.len()).map_err(CallError::NotSent)?;
+        let message_len = parts.iter().map(|p| p.len()).sum();
+        let head = frame::header(id, kind, message_len, bulk.len()).map_err(CallError::NotSent)?;
         {
             let mut calls = lock(&self.calls);
             loop {
@@ -184,10 +311,11 @@ impl Conn {
             calls.waiting.insert(id);
         }
         let slot = Slot { conn: self, id };
-        if let Err(e) = self
-            .stream
-            .write_parts(&[&head, message, bulk], Instant::now() + WRITE_TIMEOUT)
-        {
+        let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 2);
+        all.push(&head);
+        all.extend_from_slice(parts);
+        all.push(bulk);
+        if let Err(e) = self.stream.write_parts(&all, Instant::now() + WRITE_TIMEOUT) {
             // A frame cut short is not a request: the service drops the
             // connection without running it.
             self.kill(format!("writing: {e}"));
@@ -195,18 +323,7 @@ impl Conn {
         }
         let frame = self.wait_reply(id, deadline)?;
         drop(slot);
-        match frame.kind {
-            frame::KIND_REPLY => Ok((frame.message, frame.bulk)),
-            _ => {
-                let errno = frame
-                    .message
-                    .get(..4)
-                    .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
-                    .filter(|e| *e > 0)
-                    .unwrap_or(libc::EPROTO);
-                Err(CallError::Remote(errno))
-            }
-        }
+        Ok(frame)
     }
 
     fn wait_reply(&self, id: u64, deadline: Instant) -> Result<Frame, CallError> {
@@ -284,7 +401,10 @@ impl Conn {
         loop {
             match frames.take() {
                 Ok(Some(frame)) => {
-                    if frame.kind == frame::KIND_REQUEST {
+                    if !matches!(
+                        frame.kind,
+                        frame::KIND_REPLY | frame::KIND_ERROR | frame::KIND_REPLY_RDMA
+                    ) {
                         return self.kill("the service sent a request".into());
                     }
                     let mut calls = lock(&self.calls);

@@ -3,7 +3,9 @@
 //! ```text
 //! u32 len     bytes after this field (header rest + message + bulk), LE
 //! u64 id      the request id; a reply carries its request's id
-//! u8  kind    KIND_REQUEST, KIND_REPLY or KIND_ERROR
+//! u8  kind    KIND_REQUEST, KIND_REPLY, KIND_ERROR, or one of RDMA's
+//!             (KIND_RDMA_HELLO, KIND_REQUEST_RDMA, KIND_REPLY_RDMA: see
+//!             `rdma`)
 //! u32 bulk    bytes of bulk payload at the end (0 for metadata)
 //! ...         the message: postcard (see `codec`); an errno for KIND_ERROR
 //! ...         the bulk payload, not encoded (file data, later RDMA-sized)
@@ -34,6 +36,18 @@ pub const KIND_REQUEST: u8 = 0;
 pub const KIND_REPLY: u8 = 1;
 /// A failed reply: the message is the errno, 4 bytes LE.
 pub const KIND_ERROR: u8 = 2;
+/// A request to connect queue pairs: the message is the caller's
+/// [`super::rdma::Endpoint`]; the reply's, the service's.
+pub const KIND_RDMA_HELLO: u8 = 3;
+/// A request whose bulk payload waits in the caller's memory, and whose
+/// reply payload goes there: the message is an [`super::rdma::RdmaCall`]
+/// then the request; the frame carries no bulk.
+pub const KIND_REQUEST_RDMA: u8 = 4;
+/// A reply whose payload the service wrote into the caller's memory: the
+/// message is the byte count (u32 LE), then the reply.
+pub const KIND_REPLY_RDMA: u8 = 5;
+/// The last kind.
+const KIND_MAX: u8 = KIND_REPLY_RDMA;
 
 /// One frame, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +153,7 @@ fn head(buf: &[u8]) -> Result<Option<Head>, FrameError> {
     }
     let id = u64::from_le_bytes(buf[4..12].try_into().expect("8 bytes"));
     let kind = buf[12];
-    if kind > KIND_ERROR {
+    if kind > KIND_MAX {
         return Err(FrameError(format!("kind {kind}")));
     }
     let bulk_len = u32::from_le_bytes(buf[13..17].try_into().expect("4 bytes")) as usize;

@@ -10,7 +10,9 @@
 //!   different threads at once;
 //! - [`client`]: a multiplexed connection: many calls in flight, replies
 //!   matched by id;
-//! - [`server`]: accept, authenticate, read, run, reply, within bounds.
+//! - [`server`]: accept, authenticate, read, run, reply, within bounds;
+//! - [`rdma`]: bulk payloads moved by RDMA READ and WRITE, the frames
+//!   still on the connection.
 //!
 //! A service defines its messages as Rust enums and a
 //! [`server::Handler`]; its clients call through [`client::Conn`]. The
@@ -20,6 +22,7 @@ pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod frame;
+pub mod rdma;
 pub mod record;
 pub mod server;
 pub mod stream;

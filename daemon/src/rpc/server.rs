@@ -59,6 +59,9 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::rdma::pool::Pool;
+use super::rdma::{Endpoint, Fabric, QueuePair, RdmaCall, RemoteBuf, DEFAULT_WINDOW};
+
 use super::auth::{self, Role};
 use super::codec;
 use super::frame::{self, Assembler, Frame};
@@ -182,10 +185,24 @@ pub struct ServerStats {
     pub open: AtomicUsize,
     /// Times a connection waited for [`Limits::held_max`] bytes.
     pub held_waits: AtomicU64,
+    /// Queue pairs connected with peers (see [`super::rdma`]).
+    pub rdma_connected: AtomicU64,
+    /// Payload bytes pulled from peers by RDMA READ.
+    pub rdma_read: AtomicU64,
+    /// Reply bytes pushed to peers by RDMA WRITE.
+    pub rdma_written: AtomicU64,
 }
 
-/// A request's reply message and bulk, or its errno.
-type Answered = Result<(Vec<u8>, Vec<u8>), i32>;
+/// A request's reply: its frame kind, message and bulk; or its errno.
+type Answered = Result<(u8, Vec<u8>, Vec<u8>), i32>;
+
+/// A server's RDMA: the device, and the buffers payloads are pulled into
+/// and replies pushed from (registered for local access only).
+#[derive(Debug)]
+struct RdmaServe {
+    fabric: Arc<dyn Fabric>,
+    pool: Arc<Pool>,
+}
 
 /// Bytes held against [`Limits::held_max`] (see the module docs).
 #[derive(Debug)]
@@ -266,6 +283,8 @@ pub struct Server<H: Handler> {
     held: Arc<Budget>,
     /// Messages about connections waiting for [`Server::held`].
     held_log: xfuse::ratelimit::LogLimit,
+    /// RDMA, once offered ([`Server::offer_rdma`]).
+    rdma: std::sync::OnceLock<RdmaServe>,
     /// What happened so far.
     pub stats: ServerStats,
 }
@@ -298,6 +317,9 @@ struct Connection<H: Handler> {
     reader_active: std::sync::atomic::AtomicBool,
     /// Set once reading ended: the other threads leave.
     closed: std::sync::atomic::AtomicBool,
+    /// The queue pair connected with the peer, once it asked
+    /// ([`frame::KIND_RDMA_HELLO`]).
+    rdma: std::sync::OnceLock<Box<dyn QueuePair>>,
 }
 
 #[derive(Default)]
@@ -331,9 +353,18 @@ impl<H: Handler> Server<H> {
                 freed: std::sync::Condvar::new(),
             }),
             held_log: xfuse::ratelimit::LogLimit::standard(),
+            rdma: std::sync::OnceLock::new(),
             limits,
             stats: ServerStats::default(),
         })
+    }
+
+    /// Serves payloads by RDMA on `fabric` to peers that ask, pulling and
+    /// pushing them through at most `pool_bytes` of registered buffers.
+    /// Once: a later offer is ignored.
+    pub fn offer_rdma(&self, fabric: Arc<dyn Fabric>, pool_bytes: usize) {
+        let pool = Pool::new(fabric.clone(), pool_bytes.max(self.limits.bulk_max), false);
+        let _ = self.rdma.set(RdmaServe { fabric, pool });
     }
 
     /// Bytes of large frames and replies held now (see the module docs).
@@ -464,6 +495,7 @@ impl<H: Handler> Server<H> {
                     inline_since: AtomicU64::new(0),
                     reader_active: std::sync::atomic::AtomicBool::new(false),
                     closed: std::sync::atomic::AtomicBool::new(false),
+                    rdma: std::sync::OnceLock::new(),
                 });
                 {
                     let mut live = lock(&self.live);
@@ -575,7 +607,7 @@ impl<H: Handler> Server<H> {
                 );
                 (Err(libc::EAGAIN), None)
             } else {
-                self.run(conn, frame.message, frame.bulk)
+                self.run(conn, frame.kind, frame.message, frame.bulk)
             };
             if lone {
                 conn.inline_since.store(0, Ordering::SeqCst);
@@ -717,8 +749,18 @@ impl<H: Handler> Server<H> {
                         );
                         return Ok(None);
                     }
-                    if frame.kind != frame::KIND_REQUEST {
-                        tracing::warn!("{}: sent a reply frame; closing the connection", conn.peer.addr);
+                    let request = match frame.kind {
+                        frame::KIND_REQUEST => true,
+                        frame::KIND_RDMA_HELLO | frame::KIND_REQUEST_RDMA => frame.bulk.is_empty(),
+                        _ => false,
+                    };
+                    if !request {
+                        tracing::warn!(
+                            "{}: sent a frame of kind {} with {} bytes of bulk, not a request; closing the connection",
+                            conn.peer.addr,
+                            frame.kind,
+                            frame.bulk.len()
+                        );
                         return Ok(None);
                     }
                     return Ok(Some((frame, held)));
@@ -825,11 +867,23 @@ impl<H: Handler> Server<H> {
 
     /// Runs a request; what it holds of [`Limits::held_max`] for its reply
     /// comes back with the answer, to be dropped once the reply is written.
-    fn run(&self, conn: &Connection<H>, message: Vec<u8>, bulk: Vec<u8>) -> (Answered, Option<Held>) {
+    fn run(
+        &self,
+        conn: &Connection<H>,
+        kind: u8,
+        message: Vec<u8>,
+        bulk: Vec<u8>,
+    ) -> (Answered, Option<Held>) {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let mut held = None;
-        let result = self.answer(conn, message, bulk, &mut held);
+        let result = match kind {
+            frame::KIND_RDMA_HELLO => self.hello(conn, &message),
+            frame::KIND_REQUEST_RDMA => self.answer_rdma(conn, message, &mut held),
+            _ => self
+                .answer(conn, message, bulk, &mut held)
+                .map(|(message, bulk)| (frame::KIND_REPLY, message, bulk)),
+        };
         self.stats.duration.observe(started.elapsed());
         if result.is_err() {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -866,15 +920,131 @@ impl<H: Handler> Server<H> {
         Ok((message, bulk))
     }
 
-    fn reply(
-        &self,
-        conn: &Connection<H>,
-        id: u64,
-        result: Result<(Vec<u8>, Vec<u8>), i32>,
-    ) -> io::Result<()> {
+    /// Connects a queue pair with the peer's ([`frame::KIND_RDMA_HELLO`]):
+    /// the reply is this end's [`Endpoint`].
+    fn hello(&self, conn: &Connection<H>, message: &[u8]) -> Answered {
+        let Some(rdma) = self.rdma.get() else {
+            return Err(libc::EOPNOTSUPP);
+        };
+        let peer: Endpoint = codec::decode(message).map_err(|e| {
+            tracing::warn!("{}: refused an RDMA hello: {e}", conn.peer.addr);
+            libc::EPROTO
+        })?;
+        if conn.rdma.get().is_some() {
+            return Err(libc::EALREADY);
+        }
+        let qp = rdma
+            .fabric
+            .queue_pair(DEFAULT_WINDOW)
+            .and_then(|qp| qp.connect(&peer).map(|()| qp))
+            .map_err(|e| {
+                tracing::warn!(
+                    "{}: no RDMA queue pair on {}: {e}",
+                    conn.peer.addr,
+                    rdma.fabric.device()
+                );
+                libc::EIO
+            })?;
+        let mine = codec::encode(&qp.endpoint());
+        conn.rdma.set(qp).map_err(|_| libc::EALREADY)?;
+        self.stats.rdma_connected.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            "{}: RDMA on {}: queue pair {} connected with the peer's {}",
+            conn.peer.addr,
+            rdma.fabric.device(),
+            conn.rdma.get().map_or(0, |qp| qp.endpoint().qpn),
+            peer.qpn
+        );
+        Ok((frame::KIND_REPLY, mine, Vec::new()))
+    }
+
+    /// Runs a [`frame::KIND_REQUEST_RDMA`]: pulls its payload by RDMA
+    /// READ, runs it, and pushes the reply's payload by RDMA WRITE when the
+    /// peer gave room for it (else it goes in the reply frame). A failed
+    /// transfer breaks the queue pair: the connection is dropped, as for a
+    /// broken stream.
+    fn answer_rdma(&self, conn: &Connection<H>, message: Vec<u8>, held: &mut Option<Held>) -> Answered {
+        let (Some(rdma), Some(qp)) = (self.rdma.get(), conn.rdma.get()) else {
+            tracing::warn!("{}: an RDMA request before an RDMA hello", conn.peer.addr);
+            return Err(libc::EPROTO);
+        };
+        let Some((call, request)) = RdmaCall::parse(&message) else {
+            tracing::warn!("{}: an RDMA request too short for its head", conn.peer.addr);
+            return Err(libc::EPROTO);
+        };
+        let deadline = Instant::now() + self.limits.frame_timeout;
+        let broken = |what: &str, e: io::Error| {
+            tracing::warn!(
+                "{}: RDMA {what} failed: {e}; dropping the connection",
+                conn.peer.addr
+            );
+            conn.closed.store(true, Ordering::SeqCst);
+            conn.stream.shutdown();
+            conn.wake.notify_all();
+            libc::ECONNABORTED
+        };
+        let mut frame_held = None;
+        let bulk = match call.payload {
+            None => Vec::new(),
+            Some(src) => {
+                let len = src.len as usize;
+                if len > self.limits.bulk_max {
+                    tracing::warn!(
+                        "{}: an RDMA request with {len} bytes of payload, more than {}",
+                        conn.peer.addr,
+                        self.limits.bulk_max
+                    );
+                    return Err(libc::EMSGSIZE);
+                }
+                if len > UNCOUNTED_FRAME {
+                    frame_held = Some(self.hold(conn, len).ok_or(libc::ECONNABORTED)?);
+                }
+                let buf = rdma.pool.take(len, deadline).map_err(|e| {
+                    tracing::warn!("{}: {e}", conn.peer.addr);
+                    libc::EAGAIN
+                })?;
+                if let Err(e) = qp.read(buf.region(), 0, src, deadline) {
+                    // Its read may still land: never reuse the buffer.
+                    buf.discard();
+                    return Err(broken("READ", e));
+                }
+                self.stats.rdma_read.fetch_add(len as u64, Ordering::Relaxed);
+                buf.to_vec(len)
+            }
+        };
+        let (message, bulk) = self.answer(conn, request.to_vec(), bulk, held)?;
+        drop(frame_held);
+        match call.reply {
+            Some(dst) if !bulk.is_empty() && bulk.len() <= dst.len as usize => {
+                let buf = rdma.pool.take(bulk.len(), deadline).map_err(|e| {
+                    tracing::warn!("{}: {e}", conn.peer.addr);
+                    libc::EAGAIN
+                })?;
+                buf.fill(&bulk);
+                let dst = RemoteBuf {
+                    len: bulk.len() as u32,
+                    ..dst
+                };
+                if let Err(e) = qp.write(buf.region(), 0, dst, deadline) {
+                    buf.discard();
+                    return Err(broken("WRITE", e));
+                }
+                self.stats
+                    .rdma_written
+                    .fetch_add(bulk.len() as u64, Ordering::Relaxed);
+                let mut out = Vec::with_capacity(4 + message.len());
+                out.extend_from_slice(&(bulk.len() as u32).to_le_bytes());
+                out.extend_from_slice(&message);
+                Ok((frame::KIND_REPLY_RDMA, out, Vec::new()))
+            }
+            _ => Ok((frame::KIND_REPLY, message, bulk)),
+        }
+    }
+
+    fn reply(&self, conn: &Connection<H>, id: u64, result: Answered) -> io::Result<()> {
         let errno_bytes;
         let (kind, message, bulk) = match &result {
-            Ok((message, bulk)) => (frame::KIND_REPLY, &message[..], &bulk[..]),
+            Ok((kind, message, bulk)) => (*kind, &message[..], &bulk[..]),
             Err(errno) => {
                 errno_bytes = errno.to_le_bytes();
                 (frame::KIND_ERROR, &errno_bytes[..], &[][..])
@@ -1307,5 +1477,173 @@ mod tests {
             server.stats.refused.load(Ordering::SeqCst) >= 1
         });
         assert!(counted, "the refusal was never counted");
+    }
+
+    mod rdma {
+        use super::*;
+        use crate::rpc::rdma::fake::{FakeFabric, FakeNet};
+        use crate::rpc::rdma::pool::Pool;
+        use crate::rpc::rdma::RDMA_CALL_LEN;
+
+        const KIB: usize = 1024;
+
+        /// A server offering RDMA on a fake device, a connection to it, and
+        /// a client pool on another device of the same fake net.
+        fn start_rdma(limits: Limits) -> (Arc<Server<Echo>>, Arc<FakeFabric>, Conn, Arc<Pool>) {
+            let net = Arc::new(FakeNet::default());
+            let device = Arc::new(FakeFabric::on(&net));
+            let limits = Limits {
+                bulk_max: 1 << 20,
+                ..limits
+            };
+            let (server, addr) = start(limits, None);
+            server.offer_rdma(device.clone(), 4 << 20);
+            let pool = Pool::new(Arc::new(FakeFabric::on(&net)), 4 << 20, true);
+            (server, device, connect(addr, None), pool)
+        }
+
+        fn pattern(len: usize) -> Vec<u8> {
+            (0..len).map(|i| (i * 31 + i / 4096) as u8).collect()
+        }
+
+        fn echo_rdma(conn: &Conn, bulk: &[u8], reply_max: usize) -> Result<(u64, Vec<u8>), CallError> {
+            conn.call_rdma(&codec::encode(&7u64), bulk, reply_max, Duration::from_secs(10))
+                .map(|(m, bulk)| (codec::decode(&m).unwrap(), bulk))
+        }
+
+        #[test]
+        fn payloads_go_by_rdma_both_ways_and_a_reply_without_room_comes_inline() {
+            let (server, device, conn, pool) = start_rdma(Limits::default());
+            conn.connect_rdma(pool.clone(), Duration::from_secs(10)).unwrap();
+            assert!(conn.has_rdma());
+            let data = pattern(200 * KIB);
+            assert_eq!(echo_rdma(&conn, &data, data.len()).unwrap(), (7, data.clone()));
+            assert_eq!(server.stats.rdma_read.load(Ordering::SeqCst), 200 * KIB as u64);
+            assert_eq!(server.stats.rdma_written.load(Ordering::SeqCst), 200 * KIB as u64);
+            assert_eq!(device.moved().read, 200 * KIB as u64);
+            assert_eq!(device.moved().written, 200 * KIB as u64);
+            // No room for the reply's payload: it comes in the frame.
+            assert_eq!(
+                echo_rdma(&conn, &data[..1000], 10).unwrap(),
+                (7, data[..1000].to_vec())
+            );
+            assert_eq!(server.stats.rdma_written.load(Ordering::SeqCst), 200 * KIB as u64);
+            // Many callers at once, each its own bytes.
+            let conn = Arc::new(conn);
+            let callers: Vec<_> = (0..8)
+                .map(|i| {
+                    let conn = conn.clone();
+                    std::thread::spawn(move || {
+                        for round in 0..20 {
+                            let data: Vec<u8> = pattern(KIB * (i + 1) * (round + 1))
+                                .iter()
+                                .map(|b| b ^ i as u8)
+                                .collect();
+                            assert_eq!(echo_rdma(&conn, &data, data.len()).unwrap().1, data);
+                        }
+                    })
+                })
+                .collect();
+            for caller in callers {
+                caller.join().unwrap();
+            }
+            // Buffers were reused, not registered per call.
+            assert!(
+                pool.registrations() <= 32,
+                "{} registrations",
+                pool.registrations()
+            );
+            assert!(pool.registered() <= 4 << 20);
+        }
+
+        #[test]
+        fn a_service_without_rdma_says_so_and_calls_go_over_the_stream() {
+            let (_server, addr) = start(Limits::default(), None);
+            let conn = connect(addr, None);
+            let pool = Pool::new(Arc::new(FakeFabric::new()), 1 << 20, true);
+            match conn.connect_rdma(pool, Duration::from_secs(10)) {
+                Err(CallError::Remote(errno)) => assert_eq!(errno, libc::EOPNOTSUPP),
+                other => panic!("{other:?}"),
+            }
+            assert!(!conn.has_rdma());
+            assert_eq!(echo_rdma(&conn, b"bulk", 100).unwrap(), (7, b"bulk".to_vec()));
+        }
+
+        /// An RDMA request with `call` for its head, sent as is.
+        fn forged(conn: &Conn, call: RdmaCall) -> Result<Frame, CallError> {
+            let head = call.to_bytes();
+            conn.exchange(
+                frame::KIND_REQUEST_RDMA,
+                &[&head, &codec::encode(&7u64)],
+                &[],
+                Instant::now() + Duration::from_secs(10),
+            )
+        }
+
+        #[test]
+        fn an_rdma_request_before_the_hello_or_without_its_head_is_refused() {
+            let (_server, _device, conn, _pool) = start_rdma(Limits::default());
+            let e = forged(&conn, RdmaCall::default()).unwrap();
+            assert_eq!(e.kind, frame::KIND_ERROR);
+            assert_eq!(e.message, libc::EPROTO.to_le_bytes());
+            let short = conn
+                .exchange(
+                    frame::KIND_REQUEST_RDMA,
+                    &[&[0; RDMA_CALL_LEN - 1]],
+                    &[],
+                    Instant::now() + Duration::from_secs(10),
+                )
+                .unwrap();
+            assert_eq!(short.message, libc::EPROTO.to_le_bytes());
+        }
+
+        #[test]
+        fn memory_the_peer_never_offered_breaks_its_connection_and_is_not_read() {
+            let (server, device, conn, pool) = start_rdma(Limits::default());
+            conn.connect_rdma(pool.clone(), Duration::from_secs(10)).unwrap();
+            // A key of the service's own fake device: not the peer's.
+            let theirs = device.register(4096, true).unwrap();
+            let call = RdmaCall {
+                payload: theirs.remote(0, 4096),
+                reply: None,
+            };
+            assert!(matches!(forged(&conn, call), Err(CallError::Lost(_))));
+            assert!(conn.is_dead());
+            assert_eq!(server.stats.rdma_read.load(Ordering::SeqCst), 0);
+            // A payload past the service's bound is refused before any read.
+            let (server, _device, conn, pool) = start_rdma(Limits::default());
+            conn.connect_rdma(pool.clone(), Duration::from_secs(10)).unwrap();
+            let big = pool.take(2 << 20, Instant::now()).unwrap();
+            let call = RdmaCall {
+                payload: big.remote(2 << 20),
+                reply: None,
+            };
+            let e = forged(&conn, call).unwrap();
+            assert_eq!(e.message, libc::EMSGSIZE.to_le_bytes());
+            assert_eq!(server.stats.rdma_read.load(Ordering::SeqCst), 0);
+        }
+
+        #[test]
+        fn a_peer_whose_rdma_goes_silent_fails_its_call_in_bounded_time() {
+            let limits = Limits {
+                frame_timeout: Duration::from_millis(300),
+                ..Limits::default()
+            };
+            let (_server, device, conn, pool) = start_rdma(limits);
+            conn.connect_rdma(pool.clone(), Duration::from_secs(10)).unwrap();
+            device.silence(true);
+            let started = Instant::now();
+            let e = echo_rdma(&conn, &pattern(8 * KIB), 8 * KIB).unwrap_err();
+            assert!(matches!(e, CallError::Lost(_)), "{e:?}");
+            // Well within the call's own 10 s: the service's bound ended it.
+            assert!(
+                started.elapsed() < Duration::from_secs(9),
+                "{:?}",
+                started.elapsed()
+            );
+            // The service may still write into the buffer of a lost call:
+            // it was given up, not back.
+            assert_eq!(pool.registered(), 0);
+        }
     }
 }

@@ -627,7 +627,7 @@ impl FileData for ClusterData {
                     target: m.target,
                     layout: rec.layout_id,
                 };
-                match transport::call::<_, StorageReply>(
+                match transport::call::<StorageReply>(
                     self.transport.as_ref(),
                     addr,
                     &request,

@@ -226,6 +226,14 @@ impl StorageRequest {
             | StorageRequest::Sync { target, .. } => *target,
         }
     }
+
+    /// Most bytes of payload its reply carries.
+    pub fn reply_bulk(&self) -> usize {
+        match self {
+            StorageRequest::Read { len, .. } => *len as usize,
+            _ => 0,
+        }
+    }
 }
 
 /// A reply of a storage service.

@@ -333,10 +333,7 @@ impl Handler for StorageService {
     type Conn = ();
 
     fn reply_bulk(&self, req: &StorageRequest) -> usize {
-        match req {
-            StorageRequest::Read { len, .. } => *len as usize,
-            _ => 0,
-        }
+        req.reply_bulk()
     }
 
     fn open(&self, peer: &Peer) -> Result<(), String> {

@@ -122,6 +122,7 @@ impl DataTransport for Net {
         addr: SocketAddr,
         message: &[u8],
         payload: &[u8],
+        _reply_max: usize,
         _timeout: Duration,
     ) -> Result<(Vec<u8>, Vec<u8>), CallError> {
         self.0
@@ -387,7 +388,7 @@ impl Sim {
                 id: w.id,
                 sync: false,
             };
-            match transport::call::<_, StorageReply>(
+            match transport::call::<StorageReply>(
                 &Net(self.me.clone()),
                 addr(head),
                 &request,
@@ -438,7 +439,7 @@ impl Sim {
                 offset: 0,
                 len: (SLOTS * 8) as u32,
             };
-            match transport::call::<_, StorageReply>(
+            match transport::call::<StorageReply>(
                 &Net(self.me.clone()),
                 addr(member),
                 &request,

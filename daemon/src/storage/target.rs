@@ -783,13 +783,7 @@ impl Target {
         request: &StorageRequest,
         data: &[u8],
     ) -> Result<(StorageReply, Vec<u8>), i32> {
-        match transport::call::<_, StorageReply>(
-            self.transport.as_ref(),
-            addr,
-            request,
-            data,
-            FORWARD_TIMEOUT,
-        ) {
+        match transport::call::<StorageReply>(self.transport.as_ref(), addr, request, data, FORWARD_TIMEOUT) {
             Ok(answer) => Ok(answer),
             Err(CallError::Remote(e)) => Err(e),
             Err(e) => {

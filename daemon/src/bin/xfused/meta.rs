@@ -132,7 +132,7 @@ pub fn run(args: MetaArgs) -> anyhow::Result<()> {
     };
     let data = xfused::storage::client::ClusterData::new(
         table,
-        Arc::new(xfused::storage::transport::TcpTransport::new(client_tls)),
+        Arc::new(xfused::storage::transport::ServiceTransport::tcp(client_tls)),
         service.own().client_id(),
         false,
     )

@@ -55,6 +55,9 @@ pub struct MountArgs {
     /// targets (the mount reaches them with the cluster credential).
     #[command(flatten)]
     auth: AuthArgs,
+    /// With a storage cluster.
+    #[command(flatten)]
+    data_transport: xfused::storage::transport::DataTransportArgs,
     /// Return once the mount is serving, leaving xfused in the background
     /// (its own session, stdin from /dev/null) until the filesystem is
     /// unmounted (`umount MOUNTPOINT`, exit 0) or it gets SIGTERM. Exits
@@ -102,6 +105,7 @@ pub fn run(args: MountArgs, detached: Option<&Detached>) -> anyhow::Result<()> {
         // Checked in front of MetaFs (xfuse::perm) with --permissions daemon.
         check_permissions: false,
         auth: &args.auth,
+        data_transport: &args.data_transport,
         host_callers: true,
         atime: args.serve.mount_flags.effective_atime(),
         local_data: args.data.is_some(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use clap::Args;
 use xfused::client::AuthArgs;
+use xfused::storage::transport::DataTransportArgs;
 
 #[derive(Debug, Args)]
 pub struct StorageArgs {
@@ -41,6 +42,8 @@ pub struct StorageArgs {
           value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
     scrub_mib_per_sec: u64,
     #[command(flatten)]
+    data: DataTransportArgs,
+    #[command(flatten)]
     auth: AuthArgs,
     #[command(flatten)]
     metrics: xfused::metrics::MetricsArgs,
@@ -73,7 +76,7 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
     use xfused::rpc::frame::BULK_LEN_MAX;
     use xfused::rpc::server::{Limits, Server};
     use xfused::storage::service::StorageService;
-    use xfused::storage::transport::TcpTransport;
+    use xfused::storage::transport::ServiceTransport;
     xfused::private_state::private_umask();
     let meta = match xfused::client::parse_meta_url(&args.meta)? {
         xfused::client::MetaUrl::Tcp(addr) => addr,
@@ -113,7 +116,9 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
     let bound = listener.local_addr().context("reading the listening address")?;
     let cluster = ClusterClient::new(&meta, client_tls.clone()).context("--meta")?;
-    let transport = Arc::new(TcpTransport::new(client_tls));
+    let rdma = args.data.choose("storage service")?;
+    // Forwards along chains and copies go the same way as mounts' data.
+    let transport = Arc::new(ServiceTransport::new(client_tls, args.data.path(&rdma)));
     let open_chunks = open_chunks_per_target(args.targets.len());
     let service = StorageService::start(&args.targets, open_chunks, bound, cluster, transport)?;
     service.start_heartbeats().context("starting heartbeats")?;
@@ -138,6 +143,11 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
         ..Limits::default()
     };
     let server = Server::new(service.clone(), server_tls, limits);
+    if let Some(fabric) = rdma {
+        // Mounts' payloads are pulled into, and replies pushed from,
+        // buffers of the service's own (registered for local access only).
+        server.offer_rdma(fabric, args.data.pool_bytes());
+    }
     if let Some(endpoint) = &metrics {
         endpoint.add(Arc::new(xfused::metrics::sources::RpcServer::new(
             server.clone(),

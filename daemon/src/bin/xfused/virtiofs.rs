@@ -118,6 +118,9 @@ pub struct VirtiofsArgs {
     /// With --meta tcp://.
     #[command(flatten)]
     auth: AuthArgs,
+    /// With a storage cluster.
+    #[command(flatten)]
+    data_transport: xfused::storage::transport::DataTransportArgs,
     #[command(flatten)]
     metrics: MetricsArgs,
     #[command(flatten)]
@@ -167,6 +170,7 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
             // default_permissions).
             check_permissions: false,
             auth: &args.auth,
+            data_transport: &args.data_transport,
             // A guest's pids are not this machine's: its callers' groups
             // cannot be read here, and a service checks with the primary
             // group only.
