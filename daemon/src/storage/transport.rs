@@ -79,12 +79,14 @@ pub enum DataTransportMode {
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataTransportArgs {
     /// How file data moves between mounts and storage services and along
-    /// chains: tcp (in the frames of the authenticated connection), rdma
-    /// (RDMA READ/WRITE between registered buffers, the requests still
-    /// on the connection; an error without an RDMA device or with a
-    /// storage service that has none), or auto (rdma where both ends
-    /// have it, else tcp; the choice is logged).
-    #[arg(long, value_enum, value_name = "HOW", default_value = "auto")]
+    /// chains: tcp (in the frames of the authenticated, encrypted
+    /// connection), rdma (RDMA READ/WRITE between registered buffers, the
+    /// requests still on the connection; an error without an RDMA device
+    /// or with a storage service that has none), or auto (rdma where both
+    /// ends have it, else tcp; the choice is logged). RDMA payloads are
+    /// NOT encrypted, and RoCE packets can be forged by anyone on the
+    /// network: use rdma or auto only on a fabric you trust.
+    #[arg(long, value_enum, value_name = "HOW", default_value = "tcp")]
     pub data_transport: DataTransportMode,
     /// The RDMA device, as `ibv_devices` names it (rxe0, mlx5_0); the
     /// first one if not given.
@@ -95,16 +97,6 @@ pub struct DataTransportArgs {
     #[arg(long, value_name = "MIB", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(8..=1 << 16))]
     pub rdma_pool_mib: u64,
-}
-
-impl Default for DataTransportArgs {
-    fn default() -> DataTransportArgs {
-        DataTransportArgs {
-            data_transport: DataTransportMode::Auto,
-            rdma_device: None,
-            rdma_pool_mib: 64,
-        }
-    }
 }
 
 /// The device a [`DataTransportArgs`] chose, if any.
