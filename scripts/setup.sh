@@ -53,6 +53,17 @@ packages=(gcc libc6-dev linux-libc-dev clang libbpf-dev protobuf-compiler etcd-s
 if ((want_tests)); then
     packages+=(qemu-system-x86 busybox-static xz-utils systemd)
 fi
+# The cargo feature `rdma` (RDMA verbs: kmod-shim/src/verbs.rs,
+# daemon/src/rpc/rdma/verbs.rs), which CI compiles and clippy-checks:
+# ibverbs-sys's build script configures and compiles its bundled rdma-core
+# with cmake, make and gcc (rdma-core's configuration wants python3, and
+# libnl's headers through pkg-config) and runs bindgen (clang); the program
+# links the system libibverbs. Its test, scripts/rdma-guest/run-probe.sh,
+# boots soft-RoCE under QEMU and takes the guest's ip and rdma tools from
+# iproute2.
+if ((want_tests)); then
+    packages+=(libibverbs-dev libnl-3-dev libnl-route-3-dev cmake make python3 pkg-config clang iproute2)
+fi
 # The bench reports' SVG charts (benches/src/plot.rs, and its unit tests)
 # measure their text with DejaVu Sans.
 if ((want_tests || want_bench)); then

@@ -20,7 +20,9 @@
 //! - [`process`]: going to the background (fork, setsid, the standard
 //!   descriptors), waiting for a child and signalling it;
 //! - [`sandbox`]: confining a server of an untrusted guest (namespaces,
-//!   pivot_root or chroot, capabilities, `no_new_privs`).
+//!   pivot_root or chroot, capabilities, `no_new_privs`);
+//! - `verbs` (feature `rdma`): RDMA devices through libibverbs: registered
+//!   memory, reliable-connected queue pairs, RDMA READ and WRITE.
 //!
 //! Every `unsafe` syscall of the project lives in this crate, behind safe
 //! functions whose arguments make misuse impossible (owned or borrowed file
@@ -46,6 +48,8 @@ pub mod process;
 pub mod sandbox;
 pub mod sched;
 pub mod uring;
+#[cfg(feature = "rdma")]
+pub mod verbs;
 
 pub use dev::FuseDev;
 pub use mount::{mount, umount, Atime, MountOptions, UnmountMode};
