@@ -613,34 +613,34 @@ impl FileData for ClusterData {
         let Some(layout) = self.existing_layout(ino, rec.layout_id)? else {
             return Ok(());
         };
-        let table = self.table();
         for &chain in &layout.chains {
-            let Some(c) = table.chain(chain) else { continue };
-            for m in &c.members {
-                if m.state == crate::cluster::MemberState::Offline {
-                    continue;
-                }
-                let Some(addr) = table.addr(m.target) else {
-                    continue;
-                };
-                let request = StorageRequest::Sync {
-                    target: m.target,
-                    layout: rec.layout_id,
-                };
-                match transport::call::<StorageReply>(
-                    self.transport.as_ref(),
-                    addr,
-                    &request,
-                    &[],
-                    CALL_TIMEOUT,
-                ) {
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!("fsync of inode {ino} on target {}: {e}", m.target);
-                        return Err(io::Error::from_raw_os_error(libc::EIO));
+            // A member that died is taken out of its chains within a
+            // lease: like an update, the sync goes again on the table that
+            // says so, rather than failing the fsync of data the other
+            // members hold.
+            self.with_retries("an fsync", chain, |table, c, _| {
+                for m in &c.members {
+                    if m.state == crate::cluster::MemberState::Offline {
+                        continue;
                     }
+                    let Some(addr) = table.addr(m.target) else {
+                        continue;
+                    };
+                    let request = StorageRequest::Sync {
+                        target: m.target,
+                        layout: rec.layout_id,
+                    };
+                    transport::call::<StorageReply>(
+                        self.transport.as_ref(),
+                        addr,
+                        &request,
+                        &[],
+                        CALL_TIMEOUT,
+                    )
+                    .inspect_err(|e| tracing::info!("fsync of inode {ino} on target {}: {e}", m.target))?;
                 }
-            }
+                Ok(())
+            })?;
         }
         Ok(())
     }
