@@ -6,7 +6,9 @@
 # adaptive cache policy) on each transport: dev, uring, and uring with FUSE
 # passthrough, and the POSIX suites again with the adaptive cache policy;
 # `xfused mount` (meta_mount, meta_pjdfstest, meta_service) on dev and uring;
-# a QEMU guest against `xfused virtiofs`. The metadata unit tests start a
+# a QEMU guest against `xfused virtiofs`; a storage cluster moving file
+# data by RDMA on soft-RoCE in a QEMU guest (daemon/tests/rdma_guest.rs,
+# scripts/rdma-test.sh). The metadata unit tests start a
 # 3-member etcd cluster on 127.0.0.1 (ports 26000-26999). The passes are
 # listed in scripts/passes.sh.
 #
@@ -31,8 +33,10 @@ export XFUSE_TEST_STRICT=1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
-cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== cargo clippy (with the feature rdma, as the tests build)"
+cargo clippy --locked --workspace --all-targets --features xfused/rdma -- -D warnings
+echo "== cargo check (the default build, without rdma)"
+cargo check --locked -p xfused
 work=$(mktemp -d "${TMPDIR:-/tmp}/xfuse-test.XXXXXX")
 log=$work/log
 export XFUSE_SKIP_LOG=$work/skipped
@@ -45,7 +49,7 @@ run() {
 unit_pass run
 integration_dev_pass run
 # Doc tests (code in rustdoc comments).
-run cargo test --locked --workspace --doc
+run cargo test --locked --workspace --features xfused/rdma --doc
 integration_other_passes run
 if [[ -s $XFUSE_SKIP_LOG ]]; then
     echo "== skipped tests (test, reason)"
