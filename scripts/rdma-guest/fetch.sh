@@ -9,7 +9,9 @@
 #   CACHE/vmlinux    that kernel as an ELF image: QEMU's microvm machine boots
 #                    it directly (PVH entry), with no firmware or bootloader
 #   CACHE/rdma/      rdma-core's user space, unpacked: libibverbs, the
-#                    providers (librxe is soft-RoCE's), ibv_devinfo
+#                    providers (librxe is soft-RoCE's), ibv_devinfo;
+#                    perftest's ib_write_bw and ib_read_bw and their
+#                    libraries (librdmacm, libpci)
 #
 # Usage: scripts/rdma-guest/fetch.sh [CACHE]
 #   CACHE defaults to $XFUSE_RDMA_GUEST_CACHE, else /var/tmp/xfuse-rdma-guest.
@@ -82,8 +84,11 @@ if [[ ! -s $cache/vmlinux || $cache/vmlinux -ot $cache/kernel/.unpacked-from ]];
 fi
 
 # rdma-core's libraries and the rxe provider (libibverbs loads providers
-# by name from /etc/libibverbs.d), and ibv_devinfo to show a port.
-mapfile -t rdma_debs < <(download libibverbs1 ibverbs-providers ibverbs-utils)
+# by name from /etc/libibverbs.d), and ibv_devinfo to show a port;
+# perftest (ib_write_bw, ib_read_bw: the limit scripts/rdma-bench.sh
+# measures) with the libraries it links beside libibverbs.
+mapfile -t rdma_debs < <(download libibverbs1 ibverbs-providers ibverbs-utils \
+    perftest librdmacm1 libpci3)
 unpack "$cache/rdma" "${rdma_debs[@]}"
 
 log "kernel $(ls "$cache/kernel/lib/modules"), rdma-core $(basename "${rdma_debs[0]}" | cut -d_ -f2), in $cache"

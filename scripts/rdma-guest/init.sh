@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the soft-RoCE guest (initrd.sh packs it): loads soft-RoCE, then
 # for each setup makes its rxe devices and runs /usr/bin/rdma_probe on them.
 # The guest has no network to the host: every address here is on its own
@@ -16,6 +17,10 @@
 #         packets instead of taking the loopback a local address would.
 #   cluster: the veth devices, and /usr/bin/cluster.sh on them: a storage
 #         cluster and a mount moving file data by RDMA (scripts/rdma-test.sh).
+#   bench: the veth devices, and /usr/bin/bench.sh on them: perftest's
+#         limit, then fio through a tcp and an rdma mount of one cluster
+#         (scripts/rdma-bench.sh). rdma.bench_timeout=SECONDS bounds it
+#         (default 1500).
 #
 # Lines for the host start with "GUEST".
 /bin/busybox --install -s /bin
@@ -146,6 +151,18 @@ for setup in ${setups:-loop veth}; do
         fi
         timeout 1500 /usr/bin/cluster.sh 2>&1 | while IFS= read -r line; do echo "GUEST [cluster] $line"; done
         say "[cluster] counters: $(counters rxe1 rxe2)"
+        ;;
+    bench)
+        if ! veth_up; then
+            say "[bench] rdma link add rxe1/rxe2 failed"
+            failed=1
+            continue
+        fi
+        say "[bench] rxe1 on v0: $(port rxe1) rxe2 on v1: $(port rxe2)"
+        bench_timeout=$(param bench_timeout)
+        timeout "${bench_timeout:-1500}" /usr/bin/bench.sh 2>&1 | while IFS= read -r line; do echo "GUEST [bench] $line"; done
+        say "[bench] v0: $(packets v0); backlog drops: $(backlog_drops)"
+        say "[bench] counters: $(counters rxe1 rxe2)"
         ;;
     *)
         say "unknown setup $setup"
