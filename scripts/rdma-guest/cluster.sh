@@ -27,7 +27,11 @@ within() {
 }
 metric() { # metric PORT NAME: the sum of a counter over its label sets
     wget -q -O - "http://127.0.0.1:$1/metrics" 2>/dev/null | grep -E "^$2(\{| )" |
-        awk '{ s += $NF } END { printf "%d\n", s }'
+        awk '{ s += $NF } END { printf "%.0f\n", s }'
+}
+series() { # series PORT SERIES: one series' value, SERIES as exposed: 'name{label="v"}'
+    wget -q -O - "http://127.0.0.1:$1/metrics" 2>/dev/null |
+        awk -v s="$2" 'index($0, s " ") == 1 { v = $NF } END { printf "%.0f\n", v }'
 }
 rxe() { # rxe DEV COUNTER
     cat "/sys/class/infiniband/$1/ports/1/hw_counters/$2" 2>/dev/null || echo 0
@@ -47,6 +51,7 @@ if ! within 60 grep -q "metadata service on" "$W/meta.log"; then
     bad "metadata service did not start"; tail_logs; finish
 fi
 start_storage() {
+    # shellcheck disable=SC2086 # RDMA is words
     $X storage --meta "tcp://$META" --listen "10.2.0.2:2710$1" --target "$W/t$1" \
         --credential "$W/cluster.pem" $RDMA --rdma-device rxe2 \
         --metrics "127.0.0.1:2720$1" >>"$W/storage$1.log" 2>&1 &
@@ -57,6 +62,7 @@ for i in 0 1 2; do
     within 60 grep -q "storage service on" "$W/storage$i.log" || { bad "storage $i did not start"; tail_logs; finish; }
 done
 grep -h "data transport" "$W"/storage*.log | head -n 1
+# shellcheck disable=SC2086 # RDMA is words
 $X mount --transport dev --meta "tcp://$META" --credential "$W/cluster.pem" $RDMA --rdma-device rxe1 \
     --metrics 127.0.0.1:27300 "$MNT" >"$W/mount.log" 2>&1 &
 mount_pid=$!
@@ -79,7 +85,7 @@ echo 3 >/proc/sys/vm/drop_caches
 for size in 1 4096 65537 1048576 3145728; do
     cmp "$W/src.$size" "$MNT/f.$size" || { all=0; echo "f.$size differs"; }
 done
-[ $all = 1 ] && ok "files of 1 B to 3 MiB written and read back intact" || bad "files read back differ"
+if [ $all = 1 ]; then ok "files of 1 B to 3 MiB written and read back intact"; else bad "files read back differ"; fi
 
 # 2. The bytes went over RDMA: the services' counters and the devices'.
 read_total=0; written_total=0
@@ -95,6 +101,16 @@ if [ "$read_total" -ge $((3 * 4259843)) ] && [ "$written_total" -ge 4259843 ]; t
     ok "the services moved the files' bytes by RDMA READ and WRITE"
 else
     bad "RDMA byte counters too low (read $read_total, written $written_total, before $before_read)"
+fi
+# The mount's own counters: its payloads went by RDMA, none in frames.
+client() { series 27300 "xfuse_storage_client_payload_bytes_total{path=\"$1\",direction=\"$2\"}"; }
+rdma_sent=$(client rdma sent); rdma_received=$(client rdma received)
+tcp_moved=$(($(client tcp sent) + $(client tcp received)))
+echo "RDMATEST info the mount sent $rdma_sent B and received $rdma_received B by RDMA, $tcp_moved B in TCP frames"
+if [ "$rdma_sent" -ge 4259843 ] && [ "$rdma_received" -ge 4259843 ] && [ "$tcp_moved" = 0 ]; then
+    ok "the mount's counters: its file data went by RDMA, none in TCP frames"
+else
+    bad "the mount's counters: $rdma_sent B sent and $rdma_received B received by RDMA, $tcp_moved B by TCP"
 fi
 # A 1 MiB payload is ~1000 packets at MTU 1024.
 if [ $(($(rxe rxe1 sent_pkts) - before_pkts)) -ge 1000 ] && [ "$(rxe rxe1 rcvd_pkts)" -ge 4000 ]; then
@@ -125,6 +141,7 @@ head -c $((64 * 1024 * 96)) /dev/urandom >"$W/stream.src"
 writer=$!
 within 120 test -s "$W/acked"
 within 120 sh -c "[ \$(wc -l <$W/acked) -ge 16 ]"
+# shellcheck disable=SC2154 # set by start_storage's eval
 kill -9 "$storage_pid_2"
 echo "RDMATEST info killed storage 2 after $(wc -l <"$W/acked") acknowledged blocks"
 waited=0

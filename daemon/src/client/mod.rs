@@ -59,6 +59,9 @@ pub struct OpenNamespace {
     /// The service client, when the namespace is a tcp:// one (its
     /// deferred closes are settled at `close`).
     remote: Option<Arc<crate::net::RemoteMeta>>,
+    /// How file data reaches the storage cluster, when it goes there: for
+    /// the metrics endpoint ([`crate::metrics::sources::StorageClient`]).
+    pub storage_transport: Option<Arc<ServiceTransport>>,
 }
 
 /// Where a namespace comes from and how this client holds it.
@@ -100,12 +103,13 @@ pub struct NamespaceSpec<'a> {
 /// The storage cluster of a namespace this process runs itself (on etcd,
 /// shared with `xfused meta` services and their storage targets): its
 /// table and layouts read from the engine, file data sent to the targets
-/// with the cluster credential. `None` while the cluster has no targets.
+/// with the cluster credential, and the transport it goes by. `None`
+/// while the cluster has no targets.
 fn cluster_on_engine(
     engine: Arc<dyn KvEngine>,
     own: Arc<Meta>,
     spec: &NamespaceSpec<'_>,
-) -> anyhow::Result<Option<ClusterData>> {
+) -> anyhow::Result<Option<(ClusterData, Arc<ServiceTransport>)>> {
     let meta = ClusterClient::on_engine(engine, own.clone());
     let table = meta
         .table()
@@ -126,9 +130,9 @@ fn cluster_on_engine(
     let sync = spec.engine.durability == DurabilityArg::Sync;
     let rdma = spec.data_transport.choose("mount")?;
     let transport = Arc::new(ServiceTransport::new(tls, spec.data_transport.path(&rdma)));
-    let data = ClusterData::new(meta, transport, own.client_id(), sync)
+    let data = ClusterData::new(meta, transport.clone(), own.client_id(), sync)
         .context("fetching the storage cluster's chain table")?;
-    Ok(Some(data))
+    Ok(Some((data, transport)))
 }
 
 /// Opens the namespace of `xfused mount` (and of `xfused virtiofs --meta`):
@@ -205,10 +209,11 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
                 let rdma = spec.data_transport.choose("mount")?;
                 let transport = Arc::new(ServiceTransport::new(tls, spec.data_transport.path(&rdma)));
                 let sync = spec.engine.durability == DurabilityArg::Sync;
-                cluster = Some(
-                    ClusterData::new(meta, transport, remote.session_client(), sync)
+                cluster = Some((
+                    ClusterData::new(meta, transport.clone(), remote.session_client(), sync)
                         .context("fetching the storage cluster's chain table")?,
-                );
+                    transport,
+                ));
             }
             // The service checks every caller: it needs their groups.
             caller_groups = spec.host_callers;
@@ -219,9 +224,11 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
     };
     tracing::info!("registered as metadata client {}", meta.client_id());
     let mut file_data_place = "the storage cluster".to_owned();
+    let mut storage_transport = None;
     let file_data: Arc<dyn FileData> = match cluster {
-        Some(cluster) if cluster.has_targets() => {
+        Some((cluster, transport)) if cluster.has_targets() => {
             tracing::info!("file data: in the storage cluster");
+            storage_transport = Some(transport);
             Arc::new(cluster)
         }
         _ => {
@@ -288,6 +295,7 @@ pub fn open_namespace(spec: NamespaceSpec<'_>) -> anyhow::Result<OpenNamespace> 
         file_data: file_data_place,
         lease: Some(lease),
         remote: remote_meta,
+        storage_transport,
     })
 }
 

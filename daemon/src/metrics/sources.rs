@@ -1,6 +1,7 @@
 //! The collectors of each kind of process: a mount's dispatcher and
 //! transport, a virtio-fs backend, a service's RPC server, a storage
-//! service's targets and chain table.
+//! service's targets and chain table, a client's file data to and from
+//! storage services.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use super::{Collect, Families};
 use crate::cluster::MemberState;
 use crate::rpc::server::{Handler, Server};
 use crate::storage::service::StorageService;
+use crate::storage::transport::ServiceTransport;
 
 /// A dispatcher's counters, with `transport` as a label on every series.
 fn dispatcher_families<F: FileSystem + Sync>(out: &mut Families, d: &Dispatcher<F>, transport: &str) {
@@ -404,5 +406,91 @@ impl<H: Handler> std::fmt::Debug for RpcServer<H> {
         f.debug_struct("RpcServer")
             .field("service", &self.service)
             .finish_non_exhaustive()
+    }
+}
+
+/// A client of storage services (a mount, a virtio-fs backend): the file
+/// data it moved, by path, and how its RDMA stands.
+#[derive(Debug)]
+pub struct StorageClient {
+    transport: Arc<ServiceTransport>,
+}
+
+impl StorageClient {
+    /// The counters of `transport`.
+    pub fn new(transport: Arc<ServiceTransport>) -> StorageClient {
+        StorageClient { transport }
+    }
+}
+
+impl Collect for StorageClient {
+    fn collect(&self, out: &mut Families) {
+        let moved = &self.transport.moved;
+        for (path, direction, n) in [
+            ("tcp", "sent", &moved.tcp_sent),
+            ("tcp", "received", &moved.tcp_received),
+            ("rdma", "sent", &moved.rdma_sent),
+            ("rdma", "received", &moved.rdma_received),
+        ] {
+            out.counter(
+                "xfuse_storage_client_payload_bytes_total",
+                "File data this client moved to (sent) and from (received) storage services: in TCP frames, or by the services' RDMA READ and WRITE.",
+                &[("path", path), ("direction", direction)],
+                n.load(Ordering::Relaxed),
+            );
+        }
+        if self.transport.uses_rdma() {
+            out.counter(
+                "xfuse_storage_client_rdma_connections_total",
+                "Connections to storage services whose RDMA queue pairs were set up (reconnections included).",
+                &[],
+                self.transport.rdma_connections(),
+            );
+            out.gauge(
+                "xfuse_storage_client_tcp_only_services",
+                "Storage services reached over TCP because they offer no RDMA (--data-transport auto).",
+                &[],
+                self.transport.tcp_only_services() as f64,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storage_client_reports_payload_bytes_by_path_and_direction() {
+        let transport = Arc::new(ServiceTransport::tcp(None));
+        transport.moved.tcp_sent.fetch_add(4096, Ordering::Relaxed);
+        transport
+            .moved
+            .rdma_received
+            .fetch_add(1 << 20, Ordering::Relaxed);
+        let mut out = Families::default();
+        StorageClient::new(transport).collect(&mut out);
+        let text = out.encode();
+        assert!(
+            text.contains("xfuse_storage_client_payload_bytes_total{path=\"tcp\",direction=\"sent\"} 4096\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "xfuse_storage_client_payload_bytes_total{path=\"rdma\",direction=\"received\"} 1048576\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "xfuse_storage_client_payload_bytes_total{path=\"tcp\",direction=\"received\"} 0\n"
+            ),
+            "{text}"
+        );
+        // Over TCP only, nothing is said of RDMA.
+        assert!(
+            !text.contains("xfuse_storage_client_rdma_connections_total"),
+            "{text}"
+        );
     }
 }

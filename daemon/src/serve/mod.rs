@@ -228,6 +228,9 @@ pub struct Mounting<'a> {
     /// transport's workers running): `xfused mount --background` tells
     /// the waiting parent here.
     pub on_serving: Option<Box<dyn FnOnce() + 'a>>,
+    /// More counters for the `--metrics` endpoint, beside the mount's own
+    /// (e.g. the file data a mount moved to storage services).
+    pub metric_sources: Vec<Arc<dyn crate::metrics::Collect>>,
 }
 
 impl std::fmt::Debug for Mounting<'_> {
@@ -441,6 +444,9 @@ where
             transport_name,
             threads,
         )));
+        for source in m.metric_sources {
+            endpoint.add(source);
+        }
     }
     let mut signals = m.signals;
     {

@@ -210,6 +210,8 @@ pub struct ServiceTransport {
     /// Services found without RDMA (with [`DataPath::Rdma`], not
     /// required): reached over TCP, said once.
     tcp_only: Mutex<HashSet<SocketAddr>>,
+    /// See [`ServiceTransport::rdma_connections`].
+    rdma_connections: AtomicU64,
     /// What moved how.
     pub moved: Moved,
 }
@@ -237,8 +239,26 @@ impl ServiceTransport {
             path,
             conns: Mutex::new(HashMap::new()),
             tcp_only: Mutex::new(HashSet::new()),
+            rdma_connections: AtomicU64::new(0),
             moved: Moved::default(),
         }
+    }
+
+    /// Services this `auto` transport reaches over TCP because they offer
+    /// no RDMA (`rdma` refuses them instead).
+    pub fn tcp_only_services(&self) -> usize {
+        lock(&self.tcp_only).len()
+    }
+
+    /// Connections whose queue pairs were set up (each connection to a
+    /// service that offers RDMA, reconnections included).
+    pub fn rdma_connections(&self) -> u64 {
+        self.rdma_connections.load(Ordering::Relaxed)
+    }
+
+    /// Whether payloads go by RDMA where services offer it.
+    pub fn uses_rdma(&self) -> bool {
+        matches!(self.path, DataPath::Rdma { .. })
     }
 
     /// A live connection to `addr`: an idle one, a new one while there are
@@ -261,7 +281,9 @@ impl ServiceTransport {
         if let DataPath::Rdma { pool, required } = &self.path {
             if !lock(&self.tcp_only).contains(&addr) {
                 match conn.connect_rdma(pool.clone(), CONNECT_TIMEOUT) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        self.rdma_connections.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(e) if *required => {
                         return Err(CallError::NotSent(std::io::Error::other(format!(
                             "no RDMA with the storage service at {addr} (the data transport is rdma): {e}"
@@ -425,6 +447,9 @@ mod tests {
         assert_eq!(t.moved.rdma_received.load(Ordering::SeqCst), (1 << 20) + 4096);
         assert_eq!(t.moved.tcp_sent.load(Ordering::SeqCst), 0);
         assert_eq!(t.moved.tcp_received.load(Ordering::SeqCst), 0);
+        assert!(t.uses_rdma());
+        assert_eq!(t.rdma_connections(), 1);
+        assert_eq!(t.tcp_only_services(), 0);
     }
 
     #[test]
@@ -453,6 +478,8 @@ mod tests {
         assert_eq!(read(&auto, addr, 3).unwrap(), b"abc");
         assert_eq!(auto.moved.tcp_sent.load(Ordering::SeqCst), 3);
         assert_eq!(auto.moved.rdma_sent.load(Ordering::SeqCst), 0);
+        assert_eq!(auto.tcp_only_services(), 1);
+        assert_eq!(auto.rdma_connections(), 0);
     }
 
     #[test]
@@ -470,5 +497,6 @@ mod tests {
         write(&t, addr, &data(100)).unwrap();
         assert_eq!(read(&t, addr, 100).unwrap(), data(100));
         assert_eq!(server.stats.rdma_connected.load(Ordering::SeqCst), 2);
+        assert_eq!(t.rdma_connections(), 2);
     }
 }

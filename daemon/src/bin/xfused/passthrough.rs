@@ -137,6 +137,7 @@ pub fn run(args: PassthroughArgs) -> anyhow::Result<()> {
             kernel,
             signals,
             on_serving: None,
+            metric_sources: Vec::new(),
         },
         |session| {
             session.set_file_attrs(Box::new(file_attrs));
