@@ -11,10 +11,13 @@
 #     by side, --data-transport tcp and rdma; on each, fio: 1 MiB
 #     sequential write and read (direct I/O if the mount takes it),
 #     buffered 1 MiB writes with end_fsync, 4 KiB random read latency
-#     (psync, iodepth 1); each workload in the order tcp, rdma, rdma, tcp,
-#     the medians reported;
+#     (psync, iodepth 1), and 1 MiB sequential writes and reads from 4
+#     jobs at once; each workload in the order tcp, rdma, rdma, tcp, the
+#     medians reported;
 #   - CPU seconds per GiB moved: the mount's and the storage service's
-#     utime + stime (/proc/PID/stat), and the whole guest's busy time.
+#     utime + stime (/proc/PID/stat), and the whole guest's busy time;
+#   - perftest with 1 to 16 transfers in flight: the depth the device
+#     needs to reach its bandwidth, against the credit window.
 # Prints a Markdown report on stdout (for docs/BENCHMARKS.md), the guest's
 # lines on stderr as they come. QEMU emulates the CPU: read ratios, not
 # absolute numbers.
@@ -22,7 +25,7 @@
 # Usage: scripts/rdma-bench.sh [--xfused PATH] [--seconds N] [--timeout SECONDS]
 #   --xfused   an xfused built with the cargo feature rdma (default: build
 #              it, release, into CARGO_TARGET_DIR or the workspace's target)
-#   --seconds  per workload run (default 15; the guest runs about 20 times
+#   --seconds  per workload run (default 15; the guest runs about 30 times
 #              that, plus two minutes)
 #   --timeout  for the whole guest (default 30 x seconds + 600)
 # Environment: XFUSE_RDMA_GUEST_CACHE (the guest kernel, rdma-core and
@@ -127,6 +130,7 @@ function kv(line, key,    n, i, f, a) {
     for (i = 1; i <= n; i++) { split(f[i], a, "="); if (a[1] == key) return substr(f[i], length(key) + 2) }
     return ""
 }
+function size_name(z) { return z >= 1048576 ? (z / 1048576) " MiB" : (z / 1024) " KiB" }
 function add(key, v) { n_[key]++; v_[key, n_[key]] = v }
 function median(key,    n, i, j, t, s) {
     n = n_[key]
@@ -149,10 +153,16 @@ function row(label, key, fmt, limit, limit_name,    t, r) {
 }
 /^kind=guest / { guest = $0 }
 /^kind=mode / { direct = kv($0, "direct") }
+/^kind=perftest / && kv($0, "when") == "depth" {
+    d = kv($0, "depth"); depths[d] = 1; z = kv($0, "size"); sizes[z] = 1
+    ptd[kv($0, "test"), z, d] = kv($0, "rc") == 0 ? kv($0, "mib_s") " (" (kv($0, "rxe_retries") + 0) ")" : "failed"
+    pt_depth_iterations[z] = kv($0, "iterations")
+    next
+}
 /^kind=perftest / {
     if (kv($0, "rc") == 0) {
         add("pt" SUBSEP kv($0, "test"), kv($0, "mib_s"))
-        pt[kv($0, "test"), kv($0, "when")] = kv($0, "mib_s") " (" kv($0, "wall_mib_s") ")"
+        pt[kv($0, "test"), kv($0, "when")] = kv($0, "mib_s") " (" kv($0, "wall_mib_s") "), " (kv($0, "rxe_retries") + 0) " retries"
         pt_iterations = kv($0, "iterations")
     }
     else pt_failed = pt_failed " " kv($0, "test") "/" kv($0, "when")
@@ -170,6 +180,7 @@ function row(label, key, fmt, limit, limit_name,    t, r) {
         add("cpu_guest" SUBSEP k, kv($0, "guest_ticks") / tck / gib)
     }
     add("p50" SUBSEP k, kv($0, "p50_us")); add("p99" SUBSEP k, kv($0, "p99_us"))
+    add("retries" SUBSEP k, kv($0, "rxe_retries") + 0)
     by_rdma = kv($0, "rdma_read_b") + kv($0, "rdma_written_b")
     if (tr == "tcp") tcp_rdma_bytes += by_rdma
     else { rdma_bytes += kv($0, "kib") * 1024; rdma_by_rdma += by_rdma }
@@ -201,15 +212,18 @@ END {
     row("1 MiB sequential write, " io ", MiB/s", "mib" SUBSEP "seqwrite", "%.1f", rd, "ib_read_bw")
     row("1 MiB sequential read, " io ", MiB/s", "mib" SUBSEP "seqread", "%.1f", wr, "ib_write_bw")
     row("buffered 1 MiB writes + end_fsync, MiB/s", "mib" SUBSEP "bufwrite", "%.1f", rd, "ib_read_bw")
+    row("1 MiB sequential write, " io ", " kv(guest, "deep_jobs") " jobs, MiB/s", "mib" SUBSEP "seqwrite_deep", "%.1f", rd, "ib_read_bw")
+    row("1 MiB sequential read, " io ", " kv(guest, "deep_jobs") " jobs, MiB/s", "mib" SUBSEP "seqread_deep", "%.1f", wr, "ib_write_bw")
     row("4 KiB random read p50, µs", "p50" SUBSEP "randread", "%d", "", "")
     row("4 KiB random read p99, µs", "p99" SUBSEP "randread", "%d", "", "")
-    split("seqwrite seqread bufwrite", ws, " ")
-    split("sequential write|sequential read|buffered write", wn, "|")
-    for (i = 1; i <= 3; i++) row("CPU s/GiB, mount (client), " wn[i], "cpu_client" SUBSEP ws[i], "%.2f", "", "")
-    for (i = 1; i <= 3; i++) row("CPU s/GiB, storage service, " wn[i], "cpu_service" SUBSEP ws[i], "%.2f", "", "")
-    for (i = 1; i <= 3; i++) row("CPU s/GiB, whole guest, " wn[i], "cpu_guest" SUBSEP ws[i], "%.2f", "", "")
+    split("seqwrite seqread bufwrite seqwrite_deep seqread_deep", ws, " ")
+    split("sequential write|sequential read|buffered write|sequential write, " kv(guest, "deep_jobs") " jobs|sequential read, " kv(guest, "deep_jobs") " jobs", wn, "|")
+    for (i = 1; i <= 5; i++) row("CPU s/GiB, mount (client), " wn[i], "cpu_client" SUBSEP ws[i], "%.2f", "", "")
+    for (i = 1; i <= 5; i++) row("CPU s/GiB, storage service, " wn[i], "cpu_service" SUBSEP ws[i], "%.2f", "", "")
+    for (i = 1; i <= 5; i++) row("CPU s/GiB, whole guest, " wn[i], "cpu_guest" SUBSEP ws[i], "%.2f", "", "")
+    for (i = 1; i <= 5; i++) row("rxe retries (ACK timeouts), " wn[i], "retries" SUBSEP ws[i], "%d", "", "")
     print ""
-    print "| perftest, 1 MiB messages, server rxe2, client rxe1, MiB/s (by wall time) | before the cluster | between its workloads | after it | median, used above |"
+    print "| perftest, 1 MiB messages, server rxe2, client rxe1, MiB/s (by wall time), rxe retries | before the cluster | between its workloads | after it | median, used above |"
     print "|---|---|---|---|---|"
     split("ib_write_bw ib_read_bw", pts, " ")
     for (i = 1; i <= 2; i++)
@@ -225,6 +239,31 @@ END {
     printf "By RDMA: the rdma runs moved %.0f%% of their bytes by RDMA (the service'"'"'s counters), the tcp runs %d B; ",
         rdma_bytes ? 100 * rdma_by_rdma / rdma_bytes : 0, tcp_rdma_bytes
     printf "the service connected %s RDMA queue pair(s). rxe counters at the end: %s\n", kv(service, "rdma_connections"), rxe
+    if (length(depths)) {
+        nd = 0
+        for (d in depths) dl[++nd] = d + 0
+        for (i = 2; i <= nd; i++) for (j = i; j > 1 && dl[j - 1] > dl[j]; j--) { t = dl[j]; dl[j] = dl[j - 1]; dl[j - 1] = t }
+        nz = 0
+        for (z in sizes) zl[++nz] = z + 0
+        for (i = 2; i <= nz; i++) for (j = i; j > 1 && zl[j - 1] > zl[j]; j--) { t = zl[j]; zl[j] = zl[j - 1]; zl[j - 1] = t }
+        print ""
+        printf "| perftest, transfers in flight (`-t`, and `-o` for reads), MiB/s (rxe retries) |"
+        for (k = 1; k <= nz; k++) printf " ib_write_bw, %s |", size_name(zl[k])
+        for (k = 1; k <= nz; k++) printf " ib_read_bw, %s |", size_name(zl[k])
+        printf "\n|---|"
+        for (k = 1; k <= 2 * nz; k++) printf "---|"
+        printf "\n"
+        for (i = 1; i <= nd; i++) {
+            printf "| %d |", dl[i]
+            for (k = 1; k <= nz; k++) printf " %s |", ptd["ib_write_bw", zl[k], dl[i]]
+            for (k = 1; k <= nz; k++) printf " %s |", ptd["ib_read_bw", zl[k], dl[i]]
+            printf "\n"
+        }
+        print ""
+        printf "After the cluster, `-F -s SIZE -n N --report_gbits -t D` (and `-o D` for ib_read_bw), N ="
+        for (k = 1; k <= nz; k++) printf "%s %s for %s", (k > 1 ? "," : ""), pt_depth_iterations[zl[k]], size_name(zl[k])
+        printf ". The mounts ran %s FUSE workers (`--threads`), the deep workloads %s fio jobs at once, each on a file of its own.\n", kv(guest, "mount_threads"), kv(guest, "deep_jobs")
+    }
     if (fio_failed != "" || pt_failed != "") { print ""; print "Failed runs (left out):" fio_failed pt_failed }
     exit (fio_failed != "" || pt_failed != "" || kv(end, "fio_failures") != 0)
 }' "$results" || { log "some runs failed; see $console"; exit 1; }

@@ -12,12 +12,17 @@
 #      and two mounts of it side by side, one --data-transport tcp, one
 #      --data-transport rdma; fio on each: 1 MiB sequential write, 1 MiB
 #      sequential read, buffered 1 MiB writes with end_fsync, 4 KiB random
-#      read latency (psync, iodepth 1). Each workload runs tcp, rdma, rdma,
-#      tcp, so drift over the run weighs on both alike;
+#      read latency (psync, iodepth 1), then 1 MiB sequential writes and
+#      reads from 4 jobs at once (the queue deeper, as perftest's is).
+#      Each workload runs tcp, rdma, rdma, tcp, so drift over the run
+#      weighs on both alike;
 #   3. around each run, the CPU time (utime + stime from /proc/PID/stat) of
 #      the mount and of the storage service, and of the whole guest (busy
 #      ticks of /proc/stat: rxe and TCP do their packet work in the kernel,
-#      often in softirq, charged to no process of ours).
+#      often in softirq, charged to no process of ours);
+#   4. after the cluster is gone, perftest again with 1 to 64 transfers in
+#      flight, of 4 KiB and of 1 MiB: the depth the device needs, which
+#      the credit window must not cut (rpc::rdma::DEFAULT_WINDOW).
 #
 # Every result is one line "BENCH kind=... key=value ..." for the host to
 # parse; everything else is for a person reading the console.
@@ -42,6 +47,11 @@ BUF_MIB=$(param buf_mib)
 BUF_MIB=${BUF_MIB:-320}
 RAND_MIB=$(param rand_mib)
 RAND_MIB=${RAND_MIB:-64}
+# The deep workloads' jobs at once, and the mounts' FUSE workers: more
+# than the jobs, so that every job's request is in flight at once (the
+# default is one worker per CPU: 2).
+DEEP_JOBS=4
+MOUNT_THREADS=8
 # A fio or perftest run ends well within this, or it is stuck.
 RUN_TIMEOUT_S=$((RUN_S * 4 + 120))
 
@@ -61,7 +71,7 @@ tail_logs() {
 }
 metric() { # metric NAME: the storage service's counter, summed over label sets
     wget -q -O - "http://$STORAGE_METRICS/metrics" 2>/dev/null | grep -E "^$1(\{| )" |
-        awk '{ s += $NF } END { printf "%d\n", s }'
+        awk '{ s += $NF } END { printf "%.0f\n", s }'
 }
 ticks() { # ticks PID: utime + stime, in clock ticks (comm is "(xfused)": no spaces)
     awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
@@ -70,6 +80,14 @@ guest_ticks() { # busy ticks of every CPU: user nice system irq softirq steal
     awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
 }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+# Transport retries of both rxe devices: each one is a queue pair that
+# waited out its ACK timeout (kmod_shim::verbs, perftest's own) for a
+# packet lost or late, and resent what was not acknowledged.
+rxe_retries() {
+    cat /sys/class/infiniband/rxe1/ports/1/hw_counters/completer_retry_err \
+        /sys/class/infiniband/rxe2/ports/1/hw_counters/completer_retry_err 2>/dev/null |
+        awk '{ s += $1 } END { printf "%.0f\n", s }'
+}
 
 # Clock ticks per second. busybox has no getconf: a process's start time
 # (field 22 of /proc/PID/stat) is in ticks since boot, so awk's own, over
@@ -120,31 +138,43 @@ listening() {
 # seconds here. Not perftest's duration mode (-D): in this guest it
 # printed 0 Gb/s for a run of 266 messages. Beside perftest's figure (from
 # the TSC), the client's wall time gives a second one, setup included.
+#
+# perftest TEST PORT WHEN DEPTH SIZE: the same with SIZE-byte messages and
+# at most DEPTH in flight (-t, and -o for reads), 4 MiB per second of
+# RUN_S: how many transfers the device needs in flight to reach its
+# bandwidth.
 perftest_pass=0
 perftest() {
-    t=$1 port=$2 when=$3
+    t=$1 port=$2 when=$3 depth=${4:-} size=${5:-1048576}
     iters=$((RUN_S * 16))
-    args="-F -s 1048576 -n $iters --report_gbits -p $port"
+    args="-F -s $size -n $iters --report_gbits -p $port"
+    if [ -n "$depth" ]; then
+        iters=$((RUN_S * 4 * 1048576 / size))
+        args="-F -s $size -n $iters --report_gbits -p $port -t $depth"
+        [ "$t" = ib_read_bw ] && args="$args -o $depth"
+    fi
     # shellcheck disable=SC2086 # args are words
     timeout "$RUN_TIMEOUT_S" "$t" -d rxe2 -x "$gid_server" $args >"$W/$t.$when.server" 2>&1 &
     server=$!
     if ! listening "$port" 30; then
         log "$t: the server did not listen on $port"; cat "$W/$t.$when.server"
         kill "$server" 2>/dev/null
-        echo "BENCH kind=perftest test=$t when=$when rc=1"
+        echo "BENCH kind=perftest test=$t when=$when depth=${depth:-default} size=$size rc=1"
         return
     fi
+    x0=$(rxe_retries)
     t0=$(uptime_s)
     # shellcheck disable=SC2086
     timeout "$RUN_TIMEOUT_S" "$t" -d rxe1 -x "$gid_client" $args 127.0.0.1 >"$W/$t.$when.client" 2>&1
     rc=$?
     t1=$(uptime_s)
+    x1=$(rxe_retries)
     [ $rc = 0 ] || kill "$server" 2>/dev/null
     wait "$server"
     rs=$?
-    sed "s/^/perftest $t $when client: /" "$W/$t.$when.client" | grep -E 'bytes|1048576|rror|ail' | head -n 5
+    sed "s/^/perftest $t $when client: /" "$W/$t.$when.client" | grep -E "bytes|^ *$size |rror|ail" | head -n 5
     # Columns: #bytes #iterations BW-peak BW-average MsgRate.
-    gbit=$(awk '$1 == 1048576 { print $4; exit }' "$W/$t.$when.client")
+    gbit=$(awk -v size="$size" '$1 == size { print $4; exit }' "$W/$t.$when.client")
     if [ $rc = 0 ] && [ $rs = 0 ] && [ -n "$gbit" ]; then
         perftest_pass=$((perftest_pass + 1))
         rc=0
@@ -152,10 +182,10 @@ perftest() {
         sed "s/^/perftest $t $when server: /" "$W/$t.$when.server" | tail -n 5
         rc=1
     fi
-    echo "BENCH kind=perftest test=$t when=$when size=1048576 iterations=$iters gid_server=$gid_server" \
-        "gid_client=$gid_client gbit_s=${gbit:-0}" \
+    echo "BENCH kind=perftest test=$t when=$when depth=${depth:-default} size=$size iterations=$iters gid_server=$gid_server" \
+        "gid_client=$gid_client gbit_s=${gbit:-0} rxe_retries=$((x1 - x0))" \
         "mib_s=$(awk -v g="${gbit:-0}" 'BEGIN { printf "%.1f", g * 1e9 / 8 / 1048576 }')" \
-        "wall_mib_s=$(awk -v n="$iters" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.1f", (t1 > t0 ? n / (t1 - t0) : 0) }')" \
+        "wall_mib_s=$(awk -v n="$iters" -v s="$size" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.1f", (t1 > t0 ? n * s / 1048576 / (t1 - t0) : 0) }')" \
         "rc=$rc"
 }
 
@@ -166,6 +196,7 @@ CLK_TCK=$(clk_tck)
 echo "BENCH kind=guest kernel=$(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo)" \
     "mem_mib=$(awk '/^MemTotal/ { printf "%d", $2 / 1024 }' /proc/meminfo) clk_tck=$CLK_TCK" \
     "clk_tck_from=starttime/uptime seconds=$RUN_S file_mib=$FILE_MIB buf_mib=$BUF_MIB rand_mib=$RAND_MIB" \
+    "deep_jobs=$DEEP_JOBS mount_threads=$MOUNT_THREADS" \
     "rxe_mtu=$(ibv_devinfo -d rxe1 2>/dev/null | awk '/active_mtu/ { print $2; exit }')" \
     "veth_mtu=$(cat /sys/class/net/v0/mtu)" \
     "aes_ni=$(grep -q '^flags.* aes' /proc/cpuinfo && echo yes || echo no)"
@@ -195,10 +226,11 @@ within 60 grep -q "storage service on" "$W/storage.log" || { log "the storage se
 grep -h "data transport" "$W/storage.log" | head -n 1
 
 # mount_fs TRANSPORT EXTRA...: mounts /mnt/TRANSPORT; sets mount_pid.
+# (MOUNT_THREADS: see the parameters above.)
 mount_fs() {
     tr=$1; shift
     mkdir -p "/mnt/$tr"
-    $X mount --transport dev --meta "tcp://$META" --credential "$W/cluster.pem" \
+    $X mount --transport dev --threads "$MOUNT_THREADS" --meta "tcp://$META" --credential "$W/cluster.pem" \
         --data-transport "$tr" "$@" "/mnt/$tr" >"$W/mount.$tr.log" 2>&1 &
     mount_pid=$!
     within 90 grep -q " /mnt/$tr fuse" /proc/mounts || { log "mount $tr did not appear"; tail_logs; exit 1; }
@@ -229,6 +261,7 @@ run_fio() {
     if [ "$tr" = tcp ]; then mpid=$mount_pid_tcp; else mpid=$mount_pid_rdma; fi
     c0=$(ticks "$mpid"); s0=$(ticks "$storage_pid"); g0=$(guest_ticks)
     r0=$(metric xfuse_rpc_server_rdma_read_bytes_total); w0=$(metric xfuse_rpc_server_rdma_written_bytes_total)
+    x0=$(rxe_retries)
     t0=$(uptime_s)
     timeout "$RUN_TIMEOUT_S" fio --name="$wl" --ioengine=psync --percentile_list=50:99 \
         --output-format=terse --terse-version=3 "$@" >"$W/fio.out" 2>"$W/fio.err"
@@ -236,12 +269,13 @@ run_fio() {
     t1=$(uptime_s)
     c1=$(ticks "$mpid"); s1=$(ticks "$storage_pid"); g1=$(guest_ticks)
     r1=$(metric xfuse_rpc_server_rdma_read_bytes_total); w1=$(metric xfuse_rpc_server_rdma_written_bytes_total)
+    x1=$(rxe_retries)
     [ $rc = 0 ] || { failures=$((failures + 1)); log "fio $wl $tr run $run: exit $rc"; tail -n 5 "$W/fio.err"; }
     # Terse v3: 6 read KiB, 9 read ms, 18-19 read clat p50/p99 (us);
     # 47 write KiB, 50 write ms.
     awk -F';' -v wl="$wl" -v tr="$tr" -v run="$run" -v rc="$rc" -v direct="$io_direct" \
         -v wall="$t0 $t1" -v cpu="$((c1 - c0)) $((s1 - s0)) $((g1 - g0))" -v tck="$CLK_TCK" \
-        -v rdma="$((r1 - r0)) $((w1 - w0))" '
+        -v rdma="$((r1 - r0)) $((w1 - w0))" -v retries="$((x1 - x0))" '
         NF >= 50 {
             kib = $6 + $47; ms = $9 + $50
             split(wall, t, " "); split(cpu, c, " "); split(rdma, r, " ")
@@ -249,7 +283,7 @@ run_fio() {
             printf "BENCH kind=fio workload=%s transport=%s run=%s direct=%s rc=%s kib=%d ms=%d", wl, tr, run, direct, rc, kib, ms
             printf " mib_s=%.1f wall_s=%.2f", ms ? kib / 1024 / (ms / 1000) : 0, t[2] - t[1]
             printf " client_ticks=%d service_ticks=%d guest_ticks=%d clk_tck=%d", c[1], c[2], c[3], tck
-            printf " rdma_read_b=%d rdma_written_b=%d p50_us=%s p99_us=%s\n", r[1], r[2], p50, p99
+            printf " rdma_read_b=%.0f rdma_written_b=%.0f rxe_retries=%d p50_us=%s p99_us=%s\n", r[1], r[2], retries, p50, p99
             done = 1
         }
         END { if (!done) printf "BENCH kind=fio workload=%s transport=%s run=%s rc=1\n", wl, tr, run }' "$W/fio.out"
@@ -310,6 +344,35 @@ for o in $ORDER; do
     run_fio randread "$tr" "${o#*:}" --filename="/mnt/$tr/$tr/rand" --rw=randread --bs=4k \
         --size="${RAND_MIB}M" --direct="$DIRECT" --iodepth=1 --time_based --runtime="$RUN_S"
 done
+# Deeper queues: DEEP_JOBS jobs at once, each on a file of its own (FUSE
+# serializes direct writes to one file), so the service has as many
+# transfers in flight on the queue pair as perftest keeps in its window.
+deep_mib=$((FILE_MIB / DEEP_JOBS))
+# shellcheck disable=SC2016 # fio expands $jobnum
+DEEP_FILES='deep.$jobnum'
+
+log "1 MiB sequential writes and reads, $DEEP_JOBS jobs ($seq_mode, ${deep_mib} MiB each) at $(uptime_s)s"
+io_direct=$DIRECT
+for o in $ORDER; do
+    tr=${o%:*}
+    # shellcheck disable=SC2086 # seq_mode is words
+    run_fio seqwrite_deep "$tr" "${o#*:}" --directory="/mnt/$tr/$tr" --filename_format="$DEEP_FILES" \
+        --numjobs="$DEEP_JOBS" --group_reporting --rw=write --bs=1M --size="${deep_mib}M" --fallocate=none \
+        $seq_mode --time_based --runtime="$RUN_S"
+done
+for o in $ORDER; do
+    tr=${o%:*}
+    drop_caches
+    if [ $DIRECT = 1 ]; then
+        run_fio seqread_deep "$tr" "${o#*:}" --directory="/mnt/$tr/$tr" --filename_format="$DEEP_FILES" \
+            --numjobs="$DEEP_JOBS" --group_reporting --rw=read --bs=1M --size="${deep_mib}M" \
+            --direct=1 --time_based --runtime="$RUN_S"
+    else
+        run_fio seqread_deep "$tr" "${o#*:}" --directory="/mnt/$tr/$tr" --filename_format="$DEEP_FILES" \
+            --numjobs="$DEEP_JOBS" --group_reporting --rw=read --bs=1M --size="${deep_mib}M" \
+            --direct=0 --runtime="$RUN_S"
+    fi
+done
 log "workloads done at $(uptime_s)s"
 echo "BENCH kind=service rdma_connections=$(metric xfuse_rpc_server_rdma_connections_total)" \
     "rdma_read_b=$(metric xfuse_rpc_server_rdma_read_bytes_total)" \
@@ -326,6 +389,16 @@ within 30 sh -c "! kill -0 $storage_pid 2>/dev/null"
 if [ -n "$gid_client" ]; then
     perftest ib_write_bw 18519 after
     perftest ib_read_bw 18520 after
+    # The window: bandwidth against transfers in flight, for the largest
+    # transfer (a chunk, 1 MiB) and the smallest (a 4 KiB block).
+    port=18521
+    for size in 4096 1048576; do
+        for depth in 1 4 16 64; do
+            perftest ib_write_bw $port depth "$depth" "$size"
+            perftest ib_read_bw $((port + 1)) depth "$depth" "$size"
+            port=$((port + 2))
+        done
+    done
 fi
 [ $failures -gt 0 ] && tail_logs
 echo "BENCH kind=end fio_failures=$failures perftest_ok=$perftest_pass at_s=$(uptime_s)"
