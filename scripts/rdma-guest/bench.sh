@@ -34,11 +34,13 @@
 #   rdma.rand_mib=N (the random-read file, default 64).
 X=/usr/bin/xfused
 W=/bench
+# param, uptime_s, within, metric, tail_logs
+# shellcheck source=scripts/rdma-guest/lib.sh
+. /usr/lib/xfuse-guest.sh
 META=10.2.0.2:27000
 STORAGE=10.2.0.2:27100
 STORAGE_METRICS=127.0.0.1:27200
 
-param() { tr ' ' '\n' </proc/cmdline | sed -n "s/^rdma\.$1=//p" | tail -n 1; }
 RUN_S=$(param seconds)
 RUN_S=${RUN_S:-15}
 FILE_MIB=$(param file_mib)
@@ -56,23 +58,6 @@ MOUNT_THREADS=8
 RUN_TIMEOUT_S=$((RUN_S * 4 + 120))
 
 log() { echo "bench: $*"; }
-uptime_s() { cut -d' ' -f1 /proc/uptime; }
-# Waits up to $1 seconds for the command after it to succeed.
-within() {
-    n=$1; shift
-    while [ "$n" -gt 0 ]; do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 1; n=$((n - 1))
-    done
-    return 1
-}
-tail_logs() {
-    for f in "$W"/*.log; do [ -e "$f" ] && { echo "--- $f"; tail -n 15 "$f"; }; done
-}
-metric() { # metric NAME: the storage service's counter, summed over label sets
-    wget -q -O - "http://$STORAGE_METRICS/metrics" 2>/dev/null | grep -E "^$1(\{| )" |
-        awk '{ s += $NF } END { printf "%.0f\n", s }'
-}
 ticks() { # ticks PID: utime + stime, in clock ticks (comm is "(xfused)": no spaces)
     awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
@@ -260,7 +245,7 @@ run_fio() {
     wl=$1 tr=$2 run=$3; shift 3
     if [ "$tr" = tcp ]; then mpid=$mount_pid_tcp; else mpid=$mount_pid_rdma; fi
     c0=$(ticks "$mpid"); s0=$(ticks "$storage_pid"); g0=$(guest_ticks)
-    r0=$(metric xfuse_rpc_server_rdma_read_bytes_total); w0=$(metric xfuse_rpc_server_rdma_written_bytes_total)
+    r0=$(metric "$STORAGE_METRICS" xfuse_rpc_server_rdma_read_bytes_total); w0=$(metric "$STORAGE_METRICS" xfuse_rpc_server_rdma_written_bytes_total)
     x0=$(rxe_retries)
     t0=$(uptime_s)
     timeout "$RUN_TIMEOUT_S" fio --name="$wl" --ioengine=psync --percentile_list=50:99 \
@@ -268,7 +253,7 @@ run_fio() {
     rc=$?
     t1=$(uptime_s)
     c1=$(ticks "$mpid"); s1=$(ticks "$storage_pid"); g1=$(guest_ticks)
-    r1=$(metric xfuse_rpc_server_rdma_read_bytes_total); w1=$(metric xfuse_rpc_server_rdma_written_bytes_total)
+    r1=$(metric "$STORAGE_METRICS" xfuse_rpc_server_rdma_read_bytes_total); w1=$(metric "$STORAGE_METRICS" xfuse_rpc_server_rdma_written_bytes_total)
     x1=$(rxe_retries)
     [ $rc = 0 ] || { failures=$((failures + 1)); log "fio $wl $tr run $run: exit $rc"; tail -n 5 "$W/fio.err"; }
     # Terse v3: 6 read KiB, 9 read ms, 18-19 read clat p50/p99 (us);
@@ -352,6 +337,13 @@ deep_mib=$((FILE_MIB / DEEP_JOBS))
 DEEP_FILES='deep.$jobnum'
 
 log "1 MiB sequential writes and reads, $DEEP_JOBS jobs ($seq_mode, ${deep_mib} MiB each) at $(uptime_s)s"
+# Each job's file at its full size first, untimed: a short write run
+# leaves it shorter, and fio would lay it out inside a read run.
+for tr in tcp rdma; do
+    timeout "$RUN_TIMEOUT_S" fio --name=layout --directory="/mnt/$tr/$tr" --filename_format="$DEEP_FILES" \
+        --numjobs="$DEEP_JOBS" --rw=write --bs=1M --size="${deep_mib}M" --fallocate=none --direct=0 \
+        --end_fsync=1 --ioengine=psync >/dev/null 2>&1 || log "writing the $DEEP_JOBS-job files on $tr failed"
+done
 io_direct=$DIRECT
 for o in $ORDER; do
     tr=${o%:*}
@@ -374,9 +366,9 @@ for o in $ORDER; do
     fi
 done
 log "workloads done at $(uptime_s)s"
-echo "BENCH kind=service rdma_connections=$(metric xfuse_rpc_server_rdma_connections_total)" \
-    "rdma_read_b=$(metric xfuse_rpc_server_rdma_read_bytes_total)" \
-    "rdma_written_b=$(metric xfuse_rpc_server_rdma_written_bytes_total)"
+echo "BENCH kind=service rdma_connections=$(metric "$STORAGE_METRICS" xfuse_rpc_server_rdma_connections_total)" \
+    "rdma_read_b=$(metric "$STORAGE_METRICS" xfuse_rpc_server_rdma_read_bytes_total)" \
+    "rdma_written_b=$(metric "$STORAGE_METRICS" xfuse_rpc_server_rdma_written_bytes_total)"
 
 for tr in tcp rdma; do
     if [ "$tr" = tcp ]; then kill "$mount_pid_tcp"; else kill "$mount_pid_rdma"; fi 2>/dev/null

@@ -9,6 +9,9 @@
 # Kernel command line: rdma.fsx_ops=N (fsx operations, default 400).
 X=/usr/bin/xfused
 W=/tmp/cluster
+# within, metric, tail_logs
+# shellcheck source=scripts/rdma-guest/lib.sh
+. /usr/lib/xfuse-guest.sh
 MNT=/mnt/x
 META=10.2.0.2:27000
 FSX_OPS=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^rdma\.fsx_ops=//p' | tail -n 1)
@@ -16,28 +19,12 @@ pass=0
 fail=0
 ok() { echo "RDMATEST ok $*"; pass=$((pass + 1)); }
 bad() { echo "RDMATEST FAIL $*"; fail=$((fail + 1)); }
-# Waits up to $1 seconds for the command after it to succeed.
-within() {
-    n=$1; shift
-    while [ "$n" -gt 0 ]; do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 1; n=$((n - 1))
-    done
-    return 1
-}
-metric() { # metric PORT NAME: the sum of a counter over its label sets
-    wget -q -O - "http://127.0.0.1:$1/metrics" 2>/dev/null | grep -E "^$2(\{| )" |
-        awk '{ s += $NF } END { printf "%.0f\n", s }'
-}
 series() { # series PORT SERIES: one series' value, SERIES as exposed: 'name{label="v"}'
     wget -q -O - "http://127.0.0.1:$1/metrics" 2>/dev/null |
         awk -v s="$2" 'index($0, s " ") == 1 { v = $NF } END { printf "%.0f\n", v }'
 }
 rxe() { # rxe DEV COUNTER
     cat "/sys/class/infiniband/$1/ports/1/hw_counters/$2" 2>/dev/null || echo 0
-}
-tail_logs() {
-    for f in "$W"/*.log; do echo "--- $f"; tail -n 15 "$f"; done
 }
 finish() {
     echo "rdma: $pass passed, $fail failed"
@@ -74,7 +61,7 @@ fi
 grep -h "data transport" "$W/mount.log" | head -n 1
 
 # 1. Files of several sizes, read back after the page cache is dropped.
-before_read=$(metric 27200 xfuse_rpc_server_rdma_read_bytes_total)
+before_read=$(metric 127.0.0.1:27200 xfuse_rpc_server_rdma_read_bytes_total)
 before_pkts=$(rxe rxe1 sent_pkts)
 all=1
 for size in 1 4096 65537 1048576 3145728; do
@@ -90,8 +77,8 @@ if [ $all = 1 ]; then ok "files of 1 B to 3 MiB written and read back intact"; e
 # 2. The bytes went over RDMA: the services' counters and the devices'.
 read_total=0; written_total=0
 for i in 0 1 2; do
-    read_total=$((read_total + $(metric 2720$i xfuse_rpc_server_rdma_read_bytes_total)))
-    written_total=$((written_total + $(metric 2720$i xfuse_rpc_server_rdma_written_bytes_total)))
+    read_total=$((read_total + $(metric 127.0.0.1:2720$i xfuse_rpc_server_rdma_read_bytes_total)))
+    written_total=$((written_total + $(metric 127.0.0.1:2720$i xfuse_rpc_server_rdma_written_bytes_total)))
 done
 echo "RDMATEST info services pulled $read_total B by RDMA READ, pushed $written_total B by RDMA WRITE;" \
     "rxe1 sent $(rxe rxe1 sent_pkts) rcvd $(rxe rxe1 rcvd_pkts) packets, rxe2 sent $(rxe rxe2 sent_pkts) rcvd $(rxe rxe2 rcvd_pkts)"

@@ -32,8 +32,9 @@ mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 
 say() { echo "GUEST $*"; }
-param() { tr ' ' '\n' </proc/cmdline | sed -n "s/^rdma\.$1=//p" | tail -n 1; }
-uptime_s() { cut -d' ' -f1 /proc/uptime; }
+# param, uptime_s
+# shellcheck source=scripts/rdma-guest/lib.sh
+. /usr/lib/xfuse-guest.sh
 # busybox would run its own ip applet for a bare "ip".
 IP=/usr/bin/ip
 

@@ -2,7 +2,8 @@
 # Packs the soft-RoCE guest's initramfs: busybox, the kernel modules
 # soft-RoCE needs (with their dependencies, read from each module), the
 # host's ip and rdma tools (iproute2), rdma-core's libibverbs and rxe
-# provider from CACHE (fetch.sh), the binaries given, and init.sh as /init.
+# provider from CACHE (fetch.sh), the binaries given, and init.sh as /init
+# with lib.sh, the helpers of the guest's scripts, as /usr/lib/xfuse-guest.sh.
 # Every shared library those binaries need comes along (ldd).
 #
 # Usage: scripts/rdma-guest/initrd.sh CACHE OUT.cpio.gz BINARY...
@@ -94,6 +95,8 @@ cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
 
 cp "$here/init.sh" "$root/init"
 chmod 0755 "$root/init"
+# The helpers init.sh and the scripts it runs source.
+install -m 0644 "$here/lib.sh" "$root/usr/lib/xfuse-guest.sh"
 
 (cd "$root" && find . | "$root/bin/busybox" cpio -o -H newc -R 0:0 2>/dev/null | gzip -1) >"$out"
 log "initramfs $out: $(du -h "$out" | cut -f1), modules: ${order[*]}"
