@@ -59,9 +59,8 @@ pub struct OpenNamespace {
     /// The service client, when the namespace is a tcp:// one (its
     /// deferred closes are settled at `close`).
     remote: Option<Arc<crate::net::RemoteMeta>>,
-    /// How file data reaches the storage cluster, when it goes there: for
-    /// the metrics endpoint ([`crate::metrics::sources::StorageClient`]).
-    pub storage_transport: Option<Arc<ServiceTransport>>,
+    /// How file data reaches the storage cluster, when it goes there.
+    storage_transport: Option<Arc<ServiceTransport>>,
 }
 
 /// Where a namespace comes from and how this client holds it.
@@ -309,6 +308,15 @@ impl std::fmt::Debug for OpenNamespace {
 }
 
 impl OpenNamespace {
+    /// Counters of this client for a `--metrics` endpoint, beside the
+    /// serving side's own: the file data it moves to storage services.
+    pub fn metric_sources(&self) -> Vec<Arc<dyn crate::metrics::Collect>> {
+        self.storage_transport
+            .iter()
+            .map(|t| Arc::new(crate::metrics::sources::StorageClient::new(t.clone())) as _)
+            .collect()
+    }
+
     /// Closes this client's sessions: the kernel (or guest) has released
     /// every open file by now; anything left is closed so no session
     /// outlives this client.

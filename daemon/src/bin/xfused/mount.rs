@@ -2,7 +2,6 @@
 //! `xfused::client`, served by `xfused::serve`).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Args;
 use xfuse::ShutdownSignals;
@@ -10,8 +9,6 @@ use xfused::client::{
     open_namespace, AuthArgs, EngineArgs, NamespaceSpec, CHUNK_SIZE_KIB_DEFAULT, DATA_DIR_DEFAULT,
     LEASE_MS_DEFAULT,
 };
-use xfused::metrics::sources::StorageClient;
-use xfused::metrics::Collect;
 use xfused::serve::{serve, Mounting, ServeArgs};
 
 use crate::background::{Detached, LogDestination};
@@ -138,11 +135,7 @@ pub fn run(args: MountArgs, detached: Option<&Detached>) -> anyhow::Result<()> {
             kernel,
             signals,
             on_serving: detached.map(|d| Box::new(move || d.ready()) as Box<dyn FnOnce()>),
-            metric_sources: ns
-                .storage_transport
-                .iter()
-                .map(|t| Arc::new(StorageClient::new(t.clone())) as Arc<dyn Collect>)
-                .collect(),
+            metric_sources: ns.metric_sources(),
         },
         |_| {},
     );

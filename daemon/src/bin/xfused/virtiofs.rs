@@ -182,10 +182,10 @@ pub fn run(args: VirtiofsArgs) -> anyhow::Result<()> {
         })?;
         sandbox::confine(&sandbox::capabilities_for(served), false, seccomp, served)?;
         let metrics = metrics_bound.map(metrics::Bound::serve).transpose()?;
-        if let (Some(endpoint), Some(transport)) = (&metrics, &ns.storage_transport) {
-            endpoint.add(std::sync::Arc::new(metrics::sources::StorageClient::new(
-                transport.clone(),
-            )));
+        if let Some(endpoint) = &metrics {
+            for source in ns.metric_sources() {
+                endpoint.add(source);
+            }
         }
         let what = format!("namespace {} with file data in {}", ns.url, ns.file_data);
         let result = serve_vm_on(
