@@ -36,6 +36,8 @@ struct Service {
     log: PathBuf,
     /// The cluster credential it made on start (private to this test).
     credential: PathBuf,
+    /// Arguments it was started with, beyond the store's and address.
+    extra: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -46,54 +48,68 @@ impl Service {
 
     fn start_with(extra: &[&str]) -> Service {
         let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("meta");
-        let log = dir.path().join("meta.log");
-        let credential = dir.path().join("state/cluster.pem");
+        let mut service = Service {
+            child: None,
+            addr: String::new(),
+            store: dir.path().join("meta"),
+            log: dir.path().join("meta.log"),
+            credential: dir.path().join("state/cluster.pem"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _dir: dir,
+        };
         // Port 0: the kernel picks a free port, which the service logs; no
         // probe that another process could race.
+        service.spawn("127.0.0.1:0");
+        service
+    }
+
+    /// Starts `xfused meta` on this service's store, listening on `listen`,
+    /// and waits until it listens.
+    fn spawn(&mut self, listen: &str) {
         let child = Command::new(env!("CARGO_BIN_EXE_xfused"))
             .args([
                 "meta",
                 "--engine",
-                &format!("embedded:{}", store.display()),
+                &format!("embedded:{}", self.store.display()),
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--credential",
-                credential.to_str().unwrap(),
+                self.credential.to_str().unwrap(),
             ])
-            .args(extra)
+            .args(&self.extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stdout(Stdio::from(std::fs::File::create(&self.log).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(&self.log).unwrap()))
             .spawn()
             .expect("spawning xfused meta");
-        // Owned by a Service from here, so a failure below kills it (Drop).
-        let mut service = Service {
-            child: Some(child),
-            addr: String::new(),
-            store,
-            log,
-            credential,
-            _dir: dir,
-        };
+        // Owned by the Service from here, so a failure below kills it (Drop).
+        self.child = Some(child);
         const LISTENING: &str = "metadata service on ";
-        service.addr = common::wait_for("xfused meta listening", Duration::from_secs(30), || {
-            let text = service.log_text();
+        self.addr = common::wait_for("xfused meta listening", Duration::from_secs(30), || {
+            let text = self.log_text();
             let addr = text
                 .split_once(LISTENING)
                 .and_then(|(_, rest)| rest.split_once(','))
                 .map(|(addr, _)| addr.to_owned());
-            let exited = service
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().expect("waitpid"));
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().expect("waitpid"));
             match (addr, exited) {
                 (Some(addr), _) => Ok(addr),
                 (None, Some(status)) => panic!("xfused meta exited ({status}) before listening:\n{text}"),
                 (None, None) => Err(text),
             }
         });
-        service
+    }
+
+    /// Kills the service (SIGKILL: nothing it held in memory is saved) and
+    /// starts it again on the same store and address.
+    fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill_process(Pid::from_child(&child), Signal::KILL);
+            let _ = child.wait();
+        }
+        let addr = self.addr.clone();
+        self.spawn(&addr);
+        assert_eq!(self.addr, addr);
     }
 
     /// The arguments that point a mount at this service.
@@ -1339,4 +1355,93 @@ fn batches_are_bounded() {
         }),
         Err(libc::ENOTCONN)
     );
+}
+
+/// A service on a store of its own keeps its clients' open files in its
+/// memory. Killed and started again, it asks each client that may hold
+/// files open to tell them, and until they have, a file losing its last
+/// link is kept: the file one mount holds outlives another's unlink, and
+/// the file nobody holds is deleted once everyone has told.
+#[test]
+fn files_held_open_outlive_a_restart_of_the_service() {
+    // A lease far longer than the test: the grace period ends because
+    // every client told, not because time ran out.
+    let mut service = Service::start_with(&["--lease-ms", "120000"]);
+    let holder = service.remote();
+    let other = service.remote();
+    let root = user(0);
+    let create = |m: &xfused::net::RemoteMeta, name: &str, open: bool| match m
+        .invoke(Call::Mknod {
+            caller: root.clone(),
+            parent: 1,
+            name: name.as_bytes().to_vec(),
+            mode: libc::S_IFREG | 0o644,
+            rdev: 0,
+            target: Vec::new(),
+            open,
+        })
+        .unwrap()
+    {
+        Answer::Mknod((ino, _, handle)) => (ino, handle),
+        other => panic!("mknod answered {other:?}"),
+    };
+    let getattr = |m: &xfused::net::RemoteMeta, ino: u64| m.invoke(Call::Getattr { ino });
+    let (kept, handle) = create(&holder, "kept", true);
+    let handle = handle.unwrap();
+    let (freed, _) = create(&holder, "freed", false);
+
+    service.restart();
+    // The other client speaks first: it tells its (no) open files, and its
+    // unlinks come during the grace period: both files are kept.
+    for name in ["kept", "freed"] {
+        let unlinked = other.invoke(Call::Unlink {
+            caller: root.clone(),
+            parent: 1,
+            name: name.as_bytes().to_vec(),
+        });
+        assert_eq!(
+            unlinked,
+            Ok(Answer::Unlink(None)),
+            "{name}\n{}",
+            service.log_text()
+        );
+    }
+    assert!(
+        getattr(&other, freed).is_ok(),
+        "deleted before its holder could tell"
+    );
+    // The holder's next call tells its handle; everyone has, and the
+    // file nobody holds goes.
+    match getattr(&holder, kept) {
+        Ok(Answer::Getattr(rec)) => assert_eq!(rec.nlink, 0),
+        other => panic!("the held file: {other:?}\n{}", service.log_text()),
+    }
+    assert_eq!(
+        getattr(&other, freed),
+        Err(xfused::meta::MetaError::Errno(libc::ENOENT))
+    );
+    // The handle still works, and its close deletes the file.
+    holder
+        .invoke(Call::NoteWrite {
+            ino: kept,
+            handle,
+            end: 5,
+        })
+        .unwrap();
+    assert!(matches!(
+        holder.invoke(Call::Release { ino: kept, handle }),
+        Ok(Answer::Release(Some(_)))
+    ));
+    assert_eq!(
+        getattr(&other, kept),
+        Err(xfused::meta::MetaError::Errno(libc::ENOENT))
+    );
+    let log = service.log_text();
+    assert_eq!(log.matches("told its open files").count(), 2, "{log}");
+    assert!(log.contains("grace period over: 1 files"), "{log}");
+    drop((holder, other));
+    let store = service.stop();
+    let engine = EmbeddedEngine::open(&store, Durability::default()).expect("reopening the store");
+    let problems = check_namespace(&engine).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
 }

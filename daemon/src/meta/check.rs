@@ -53,7 +53,11 @@ pub fn check_namespace(engine: &dyn KvEngine) -> Result<Vec<String>, super::Meta
             Some(&tag::XATTR) if k.len() > 10 => {
                 *xattrs.entry(be(&k[2..10])).or_default() += 1;
             }
-            Some(&tag::ALLOC) | Some(&tag::CLIENT_ALLOC) | Some(&tag::HANDLE_ALLOC) | Some(&tag::CLIENT) => {}
+            Some(&tag::ALLOC)
+            | Some(&tag::CLIENT_ALLOC)
+            | Some(&tag::HANDLE_ALLOC)
+            | Some(&tag::CLIENT)
+            | Some(&tag::SERVICE) => {}
             Some(&tag::DONE) if k.len() == 17 => {}
             _ => problems.push(format!("unknown key {k:?}")),
         }

@@ -1,14 +1,19 @@
-//! Open-file sessions kept in this process ([`MetaConfig::local_sessions`]):
-//! an open is recorded here, not in the store, until the file loses its
-//! last link while open. Only then are its sessions written to the store
-//! (by the transaction that unlinks it), so that the orphan lives on and is
-//! deleted at its last close, exactly as if every open had been recorded.
+//! Open-file sessions kept in this process ([`MetaConfig::local_sessions`],
+//! or a metadata service's table shared by its clients,
+//! [`MetaConfig::shared_sessions`]): an open is recorded here, not in the
+//! store, until the file loses its last link while open. Only then are its
+//! sessions written to the store (by the transaction that unlinks it), so
+//! that the orphan lives on and is deleted at its last close, exactly as if
+//! every open had been recorded.
 //!
-//! Sound only for the store's one client (an embedded mount): another
-//! client's unlink could not see these sessions. After a crash they are
-//! gone with the process, which is what a restart does to a client's
-//! sessions anyway; what was written (orphans and their sessions) is
-//! reaped as before.
+//! Sound only where this process is the store's one user: an embedded
+//! mount, or `xfused meta` on the embedded engine (which locks its store to
+//! one process), whose table holds the handles of every client it serves.
+//! Another process's unlink could not see these sessions. After a crash
+//! of a mount they are gone with it, which is what a restart does to a
+//! client's sessions anyway; what was written (orphans and their sessions)
+//! is reaped as before. After a restart of a service, its clients live on
+//! and hold files open: see [grace](LocalSessions::begin_grace).
 //!
 //! The race to close: an open finds the file linked, and an unlink removes
 //! the last link before the open is recorded. Both go through the inode's
@@ -25,10 +30,16 @@
 //! retried from the start, having let go of the first, so two threads
 //! never wait for each other.
 //!
+//! The table holds at most [`HANDLES_MAX`] handles. Past that, opens record
+//! their sessions in the store as a shared store's do, and from then on an
+//! unlink that finds no handle here also looks in the store.
+//!
 //! [`MetaConfig::local_sessions`]: super::MetaConfig::local_sessions
+//! [`MetaConfig::shared_sessions`]: super::MetaConfig::shared_sessions
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::ThreadId;
 
@@ -38,9 +49,13 @@ use super::MetaError;
 /// Stripes inodes are spread over.
 const STRIPES: usize = 64;
 
-/// A handle and whether the store has it as a session yet.
+/// Handles a table holds at most (about 40 bytes each).
+pub const HANDLES_MAX: usize = 1 << 20;
+
+/// A client's handle and whether the store has it as a session yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Handle {
+    client: u64,
     handle: u64,
     in_store: bool,
 }
@@ -54,9 +69,29 @@ struct StripeState {
 }
 
 impl StripeState {
-    /// Handle `handle` of `ino`, if open.
-    fn find(&mut self, ino: u64, handle: u64) -> Option<&mut Handle> {
-        self.open.get_mut(&ino)?.iter_mut().find(|h| h.handle == handle)
+    /// `client`'s handle `handle` of `ino`, if open.
+    fn find(&mut self, client: u64, ino: u64, handle: u64) -> Option<&mut Handle> {
+        self.open
+            .get_mut(&ino)?
+            .iter_mut()
+            .find(|h| h.client == client && h.handle == handle)
+    }
+
+    fn remove(&mut self, ino: u64, keep: impl Fn(&Handle) -> bool) -> Vec<Handle> {
+        let Some(handles) = self.open.get_mut(&ino) else {
+            return Vec::new();
+        };
+        let mut gone = Vec::new();
+        handles.retain(|h| {
+            keep(h) || {
+                gone.push(*h);
+                false
+            }
+        });
+        if handles.is_empty() {
+            self.open.remove(&ino);
+        }
+        gone
     }
 }
 
@@ -79,11 +114,25 @@ impl Stripe {
     }
 }
 
-/// This client's open handles (module docs).
+/// Open handles of the clients of this process (module docs).
 #[derive(Debug)]
 pub struct LocalSessions {
-    client: u64,
     stripes: Box<[Stripe]>,
+    /// Handles held.
+    count: AtomicUsize,
+    /// Once set, the store may have sessions this table does not know.
+    overflowed: AtomicBool,
+    /// The client whose sessions hold the files unlinked during a grace
+    /// period; zero outside one.
+    grace_owner: AtomicU64,
+    /// The next of those sessions' handles.
+    grace_next: AtomicU64,
+}
+
+impl Default for LocalSessions {
+    fn default() -> Self {
+        LocalSessions::new()
+    }
 }
 
 /// What the current thread's transaction attempt holds and will mark.
@@ -92,7 +141,9 @@ struct Attempt {
     /// The stripe held, if any.
     held: Option<usize>,
     /// Handles the attempt wrote to the store, marked when it commits.
-    written: Vec<(u64, u64)>,
+    written: Vec<(u64, u64, u64)>,
+    /// A grace session it wrote (ino, owner, handle), added when it commits.
+    grace: Option<(u64, u64, u64)>,
 }
 
 thread_local! {
@@ -104,11 +155,14 @@ fn lock(m: &Mutex<StripeState>) -> MutexGuard<'_, StripeState> {
 }
 
 impl LocalSessions {
-    /// Sessions of `client`.
-    pub fn new(client: u64) -> LocalSessions {
+    /// An empty table.
+    pub fn new() -> LocalSessions {
         LocalSessions {
-            client,
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            count: AtomicUsize::new(0),
+            overflowed: AtomicBool::new(false),
+            grace_owner: AtomicU64::new(0),
+            grace_next: AtomicU64::new(1),
         }
     }
 
@@ -121,68 +175,132 @@ impl LocalSessions {
         self.stripes[Self::stripe_of(ino)].settled()
     }
 
-    /// Records an open handle of `ino`, not in the store.
-    pub fn register(&self, ino: u64, handle: u64) {
-        self.register_as(ino, handle, false);
+    /// Records `client`'s open handle of `ino`, not in the store; `false`
+    /// if the table is full (the caller records it in the store instead).
+    #[must_use]
+    pub fn register(&self, client: u64, ino: u64, handle: u64) -> bool {
+        self.register_as(client, ino, handle, false)
     }
 
     /// Records an open handle of `ino` that the store has (or is about to
-    /// have) as a session: a tmpfile's.
-    pub fn register_in_store(&self, ino: u64, handle: u64) {
-        self.register_as(ino, handle, true);
+    /// have) as a session: a tmpfile's. Full, it is left to the store.
+    pub fn register_in_store(&self, client: u64, ino: u64, handle: u64) {
+        let _ = self.register_as(client, ino, handle, true);
     }
 
-    fn register_as(&self, ino: u64, handle: u64, in_store: bool) {
-        self.settled(ino)
-            .open
-            .entry(ino)
-            .or_default()
-            .push(Handle { handle, in_store });
+    fn register_as(&self, client: u64, ino: u64, handle: u64, in_store: bool) -> bool {
+        if self.count.fetch_add(1, Ordering::Relaxed) >= HANDLES_MAX {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            if !self.overflowed.swap(true, Ordering::SeqCst) {
+                tracing::warn!(
+                    "{HANDLES_MAX} files are open: further opens are recorded in the store, and unlinks look there too"
+                );
+            }
+            return false;
+        }
+        let mut state = self.settled(ino);
+        let handles = state.open.entry(ino).or_default();
+        if handles.iter().any(|h| h.client == client && h.handle == handle) {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            handles.push(Handle {
+                client,
+                handle,
+                in_store,
+            });
+        }
+        true
     }
 
     /// Forgets a handle: `Some(true)` if the store has it as a session
     /// (to be closed there), `Some(false)` if not, `None` if it is not one
     /// of these.
-    pub fn unregister(&self, ino: u64, handle: u64) -> Option<bool> {
-        let mut state = self.settled(ino);
-        let handles = state.open.get_mut(&ino)?;
-        let at = handles.iter().position(|h| h.handle == handle)?;
-        let gone = handles.swap_remove(at);
-        if handles.is_empty() {
-            state.open.remove(&ino);
-        }
-        Some(gone.in_store)
+    pub fn unregister(&self, client: u64, ino: u64, handle: u64) -> Option<bool> {
+        let gone = self
+            .settled(ino)
+            .remove(ino, |h| h.client != client || h.handle != handle);
+        self.count.fetch_sub(gone.len(), Ordering::Relaxed);
+        gone.first().map(|h| h.in_store)
     }
 
-    /// Notes that the store has `handle` of `ino` as a session.
-    pub fn mark_in_store(&self, ino: u64, handle: u64) {
-        if let Some(h) = self.settled(ino).find(ino, handle) {
+    /// Notes that the store has `client`'s `handle` of `ino` as a session.
+    pub fn mark_in_store(&self, client: u64, ino: u64, handle: u64) {
+        if let Some(h) = self.settled(ino).find(client, ino, handle) {
             h.in_store = true;
         }
     }
 
-    /// Whether `handle` is an open handle of `ino`.
-    pub fn has(&self, ino: u64, handle: u64) -> bool {
-        self.settled(ino)
-            .open
-            .get(&ino)
-            .is_some_and(|hs| hs.iter().any(|h| h.handle == handle))
+    /// Whether `handle` is an open handle of `ino` by `client`.
+    pub fn has(&self, client: u64, ino: u64, handle: u64) -> bool {
+        self.settled(ino).find(client, ino, handle).is_some()
     }
 
-    /// Forgets every handle (the client ends; the store's sessions are
-    /// closed there).
-    pub fn clear(&self) {
+    /// Forgets every handle of `client` (it ended, or was reaped: the
+    /// store's sessions are closed there). Returns how many.
+    pub fn forget_client(&self, client: u64) -> usize {
+        let mut forgotten = 0;
         for stripe in self.stripes.iter() {
-            lock(&stripe.state).open.clear();
+            let mut state = stripe.settled();
+            let inos: Vec<u64> = state.open.keys().copied().collect();
+            for ino in inos {
+                forgotten += state.remove(ino, |h| h.client != client).len();
+            }
         }
+        self.count.fetch_sub(forgotten, Ordering::Relaxed);
+        forgotten
     }
 
     /// Open handles held, for tests and logs.
     pub fn count(&self) -> usize {
-        self.stripes
-            .iter()
-            .map(|s| lock(&s.state).open.values().map(Vec::len).sum::<usize>())
-            .sum()
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Starts a grace period: a service restarted while its clients held
+    /// files open that only its table knew. Until [`LocalSessions::end_grace`]
+    /// (those clients have told it their handles again, or their leases ran
+    /// out), a file losing its last link with no handle known here is kept
+    /// as an orphan held by a session of `owner` (the service's own client),
+    /// so a client yet to tell cannot lose it. Those sessions are in the
+    /// store: a service that dies meanwhile leaves them to be reaped with
+    /// its client.
+    pub fn begin_grace(&self, owner: u64) {
+        assert_ne!(owner, 0, "client ids start at 1");
+        self.grace_owner.store(owner, Ordering::SeqCst);
+    }
+
+    /// Whether a grace period runs.
+    pub fn in_grace(&self) -> bool {
+        self.grace_owner.load(Ordering::SeqCst) != 0
+    }
+
+    /// Ends the grace period and returns the (ino, handle) of the owner's
+    /// sessions it wrote, forgotten here: the caller closes them in the
+    /// store, deleting the files nobody else holds.
+    pub fn end_grace(&self) -> Vec<(u64, u64)> {
+        let owner = self.grace_owner.swap(0, Ordering::SeqCst);
+        if owner == 0 {
+            return Vec::new();
+        }
+        let mut held = Vec::new();
+        // Each stripe once its holder (an unlink that may have seen the
+        // grace period) has let go, so every grace session is here.
+        for stripe in self.stripes.iter() {
+            let mut state = stripe.settled();
+            let inos: Vec<u64> = state.open.keys().copied().collect();
+            for ino in inos {
+                for h in state.remove(ino, |h| h.client != owner) {
+                    held.push((ino, h.handle));
+                }
+            }
+        }
+        self.count.fetch_sub(held.len(), Ordering::Relaxed);
+        held
+    }
+
+    /// Notes that the store may hold sessions of linked files this table
+    /// does not know (found at a service's start): unlinks look there too.
+    pub fn set_overflowed(&self) {
+        self.overflowed.store(true, Ordering::SeqCst);
     }
 }
 
@@ -198,13 +316,15 @@ pub fn begin_attempt(sessions: Option<&Arc<LocalSessions>>) {
                 sessions: sessions.clone(),
                 held: None,
                 written: Vec::new(),
+                grace: None,
             })
         });
     }
 }
 
 /// Ends this thread's attempt: if it `committed`, the handles it wrote are
-/// marked as in the store; either way the stripe it held is let go.
+/// marked as in the store (and a grace session added); either way the
+/// stripe it held is let go.
 pub fn end_attempt(committed: bool) {
     let Some(attempt) = ATTEMPT.with(|a| a.borrow_mut().take()) else {
         return;
@@ -215,10 +335,18 @@ pub fn end_attempt(committed: bool) {
     let stripe = &attempt.sessions.stripes[held];
     let mut state = lock(&stripe.state);
     if committed {
-        for &(ino, handle) in &attempt.written {
-            if let Some(h) = state.find(ino, handle) {
+        for &(client, ino, handle) in &attempt.written {
+            if let Some(h) = state.find(client, ino, handle) {
                 h.in_store = true;
             }
+        }
+        if let Some((ino, owner, handle)) = attempt.grace {
+            attempt.sessions.count.fetch_add(1, Ordering::Relaxed);
+            state.open.entry(ino).or_default().push(Handle {
+                client: owner,
+                handle,
+                in_store: true,
+            });
         }
     }
     state.holder = None;
@@ -227,14 +355,15 @@ pub fn end_attempt(committed: bool) {
 }
 
 /// For a transaction about to leave `ino` without links: holds its stripe
-/// until the attempt ends and writes this client's open handles of it that
-/// the store lacks as sessions, so the store sees them. Returns whether
-/// `ino` is open, or `None` without local sessions (then only the store
-/// can tell). With them the table here knows every session of the store:
-/// this client's are all in it (those it wrote, and its tmpfiles'), and
-/// the store has no other client's (the one-client rule, and
-/// [`super::Meta::reap_others`] at start), so no scan of the store is
-/// needed.
+/// until the attempt ends and writes the open handles of it that the store
+/// lacks as sessions, so the store sees them. Returns whether `ino` is
+/// open, or `None` when only the store can tell (no table here, or one
+/// that overflowed and knows no handle of `ino`). Otherwise the table
+/// knows every session of the store: each client's are all in it (those
+/// written, and tmpfiles'), and the store has no other process's (the
+/// one-process rule, [`super::Meta::reap_others`] at a mount's start, and
+/// the check a service makes at its start), so no scan of the store is
+/// needed. In a grace period a file with no handle known is kept too.
 pub fn write_sessions_of(txn: &mut Txn<'_>, ino: u64) -> Result<Option<bool>, MetaError> {
     ATTEMPT.with(|a| {
         let mut slot = a.borrow_mut();
@@ -262,16 +391,30 @@ pub fn write_sessions_of(txn: &mut Txn<'_>, ino: u64) -> Result<Option<bool>, Me
                 state
             }
         };
-        let client = attempt.sessions.client;
         let mut any = false;
         for h in state.open.get(&ino).into_iter().flatten() {
             any = true;
             if !h.in_store {
-                super::ops::put_session(txn, ino, client, h.handle);
-                attempt.written.push((ino, h.handle));
+                super::ops::put_session(txn, ino, h.client, h.handle);
+                attempt.written.push((h.client, ino, h.handle));
             }
         }
-        Ok(Some(any))
+        if any {
+            return Ok(Some(true));
+        }
+        if attempt.sessions.overflowed.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        // Read while the stripe is held: a grace period ending waits for
+        // it, so it finds this session if one is written.
+        let owner = attempt.sessions.grace_owner.load(Ordering::SeqCst);
+        if owner != 0 {
+            let handle = attempt.sessions.grace_next.fetch_add(1, Ordering::Relaxed);
+            super::ops::put_session(txn, ino, owner, handle);
+            attempt.grace = Some((ino, owner, handle));
+            return Ok(Some(true));
+        }
+        Ok(Some(false))
     })
 }
 
@@ -281,14 +424,23 @@ mod tests {
 
     #[test]
     fn handles_come_and_go() {
-        let s = LocalSessions::new(7);
-        s.register(5, 1);
-        s.register(5, 2);
-        assert!(s.has(5, 1) && s.has(5, 2) && !s.has(5, 3) && !s.has(6, 1));
-        s.mark_in_store(5, 2);
-        assert_eq!(s.unregister(5, 1), Some(false));
-        assert_eq!(s.unregister(5, 2), Some(true));
-        assert_eq!(s.unregister(5, 2), None);
+        let s = LocalSessions::new();
+        assert!(s.register(7, 5, 1));
+        assert!(s.register(7, 5, 2));
+        assert!(s.register(8, 5, 1));
+        // Registering again is harmless (a client telling its handles twice).
+        assert!(s.register(7, 5, 1));
+        assert_eq!(s.count(), 3);
+        assert!(s.has(7, 5, 1) && s.has(7, 5, 2) && !s.has(7, 5, 3) && !s.has(7, 6, 1) && !s.has(9, 5, 1));
+        s.mark_in_store(7, 5, 2);
+        assert_eq!(s.unregister(7, 5, 1), Some(false));
+        assert_eq!(s.unregister(7, 5, 2), Some(true));
+        assert_eq!(s.unregister(7, 5, 2), None);
+        assert!(
+            s.has(8, 5, 1),
+            "another client's handle of the same number is its own"
+        );
+        assert_eq!(s.forget_client(8), 1);
         assert_eq!(s.count(), 0);
     }
 
@@ -298,8 +450,8 @@ mod tests {
     fn a_held_stripe_makes_opens_wait() {
         use std::sync::atomic::{AtomicBool, Ordering};
         let engine = crate::meta::mem::MemEngine::new();
-        let s = Arc::new(LocalSessions::new(7));
-        s.register(5, 1);
+        let s = Arc::new(LocalSessions::new());
+        assert!(s.register(7, 5, 1));
         begin_attempt(Some(&s));
         let mut txn = Txn::new(&engine);
         assert_eq!(write_sessions_of(&mut txn, 5).unwrap(), Some(true));
@@ -307,7 +459,7 @@ mod tests {
         let opener = {
             let (s, done) = (s.clone(), done.clone());
             std::thread::spawn(move || {
-                s.register(5, 2);
+                assert!(s.register(7, 5, 2));
                 done.store(true, Ordering::SeqCst);
             })
         };
@@ -318,7 +470,7 @@ mod tests {
         end_attempt(true);
         opener.join().unwrap();
         // The handle written is marked; the later one is not.
-        assert_eq!(s.unregister(5, 1), Some(true));
-        assert_eq!(s.unregister(5, 2), Some(false));
+        assert_eq!(s.unregister(7, 5, 1), Some(true));
+        assert_eq!(s.unregister(7, 5, 2), Some(false));
     }
 }

@@ -366,6 +366,20 @@ pub struct MetaConfig {
     /// another client's unlink would not see these sessions, nor this
     /// client's unlink its.
     pub local_sessions: bool,
+    /// A table of open handles shared by every client made with this
+    /// config (a metadata service on a store only it can open): like
+    /// `local_sessions`, with one table for all of them.
+    pub shared_sessions: Option<Arc<LocalSessions>>,
+}
+
+impl MetaConfig {
+    /// The table of open handles a client made with this config keeps, if
+    /// any.
+    fn sessions_table(&self) -> Option<Arc<LocalSessions>> {
+        self.shared_sessions
+            .clone()
+            .or_else(|| self.local_sessions.then(|| Arc::new(LocalSessions::new())))
+    }
 }
 
 impl Default for MetaConfig {
@@ -375,6 +389,7 @@ impl Default for MetaConfig {
             retry: RetryPolicy::default(),
             lease: Duration::from_secs(30),
             local_sessions: false,
+            shared_sessions: None,
         }
     }
 }
@@ -827,9 +842,7 @@ impl Meta {
         })?;
         meta.heartbeat()?;
         meta.new_handle_epoch()?;
-        if meta.config.local_sessions {
-            meta.local = Some(Arc::new(LocalSessions::new(meta.client)));
-        }
+        meta.local = meta.config.sessions_table();
         Ok(meta)
     }
 
@@ -842,9 +855,7 @@ impl Meta {
         clock: Arc<dyn Clock>,
         client: u64,
     ) -> Result<Meta, MetaError> {
-        let local = config
-            .local_sessions
-            .then(|| Arc::new(LocalSessions::new(client)));
+        let local = config.sessions_table();
         let meta = Meta {
             engine,
             config,
@@ -1010,10 +1021,6 @@ impl Meta {
     /// Ends this client cleanly: its remaining sessions are closed (as a
     /// reaper would) and its lease removed. Returns data to delete.
     pub fn close_client(&self) -> Result<Vec<Reclaim>, MetaError> {
-        if let Some(local) = &self.local {
-            // Those the store has are closed there, with the rest.
-            local.clear();
-        }
         self.reap_client(self.client)
     }
 
@@ -1034,6 +1041,71 @@ impl Meta {
         self.reap_clients(|deadline| {
             (deadline < now_ms).then(|| format!("its lease expired {} ms ago", now_ms - deadline))
         })
+    }
+
+    /// Makes this client the service's own on a store only this process
+    /// can open (the embedded engine locks it): the previous service's
+    /// client, recorded in the store, is dead for sure and is reaped now.
+    /// Returns data to delete.
+    pub fn take_store(&self) -> Result<Vec<Reclaim>, MetaError> {
+        let key = vec![tag::SERVICE];
+        let client = self.client;
+        let previous = self.txn(|txn| {
+            let previous = match txn.get(&key)? {
+                Some(b) => Some(schema::decode_u64(&b, "the service's client")?),
+                None => None,
+            };
+            txn.put(key.clone(), schema::encode_u64(client));
+            Ok(previous)
+        })?;
+        match previous {
+            Some(previous) if previous != client => {
+                tracing::info!("reaping client {previous}: the previous service's own, which ended");
+                self.reap_client(previous)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Other clients whose leases have not run out.
+    pub fn live_clients(&self) -> Result<Vec<u64>, MetaError> {
+        let now_ms = self.lease_deadline_ms() - self.config.lease.as_millis() as u64;
+        let start = vec![tag::CLIENT];
+        let mut live = Vec::new();
+        for p in self
+            .engine
+            .scan(&start, &schema::prefix_end(&start), usize::MAX)?
+        {
+            let client = schema::parse_client_key(&p.key)?;
+            if client != self.client && schema::decode_u64(&p.value, "client lease")? >= now_ms {
+                live.push(client);
+            }
+        }
+        Ok(live)
+    }
+
+    /// Whether the store has an open-file session of a file that still has
+    /// a link (made by a client that kept its sessions there). Orphans'
+    /// sessions are there by design and do not count.
+    pub fn store_has_linked_sessions(&self) -> Result<bool, MetaError> {
+        let start = vec![tag::CLIENT_OPEN];
+        let end = schema::prefix_end(&start);
+        let mut after = start.clone();
+        loop {
+            let page = self.engine.scan(&after, &end, 1024)?;
+            let Some(last) = page.last() else {
+                return Ok(false);
+            };
+            for p in &page {
+                let (ino, _) = schema::parse_client_open_key(&p.key)?;
+                match self.engine.get(&schema::inode_key(ino))? {
+                    Some((bytes, _)) if InodeRec::decode(&bytes)?.nlink > 0 => return Ok(true),
+                    _ => {}
+                }
+            }
+            after = last.key.clone();
+            after.push(0);
+        }
     }
 
     /// Reaps every other client for which `why`, given its lease deadline,
@@ -1058,6 +1130,10 @@ impl Meta {
     }
 
     fn reap_client(&self, client: u64) -> Result<Vec<Reclaim>, MetaError> {
+        if let Some(local) = &self.local {
+            // Those the store has are closed there, with the rest.
+            local.forget_client(client);
+        }
         let prefix = schema::client_open_prefix(client);
         let end = schema::prefix_end(&prefix);
         let mut reclaimed = Vec::new();
@@ -1357,22 +1433,21 @@ impl Meta {
         // A named file's session can be kept in the process (registered
         // before the name exists, so an unlink sees it); a tmpfile, an
         // orphan from birth, needs its session in the store.
-        let local = match (&self.local, handle, name, CHANGE.with(|c| c.get())) {
-            (Some(local), Some(handle), Some(_), None) => {
-                local.register(ino, handle);
+        let client = self.client;
+        let local = match (&self.local, handle, name) {
+            (Some(local), Some(handle), Some(_)) if local.register(client, ino, handle) => {
                 Some((local, handle))
             }
             // Known here too, as in the store: the table knows every
             // session (`local::write_sessions_of`).
-            (Some(local), Some(handle), None, None) => {
-                local.register_in_store(ino, handle);
+            (Some(local), Some(handle), None) => {
+                local.register_in_store(client, ino, handle);
                 None
             }
             _ => None,
         };
         let now = self.clock.now();
         let chunk_size = self.config.chunk_size_bytes;
-        let client = self.client;
         let made = self.txn(|txn| {
             let mut staged = Staged::default();
             let dir = staged.load_dir(txn, parent)?;
@@ -1473,7 +1548,7 @@ impl Meta {
             Ok((ino, rec, handle))
         });
         if let (Err(_), Some(local), Some(handle)) = (&made, &self.local, handle) {
-            local.unregister(ino, handle);
+            local.unregister(client, ino, handle);
         }
         made
     }
@@ -1818,16 +1893,21 @@ impl Meta {
         read: bool,
         write: bool,
     ) -> Result<(InodeRec, u64), MetaError> {
-        let (handle, resent) = match (CHANGE.with(|c| c.get()), &self.local) {
-            (Some(change), _) if change.seq < SEQ_HANDLE => (SEQ_HANDLE | change.seq, change.resent),
-            (Some(_), _) => return errno(libc::EINVAL),
-            (None, Some(local)) => {
-                let handle = self.handle_next.fetch_add(1, Ordering::Relaxed);
-                return self.open_locally(local, caller, ino, read, write, handle);
-            }
-            (None, None) => (self.handle_next.fetch_add(1, Ordering::Relaxed), false),
+        let (handle, resent) = match CHANGE.with(|c| c.get()) {
+            Some(change) if change.seq < SEQ_HANDLE => (SEQ_HANDLE | change.seq, change.resent),
+            Some(_) => return errno(libc::EINVAL),
+            None => (self.handle_next.fetch_add(1, Ordering::Relaxed), false),
         };
         let client = self.client;
+        if let Some(local) = &self.local {
+            if resent && local.has(client, ino, handle) {
+                // Done before, and its answer lost: the same session.
+                return Ok((self.getattr(ino)?, handle));
+            }
+            if local.register(client, ino, handle) {
+                return self.open_locally(local, caller, ino, read, write, handle);
+            }
+        }
         self.txn(|txn| {
             let mut staged = Staged::default();
             if resent && txn.get(&schema::open_key(ino, client, handle))?.is_some() {
@@ -1841,9 +1921,9 @@ impl Meta {
     }
 
     /// [`Meta::open`] with the session kept in the process
-    /// ([`super::local`]): registered before the inode is read, so an
-    /// unlink either sees it or comes first. Only an open of an orphan
-    /// (opened again through /proc) writes its session to the store.
+    /// ([`super::local`]): registered (by the caller) before the inode is
+    /// read, so an unlink either sees it or comes first. Only an open of an
+    /// orphan (opened again through /proc) writes its session to the store.
     fn open_locally(
         &self,
         local: &LocalSessions,
@@ -1854,7 +1934,6 @@ impl Meta {
         handle: u64,
     ) -> Result<(InodeRec, u64), MetaError> {
         let client = self.client;
-        local.register(ino, handle);
         let opened = self.txn(|txn| {
             let mut staged = Staged::default();
             let rec = may_open(txn, &mut staged, caller, ino, read, write)?;
@@ -1869,12 +1948,12 @@ impl Meta {
         match opened {
             Ok((rec, in_store)) => {
                 if in_store {
-                    local.mark_in_store(ino, handle);
+                    local.mark_in_store(client, ino, handle);
                 }
                 Ok((rec, handle))
             }
             Err(e) => {
-                local.unregister(ino, handle);
+                local.unregister(client, ino, handle);
                 Err(e)
             }
         }
@@ -1882,7 +1961,11 @@ impl Meta {
 
     /// Whether `handle` is an open session of `ino` by this client.
     fn has_session(&self, txn: &mut Txn<'_>, ino: u64, handle: u64) -> Result<bool, MetaError> {
-        if self.local.as_ref().is_some_and(|l| l.has(ino, handle)) {
+        if self
+            .local
+            .as_ref()
+            .is_some_and(|l| l.has(self.client, ino, handle))
+        {
             return Ok(true);
         }
         Ok(txn.get(&schema::open_key(ino, self.client, handle))?.is_some())
@@ -1894,11 +1977,83 @@ impl Meta {
     /// there, with no transaction.
     pub fn release(&self, ino: u64, handle: u64) -> Result<Option<Reclaim>, MetaError> {
         if let Some(local) = &self.local {
-            if local.unregister(ino, handle) == Some(false) {
+            if local.unregister(self.client, ino, handle) == Some(false) {
                 return Ok(None);
             }
         }
         self.close_session(self.client, ino, handle)
+    }
+
+    /// This client's open handles, told again after its metadata service
+    /// restarted (its table of handles was lost with it, [`super::local`]):
+    /// each is kept as an open session of its inode, as [`Meta::open`]
+    /// made it. Handles of files that are gone are skipped; those of
+    /// orphans get their sessions in the store. No permission is checked:
+    /// the client opened them before. Returns how many were kept.
+    pub fn reclaim_handles(&self, handles: &[(u64, u64)]) -> Result<usize, MetaError> {
+        let Some(local) = &self.local else {
+            // Every session is in the store already.
+            return Ok(0);
+        };
+        let client = self.client;
+        let mut kept = 0;
+        for &(ino, handle) in handles {
+            if local.has(client, ino, handle) {
+                kept += 1;
+                continue;
+            }
+            let registered = local.register(client, ino, handle);
+            // Whether the store has the session (`None`: the file is gone).
+            let found = self.txn(|txn| {
+                let mut staged = Staged::default();
+                let rec = match staged.load(txn, ino) {
+                    Ok(rec) => rec,
+                    Err(MetaError::Errno(libc::ENOENT)) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                // An orphan is held by sessions in the store, and so is
+                // any handle the table had no room for.
+                if txn.get(&schema::open_key(ino, client, handle))?.is_some() {
+                    return Ok(Some(true));
+                }
+                if rec.nlink == 0 || !registered {
+                    put_session(txn, ino, client, handle);
+                    return Ok(Some(true));
+                }
+                Ok(Some(false))
+            });
+            match found {
+                Ok(Some(stored)) => {
+                    if stored {
+                        local.mark_in_store(client, ino, handle);
+                    }
+                    kept += 1;
+                }
+                Ok(None) => {
+                    local.unregister(client, ino, handle);
+                }
+                Err(e) => {
+                    local.unregister(client, ino, handle);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Ends the grace period of this client's table
+    /// ([`LocalSessions::begin_grace`], with this client as the owner):
+    /// closes the sessions that held files unlinked meanwhile. Returns the
+    /// data of those nobody else holds, now deleted.
+    pub fn end_grace(&self) -> Result<Vec<Reclaim>, MetaError> {
+        let Some(local) = &self.local else {
+            return Ok(Vec::new());
+        };
+        let mut reclaimed = Vec::new();
+        for (ino, handle) in local.end_grace() {
+            reclaimed.extend(self.close_session(self.client, ino, handle)?);
+        }
+        Ok(reclaimed)
     }
 
     fn close_session(&self, client: u64, ino: u64, handle: u64) -> Result<Option<Reclaim>, MetaError> {

@@ -39,6 +39,9 @@ pub mod tag {
     pub const CLIENT_OPEN: u8 = b'P';
     /// `R`: the outcomes of a client's numbered changes (exactly-once).
     pub const DONE: u8 = b'R';
+    /// `S`: the own client of the metadata service that holds a store only
+    /// one process can open (one key).
+    pub const SERVICE: u8 = b'S';
     /// `X`: extended attributes.
     pub const XATTR: u8 = b'X';
 }

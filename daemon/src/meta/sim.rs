@@ -72,6 +72,7 @@ fn config() -> MetaConfig {
         lease: LEASE,
         // Several clients share the store: sessions must be in it.
         local_sessions: false,
+        shared_sessions: None,
     }
 }
 

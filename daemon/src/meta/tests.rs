@@ -1754,3 +1754,119 @@ fn local_sessions_hold_files_against_concurrent_unlinks() {
     assert_eq!(stored_sessions(&meta), 0);
     assert_sound(&meta);
 }
+
+/// Clients sharing one table (a metadata service on a store of its own):
+/// one client's unlink sees another's open handles, held only in memory.
+#[test]
+fn a_shared_table_holds_each_clients_files_against_the_others_unlinks() {
+    let engine: Arc<dyn KvEngine> = Arc::new(MemEngine::new());
+    let table = Arc::new(local::LocalSessions::new());
+    let config = MetaConfig {
+        retry: quick_retry(),
+        shared_sessions: Some(table.clone()),
+        ..MetaConfig::default()
+    };
+    let a = Meta::connect(engine.clone(), config.clone(), Arc::new(SystemClock)).unwrap();
+    let b = Meta::connect(engine.clone(), config, Arc::new(SystemClock)).unwrap();
+    let f = file(&a, ROOT_INO, "f");
+    let (_, h) = a.open(&ROOT, f, true, true).unwrap();
+    let (c, _, hc) = a
+        .mknod(&ROOT, ROOT_INO, b"c", libc::S_IFREG | 0o644, 0, &[], true)
+        .unwrap();
+    assert_eq!(stored_sessions(&a), 0, "opens wrote sessions");
+    assert_eq!(table.count(), 2);
+    // B's unlinks keep A's files, and write A's sessions.
+    assert_eq!(b.unlink(&ROOT, ROOT_INO, b"f").unwrap(), None);
+    assert_eq!(b.unlink(&ROOT, ROOT_INO, b"c").unwrap(), None);
+    assert_eq!(stored_sessions(&a), 2);
+    assert_sound(&a);
+    // B has no session of A's: its writes through A's handle are refused.
+    assert_eq!(err(b.note_write(f, h, 1)), libc::EBADF);
+    a.note_write(f, h, 3).unwrap();
+    assert!(a.release(f, h).unwrap().is_some());
+    assert!(a.release(c, hc.unwrap()).unwrap().is_some());
+    assert_eq!(stored_sessions(&a), 0);
+    // A client that ends, or is reaped, leaves nothing in the table.
+    let g = file(&a, ROOT_INO, "g");
+    a.open(&ROOT, g, true, false).unwrap();
+    b.open(&ROOT, g, true, false).unwrap();
+    a.close_client().unwrap();
+    assert_eq!(table.count(), 1);
+    b.close_client().unwrap();
+    assert_eq!(table.count(), 0);
+    assert_sound(&b);
+}
+
+/// A service restarted while its clients held files open: during the grace
+/// period a file losing its last link is kept, its holder tells its handle
+/// again and keeps it, and the grace period's end deletes the others.
+#[test]
+fn a_grace_period_keeps_files_until_their_holders_tell_their_handles_again() {
+    let engine: Arc<dyn KvEngine> = Arc::new(MemEngine::new());
+    let config = |table: &Arc<local::LocalSessions>| MetaConfig {
+        retry: quick_retry(),
+        shared_sessions: Some(table.clone()),
+        ..MetaConfig::default()
+    };
+    let before = Arc::new(local::LocalSessions::new());
+    let holder = Meta::connect(engine.clone(), config(&before), Arc::new(SystemClock)).unwrap();
+    let other = Meta::connect(engine.clone(), config(&before), Arc::new(SystemClock)).unwrap();
+    let kept = file(&holder, ROOT_INO, "kept");
+    let (_, h) = holder.open(&ROOT, kept, true, false).unwrap();
+    let freed = file(&holder, ROOT_INO, "freed");
+    let gone = file(&holder, ROOT_INO, "gone");
+    let (_, hg) = holder.open(&ROOT, gone, true, false).unwrap();
+    // The service restarts: a new table, its clients attached again.
+    let after = Arc::new(local::LocalSessions::new());
+    let own = Meta::connect(engine.clone(), config(&after), Arc::new(SystemClock)).unwrap();
+    assert!(!own.store_has_linked_sessions().unwrap());
+    let mut live = own.live_clients().unwrap();
+    live.sort();
+    assert_eq!(live, vec![holder.client_id(), other.client_id()]);
+    after.begin_grace(own.client_id());
+    let holder = Meta::attach(
+        engine.clone(),
+        config(&after),
+        Arc::new(SystemClock),
+        holder.client_id(),
+    )
+    .unwrap();
+    let other = Meta::attach(
+        engine.clone(),
+        config(&after),
+        Arc::new(SystemClock),
+        other.client_id(),
+    )
+    .unwrap();
+    // Unlinked before their holder spoke: all kept.
+    for name in ["kept", "freed", "gone"] {
+        assert_eq!(
+            other.unlink(&ROOT, ROOT_INO, name.as_bytes()).unwrap(),
+            None,
+            "{name}"
+        );
+    }
+    assert_sound(&own);
+    // The holder tells its handles (one of a file since deleted for good
+    // is skipped), then the grace period ends.
+    assert_eq!(holder.reclaim_handles(&[(kept, h), (999_999, 1)]).unwrap(), 1);
+    let reclaimed = own.end_grace().unwrap();
+    let mut inos: Vec<u64> = reclaimed.iter().map(|r| r.ino).collect();
+    inos.sort();
+    assert_eq!(inos, vec![freed, gone], "held by no one told");
+    assert!(!after.in_grace());
+    assert_eq!(holder.getattr(kept).unwrap().nlink, 0);
+    holder.note_write(kept, h, 2).unwrap();
+    assert!(
+        holder.release(kept, h).unwrap().is_some(),
+        "the last close frees it"
+    );
+    assert_eq!(err(holder.note_write(gone, hg, 1)), libc::ENOENT);
+    assert_eq!(stored_sessions(&own), 0);
+    assert_eq!(after.count(), 0);
+    assert_sound(&own);
+    // After the grace period, an unlink deletes a file nobody holds.
+    let late = file(&other, ROOT_INO, "late");
+    assert!(other.unlink(&ROOT, ROOT_INO, b"late").unwrap().is_some());
+    assert_eq!(err(own.getattr(late)), libc::ENOENT);
+}

@@ -42,13 +42,13 @@
 //! little later, on the thread that sends deferred closes: the sink
 //! given.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use super::{MetaReply, MetaRequest, Release, FORGET_MAX, RELEASES_MAX, TOKEN_LEN};
+use super::{MetaReply, MetaRequest, Release, FORGET_MAX, RELEASES_MAX, REOPEN_MAX, TOKEN_LEN};
 use crate::meta::kv::KvError;
 use crate::meta::schema::InodeRec;
 use crate::meta::{Answer, Call, MetaError, Reclaim};
@@ -109,6 +109,9 @@ pub struct RemoteMeta {
     /// Wakes the thread that sends closes alone and deletes files.
     deferred_changed: Condvar,
     sink: OnceLock<ReclaimSink>,
+    /// Open handles (inode, handle), told again to a service that
+    /// restarted and asks for them ([`MetaReply::Reclaim`]).
+    open_handles: Mutex<HashSet<(u64, u64)>>,
 }
 
 /// Directories kept at most ([`RemoteMeta::remember_dirs`]); past this,
@@ -178,6 +181,7 @@ impl RemoteMeta {
             deferred: Mutex::new(Deferred::default()),
             deferred_changed: Condvar::new(),
             sink: OnceLock::new(),
+            open_handles: Mutex::new(HashSet::new()),
         };
         // A Hello whose reply was lost registered a client nobody will
         // use: its lease runs out and it is reaped. Sending it again is
@@ -465,8 +469,17 @@ impl RemoteMeta {
                     token: self.token,
                 });
                 // Resuming twice is harmless: a lost reply is resent.
-                match conn.call(&resume, &[], REPLY_TIMEOUT) {
-                    Ok(_) => tracing::debug!("metadata session {} resumed at {}", self.client, self.addrs[i]),
+                let resumed =
+                    conn.call(&resume, &[], REPLY_TIMEOUT).and_then(|(reply, _)| {
+                        match codec::decode::<MetaReply>(&reply) {
+                            Ok(MetaReply::Reclaim) => self.reopen(&conn),
+                            _ => Ok(()),
+                        }
+                    });
+                match resumed {
+                    Ok(()) => {
+                        tracing::debug!("metadata session {} resumed at {}", self.client, self.addrs[i])
+                    }
                     Err(CallError::Remote(errno)) => return Err(CallError::Remote(errno)),
                     Err(CallError::NotSent(e) | CallError::Lost(e)) => {
                         last = Some(e);
@@ -479,6 +492,34 @@ impl RemoteMeta {
         Err(CallError::NotSent(
             last.unwrap_or_else(|| std::io::Error::other("no address")),
         ))
+    }
+
+    /// Tells a service that asks ([`MetaReply::Reclaim`]) this client's
+    /// open handles, on `conn`.
+    fn reopen(&self, conn: &Conn) -> Result<(), CallError> {
+        let handles: Vec<(u64, u64)> = lock(&self.open_handles).iter().copied().collect();
+        let mut pages = handles.chunks(REOPEN_MAX).peekable();
+        let mut kept = 0;
+        loop {
+            let page = pages.next().unwrap_or(&[]);
+            let last = pages.peek().is_none();
+            let req = codec::encode(&MetaRequest::Reopen {
+                handles: page.to_vec(),
+                last,
+            });
+            let (reply, _) = conn.call(&req, &[], REPLY_TIMEOUT)?;
+            if let Ok(MetaReply::Reopened(n)) = codec::decode::<MetaReply>(&reply) {
+                kept += n;
+            }
+            if last {
+                break;
+            }
+        }
+        tracing::info!(
+            "the metadata service restarted: told it this mount's {} open files ({kept} still there)",
+            handles.len()
+        );
+        Ok(())
     }
 
     fn request(&self, req: &MetaRequest, idempotent: bool) -> Result<MetaReply, MetaError> {
@@ -530,9 +571,18 @@ impl RemoteMeta {
                     return Ok(Answer::Getattr(rec));
                 }
             }
-            Call::Release { ino, handle } if self.defer(ino, handle) => return Ok(Answer::Release(None)),
+            Call::Release { ino, handle } => {
+                lock(&self.open_handles).remove(&(ino, handle));
+                if self.defer(ino, handle) {
+                    return Ok(Answer::Release(None));
+                }
+            }
             _ => {}
         }
+        let opening = match call {
+            Call::Open { ino, .. } => Some(ino),
+            _ => None,
+        };
         let name = call.name();
         let reply = if call.is_change() {
             let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -562,14 +612,25 @@ impl RemoteMeta {
             let idempotent = call.idempotent();
             self.send(MetaRequest::Call(call), idempotent)?
         };
-        match reply {
-            MetaReply::Answer(answer) => Ok(answer),
+        let answer = match reply {
+            MetaReply::Answer(answer) => answer,
             MetaReply::Changed { answer, dirs } => {
                 self.keep_dirs(dirs);
-                Ok(answer)
+                answer
             }
-            other => Err(MetaError::Corrupt(format!("{name} answered with {other:?}"))),
+            other => return Err(MetaError::Corrupt(format!("{name} answered with {other:?}"))),
+        };
+        let opened = match (&answer, opening) {
+            (Answer::Open((_, handle)), Some(ino)) => Some((ino, *handle)),
+            (Answer::Mknod((ino, _, Some(handle))), _) | (Answer::Tmpfile((ino, _, handle)), _) => {
+                Some((*ino, *handle))
+            }
+            _ => None,
+        };
+        if let Some(opened) = opened {
+            lock(&self.open_handles).insert(opened);
         }
+        Ok(answer)
     }
 }
 

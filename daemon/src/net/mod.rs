@@ -10,6 +10,17 @@
 //! any number of services can run against one engine and a client may
 //! move to any of them, proving the session is its own with the token it
 //! was given.
+//!
+//! One exception: a service on a store only it can open (the embedded
+//! engine) keeps its clients' open handles in memory
+//! ([`crate::meta::local`], one table for all of them), so an open and a
+//! close through it write nothing. That state is soft. Started again, the
+//! service answers the `Resume` of each client whose lease was live with
+//! [`MetaReply::Reclaim`], and the client tells its open handles
+//! ([`MetaRequest::Reopen`]); until every such client has (or the lease
+//! time has passed), a file that loses its last link is kept as an orphan
+//! held by the service's own client, and those are closed at the end of
+//! this grace period. The model is NFSv4's reclaim after a server reboot.
 
 pub mod client;
 pub mod service;
@@ -39,6 +50,9 @@ pub struct Release {
     /// The session handle.
     pub handle: u64,
 }
+
+/// Most handles one [`MetaRequest::Reopen`] carries.
+pub const REOPEN_MAX: usize = 4096;
 
 /// Bytes of a session token.
 pub const TOKEN_LEN: usize = 32;
@@ -86,6 +100,14 @@ pub enum MetaRequest {
         /// The request they came with.
         then: Option<Box<MetaRequest>>,
     },
+    /// This client's open handles (inode, handle), at most [`REOPEN_MAX`],
+    /// told again when a `Resume` answered [`MetaReply::Reclaim`].
+    Reopen {
+        /// Some of them.
+        handles: Vec<(u64, u64)>,
+        /// These are the last.
+        last: bool,
+    },
 }
 
 /// A reply of the metadata service.
@@ -100,6 +122,13 @@ pub enum MetaReply {
     },
     /// `Resume` bound the session.
     Resumed,
+    /// `Resume` bound the session, and the service (restarted since the
+    /// client last spoke to it) asks for the client's open handles: a
+    /// service on a store of its own keeps them in its memory
+    /// ([`crate::meta::local`]). Send them with [`MetaRequest::Reopen`].
+    Reclaim,
+    /// How many handles a `Reopen` kept (the others' files are gone).
+    Reopened(u64),
     /// What a call returned.
     Answer(Answer),
     /// What a change returned, and the records of the directories it

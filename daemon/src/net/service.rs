@@ -15,14 +15,15 @@
 //! - Replies fit frames: a readdir answer is cut to fit, and the client
 //!   continues from the last entry it got.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{MetaReply, MetaRequest, Release, FORGET_MAX, RELEASES_MAX, TOKEN_LEN};
+use super::{MetaReply, MetaRequest, Release, FORGET_MAX, RELEASES_MAX, REOPEN_MAX, TOKEN_LEN};
 use crate::cluster::{self, ClusterAnswer, ClusterCall};
 use crate::meta::kv::KvEngine;
 use crate::meta::{Answer, Call, Clock, Meta, MetaConfig, MetaError, Reclaim};
@@ -71,8 +72,10 @@ impl TokenKey {
 }
 
 /// The service's state: the engine and what it needs to open sessions on
-/// it. Nothing about clients is kept here: sessions live in the store and
-/// on their connections.
+/// it. Sessions live in the store and on their connections; on a store of
+/// its own (`MetaConfig::shared_sessions`), a table of its clients' open
+/// handles lives here too ([`crate::meta::local`]), told again by the
+/// clients after a restart (module docs).
 pub struct MetaService {
     engine: Arc<dyn KvEngine>,
     config: MetaConfig,
@@ -86,6 +89,10 @@ pub struct MetaService {
     /// Removes the chunks of files that are gone, when this service holds
     /// the management role ([`MetaService::set_reconciler`]).
     reconciler: std::sync::OnceLock<(crate::storage::client::ClusterData, Duration)>,
+    /// Clients with a live lease when the service started that have not
+    /// yet told it their open handles, and when the grace period ends
+    /// regardless (their leases will have run out).
+    awaiting: Mutex<(HashSet<u64>, Option<Instant>)>,
 }
 
 impl std::fmt::Debug for MetaService {
@@ -128,6 +135,27 @@ impl MetaService {
         tokens: TokenKey,
     ) -> Result<MetaService, MetaError> {
         let own = Arc::new(Meta::connect(engine.clone(), config.clone(), clock.clone())?);
+        let mut awaiting = HashSet::new();
+        let mut grace_until = None;
+        if let Some(table) = &config.shared_sessions {
+            own.take_store()?;
+            if own.store_has_linked_sessions()? {
+                tracing::info!(
+                    "the store has open-file sessions of linked files: unlinks will look for sessions in the store too"
+                );
+                table.set_overflowed();
+            }
+            awaiting.extend(own.live_clients()?);
+            if !awaiting.is_empty() {
+                tracing::info!(
+                    "{} clients may hold files open: files they lose the last link of are kept until they tell their open files, or for {:?}",
+                    awaiting.len(),
+                    config.lease
+                );
+                table.begin_grace(own.client_id());
+                grace_until = Some(Instant::now() + config.lease);
+            }
+        }
         Ok(MetaService {
             engine,
             config,
@@ -136,7 +164,39 @@ impl MetaService {
             tokens,
             reaped: AtomicU64::new(0),
             reconciler: std::sync::OnceLock::new(),
+            awaiting: Mutex::new((awaiting, grace_until)),
         })
+    }
+
+    /// Ends the grace period once no client is awaited or its time is up:
+    /// files unlinked meanwhile that nobody holds are deleted.
+    fn end_grace_if_due(&self) {
+        {
+            let awaiting = lock(&self.awaiting);
+            let Some(until) = awaiting.1 else { return };
+            if !awaiting.0.is_empty() && Instant::now() < until {
+                return;
+            }
+        }
+        match self.own.end_grace() {
+            Ok(freed) => {
+                let mut awaiting = lock(&self.awaiting);
+                if !awaiting.0.is_empty() {
+                    tracing::warn!(
+                        "grace period over: {} clients did not tell their open files ({:?}); their files may be deleted while open",
+                        awaiting.0.len(),
+                        awaiting.0
+                    );
+                }
+                *awaiting = (HashSet::new(), None);
+                drop(awaiting);
+                tracing::info!(
+                    "grace period over: {} files unlinked during it were deleted",
+                    freed.len()
+                );
+            }
+            Err(e) => tracing::warn!("ending the grace period: {e}; trying again"),
+        }
     }
 
     /// The service's own metadata handle.
@@ -152,6 +212,7 @@ impl MetaService {
             .name("reaper".into())
             .spawn(move || loop {
                 std::thread::sleep(every);
+                service.end_grace_if_due();
                 if let Err(e) = service.own.heartbeat() {
                     tracing::warn!("renewing the service's lease: {e}");
                 }
@@ -409,7 +470,25 @@ impl MetaService {
                 }
                 *bound = Some(self.attach(client)?);
                 tracing::debug!("{}: client {client} resumed", peer.addr);
+                if lock(&self.awaiting).0.contains(&client) {
+                    return Ok(MetaReply::Reclaim);
+                }
                 Ok(MetaReply::Resumed)
+            }
+            MetaRequest::Reopen { handles, last } => {
+                if handles.len() > REOPEN_MAX {
+                    return Err(MetaError::Errno(libc::EINVAL));
+                }
+                let bound = self.session(session)?;
+                let kept = bound.meta.reclaim_handles(&handles)?;
+                if last {
+                    let was = lock(&self.awaiting).0.remove(&bound.client);
+                    if was {
+                        tracing::info!("{}: client {} told its open files", peer.addr, bound.client);
+                    }
+                    self.end_grace_if_due();
+                }
+                Ok(MetaReply::Reopened(kept as u64))
             }
             MetaRequest::Change {
                 seq,
@@ -435,7 +514,16 @@ impl MetaService {
                     }
                     Err(MetaError::Done(outcome)) => {
                         tracing::debug!("{}: change {seq} ({}) was done before", peer.addr, call.name());
-                        Ok(MetaReply::Answer(call.done_answer(&outcome)?))
+                        let answer = call.done_answer(&outcome)?;
+                        // A handle the first run opened: held again, in
+                        // case this service restarted since.
+                        match &answer {
+                            Answer::Mknod((ino, _, Some(handle))) | Answer::Tmpfile((ino, _, handle)) => {
+                                bound.meta.reclaim_handles(&[(*ino, *handle)])?;
+                            }
+                            _ => {}
+                        }
+                        Ok(MetaReply::Answer(answer))
                     }
                     Err(e) => Err(e),
                 }

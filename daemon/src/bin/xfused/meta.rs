@@ -57,22 +57,28 @@ pub fn run(args: MetaArgs) -> anyhow::Result<()> {
         )
     })?;
     let metrics = xfused::metrics::Endpoint::start(&args.metrics)?;
-    let (engine, place): (Arc<dyn KvEngine>, String) = match xfused::client::parse_meta_url(&args.engine)? {
-        xfused::client::MetaUrl::Embedded(store) => (
-            Arc::new(xfused::client::open_embedded(&store, &args.engine_args)?),
-            store.display().to_string(),
-        ),
-        xfused::client::MetaUrl::Etcd { endpoints, tls } => (
-            Arc::new(xfused::client::open_etcd(&endpoints, tls, &args.engine_args)?),
-            format!("etcd {}", endpoints.join(",")),
-        ),
-        xfused::client::MetaUrl::Tcp(_) => bail!(
-            "--engine {:?}: a service needs an engine (embedded:PATH or etcd://...), not another service",
-            args.engine
-        ),
-    };
+    // A store only this process can open (the embedded engine locks it)
+    // lets the service keep its clients' open-file sessions in memory.
+    let (engine, place, own_store): (Arc<dyn KvEngine>, String, bool) =
+        match xfused::client::parse_meta_url(&args.engine)? {
+            xfused::client::MetaUrl::Embedded(store) => (
+                Arc::new(xfused::client::open_embedded(&store, &args.engine_args)?),
+                store.display().to_string(),
+                true,
+            ),
+            xfused::client::MetaUrl::Etcd { endpoints, tls } => (
+                Arc::new(xfused::client::open_etcd(&endpoints, tls, &args.engine_args)?),
+                format!("etcd {}", endpoints.join(",")),
+                false,
+            ),
+            xfused::client::MetaUrl::Tcp(_) => bail!(
+                "--engine {:?}: a service needs an engine (embedded:PATH or etcd://...), not another service",
+                args.engine
+            ),
+        };
     let config = MetaConfig {
         lease: Duration::from_millis(args.lease_ms),
+        shared_sessions: own_store.then(|| Arc::new(xfused::meta::local::LocalSessions::new())),
         ..MetaConfig::default()
     };
     let reap_every = config.lease / 3;
