@@ -636,6 +636,28 @@ fn meta_and_storage_services_count_what_a_cluster_mount_makes_them_do() {
         ),
         0.0
     );
+    // A file held open is in the service's table (an embedded store is
+    // the service's own), and leaves it when closed.
+    // (The harness may hold a file of its own open: counted from here.)
+    let open_before = sample(&scrape(&meta_metrics), "xfuse_meta_open_handles", &[]).unwrap();
+    let held = std::fs::File::open(work.join("f0")).unwrap();
+    let handles = |want: f64| {
+        common::wait_for("the service's open handles", Duration::from_secs(30), || {
+            let text = scrape(&meta_metrics);
+            match sample(&text, "xfuse_meta_open_handles", &[]) {
+                Some(n) if n == want => Ok(()),
+                other => Err(format!("{other:?} open handles, not {want}\n{text}")),
+            }
+        })
+    };
+    handles(open_before + 1.0);
+    assert_eq!(
+        sample(&scrape(&meta_metrics), "xfuse_meta_grace_clients_awaited", &[]),
+        Some(0.0),
+        "no grace period: the service started on an empty store"
+    );
+    drop(held);
+    handles(open_before);
     for text in [&meta_text, &storage_text, &mount_text] {
         if !promtool_accepts(text) {
             return;

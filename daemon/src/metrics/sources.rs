@@ -409,6 +409,40 @@ impl<H: Handler> std::fmt::Debug for RpcServer<H> {
     }
 }
 
+/// A metadata service's open files kept in memory and its grace period
+/// (on a store of its own, [`crate::meta::local`]).
+#[derive(Debug)]
+pub struct MetaSessions {
+    service: Arc<crate::net::MetaService>,
+}
+
+impl MetaSessions {
+    /// The gauges of `service`.
+    pub fn new(service: Arc<crate::net::MetaService>) -> MetaSessions {
+        MetaSessions { service }
+    }
+}
+
+impl Collect for MetaSessions {
+    fn collect(&self, out: &mut Families) {
+        let Some(handles) = self.service.open_handles() else {
+            return;
+        };
+        out.gauge(
+            "xfuse_meta_open_handles",
+            "Open files of this service's clients, kept in its memory (a store of its own): told again by the clients after a restart.",
+            &[],
+            handles as f64,
+        );
+        out.gauge(
+            "xfuse_meta_grace_clients_awaited",
+            "Clients that may hold files open and have not yet told this restarted service which: until none is left, or a lease time has passed, files losing their last link are kept.",
+            &[],
+            self.service.grace_awaited() as f64,
+        );
+    }
+}
+
 /// A client of storage services (a mount, a virtio-fs backend): the file
 /// data it moved, by path, and how its RDMA stands.
 #[derive(Debug)]

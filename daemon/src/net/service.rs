@@ -199,6 +199,16 @@ impl MetaService {
         }
     }
 
+    /// Open handles its table holds, if it keeps one (a store of its own).
+    pub fn open_handles(&self) -> Option<usize> {
+        self.config.shared_sessions.as_ref().map(|t| t.count())
+    }
+
+    /// Clients a grace period still waits for (zero outside one).
+    pub fn grace_awaited(&self) -> usize {
+        lock(&self.awaiting).0.len()
+    }
+
     /// The service's own metadata handle.
     pub fn own(&self) -> &Arc<Meta> {
         &self.own

@@ -128,6 +128,9 @@ pub fn run(args: MetaArgs) -> anyhow::Result<()> {
             server.clone(),
             "meta",
         )));
+        endpoint.add(Arc::new(xfused::metrics::sources::MetaSessions::new(
+            service.clone(),
+        )));
     }
     let serving = {
         let server = server.clone();
