@@ -24,7 +24,10 @@ pub struct MetaArgs {
     listen: String,
     /// Clients' lease, in milliseconds: a client that has not renewed it
     /// for this long is considered dead; its open files are closed (every
-    /// third of this, the service reaps).
+    /// third of this, the service reaps). On an embedded store, where the
+    /// service keeps its clients' open files in memory, also the longest a
+    /// restarted service waits for live clients to tell it theirs, keeping
+    /// meanwhile every file that loses its last link.
     #[arg(long, value_name = "MS", default_value_t = LEASE_MS_DEFAULT,
           value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
     lease_ms: u64,
