@@ -1445,3 +1445,37 @@ fn files_held_open_outlive_a_restart_of_the_service() {
     let problems = check_namespace(&engine).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
 }
+
+/// Open files are told only to a restarted service that asks: at any
+/// other time a claim of handles (which would hold files against unlinks)
+/// keeps nothing.
+#[test]
+fn handles_nobody_asked_for_are_not_kept() {
+    let service = Service::start();
+    let (conn, _) = service.session();
+    let root = user(0);
+    let (ino, _) = conn
+        .create(&root, 1, "claimed", libc::S_IFREG | 0o644, false)
+        .unwrap();
+    assert_eq!(
+        conn.request(&MetaRequest::Reopen {
+            handles: vec![(ino, 77)],
+            last: true
+        }),
+        Ok(MetaReply::Reopened(0))
+    );
+    assert_eq!(
+        conn.call(Call::Unlink {
+            caller: root,
+            parent: 1,
+            name: b"claimed".to_vec()
+        }),
+        Ok(Answer::Unlink(Some(xfused::meta::Reclaim {
+            ino,
+            layout_id: ino,
+            chunk_size: 1 << 20,
+            size: 0
+        }))),
+        "deleted at once: the claim held nothing"
+    );
+}

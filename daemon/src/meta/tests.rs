@@ -1824,20 +1824,17 @@ fn a_grace_period_keeps_files_until_their_holders_tell_their_handles_again() {
     live.sort();
     assert_eq!(live, vec![holder.client_id(), other.client_id()]);
     after.begin_grace(own.client_id());
-    let holder = Meta::attach(
-        engine.clone(),
-        config(&after),
-        Arc::new(SystemClock),
-        holder.client_id(),
-    )
-    .unwrap();
-    let other = Meta::attach(
-        engine.clone(),
-        config(&after),
-        Arc::new(SystemClock),
-        other.client_id(),
-    )
-    .unwrap();
+    let attach_again = |m: Meta| {
+        Meta::attach(
+            engine.clone(),
+            config(&after),
+            Arc::new(SystemClock),
+            m.client_id(),
+        )
+        .unwrap()
+    };
+    let holder = attach_again(holder);
+    let other = attach_again(other);
     // Unlinked before their holder spoke: all kept.
     for name in ["kept", "freed", "gone"] {
         assert_eq!(

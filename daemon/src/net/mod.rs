@@ -101,7 +101,8 @@ pub enum MetaRequest {
         then: Option<Box<MetaRequest>>,
     },
     /// This client's open handles (inode, handle), at most [`REOPEN_MAX`],
-    /// told again when a `Resume` answered [`MetaReply::Reclaim`].
+    /// told again when a `Resume` answered [`MetaReply::Reclaim`]; from a
+    /// client the service is not waiting for, ignored (`Reopened(0)`).
     Reopen {
         /// Some of them.
         handles: Vec<(u64, u64)>,

@@ -490,6 +490,18 @@ impl MetaService {
                     return Err(MetaError::Errno(libc::EINVAL));
                 }
                 let bound = self.session(session)?;
+                // Only a client this service waits for may claim handles:
+                // at any other time its handles came from its opens here,
+                // and a claim could only pin files. A lane that lost the
+                // race to another lane's last page is answered the same.
+                if !lock(&self.awaiting).0.contains(&bound.client) {
+                    tracing::debug!(
+                        "{}: client {} told open files it was not asked for: ignored",
+                        peer.addr,
+                        bound.client
+                    );
+                    return Ok(MetaReply::Reopened(0));
+                }
                 let kept = bound.meta.reclaim_handles(&handles)?;
                 if last {
                     let was = lock(&self.awaiting).0.remove(&bound.client);
